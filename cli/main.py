@@ -1,0 +1,230 @@
+"""`pgsched`: the root command. Commands parse, call the library, and render; errors a user
+can fix print one line and exit 1 (``--debug`` shows the traceback)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Annotated, Optional
+
+import psycopg
+import typer
+
+from pgsched import admin
+from pgsched.cli import render
+from pgsched.cli.options import DsnOption, connect
+from pgsched.cli.runs import runs
+from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
+from pgsched.loader import load_app
+from pgsched.logs import LogFormat, configure_logging
+from pgsched.migrate import migrate as apply_migrations
+from pgsched.migrate import pending
+from pgsched.worker import WorkerOptions
+
+cli = typer.Typer(
+    name="pgsched", help="A job queue and cron scheduler that needs nothing but PostgreSQL.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+cli.add_typer(runs, name="runs")
+
+_debug = False
+
+AppOption = Annotated[Optional[str], typer.Option("--app", help="Your App as module:attribute (default: the example app)")]
+LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
+LogFormatOption = Annotated[str, typer.Option("--log-format", help="text or json (JSON lines)")]
+
+
+@cli.callback()
+def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors")] = False) -> None:
+    global _debug
+    _debug = debug
+
+
+@cli.command()
+def migrate(check: Annotated[bool, typer.Option("--check", help="Exit 1 if a migration is pending; change nothing")] = False,
+            dsn: DsnOption = None) -> None:
+    """Apply pending schema migrations (one transaction, safe to run concurrently)."""
+    with connect(dsn) as conn:
+        if check:
+            todo = pending(conn)
+            if todo:
+                raise SchemaNotReady(f"{len(todo)} migration(s) pending: "
+                                     + ", ".join(f"{m.version}_{m.name}" for m in todo))
+            render.info("schema is up to date")
+            return
+        applied = apply_migrations(conn)
+    render.info(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version}_{m.name}" for m in applied)
+                if applied else "schema is up to date")
+
+
+def _worker_options(concurrency: int, queues: str | None, poll_interval: float, lease: float,
+                    grace: float) -> WorkerOptions:
+    try:
+        return WorkerOptions(concurrency=concurrency, poll_interval_s=poll_interval, lease_s=lease, grace_s=grace,
+                             queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _check_log_options(level: str, fmt: str) -> LogFormat:
+    if level.lower() not in ("debug", "info", "warning", "error"):
+        raise InvalidInput(f"--log-level must be debug, info, warning or error, got {level!r}")
+    if fmt not in ("text", "json"):
+        raise InvalidInput(f"--log-format must be text or json, got {fmt!r}")
+    return fmt  # type: ignore[return-value]
+
+
+@cli.command()
+def worker(
+    app: AppOption = None,
+    concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
+    queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: default + the app's task queues)")] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between polls when no notification arrives")] = WorkerOptions.poll_interval_s,
+    lease: Annotated[float, typer.Option(help="Seconds a claimed run's lease lasts (the heartbeat renews it)")] = WorkerOptions.lease_s,
+    grace: Annotated[float, typer.Option(help="Seconds running tasks get to finish after SIGTERM")] = WorkerOptions.grace_s,
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "text",
+    dsn: DsnOption = None,
+) -> None:
+    """Run a worker: claim runs from the queues and execute them."""
+    from pgsched.worker import run_worker
+
+    fmt = _check_log_options(log_level, log_format)
+    options = _worker_options(concurrency, queues, poll_interval, lease, grace)
+    loaded = load_app(app)
+    if dsn:
+        loaded.use_dsn(dsn)
+    configure_logging(log_level, fmt)
+    _require_current_schema(loaded.dsn)
+    run_worker(loaded, options)
+
+
+def _require_current_schema(dsn: str) -> None:
+    with connect(dsn) as conn:
+        todo = pending(conn)
+    if todo:
+        raise SchemaNotReady(f"the database schema is not current ({len(todo)} migration(s) pending): "
+                             "run `pgsched migrate` first")
+
+
+def _parse_args(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--args is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"--args must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--at must be an ISO 8601 timestamp with a timezone, got {text!r}") from None
+    if at.tzinfo is None:
+        raise InvalidInput(f"--at needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
+    return at
+
+
+@cli.command()
+def enqueue(
+    task: Annotated[str, typer.Argument(help="Task name")],
+    args: Annotated[str, typer.Option("--args", help="Args as a JSON object")] = "{}",
+    queue: Annotated[Optional[str], typer.Option()] = None,
+    priority: Annotated[Optional[int], typer.Option(help="-100..100, lower runs first")] = None,
+    delay: Annotated[Optional[float], typer.Option(help="Seconds from now")] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="ISO 8601 time with timezone")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option()] = None,
+    unique_key: Annotated[Optional[str], typer.Option(help="Idempotency key")] = None,
+    app: Annotated[Optional[str], typer.Option("--app", help="module:attribute, to check args against the task")] = None,
+    dsn: DsnOption = None,
+) -> None:
+    """Queue one run and print its id."""
+    from pgsched.app import App
+
+    target = load_app(app) if app else App()
+    if delay is not None and at is not None:
+        raise InvalidInput("give --delay or --at, not both")
+    target.use_dsn(resolve_cli_dsn(dsn))
+    try:
+        run_id = target.enqueue(task, _parse_args(args), queue=queue, priority=priority, delay=delay,
+                                run_at=_parse_at(at), max_attempts=max_attempts, unique_key=unique_key)
+    finally:
+        target.close()
+    render.info(str(run_id))
+
+
+def resolve_cli_dsn(dsn: str | None) -> str:
+    from pgsched.config import resolve_dsn
+
+    return resolve_dsn(dsn)
+
+
+STATS_COLUMNS = ("queue", "queued", "due", "running", "failed", "succeeded_last_hour", "oldest_queued_age_s")
+
+
+@cli.command()
+def stats(watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C")] = False,
+          json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+          dsn: DsnOption = None) -> None:
+    """Queue depth, running and failed runs, throughput and age per queue."""
+    with connect(dsn) as conn:
+        if not watch:
+            rows = admin.queue_stats(conn)
+            render.print_json(rows) if json_output else render.print_table(rows, STATS_COLUMNS, title="queues")
+            return
+        from rich.live import Live
+
+        with Live(render.table(admin.queue_stats(conn), STATS_COLUMNS, "queues"), console=render.out) as live:
+            while True:
+                time.sleep(1)
+                live.update(render.table(admin.queue_stats(conn), STATS_COLUMNS, "queues"))
+
+
+@cli.command()
+def dev(
+    app: AppOption = None,
+    concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
+    run_for: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C)")] = None,
+    log_level: LogLevelOption = "info",
+    dsn: DsnOption = None,
+) -> None:
+    """Quick start: embedded PostgreSQL (no DSN needed), schema applied, and a worker."""
+    from pgsched.dev import run_dev
+
+    _check_log_options(log_level, "text")
+    options = _worker_options(concurrency, None, WorkerOptions.poll_interval_s, WorkerOptions.lease_s, 5.0)
+    loaded = load_app(app)
+    if dsn:
+        loaded.use_dsn(dsn)
+    configure_logging(log_level, "text")
+    run_dev(loaded, options, run_for_s=run_for)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(prog_name="pgsched")  # exits by itself; usage errors print and exit 2
+    except (PgschedError, psycopg.OperationalError, psycopg.errors.UndefinedTable) as exc:
+        if _debug:
+            raise
+        render.error(_describe(exc))
+        sys.exit(1)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return "the pgsched schema is missing in this database: run `pgsched migrate` first"
+    if isinstance(exc, psycopg.OperationalError):
+        first_line = (str(exc).strip().splitlines() or ["unknown error"])[0]
+        return f"cannot reach the database: {first_line}"
+    return str(exc)
+
+
+if __name__ == "__main__":
+    main()

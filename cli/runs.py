@@ -1,0 +1,62 @@
+"""`pgsched runs …`: list, show, retry and cancel runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from pgsched import admin
+from pgsched.cli import render
+from pgsched.cli.options import DsnOption, connect
+
+runs = typer.Typer(help="Inspect and steer runs.", no_args_is_help=True)
+
+LIST_COLUMNS = ("id", "task", "queue", "status", "attempt", "max_attempts", "run_at", "finished_at")
+
+
+@runs.command("list")
+def list_runs(
+    status: Annotated[Optional[str], typer.Option(help="queued, running, succeeded, failed or cancelled")] = None,
+    queue: Annotated[Optional[str], typer.Option()] = None,
+    task: Annotated[Optional[str], typer.Option()] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    dsn: DsnOption = None,
+) -> None:
+    """List runs, newest first."""
+    with connect(dsn) as conn:
+        rows = admin.list_runs(conn, status=status, queue=queue, task=task, limit=limit)
+    if json_output:
+        render.print_json(rows)
+    else:
+        render.print_table(rows, LIST_COLUMNS, title="runs")
+
+
+@runs.command("show")
+def show(run_id: Annotated[int, typer.Argument(metavar="ID")],
+         json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+         dsn: DsnOption = None) -> None:
+    """Show one run with its result and every failed attempt."""
+    with connect(dsn) as conn:
+        run = admin.get_run(conn, run_id)
+    if json_output:
+        render.print_json(run)
+    else:
+        render.print_run(run)
+
+
+@runs.command("retry")
+def retry(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption = None) -> None:
+    """Queue a failed or cancelled run again, now."""
+    with connect(dsn) as conn:
+        admin.retry_run(conn, run_id)
+    render.info(f"run {run_id} queued again")
+
+
+@runs.command("cancel")
+def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption = None) -> None:
+    """Cancel a queued run."""
+    with connect(dsn) as conn:
+        admin.cancel_run(conn, run_id)
+    render.info(f"run {run_id} cancelled")

@@ -1,0 +1,68 @@
+"""Inspect and steer runs: what the CLI (and the API) call. One function per operation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched.errors import InvalidInput, RunNotFound, RunStateConflict
+from pgsched.sql import queries
+
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+MAX_LIST_LIMIT = 1000
+
+
+def check_run_id(run_id: Any) -> int:
+    if isinstance(run_id, bool) or not isinstance(run_id, int) or not 0 < run_id < 2**63:
+        raise InvalidInput(f"a run id is a positive integer, got {run_id!r}")
+    return run_id
+
+
+def get_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
+    """Every column of one run."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(queries["run_get"], {"id": check_run_id(run_id)}).fetchone()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id}")
+    return row
+
+
+def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str | None = None,
+              task: str | None = None, limit: int = 50, before_id: int | None = None) -> list[dict[str, Any]]:
+    """Runs newest first; pass the last id seen as ``before_id`` for the next page."""
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+    if before_id is not None:
+        check_run_id(before_id)
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["run_list"], {
+            "status": status, "queue": queue, "task": task, "limit": limit, "before_id": before_id}).fetchall()
+
+
+def retry_run(conn: psycopg.Connection, run_id: int) -> None:
+    """Queue a failed or cancelled run again, due now."""
+    if conn.execute(queries["run_retry"], {"id": check_run_id(run_id)}).fetchone() is None:
+        _explain_refusal(conn, run_id, "retry", "only failed or cancelled runs can be retried")
+
+
+def cancel_run(conn: psycopg.Connection, run_id: int) -> None:
+    """Cancel a queued run."""
+    if conn.execute(queries["run_cancel"], {"id": check_run_id(run_id)}).fetchone() is None:
+        _explain_refusal(conn, run_id, "cancel", "only queued runs can be cancelled")
+
+
+def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str) -> None:
+    row = conn.execute(queries["run_status"], {"id": run_id}).fetchone()
+    if row is None:
+        raise RunNotFound(f"no run with id {run_id}")
+    raise RunStateConflict(f"cannot {verb} run {run_id}: it is {row[0]}; {rule}")
+
+
+def queue_stats(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Per queue: queued, due, running, failed, succeeded in the last hour, oldest due age."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["queue_stats"]).fetchall()

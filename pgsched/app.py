@@ -1,0 +1,288 @@
+"""The App: a registry of tasks plus the enqueue API users call from Python.
+
+    app = App()                       # DSN from PGSCHED_DSN (or the embedded server), or App(dsn=...)
+
+    @app.task(queue="emails", max_attempts=5)
+    def send_email(to: str) -> None: ...
+
+    send_email.enqueue(to="a@b.c")                       # -> run id
+    app.enqueue("send_email", {"to": "a@b.c"}, conn=tx)  # inside the caller's transaction
+
+Every enqueue has an ``_async`` twin with the same arguments for asyncio callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, AsyncIterator, Callable, Generic, Iterator, Mapping, ParamSpec, Sequence, TypeVar, overload
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from pgsched import enqueue as _enqueue
+from pgsched.config import resolve_dsn
+from pgsched.enqueue import RunOptions, check_task_name, encode_args
+from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Keyword names Task.enqueue keeps for itself; a task parameter with one of these names
+# can still be passed through app.enqueue(name, {...}).
+ENQUEUE_KEYWORDS = frozenset({"run_at", "delay", "conn", "unique_key"})
+
+
+@dataclass(eq=False)
+class Task(Generic[P, R]):
+    """A registered function plus its run defaults. Calling it runs the function directly."""
+
+    app: App
+    fn: Callable[P, R]
+    name: str
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    timeout: float | None = None
+    retry_backoff: float = 1.0
+    is_async: bool = field(init=False)
+    signature: inspect.Signature = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+        self.signature = inspect.signature(self.fn)
+        RunOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise InvalidInput(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        if not (isinstance(self.retry_backoff, (int, float)) and self.retry_backoff >= 0):
+            raise InvalidInput(f"retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}")
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def check_args(self, args: Mapping[str, Any]) -> None:
+        """Raise InvalidArgs unless ``fn(**args)`` would bind."""
+        try:
+            self.signature.bind(**args)
+        except TypeError as exc:
+            raise InvalidArgs(f"args do not fit {self.name}{self.signature}: {exc}") from None
+
+    def enqueue(
+        self, *, run_at: datetime | None = None, delay: float | None = None, conn: psycopg.Connection | None = None,
+        unique_key: str | None = None, **kwargs: Any,
+    ) -> int:
+        """Queue one run of this task with ``kwargs`` as its args; returns the run id."""
+        return self.app.enqueue(self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key)
+
+    async def enqueue_async(
+        self, *, run_at: datetime | None = None, delay: float | None = None,
+        conn: psycopg.AsyncConnection | None = None, unique_key: str | None = None, **kwargs: Any,
+    ) -> int:
+        """The asyncio twin of :meth:`enqueue`."""
+        return await self.app.enqueue_async(
+            self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key
+        )
+
+
+class App:
+    """Tasks and the way to reach the database. Pools open on first use, not at import."""
+
+    def __init__(self, dsn: str | None = None, *, pool_max_size: int = 10) -> None:
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._dsn = dsn
+        self._pool_max_size = pool_max_size
+        self._pool: ConnectionPool | None = None
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    # ---- configuration
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in use: App(dsn=...), else $PGSCHED_DSN, else the embedded server."""
+        if self._dsn is None:
+            self._dsn = resolve_dsn(None)
+        return self._dsn
+
+    def use_dsn(self, dsn: str) -> None:
+        """Point the app at another database (the CLI's --dsn); only before it connects."""
+        if self._pool is not None or self._async_pools:
+            raise RuntimeError("use_dsn() must be called before the app opens connections")
+        self._dsn = dsn
+
+    # ---- tasks
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, *, name: str | None = None, queue: str = "default", priority: int = 0, max_attempts: int = 3,
+        timeout: float | None = None, retry_backoff: float = 1.0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = "default",
+             priority: int = 0, max_attempts: int = 3, timeout: float | None = None,
+             retry_backoff: float = 1.0) -> Any:
+        """Register a function (sync or async) as a task; usable bare or with options.
+
+        ``timeout`` cancels an async task at the deadline; sync tasks run in a thread that cannot
+        be stopped, so for them it is not enforced yet. ``retry_backoff`` is the base delay in
+        seconds of the exponential backoff between attempts.
+        """
+
+        def register(fn: Callable[P, R]) -> Task[P, R]:
+            task_name = name or fn.__name__
+            check_task_name(task_name)
+            if task_name in self.tasks:
+                raise DuplicateTask(f"a task named {task_name!r} is already registered ({self.tasks[task_name].fn!r})")
+            task: Task[P, R] = Task(self, fn, task_name, queue=queue, priority=priority, max_attempts=max_attempts,
+                                    timeout=timeout, retry_backoff=retry_backoff)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    # ---- enqueue
+
+    def _options(self, task: str, *, queue: str | None, priority: int | None, max_attempts: int | None,
+                 run_at: datetime | None, delay: float | None, unique_key: str | None = None) -> RunOptions:
+        """Validated run options; a known task lends its defaults."""
+        check_task_name(task)
+        known = self.tasks.get(task)
+        return RunOptions(
+            queue=queue if queue is not None else (known.queue if known else "default"),
+            priority=priority if priority is not None else (known.priority if known else 0),
+            max_attempts=max_attempts if max_attempts is not None else (known.max_attempts if known else 3),
+            run_at=run_at, delay=0.0 if delay is None else delay, unique_key=unique_key,
+        )
+
+    def _encode(self, task: str, args: Mapping[str, Any] | None) -> _enqueue.Jsonb:
+        """Args as jsonb, checked against the task's signature when the task is known here."""
+        known = self.tasks.get(task)
+        if known is not None and isinstance(args, Mapping):
+            known.check_args(args)
+        return encode_args(args)
+
+    def enqueue(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
+                priority: int | None = None, max_attempts: int | None = None, run_at: datetime | None = None,
+                delay: float | None = None, unique_key: str | None = None,
+                conn: psycopg.Connection | None = None) -> int:
+        """Queue one run; returns its id. With ``conn``, the insert joins that connection's transaction.
+
+        ``unique_key`` makes the call idempotent: a second enqueue with the same key returns the
+        first run's id and inserts nothing.
+        """
+        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
+                                run_at=run_at, delay=delay, unique_key=unique_key)
+        encoded = self._encode(task, args)
+        with self._connection(conn) as c, _database_rejections():
+            return _enqueue.insert_run(c, task, encoded, options)
+
+    async def enqueue_async(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
+                            priority: int | None = None, max_attempts: int | None = None,
+                            run_at: datetime | None = None, delay: float | None = None,
+                            unique_key: str | None = None, conn: psycopg.AsyncConnection | None = None) -> int:
+        """The asyncio twin of :meth:`enqueue`."""
+        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
+                                run_at=run_at, delay=delay, unique_key=unique_key)
+        encoded = self._encode(task, args)
+        async with self._async_connection(conn) as c:
+            with _database_rejections():
+                return await _enqueue.insert_run_async(c, task, encoded, options)
+
+    def _encode_many(self, task: str, all_args: Sequence[Mapping[str, Any]]) -> list[_enqueue.Jsonb]:
+        if isinstance(all_args, (str, bytes, Mapping)) or not isinstance(all_args, Sequence):
+            raise InvalidInput("enqueue_many takes a list of args objects")
+        encoded = []
+        for index, args in enumerate(all_args):
+            try:
+                encoded.append(self._encode(task, args))
+            except InvalidInput as exc:
+                raise type(exc)(f"args[{index}]: {exc}") from None
+        return encoded
+
+    def enqueue_many(self, task: str, all_args: Sequence[Mapping[str, Any]], *, queue: str | None = None,
+                     priority: int | None = None, max_attempts: int | None = None, run_at: datetime | None = None,
+                     delay: float | None = None, conn: psycopg.Connection | None = None) -> list[int]:
+        """Queue one run per args object with COPY, all or none; returns the ids in order."""
+        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
+                                run_at=run_at, delay=delay)
+        encoded = self._encode_many(task, all_args)
+        with self._connection(conn) as c, _database_rejections():
+            return _enqueue.insert_runs(c, task, encoded, options)
+
+    async def enqueue_many_async(self, task: str, all_args: Sequence[Mapping[str, Any]], *, queue: str | None = None,
+                                 priority: int | None = None, max_attempts: int | None = None,
+                                 run_at: datetime | None = None, delay: float | None = None,
+                                 conn: psycopg.AsyncConnection | None = None) -> list[int]:
+        """The asyncio twin of :meth:`enqueue_many`."""
+        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
+                                run_at=run_at, delay=delay)
+        encoded = self._encode_many(task, all_args)
+        async with self._async_connection(conn) as c:
+            with _database_rejections():
+                return await _enqueue.insert_runs_async(c, task, encoded, options)
+
+    # ---- connections
+
+    @property
+    def pool(self) -> ConnectionPool:
+        """The sync pool (autocommit connections), opened on first use."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self._pool_max_size,
+                                            kwargs={"autocommit": True}, open=True, name="pgsched")
+            return self._pool
+
+    async def async_pool(self) -> AsyncConnectionPool:
+        """The asyncio pool of the running event loop, opened on first use."""
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self._pool_max_size,
+                                       kwargs={"autocommit": True}, open=False, name="pgsched-async")
+            self._async_pools[loop] = pool
+            await pool.open()
+        return pool
+
+    @contextmanager
+    def _connection(self, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.pool.connection() as pooled:
+                yield pooled
+
+    @asynccontextmanager
+    async def _async_connection(self, conn: psycopg.AsyncConnection | None) -> AsyncIterator[psycopg.AsyncConnection]:
+        if conn is not None:
+            yield conn
+        else:
+            async with (await self.async_pool()).connection() as pooled:
+                yield pooled
+
+    def close(self) -> None:
+        """Close the sync pool (async pools close with :meth:`aclose`)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    async def aclose(self) -> None:
+        pool = self._async_pools.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+
+@contextmanager
+def _database_rejections() -> Iterator[None]:
+    """A row the schema's constraints reject is bad input, named by its constraint."""
+    try:
+        yield
+    except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation,
+            psycopg.errors.InvalidParameterValue) as exc:
+        detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)
+        raise InvalidInput(f"the database rejected the run: {detail}") from None

@@ -1,0 +1,90 @@
+"""Complete: the last hop. Buffers outcomes and writes each batch in one fenced UPDATE.
+
+While one batch is being written, new outcomes pile up and go out together in the next one,
+so the batch size follows the load with no fixed delay. A run's slot is released only after
+its outcome is committed: a run reported done is durable, and memory stays bounded by the
+worker's concurrency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from pgsched.executor import Outcome
+from pgsched.sql import queries
+
+logger = logging.getLogger("pgsched.worker")
+
+MAX_BATCH = 1000
+RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+# Called after each batch with the batch and the ids the fenced UPDATE actually changed.
+OnWritten = Callable[[list[Outcome], set[int]], None]
+
+
+class Completer:
+    def __init__(self, pool: AsyncConnectionPool, worker_id: int, on_written: OnWritten) -> None:
+        self._pool = pool
+        self._worker_id = worker_id
+        self._on_written = on_written
+        self._pending: list[Outcome] = []
+        self._has_pending = asyncio.Event()
+        self._unwritten = 0
+        self._all_written = asyncio.Event()
+        self._all_written.set()
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        self._unwritten += 1
+        self._all_written.clear()
+        self._has_pending.set()
+
+    async def drain(self) -> None:
+        """Wait until every outcome added so far is written (``run`` must be running)."""
+        await self._all_written.wait()
+
+    async def run(self) -> None:
+        """Write batches until cancelled."""
+        while True:
+            await self._has_pending.wait()
+            batch = self._pending[:MAX_BATCH]
+            del self._pending[:MAX_BATCH]
+            if not self._pending:
+                self._has_pending.clear()
+            written = await self._write_until_taken(batch)
+            self._unwritten -= len(batch)
+            if self._unwritten == 0:
+                self._all_written.set()
+            self._on_written(batch, written)
+
+    async def _write_until_taken(self, batch: list[Outcome]) -> set[int]:
+        """A finished task's outcome is never dropped because the database blipped: keep it
+        and retry until the database takes it."""
+        failures = 0
+        while True:
+            try:
+                return await self._write(batch)
+            except psycopg.OperationalError as exc:
+                delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
+                failures += 1
+                logger.warning("writing %d outcomes failed (%s); retrying in %.1fs", len(batch), exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _write(self, batch: list[Outcome]) -> set[int]:
+        params = {
+            "worker_id": self._worker_id,
+            "ids": [o.run_id for o in batch],
+            "attempts": [o.attempt for o in batch],
+            "statuses": [o.status for o in batch],
+            "results": [o.result for o in batch],
+            "errors": [o.error for o in batch],
+            "retry_delays_s": [o.retry_delay_s for o in batch],
+        }
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(queries["run_complete_many"], params)
+            return {row[0] for row in await cursor.fetchall()}

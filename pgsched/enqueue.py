@@ -1,0 +1,152 @@
+"""Enqueue: the first hop of the data path. Turns a task name and its args into rows of
+``pgsched.runs``; the table's AFTER INSERT trigger sends the NOTIFY that wakes workers.
+
+Every function takes the connection to write on. Pass your own (in a transaction) and the
+run exists if and only if your transaction commits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgsched.errors import InvalidInput
+from pgsched.sql import queries
+
+MAX_ARGS_BYTES = 1024 * 1024
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """Where and when a run goes; validated on creation with messages that name the field."""
+
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    run_at: datetime | None = None
+    delay: float = 0.0
+    unique_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.queue, str) or not _QUEUE_NAME.match(self.queue):
+            raise InvalidInput(
+                f"queue {self.queue!r} is not a valid name: 1-63 characters of A-Z a-z 0-9 _ . : -, "
+                "starting with a letter or digit"
+            )
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not -100 <= self.priority <= 100:
+            raise InvalidInput(f"priority must be an integer between -100 and 100, got {self.priority!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InvalidInput(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if self.run_at is not None and (not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None):
+            raise InvalidInput(f"run_at must be a timezone-aware datetime, got {self.run_at!r}")
+        if isinstance(self.delay, bool) or not isinstance(self.delay, (int, float)) or not 0 <= self.delay < 10**9:
+            raise InvalidInput(f"delay must be a number of seconds >= 0, got {self.delay!r}")
+        if self.unique_key is not None and (not isinstance(self.unique_key, str) or not self.unique_key.strip()):
+            raise InvalidInput(f"unique_key must be a non-empty string, got {self.unique_key!r}")
+
+
+def check_task_name(task: str) -> None:
+    if not isinstance(task, str) or not task.strip() or len(task) > 200:
+        raise InvalidInput(f"task must be a non-empty name of at most 200 characters, got {task!r}")
+
+
+def encode_args(args: Mapping[str, Any] | None) -> Jsonb:
+    """Args as the jsonb parameter, checked to be a JSON object of at most 1 MB."""
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise InvalidInput(f"args must be a JSON object (a dict), got {type(args).__name__}")
+    try:
+        text = json.dumps(args, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"args are not JSON-serialisable: {exc}") from None
+    if len(text) > MAX_ARGS_BYTES:
+        raise InvalidInput(f"args are {len(text)} bytes of JSON; the limit is {MAX_ARGS_BYTES}")
+    return Jsonb(args, dumps=lambda _: text)
+
+
+def _insert_params(task: str, args: Jsonb, options: RunOptions) -> dict[str, Any]:
+    return {
+        "task": task,
+        "args": args,
+        "queue": options.queue,
+        "priority": options.priority,
+        "run_at": options.run_at,
+        "delay": float(options.delay),
+        "max_attempts": options.max_attempts,
+        "unique_key": options.unique_key,
+    }
+
+
+def _insert_query(options: RunOptions) -> str:
+    return queries["run_insert_unique"] if options.unique_key else queries["run_insert"]
+
+
+def insert_run(conn: psycopg.Connection, task: str, args: Jsonb, options: RunOptions) -> int:
+    """INSERT one run (one round trip); with a unique_key, the existing run's id if taken."""
+    row = conn.execute(_insert_query(options), _insert_params(task, args, options)).fetchone()
+    if row is None:  # the key's holder committed after our statement's snapshot: read it now
+        row = conn.execute(_insert_query(options), _insert_params(task, args, options)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def insert_run_async(conn: psycopg.AsyncConnection, task: str, args: Jsonb, options: RunOptions) -> int:
+    """The asyncio twin of :func:`insert_run`."""
+    cursor = await conn.execute(_insert_query(options), _insert_params(task, args, options))
+    row = await cursor.fetchone()
+    if row is None:
+        cursor = await conn.execute(_insert_query(options), _insert_params(task, args, options))
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _bulk_rows(task: str, ids: list[int], all_args: list[Jsonb], options: RunOptions, run_at: datetime) -> Iterable[tuple]:
+    for run_id, args in zip(ids, all_args):
+        yield (run_id, task, args, options.queue, options.priority, run_at, options.max_attempts)
+
+
+def _check_bulk(options: RunOptions) -> None:
+    if options.unique_key is not None:
+        raise InvalidInput("unique_key applies to single enqueues, not to enqueue_many")
+
+
+def insert_runs(conn: psycopg.Connection, task: str, all_args: list[Jsonb], options: RunOptions) -> list[int]:
+    """Bulk enqueue with COPY (one NOTIFY for the whole batch); returns the new ids in order."""
+    _check_bulk(options)
+    if not all_args:
+        return []
+    with conn.transaction():
+        ids, run_at = conn.execute(
+            queries["run_reserve_ids"], {"n": len(all_args), "run_at": options.run_at, "delay": float(options.delay)}
+        ).fetchone()  # type: ignore[misc]
+        with conn.cursor().copy(queries["run_copy"]) as copy:
+            for row in _bulk_rows(task, ids, all_args, options, run_at):
+                copy.write_row(row)
+    return list(ids)
+
+
+async def insert_runs_async(
+    conn: psycopg.AsyncConnection, task: str, all_args: list[Jsonb], options: RunOptions
+) -> list[int]:
+    """The asyncio twin of :func:`insert_runs`."""
+    _check_bulk(options)
+    if not all_args:
+        return []
+    async with conn.transaction():
+        cursor = await conn.execute(
+            queries["run_reserve_ids"], {"n": len(all_args), "run_at": options.run_at, "delay": float(options.delay)}
+        )
+        ids, run_at = await cursor.fetchone()  # type: ignore[misc]
+        async with conn.cursor().copy(queries["run_copy"]) as copy:
+            for row in _bulk_rows(task, ids, all_args, options, run_at):
+                await copy.write_row(row)
+    return list(ids)

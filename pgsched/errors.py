@@ -1,0 +1,72 @@
+"""Every error pgsched raises, and the exceptions tasks raise to steer their own run.
+
+Each class's docstring is its default message. User-facing entry points (CLI, API) catch
+``PgschedError`` and show its message; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PgschedError(Exception):
+    """pgsched failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(PgschedError):
+    """pgsched is not configured correctly."""
+
+
+class DatabaseUnavailable(PgschedError):
+    """The database cannot be reached."""
+
+
+class SchemaNotReady(PgschedError):
+    """The pgsched schema is missing or out of date: run `pgsched migrate`."""
+
+
+class TaskNotFound(PgschedError):
+    """No task with that name is registered."""
+
+
+class DuplicateTask(PgschedError):
+    """A task with that name is already registered."""
+
+
+class InvalidInput(PgschedError):
+    """The input is not valid."""
+
+
+class InvalidArgs(InvalidInput):
+    """The arguments do not fit the task's signature."""
+
+
+class RunNotFound(PgschedError):
+    """No run with that id."""
+
+
+class RunStateConflict(PgschedError):
+    """The run is not in a state that allows this."""
+
+
+class AppLoadError(PgschedError):
+    """The app could not be loaded."""
+
+
+# Raised by tasks to steer their run; never by pgsched itself.
+
+
+class Retry(Exception):
+    """Raise from a task to run it again later (counts as an attempt)."""
+
+    def __init__(self, after: float | None = None, reason: str = "retry requested by the task") -> None:
+        super().__init__(reason)
+        self.after = after
+
+
+class Cancel(Exception):
+    """Raise from a task to end its run as cancelled, without retries."""
+
+    def __init__(self, reason: str = "cancelled by the task") -> None:
+        super().__init__(reason)

@@ -1,0 +1,121 @@
+"""Execute: run one claimed run's task and turn what happened into an :class:`Outcome`.
+
+Async tasks run in the worker's event loop (cancelled at their ``timeout``); sync tasks run in
+the worker's thread pool. Nothing here touches the database: outcomes go to the completer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from pgsched.app import Task
+from pgsched.errors import Cancel, InvalidArgs, Retry
+
+logger = logging.getLogger("pgsched.worker")
+
+MAX_BACKOFF_S = 3600.0
+MAX_RESULT_BYTES = 1024 * 1024
+
+
+@dataclass(slots=True)
+class ClaimedRun:
+    """A run this worker holds (its row says status 'running', attempt, worker_id = us)."""
+
+    id: int
+    task: str
+    args: Any
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to write back for one run: a final status, or 'queued' again for a retry."""
+
+    run_id: int
+    attempt: int
+    status: str  # succeeded | failed | cancelled | queued (retry)
+    result: str | None = None  # JSON text
+    error: str | None = None  # JSON text of one errors[] entry
+    retry_delay_s: float = 0.0
+
+
+def backoff_delay(base_s: float, attempt: int) -> float:
+    """Exponential backoff with jitter: base * 2^(attempt-1), capped, times 0.5..1.5."""
+    return min(base_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
+
+
+def _error_entry(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str | None) -> str:
+    return json.dumps({
+        "attempt": run.attempt, "at": datetime.now(timezone.utc).isoformat(), "worker_id": worker_id,
+        "type": kind, "message": message, "traceback": tb,
+    })
+
+
+def _failure(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str | None = None,
+             *, retryable: bool = True, retry_after: float | None = None, backoff_s: float = 1.0) -> Outcome:
+    """A failed attempt: back to the queue while attempts remain, else the run fails."""
+    error = _error_entry(run, worker_id, kind, message, tb)
+    if retryable and run.attempt < run.max_attempts:
+        delay = retry_after if retry_after is not None else backoff_delay(backoff_s, run.attempt)
+        return Outcome(run.id, run.attempt, "queued", error=error, retry_delay_s=delay)
+    return Outcome(run.id, run.attempt, "failed", error=error)
+
+
+def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
+    if not isinstance(args, Mapping):
+        raise InvalidArgs(f"args must be a JSON object, got {type(args).__name__}")
+    task.check_args(args)
+    return args
+
+
+async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads: ThreadPoolExecutor,
+                  worker_id: int) -> Outcome:
+    """Run the task of ``run`` and report the outcome. Never raises, except CancelledError."""
+    task = tasks.get(run.task)
+    if task is None:
+        known = ", ".join(sorted(tasks)) or "none"
+        return _failure(run, worker_id, "TaskNotFound",
+                        f"unknown task {run.task!r}: this worker knows {known}", retryable=False)
+    try:
+        args = _bound_args(task, run.args)
+    except InvalidArgs as exc:
+        return _failure(run, worker_id, "InvalidArgs", str(exc), retryable=False)
+
+    try:
+        if task.is_async:
+            async with asyncio.timeout(task.timeout):
+                value = await task.fn(**args)
+        else:
+            value = await asyncio.get_running_loop().run_in_executor(threads, functools.partial(task.fn, **args))
+    except asyncio.CancelledError:
+        raise
+    except TimeoutError:
+        return _failure(run, worker_id, "Timeout", f"timed out after {task.timeout:g}s", backoff_s=task.retry_backoff)
+    except Retry as exc:
+        return _failure(run, worker_id, "Retry", str(exc), retry_after=exc.after, backoff_s=task.retry_backoff)
+    except Cancel as exc:
+        return Outcome(run.id, run.attempt, "cancelled", error=_error_entry(run, worker_id, "Cancel", str(exc), None))
+    except BaseException as exc:  # noqa: BLE001 - a task's SystemExit or KeyboardInterrupt must not kill the worker
+        return _failure(run, worker_id, type(exc).__name__, str(exc) or repr(exc),
+                        traceback.format_exc(), backoff_s=task.retry_backoff)
+
+    try:
+        result = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return _failure(run, worker_id, "ResultNotSerialisable",
+                        f"the task returned a value that is not JSON-serialisable: {exc}", retryable=False)
+    if len(result) > MAX_RESULT_BYTES:
+        return _failure(run, worker_id, "ResultTooLarge",
+                        f"the task returned {len(result)} bytes of JSON; the limit is {MAX_RESULT_BYTES}",
+                        retryable=False)
+    return Outcome(run.id, run.attempt, "succeeded", result=result)

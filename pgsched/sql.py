@@ -1,0 +1,36 @@
+"""The named SQL statements of pgsched, parsed once at import from ``schema/queries.sql``.
+
+Runtime code never writes SQL inline: it reads ``queries["run_claim"]`` and friends, so each
+statement has one home, a name that sorts by table, and a test that prepares it.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from types import MappingProxyType
+from typing import LiteralString, Mapping, cast
+
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def schema_files() -> resources.abc.Traversable:
+    """The folder that holds the migrations and queries.sql (inside the installed package)."""
+    return resources.files("pgsched.schema")
+
+
+def parse_queries(text: str) -> dict[str, LiteralString]:
+    """Split a queries file into ``{name: statement}``; comment lines are kept out of the SQL."""
+    parts = _NAME_LINE.split(text)
+    found: dict[str, LiteralString] = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        if name in found:
+            raise ValueError(f"queries.sql names {name!r} twice")
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        found[name] = cast(LiteralString, "\n".join(lines).strip().rstrip(";"))
+    return found
+
+
+queries: Mapping[str, LiteralString] = MappingProxyType(
+    parse_queries(schema_files().joinpath("queries.sql").read_text(encoding="utf-8"))
+)

@@ -1,0 +1,334 @@
+"""The worker process: listener + fetcher + executor + completer + heartbeat, in one event loop.
+
+    notify ─► listener ─► wake ─► fetcher: claim up to the free slots (run_claim)
+                                      └─► execute (event loop / thread pool) ─► completer
+
+Slots: ``concurrency`` runs are held at most, counted from claim until the outcome is
+committed. When the last claim filled every free slot there is a backlog, and the fetcher
+waits for a batch of slots (a quarter of them) before claiming again; otherwise it claims
+as soon as it is woken. The poll interval is a safety net: notifications normally wake it,
+and when only future runs are queued it sleeps until the earliest one is due.
+
+Leases: a claimed run's lease is extended by the heartbeat; a worker that dies stops
+extending it, and the sweep (any worker, one at a time under an advisory lock) puts the
+run back to the queue, or fails it when its attempts are used up.
+
+Shutdown: the first SIGTERM/SIGINT stops claiming and lets running tasks finish for
+``grace_s``; what is still running then is handed back to the queue without using up an
+attempt. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from pgsched.app import App
+from pgsched.completer import Completer
+from pgsched.executor import ClaimedRun, Outcome, execute
+from pgsched.listener import Listener
+from pgsched.sql import queries
+
+logger = logging.getLogger("pgsched.worker")
+
+# Advisory-lock key for the lease sweep (an arbitrary constant only pgsched uses).
+SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
+RESCUE_BATCH = 1000
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = 50
+    queues: list[str] | None = None  # None: "default" plus every queue the app's tasks use
+    poll_interval_s: float = 2.0
+    lease_s: float = 30.0
+    grace_s: float = 30.0
+    sweep_interval_s: float | None = None  # default: half the lease
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        for name in ("poll_interval_s", "lease_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.grace_s < 0:
+            raise ValueError("grace_s must be >= 0")
+
+
+@dataclass
+class _State:
+    held: dict[int, ClaimedRun] = field(default_factory=dict)  # claimed, outcome not yet committed
+    executing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    backlog: bool = False  # the last claim filled every free slot
+    waiting_for_slots: bool = False
+
+
+class Worker:
+    def __init__(self, app: App, options: WorkerOptions | None = None) -> None:
+        self.app = app
+        self.options = options or WorkerOptions()
+        self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
+        self.worker_id: int | None = None
+        self._state = _State()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._threads = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="pgsched-task")
+        self._min_batch = max(1, self.options.concurrency // 4)
+        self._abandoned_threads = False
+
+    # ---- lifecycle
+
+    def request_stop(self) -> None:
+        """First call: stop gracefully. Second call: stop now."""
+        if self._stop.is_set():
+            logger.warning("second stop signal: releasing running runs now")
+            self._force.set()
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Work until :meth:`request_stop` (or SIGTERM/SIGINT when installed)."""
+        dsn = self.app.dsn
+        async with AsyncConnectionPool(dsn, min_size=2, max_size=4, kwargs={"autocommit": True},
+                                       name="pgsched-worker", open=False) as pool:
+            await pool.open(wait=True)
+            self.worker_id = await self._register(pool)
+            logger.info("worker %s started: queues=%s concurrency=%d pid=%d", self.worker_id,
+                        ",".join(self.queues), self.options.concurrency, os.getpid())
+            completer = Completer(pool, self.worker_id, self._on_written)
+            self._completer = completer
+            listener = Listener(dsn, self.queues, self._wake.set)
+            background = [asyncio.create_task(coro) for coro in (
+                listener.run(), completer.run(), self._heartbeat(pool), self._sweep(pool))]
+            try:
+                await self._fetch(pool)
+                await self._shutdown(pool, completer)
+            finally:
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
+                await self._deregister(pool)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        logger.info("worker %s stopped", self.worker_id)
+        if self._abandoned_threads:
+            # A released sync task still runs in a thread nobody can stop; exiting normally
+            # would wait for it. Its run is back in the queue, so leave now.
+            logging.shutdown()
+            os._exit(0)
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    # ---- fetch: wake → claim → start
+
+    async def _fetch(self, pool: AsyncConnectionPool) -> None:
+        state = self._state
+        failures = 0
+        while not self._stop.is_set():
+            free = self.options.concurrency - len(state.held)
+            if free < (self._min_batch if state.backlog else 1):
+                state.waiting_for_slots = True
+                await self._sleep_until_woken(None)
+                continue
+            state.waiting_for_slots = False
+            self._wake.clear()
+            try:
+                runs = await self._claim(pool, free)
+                failures = 0
+            except psycopg.OperationalError as exc:
+                failures += 1
+                logger.warning("claim failed (%s); retrying", exc)
+                await self._sleep_until_woken(min(0.1 * 2**failures, self.options.poll_interval_s))
+                continue
+            for run in runs:
+                self._start(run)
+            state.backlog = len(runs) == free
+            if not state.backlog:
+                await self._sleep_until_woken(await self._seconds_until_due(pool))
+
+    async def _claim(self, pool: AsyncConnectionPool, limit: int) -> list[ClaimedRun]:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(queries["run_claim"], {
+                "queues": self.queues, "limit": limit, "worker_id": self.worker_id,
+                "lease_s": self.options.lease_s, "now": None})
+            return [ClaimedRun(*row) for row in await cursor.fetchall()]
+
+    async def _seconds_until_due(self, pool: AsyncConnectionPool) -> float:
+        """How long the fetcher may sleep: until the next queued run is due, at most a poll interval."""
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(queries["run_next_due"], {"queues": self.queues})
+                row = await cursor.fetchone()
+        except psycopg.OperationalError:
+            return self.options.poll_interval_s
+        due_in = row[0] if row else None
+        if due_in is None:
+            return self.options.poll_interval_s
+        return min(max(float(due_in), 0.0), self.options.poll_interval_s)
+
+    async def _sleep_until_woken(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    # ---- execute → complete
+
+    def _start(self, run: ClaimedRun) -> None:
+        self._state.held[run.id] = run
+        self._state.executing[run.id] = asyncio.create_task(self._execute(run))
+
+    async def _execute(self, run: ClaimedRun) -> None:
+        logger.info("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
+        started = time.perf_counter()
+        try:
+            outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0)
+        except asyncio.CancelledError:
+            return  # released back to the queue by the shutdown
+        finally:
+            self._state.executing.pop(run.id, None)
+        _log_outcome(run, outcome, time.perf_counter() - started)
+        self._completer.add(outcome)
+
+    def _on_written(self, batch: list[Outcome], written: set[int]) -> None:
+        for outcome in batch:
+            self._state.held.pop(outcome.run_id, None)
+            if outcome.run_id not in written:
+                logger.warning("run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
+                               outcome.run_id, outcome.attempt)
+        if self._state.waiting_for_slots:
+            self._wake.set()
+
+    # ---- heartbeat and sweep
+
+    async def _heartbeat(self, pool: AsyncConnectionPool) -> None:
+        while True:
+            await asyncio.sleep(self.options.lease_s / 3)
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute(queries["worker_heartbeat"],
+                                       {"worker_id": self.worker_id, "lease_s": self.options.lease_s})
+            except psycopg.OperationalError as exc:
+                logger.warning("heartbeat failed (%s)", exc)
+
+    async def _sweep(self, pool: AsyncConnectionPool) -> None:
+        interval = self.options.sweep_interval_s or self.options.lease_s / 2
+        while True:
+            try:
+                await rescue_expired(pool, stale_worker_s=self.options.lease_s * 4)
+            except psycopg.OperationalError as exc:
+                logger.warning("lease sweep failed (%s)", exc)
+            await asyncio.sleep(interval)
+
+    # ---- registration and shutdown
+
+    async def _register(self, pool: AsyncConnectionPool) -> int:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(queries["worker_register"], {
+                "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
+                "concurrency": self.options.concurrency})
+            row = await cursor.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    async def _deregister(self, pool: AsyncConnectionPool) -> None:
+        try:
+            async with pool.connection(timeout=5) as conn:
+                await conn.execute(queries["worker_deregister"], {"worker_id": self.worker_id})
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            logger.warning("could not deregister worker %s (%s)", self.worker_id, exc)
+
+    async def _shutdown(self, pool: AsyncConnectionPool, completer: Completer) -> None:
+        executing = self._state.executing
+        if executing and not self._force.is_set():
+            logger.info("stopping: waiting up to %gs for %d running runs", self.options.grace_s, len(executing))
+            deadline = time.monotonic() + self.options.grace_s
+            while executing and not self._force.is_set() and time.monotonic() < deadline:
+                done_or_forced = [asyncio.create_task(self._force.wait()), *executing.values()]
+                await asyncio.wait(done_or_forced, timeout=deadline - time.monotonic(),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                done_or_forced[0].cancel()
+        leftover = [self._state.held[run_id] for run_id in list(executing)]
+        self._abandoned_threads = any(
+            not self.app.tasks[run.task].is_async for run in leftover if run.task in self.app.tasks)
+        for task in list(executing.values()):
+            task.cancel()
+        if leftover:
+            await self._release(pool, leftover)
+        await completer.drain()
+
+    async def _release(self, pool: AsyncConnectionPool, runs: list[ClaimedRun]) -> None:
+        async with pool.connection() as conn:
+            await conn.execute(queries["run_release_many"], {
+                "worker_id": self.worker_id, "ids": [r.id for r in runs], "attempts": [r.attempt for r in runs]})
+        for run in runs:
+            self._state.held.pop(run.id, None)
+            logger.info("run %d %s released back to the queue (worker stopping)", run.id, run.task)
+
+
+async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, now: object = None) -> tuple[int, int]:
+    """Requeue (or fail) runs whose lease expired and forget workers not seen for a while.
+
+    One sweeper at a time: the others find the advisory lock taken and skip. Returns
+    (requeued, failed); (0, 0) when another sweeper holds the lock.
+    """
+    requeued = failed = 0
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            cursor = await conn.execute(queries["sweep_try_lock"], {"key": SWEEP_LOCK_KEY})
+            if not (await cursor.fetchone())[0]:  # type: ignore[index]
+                return 0, 0
+            while True:
+                cursor = await conn.execute(queries["run_rescue_expired"], {"now": now, "limit": RESCUE_BATCH})
+                batch_requeued, batch_failed, _ = await cursor.fetchone()  # type: ignore[misc]
+                requeued += batch_requeued
+                failed += batch_failed
+                if batch_requeued + batch_failed < RESCUE_BATCH:
+                    break
+            await conn.execute(queries["worker_remove_stale"], {"now": now, "stale_s": stale_worker_s})
+    if requeued or failed:
+        logger.warning("lease sweep: %d runs back to the queue, %d failed (their worker stopped heartbeating)",
+                       requeued, failed)
+    return requeued, failed
+
+
+def _log_outcome(run: ClaimedRun, outcome: Outcome, elapsed_s: float) -> None:
+    if outcome.status == "succeeded":
+        logger.info("run %d %s succeeded in %.1f ms", run.id, run.task, elapsed_s * 1000)
+    elif outcome.status == "queued":
+        logger.warning("run %d %s attempt %d/%d failed, retry in %.1fs: %s", run.id, run.task, run.attempt,
+                       run.max_attempts, outcome.retry_delay_s, _error_summary(outcome))
+    elif outcome.status == "cancelled":
+        logger.info("run %d %s cancelled: %s", run.id, run.task, _error_summary(outcome))
+    else:
+        logger.error("run %d %s failed after attempt %d/%d: %s", run.id, run.task, run.attempt,
+                     run.max_attempts, _error_summary(outcome))
+
+
+def _error_summary(outcome: Outcome) -> str:
+    entry = json.loads(outcome.error or "{}")
+    return f"{entry.get('type')}: {entry.get('message')}"
+
+
+def run_worker(app: App, options: WorkerOptions) -> None:
+    """Run a worker in this process until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        worker = Worker(app, options)
+        worker.install_signal_handlers()
+        await worker.run()
+
+    asyncio.run(main())

@@ -1,0 +1,232 @@
+-- Every statement pgsched runs, by name (entity_verb[_qualifier]).
+-- Loaded once at import by pgsched/sql.py. Time-sensitive queries take an optional
+-- %(now)s so tests can move the clock instead of sleeping.
+
+-- name: migration_lock
+-- Serialises concurrent `pgsched migrate` runs for the rest of the transaction.
+SELECT pg_advisory_xact_lock(%(key)s);
+
+-- name: migration_bootstrap
+-- The bookkeeping table every later migration is recorded in.
+CREATE SCHEMA IF NOT EXISTS pgsched;
+CREATE TABLE IF NOT EXISTS pgsched.schema_migrations (
+    version    text PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migration_table_exists
+SELECT to_regclass('pgsched.schema_migrations') IS NOT NULL;
+
+-- name: migration_applied
+SELECT version FROM pgsched.schema_migrations ORDER BY version;
+
+-- name: migration_record
+INSERT INTO pgsched.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: listener_listen
+-- Workers wake on this channel; payload = queue name.
+LISTEN pgsched;
+
+-- name: run_insert
+-- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
+INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts)
+VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
+        coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+        %(max_attempts)s)
+RETURNING id;
+
+-- name: run_insert_unique
+-- One run with an idempotency key: inserts it, or returns the run that already holds the key.
+WITH inserted AS (
+    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key)
+    VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
+            coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+            %(max_attempts)s, %(unique_key)s)
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT id, true AS created FROM inserted
+UNION ALL
+SELECT id, false FROM pgsched.runs
+WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT FROM inserted);
+
+-- name: run_reserve_ids
+-- Ids and the run_at for a bulk enqueue, so COPY can write rows whose ids the caller gets back.
+SELECT array_agg(nextval(pg_get_serial_sequence('pgsched.runs', 'id'))) AS ids,
+       coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s) AS run_at
+FROM generate_series(1, %(n)s);
+
+-- name: run_copy
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts) FROM STDIN;
+
+-- name: run_claim
+-- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
+-- subquery walks the claim index once per queue, in claim order, and locks with SKIP LOCKED
+-- so concurrent workers never wait on each other; MATERIALIZED fences the planner so the
+-- LIMIT applies before the UPDATE (a nested loop could otherwise update more rows).
+WITH next AS MATERIALIZED (
+    SELECT c.id
+    FROM unnest(%(queues)s::text[]) AS q(name),
+         LATERAL (
+             SELECT id, priority, run_at
+             FROM pgsched.runs
+             WHERE status = 'queued' AND queue = q.name
+               AND run_at <= coalesce(%(now)s::timestamptz, now())
+             ORDER BY priority, run_at, id
+             LIMIT %(limit)s
+             FOR UPDATE SKIP LOCKED
+         ) AS c
+    ORDER BY c.priority, c.run_at, c.id
+    LIMIT %(limit)s
+)
+UPDATE pgsched.runs AS r
+SET status = 'running',
+    attempt = r.attempt + 1,
+    worker_id = %(worker_id)s,
+    started_at = coalesce(%(now)s::timestamptz, now()),
+    lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
+FROM next
+WHERE r.id = next.id
+RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
+
+-- name: run_next_due
+-- Seconds until the earliest queued run of these queues is due (the fetcher sleeps until then).
+SELECT extract(epoch FROM min(n.run_at) - now())::float8
+FROM unnest(%(queues)s::text[]) AS q(name),
+     LATERAL (SELECT run_at FROM pgsched.runs
+              WHERE status = 'queued' AND queue = q.name
+              ORDER BY run_at LIMIT 1) AS n;
+
+-- name: run_complete_many
+-- Write a batch of outcomes in one statement. Fenced: only rows still held by this worker
+-- at this attempt change, so a worker that lost its lease cannot overwrite a rescue.
+-- status 'queued' is a retry: run_at moves by retry_delay_s.
+UPDATE pgsched.runs AS r
+SET status = o.status::pgsched.run_status,
+    result = o.result::jsonb,
+    errors = CASE WHEN o.error IS NULL THEN r.errors ELSE r.errors || jsonb_build_array(o.error::jsonb) END,
+    run_at = CASE WHEN o.status = 'queued' THEN now() + make_interval(secs => o.retry_delay_s) ELSE r.run_at END,
+    finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END,
+    lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[],
+            %(results)s::text[], %(errors)s::text[], %(retry_delays_s)s::float8[])
+     AS o(id, attempt, status, result, error, retry_delay_s)
+WHERE r.id = o.id AND r.attempt = o.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
+RETURNING r.id;
+
+-- name: run_release_many
+-- Graceful shutdown: hand runs that did not finish back to the queue without using up an
+-- attempt, and wake the other workers.
+WITH released AS (
+    UPDATE pgsched.runs AS r
+    SET status = 'queued', attempt = r.attempt - 1, lease_expires_at = NULL, run_at = now()
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt)
+    WHERE r.id = h.id AND r.attempt = h.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
+    RETURNING r.id, r.queue
+), notified AS (
+    SELECT pg_notify('pgsched', queue) FROM (SELECT DISTINCT queue FROM released) AS q
+)
+SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM notified) AS queues;
+
+-- name: run_rescue_expired
+-- Runs whose lease ran out (their worker died or stopped heartbeating) go back to the
+-- queue, or fail when their attempts are used up. Batched and SKIP LOCKED: never waits.
+WITH expired AS (
+    SELECT id FROM pgsched.runs
+    WHERE status = 'running' AND lease_expires_at < coalesce(%(now)s::timestamptz, now())
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE pgsched.runs AS r
+    SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END::pgsched.run_status,
+        run_at = coalesce(%(now)s::timestamptz, now()),
+        finished_at = CASE WHEN r.attempt >= r.max_attempts THEN coalesce(%(now)s::timestamptz, now()) END,
+        lease_expires_at = NULL,
+        errors = r.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', r.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'worker_id', r.worker_id,
+            'type', 'LeaseExpired',
+            'message', format('worker %%s stopped heartbeating: lease expired at %%s', r.worker_id, r.lease_expires_at)))
+    FROM expired
+    WHERE r.id = expired.id
+    RETURNING r.id, r.queue, r.status
+), notified AS (
+    SELECT pg_notify('pgsched', queue) FROM (SELECT DISTINCT queue FROM rescued WHERE status = 'queued') AS q
+)
+SELECT (SELECT count(*) FROM rescued WHERE status = 'queued') AS requeued,
+       (SELECT count(*) FROM rescued WHERE status = 'failed') AS failed,
+       (SELECT count(*) FROM notified) AS queues;
+
+-- name: sweep_try_lock
+-- One sweeper at a time across all workers, for the rest of the transaction.
+SELECT pg_try_advisory_xact_lock(%(key)s);
+
+-- name: worker_register
+INSERT INTO pgsched.workers (host, pid, queues, concurrency)
+VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+RETURNING id;
+
+-- name: worker_heartbeat
+-- Proves the worker alive and extends the leases of the runs it holds.
+WITH seen AS (
+    UPDATE pgsched.workers SET last_seen_at = now() WHERE id = %(worker_id)s RETURNING id
+)
+UPDATE pgsched.runs
+SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+WHERE worker_id = %(worker_id)s AND status = 'running';
+
+-- name: worker_deregister
+DELETE FROM pgsched.workers WHERE id = %(worker_id)s;
+
+-- name: worker_remove_stale
+-- Workers not seen for a while are gone; their runs are rescued by lease expiry.
+DELETE FROM pgsched.workers
+WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_s)s);
+
+-- name: run_get
+SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+       job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
+       errors, unique_key, tenant, created_at
+FROM pgsched.runs WHERE id = %(id)s;
+
+-- name: run_list
+-- Newest first, keyset-paginated by id; every filter is optional.
+SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+       started_at, finished_at, created_at
+FROM pgsched.runs
+WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: run_retry
+-- Run a failed or cancelled run again, now, with one more attempt if it used them all.
+WITH retried AS (
+    UPDATE pgsched.runs
+    SET status = 'queued', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
+        max_attempts = greatest(max_attempts, attempt + 1)
+    WHERE id = %(id)s AND status IN ('failed', 'cancelled')
+    RETURNING id, queue
+), notified AS (
+    SELECT pg_notify('pgsched', queue) FROM retried
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
+
+-- name: run_cancel
+-- Cancel a queued run (running runs are the worker's to stop).
+UPDATE pgsched.runs
+SET status = 'cancelled', finished_at = now()
+WHERE id = %(id)s AND status = 'queued'
+RETURNING id;
+
+-- name: run_status
+SELECT status::text FROM pgsched.runs WHERE id = %(id)s;
+
+-- name: queue_stats
+SELECT queue, queued, due, running, failed, succeeded_last_hour,
+       extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
+FROM pgsched.queue_stats
+ORDER BY queue;
