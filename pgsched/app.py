@@ -135,7 +135,7 @@ class App:
         """
 
         def register(fn: Callable[P, R]) -> Task[P, R]:
-            task_name = name or fn.__name__
+            task_name = fn.__name__ if name is None else name  # name="" is refused, not replaced
             check_task_name(task_name)
             if task_name in self.tasks:
                 raise DuplicateTask(f"a task named {task_name!r} is already registered ({self.tasks[task_name].fn!r})")

@@ -1,9 +1,8 @@
 """Complete: the last hop. Buffers outcomes and writes each batch in one fenced UPDATE.
 
 While one batch is being written, new outcomes pile up and go out together in the next one,
-so the batch size follows the load with no fixed delay. A run's slot is released only after
-its outcome is committed: a run reported done is durable, and memory stays bounded by the
-worker's concurrency.
+so the batch size follows the load with no fixed delay. The worker stops claiming while too
+many outcomes wait here, so memory stays bounded; on shutdown it drains what is left.
 """
 
 from __future__ import annotations
@@ -37,6 +36,11 @@ class Completer:
         self._unwritten = 0
         self._all_written = asyncio.Event()
         self._all_written.set()
+
+    @property
+    def unwritten(self) -> int:
+        """Outcomes added and not yet committed (the fetcher stops claiming past a limit)."""
+        return self._unwritten
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)

@@ -124,10 +124,12 @@ def insert_runs(conn: psycopg.Connection, task: str, all_args: list[Jsonb], opti
     _check_bulk(options)
     if not all_args:
         return []
+    # Reserve first: on the caller's idle non-autocommit connection this opens the caller's
+    # transaction, so the block below is a savepoint in it (not a BEGIN/COMMIT of its own).
+    ids, run_at = conn.execute(
+        queries["run_reserve_ids"], {"n": len(all_args), "run_at": options.run_at, "delay": float(options.delay)}
+    ).fetchone()  # type: ignore[misc]
     with conn.transaction():
-        ids, run_at = conn.execute(
-            queries["run_reserve_ids"], {"n": len(all_args), "run_at": options.run_at, "delay": float(options.delay)}
-        ).fetchone()  # type: ignore[misc]
         with conn.cursor().copy(queries["run_copy"]) as copy:
             for row in _bulk_rows(task, ids, all_args, options, run_at):
                 copy.write_row(row)
@@ -141,11 +143,11 @@ async def insert_runs_async(
     _check_bulk(options)
     if not all_args:
         return []
+    cursor = await conn.execute(  # first, as in insert_runs: then the block below is a savepoint
+        queries["run_reserve_ids"], {"n": len(all_args), "run_at": options.run_at, "delay": float(options.delay)}
+    )
+    ids, run_at = await cursor.fetchone()  # type: ignore[misc]
     async with conn.transaction():
-        cursor = await conn.execute(
-            queries["run_reserve_ids"], {"n": len(all_args), "run_at": options.run_at, "delay": float(options.delay)}
-        )
-        ids, run_at = await cursor.fetchone()  # type: ignore[misc]
         async with conn.cursor().copy(queries["run_copy"]) as copy:
             for row in _bulk_rows(task, ids, all_args, options, run_at):
                 await copy.write_row(row)

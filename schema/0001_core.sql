@@ -59,10 +59,16 @@ CREATE TABLE pgsched.runs (
 -- The claim index: partial, so it holds only queued runs however large the table grows.
 -- Its column order is the claim order.
 CREATE INDEX runs_claim_idx ON pgsched.runs (queue, priority, run_at, id) WHERE status = 'queued';
--- When nothing is due, the fetcher asks for the earliest future run_at per queue.
-CREATE INDEX runs_next_due_idx ON pgsched.runs (queue, run_at) WHERE status = 'queued';
--- Heartbeats extend the leases of one worker's running runs; the sweep reads all running runs.
-CREATE INDEX runs_running_idx ON pgsched.runs (worker_id) WHERE status = 'running';
+-- When nothing is due, the fetcher asks when the next deferred run (delay, run_at, retry
+-- backoff: run_at later than created_at) is due. The predicate keeps this index out of the
+-- claim's reach: with stale statistics after a bulk load the planner would otherwise pick
+-- it for the claim and sort every queued run (measured: 36 ms instead of 2 ms per claim).
+CREATE INDEX runs_deferred_idx ON pgsched.runs (queue, run_at) WHERE status = 'queued' AND run_at > created_at;
+-- Leases: only running runs have one. The sweep finds expired ones here, heartbeats extend
+-- one worker's. Its predicate is deliberately not "status = 'running'": the completion's
+-- fence says status = 'running', and with stale statistics the planner would otherwise
+-- scan this index (and every dead entry in it) instead of the primary key.
+CREATE INDEX runs_lease_idx ON pgsched.runs (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 CREATE INDEX runs_finished_idx ON pgsched.runs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE UNIQUE INDEX runs_unique_key_idx ON pgsched.runs (unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX runs_job_scheduled_for_idx ON pgsched.runs (job_id, scheduled_for)

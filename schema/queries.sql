@@ -91,11 +91,12 @@ WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
 
 -- name: run_next_due
--- Seconds until the earliest queued run of these queues is due (the fetcher sleeps until then).
+-- Seconds until the earliest deferred run of these queues is due (the fetcher sleeps until
+-- then). Runs due at creation need no timer: their insert's NOTIFY wakes the fetcher.
 SELECT extract(epoch FROM min(n.run_at) - now())::float8
 FROM unnest(%(queues)s::text[]) AS q(name),
      LATERAL (SELECT run_at FROM pgsched.runs
-              WHERE status = 'queued' AND queue = q.name
+              WHERE status = 'queued' AND queue = q.name AND run_at > created_at
               ORDER BY run_at LIMIT 1) AS n;
 
 -- name: run_complete_many
@@ -174,7 +175,7 @@ WITH seen AS (
 )
 UPDATE pgsched.runs
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE worker_id = %(worker_id)s AND status = 'running';
+WHERE lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running';
 
 -- name: worker_deregister
 DELETE FROM pgsched.workers WHERE id = %(worker_id)s;

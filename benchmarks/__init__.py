@@ -1,0 +1,1 @@
+"""Standalone benchmarks, one per question: `python -m benchmarks.<name>` from the repo root."""

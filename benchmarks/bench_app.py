@@ -1,0 +1,25 @@
+"""The tasks the benchmarks run: no-ops, and one that reports when it started."""
+
+from __future__ import annotations
+
+import time
+
+from pgsched import App
+
+app = App()
+
+
+@app.task
+async def noop() -> None:
+    return None
+
+
+@app.task
+def noop_sync() -> None:
+    return None
+
+
+@app.task
+async def started_at() -> float:
+    """Returns the wall-clock time the task began, for enqueue→start latency."""
+    return time.time()

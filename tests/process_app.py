@@ -1,0 +1,96 @@
+"""The App the multi-process tests (tests/test_processes.py) run in real worker processes.
+
+Every task records each execution into the test's side table ``executions`` through its own
+connection (DSN from ``$PGSCHED_DSN``), with the ``key`` it was given (a task cannot learn its
+run id yet), the worker's pid and an event name. The test creates the table:
+
+    CREATE TABLE executions (key text, event text, pid int, at timestamptz DEFAULT clock_timestamp())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import signal
+import threading
+import time
+
+import psycopg
+
+from pgsched import App
+
+app = App()
+
+# The tests send SIGUSR1 to a worker that misses a deadline, to see where its threads are.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+_INSERT = "INSERT INTO executions (key, event, pid) VALUES (%s, %s, %s)"
+
+_async_conn: psycopg.AsyncConnection | None = None
+_async_lock = asyncio.Lock()  # binds to the worker's loop on first use
+_sync_conn: psycopg.Connection | None = None
+_sync_lock = threading.Lock()
+
+
+async def _record(key: str, event: str) -> None:
+    """One row per event, over a connection this process shares between its async tasks
+    (psycopg serialises the statements of one connection)."""
+    global _async_conn
+    async with _async_lock:
+        if _async_conn is None:
+            _async_conn = await psycopg.AsyncConnection.connect(os.environ["PGSCHED_DSN"], autocommit=True)
+    await _async_conn.execute(_INSERT, (key, event, os.getpid()))
+
+
+def _record_sync(key: str, event: str) -> None:
+    global _sync_conn
+    with _sync_lock:
+        if _sync_conn is None:
+            _sync_conn = psycopg.connect(os.environ["PGSCHED_DSN"], autocommit=True)
+        _sync_conn.execute(_INSERT, (key, event, os.getpid()))
+
+
+@app.task
+async def record(key: str) -> str:
+    """The fast one: records that it ran, nothing else."""
+    await _record(key, "run")
+    return key
+
+
+@app.task
+async def slow(key: str, seconds: float) -> str:
+    """Records its start, sleeps ``seconds``, records its end."""
+    await _record(key, "start")
+    await asyncio.sleep(seconds)
+    await _record(key, "end")
+    return key
+
+
+@app.task
+def record_sync(key: str) -> str:
+    """A sync task (the worker's thread pool): records that it ran."""
+    _record_sync(key, "run")
+    return key
+
+
+@app.task
+def exit_sync(key: str) -> None:
+    """A poison run: a sync task that raises SystemExit in the worker's thread."""
+    _record_sync(key, "run")
+    raise SystemExit(3)
+
+
+@app.task
+async def exit_async(key: str) -> None:
+    """A poison run: an async task that raises SystemExit in the worker's event loop."""
+    await _record(key, "run")
+    raise SystemExit(4)
+
+
+@app.task
+def block_sync(key: str, seconds: float) -> None:
+    """A sync task that holds a thread for ``seconds`` (cannot be cancelled)."""
+    _record_sync(key, "start")
+    time.sleep(seconds)
+    _record_sync(key, "end")
