@@ -51,10 +51,14 @@ class Task(Generic[P, R]):
     retry_backoff: float = 1.0
     is_async: bool = field(init=False)
     signature: inspect.Signature = field(init=False)
+    # For plain signatures (named parameters only), the names accepted and those required:
+    # checking args is then two set operations instead of Signature.bind, on every run.
+    _names: tuple[frozenset[str], frozenset[str]] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.signature = inspect.signature(self.fn)
+        self._names = _plain_parameter_names(self.signature)
         RunOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise InvalidInput(f"timeout must be a positive number of seconds, got {self.timeout!r}")
@@ -66,6 +70,10 @@ class Task(Generic[P, R]):
 
     def check_args(self, args: Mapping[str, Any]) -> None:
         """Raise InvalidArgs unless ``fn(**args)`` would bind."""
+        if self._names is not None:
+            accepted, required = self._names
+            if required.issubset(args) and accepted.issuperset(args):
+                return
         try:
             self.signature.bind(**args)
         except TypeError as exc:
@@ -86,6 +94,15 @@ class Task(Generic[P, R]):
         return await self.app.enqueue_async(
             self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key
         )
+
+
+def _plain_parameter_names(signature: inspect.Signature) -> tuple[frozenset[str], frozenset[str]] | None:
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if not all(p.kind in named for p in signature.parameters.values()):
+        return None
+    accepted = frozenset(signature.parameters)
+    required = frozenset(n for n, p in signature.parameters.items() if p.default is inspect.Parameter.empty)
+    return accepted, required
 
 
 class App:

@@ -92,7 +92,9 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
         return _failure(run, worker_id, "InvalidArgs", str(exc), retryable=False)
 
     try:
-        if task.is_async:
+        if task.is_async and task.timeout is None:
+            value = await task.fn(**args)
+        elif task.is_async:
             async with asyncio.timeout(task.timeout):
                 value = await task.fn(**args)
         else:

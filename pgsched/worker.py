@@ -45,6 +45,14 @@ logger = logging.getLogger("pgsched.worker")
 # Advisory-lock key for the lease sweep (an arbitrary constant only pgsched uses).
 SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
 RESCUE_BATCH = 1000
+# The fetcher's own connection commits claims without waiting for the WAL flush. Safe: if
+# PostgreSQL crashed before flushing a claim, the run is simply 'queued' again and runs again,
+# which at-least-once allows; completions stay durable (and their flush covers the claim).
+# Saves an fsync per claim: enqueue->start latency and claim throughput both gain.
+# The claim has one right plan (the claim index, whatever the parameters) but PostgreSQL's
+# "auto" plan cache kept re-planning it on every execution: the generic plan halves an
+# idle claim (measured 0.57 -> 0.34 ms).
+CLAIM_CONNECTION = {"autocommit": True, "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"}
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
 
 
@@ -110,8 +118,11 @@ class Worker:
         """Work until :meth:`request_stop` (or SIGTERM/SIGINT when installed)."""
         dsn = self.app.dsn
         async with AsyncConnectionPool(dsn, min_size=2, max_size=4, kwargs={"autocommit": True},
-                                       name="pgsched-worker", open=False) as pool:
+                                       name="pgsched-worker", open=False) as pool, \
+                AsyncConnectionPool(dsn, min_size=1, max_size=1, kwargs=CLAIM_CONNECTION,
+                                    name="pgsched-fetcher", open=False) as claim_pool:
             await pool.open(wait=True)
+            await claim_pool.open(wait=True)
             self.worker_id = await self._register(pool)
             logger.info("worker %s started: queues=%s concurrency=%d pid=%d", self.worker_id,
                         ",".join(self.queues), self.options.concurrency, os.getpid())
@@ -121,7 +132,7 @@ class Worker:
             background = [asyncio.create_task(coro) for coro in (
                 listener.run(), completer.run(), self._heartbeat(pool), self._sweep(pool))]
             try:
-                await self._fetch(pool)
+                await self._fetch(claim_pool)
                 await self._shutdown(pool, completer)
             finally:
                 for task in background:
@@ -167,6 +178,7 @@ class Worker:
                 continue
             for run in runs:
                 self._start(run)
+            await asyncio.sleep(0)  # let the new tasks start before anything else goes out
             state.backlog = len(runs) == free
             if not state.backlog:
                 await self._sleep_until_woken(await self._seconds_until_due(pool))
@@ -197,7 +209,8 @@ class Worker:
 
     async def _sleep_until_woken(self, timeout: float | None) -> None:
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
         except TimeoutError:
             pass
 
