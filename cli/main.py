@@ -13,8 +13,11 @@ import psycopg
 import typer
 
 from pgsched import admin
+from pgsched.app import App
 from pgsched.cli import render
-from pgsched.cli.options import DsnOption, connect
+from pgsched.cli.options import DsnOption, connect, parse_args_json, parse_at
+from pgsched.cli.beat import MisfireGraceOption, RetentionOption, beat, beat_options
+from pgsched.cli.jobs import jobs
 from pgsched.cli.runs import runs
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import load_app
@@ -28,6 +31,8 @@ cli = typer.Typer(
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
 cli.add_typer(runs, name="runs")
+cli.add_typer(jobs, name="jobs")
+cli.add_typer(beat, name="beat")
 
 _debug = False
 
@@ -84,6 +89,10 @@ def worker(
     poll_interval: Annotated[float, typer.Option(help="Seconds between polls when no notification arrives")] = WorkerOptions.poll_interval_s,
     lease: Annotated[float, typer.Option(help="Seconds a claimed run's lease lasts (the heartbeat renews it)")] = WorkerOptions.lease_s,
     grace: Annotated[float, typer.Option(help="Seconds running tasks get to finish after SIGTERM")] = WorkerOptions.grace_s,
+    with_beat: Annotated[bool, typer.Option("--beat", help="Also run a beat in this process")] = False,
+    lock_interval: Annotated[float, typer.Option(help="With --beat: seconds between tries for the leader lock")] = 0.5,
+    retention: RetentionOption = "7d",
+    misfire_grace: MisfireGraceOption = 5.0,
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     dsn: DsnOption = None,
@@ -93,42 +102,23 @@ def worker(
 
     fmt = _check_log_options(log_level, log_format)
     options = _worker_options(concurrency, queues, poll_interval, lease, grace)
+    hosted_beat = beat_options(lock_interval, retention, misfire_grace) if with_beat else None
     loaded = load_app(app)
     if dsn:
         loaded.use_dsn(dsn)
     configure_logging(log_level, fmt)
-    _require_current_schema(loaded.dsn)
-    run_worker(loaded, options)
+    _prepare_database(loaded)
+    run_worker(loaded, options, hosted_beat)
 
 
-def _require_current_schema(dsn: str) -> None:
-    with connect(dsn) as conn:
+def _prepare_database(app: App) -> None:
+    """Refuse to start on an out-of-date schema; sync the app's @app.periodic schedules."""
+    with connect(app.dsn) as conn:
         todo = pending(conn)
-    if todo:
-        raise SchemaNotReady(f"the database schema is not current ({len(todo)} migration(s) pending): "
-                             "run `pgsched migrate` first")
-
-
-def _parse_args(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"--args is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f"--args must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _parse_at(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(f"--at must be an ISO 8601 timestamp with a timezone, got {text!r}") from None
-    if at.tzinfo is None:
-        raise InvalidInput(f"--at needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
-    return at
+        if todo:
+            raise SchemaNotReady(f"the database schema is not current ({len(todo)} migration(s) pending): "
+                                 "run `pgsched migrate` first")
+        app.sync_periodic_jobs(conn)
 
 
 @cli.command()
@@ -145,24 +135,16 @@ def enqueue(
     dsn: DsnOption = None,
 ) -> None:
     """Queue one run and print its id."""
-    from pgsched.app import App
-
     target = load_app(app) if app else App()
     if delay is not None and at is not None:
         raise InvalidInput("give --delay or --at, not both")
-    target.use_dsn(resolve_cli_dsn(dsn))
-    try:
-        run_id = target.enqueue(task, _parse_args(args), queue=queue, priority=priority, delay=delay,
-                                run_at=_parse_at(at), max_attempts=max_attempts, unique_key=unique_key)
-    finally:
-        target.close()
+    parsed_args, run_at = parse_args_json(args), parse_at(at)
+    # One plain connection, not the app's pool: the pool would retry an unreachable database
+    # for 30 s, logging every attempt, before failing.
+    with connect(dsn) as conn:
+        run_id = target.enqueue(task, parsed_args, queue=queue, priority=priority, delay=delay,
+                                run_at=run_at, max_attempts=max_attempts, unique_key=unique_key, conn=conn)
     render.info(str(run_id))
-
-
-def resolve_cli_dsn(dsn: str | None) -> str:
-    from pgsched.config import resolve_dsn
-
-    return resolve_dsn(dsn)
 
 
 STATS_COLUMNS = ("queue", "queued", "due", "running", "failed", "succeeded_last_hour", "oldest_queued_age_s")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
 from contextlib import contextmanager
-from typing import Annotated, Iterator, Optional
+from datetime import datetime
+from typing import Annotated, Any, Iterator, Optional
 
 import psycopg
 import typer
 
 from pgsched.config import resolve_dsn
+from pgsched.errors import InvalidInput
 
 DsnOption = Annotated[
     Optional[str],
@@ -22,3 +26,37 @@ def connect(dsn: str | None) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the configured database."""
     with psycopg.connect(resolve_dsn(dsn), autocommit=True) as conn:
         yield conn
+
+
+def parse_args_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--args is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"--args must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def parse_at(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--at must be an ISO 8601 timestamp with a timezone, got {text!r}") from None
+    if at.tzinfo is None:
+        raise InvalidInput(f"--at needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
+    return at
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """Seconds from '45', '45s', '30m', '12h' or '7d'."""
+    match = _DURATION.match(text)
+    if not match or float(match[1]) <= 0:
+        raise InvalidInput(f"{option} must be a positive duration such as 45s, 30m, 12h or 7d, got {text!r}")
+    return float(match[1]) * _UNIT_S[match[2]]

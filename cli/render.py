@@ -55,14 +55,18 @@ def print_json(value: Any) -> None:
     out.print_json(json.dumps(value, default=str))
 
 
-def print_run(run: dict[str, Any]) -> None:
-    grid = Table(show_header=False, title=f"run {run['id']}")
+def print_record(record: dict[str, Any], title: str) -> None:
+    """One row as a two-column table: field, value."""
+    grid = Table(show_header=False, title=title)
     grid.add_column(style="bold")
     grid.add_column(overflow="fold")
-    for key, value in run.items():
-        if key != "errors":
-            grid.add_row(key, _cell(value))
+    for key, value in record.items():
+        grid.add_row(key, _cell(value))
     out.print(grid)
+
+
+def print_run(run: dict[str, Any]) -> None:
+    print_record({k: v for k, v in run.items() if k != "errors"}, title=f"run {run['id']}")
     for entry in run.get("errors") or []:
         out.print(f"[bold]attempt {entry.get('attempt')}[/] {entry.get('at')}: "
                   f"[red]{entry.get('type')}[/]: {entry.get('message')}", highlight=False)

@@ -28,6 +28,8 @@ from pgsched import enqueue as _enqueue
 from pgsched.config import resolve_dsn
 from pgsched.enqueue import RunOptions, check_task_name, encode_args
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
+from pgsched.jobs import JobSpec, upsert_job
+from pgsched.schedule import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,6 +112,8 @@ class App:
 
     def __init__(self, dsn: str | None = None, *, pool_max_size: int = 10) -> None:
         self.tasks: dict[str, Task[Any, Any]] = {}
+        # Schedules declared with @app.periodic: upserted by name when a worker or beat starts.
+        self.periodic_jobs: dict[str, JobSpec] = {}
         self._dsn = dsn
         self._pool_max_size = pool_max_size
         self._pool: ConnectionPool | None = None
@@ -162,6 +166,54 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(self, *, cron: str | None = None, every: float | None = None, tz: str = "UTC",
+                 name: str | None = None, args: Mapping[str, Any] | None = None, misfire: str = "coalesce",
+                 **task_options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a task and a schedule for it (cron: 5 fields, or 6 with seconds first).
+
+        The schedule is written to ``pgsched.jobs`` (upserted by name, default: the task's name)
+        when a worker or beat with this app starts.
+        """
+
+        def register(fn: Callable[P, R]) -> Task[P, R]:
+            task = self.task(**task_options)(fn)
+            job_name = name or task.name
+            if job_name in self.periodic_jobs:
+                raise DuplicateTask(f"a periodic job named {job_name!r} is already registered")
+            self.periodic_jobs[job_name] = JobSpec(
+                name=job_name, task=task.name, schedule=Schedule(cron=cron, every_s=every, tz=tz),
+                args=args or {}, queue=task.queue, priority=task.priority, max_attempts=task.max_attempts,
+                misfire=misfire)
+            return task
+
+        return register
+
+    def schedule(self, name: str, *, task: str, cron: str | None = None, every: float | None = None,
+                 at: datetime | None = None, tz: str = "UTC", args: Mapping[str, Any] | None = None,
+                 queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
+                 misfire: str = "coalesce", max_catchup: int = 100, enabled: bool = True,
+                 conn: psycopg.Connection | None = None) -> bool:
+        """Create or update the scheduled job ``name`` (upsert); True if it was created.
+
+        Exactly one of ``cron`` (5 fields, or 6 with seconds first), ``every`` (seconds) or ``at``
+        (a one-off instant). ``misfire`` says what to do with fire times missed while no beat ran
+        or the job was paused: ``coalesce`` (one run), ``skip`` or ``all`` (up to ``max_catchup``).
+        """
+        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
+                                run_at=None, delay=None)
+        if args is not None:
+            self._encode(task, args)
+        spec = JobSpec(name=name, task=task, schedule=Schedule(cron=cron, every_s=every, at=at, tz=tz),
+                       args=args or {}, queue=options.queue, priority=options.priority,
+                       max_attempts=options.max_attempts, misfire=misfire, max_catchup=max_catchup, enabled=enabled)
+        with self._connection(conn) as c, _database_rejections():
+            return upsert_job(c, spec)
+
+    def sync_periodic_jobs(self, conn: psycopg.Connection) -> None:
+        """Upsert every @app.periodic schedule (a worker or beat does this when it starts)."""
+        for spec in self.periodic_jobs.values():
+            upsert_job(conn, spec)
 
     # ---- enqueue
 
@@ -299,7 +351,9 @@ def _database_rejections() -> Iterator[None]:
     """A row the schema's constraints reject is bad input, named by its constraint."""
     try:
         yield
-    except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation,
-            psycopg.errors.InvalidParameterValue) as exc:
+    except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation, psycopg.DataError) as exc:
+        # DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.
         detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)
+        if exc.diag.message_detail:
+            detail += f" ({exc.diag.message_detail})"
         raise InvalidInput(f"the database rejected the run: {detail}") from None

@@ -1,5 +1,6 @@
 """`pgsched dev`: the quick start. Embedded PostgreSQL (unless a DSN is configured), schema
-applied, and a worker; with the example app, a producer that keeps runs flowing."""
+applied, and a worker hosting a beat; with the example app, a producer that keeps runs
+flowing and a periodic job."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import psycopg
 
 from pgsched import example
 from pgsched.app import App
+from pgsched.beat import BeatOptions
 from pgsched.migrate import migrate
 from pgsched.worker import Worker, WorkerOptions
 
@@ -19,12 +21,13 @@ logger = logging.getLogger("pgsched.dev")
 def run_dev(app: App, options: WorkerOptions, *, run_for_s: float | None = None) -> None:
     with psycopg.connect(app.dsn, autocommit=True) as conn:
         applied = migrate(conn)
+        app.sync_periodic_jobs(conn)
     logger.info("schema ready (%d migrations applied now); database: %s", len(applied), app.dsn)
     asyncio.run(_work(app, options, run_for_s))
 
 
 async def _work(app: App, options: WorkerOptions, run_for_s: float | None) -> None:
-    worker = Worker(app, options)
+    worker = Worker(app, options, beat=BeatOptions())
     worker.install_signal_handlers()
     extras: list[asyncio.Task[None]] = []
     stop_demo = asyncio.Event()

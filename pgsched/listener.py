@@ -1,7 +1,7 @@
-"""Notify → wake: a dedicated autocommit connection LISTENs on channel ``pgsched``.
+"""Notify → wake: a dedicated autocommit connection LISTENs on a channel.
 
-Payloads are queue names (sent by the runs table's trigger). A notification for one of our
-queues sets the fetcher's wake event; many notifications before the fetcher runs collapse
+The worker listens on ``pgsched``, whose payloads are queue names (sent by the runs table's
+trigger); the beat on ``pgsched_jobs``. A notification sets the fetcher's wake event; many notifications before the fetcher runs collapse
 into one wake-up. Notifications sent while disconnected are lost, so every (re)connect also
 wakes the fetcher once, which then polls.
 """
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Collection
+from typing import Callable, LiteralString
 
 import psycopg
 
-from pgsched.sql import queries
 
 logger = logging.getLogger("pgsched.listener")
 
@@ -22,10 +21,15 @@ RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 class Listener:
-    def __init__(self, dsn: str, queues: Collection[str], wake: Callable[[], None]) -> None:
+    """Runs ``listen_query`` (a named LISTEN) on its own connection and calls ``wake`` for every
+    notification whose payload ``accept`` takes (every one, by default)."""
+
+    def __init__(self, dsn: str, listen_query: LiteralString, wake: Callable[[], None],
+                 accept: Callable[[str], bool] | None = None) -> None:
         self._dsn = dsn
-        self._queues = frozenset(queues)
+        self._listen_query = listen_query
         self._wake = wake
+        self._accept = accept
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -34,12 +38,12 @@ class Listener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self._dsn, autocommit=True) as conn:
-                    await conn.execute(queries["listener_listen"])
+                    await conn.execute(self._listen_query)
                     failures = 0
                     self.connected.set()
                     self._wake()  # anything sent while we were not listening: poll once
                     async for notify in conn.notifies():
-                        if notify.payload in self._queues:
+                        if self._accept is None or self._accept(notify.payload):
                             self._wake()
             except psycopg.OperationalError as exc:
                 self.connected.clear()

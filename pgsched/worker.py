@@ -30,21 +30,21 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgsched.app import App
+from pgsched.beat import Beat, BeatOptions
 from pgsched.completer import Completer
 from pgsched.executor import ClaimedRun, Outcome, execute
 from pgsched.listener import Listener
+from pgsched.maintenance import rescue_expired
 from pgsched.sql import queries
 
 logger = logging.getLogger("pgsched.worker")
 
-# Advisory-lock key for the lease sweep (an arbitrary constant only pgsched uses).
-SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
-RESCUE_BATCH = 1000
 # The fetcher's own connection commits claims without waiting for the WAL flush. Safe: if
 # PostgreSQL crashed before flushing a claim, the run is simply 'queued' again and runs again,
 # which at-least-once allows; completions stay durable (and their flush covers the claim).
@@ -89,9 +89,10 @@ class _State:
 
 
 class Worker:
-    def __init__(self, app: App, options: WorkerOptions | None = None) -> None:
+    def __init__(self, app: App, options: WorkerOptions | None = None, beat: BeatOptions | None = None) -> None:
         self.app = app
         self.options = options or WorkerOptions()
+        self._beat_options = beat  # host a beat in this process (``pgsched worker --beat``)
         self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
         self.worker_id: int | None = None
         self._state = _State()
@@ -103,6 +104,7 @@ class Worker:
         # Room for one batch being written while the next one executes.
         self._max_unwritten = 2 * self.options.concurrency
         self._abandoned_threads = False
+        self._stop_beat: Callable[[], None] | None = None
 
     # ---- lifecycle
 
@@ -113,6 +115,8 @@ class Worker:
             self._force.set()
         self._stop.set()
         self._wake.set()
+        if self._stop_beat is not None:
+            self._stop_beat()
 
     async def run(self) -> None:
         """Work until :meth:`request_stop` (or SIGTERM/SIGINT when installed)."""
@@ -128,12 +132,20 @@ class Worker:
                         ",".join(self.queues), self.options.concurrency, os.getpid())
             completer = Completer(pool, self.worker_id, self._on_written)
             self._completer = completer
-            listener = Listener(dsn, self.queues, self._wake.set)
+            queues = frozenset(self.queues)
+            listener = Listener(dsn, queries["listener_listen"], self._wake.set, accept=queues.__contains__)
+            beat = Beat(dsn, self._beat_options) if self._beat_options else None
             background = [asyncio.create_task(coro) for coro in (
                 listener.run(), completer.run(), self._heartbeat(pool), self._sweep(pool))]
+            if beat is not None:
+                beat_task = asyncio.create_task(beat.run())
+                background.append(beat_task)
+                self._stop_beat = beat.request_stop
             try:
                 await self._fetch(claim_pool)
                 await self._shutdown(pool, completer)
+                if beat is not None:
+                    await asyncio.wait([beat_task], timeout=5)  # it resigns leadership on its way out
             finally:
                 for task in background:
                     task.cancel()
@@ -312,32 +324,6 @@ class Worker:
             logger.info("run %d %s released back to the queue (worker stopping)", run.id, run.task)
 
 
-async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, now: object = None) -> tuple[int, int]:
-    """Requeue (or fail) runs whose lease expired and forget workers not seen for a while.
-
-    One sweeper at a time: the others find the advisory lock taken and skip. Returns
-    (requeued, failed); (0, 0) when another sweeper holds the lock.
-    """
-    requeued = failed = 0
-    async with pool.connection() as conn:
-        async with conn.transaction():
-            cursor = await conn.execute(queries["sweep_try_lock"], {"key": SWEEP_LOCK_KEY})
-            if not (await cursor.fetchone())[0]:  # type: ignore[index]
-                return 0, 0
-            while True:
-                cursor = await conn.execute(queries["run_rescue_expired"], {"now": now, "limit": RESCUE_BATCH})
-                batch_requeued, batch_failed, _ = await cursor.fetchone()  # type: ignore[misc]
-                requeued += batch_requeued
-                failed += batch_failed
-                if batch_requeued + batch_failed < RESCUE_BATCH:
-                    break
-            await conn.execute(queries["worker_remove_stale"], {"now": now, "stale_s": stale_worker_s})
-    if requeued or failed:
-        logger.warning("lease sweep: %d runs back to the queue, %d failed (their worker stopped heartbeating)",
-                       requeued, failed)
-    return requeued, failed
-
-
 def _log_outcome(run: ClaimedRun, outcome: Outcome, elapsed_s: float) -> None:
     if outcome.status == "succeeded":
         logger.info("run %d %s succeeded in %.1f ms (attempt %d/%d)", run.id, run.task, elapsed_s * 1000,
@@ -357,11 +343,11 @@ def _error_summary(outcome: Outcome) -> str:
     return f"{entry.get('type')}: {entry.get('message')}"
 
 
-def run_worker(app: App, options: WorkerOptions) -> None:
-    """Run a worker in this process until SIGTERM/SIGINT."""
+def run_worker(app: App, options: WorkerOptions, beat: BeatOptions | None = None) -> None:
+    """Run a worker (hosting a beat when ``beat`` is given) in this process until SIGTERM/SIGINT."""
 
     async def main() -> None:
-        worker = Worker(app, options)
+        worker = Worker(app, options, beat)
         worker.install_signal_handlers()
         await worker.run()
 

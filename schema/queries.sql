@@ -231,3 +231,118 @@ SELECT queue, queued, due, running, failed, succeeded_last_hour,
        extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
 FROM pgsched.queue_stats
 ORDER BY queue;
+
+-- name: job_upsert
+-- Create or replace a job definition by name. next_run_at is computed by the caller (or
+-- left NULL for the beat to compute); a definition change clears last_error.
+INSERT INTO pgsched.jobs AS j (name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup,
+                               max_attempts, enabled, next_run_at)
+VALUES (%(name)s, %(task)s, %(args)s, %(queue)s, %(priority)s, %(cron)s, %(every_s)s, %(at)s, %(tz)s,
+        %(misfire)s, %(max_catchup)s, %(max_attempts)s, %(enabled)s, %(next_run_at)s)
+ON CONFLICT (name) DO UPDATE
+SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority = excluded.priority,
+    cron = excluded.cron, every_s = excluded.every_s, at = excluded.at, tz = excluded.tz,
+    misfire = excluded.misfire, max_catchup = excluded.max_catchup, max_attempts = excluded.max_attempts,
+    enabled = excluded.enabled, last_error = NULL, updated_at = now(),
+    -- the same schedule keeps its place (and its missed runs); a new one starts afresh
+    next_run_at = CASE WHEN (j.cron, j.every_s, j.at, j.tz) IS NOT DISTINCT FROM
+                            (excluded.cron, excluded.every_s, excluded.at, excluded.tz)
+                       THEN coalesce(j.next_run_at, excluded.next_run_at)
+                       ELSE excluded.next_run_at END
+RETURNING j.id, (xmax = 0) AS created;
+
+-- name: job_get
+SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
+       enabled, next_run_at, last_scheduled_for, last_error, tenant, created_at, updated_at
+FROM pgsched.jobs WHERE name = %(name)s;
+
+-- name: job_list
+SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error
+FROM pgsched.jobs ORDER BY name;
+
+-- name: job_set_enabled
+UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE name = %(name)s RETURNING id;
+
+-- name: job_delete
+DELETE FROM pgsched.jobs WHERE name = %(name)s RETURNING id;
+
+-- name: job_trigger
+-- One run of the job now, outside its schedule.
+INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for)
+SELECT task, args, queue, priority, max_attempts, id, now() FROM pgsched.jobs WHERE name = %(name)s
+RETURNING id;
+
+-- name: job_due
+-- Jobs the leader must look at: due, or inserted by SQL without a next_run_at yet.
+SELECT id FROM pgsched.jobs
+WHERE enabled AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
+ORDER BY next_run_at NULLS FIRST
+LIMIT %(limit)s;
+
+-- name: job_lock_due
+-- Lock one due job for this transaction (SKIP LOCKED: a second beat in a split brain skips it).
+SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
+       next_run_at, coalesce(%(now)s::timestamptz, now()) AS now
+FROM pgsched.jobs
+WHERE id = %(id)s AND enabled
+  AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
+FOR UPDATE SKIP LOCKED;
+
+-- name: job_fire
+-- The runs of one job's fire times; (job_id, scheduled_for) is unique, so a fire time two
+-- beats both reach (a brief split brain) still makes one run.
+INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at)
+SELECT j.task, j.args, j.queue, j.priority, j.max_attempts, j.id, t.at, t.at
+FROM pgsched.jobs AS j, unnest(%(times)s::timestamptz[]) AS t(at)
+WHERE j.id = %(id)s
+ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: job_advance
+-- After firing: the next fire time; a one-off that has fired has none and is disabled.
+UPDATE pgsched.jobs
+SET next_run_at = %(next_run_at)s, last_scheduled_for = coalesce(%(last_scheduled_for)s, last_scheduled_for),
+    enabled = %(enabled)s, last_error = NULL
+WHERE id = %(id)s;
+
+-- name: job_disable_invalid
+-- A row the beat cannot schedule (inserted by SQL with a bad cron or timezone): keep it,
+-- stop it, and say why.
+UPDATE pgsched.jobs SET enabled = false, last_error = %(error)s, updated_at = now() WHERE id = %(id)s;
+
+-- name: job_next_due_in
+-- Seconds until the next enabled job is due (NULL: no job scheduled).
+SELECT extract(epoch FROM min(next_run_at) - now())::float8 FROM pgsched.jobs WHERE enabled;
+
+-- name: leader_try_lock
+-- Session-level: held until released or the connection ends, so a dead leader's lock frees itself.
+SELECT pg_try_advisory_lock(hashtextextended('pgsched.beat', 0));
+
+-- name: leader_unlock
+SELECT pg_advisory_unlock(hashtextextended('pgsched.beat', 0));
+
+-- name: leader_record
+-- The new leader says who it is (on its lock connection).
+INSERT INTO pgsched.beat_leader (host, pid, since, last_seen_at)
+VALUES (%(host)s, %(pid)s, now(), now())
+ON CONFLICT (singleton) DO UPDATE SET host = excluded.host, pid = excluded.pid, since = now(), last_seen_at = now();
+
+-- name: leader_heartbeat
+-- Run by the leader on its lock connection each round: any error means stepping down.
+UPDATE pgsched.beat_leader SET last_seen_at = now() WHERE host = %(host)s AND pid = %(pid)s;
+
+-- name: leader_resign
+DELETE FROM pgsched.beat_leader WHERE host = %(host)s AND pid = %(pid)s;
+
+-- name: leader_status
+SELECT host, pid, since, leading_for, last_seen_at FROM pgsched.beat_status;
+
+-- name: run_prune_finished
+-- Delete up to %(limit)s finished runs older than the retention (batched: short locks).
+DELETE FROM pgsched.runs
+WHERE id IN (SELECT id FROM pgsched.runs
+             WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+             LIMIT %(limit)s);
+
+-- name: listener_listen_jobs
+LISTEN pgsched_jobs;

@@ -1,0 +1,64 @@
+"""`pgsched beat`: run a beat (it leads when it holds the lock); `pgsched beat status`: who leads."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from psycopg.rows import dict_row
+
+from pgsched.beat import BeatOptions, run_beat
+from pgsched.cli import render
+from pgsched.cli.options import DsnOption, connect, parse_duration
+from pgsched.config import resolve_dsn
+from pgsched.errors import InvalidInput
+from pgsched.loader import load_app
+from pgsched.logs import configure_logging
+from pgsched.sql import queries
+
+beat = typer.Typer(help="Run the beat, or see who leads it.", invoke_without_command=True)
+
+LockIntervalOption = Annotated[float, typer.Option(help="Seconds between a follower's tries for the leader lock")]
+RetentionOption = Annotated[str, typer.Option(help="Prune finished runs older than this (e.g. 7d, 12h)")]
+MisfireGraceOption = Annotated[float, typer.Option(help="Seconds after which a fire time counts as missed")]
+
+
+def beat_options(lock_interval: float, retention: str, misfire_grace: float) -> BeatOptions:
+    try:
+        return BeatOptions(lock_interval_s=lock_interval, retention_s=parse_duration(retention, "--retention"),
+                           misfire_grace_s=misfire_grace)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+@beat.callback()
+def run(
+    ctx: typer.Context,
+    app: Annotated[Optional[str], typer.Option("--app", help="module:attribute whose @app.periodic jobs to sync")] = None,
+    lock_interval: LockIntervalOption = BeatOptions.lock_interval_s,
+    retention: RetentionOption = "7d",
+    misfire_grace: MisfireGraceOption = BeatOptions.misfire_grace_s,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    dsn: DsnOption = None,
+) -> None:
+    """Run a beat: it fires scheduled jobs while it leads (one leader at a time)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    options = beat_options(lock_interval, retention, misfire_grace)
+    configure_logging(log_level, "text")
+    resolved = resolve_dsn(dsn)
+    if app:
+        with connect(resolved) as conn:
+            load_app(app).sync_periodic_jobs(conn)
+    run_beat(resolved, options)
+
+
+@beat.command("status")
+def status(dsn: DsnOption = None) -> None:
+    """Which beat leads, since when."""
+    with connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        leader = cur.execute(queries["leader_status"]).fetchone()
+    if leader is None:
+        render.info("no beat leads")
+        return
+    render.print_record(leader, title="beat leader")

@@ -1,0 +1,231 @@
+"""The beat: fires scheduled jobs (``pgsched.jobs``) as runs, under one elected leader.
+
+Leadership
+----------
+Every beat process holds a dedicated connection and asks ``pg_try_advisory_lock`` (a
+session lock keyed on "pgsched.beat") every ``lock_interval_s``. The holder leads::
+
+    follower --lock taken--> leader --any error on the lock connection--> follower
+       ^                        |
+       +---- lock busy ---------+ (stop: unlock, resign, exit)
+
+The lock lives and dies with the leader's connection: if the leader process dies or its
+connection breaks, PostgreSQL releases the lock and the next follower to ask takes over
+within ``lock_interval_s``. The leader runs a statement on its lock connection every round;
+any error there means it may no longer hold the lock, so it steps down at once rather than
+act on stale leadership.
+
+Leadership is an efficiency, not the guarantee: each (job, scheduled_for) run is unique in
+the runs table and each due job is locked FOR UPDATE SKIP LOCKED while it fires, so even two
+beats that briefly both think they lead fire every fire time once.
+
+Firing
+------
+The leader sleeps until the nearest ``next_run_at`` (or a NOTIFY on ``pgsched_jobs`` when a
+definition changes, or ``max_sleep_s``), then, in one transaction per due job, inserts its
+runs and advances ``next_run_at``. Fire times no older than ``misfire_grace_s`` are on time
+and always fire, one run each (a failover of a second or two loses nothing). Older ones were
+missed — the beat was down or the job paused — and the job's misfire policy decides:
+``coalesce`` (one run, for the newest missed time), ``skip`` (none) or ``all`` (each, the
+newest ``max_catchup`` of them). A row inserted by SQL without ``next_run_at`` gets one; a
+row whose schedule is invalid is disabled with the reason in ``last_error``.
+
+Maintenance (leader only, every ``maintenance_interval_s``): rescue runs whose lease
+expired, prune finished runs older than ``retention_s``, forget workers not seen for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from pgsched.errors import InvalidInput
+from pgsched.jobs import schedule_of
+from pgsched.listener import Listener
+from pgsched.maintenance import prune_finished, rescue_expired
+from pgsched.schedule import Schedule
+from pgsched.sql import queries
+
+logger = logging.getLogger("pgsched.beat")
+
+DUE_BATCH = 500
+ON_TIME_LIMIT = 10_000  # on-time fire times per job per round: bounded by the grace window anyway
+
+
+@dataclass
+class BeatOptions:
+    lock_interval_s: float = 0.5
+    misfire_grace_s: float = 5.0
+    max_sleep_s: float = 5.0
+    maintenance_interval_s: float = 5.0
+    retention_s: float = 7 * 24 * 3600.0
+    stale_worker_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("lock_interval_s", "max_sleep_s", "maintenance_interval_s", "retention_s", "stale_worker_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.misfire_grace_s < 0:
+            raise ValueError("misfire_grace_s must be >= 0")
+
+
+def run_beat(dsn: str, options: BeatOptions) -> None:
+    """Run a beat in this process until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        beat = Beat(dsn, options)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, beat.request_stop)
+        await beat.run()
+
+    asyncio.run(main())
+
+
+class Beat:
+    def __init__(self, dsn: str, options: BeatOptions | None = None) -> None:
+        self.dsn = dsn
+        self.options = options or BeatOptions()
+        self.leading = False
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._identity = {"host": socket.gethostname(), "pid": os.getpid()}
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Follow, lead when the lock is free, until :meth:`request_stop`."""
+        async with AsyncConnectionPool(self.dsn, min_size=1, max_size=2, kwargs={"autocommit": True},
+                                       name="pgsched-beat", open=False) as pool:
+            await pool.open(wait=True)
+            listener = asyncio.create_task(Listener(self.dsn, queries["listener_listen_jobs"], self._wake.set).run())
+            try:
+                while not self._stop.is_set():
+                    await self._try_to_lead(pool)
+                    await self._sleep(self.options.lock_interval_s)
+            finally:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def _try_to_lead(self, pool: AsyncConnectionPool) -> None:
+        try:
+            lock_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            logger.warning("beat cannot connect (%s); retrying", exc)
+            return
+        async with lock_conn:
+            try:
+                if not (await (await lock_conn.execute(queries["leader_try_lock"])).fetchone())[0]:  # type: ignore[index]
+                    return
+                await lock_conn.execute(queries["leader_record"], self._identity)
+                self.leading = True
+                logger.info("beat %s:%s leads", self._identity["host"], self._identity["pid"])
+                await self._lead(lock_conn, pool)
+                await lock_conn.execute(queries["leader_resign"], self._identity)
+                await lock_conn.execute(queries["leader_unlock"])
+                logger.info("beat resigned leadership (stopping)")
+            except psycopg.Error as exc:
+                if self.leading:
+                    logger.warning("beat steps down: its lock connection failed (%s)", exc)
+            finally:
+                self.leading = False
+
+    async def _lead(self, lock_conn: psycopg.AsyncConnection, pool: AsyncConnectionPool) -> None:
+        next_maintenance = 0.0
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            # Proof of leadership for this round: raises (→ step down) if the connection is gone.
+            await lock_conn.execute(queries["leader_heartbeat"], self._identity)
+            self._wake.clear()
+            try:
+                async with pool.connection() as conn:
+                    await fire_due_jobs(conn, misfire_grace_s=self.options.misfire_grace_s)
+                    if loop.time() >= next_maintenance:
+                        next_maintenance = loop.time() + self.options.maintenance_interval_s
+                        await self._maintain(pool)
+                    due_in = (await (await conn.execute(queries["job_next_due_in"])).fetchone())[0]  # type: ignore[index]
+            except psycopg.OperationalError as exc:
+                logger.warning("beat round failed (%s); retrying", exc)
+                due_in = self.options.lock_interval_s
+            await self._sleep(self.options.max_sleep_s if due_in is None else min(max(due_in, 0.0), self.options.max_sleep_s))
+
+    async def _maintain(self, pool: AsyncConnectionPool) -> None:
+        await rescue_expired(pool, stale_worker_s=self.options.stale_worker_s)
+        async with pool.connection() as conn:
+            await prune_finished(conn, retention_s=self.options.retention_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+
+async def fire_due_jobs(conn: psycopg.AsyncConnection, *, misfire_grace_s: float, now: datetime | None = None) -> int:
+    """Fire every due job, one transaction each; returns the number of runs created."""
+    cursor = await conn.execute(queries["job_due"], {"now": now, "limit": DUE_BATCH})
+    created = 0
+    for (job_id,) in await cursor.fetchall():
+        async with conn.transaction():
+            async with conn.cursor(row_factory=dict_row) as cur:
+                job = await (await cur.execute(queries["job_lock_due"], {"id": job_id, "now": now})).fetchone()
+            if job is not None:
+                created += await _fire_job(conn, job, misfire_grace_s)
+    return created
+
+
+async def _fire_job(conn: psycopg.AsyncConnection, job: dict[str, Any], misfire_grace_s: float) -> int:
+    try:
+        schedule = schedule_of(job)
+    except InvalidInput as exc:
+        logger.warning("job %r disabled: %s", job["name"], exc)
+        await conn.execute(queries["job_disable_invalid"], {"id": job["id"], "error": str(exc)})
+        return 0
+    now: datetime = job["now"]
+    if job["next_run_at"] is None:  # inserted by SQL: give it its first fire time
+        first = schedule.at if schedule.at is not None else schedule.next_after(now)
+        await _advance(conn, job["id"], first, None)
+        return 0
+    times = fire_times(schedule, job, now, misfire_grace_s)
+    created = 0
+    if times:
+        cursor = await conn.execute(queries["job_fire"], {"id": job["id"], "times": times})
+        created = len(await cursor.fetchall())
+    await _advance(conn, job["id"], schedule.next_after(now, anchor=job["next_run_at"]), times[-1] if times else None)
+    return created
+
+
+async def _advance(conn: psycopg.AsyncConnection, job_id: int, next_run_at: datetime | None,
+                   last_scheduled_for: datetime | None) -> None:
+    # A one-off that has fired has no next time: it is done, so it is disabled.
+    await conn.execute(queries["job_advance"], {"id": job_id, "next_run_at": next_run_at,
+                                                "last_scheduled_for": last_scheduled_for,
+                                                "enabled": next_run_at is not None})
+
+
+def fire_times(schedule: Schedule, job: dict[str, Any], now: datetime, misfire_grace_s: float) -> list[datetime]:
+    """The fire times to create runs for now, per the job's misfire policy (see module doc)."""
+    since: datetime = job["next_run_at"]
+    cutoff = now - timedelta(seconds=misfire_grace_s)
+    on_time = schedule.recent(max(since, cutoff + timedelta(microseconds=1)), now, ON_TIME_LIMIT, anchor=since)
+    if since > cutoff or job["misfire"] == "skip":
+        return on_time
+    limit = job["max_catchup"] if job["misfire"] == "all" else 1
+    missed = schedule.recent(since, cutoff, limit, anchor=since)
+    if missed:
+        logger.info("job %r: %s missed fire time(s) since %s", job["name"],
+                    "running the newest" if job["misfire"] == "coalesce" else f"running {len(missed)}", since)
+    return missed + on_time

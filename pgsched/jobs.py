@@ -1,0 +1,117 @@
+"""Scheduled job definitions (``pgsched.jobs``): create, read, pause, resume, delete, trigger.
+
+One function per operation, called by ``App.schedule``, the CLI's ``jobs`` commands and the
+API alike; the beat (``pgsched/beat.py``) fires what these define.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched.enqueue import RunOptions, check_task_name, encode_args
+from pgsched.errors import InvalidInput, PgschedError
+from pgsched.schedule import Schedule
+from pgsched.sql import queries
+
+MISFIRE_POLICIES = ("coalesce", "skip", "all")
+UPCOMING_SHOWN = 5
+
+
+class JobNotFound(PgschedError):
+    """No job with that name."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job definition, validated on creation with messages that name the field."""
+
+    name: str
+    task: str
+    schedule: Schedule
+    args: Mapping[str, Any] = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int = 3
+    misfire: str = "coalesce"
+    max_catchup: int = 100
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 200:
+            raise InvalidInput(f"a job name is a non-empty string of at most 200 characters, got {self.name!r}")
+        check_task_name(self.task)
+        RunOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
+        encode_args(self.args)
+        if self.misfire not in MISFIRE_POLICIES:
+            raise InvalidInput(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {self.misfire!r}")
+        if isinstance(self.max_catchup, bool) or not isinstance(self.max_catchup, int) or self.max_catchup < 1:
+            raise InvalidInput(f"max_catchup must be an integer >= 1, got {self.max_catchup!r}")
+
+
+def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None = None) -> bool:
+    """Create the job, or replace the definition of the job with that name; True if created.
+
+    An unchanged schedule keeps its next fire time (so a restart that re-syncs definitions
+    neither skips nor repeats a run); a changed one starts from ``now``.
+    """
+    now = now or datetime.now(timezone.utc)
+    schedule = spec.schedule
+    row = conn.execute(queries["job_upsert"], {
+        "name": spec.name, "task": spec.task, "args": encode_args(spec.args), "queue": spec.queue,
+        "priority": spec.priority, "cron": schedule.cron, "every_s": schedule.every_s, "at": schedule.at,
+        "tz": schedule.tz, "misfire": spec.misfire, "max_catchup": spec.max_catchup,
+        "max_attempts": spec.max_attempts, "enabled": spec.enabled, "next_run_at": schedule.next_after(now),
+    }).fetchone()
+    assert row is not None
+    return bool(row[1])
+
+
+def schedule_of(job: Mapping[str, Any]) -> Schedule:
+    """The Schedule of a jobs row (raises InvalidSchedule for a bad SQL-inserted row)."""
+    return Schedule(cron=job["cron"], every_s=job["every_s"], at=job["at"], tz=job["tz"])
+
+
+def get_job(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    """Every column of one job, plus its next fire times (``upcoming``)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        job = cur.execute(queries["job_get"], {"name": name}).fetchone()
+    if job is None:
+        raise JobNotFound(f"no job named {name!r}")
+    try:
+        start = job["next_run_at"] or datetime.now(timezone.utc)
+        first = [start] if job["next_run_at"] else []
+        job["upcoming"] = (first + schedule_of(job).upcoming(start, UPCOMING_SHOWN))[:UPCOMING_SHOWN]
+    except InvalidInput:
+        job["upcoming"] = []
+    return job
+
+
+def list_jobs(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["job_list"]).fetchall()
+
+
+def set_enabled(conn: psycopg.Connection, name: str, enabled: bool) -> None:
+    """Pause (False) or resume (True). On resume the beat applies the job's misfire policy
+    to the fire times the pause skipped."""
+    if conn.execute(queries["job_set_enabled"], {"name": name, "enabled": enabled}).fetchone() is None:
+        raise JobNotFound(f"no job named {name!r}")
+
+
+def delete_job(conn: psycopg.Connection, name: str) -> None:
+    """Delete the definition; its past runs stay (their job_id becomes NULL)."""
+    if conn.execute(queries["job_delete"], {"name": name}).fetchone() is None:
+        raise JobNotFound(f"no job named {name!r}")
+
+
+def trigger_job(conn: psycopg.Connection, name: str) -> int:
+    """Queue one run of the job now, outside its schedule; returns the run id."""
+    row = conn.execute(queries["job_trigger"], {"name": name}).fetchone()
+    if row is None:
+        raise JobNotFound(f"no job named {name!r}")
+    return int(row[0])

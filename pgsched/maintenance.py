@@ -1,0 +1,60 @@
+"""Maintenance: idempotent, batched steps that keep the tables healthy. The beat's leader
+runs them all; workers also run the lease rescue, so at-least-once never depends on a beat
+being deployed (one sweeper at a time either way, under an advisory lock)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from pgsched.sql import queries
+
+logger = logging.getLogger("pgsched.maintenance")
+
+# Advisory-lock key for the lease sweep (an arbitrary constant only pgsched uses).
+SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
+RESCUE_BATCH = 1000
+PRUNE_BATCH = 5000
+
+
+async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, now: datetime | None = None) -> tuple[int, int]:
+    """Requeue (or fail) runs whose lease expired and forget workers not seen for a while.
+
+    One sweeper at a time: the others find the advisory lock taken and skip. Returns
+    (requeued, failed); (0, 0) when another sweeper holds the lock.
+    """
+    requeued = failed = 0
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            cursor = await conn.execute(queries["sweep_try_lock"], {"key": SWEEP_LOCK_KEY})
+            if not (await cursor.fetchone())[0]:  # type: ignore[index]
+                return 0, 0
+            while True:
+                cursor = await conn.execute(queries["run_rescue_expired"], {"now": now, "limit": RESCUE_BATCH})
+                batch_requeued, batch_failed, _ = await cursor.fetchone()  # type: ignore[misc]
+                requeued += batch_requeued
+                failed += batch_failed
+                if batch_requeued + batch_failed < RESCUE_BATCH:
+                    break
+            await conn.execute(queries["worker_remove_stale"], {"now": now, "stale_s": stale_worker_s})
+    if requeued or failed:
+        logger.warning("lease sweep: %d runs back to the queue, %d failed (their worker stopped heartbeating)",
+                       requeued, failed)
+    return requeued, failed
+
+
+async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:
+    """Delete finished runs older than the retention, a batch per statement (short locks)."""
+    pruned = 0
+    while True:
+        cursor = await conn.execute(queries["run_prune_finished"],
+                                    {"now": now, "retention_s": retention_s, "limit": PRUNE_BATCH})
+        pruned += cursor.rowcount
+        if cursor.rowcount < PRUNE_BATCH:
+            break
+    if pruned:
+        logger.info("pruned %d finished runs older than %.0fs", pruned, retention_s)
+    return pruned

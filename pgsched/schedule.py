@@ -1,0 +1,161 @@
+"""When a job fires: a cron expression in a timezone, a fixed interval, or one instant.
+
+Cron has 5 fields (minute hour day-of-month month day-of-week) or 6 with **seconds first**
+(``*/10 * * * * *`` = every 10 seconds), parsed by croniter and evaluated in the job's IANA
+timezone on the local wall clock. The daylight-saving rule:
+
+- a local time that does not exist (spring forward: 02:30 in Europe/Berlin on the last
+  Sunday of March) fires once, shifted forward by the gap: at 03:30 local, 01:30 UTC;
+- a local time that happens twice (fall back: 02:30 on the last Sunday of October) fires
+  once, at its first occurrence: 02:30 CEST, 00:30 UTC.
+
+So a daily 02:30 job fires exactly once on both days. Intervals are plain elapsed seconds
+from the first fire time (no timezone involved); a one-off fires once at its instant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, croniter
+
+from pgsched.errors import InvalidInput
+
+MAX_INTERVAL_S = 366 * 24 * 3600.0
+
+
+class InvalidSchedule(InvalidInput):
+    """The schedule is not valid."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    cron: str | None = None
+    every_s: float | None = None
+    at: datetime | None = None
+    tz: str = "UTC"
+
+    def __post_init__(self) -> None:
+        given = [name for name, value in (("cron", self.cron), ("every", self.every_s), ("at", self.at))
+                 if value is not None]
+        if len(given) != 1:
+            raise InvalidSchedule(f"a schedule needs exactly one of cron, every or at; got {', '.join(given) or 'none'}")
+        zone(self.tz)
+        if self.cron is not None:
+            _check_cron(self.cron)
+        if self.every_s is not None:
+            if isinstance(self.every_s, bool) or not isinstance(self.every_s, (int, float)) \
+                    or not 0 < self.every_s <= MAX_INTERVAL_S or math.isnan(self.every_s):
+                raise InvalidSchedule(f"every must be a number of seconds > 0 and <= {MAX_INTERVAL_S:.0f}, "
+                                      f"got {self.every_s!r}")
+        if self.at is not None and (not isinstance(self.at, datetime) or self.at.tzinfo is None):
+            raise InvalidSchedule(f"at must be a timezone-aware datetime, got {self.at!r}")
+
+    def next_after(self, after: datetime, anchor: datetime | None = None) -> datetime | None:
+        """The first fire time strictly after ``after`` (None: a one-off already past).
+
+        ``anchor`` is a fire time of an interval schedule; intervals count from it.
+        """
+        if self.at is not None:
+            return self.at if self.at > after else None
+        if self.every_s is not None:
+            start = anchor or after
+            steps = math.floor((after - start).total_seconds() / self.every_s) + 1
+            return start + timedelta(seconds=steps * self.every_s)
+        return next(self._cron_times(after))
+
+    def fire_times(self, after: datetime, until: datetime, limit: int,
+                   anchor: datetime | None = None) -> list[datetime]:
+        """Fire times in (after, until], at most ``limit`` of them, oldest first."""
+        times: list[datetime] = []
+        current = self.next_after(after, anchor)
+        while current is not None and current <= until and len(times) < limit:
+            times.append(current)
+            current = self.next_after(current, anchor or current)
+        return times
+
+    def recent(self, since: datetime, until: datetime, limit: int, anchor: datetime | None = None) -> list[datetime]:
+        """The newest ``limit`` fire times in [since, until], oldest first: a catch-up after a
+        long outage looks back from ``until`` instead of walking forward through every tick."""
+        if until < since or limit < 1:
+            return []
+        if self.at is not None:
+            return [self.at] if since <= self.at <= until else []
+        if self.every_s is not None:
+            start = anchor or since
+            last = math.floor((until - start).total_seconds() / self.every_s)
+            first = max(math.ceil((since - start).total_seconds() / self.every_s), last - limit + 1)
+            return [start + timedelta(seconds=k * self.every_s) for k in range(first, last + 1)]
+        times: list[datetime] = []
+        for instant in self._cron_times_before(until + timedelta(seconds=1)):
+            if instant > until:
+                continue
+            if instant < since or len(times) == limit:
+                break
+            if not times or instant < times[-1]:
+                times.append(instant)
+        return times[::-1]
+
+    def upcoming(self, after: datetime, count: int) -> list[datetime]:
+        """The next ``count`` fire times after ``after`` (fewer for a one-off)."""
+        times: list[datetime] = []
+        current = self.next_after(after)
+        while current is not None and len(times) < count:
+            times.append(current)
+            current = self.next_after(current, current)
+        return times
+
+    def _cron_times(self, after: datetime) -> Iterator[datetime]:
+        """Cron fire instants after ``after``, from local wall-clock candidates (see module doc)."""
+        assert self.cron is not None
+        local_zone = zone(self.tz)
+        local_start = after.astimezone(local_zone).replace(tzinfo=None)
+        # Start an hour early: in a repeated hour the wall clock after `after` may be earlier
+        # than `after`'s own wall-clock reading; instants not after `after` are skipped below.
+        candidates = croniter(self.cron, local_start - timedelta(hours=1), second_at_beginning=_has_seconds(self.cron))
+        while True:
+            wall = candidates.get_next(datetime)
+            instant = wall.replace(tzinfo=local_zone, fold=0).astimezone(timezone.utc)
+            if instant > after:
+                yield instant
+
+
+    def _cron_times_before(self, before: datetime) -> Iterator[datetime]:
+        """Cron fire instants before ``before``, newest first (same wall-clock mapping)."""
+        assert self.cron is not None
+        local_zone = zone(self.tz)
+        local_start = before.astimezone(local_zone).replace(tzinfo=None)
+        candidates = croniter(self.cron, local_start + timedelta(hours=1), second_at_beginning=_has_seconds(self.cron))
+        while True:
+            wall = candidates.get_prev(datetime)
+            instant = wall.replace(tzinfo=local_zone, fold=0).astimezone(timezone.utc)
+            if instant < before:
+                yield instant
+
+
+def zone(name: str) -> ZoneInfo:
+    if not isinstance(name, str) or not name:
+        raise InvalidSchedule(f"tz must be an IANA timezone name such as Europe/Berlin, got {name!r}")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSchedule(f"unknown timezone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None
+
+
+def _has_seconds(cron: str) -> bool:
+    return len(cron.split()) == 6
+
+
+def _check_cron(cron: str) -> None:
+    if not isinstance(cron, str) or len(cron.split()) not in (5, 6):
+        raise InvalidSchedule(
+            f"invalid cron expression {cron!r}: give 5 fields (minute hour day month weekday) "
+            "or 6 with seconds first")
+    try:
+        croniter(cron, datetime(2000, 1, 1), second_at_beginning=_has_seconds(cron)).get_next(datetime)
+    except (CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, ValueError, KeyError) as exc:
+        raise InvalidSchedule(f"invalid cron expression {cron!r}: {exc}") from None
