@@ -1,9 +1,9 @@
 """Notify → wake: a dedicated autocommit connection LISTENs on a channel.
 
 The worker listens on ``pgsched``, whose payloads are queue names (sent by the runs table's
-trigger); the beat on ``pgsched_jobs``. A notification sets the fetcher's wake event; many notifications before the fetcher runs collapse
-into one wake-up. Notifications sent while disconnected are lost, so every (re)connect also
-wakes the fetcher once, which then polls.
+trigger); the beat on ``pgsched_jobs``. A notification sets a wake event, so many arriving
+before the waiter runs collapse into one wake-up. Notifications sent while disconnected are
+lost, so every (re)connect also wakes the waiter once, which then polls.
 """
 
 from __future__ import annotations

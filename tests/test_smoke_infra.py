@@ -1,2 +1,0 @@
-def test_schema_is_loaded_in_each_test_database(conn):
-    assert conn.execute("SELECT count(*) FROM pgsched.runs").fetchone()[0] == 0
