@@ -176,15 +176,16 @@ class App:
         when a worker or beat with this app starts.
         """
 
+        schedule = Schedule(cron=cron, every_s=every, tz=tz)  # a bad schedule registers nothing
+
         def register(fn: Callable[P, R]) -> Task[P, R]:
-            task = self.task(**task_options)(fn)
-            job_name = name or task.name
+            job_name = name or task_options.get("name") or fn.__name__
             if job_name in self.periodic_jobs:
                 raise DuplicateTask(f"a periodic job named {job_name!r} is already registered")
+            task = self.task(**task_options)(fn)
             self.periodic_jobs[job_name] = JobSpec(
-                name=job_name, task=task.name, schedule=Schedule(cron=cron, every_s=every, tz=tz),
-                args=args or {}, queue=task.queue, priority=task.priority, max_attempts=task.max_attempts,
-                misfire=misfire)
+                name=job_name, task=task.name, schedule=schedule, args=args or {}, queue=task.queue,
+                priority=task.priority, max_attempts=task.max_attempts, misfire=misfire)
             return task
 
         return register

@@ -114,7 +114,14 @@ class Beat:
             try:
                 while not self._stop.is_set():
                     await self._try_to_lead(pool)
-                    await self._sleep(self.options.lock_interval_s)
+                    # A follower waits for its next try or a stop, not on _wake: the listener
+                    # sets _wake (on connect, on every job change) and only _lead clears it, so
+                    # waiting on it here made followers reconnect for the lock in a busy loop.
+                    try:
+                        async with asyncio.timeout(self.options.lock_interval_s):
+                            await self._stop.wait()
+                    except TimeoutError:
+                        pass
             finally:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
@@ -196,7 +203,11 @@ async def _fire_job(conn: psycopg.AsyncConnection, job: dict[str, Any], misfire_
         return 0
     now: datetime = job["now"]
     if job["next_run_at"] is None:  # inserted by SQL: give it its first fire time
-        first = schedule.at if schedule.at is not None else schedule.next_after(now)
+        if schedule.at is not None:
+            # A one-off that already fired (its definition re-applied, say) stays done.
+            first = schedule.at if job["last_scheduled_for"] is None else None
+        else:
+            first = schedule.next_after(now)
         await _advance(conn, job["id"], first, None)
         return 0
     times = fire_times(schedule, job, now, misfire_grace_s)

@@ -63,9 +63,10 @@ class Schedule:
         if self.at is not None:
             return self.at if self.at > after else None
         if self.every_s is not None:
-            start = anchor or after
-            steps = math.floor((after - start).total_seconds() / self.every_s) + 1
-            return start + timedelta(seconds=steps * self.every_s)
+            # Exact integer arithmetic on the (microsecond) interval: float division can put
+            # k * every_s a hair below a grid point and return `after` itself.
+            start, every = anchor or after, self._every()
+            return start + ((after - start) // every + 1) * every
         return next(self._cron_times(after))
 
     def fire_times(self, after: datetime, until: datetime, limit: int,
@@ -86,10 +87,10 @@ class Schedule:
         if self.at is not None:
             return [self.at] if since <= self.at <= until else []
         if self.every_s is not None:
-            start = anchor or since
-            last = math.floor((until - start).total_seconds() / self.every_s)
-            first = max(math.ceil((since - start).total_seconds() / self.every_s), last - limit + 1)
-            return [start + timedelta(seconds=k * self.every_s) for k in range(first, last + 1)]
+            start, every = anchor or since, self._every()
+            last = (until - start) // every
+            first = max(-((start - since) // every), last - limit + 1)
+            return [start + k * every for k in range(first, last + 1)]
         times: list[datetime] = []
         for instant in self._cron_times_before(until + timedelta(seconds=1)):
             if instant > until:
@@ -109,14 +110,20 @@ class Schedule:
             current = self.next_after(current, current)
         return times
 
+    def _every(self) -> timedelta:
+        assert self.every_s is not None
+        return max(timedelta(seconds=self.every_s), timedelta(microseconds=1))
+
     def _cron_times(self, after: datetime) -> Iterator[datetime]:
         """Cron fire instants after ``after``, from local wall-clock candidates (see module doc)."""
         assert self.cron is not None
         local_zone = zone(self.tz)
         local_start = after.astimezone(local_zone).replace(tzinfo=None)
-        # Start an hour early: in a repeated hour the wall clock after `after` may be earlier
-        # than `after`'s own wall-clock reading; instants not after `after` are skipped below.
-        candidates = croniter(self.cron, local_start - timedelta(hours=1), second_at_beginning=_has_seconds(self.cron))
+        # Near a DST change start that much earlier: in a repeated hour the wall clock after `after`
+        # may be earlier than `after`'s own wall-clock reading; instants not after `after` are
+        # skipped below. Elsewhere start at `after` (an hour of a per-second cron is 3,600 steps).
+        candidates = croniter(self.cron, local_start - _dst_margin(after, local_zone),
+                              second_at_beginning=_has_seconds(self.cron))
         while True:
             wall = candidates.get_next(datetime)
             instant = wall.replace(tzinfo=local_zone, fold=0).astimezone(timezone.utc)
@@ -129,7 +136,8 @@ class Schedule:
         assert self.cron is not None
         local_zone = zone(self.tz)
         local_start = before.astimezone(local_zone).replace(tzinfo=None)
-        candidates = croniter(self.cron, local_start + timedelta(hours=1), second_at_beginning=_has_seconds(self.cron))
+        candidates = croniter(self.cron, local_start + _dst_margin(before, local_zone),
+                              second_at_beginning=_has_seconds(self.cron))
         while True:
             wall = candidates.get_prev(datetime)
             instant = wall.replace(tzinfo=local_zone, fold=0).astimezone(timezone.utc)
@@ -144,6 +152,13 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise InvalidSchedule(f"unknown timezone {name!r}: use an IANA name such as Europe/Berlin or UTC") from None
+
+
+def _dst_margin(instant: datetime, local_zone: ZoneInfo) -> timedelta:
+    """The size of a UTC-offset change within three hours of ``instant`` (most zones shift by
+    an hour, Antarctica/Troll by two), or zero when there is none."""
+    offsets = [(instant + timedelta(hours=h)).astimezone(local_zone).utcoffset() or timedelta(0) for h in (-3, 0, 3)]
+    return max(offsets) - min(offsets)
 
 
 def _has_seconds(cron: str) -> bool:

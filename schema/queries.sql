@@ -282,7 +282,7 @@ LIMIT %(limit)s;
 -- name: job_lock_due
 -- Lock one due job for this transaction (SKIP LOCKED: a second beat in a split brain skips it).
 SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
-       next_run_at, coalesce(%(now)s::timestamptz, now()) AS now
+       next_run_at, last_scheduled_for, coalesce(%(now)s::timestamptz, now()) AS now
 FROM pgsched.jobs
 WHERE id = %(id)s AND enabled
   AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
