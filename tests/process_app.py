@@ -94,3 +94,12 @@ def block_sync(key: str, seconds: float) -> None:
     _record_sync(key, "start")
     time.sleep(seconds)
     _record_sync(key, "end")
+
+
+@app.task
+def record_reconnecting(key: str) -> str:
+    """Records each execution over a fresh connection: survives a PostgreSQL restart (a
+    failed insert raises, so the attempt fails and is retried)."""
+    with psycopg.connect(os.environ["PGSCHED_DSN"], autocommit=True) as conn:
+        conn.execute(_INSERT, (key, "run", os.getpid()))
+    return key
