@@ -56,7 +56,8 @@ def retry(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption =
 
 @runs.command("cancel")
 def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption = None) -> None:
-    """Cancel a queued run."""
+    """Cancel a run: a queued one at once, a running one by telling its worker to stop it."""
     with connect(dsn) as conn:
-        admin.cancel_run(conn, run_id)
-    render.info(f"run {run_id} cancelled")
+        status = admin.cancel_run(conn, run_id)
+    render.info(f"run {run_id} cancelled" if status == "cancelled"
+                else f"run {run_id} is running: its worker was asked to stop it")

@@ -49,10 +49,17 @@ def retry_run(conn: psycopg.Connection, run_id: int) -> None:
         _explain_refusal(conn, run_id, "retry", "only failed or cancelled runs can be retried")
 
 
-def cancel_run(conn: psycopg.Connection, run_id: int) -> None:
-    """Cancel a queued run."""
-    if conn.execute(queries["run_cancel"], {"id": check_run_id(run_id)}).fetchone() is None:
-        _explain_refusal(conn, run_id, "cancel", "only queued runs can be cancelled")
+def cancel_run(conn: psycopg.Connection, run_id: int) -> str:
+    """Cancel a queued run at once ('cancelled'), or ask the worker running it to stop it
+    ('running': the run ends 'cancelled' when the worker is done with it)."""
+    try:
+        row = conn.execute(queries["run_cancel"], {"id": check_run_id(run_id)}).fetchone()
+    except psycopg.errors.NoDataFound:
+        raise RunNotFound(f"no run with id {run_id}") from None
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        _explain_refusal(conn, run_id, "cancel", "only queued or running runs can be cancelled")
+    assert row is not None
+    return str(row[0])
 
 
 def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str) -> None:

@@ -110,7 +110,8 @@ class Beat:
         async with AsyncConnectionPool(self.dsn, min_size=1, max_size=2, kwargs={"autocommit": True},
                                        name="pgsched-beat", open=False) as pool:
             await pool.open(wait=True)
-            listener = asyncio.create_task(Listener(self.dsn, queries["listener_listen_jobs"], self._wake.set).run())
+            listener = Listener(self.dsn, queries["beat_listen"], self._on_jobs_changed, self._wake.set)
+            listening = asyncio.create_task(listener.run())
             try:
                 while not self._stop.is_set():
                     await self._try_to_lead(pool)
@@ -123,8 +124,11 @@ class Beat:
                     except TimeoutError:
                         pass
             finally:
-                listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
+                listening.cancel()
+                await asyncio.gather(listening, return_exceptions=True)
+
+    def _on_jobs_changed(self, channel: str, payload: str) -> None:
+        self._wake.set()
 
     async def _try_to_lead(self, pool: AsyncConnectionPool) -> None:
         try:
@@ -174,6 +178,8 @@ class Beat:
             await prune_finished(conn, retention_s=self.options.retention_s)
 
     async def _sleep(self, seconds: float) -> None:
+        if self._stop.is_set():  # a stop during a round had its wake-up cleared by _lead
+            return
         try:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()

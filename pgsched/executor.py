@@ -7,6 +7,7 @@ the worker's thread pool. Nothing here touches the database: outcomes go to the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import logging
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from pgsched.app import Task
+from pgsched.context import RunContext, enter_run
 from pgsched.errors import Cancel, InvalidArgs, Retry
 
 logger = logging.getLogger("pgsched.worker")
@@ -71,6 +73,12 @@ def _failure(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str |
     return Outcome(run.id, run.attempt, "failed", error=error)
 
 
+def cancelled_on_request(run: ClaimedRun, worker_id: int) -> Outcome:
+    """The outcome of a run whose task was stopped because someone cancelled the run."""
+    return Outcome(run.id, run.attempt, "cancelled",
+                   error=_error_entry(run, worker_id, "Cancelled", "cancelled on request while running", None))
+
+
 def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
     if not isinstance(args, Mapping):
         raise InvalidArgs(f"args must be a JSON object, got {type(args).__name__}")
@@ -79,8 +87,11 @@ def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
 
 
 async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads: ThreadPoolExecutor,
-                  worker_id: int) -> Outcome:
-    """Run the task of ``run`` and report the outcome. Never raises, except CancelledError."""
+                  worker_id: int, context: RunContext) -> Outcome:
+    """Run the task of ``run`` and report the outcome. Never raises, except CancelledError.
+
+    ``context`` is what the task sees as ``pgsched.current_run()``.
+    """
     task = tasks.get(run.task)
     if task is None:
         known = ", ".join(sorted(tasks)) or "none"
@@ -91,6 +102,7 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
     except InvalidArgs as exc:
         return _failure(run, worker_id, "InvalidArgs", str(exc), retryable=False)
 
+    enter_run(context)  # this run's own asyncio task: the setting stays with it
     try:
         if task.is_async and task.timeout is None:
             value = await task.fn(**args)
@@ -98,7 +110,8 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
             async with asyncio.timeout(task.timeout):
                 value = await task.fn(**args)
         else:
-            value = await asyncio.get_running_loop().run_in_executor(threads, functools.partial(task.fn, **args))
+            in_thread = functools.partial(contextvars.copy_context().run, task.fn, **args)
+            value = await asyncio.get_running_loop().run_in_executor(threads, in_thread)
     except asyncio.CancelledError:
         raise
     except TimeoutError:

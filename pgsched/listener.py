@@ -21,15 +21,16 @@ RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 class Listener:
-    """Runs ``listen_query`` (a named LISTEN) on its own connection and calls ``wake`` for every
-    notification whose payload ``accept`` takes (every one, by default)."""
+    """Runs ``listen_query`` (named LISTEN statements) on its own connection, calls
+    ``on_notify(channel, payload)`` for every notification and ``on_connect()`` after every
+    (re)connect."""
 
-    def __init__(self, dsn: str, listen_query: LiteralString, wake: Callable[[], None],
-                 accept: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, dsn: str, listen_query: LiteralString, on_notify: Callable[[str, str], None],
+                 on_connect: Callable[[], None]) -> None:
         self._dsn = dsn
         self._listen_query = listen_query
-        self._wake = wake
-        self._accept = accept
+        self._on_notify = on_notify
+        self._on_connect = on_connect
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -41,10 +42,9 @@ class Listener:
                     await conn.execute(self._listen_query)
                     failures = 0
                     self.connected.set()
-                    self._wake()  # anything sent while we were not listening: poll once
+                    self._on_connect()  # anything sent while we were not listening: poll once
                     async for notify in conn.notifies():
-                        if self._accept is None or self._accept(notify.payload):
-                            self._wake()
+                        self._on_notify(notify.channel, notify.payload)
             except psycopg.OperationalError as exc:
                 self.connected.clear()
                 delay = RECONNECT_DELAYS_S[min(failures, len(RECONNECT_DELAYS_S) - 1)]

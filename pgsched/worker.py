@@ -23,6 +23,7 @@ attempt. A second signal skips the wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -39,7 +40,8 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pgsched.app import App
 from pgsched.beat import Beat, BeatOptions
 from pgsched.completer import Completer
-from pgsched.executor import ClaimedRun, Outcome, execute
+from pgsched.context import RunContext
+from pgsched.executor import ClaimedRun, Outcome, cancelled_on_request, execute
 from pgsched.listener import Listener
 from pgsched.maintenance import rescue_expired
 from pgsched.sql import queries
@@ -80,7 +82,8 @@ class WorkerOptions:
 @dataclass(slots=True)
 class _Execution:
     run: ClaimedRun
-    task: asyncio.Task[None]
+    context: RunContext
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Worker:
         self.options = options or WorkerOptions()
         self._beat_options = beat  # host a beat in this process (``pgsched worker --beat``)
         self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
+        self._queue_set = frozenset(self.queues)
         self.worker_id: int | None = None
         self._state = _State()
         self._wake = asyncio.Event()
@@ -107,6 +111,7 @@ class Worker:
         self._max_unwritten = 2 * self.options.concurrency
         self._abandoned_threads = False
         self._stop_beat: Callable[[], None] | None = None
+        self._background_checks: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle
 
@@ -134,8 +139,8 @@ class Worker:
                         ",".join(self.queues), self.options.concurrency, os.getpid())
             completer = Completer(pool, self.worker_id, self._on_written)
             self._completer = completer
-            queues = frozenset(self.queues)
-            listener = Listener(dsn, queries["listener_listen"], self._wake.set, accept=queues.__contains__)
+            listener = Listener(dsn, queries["worker_listen"], self._on_notify,
+                                functools.partial(self._on_listening, pool))
             beat = Beat(dsn, self._beat_options) if self._beat_options else None
             background = [asyncio.create_task(coro) for coro in (
                 listener.run(), completer.run(), self._heartbeat(pool), self._sweep(pool))]
@@ -231,21 +236,69 @@ class Worker:
     # ---- execute → complete
 
     def _start(self, run: ClaimedRun) -> None:
-        self._state.executing[run.id] = _Execution(run, asyncio.create_task(self._execute(run)))
+        execution = _Execution(run, RunContext(run.id, run.task, run.attempt, run.max_attempts))
+        self._state.executing[run.id] = execution
+        execution.task = asyncio.create_task(self._execute(execution))
 
-    async def _execute(self, run: ClaimedRun) -> None:
+    async def _execute(self, execution: _Execution) -> None:
+        run = execution.run
         # Started lines are DEBUG: at thousands of runs/s a second INFO line per run costs ~15% of
         # the worker's throughput. The outcome line (INFO) says which attempt ran and for how long.
         logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
         started = time.perf_counter()
         try:
-            outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0)
+            outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, execution.context)
         except asyncio.CancelledError:
-            return  # released back to the queue by the shutdown
+            if not execution.context.cancelled:
+                return  # released back to the queue by the shutdown
+            outcome = cancelled_on_request(run, self.worker_id or 0)
         finally:
             self._free_slot(run.id)
         _log_outcome(run, outcome, time.perf_counter() - started)
         self._completer.add(outcome)
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == "pgsched":
+            if payload in self._queue_set:
+                self._wake.set()
+        elif channel == "pgsched_cancel" and payload.isdigit():
+            self._cancel(int(payload))
+
+    def _on_listening(self, pool: AsyncConnectionPool) -> None:
+        """(Re)connected: poll once, and look for cancel requests sent while not listening."""
+        self._wake.set()
+        if self._state.executing:
+            self._background_checks.add(task := asyncio.create_task(self._check_cancel_requests(pool)))
+            task.add_done_callback(self._background_checks.discard)
+
+    async def _check_cancel_requests(self, pool: AsyncConnectionPool) -> None:
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(queries["run_cancel_requested"], {"ids": list(self._state.executing)})
+                for (run_id,) in await cursor.fetchall():
+                    self._cancel(run_id)
+        except psycopg.OperationalError as exc:
+            logger.warning("could not check for cancel requests (%s); the heartbeat will", exc)
+
+    def _cancel(self, run_id: int) -> None:
+        """A cancel request for a run: ours only if we are executing it. Async tasks stop now;
+        sync ones see ``current_run().cancelled``. The completion ends the run 'cancelled'
+        either way (it reads the request from the row, so a request racing us is not lost)."""
+        execution = self._state.executing.get(run_id)
+        if execution is None:
+            return
+        logger.info("run %d %s: cancel requested", run_id, execution.run.task)
+        execution.context.cancelled = True
+        if execution.task is not None and self._is_async(execution.run.task):
+            execution.task.cancel()
+
+    def _cancel_already_requested(self, run_id: int) -> bool:
+        execution = self._state.executing.get(run_id)
+        return execution is not None and execution.context.cancelled
+
+    def _is_async(self, task_name: str) -> bool:
+        task = self.app.tasks.get(task_name)
+        return task is not None and task.is_async
 
     def _free_slot(self, run_id: int) -> None:
         self._state.executing.pop(run_id, None)
@@ -267,10 +320,15 @@ class Worker:
             await asyncio.sleep(self.options.lease_s / 3)
             try:
                 async with pool.connection() as conn:
-                    await conn.execute(queries["worker_heartbeat"],
-                                       {"worker_id": self.worker_id, "lease_s": self.options.lease_s})
+                    cursor = await conn.execute(queries["worker_heartbeat"],
+                                                {"worker_id": self.worker_id, "lease_s": self.options.lease_s})
+                    held = await cursor.fetchall()
             except psycopg.OperationalError as exc:
                 logger.warning("heartbeat failed (%s)", exc)
+                continue
+            for run_id, cancel_requested in held:
+                if cancel_requested and not self._cancel_already_requested(run_id):
+                    self._cancel(run_id)
 
     async def _sweep(self, pool: AsyncConnectionPool) -> None:
         interval = self.options.sweep_interval_s or self.options.lease_s / 2
@@ -305,15 +363,16 @@ class Worker:
             logger.info("stopping: waiting up to %gs for %d running runs", self.options.grace_s, len(executing))
             deadline = time.monotonic() + self.options.grace_s
             while executing and not self._force.is_set() and time.monotonic() < deadline:
-                done_or_forced = [asyncio.create_task(self._force.wait()), *(e.task for e in executing.values())]
+                done_or_forced = [asyncio.create_task(self._force.wait()),
+                                  *(e.task for e in executing.values() if e.task is not None)]
                 await asyncio.wait(done_or_forced, timeout=deadline - time.monotonic(),
                                    return_when=asyncio.FIRST_COMPLETED)
                 done_or_forced[0].cancel()
         leftover = [execution.run for execution in executing.values()]
-        self._abandoned_threads = any(
-            not self.app.tasks[run.task].is_async for run in leftover if run.task in self.app.tasks)
+        self._abandoned_threads = any(run.task in self.app.tasks and not self._is_async(run.task) for run in leftover)
         for execution in list(executing.values()):
-            execution.task.cancel()
+            if execution.task is not None:
+                execution.task.cancel()
         if leftover:
             await self._release(pool, leftover)
         await completer.drain()

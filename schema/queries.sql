@@ -24,9 +24,11 @@ SELECT version FROM pgsched.schema_migrations ORDER BY version;
 -- name: migration_record
 INSERT INTO pgsched.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
--- name: listener_listen
--- Workers wake on this channel; payload = queue name.
+-- name: worker_listen
+-- Workers wake on pgsched (payload: a queue name) and hear cancel requests on pgsched_cancel
+-- (payload: a run id).
 LISTEN pgsched;
+LISTEN pgsched_cancel;
 
 -- name: run_insert
 -- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
@@ -102,13 +104,15 @@ FROM unnest(%(queues)s::text[]) AS q(name),
 -- name: run_complete_many
 -- Write a batch of outcomes in one statement. Fenced: only rows still held by this worker
 -- at this attempt change, so a worker that lost its lease cannot overwrite a rescue.
--- status 'queued' is a retry: run_at moves by retry_delay_s.
+-- status 'queued' is a retry: run_at moves by retry_delay_s. A run whose cancel was requested
+-- ends 'cancelled' whatever its task did (the request may have raced the worker).
 UPDATE pgsched.runs AS r
-SET status = o.status::pgsched.run_status,
+SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE o.status END::pgsched.run_status,
     result = o.result::jsonb,
     errors = CASE WHEN o.error IS NULL THEN r.errors ELSE r.errors || jsonb_build_array(o.error::jsonb) END,
-    run_at = CASE WHEN o.status = 'queued' THEN now() + make_interval(secs => o.retry_delay_s) ELSE r.run_at END,
-    finished_at = CASE WHEN o.status = 'queued' THEN NULL ELSE now() END,
+    run_at = CASE WHEN o.status = 'queued' AND r.cancel_requested_at IS NULL
+                  THEN now() + make_interval(secs => o.retry_delay_s) ELSE r.run_at END,
+    finished_at = CASE WHEN o.status = 'queued' AND r.cancel_requested_at IS NULL THEN NULL ELSE now() END,
     lease_expires_at = NULL
 FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[],
             %(results)s::text[], %(errors)s::text[], %(retry_delays_s)s::float8[])
@@ -121,7 +125,9 @@ RETURNING r.id;
 -- attempt, and wake the other workers.
 WITH released AS (
     UPDATE pgsched.runs AS r
-    SET status = 'queued', attempt = r.attempt - 1, lease_expires_at = NULL, run_at = now()
+    SET status = CASE WHEN r.cancel_requested_at IS NULL THEN 'queued' ELSE 'cancelled' END::pgsched.run_status,
+        finished_at = CASE WHEN r.cancel_requested_at IS NULL THEN NULL ELSE now() END,
+        attempt = r.attempt - 1, lease_expires_at = NULL, run_at = now()
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS h(id, attempt)
     WHERE r.id = h.id AND r.attempt = h.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
     RETURNING r.id, r.queue
@@ -141,9 +147,11 @@ WITH expired AS (
     FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE pgsched.runs AS r
-    SET status = CASE WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END::pgsched.run_status,
+    SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN r.attempt >= r.max_attempts THEN 'failed' ELSE 'queued' END::pgsched.run_status,
         run_at = coalesce(%(now)s::timestamptz, now()),
-        finished_at = CASE WHEN r.attempt >= r.max_attempts THEN coalesce(%(now)s::timestamptz, now()) END,
+        finished_at = CASE WHEN r.cancel_requested_at IS NOT NULL OR r.attempt >= r.max_attempts
+                           THEN coalesce(%(now)s::timestamptz, now()) END,
         lease_expires_at = NULL,
         errors = r.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'worker_id', r.worker_id,
@@ -169,13 +177,20 @@ VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s)
 RETURNING id;
 
 -- name: worker_heartbeat
--- Proves the worker alive and extends the leases of the runs it holds.
+-- Proves the worker alive and extends the leases of the runs it holds; returns those whose
+-- cancel was requested (a safety net for a missed pgsched_cancel notification).
 WITH seen AS (
     UPDATE pgsched.workers SET last_seen_at = now() WHERE id = %(worker_id)s RETURNING id
 )
 UPDATE pgsched.runs
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running';
+WHERE lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running'
+RETURNING id, cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- name: run_cancel_requested
+-- Which of these running runs someone asked to cancel (after the listener reconnects).
+SELECT id FROM pgsched.runs
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'running' AND cancel_requested_at IS NOT NULL;
 
 -- name: worker_deregister
 DELETE FROM pgsched.workers WHERE id = %(worker_id)s;
@@ -217,11 +232,8 @@ WITH retried AS (
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
 -- name: run_cancel
--- Cancel a queued run (running runs are the worker's to stop).
-UPDATE pgsched.runs
-SET status = 'cancelled', finished_at = now()
-WHERE id = %(id)s AND status = 'queued'
-RETURNING id;
+-- Cancel a queued run now, or ask the worker of a running one to stop it (schema 0004).
+SELECT pgsched.cancel(%(id)s);
 
 -- name: run_status
 SELECT status::text FROM pgsched.runs WHERE id = %(id)s;
@@ -344,5 +356,6 @@ WHERE id IN (SELECT id FROM pgsched.runs
              WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
              LIMIT %(limit)s);
 
--- name: listener_listen_jobs
+-- name: beat_listen
+-- The leader wakes when a job definition changes.
 LISTEN pgsched_jobs;

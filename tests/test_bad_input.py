@@ -405,7 +405,7 @@ def test_cli_runs_show_of_a_non_number_is_a_usage_error(dsn):
 
 def test_cli_runs_cancel_of_a_succeeded_run_is_refused_and_leaves_it(dsn, succeeded_id, unchanged):
     assert_one_error_line(cli(dsn, "runs", "cancel", str(succeeded_id)),
-                          f"cannot cancel run {succeeded_id}: it is succeeded", "only queued runs can be cancelled")
+                          f"cannot cancel run {succeeded_id}: it is succeeded", "only queued or running runs can be cancelled")
     unchanged()
 
 

@@ -159,7 +159,7 @@ def test_the_placeholder_conversion_numbers_by_first_appearance():
 
 
 def test_the_queries_that_cannot_be_prepared_are_the_utility_statements():
-    assert {"migration_bootstrap", "run_copy", "listener_listen"} <= NOT_PREPARABLE
+    assert {"migration_bootstrap", "run_copy", "worker_listen"} <= NOT_PREPARABLE
     assert {name: first_keyword(queries[name]) for name in NOT_PREPARABLE} == {
         name: first_keyword(queries[name]) for name in NOT_PREPARABLE
         if first_keyword(queries[name]) in ("CREATE", "COPY", "LISTEN")}
