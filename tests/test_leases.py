@@ -1,0 +1,54 @@
+"""Leases are renewed, not timed: a task that runs longer than its lease while its worker
+heartbeats is never rescued (no second execution), and a huge or unserialisable result ends
+the run failed with the reason while the worker lives on."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pgsched import App
+from tests.test_worker_inprocess import RunningWorker, app, dsn, module_dsn, run_async  # noqa: F401 - fixtures
+
+
+def test_a_task_longer_than_its_lease_is_never_rescued_while_its_worker_heartbeats(app: App, dsn: str) -> None:
+    executions: list[int] = []
+
+    @app.task
+    async def long_import(batch: int) -> int:
+        executions.append(batch)
+        await asyncio.sleep(3.0)  # three leases long
+        return batch
+
+    run_id = app.enqueue("long_import", {"batch": 1})
+
+    async def main() -> dict[str, Any]:
+        # lease 1 s: heartbeat every 1/3 s, lease sweep every 1/2 s in this same worker
+        async with RunningWorker(app, dsn, lease_s=1.0) as w:
+            return await w.finished(run_id, timeout=15)
+
+    row = run_async(main())
+    assert (row["status"], row["attempt"], row["errors"]) == ("succeeded", 1, [])
+    assert executions == [1]
+
+
+def test_a_result_over_1_mb_fails_the_run_with_the_reason_and_the_worker_goes_on(app: App, dsn: str) -> None:
+    @app.task(max_attempts=3)
+    def dump() -> str:
+        return "x" * (2 * 1024 * 1024)
+
+    @app.task
+    def small() -> str:
+        return "ok"
+
+    huge, fine = app.enqueue("dump", {}), app.enqueue("small", {})
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with RunningWorker(app, dsn) as w:
+            return await w.finished(huge), await w.finished(fine)
+
+    huge_row, fine_row = run_async(main())
+    assert (huge_row["status"], huge_row["attempt"]) == ("failed", 1)  # retrying cannot shrink it
+    assert huge_row["errors"][-1]["type"] == "ResultTooLarge"
+    assert "the limit is 1048576" in huge_row["errors"][-1]["message"]
+    assert fine_row["status"] == "succeeded"
