@@ -301,21 +301,28 @@ WHERE id = %(id)s AND enabled
 FOR UPDATE SKIP LOCKED;
 
 -- name: job_fire
--- The runs of one job's fire times; (job_id, scheduled_for) is unique, so a fire time two
--- beats both reach (a brief split brain) still makes one run.
-INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at)
-SELECT j.task, j.args, j.queue, j.priority, j.max_attempts, j.id, t.at, t.at
-FROM pgsched.jobs AS j, unnest(%(times)s::timestamptz[]) AS t(at)
-WHERE j.id = %(id)s
-ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
-RETURNING id;
+-- One statement per firing: the runs of the job's fire times, and its next fire time.
+-- (job_id, scheduled_for) is unique, so a fire time two beats both reach (a brief split
+-- brain) still makes one run. Returns how many runs were created.
+WITH fired AS (
+    INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at)
+    SELECT j.task, j.args, j.queue, j.priority, j.max_attempts, j.id, t.at, t.at
+    FROM pgsched.jobs AS j, unnest(%(times)s::timestamptz[]) AS t(at)
+    WHERE j.id = %(id)s
+    ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
+    RETURNING id
+), advanced AS (
+    UPDATE pgsched.jobs
+    SET next_run_at = %(next_run_at)s, last_error = NULL,
+        last_scheduled_for = coalesce(%(last_scheduled_for)s, last_scheduled_for)
+    WHERE id = %(id)s
+)
+SELECT count(*) FROM fired;
 
--- name: job_advance
--- After firing: the next fire time; a one-off that has fired has none and is disabled.
-UPDATE pgsched.jobs
-SET next_run_at = %(next_run_at)s, last_scheduled_for = coalesce(%(last_scheduled_for)s, last_scheduled_for),
-    enabled = %(enabled)s, last_error = NULL
-WHERE id = %(id)s;
+-- name: job_finish
+-- A one-off that has fired is done: disabled (this one notifies pgsched_jobs; job_fire,
+-- which runs every firing, does not touch the columns that do).
+UPDATE pgsched.jobs SET enabled = false, next_run_at = NULL, updated_at = now() WHERE id = %(id)s;
 
 -- name: job_disable_invalid
 -- A row the beat cannot schedule (inserted by SQL with a bad cron or timezone): keep it,
