@@ -59,6 +59,7 @@ from pgsched.sql import queries
 logger = logging.getLogger("pgsched.beat")
 
 DUE_BATCH = 500
+FIRING_CONNECTIONS = 4
 # The leader's firings (and its maintenance) commit without waiting for the WAL flush: a firing
 # lost in a PostgreSQL crash left next_run_at where it was, so the next round fires the same
 # fire times again, and the unique (job_id, scheduled_for) index keeps it to one run each.
@@ -112,7 +113,7 @@ class Beat:
 
     async def run(self) -> None:
         """Follow, lead when the lock is free, until :meth:`request_stop`."""
-        async with AsyncConnectionPool(self.dsn, min_size=1, max_size=2, kwargs=FIRING_CONNECTION,
+        async with AsyncConnectionPool(self.dsn, min_size=1, max_size=FIRING_CONNECTIONS, kwargs=FIRING_CONNECTION,
                                        name="pgsched-beat", open=False) as pool:
             await pool.open(wait=True)
             listener = Listener(self.dsn, queries["beat_listen"], self._on_jobs_changed, self._wake.set)
@@ -166,11 +167,11 @@ class Beat:
             await lock_conn.execute(queries["leader_heartbeat"], self._identity)
             self._wake.clear()
             try:
+                await fire_due_jobs_concurrently(pool, misfire_grace_s=self.options.misfire_grace_s)
+                if loop.time() >= next_maintenance:
+                    next_maintenance = loop.time() + self.options.maintenance_interval_s
+                    await self._maintain(pool)
                 async with pool.connection() as conn:
-                    await fire_due_jobs(conn, misfire_grace_s=self.options.misfire_grace_s)
-                    if loop.time() >= next_maintenance:
-                        next_maintenance = loop.time() + self.options.maintenance_interval_s
-                        await self._maintain(pool)
                     due_in = (await (await conn.execute(queries["job_next_due_in"])).fetchone())[0]  # type: ignore[index]
             except psycopg.OperationalError as exc:
                 logger.warning("beat round failed (%s); retrying", exc)
@@ -194,9 +195,33 @@ class Beat:
 
 async def fire_due_jobs(conn: psycopg.AsyncConnection, *, misfire_grace_s: float, now: datetime | None = None) -> int:
     """Fire every due job, one transaction each; returns the number of runs created."""
+    return await _fire_each(conn, await _due_job_ids(conn, now), misfire_grace_s, now)
+
+
+async def fire_due_jobs_concurrently(pool: AsyncConnectionPool, *, misfire_grace_s: float) -> int:
+    """:func:`fire_due_jobs` over several connections at once. Each job is still its own
+    transaction; their round trips overlap (one connection spends four per job, which made a
+    round with 100 jobs due take ~0.6 s)."""
+    async with pool.connection() as conn:
+        job_ids = await _due_job_ids(conn, None)
+
+    async def fire_share(share: list[int]) -> int:
+        async with pool.connection() as conn:
+            return await _fire_each(conn, share, misfire_grace_s, None)
+
+    shares = [job_ids[i::FIRING_CONNECTIONS] for i in range(FIRING_CONNECTIONS)]
+    return sum(await asyncio.gather(*(fire_share(share) for share in shares if share)))
+
+
+async def _due_job_ids(conn: psycopg.AsyncConnection, now: datetime | None) -> list[int]:
     cursor = await conn.execute(queries["job_due"], {"now": now, "limit": DUE_BATCH})
+    return [job_id for (job_id,) in await cursor.fetchall()]
+
+
+async def _fire_each(conn: psycopg.AsyncConnection, job_ids: list[int], misfire_grace_s: float,
+                     now: datetime | None) -> int:
     created = 0
-    for (job_id,) in await cursor.fetchall():
+    for job_id in job_ids:
         async with conn.transaction():
             async with conn.cursor(row_factory=dict_row) as cur:
                 job = await (await cur.execute(queries["job_lock_due"], {"id": job_id, "now": now})).fetchone()
