@@ -16,8 +16,10 @@ from pgsched import admin
 from pgsched.app import App
 from pgsched.cli import render
 from pgsched.cli.options import DsnOption, connect, parse_args_json, parse_at
+from pgsched.cli.api import api as api_command
 from pgsched.cli.beat import MisfireGraceOption, RetentionOption, beat, beat_options
 from pgsched.cli.jobs import jobs
+from pgsched.cli.keys import keys
 from pgsched.cli.runs import runs
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import load_app
@@ -33,6 +35,8 @@ cli = typer.Typer(
 cli.add_typer(runs, name="runs")
 cli.add_typer(jobs, name="jobs")
 cli.add_typer(beat, name="beat")
+cli.add_typer(keys, name="keys")
+cli.command("api")(api_command)
 
 _debug = False
 

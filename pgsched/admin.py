@@ -1,8 +1,12 @@
-"""Inspect and steer runs: what the CLI (and the API) call. One function per operation."""
+"""Inspect and steer runs: what the CLI (and the API) call. One function per operation.
+
+Each takes an optional ``tenant``: given, the function sees and changes only that tenant's runs
+(through the ``_tenant`` variant of its query), and another tenant's run is "not found".
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import dict_row
@@ -20,17 +24,23 @@ def check_run_id(run_id: Any) -> int:
     return run_id
 
 
-def get_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
+def _query(name: str, tenant: str | None) -> LiteralString:
+    """The named query, or its ``_tenant`` variant restricted to that tenant's rows."""
+    return queries[name] if tenant is None else queries[f"{name}_tenant"]
+
+
+def get_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> dict[str, Any]:
     """Every column of one run."""
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(queries["run_get"], {"id": check_run_id(run_id)}).fetchone()
+        row = cur.execute(_query("run_get", tenant), {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     return row
 
 
 def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str | None = None,
-              task: str | None = None, limit: int = 50, before_id: int | None = None) -> list[dict[str, Any]]:
+              task: str | None = None, limit: int = 50, before_id: int | None = None,
+              tenant: str | None = None) -> list[dict[str, Any]]:
     """Runs newest first; pass the last id seen as ``before_id`` for the next page."""
     if status is not None and status not in RUN_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
@@ -39,37 +49,41 @@ def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str
     if before_id is not None:
         check_run_id(before_id)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["run_list"], {
-            "status": status, "queue": queue, "task": task, "limit": limit, "before_id": before_id}).fetchall()
+        return cur.execute(_query("run_list", tenant), {
+            "status": status, "queue": queue, "task": task, "limit": limit, "before_id": before_id,
+            "tenant": tenant}).fetchall()
 
 
-def retry_run(conn: psycopg.Connection, run_id: int) -> None:
+def retry_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> None:
     """Queue a failed or cancelled run again, due now."""
-    if conn.execute(queries["run_retry"], {"id": check_run_id(run_id)}).fetchone() is None:
-        _explain_refusal(conn, run_id, "retry", "only failed or cancelled runs can be retried")
+    params = {"id": check_run_id(run_id), "tenant": tenant}
+    if conn.execute(_query("run_retry", tenant), params).fetchone() is None:
+        _explain_refusal(conn, run_id, "retry", "only failed or cancelled runs can be retried", tenant)
 
 
-def cancel_run(conn: psycopg.Connection, run_id: int) -> str:
+def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> str:
     """Cancel a queued run at once ('cancelled'), or ask the worker running it to stop it
     ('running': the run ends 'cancelled' when the worker is done with it)."""
     try:
-        row = conn.execute(queries["run_cancel"], {"id": check_run_id(run_id)}).fetchone()
+        row = conn.execute(_query("run_cancel", tenant), {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
     except psycopg.errors.NoDataFound:
         raise RunNotFound(f"no run with id {run_id}") from None
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        _explain_refusal(conn, run_id, "cancel", "only queued or running runs can be cancelled")
-    assert row is not None
+        _explain_refusal(conn, run_id, "cancel", "only queued or running runs can be cancelled", tenant)
+    if row is None:  # the tenant variant finds no run of another tenant
+        raise RunNotFound(f"no run with id {run_id}")
     return str(row[0])
 
 
-def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str) -> None:
-    row = conn.execute(queries["run_status"], {"id": run_id}).fetchone()
+def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str,
+                     tenant: str | None = None) -> None:
+    row = conn.execute(_query("run_status", tenant), {"id": run_id, "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     raise RunStateConflict(f"cannot {verb} run {run_id}: it is {row[0]}; {rule}")
 
 
-def queue_stats(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def queue_stats(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
     """Per queue: queued, due, running, failed, succeeded in the last hour, oldest due age."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["queue_stats"]).fetchall()
+        return cur.execute(_query("queue_stats", tenant), {"tenant": tenant}).fetchall()

@@ -20,6 +20,7 @@ from pgsched.errors import InvalidInput
 from pgsched.sql import queries
 
 MAX_ARGS_BYTES = 1024 * 1024
+MAX_ATTEMPTS = 1000
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 
 
@@ -42,19 +43,29 @@ class RunOptions:
             )
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not -100 <= self.priority <= 100:
             raise InvalidInput(f"priority must be an integer between -100 and 100, got {self.priority!r}")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise InvalidInput(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
+                or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise InvalidInput(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, got {self.max_attempts!r}")
         if self.run_at is not None and (not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None):
             raise InvalidInput(f"run_at must be a timezone-aware datetime, got {self.run_at!r}")
         if isinstance(self.delay, bool) or not isinstance(self.delay, (int, float)) or not 0 <= self.delay < 10**9:
             raise InvalidInput(f"delay must be a number of seconds >= 0, got {self.delay!r}")
-        if self.unique_key is not None and (not isinstance(self.unique_key, str) or not self.unique_key.strip()):
-            raise InvalidInput(f"unique_key must be a non-empty string, got {self.unique_key!r}")
+        if self.unique_key is not None and (not isinstance(self.unique_key, str) or not self.unique_key.strip()
+                                            or len(self.unique_key) > 200):
+            raise InvalidInput(f"unique_key must be a non-empty string of at most 200 characters, got {self.unique_key!r}")
+        check_no_nul("unique_key", self.unique_key)
 
 
 def check_task_name(task: str) -> None:
     if not isinstance(task, str) or not task.strip() or len(task) > 200:
         raise InvalidInput(f"task must be a non-empty name of at most 200 characters, got {task!r}")
+    check_no_nul("task", task)
+
+
+def check_no_nul(field: str, value: str | None) -> None:
+    """PostgreSQL text cannot hold NUL: say so here rather than as a driver error."""
+    if value is not None and "\x00" in value:
+        raise InvalidInput(f"{field} cannot contain NUL (\\x00) characters")
 
 
 def encode_args(args: Mapping[str, Any] | None) -> Jsonb:

@@ -1,29 +1,41 @@
 """Scheduled job definitions (``pgsched.jobs``): create, read, pause, resume, delete, trigger.
 
 One function per operation, called by ``App.schedule``, the CLI's ``jobs`` commands and the
-API alike; the beat (``pgsched/beat.py``) fires what these define.
+API alike; the beat (``pgsched/beat.py``) fires what these define. Each takes an optional
+``tenant``: given, it sees and changes only that tenant's jobs (another tenant's job is "not
+found"), and a job it creates belongs to the tenant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, LiteralString, Mapping
 
 import psycopg
 from psycopg.rows import dict_row
 
-from pgsched.enqueue import RunOptions, check_task_name, encode_args
+from pgsched.enqueue import RunOptions, check_no_nul, check_task_name, encode_args
 from pgsched.errors import InvalidInput, PgschedError
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
 
 MISFIRE_POLICIES = ("coalesce", "skip", "all")
+MAX_CATCHUP = 100_000
 UPCOMING_SHOWN = 5
 
 
 class JobNotFound(PgschedError):
     """No job with that name."""
+
+
+class JobNameTaken(PgschedError):
+    """A job with that name belongs to another tenant."""
+
+
+def _query(name: str, tenant: str | None) -> LiteralString:
+    """The named query, or its ``_tenant`` variant restricted to that tenant's jobs."""
+    return queries[name] if tenant is None else queries[f"{name}_tenant"]
 
 
 @dataclass(frozen=True)
@@ -44,16 +56,19 @@ class JobSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 200:
             raise InvalidInput(f"a job name is a non-empty string of at most 200 characters, got {self.name!r}")
+        check_no_nul("job name", self.name)
         check_task_name(self.task)
         RunOptions(queue=self.queue, priority=self.priority, max_attempts=self.max_attempts)
         encode_args(self.args)
         if self.misfire not in MISFIRE_POLICIES:
             raise InvalidInput(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {self.misfire!r}")
-        if isinstance(self.max_catchup, bool) or not isinstance(self.max_catchup, int) or self.max_catchup < 1:
-            raise InvalidInput(f"max_catchup must be an integer >= 1, got {self.max_catchup!r}")
+        if isinstance(self.max_catchup, bool) or not isinstance(self.max_catchup, int) \
+                or not 1 <= self.max_catchup <= MAX_CATCHUP:
+            raise InvalidInput(f"max_catchup must be an integer from 1 to {MAX_CATCHUP}, got {self.max_catchup!r}")
 
 
-def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None = None) -> bool:
+def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None = None,
+               tenant: str | None = None) -> bool:
     """Create the job, or replace the definition of the job with that name; True if created.
 
     An unchanged schedule keeps its next fire time (so a restart that re-syncs definitions
@@ -61,13 +76,15 @@ def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None 
     """
     now = now or datetime.now(timezone.utc)
     schedule = spec.schedule
-    row = conn.execute(queries["job_upsert"], {
+    row = conn.execute(_query("job_upsert", tenant), {
         "name": spec.name, "task": spec.task, "args": encode_args(spec.args), "queue": spec.queue,
         "priority": spec.priority, "cron": schedule.cron, "every_s": schedule.every_s, "at": schedule.at,
         "tz": schedule.tz, "misfire": spec.misfire, "max_catchup": spec.max_catchup,
         "max_attempts": spec.max_attempts, "enabled": spec.enabled, "next_run_at": schedule.next_after(now),
+        "tenant": tenant,
     }).fetchone()
-    assert row is not None
+    if row is None:  # only the tenant variant skips a conflicting row: another tenant's job
+        raise JobNameTaken(f"the job name {spec.name!r} is taken: choose another name")
     return bool(row[1])
 
 
@@ -76,10 +93,10 @@ def schedule_of(job: Mapping[str, Any]) -> Schedule:
     return Schedule(cron=job["cron"], every_s=job["every_s"], at=job["at"], tz=job["tz"])
 
 
-def get_job(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> dict[str, Any]:
     """Every column of one job, plus its next fire times (``upcoming``)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        job = cur.execute(queries["job_get"], {"name": name}).fetchone()
+        job = cur.execute(_query("job_get", tenant), {"name": name, "tenant": tenant}).fetchone()
     if job is None:
         raise JobNotFound(f"no job named {name!r}")
     try:
@@ -91,27 +108,28 @@ def get_job(conn: psycopg.Connection, name: str) -> dict[str, Any]:
     return job
 
 
-def list_jobs(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def list_jobs(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["job_list"]).fetchall()
+        return cur.execute(_query("job_list", tenant), {"tenant": tenant}).fetchall()
 
 
-def set_enabled(conn: psycopg.Connection, name: str, enabled: bool) -> None:
+def set_enabled(conn: psycopg.Connection, name: str, enabled: bool, *, tenant: str | None = None) -> None:
     """Pause (False) or resume (True). On resume the beat applies the job's misfire policy
     to the fire times the pause skipped."""
-    if conn.execute(queries["job_set_enabled"], {"name": name, "enabled": enabled}).fetchone() is None:
+    params = {"name": name, "enabled": enabled, "tenant": tenant}
+    if conn.execute(_query("job_set_enabled", tenant), params).fetchone() is None:
         raise JobNotFound(f"no job named {name!r}")
 
 
-def delete_job(conn: psycopg.Connection, name: str) -> None:
+def delete_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> None:
     """Delete the definition; its past runs stay (their job_id becomes NULL)."""
-    if conn.execute(queries["job_delete"], {"name": name}).fetchone() is None:
+    if conn.execute(_query("job_delete", tenant), {"name": name, "tenant": tenant}).fetchone() is None:
         raise JobNotFound(f"no job named {name!r}")
 
 
-def trigger_job(conn: psycopg.Connection, name: str) -> int:
+def trigger_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> int:
     """Queue one run of the job now, outside its schedule; returns the run id."""
-    row = conn.execute(queries["job_trigger"], {"name": name}).fetchone()
+    row = conn.execute(_query("job_trigger", tenant), {"name": name, "tenant": tenant}).fetchone()
     if row is None:
         raise JobNotFound(f"no job named {name!r}")
     return int(row[0])

@@ -279,9 +279,9 @@ UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE name = %
 DELETE FROM pgsched.jobs WHERE name = %(name)s RETURNING id;
 
 -- name: job_trigger
--- One run of the job now, outside its schedule.
-INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for)
-SELECT task, args, queue, priority, max_attempts, id, now() FROM pgsched.jobs WHERE name = %(name)s
+-- One run of the job now, outside its schedule (a tenant's job makes that tenant's run).
+INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, tenant)
+SELECT task, args, queue, priority, max_attempts, id, now(), tenant FROM pgsched.jobs WHERE name = %(name)s
 RETURNING id;
 
 -- name: job_due
@@ -305,8 +305,8 @@ FOR UPDATE SKIP LOCKED;
 -- (job_id, scheduled_for) is unique, so a fire time two beats both reach (a brief split
 -- brain) still makes one run. Returns how many runs were created.
 WITH fired AS (
-    INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at)
-    SELECT j.task, j.args, j.queue, j.priority, j.max_attempts, j.id, t.at, t.at
+    INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at, tenant)
+    SELECT j.task, j.args, j.queue, j.priority, j.max_attempts, j.id, t.at, t.at, j.tenant
     FROM pgsched.jobs AS j, unnest(%(times)s::timestamptz[]) AS t(at)
     WHERE j.id = %(id)s
     ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
@@ -366,3 +366,162 @@ WHERE id IN (SELECT id FROM pgsched.runs
 -- name: beat_listen
 -- The leader wakes when a job definition changes.
 LISTEN pgsched_jobs;
+
+-- ---- The REST API: tenant-scoped variants, workers, metrics, API keys.
+-- A `_tenant` variant is the query of the same name restricted to one tenant's rows: the
+-- library picks it when a caller passes `tenant` (an API key with a tenant).
+
+-- name: run_get_tenant
+SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+       job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
+       errors, unique_key, tenant, created_at
+FROM pgsched.runs WHERE id = %(id)s AND tenant = %(tenant)s;
+
+-- name: run_list_tenant
+-- Newest first, keyset-paginated by id (runs_tenant_idx); every other filter is optional.
+SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+       started_at, finished_at, created_at
+FROM pgsched.runs
+WHERE tenant = %(tenant)s
+  AND (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: run_retry_tenant
+WITH retried AS (
+    UPDATE pgsched.runs
+    SET status = 'queued', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
+        max_attempts = greatest(max_attempts, attempt + 1)
+    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'cancelled')
+    RETURNING id, queue
+), notified AS (
+    SELECT pg_notify('pgsched', queue) FROM retried
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
+
+-- name: run_cancel_tenant
+-- run_cancel for one tenant's run (no row: that tenant has no such run).
+SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND tenant = %(tenant)s;
+
+-- name: run_status_tenant
+SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND tenant = %(tenant)s;
+
+-- name: run_adopt_inserted
+-- Right after a single-run enqueue in the same transaction: the ids among %(ids)s that this
+-- transaction inserted (an idempotency key returns an earlier run instead), stamped with the
+-- caller's tenant when it has one. xmin names the inserting transaction; a row written inside
+-- a savepoint carries the savepoint's xid instead, so this is for plain single inserts only.
+WITH inserted AS (
+    SELECT id FROM pgsched.runs
+    WHERE id = ANY(%(ids)s::bigint[]) AND xmin = pg_current_xact_id()::xid
+), stamped AS (
+    UPDATE pgsched.runs AS r SET tenant = %(tenant)s
+    FROM inserted WHERE r.id = inserted.id AND %(tenant)s::text IS NOT NULL
+    RETURNING r.id
+)
+SELECT id FROM inserted;
+
+-- name: run_set_tenant
+-- Stamp the runs of a bulk enqueue with their tenant, in the enqueue's transaction.
+UPDATE pgsched.runs SET tenant = %(tenant)s WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: run_count_by_queue_status
+-- The /metrics gauge: runs per queue and status (a full scan: scrape it every few seconds, not faster).
+SELECT queue, status::text AS status, count(*) AS runs
+FROM pgsched.runs
+GROUP BY queue, status
+ORDER BY queue, status;
+
+-- name: queue_stats_tenant
+-- The columns of the queue_stats view over one tenant's runs.
+SELECT queue,
+       count(*) FILTER (WHERE status = 'queued')                                   AS queued,
+       count(*) FILTER (WHERE status = 'queued' AND run_at <= now())               AS due,
+       count(*) FILTER (WHERE status = 'running')                                  AS running,
+       count(*) FILTER (WHERE status = 'failed')                                   AS failed,
+       count(*) FILTER (WHERE status = 'succeeded'
+                        AND finished_at > now() - interval '1 hour')               AS succeeded_last_hour,
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'queued' AND run_at <= now()))::float8
+                                                                                   AS oldest_queued_age_s
+FROM pgsched.runs
+WHERE tenant = %(tenant)s
+GROUP BY queue
+ORDER BY queue;
+
+-- name: job_upsert_tenant
+-- job_upsert for one tenant: creates the job stamped with the tenant, or replaces it only if
+-- the existing job is that tenant's (no row back: the name belongs to someone else).
+INSERT INTO pgsched.jobs AS j (name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup,
+                               max_attempts, enabled, next_run_at, tenant)
+VALUES (%(name)s, %(task)s, %(args)s, %(queue)s, %(priority)s, %(cron)s, %(every_s)s, %(at)s, %(tz)s,
+        %(misfire)s, %(max_catchup)s, %(max_attempts)s, %(enabled)s, %(next_run_at)s, %(tenant)s)
+ON CONFLICT (name) DO UPDATE
+SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority = excluded.priority,
+    cron = excluded.cron, every_s = excluded.every_s, at = excluded.at, tz = excluded.tz,
+    misfire = excluded.misfire, max_catchup = excluded.max_catchup, max_attempts = excluded.max_attempts,
+    enabled = excluded.enabled, last_error = NULL, updated_at = now(),
+    next_run_at = CASE WHEN (j.cron, j.every_s, j.at, j.tz) IS NOT DISTINCT FROM
+                            (excluded.cron, excluded.every_s, excluded.at, excluded.tz)
+                       THEN coalesce(j.next_run_at, excluded.next_run_at)
+                       ELSE excluded.next_run_at END
+WHERE j.tenant = excluded.tenant
+RETURNING j.id, (xmax = 0) AS created;
+
+-- name: job_get_tenant
+SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
+       enabled, next_run_at, last_scheduled_for, last_error, tenant, created_at, updated_at
+FROM pgsched.jobs WHERE name = %(name)s AND tenant = %(tenant)s;
+
+-- name: job_list_tenant
+SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error
+FROM pgsched.jobs WHERE tenant = %(tenant)s ORDER BY name;
+
+-- name: job_set_enabled_tenant
+UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now()
+WHERE name = %(name)s AND tenant = %(tenant)s RETURNING id;
+
+-- name: job_delete_tenant
+DELETE FROM pgsched.jobs WHERE name = %(name)s AND tenant = %(tenant)s RETURNING id;
+
+-- name: job_trigger_tenant
+-- One run of the tenant's job now, outside its schedule; the run carries the tenant.
+INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, tenant)
+SELECT task, args, queue, priority, max_attempts, id, now(), tenant
+FROM pgsched.jobs WHERE name = %(name)s AND tenant = %(tenant)s
+RETURNING id;
+
+-- name: worker_list
+-- Live workers and how many runs each holds now (counted through runs_lease_idx: only
+-- running runs have a lease).
+WITH held AS (
+    SELECT worker_id, count(*) AS running
+    FROM pgsched.runs
+    WHERE lease_expires_at IS NOT NULL AND status = 'running'
+    GROUP BY worker_id
+)
+SELECT w.id, w.host, w.pid, w.queues, w.concurrency, coalesce(h.running, 0) AS running,
+       w.started_at, w.last_seen_at
+FROM pgsched.workers AS w
+LEFT JOIN held AS h ON h.worker_id = w.id
+ORDER BY w.id;
+
+-- name: api_key_insert
+-- The key itself is never stored: only its sha256 and its first characters.
+INSERT INTO pgsched.api_keys (name, key_hash, prefix, scope, tenant)
+VALUES (%(name)s, %(key_hash)s, %(prefix)s, %(scope)s, %(tenant)s)
+RETURNING id, name, prefix, scope, tenant, created_at, revoked_at;
+
+-- name: api_key_list
+SELECT id, name, prefix, scope, tenant, created_at, revoked_at FROM pgsched.api_keys ORDER BY id;
+
+-- name: api_key_revoke
+-- Idempotent: revoking a revoked key keeps its first revocation time.
+UPDATE pgsched.api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %(id)s
+RETURNING id, name, prefix, scope, tenant, created_at, revoked_at;
+
+-- name: api_key_authenticate
+-- The live key with this digest (one index lookup per request).
+SELECT id, scope, tenant FROM pgsched.api_keys WHERE key_hash = %(key_hash)s AND revoked_at IS NULL;

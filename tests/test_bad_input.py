@@ -110,7 +110,7 @@ BAD_ENQUEUES = [
                  id="priority-101"),
     pytest.param(dict(task="t", priority=-101), InvalidInput, "priority must be", id="priority--101"),
     pytest.param(dict(task="t", priority=1.5), InvalidInput, "priority must be", id="priority-float"),
-    pytest.param(dict(task="t", max_attempts=0), InvalidInput, "max_attempts must be an integer >= 1, got 0",
+    pytest.param(dict(task="t", max_attempts=0), InvalidInput, "max_attempts must be an integer from 1 to 1000, got 0",
                  id="max-attempts-0"),
     pytest.param(dict(task=""), InvalidInput, "task must be a non-empty name", id="task-empty"),
     pytest.param(dict(task="   "), InvalidInput, "task must be a non-empty name", id="task-blank"),

@@ -1,0 +1,56 @@
+"""`pgsched api`: serve the REST API with uvicorn."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Annotated, Any
+
+import typer
+
+from pgsched.cli import render
+from pgsched.cli.options import DsnOption
+from pgsched.config import resolve_dsn
+from pgsched.errors import InvalidInput
+
+
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port, printed at start)")] = 8000,
+    workers: Annotated[int, typer.Option(help="Processes serving the API (each with its own pool)")] = 1,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without API keys: local development ONLY")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+    dsn: DsnOption = None,
+) -> None:
+    """Serve the REST API (OpenAPI document at /schema/openapi.json)."""
+    import uvicorn
+
+    from pgsched.api.settings import ApiSettings
+
+    if workers < 1:
+        raise InvalidInput(f"--workers must be at least 1, got {workers}")
+    if not 0 <= port <= 65535:
+        raise InvalidInput(f"--port must be between 0 and 65535, got {port}")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise InvalidInput(f"--log-level must be debug, info, warning or error, got {log_level!r}")
+    # Each uvicorn worker builds its app from the environment (ApiSettings.from_env).
+    os.environ["PGSCHED_DSN"] = resolve_dsn(dsn)
+    os.environ["PGSCHED_API_AUTH"] = "0" if no_auth else "1"
+    ApiSettings.from_env()  # a bad setting fails here, once, not in every worker
+    if no_auth:
+        render.err.print("[bold red]WARNING: authentication is disabled (--no-auth).[/] Anyone who can reach "
+                         "this API can read and change every job and run. Local development only.", highlight=False)
+    uvicorn.run("pgsched.api.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level.lower(), log_config=_log_config(log_level))
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, extended to the root logger (pgsched's own loggers, psycopg's pool), so
+    every worker process logs the same way: uvicorn applies it in each one."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["root"] = {"handlers": ["default"], "level": level.upper()}
+    # The pool logs every reconnect attempt at INFO; its warnings say what matters.
+    config["loggers"]["psycopg.pool"] = {"level": "WARNING"}
+    return config

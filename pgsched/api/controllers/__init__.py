@@ -1,0 +1,2 @@
+"""One controller per noun. Handlers parse, call the library (``pgsched.admin``,
+``pgsched.jobs``, ``pgsched.app``), and shape the response; the logic is the library's."""

@@ -1,0 +1,124 @@
+"""``/jobs``: scheduled job definitions: create or replace, list, show, change, delete,
+pause, resume, and trigger one run now."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from litestar import Controller, Response, delete, get, patch, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody, PathParameter
+from msgspec import UNSET, structs
+
+from pgsched import admin
+from pgsched import jobs as job_store
+from pgsched.api.auth import require_scope
+from pgsched.api.deps import Pool, Tenant
+from pgsched.api.schemas import (
+    NO_NUL,
+    JobCreate,
+    JobOut,
+    JobPage,
+    JobPatch,
+    JobSummary,
+    RunOut,
+    error_responses,
+    from_row,
+)
+from pgsched.jobs import JobSpec
+from pgsched.schedule import Schedule
+
+JobName = Annotated[str, PathParameter(pattern=NO_NUL)]
+
+
+def _spec(name: str, fields: dict[str, Any]) -> JobSpec:
+    """A JobSpec from wire fields (``every`` is the library's ``every_s``); the library validates."""
+    schedule = Schedule(cron=fields.get("cron"), every_s=fields.get("every"), at=fields.get("at"),
+                        tz=fields.get("tz", "UTC"))
+    known = {f.name for f in dataclasses.fields(JobSpec)} - {"name", "schedule"}
+    return JobSpec(name=name, schedule=schedule, **{key: value for key, value in fields.items() if key in known})
+
+
+def _patched(current: dict[str, Any], patch: JobPatch) -> JobSpec:
+    """The current definition with the patch's fields applied. Giving any of cron, every or at
+    replaces the schedule; tz alone re-reads the current one in the new timezone."""
+    changes = {key: value for key, value in structs.asdict(patch).items() if value is not UNSET}
+    fields = {key: current[key] for key in ("task", "args", "queue", "priority", "max_attempts", "misfire",
+                                            "max_catchup", "enabled", "cron", "at", "tz")}
+    fields["every"] = current["every_s"]
+    if changes.keys() & {"cron", "every", "at"}:
+        fields.update(cron=None, every=None, at=None)
+    fields.update(changes)
+    return _spec(current["name"], fields)
+
+
+class JobController(Controller):
+    path = "/jobs"
+    tags = ["jobs"]
+    guards = [require_scope]
+
+    @post("/", operation_id="createJob", sync_to_thread=True, status_code=201, responses=error_responses(
+        400, 409, 413, 422, _200=ResponseSpec(JobOut, description="A job with this name existed: it was replaced")))
+    def create(self, data: JSONBody[JobCreate], pool: Pool, tenant: Tenant) -> Response[JobOut]:
+        """Create a job (201), or replace the definition of the job with this name (200); with its next 5 fire times."""
+        spec = _spec(data.name, structs.asdict(data))
+        with pool.connection() as conn, conn.transaction():
+            created = job_store.upsert_job(conn, spec, tenant=tenant)
+            job = job_store.get_job(conn, data.name, tenant=tenant)
+        return Response(from_row(JobOut, job), status_code=201 if created else 200)
+
+    @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses())
+    def list_jobs(self, pool: Pool, tenant: Tenant) -> JobPage:
+        """Every job, by name (one page: ``next`` is always null for now)."""
+        with pool.connection() as conn:
+            rows = job_store.list_jobs(conn, tenant=tenant)
+        return JobPage(items=[from_row(JobSummary, row) for row in rows], next=None)
+
+    @get("/{name:str}", operation_id="getJob", sync_to_thread=True, responses=error_responses(400, 404))
+    def show(self, name: JobName, pool: Pool, tenant: Tenant) -> JobOut:
+        """One job and its next 5 fire times."""
+        with pool.connection() as conn:
+            return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+
+    @patch("/{name:str}", operation_id="updateJob", sync_to_thread=True,
+           responses=error_responses(400, 404, 409, 413, 422))
+    def update(self, name: JobName, data: JSONBody[JobPatch], pool: Pool,
+               tenant: Tenant) -> JobOut:
+        """Change some fields of a job; the others keep their values."""
+        with pool.connection() as conn, conn.transaction():
+            spec = _patched(job_store.get_job(conn, name, tenant=tenant), data)
+            job_store.upsert_job(conn, spec, tenant=tenant)
+            return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+
+    @delete("/{name:str}", operation_id="deleteJob", sync_to_thread=True, responses=error_responses(400, 404))
+    def remove(self, name: JobName, pool: Pool, tenant: Tenant) -> None:
+        """Delete a job; its past runs stay."""
+        with pool.connection() as conn:
+            job_store.delete_job(conn, name, tenant=tenant)
+
+    @post("/{name:str}/pause", operation_id="pauseJob", sync_to_thread=True, status_code=200,
+          responses=error_responses(400, 404))
+    def pause(self, name: JobName, pool: Pool, tenant: Tenant) -> JobOut:
+        """Stop firing a job; on resume, its misfire policy decides what happens to the fire times it missed."""
+        return self._set_enabled(pool, name, False, tenant)
+
+    @post("/{name:str}/resume", operation_id="resumeJob", sync_to_thread=True, status_code=200,
+          responses=error_responses(400, 404))
+    def resume(self, name: JobName, pool: Pool, tenant: Tenant) -> JobOut:
+        """Fire a paused job again."""
+        return self._set_enabled(pool, name, True, tenant)
+
+    @post("/{name:str}/trigger", operation_id="triggerJob", sync_to_thread=True, status_code=201,
+          responses=error_responses(400, 404))
+    def trigger(self, name: JobName, pool: Pool, tenant: Tenant) -> RunOut:
+        """Queue one run of the job now, outside its schedule; returns the run."""
+        with pool.connection() as conn:
+            run_id = job_store.trigger_job(conn, name, tenant=tenant)
+            return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+
+    @staticmethod
+    def _set_enabled(pool: Pool, name: str, enabled: bool, tenant: Tenant) -> JobOut:
+        with pool.connection() as conn:
+            job_store.set_enabled(conn, name, enabled, tenant=tenant)
+            return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))

@@ -1,0 +1,23 @@
+"""``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per queue."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+
+from pgsched import admin
+from pgsched.api.auth import require_scope
+from pgsched.api.deps import Pool, Tenant
+from pgsched.api.schemas import QueueList, QueueOut, error_responses, from_row
+
+
+class QueueController(Controller):
+    path = "/queues"
+    tags = ["queues"]
+    guards = [require_scope]
+
+    @get("/", operation_id="listQueues", sync_to_thread=True, responses=error_responses())
+    def list_queues(self, pool: Pool, tenant: Tenant) -> QueueList:
+        """Every queue that holds runs (a tenant key: its own runs only)."""
+        with pool.connection() as conn:
+            rows = admin.queue_stats(conn, tenant=tenant)
+        return QueueList(items=[from_row(QueueOut, row) for row in rows])

@@ -1,0 +1,113 @@
+"""``/runs``: enqueue (one, or a batch with COPY), list, show, cancel and retry runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+
+from pgsched import admin
+from pgsched.api import store
+from pgsched.api.auth import require_scope
+from pgsched.api.deps import Pgsched, Pool, Settings, Tenant
+from pgsched.api.schemas import (
+    NO_NUL,
+    RunBatchCreate,
+    RunBatchOut,
+    RunCreate,
+    RunOut,
+    RunPage,
+    RunStatus,
+    RunSummary,
+    error_responses,
+    from_row,
+)
+from pgsched.errors import InvalidInput
+
+IdempotencyKey = Annotated[str | None, HeaderParameter(
+    name="Idempotency-Key", required=False, pattern=NO_NUL, max_length=200,
+    description="Makes the request safe to repeat: a repeat returns the first run (200) and queues nothing")]
+TextQuery = Annotated[str | None, QueryParameter(pattern=NO_NUL)]
+
+
+def _run_request(data: RunCreate | RunBatchCreate) -> store.RunRequest:
+    if data.run_at is not None and data.delay is not None:
+        raise InvalidInput("run_at and delay cannot both be given: run_at is an instant, delay seconds from now")
+    return store.RunRequest(task=data.task, queue=data.queue, priority=data.priority,
+                            max_attempts=data.max_attempts, run_at=data.run_at, delay=data.delay)
+
+
+def _cursor(cursor: str | None) -> int | None:
+    """The keyset position a ``next`` cursor encodes (the last id of the previous page)."""
+    if cursor is None:
+        return None
+    if not cursor.isascii() or not cursor.isdigit() or not 0 < int(cursor) < 2**63:
+        raise InvalidInput(f"cursor must be a `next` value this API returned, got {cursor!r}")
+    return int(cursor)
+
+
+class RunController(Controller):
+    path = "/runs"
+    tags = ["runs"]
+    guards = [require_scope]
+
+    @post("/", operation_id="createRun", sync_to_thread=True, status_code=201, responses=error_responses(
+        400, 409, 413, 422, _200=ResponseSpec(RunOut, description="A repeat: the run that holds this Idempotency-Key")))
+    def create(self, data: JSONBody[RunCreate], pool: Pool, pgsched: Pgsched, tenant: Tenant,
+               idempotency_key: IdempotencyKey = None) -> Response[RunOut]:
+        """Queue one run (201), or return the run an earlier request with the same Idempotency-Key queued (200)."""
+        request = _run_request(data)
+        with pool.connection() as conn:
+            run, created = store.enqueue_one(conn, pgsched, request, data.args, idempotency_key=idempotency_key,
+                                             tenant=tenant)
+        return Response(from_row(RunOut, run), status_code=201 if created else 200)
+
+    @post("/batch", operation_id="createRuns", sync_to_thread=True, status_code=201,
+          responses=error_responses(400, 413, 422))
+    def create_many(self, data: JSONBody[RunBatchCreate], pool: Pool, pgsched: Pgsched,
+                    tenant: Tenant, settings: Settings) -> RunBatchOut:
+        """Queue one run of ``task`` per object in ``args`` (up to 10,000), all or none; returns their ids in order."""
+        if len(data.args) > settings.max_batch:
+            raise InvalidInput(f"args has {len(data.args)} objects; a batch holds at most {settings.max_batch}")
+        request = _run_request(data)
+        with pool.connection() as conn:
+            return RunBatchOut(ids=store.enqueue_batch(conn, pgsched, request, data.args, tenant=tenant))
+
+    @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
+    def list_runs(self, pool: Pool, tenant: Tenant,
+                  status: FromQuery[RunStatus | None] = None, queue: TextQuery = None, task: TextQuery = None,
+                  limit: Annotated[int, QueryParameter(ge=1, le=admin.MAX_LIST_LIMIT)] = 50,
+                  cursor: Annotated[str | None, QueryParameter(description="The `next` of the previous page")] = None,
+                  ) -> RunPage:
+        """Runs, newest first, a page at a time: follow ``next`` until it is null."""
+        with pool.connection() as conn:
+            rows = admin.list_runs(conn, status=status, queue=queue, task=task, limit=limit,
+                                   before_id=_cursor(cursor), tenant=tenant)
+        return RunPage(items=[from_row(RunSummary, row) for row in rows],
+                       next=str(rows[-1]["id"]) if len(rows) == limit else None)
+
+    @get("/{run_id:int}", operation_id="getRun", sync_to_thread=True, responses=error_responses(400, 404, 422))
+    def show(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> RunOut:
+        """One run with its result and the error of every failed attempt."""
+        with pool.connection() as conn:
+            return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+
+    @post("/{run_id:int}/cancel", operation_id="cancelRun", sync_to_thread=True, status_code=200,
+          responses=error_responses(400, 404, 409, 422, _202=ResponseSpec(
+              RunOut, description="The run is running: its worker was asked to stop it")))
+    def cancel(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> Response[RunOut]:
+        """Cancel a queued run (200), or ask the worker of a running one to stop it (202); 409 for finished runs."""
+        with pool.connection() as conn:
+            outcome = admin.cancel_run(conn, run_id, tenant=tenant)
+            run = admin.get_run(conn, run_id, tenant=tenant)
+        return Response(from_row(RunOut, run), status_code=202 if outcome == "running" else 200)
+
+    @post("/{run_id:int}/retry", operation_id="retryRun", sync_to_thread=True, status_code=200,
+          responses=error_responses(400, 404, 409, 422))
+    def retry(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> RunOut:
+        """Queue a failed or cancelled run again, due now; 409 for other runs."""
+        with pool.connection() as conn:
+            admin.retry_run(conn, run_id, tenant=tenant)
+            return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))

@@ -1,0 +1,24 @@
+"""``/workers``: the live workers, their queues, slots and the runs they hold."""
+
+from __future__ import annotations
+
+from litestar import Controller, get
+
+from pgsched.api import store
+from pgsched.api.auth import require_scope
+from pgsched.api.deps import Pool
+from pgsched.api.schemas import WorkerList, WorkerOut, error_responses, from_row
+
+
+class WorkerController(Controller):
+    path = "/workers"
+    tags = ["workers"]
+    guards = [require_scope]
+
+    @get("/", operation_id="listWorkers", sync_to_thread=True, opt={"cluster_wide": True},
+         responses=error_responses())
+    def list_workers(self, pool: Pool) -> WorkerList:
+        """Live workers, oldest first (shared by every tenant: needs a key without a tenant)."""
+        with pool.connection() as conn:
+            rows = store.list_workers(conn)
+        return WorkerList(items=[from_row(WorkerOut, row) for row in rows])

@@ -1,0 +1,273 @@
+"""The API's wire models: msgspec Structs, one per direction (``…Create``/``…Patch`` in,
+``…Out``/``…Page`` out). Requests refuse unknown fields, so a misspelt field is an error that
+names it instead of a silently ignored option. Value rules (queue names, priority range, cron,
+timezone) are the library's: these models check only shapes and types.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Mapping, TypeVar
+
+import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from pgsched.admin import RUN_STATUSES
+from pgsched.jobs import MISFIRE_POLICIES
+
+# Literal[("a", "b")] is Literal["a", "b"]: the allowed values keep one home, in the library.
+RunStatus = Literal[RUN_STATUSES]  # type: ignore[valid-type]
+Misfire = Literal[MISFIRE_POLICIES]  # type: ignore[valid-type]
+Args = Annotated[dict[str, Any], Meta(description="The task's keyword arguments: a JSON object")]
+# PostgreSQL text cannot hold a NUL character: refused here, where the error can name the field.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Meta(pattern=NO_NUL)]
+# Jobs are addressed by name in the URL (/jobs/{name}/pause): no '/' in a name the API creates.
+JOB_NAME = r"^[^\x00/]*$"
+# The integer columns' range: a larger number is refused here, not by the database.
+Int32 = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+
+
+class Request(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of request bodies."""
+
+
+# ---- runs
+
+
+class RunCreate(Request):
+    """One run to queue. Unset options take the task's defaults (queue 'default', priority 0, 3 attempts)."""
+
+    task: Text
+    args: Args = {}
+    queue: Text | None = None
+    priority: int | None = None
+    max_attempts: Int32 | None = None
+    run_at: Annotated[datetime | None, Meta(description="When it is due, with a timezone (default: now)")] = None
+    delay: Annotated[float | None, Meta(description="Seconds from now (instead of run_at)")] = None
+
+
+class RunBatchCreate(Request):
+    """Many runs of one task, queued all or none (one args object per run)."""
+
+    task: Text
+    args: list[Args]
+    queue: Text | None = None
+    priority: int | None = None
+    max_attempts: Int32 | None = None
+    run_at: datetime | None = None
+    delay: float | None = None
+
+
+class RunOut(Struct, kw_only=True):
+    id: int
+    task: str
+    args: dict[str, Any]
+    queue: str
+    priority: int
+    status: RunStatus
+    attempt: int
+    max_attempts: int
+    run_at: datetime
+    job_id: int | None
+    scheduled_for: datetime | None
+    worker_id: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    lease_expires_at: datetime | None
+    result: Any
+    errors: list[dict[str, Any]]
+    unique_key: str | None
+    tenant: str | None
+    created_at: datetime
+
+
+class RunSummary(Struct, kw_only=True):
+    id: int
+    task: str
+    queue: str
+    priority: int
+    status: RunStatus
+    attempt: int
+    max_attempts: int
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+
+
+class RunPage(Struct, kw_only=True):
+    items: list[RunSummary]
+    next: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last page")]
+
+
+class RunBatchOut(Struct, kw_only=True):
+    ids: list[int]
+
+
+# ---- jobs
+
+
+class JobCreate(Request):
+    """A scheduled job: exactly one of cron, every (seconds) or at (a one-off instant)."""
+
+    name: Annotated[str, Meta(pattern=JOB_NAME)]
+    task: Text
+    cron: Annotated[Text | None, Meta(description="5 fields, or 6 with seconds first")] = None
+    every: Annotated[float | None, Meta(description="Interval in seconds")] = None
+    at: datetime | None = None
+    tz: Annotated[Text, Meta(description="IANA timezone the cron is read in")] = "UTC"
+    args: Args = {}
+    queue: Text = "default"
+    priority: int = 0
+    max_attempts: Int32 = 3
+    misfire: Misfire = "coalesce"
+    max_catchup: Int32 = 100
+    enabled: bool = True
+
+
+class JobPatch(Request):
+    """Fields to change; the rest stay. Setting one of cron, every or at replaces the schedule."""
+
+    task: Text | UnsetType = UNSET
+    cron: Text | UnsetType = UNSET
+    every: float | UnsetType = UNSET
+    at: datetime | UnsetType = UNSET
+    tz: Text | UnsetType = UNSET
+    args: Args | UnsetType = UNSET
+    queue: Text | UnsetType = UNSET
+    priority: int | UnsetType = UNSET
+    max_attempts: Int32 | UnsetType = UNSET
+    misfire: Misfire | UnsetType = UNSET
+    max_catchup: Int32 | UnsetType = UNSET
+    enabled: bool | UnsetType = UNSET
+
+
+class JobOut(Struct, kw_only=True):
+    id: int
+    name: str
+    task: str
+    args: dict[str, Any]
+    queue: str
+    priority: int
+    cron: str | None
+    every_s: float | None
+    at: datetime | None
+    tz: str
+    misfire: str
+    max_catchup: int
+    max_attempts: int
+    enabled: bool
+    next_run_at: datetime | None
+    last_scheduled_for: datetime | None
+    last_error: str | None
+    tenant: str | None
+    created_at: datetime
+    updated_at: datetime
+    upcoming: Annotated[list[datetime], Meta(description="The next 5 fire times")]
+
+
+class JobSummary(Struct, kw_only=True):
+    id: int
+    name: str
+    task: str
+    queue: str
+    cron: str | None
+    every_s: float | None
+    at: datetime | None
+    tz: str
+    misfire: str
+    enabled: bool
+    next_run_at: datetime | None
+    last_scheduled_for: datetime | None
+    last_error: str | None
+
+
+class JobPage(Struct, kw_only=True):
+    items: list[JobSummary]
+    next: str | None = None
+
+
+# ---- queues, workers, health
+
+
+class QueueOut(Struct, kw_only=True):
+    queue: str
+    queued: int
+    due: int
+    running: int
+    failed: int
+    succeeded_last_hour: int
+    oldest_queued_age_s: Annotated[float | None, Meta(description="Age of the oldest due run, in seconds")]
+
+
+class QueueList(Struct, kw_only=True):
+    items: list[QueueOut]
+
+
+class WorkerOut(Struct, kw_only=True):
+    id: int
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    running: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+class WorkerList(Struct, kw_only=True):
+    items: list[WorkerOut]
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok"]
+
+
+class Readiness(Struct, kw_only=True):
+    status: Literal["ready", "unavailable"]
+    reason: str | None = None
+    pending_migrations: list[str] = []
+
+
+class FieldError(Struct, kw_only=True):
+    field: Annotated[str | None, Meta(description="The field, query parameter, path parameter or header at fault")]
+    message: str
+    source: Literal["body", "query", "path", "header"] | None = None
+
+
+class ErrorOut(Struct, kw_only=True):
+    status_code: int
+    detail: str
+    errors: list[FieldError] = []
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request: the errors name the field, query or path parameter, or header",
+    401: "Missing, unknown or revoked API key",
+    403: "The API key's scope (or its tenant) does not allow this",
+    404: "No such run or job (for a tenant key: none of its tenant's)",
+    409: "The run or job is not in a state (or the name not free) for this",
+    413: "The body is larger than this API accepts",
+    422: "A value pgsched refuses: the errors name the field",
+    503: "The database is unreachable or its schema needs `pgsched migrate`",
+}
+# The errors every protected route can answer; add the ones a route adds.
+PROTECTED = (401, 403, 503)
+
+
+def error_responses(*codes: int, **extra: ResponseSpec) -> dict[int, ResponseSpec]:
+    """OpenAPI responses: ``ErrorOut`` for each code (an ``extra`` keyword ``_200=...`` adds a success)."""
+    responses = {code: ResponseSpec(ErrorOut, description=_ERROR_DESCRIPTIONS[code], generate_examples=False)
+                 for code in sorted({*PROTECTED, *codes})}
+    responses.update({int(key.lstrip("_")): spec for key, spec in extra.items()})
+    return responses
+
+
+Out = TypeVar("Out", bound=Struct)
+
+
+def from_row(model: type[Out], row: Mapping[str, Any]) -> Out:
+    """A response model from a library row (columns the model does not name are left out)."""
+    return msgspec.convert(row, model)

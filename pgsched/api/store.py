@@ -1,0 +1,83 @@
+"""The few database operations the API needs that pgsched's core modules do not offer (yet):
+enqueue on behalf of a tenant, telling a new run from an idempotent repeat, the worker list and
+the metrics' counts. Each runs named queries; the enqueue logic itself stays in ``pgsched.app``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched import admin
+from pgsched.app import App
+from pgsched.errors import PgschedError, RunNotFound
+from pgsched.sql import queries
+
+
+class IdempotencyKeyConflict(PgschedError):
+    """That Idempotency-Key belongs to a run this API key cannot see."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """Where and when runs go, as the API received it (the library validates every field)."""
+
+    task: str
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    run_at: datetime | None = None
+    delay: float | None = None
+
+
+def tenant_unique_key(idempotency_key: str | None, tenant: str | None) -> str | None:
+    """The run's unique_key: a tenant's keys live in their own namespace (tenant names have no
+    '/'), so two tenants that pick the same Idempotency-Key never meet."""
+    if idempotency_key is None or tenant is None:
+        return idempotency_key
+    return f"{tenant}/{idempotency_key}"
+
+
+def enqueue_one(conn: psycopg.Connection, app: App, request: RunRequest, args: Mapping[str, Any] | None, *,
+                idempotency_key: str | None = None, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
+    """Queue one run through ``App.enqueue``: ``(run, created)``; ``created`` is False when the
+    idempotency key returned an earlier run. ``conn`` must be an autocommit connection."""
+    with conn.transaction():
+        run_id = app.enqueue(request.task, args, queue=request.queue, priority=request.priority,
+                             max_attempts=request.max_attempts, run_at=request.run_at, delay=request.delay,
+                             unique_key=tenant_unique_key(idempotency_key, tenant), conn=conn)
+        inserted = conn.execute(queries["run_adopt_inserted"], {"ids": [run_id], "tenant": tenant}).fetchall()
+        try:
+            run = admin.get_run(conn, run_id, tenant=tenant)
+        except RunNotFound:
+            raise IdempotencyKeyConflict(
+                f"the Idempotency-Key {idempotency_key!r} belongs to a run this API key cannot see") from None
+    return run, bool(inserted)
+
+
+def enqueue_batch(conn: psycopg.Connection, app: App, request: RunRequest, all_args: Sequence[Mapping[str, Any]], *,
+                  tenant: str | None = None) -> list[int]:
+    """Queue one run per args object through ``App.enqueue_many`` (COPY), all or none."""
+    with conn.transaction():
+        ids = app.enqueue_many(request.task, all_args, queue=request.queue, priority=request.priority,
+                               max_attempts=request.max_attempts, run_at=request.run_at, delay=request.delay,
+                               conn=conn)
+        if tenant is not None and ids:
+            conn.execute(queries["run_set_tenant"], {"ids": ids, "tenant": tenant})
+    return ids
+
+
+def list_workers(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Live workers, oldest first, with the number of runs each holds."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["worker_list"]).fetchall()
+
+
+def run_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Runs per queue and status."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["run_count_by_queue_status"]).fetchall()
