@@ -26,7 +26,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched import enqueue as _enqueue
 from pgsched.config import resolve_dsn
-from pgsched.enqueue import RunOptions, check_task_name, encode_args
+from pgsched.enqueue import RunOptions, check_task_name, encode_args, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from pgsched.jobs import JobSpec, upsert_job
 from pgsched.schedule import Schedule
@@ -264,13 +264,17 @@ class App:
             with _database_rejections():
                 return await _enqueue.insert_run_async(c, task, encoded, options)
 
-    def _encode_many(self, task: str, all_args: Sequence[Mapping[str, Any]]) -> list[_enqueue.Jsonb]:
+    def _encode_many(self, task: str, all_args: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Each args object as JSON text, checked like a single enqueue's."""
         if isinstance(all_args, (str, bytes, Mapping)) or not isinstance(all_args, Sequence):
             raise InvalidInput("enqueue_many takes a list of args objects")
+        known = self.tasks.get(task)
         encoded = []
         for index, args in enumerate(all_args):
             try:
-                encoded.append(self._encode(task, args))
+                if known is not None and isinstance(args, Mapping):
+                    known.check_args(args)
+                encoded.append(encode_args_text(args))
             except InvalidInput as exc:
                 raise type(exc)(f"args[{index}]: {exc}") from None
         return encoded
