@@ -1,12 +1,12 @@
 """Inspect and steer runs: what the CLI (and the API) call. One function per operation.
 
 Each takes an optional ``tenant``: given, the function sees and changes only that tenant's runs
-(through the ``_tenant`` variant of its query), and another tenant's run is "not found".
+(the queries filter on it), and another tenant's run is "not found".
 """
 
 from __future__ import annotations
 
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -24,15 +24,12 @@ def check_run_id(run_id: Any) -> int:
     return run_id
 
 
-def _query(name: str, tenant: str | None) -> LiteralString:
-    """The named query, or its ``_tenant`` variant restricted to that tenant's rows."""
-    return queries[name] if tenant is None else queries[f"{name}_tenant"]
 
 
 def get_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> dict[str, Any]:
     """Every column of one run."""
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(_query("run_get", tenant), {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
+        row = cur.execute(queries["run_get"], {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     return row
@@ -49,7 +46,7 @@ def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str
     if before_id is not None:
         check_run_id(before_id)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(_query("run_list", tenant), {
+        return cur.execute(queries["run_list"], {
             "status": status, "queue": queue, "task": task, "limit": limit, "before_id": before_id,
             "tenant": tenant}).fetchall()
 
@@ -57,7 +54,7 @@ def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str
 def retry_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> None:
     """Queue a failed or cancelled run again, due now."""
     params = {"id": check_run_id(run_id), "tenant": tenant}
-    if conn.execute(_query("run_retry", tenant), params).fetchone() is None:
+    if conn.execute(queries["run_retry"], params).fetchone() is None:
         _explain_refusal(conn, run_id, "retry", "only failed or cancelled runs can be retried", tenant)
 
 
@@ -65,19 +62,19 @@ def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = No
     """Cancel a queued run at once ('cancelled'), or ask the worker running it to stop it
     ('running': the run ends 'cancelled' when the worker is done with it)."""
     try:
-        row = conn.execute(_query("run_cancel", tenant), {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
+        row = conn.execute(queries["run_cancel"], {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
     except psycopg.errors.NoDataFound:
         raise RunNotFound(f"no run with id {run_id}") from None
     except psycopg.errors.ObjectNotInPrerequisiteState:
         _explain_refusal(conn, run_id, "cancel", "only queued or running runs can be cancelled", tenant)
-    if row is None:  # the tenant variant finds no run of another tenant
+    if row is None:  # no such run, or another tenant's
         raise RunNotFound(f"no run with id {run_id}")
     return str(row[0])
 
 
 def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str,
                      tenant: str | None = None) -> None:
-    row = conn.execute(_query("run_status", tenant), {"id": run_id, "tenant": tenant}).fetchone()
+    row = conn.execute(queries["run_status"], {"id": run_id, "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     raise RunStateConflict(f"cannot {verb} run {run_id}: it is {row[0]}; {rule}")
@@ -86,4 +83,5 @@ def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str
 def queue_stats(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
     """Per queue: queued, due, running, failed, succeeded in the last hour, oldest due age."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(_query("queue_stats", tenant), {"tenant": tenant}).fetchall()
+        query = queries["queue_stats"] if tenant is None else queries["queue_stats_tenant"]
+        return cur.execute(query, {"tenant": tenant}).fetchall()

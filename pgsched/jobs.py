@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, LiteralString, Mapping
+from typing import Any, Mapping
 
 import psycopg
 from psycopg.rows import dict_row
@@ -33,9 +33,6 @@ class JobNameTaken(PgschedError):
     """A job with that name belongs to another tenant."""
 
 
-def _query(name: str, tenant: str | None) -> LiteralString:
-    """The named query, or its ``_tenant`` variant restricted to that tenant's jobs."""
-    return queries[name] if tenant is None else queries[f"{name}_tenant"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None 
     """
     now = now or datetime.now(timezone.utc)
     schedule = spec.schedule
-    row = conn.execute(_query("job_upsert", tenant), {
+    row = conn.execute(queries["job_upsert"] if tenant is None else queries["job_upsert_tenant"], {
         "name": spec.name, "task": spec.task, "args": encode_args(spec.args), "queue": spec.queue,
         "priority": spec.priority, "cron": schedule.cron, "every_s": schedule.every_s, "at": schedule.at,
         "tz": schedule.tz, "misfire": spec.misfire, "max_catchup": spec.max_catchup,
@@ -96,7 +93,7 @@ def schedule_of(job: Mapping[str, Any]) -> Schedule:
 def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> dict[str, Any]:
     """Every column of one job, plus its next fire times (``upcoming``)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        job = cur.execute(_query("job_get", tenant), {"name": name, "tenant": tenant}).fetchone()
+        job = cur.execute(queries["job_get"], {"name": name, "tenant": tenant}).fetchone()
     if job is None:
         raise JobNotFound(f"no job named {name!r}")
     try:
@@ -110,26 +107,26 @@ def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -
 
 def list_jobs(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(_query("job_list", tenant), {"tenant": tenant}).fetchall()
+        return cur.execute(queries["job_list"], {"tenant": tenant}).fetchall()
 
 
 def set_enabled(conn: psycopg.Connection, name: str, enabled: bool, *, tenant: str | None = None) -> None:
     """Pause (False) or resume (True). On resume the beat applies the job's misfire policy
     to the fire times the pause skipped."""
     params = {"name": name, "enabled": enabled, "tenant": tenant}
-    if conn.execute(_query("job_set_enabled", tenant), params).fetchone() is None:
+    if conn.execute(queries["job_set_enabled"], params).fetchone() is None:
         raise JobNotFound(f"no job named {name!r}")
 
 
 def delete_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> None:
     """Delete the definition; its past runs stay (their job_id becomes NULL)."""
-    if conn.execute(_query("job_delete", tenant), {"name": name, "tenant": tenant}).fetchone() is None:
+    if conn.execute(queries["job_delete"], {"name": name, "tenant": tenant}).fetchone() is None:
         raise JobNotFound(f"no job named {name!r}")
 
 
 def trigger_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> int:
     """Queue one run of the job now, outside its schedule; returns the run id."""
-    row = conn.execute(_query("job_trigger", tenant), {"name": name, "tenant": tenant}).fetchone()
+    row = conn.execute(queries["job_trigger"], {"name": name, "tenant": tenant}).fetchone()
     if row is None:
         raise JobNotFound(f"no job named {name!r}")
     return int(row[0])

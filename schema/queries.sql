@@ -205,7 +205,7 @@ WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs 
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
        errors, unique_key, tenant, created_at
-FROM pgsched.runs WHERE id = %(id)s;
+FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
 -- Newest first, keyset-paginated by id; every filter is optional.
@@ -216,6 +216,7 @@ WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.ru
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -225,7 +226,7 @@ WITH retried AS (
     UPDATE pgsched.runs
     SET status = 'queued', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
         max_attempts = greatest(max_attempts, attempt + 1)
-    WHERE id = %(id)s AND status IN ('failed', 'cancelled')
+    WHERE id = %(id)s AND status IN ('failed', 'cancelled') AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
     RETURNING id, queue
 ), notified AS (
     SELECT pg_notify('pgsched', queue) FROM retried
@@ -234,10 +235,11 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
 -- name: run_cancel
 -- Cancel a queued run now, or ask the worker of a running one to stop it (schema 0004).
-SELECT pgsched.cancel(%(id)s);
+-- No row: no such run (for this tenant).
+SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_status
-SELECT status::text FROM pgsched.runs WHERE id = %(id)s;
+SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: queue_stats
 SELECT queue, queued, due, running, failed, succeeded_last_hour,
@@ -267,22 +269,22 @@ RETURNING j.id, (xmax = 0) AS created;
 -- name: job_get
 SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
        enabled, next_run_at, last_scheduled_for, last_error, tenant, created_at, updated_at
-FROM pgsched.jobs WHERE name = %(name)s;
+FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: job_list
 SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error
-FROM pgsched.jobs ORDER BY name;
+FROM pgsched.jobs WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) ORDER BY name;
 
 -- name: job_set_enabled
-UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE name = %(name)s RETURNING id;
+UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) RETURNING id;
 
 -- name: job_delete
-DELETE FROM pgsched.jobs WHERE name = %(name)s RETURNING id;
+DELETE FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) RETURNING id;
 
 -- name: job_trigger
 -- One run of the job now, outside its schedule (a tenant's job makes that tenant's run).
 INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, tenant)
-SELECT task, args, queue, priority, max_attempts, id, now(), tenant FROM pgsched.jobs WHERE name = %(name)s
+SELECT task, args, queue, priority, max_attempts, id, now(), tenant FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 RETURNING id;
 
 -- name: job_due
@@ -369,46 +371,9 @@ WHERE id IN (SELECT id FROM pgsched.runs
 LISTEN pgsched_jobs;
 
 -- ---- The REST API: tenant-scoped variants, workers, metrics, API keys.
--- A `_tenant` variant is the query of the same name restricted to one tenant's rows: the
--- library picks it when a caller passes `tenant` (an API key with a tenant).
-
--- name: run_get_tenant
-SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
-       job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
-       errors, unique_key, tenant, created_at
-FROM pgsched.runs WHERE id = %(id)s AND tenant = %(tenant)s;
-
--- name: run_list_tenant
--- Newest first, keyset-paginated by id (runs_tenant_idx); every other filter is optional.
-SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
-       started_at, finished_at, created_at
-FROM pgsched.runs
-WHERE tenant = %(tenant)s
-  AND (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s)
-  AND (%(task)s::text IS NULL OR task = %(task)s)
-  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
-ORDER BY id DESC
-LIMIT %(limit)s;
-
--- name: run_retry_tenant
-WITH retried AS (
-    UPDATE pgsched.runs
-    SET status = 'queued', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
-        max_attempts = greatest(max_attempts, attempt + 1)
-    WHERE id = %(id)s AND tenant = %(tenant)s AND status IN ('failed', 'cancelled')
-    RETURNING id, queue
-), notified AS (
-    SELECT pg_notify('pgsched', queue) FROM retried
-)
-SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
-
--- name: run_cancel_tenant
--- run_cancel for one tenant's run (no row: that tenant has no such run).
-SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND tenant = %(tenant)s;
-
--- name: run_status_tenant
-SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND tenant = %(tenant)s;
+-- Most queries take an optional %(tenant)s filter themselves; a `_tenant` variant exists only
+-- where one tenant's query must differ: queue_stats (its view has no tenant column) and
+-- job_upsert (it must not take over another tenant's job name).
 
 -- name: run_adopt_inserted
 -- Right after a single-run enqueue in the same transaction: the ids among %(ids)s that this
@@ -470,29 +435,6 @@ SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority
                        ELSE excluded.next_run_at END
 WHERE j.tenant = excluded.tenant
 RETURNING j.id, (xmax = 0) AS created;
-
--- name: job_get_tenant
-SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
-       enabled, next_run_at, last_scheduled_for, last_error, tenant, created_at, updated_at
-FROM pgsched.jobs WHERE name = %(name)s AND tenant = %(tenant)s;
-
--- name: job_list_tenant
-SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error
-FROM pgsched.jobs WHERE tenant = %(tenant)s ORDER BY name;
-
--- name: job_set_enabled_tenant
-UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now()
-WHERE name = %(name)s AND tenant = %(tenant)s RETURNING id;
-
--- name: job_delete_tenant
-DELETE FROM pgsched.jobs WHERE name = %(name)s AND tenant = %(tenant)s RETURNING id;
-
--- name: job_trigger_tenant
--- One run of the tenant's job now, outside its schedule; the run carries the tenant.
-INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, tenant)
-SELECT task, args, queue, priority, max_attempts, id, now(), tenant
-FROM pgsched.jobs WHERE name = %(name)s AND tenant = %(tenant)s
-RETURNING id;
 
 -- name: worker_list
 -- Live workers and how many runs each holds now (counted through runs_lease_idx: only

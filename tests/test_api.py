@@ -483,7 +483,7 @@ def test_tenant_variants_return_the_same_columns_as_their_unscoped_queries(reado
     _, conn = readonly_api
     params = {"id": -1, "name": "none", "tenant": "none", "status": None, "queue": None, "task": None,
               "before_id": None, "limit": 1}
-    for name in ("run_get", "run_list", "run_status", "queue_stats", "job_get", "job_list"):
+    for name in ("queue_stats",):  # the other queries filter on an optional tenant themselves
         with conn.cursor() as cur:
             cur.execute(queries[name], params)
             unscoped = [column.name for column in cur.description]
