@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from typing import Annotated, Optional
 
 import typer
@@ -11,8 +9,6 @@ import typer
 from pgsched import jobs as job_store
 from pgsched.cli import render
 from pgsched.cli.options import DsnOption, connect, parse_args_json, parse_at
-from pgsched.enqueue import RunOptions
-from pgsched.errors import InvalidInput
 from pgsched.jobs import JobSpec
 from pgsched.schedule import Schedule
 

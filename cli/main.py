@@ -3,10 +3,8 @@ can fix print one line and exit 1 (``--debug`` shows the traceback)."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from datetime import datetime
 from typing import Annotated, Optional
 
 import psycopg

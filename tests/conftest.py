@@ -11,8 +11,9 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import psycopg
 import pytest
@@ -53,6 +54,40 @@ postgresql_proc = factories.postgresql_proc(
     load=[load_schema],
 )
 postgresql = factories.postgresql("postgresql_proc")
+
+
+@contextmanager
+def scratch_database(postgresql_proc: Any, name: str) -> Iterator[str]:
+    """A freshly migrated database on the session's server; dropped afterwards."""
+    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
+    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        try:
+            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
+                migrate(conn)
+            yield f"{server} dbname={name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def module_dsn(postgresql_proc: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """One migrated database for a whole test module: cheaper than a clone per test when the
+    module empties it between tests (see empty_tables)."""
+    with scratch_database(postgresql_proc, f"pgsched_{request.module.__name__.rpartition('.')[2]}") as dsn:
+        yield dsn
+
+
+def empty_tables(dsn: str) -> str:
+    """Delete every pgsched row (the migrations' record stays): as fresh as a new database."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+            " WHERE schemaname = 'pgsched' AND tablename <> 'schema_migrations'")]
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute("; ".join(f"DELETE FROM {table}" for table in tables).encode())
+    return dsn
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from pgsched import App
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
-from pgsched.migrate import migrate
+from tests.conftest import scratch_database
 
 
 # Nothing here may change the database, so the tests share one (a fresh clone per test costs more
@@ -25,20 +25,12 @@ from pgsched.migrate import migrate
 
 @pytest.fixture(scope="module")
 def shared_dsn(postgresql_proc) -> Iterator[str]:
-    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
-    name = "pgsched_bad_input"
-    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        try:
-            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
-                migrate(conn)
-                conn.execute("INSERT INTO pgsched.runs (task) VALUES ('already-queued')")
-                conn.execute("INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
-                             " VALUES ('already-done', 'succeeded', 1, now(), now(), '42')")
-            yield f"{server} dbname={name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(postgresql_proc, "pgsched_bad_input") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO pgsched.runs (task) VALUES ('already-queued')")
+            conn.execute("INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
+                         " VALUES ('already-done', 'succeeded', 1, now(), now(), '42')")
+        yield dsn
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo
@@ -24,8 +24,8 @@ from pgsched.app import App
 from pgsched.beat import fire_due_jobs
 from pgsched.errors import InvalidArgs, InvalidInput
 from pgsched.jobs import JobNotFound, JobSpec
-from pgsched.migrate import migrate
 from pgsched.schedule import InvalidSchedule, Schedule
+from tests.conftest import scratch_database
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -34,27 +34,6 @@ GRACE = 5.0
 
 # ---- one database for the module, emptied before each test (a fresh clone per test costs
 # more than most of these tests)
-
-
-@contextmanager
-def scratch_database(postgresql_proc: Any, name: str) -> Iterator[str]:
-    """A freshly migrated database on the session's server; dropped afterwards."""
-    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
-    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        try:
-            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
-                migrate(conn)
-            yield f"{server} dbname={name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
-def module_dsn(postgresql_proc: Any) -> Iterator[str]:
-    with scratch_database(postgresql_proc, "pgsched_test_beat") as dsn:
-        yield dsn
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgsched import App
-from pgsched.migrate import migrate
+from tests.conftest import empty_tables
 
 CHANNEL = "pgsched"
 
@@ -26,30 +26,9 @@ CHANNEL = "pgsched"
 # and every test here starts from empty tables just the same.
 
 
-@pytest.fixture(scope="module")
-def module_dsn(postgresql_proc) -> Iterator[str]:
-    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
-    name = "pgsched_test_enqueue"
-    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        try:
-            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
-                migrate(conn)
-            yield f"{server} dbname={name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 def dsn(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
-            " WHERE schemaname = 'pgsched' AND tablename <> 'schema_migrations'")]
-        conn.execute("SET lock_timeout = '10s'")
-        conn.execute("; ".join(f"DELETE FROM {table}" for table in tables).encode())
-    return module_dsn
+    return empty_tables(module_dsn)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import psycopg
 import pytest
@@ -24,9 +24,9 @@ from pgsched import App
 from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
 from pgsched.executor import Outcome
-from pgsched.migrate import migrate
 from pgsched.sql import queries
 from pgsched.worker import Worker, WorkerOptions, rescue_expired
+from tests.conftest import empty_tables
 
 try:  # the sweep's advisory-lock key lives with the sweep
     from pgsched.maintenance import SWEEP_LOCK_KEY
@@ -98,30 +98,9 @@ class RunningWorker:
 # and every test here starts from empty tables just the same.
 
 
-@pytest.fixture(scope="module")
-def module_dsn(postgresql_proc) -> Iterator[str]:
-    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
-    name = "pgsched_test_worker_inprocess"
-    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        try:
-            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
-                migrate(conn)
-            yield f"{server} dbname={name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 def dsn(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
-            " WHERE schemaname = 'pgsched' AND tablename <> 'schema_migrations'")]
-        conn.execute("SET lock_timeout = '10s'")
-        conn.execute("; ".join(f"DELETE FROM {table}" for table in tables).encode())
-    return module_dsn
+    return empty_tables(module_dsn)
 
 
 @pytest.fixture
