@@ -73,14 +73,14 @@ def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None 
     """
     now = now or datetime.now(timezone.utc)
     schedule = spec.schedule
-    row = conn.execute(queries["job_upsert"] if tenant is None else queries["job_upsert_tenant"], {
+    row = conn.execute(queries["job_upsert"], {
         "name": spec.name, "task": spec.task, "args": encode_args(spec.args), "queue": spec.queue,
         "priority": spec.priority, "cron": schedule.cron, "every_s": schedule.every_s, "at": schedule.at,
         "tz": schedule.tz, "misfire": spec.misfire, "max_catchup": spec.max_catchup,
         "max_attempts": spec.max_attempts, "enabled": spec.enabled, "next_run_at": schedule.next_after(now),
         "tenant": tenant,
     }).fetchone()
-    if row is None:  # only the tenant variant skips a conflicting row: another tenant's job
+    if row is None:  # with a tenant, a conflicting row of another tenant is left alone
         raise JobNameTaken(f"the job name {spec.name!r} is taken: choose another name")
     return bool(row[1])
 

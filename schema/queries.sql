@@ -249,11 +249,13 @@ ORDER BY queue;
 
 -- name: job_upsert
 -- Create or replace a job definition by name. next_run_at is computed by the caller (or
--- left NULL for the beat to compute); a definition change clears last_error.
+-- left NULL for the beat to compute); a definition change clears last_error. With a tenant,
+-- a new job is stamped with it and an existing one is replaced only if it is that tenant's
+-- (no row back: the name belongs to someone else).
 INSERT INTO pgsched.jobs AS j (name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup,
-                               max_attempts, enabled, next_run_at)
+                               max_attempts, enabled, next_run_at, tenant)
 VALUES (%(name)s, %(task)s, %(args)s, %(queue)s, %(priority)s, %(cron)s, %(every_s)s, %(at)s, %(tz)s,
-        %(misfire)s, %(max_catchup)s, %(max_attempts)s, %(enabled)s, %(next_run_at)s)
+        %(misfire)s, %(max_catchup)s, %(max_attempts)s, %(enabled)s, %(next_run_at)s, %(tenant)s)
 ON CONFLICT (name) DO UPDATE
 SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority = excluded.priority,
     cron = excluded.cron, every_s = excluded.every_s, at = excluded.at, tz = excluded.tz,
@@ -264,6 +266,7 @@ SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority
                             (excluded.cron, excluded.every_s, excluded.at, excluded.tz)
                        THEN coalesce(j.next_run_at, excluded.next_run_at)
                        ELSE excluded.next_run_at END
+WHERE %(tenant)s::text IS NULL OR j.tenant = %(tenant)s
 RETURNING j.id, (xmax = 0) AS created;
 
 -- name: job_get
@@ -372,8 +375,7 @@ LISTEN pgsched_jobs;
 
 -- ---- The REST API: tenant-scoped variants, workers, metrics, API keys.
 -- Most queries take an optional %(tenant)s filter themselves; a `_tenant` variant exists only
--- where one tenant's query must differ: queue_stats (its view has no tenant column) and
--- job_upsert (it must not take over another tenant's job name).
+-- where one tenant's query must differ: queue_stats (its view has no tenant column).
 
 -- name: run_adopt_inserted
 -- Right after a single-run enqueue in the same transaction: the ids among %(ids)s that this
@@ -416,25 +418,6 @@ FROM pgsched.runs
 WHERE tenant = %(tenant)s
 GROUP BY queue
 ORDER BY queue;
-
--- name: job_upsert_tenant
--- job_upsert for one tenant: creates the job stamped with the tenant, or replaces it only if
--- the existing job is that tenant's (no row back: the name belongs to someone else).
-INSERT INTO pgsched.jobs AS j (name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup,
-                               max_attempts, enabled, next_run_at, tenant)
-VALUES (%(name)s, %(task)s, %(args)s, %(queue)s, %(priority)s, %(cron)s, %(every_s)s, %(at)s, %(tz)s,
-        %(misfire)s, %(max_catchup)s, %(max_attempts)s, %(enabled)s, %(next_run_at)s, %(tenant)s)
-ON CONFLICT (name) DO UPDATE
-SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority = excluded.priority,
-    cron = excluded.cron, every_s = excluded.every_s, at = excluded.at, tz = excluded.tz,
-    misfire = excluded.misfire, max_catchup = excluded.max_catchup, max_attempts = excluded.max_attempts,
-    enabled = excluded.enabled, last_error = NULL, updated_at = now(),
-    next_run_at = CASE WHEN (j.cron, j.every_s, j.at, j.tz) IS NOT DISTINCT FROM
-                            (excluded.cron, excluded.every_s, excluded.at, excluded.tz)
-                       THEN coalesce(j.next_run_at, excluded.next_run_at)
-                       ELSE excluded.next_run_at END
-WHERE j.tenant = excluded.tenant
-RETURNING j.id, (xmax = 0) AS created;
 
 -- name: worker_list
 -- Live workers and how many runs each holds now (counted through runs_lease_idx: only
