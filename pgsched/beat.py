@@ -76,6 +76,7 @@ class BeatOptions:
     maintenance_interval_s: float = 5.0
     retention_s: float = 7 * 24 * 3600.0
     stale_worker_s: float = 120.0
+    restart_grace_s: float = 30.0  # no lease rescue this soon after PostgreSQL starts (the default lease)
 
     def __post_init__(self) -> None:
         for name in ("lock_interval_s", "max_sleep_s", "maintenance_interval_s", "retention_s", "stale_worker_s"):
@@ -179,7 +180,8 @@ class Beat:
             await self._sleep(self.options.max_sleep_s if due_in is None else min(max(due_in, 0.0), self.options.max_sleep_s))
 
     async def _maintain(self, pool: AsyncConnectionPool) -> None:
-        await rescue_expired(pool, stale_worker_s=self.options.stale_worker_s)
+        await rescue_expired(pool, stale_worker_s=self.options.stale_worker_s,
+                             restart_grace_s=self.options.restart_grace_s)
         async with pool.connection() as conn:
             await prune_finished(conn, retention_s=self.options.retention_s)
 

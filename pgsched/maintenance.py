@@ -20,7 +20,8 @@ RESCUE_BATCH = 1000
 PRUNE_BATCH = 5000
 
 
-async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, now: datetime | None = None) -> tuple[int, int]:
+async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, restart_grace_s: float = 30.0,
+                         now: datetime | None = None) -> tuple[int, int]:
     """Requeue (or fail) runs whose lease expired and forget workers not seen for a while.
 
     One sweeper at a time: the others find the advisory lock taken and skip. Returns
@@ -33,7 +34,8 @@ async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, no
             if not (await cursor.fetchone())[0]:  # type: ignore[index]
                 return 0, 0
             while True:
-                cursor = await conn.execute(queries["run_rescue_expired"], {"now": now, "limit": RESCUE_BATCH})
+                cursor = await conn.execute(queries["run_rescue_expired"], {
+                    "now": now, "limit": RESCUE_BATCH, "restart_grace_s": restart_grace_s})
                 batch_requeued, batch_failed, _ = await cursor.fetchone()  # type: ignore[misc]
                 requeued += batch_requeued
                 failed += batch_failed

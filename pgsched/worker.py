@@ -349,7 +349,7 @@ class Worker:
         interval = self.options.sweep_interval_s or self.options.lease_s / 2
         while True:
             try:
-                await rescue_expired(pool, stale_worker_s=self.options.lease_s * 4)
+                await rescue_expired(pool, stale_worker_s=self.options.lease_s * 4, restart_grace_s=self.options.lease_s)
             except psycopg.OperationalError as exc:
                 logger.warning("lease sweep failed (%s)", exc)
             await asyncio.sleep(interval)

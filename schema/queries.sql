@@ -140,9 +140,12 @@ SELECT (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM notifi
 -- name: run_rescue_expired
 -- Runs whose lease ran out (their worker died or stopped heartbeating) go back to the
 -- queue, or fail when their attempts are used up. Batched and SKIP LOCKED: never waits.
+-- Not within %(restart_grace_s)s of a server start: leases also ran out while PostgreSQL was
+-- down, and live workers need that long to reconnect and renew theirs.
 WITH expired AS (
     SELECT id FROM pgsched.runs
     WHERE status = 'running' AND lease_expires_at < coalesce(%(now)s::timestamptz, now())
+      AND coalesce(%(now)s::timestamptz, now()) >= pg_postmaster_start_time() + make_interval(secs => %(restart_grace_s)s)
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

@@ -103,3 +103,38 @@ def record_reconnecting(key: str) -> str:
     with psycopg.connect(os.environ["PGSCHED_DSN"], autocommit=True) as conn:
         conn.execute(_INSERT, (key, "run", os.getpid()))
     return key
+
+
+# ---- the chaos soak (tests/test_soak.py, benchmarks/soak.py, driver in tests/soak_driver.py)
+
+import random  # noqa: E402 - this section is appended
+
+from pgsched import current_run  # noqa: E402
+
+_SOAK_INSERT = "INSERT INTO soak_executions (key, run_id, attempt, pid, planned) VALUES (%s, %s, %s, %s, %s)"
+
+
+class SoakFailure(Exception):
+    """The soak task's planned failure (a retryable exception)."""
+
+
+@app.task(retry_backoff=0.05)
+async def soak(key: str, fail_rate: float, slow_rate: float) -> dict[str, object]:
+    """Random duration (0-50 ms; with probability ``slow_rate`` 0.2-0.5 s) and a random
+    planned failure (probability ``fail_rate``). Records each execution, with its run id,
+    attempt, pid and what it planned, into ``soak_executions`` over a fresh connection (so it
+    survives a PostgreSQL restart; a failed insert raises and the attempt is retried) before
+    it sleeps. Its result names the attempt and pid, so the row shows which execution won:
+
+        CREATE TABLE soak_executions (key text, run_id bigint, attempt int, pid int, planned text,
+                                      at timestamptz DEFAULT clock_timestamp())
+    """
+    run = current_run()
+    seconds = random.uniform(0.2, 0.5) if random.random() < slow_rate else random.uniform(0.0, 0.05)
+    planned = "raise" if random.random() < fail_rate else "ok"
+    async with await psycopg.AsyncConnection.connect(os.environ["PGSCHED_DSN"], autocommit=True) as conn:
+        await conn.execute(_SOAK_INSERT, (key, run.id, run.attempt, os.getpid(), planned))
+    await asyncio.sleep(seconds)
+    if planned == "raise":
+        raise SoakFailure(f"planned failure of {key} at attempt {run.attempt}")
+    return {"key": key, "attempt": run.attempt, "pid": os.getpid()}
