@@ -1,0 +1,115 @@
+"""Does the claim stay cheap as finished runs pile up, and how does drain grow with workers?
+
+    python -m benchmarks.scale [--finished 0,100000,1000000] [--workers 1,2,4] [--runs 20000] [--dsn SERVER_DSN]
+
+(a) With 0, 10^5 and 10^6 finished runs in the table: the median and p99 time of one claim of
+    50 (pgsched's run_claim statement, then the completion), and the drain rate of one worker
+    process. The claim index is partial (queued runs only), so its cost should stay flat.
+(b) Drain rate of N queued runs with 1, 2 and 4 worker processes.
+A throwaway embedded PostgreSQL (fsync and synchronous_commit on) unless --dsn names a server.
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import psycopg
+
+from benchmarks._server import fresh_database, server_dsn
+from benchmarks.throughput import start_worker, stop_worker, wait_until
+from pgsched import App
+from pgsched.sql import queries
+
+CLAIMS = 200
+
+
+def add_finished_runs(conn: psycopg.Connection, n: int) -> None:
+    """n succeeded runs, written server-side, then vacuumed: a table with a history."""
+    if n:
+        conn.execute("INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
+                     " SELECT 'noop', 'succeeded', 1, now(), now(), 'null' FROM generate_series(1, %s)", (n,))
+    conn.execute("VACUUM ANALYZE pgsched.runs")
+
+
+def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
+    """Milliseconds per claim of 50 (with its completion), over CLAIMS claims."""
+    app = App(dsn)
+    app.enqueue_many("noop", [{}] * (CLAIMS * 50))
+    app.close()
+    samples = []
+    with psycopg.connect(dsn, autocommit=True, options="-c plan_cache_mode=force_generic_plan") as claimer:
+        for _ in range(CLAIMS):
+            start = time.perf_counter()
+            rows = claimer.execute(queries["run_claim"], {
+                "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None}).fetchall()
+            samples.append((time.perf_counter() - start) * 1000)
+            claimer.execute("UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL"
+                            " WHERE id = ANY(%s)", ([r[0] for r in rows],))
+    return samples
+
+
+def drain_rate(dsn: str, conn: psycopg.Connection, runs: int, workers: int) -> float:
+    """Runs/s for `workers` worker processes to drain `runs` new runs (by the database's clock)."""
+    first_id = conn.execute("SELECT coalesce(max(id), 0) FROM pgsched.runs").fetchone()[0]  # type: ignore[index]
+    app = App(dsn)
+    app.enqueue_many("noop", [{}] * runs)
+    app.close()
+    procs = [start_worker(dsn) for _ in range(workers)]
+    try:
+        wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs WHERE status IN ('queued', 'running')", 600)
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+    first, last, done = conn.execute(
+        "SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'succeeded')"
+        " FROM pgsched.runs WHERE id > %s", (first_id,)).fetchone()  # type: ignore[misc]
+    assert done == runs, f"only {done} of {runs} runs succeeded"
+    return runs / (last - first).total_seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--finished", default="0,100000,1000000", help="finished runs in the table, comma-separated")
+    parser.add_argument("--workers", default="1,2,4", help="worker process counts, comma-separated")
+    parser.add_argument("--runs", type=int, default=20_000, help="runs per drain")
+    parser.add_argument("--dsn", help="a server to create the databases on (default: a throwaway embedded one)")
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.finished.split(",")]
+    worker_counts = [int(x) for x in args.workers.split(",")]
+
+    figures: dict[str, dict[str, float]] = {"claim_p50_ms": {}, "claim_p99_ms": {}, "drain_per_s_by_finished": {},
+                                            "drain_per_s_by_workers": {}}
+    with server_dsn(args.dsn) as server:
+        print(f"{os.cpu_count()} cores; {args.runs:,} runs per drain; claims of 50, {CLAIMS} per size", flush=True)
+        for size in sizes:
+            with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+                add_finished_runs(conn, size)
+                claims = claim_times_ms(dsn, conn)
+                p50, p99 = statistics.median(claims), statistics.quantiles(claims, n=100)[98]
+                rate = drain_rate(dsn, conn, args.runs, 1)
+                figures["claim_p50_ms"][str(size)] = round(p50, 3)
+                figures["claim_p99_ms"][str(size)] = round(p99, 3)
+                figures["drain_per_s_by_finished"][str(size)] = round(rate)
+                print(f"{size:>9,} finished runs: claim-50 p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+                      f"drain {rate:,.0f} runs/s (1 worker)", flush=True)
+        for count in worker_counts:
+            with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+                rate = drain_rate(dsn, conn, args.runs, count)
+                figures["drain_per_s_by_workers"][str(count)] = round(rate)
+                print(f"{count} worker process(es): drain {rate:,.0f} runs/s", flush=True)
+
+    base, top = str(sizes[0]), str(sizes[-1])
+    ratios = {f"claim_p50_{top}_vs_{base}": round(figures["claim_p50_ms"][top] / figures["claim_p50_ms"][base], 3)}
+    lo, hi = str(worker_counts[0]), str(worker_counts[-1])
+    ratios[f"drain_{hi}_workers_vs_{lo}"] = round(
+        figures["drain_per_s_by_workers"][hi] / figures["drain_per_s_by_workers"][lo], 3)
+    print(json.dumps({**figures, "ratios": ratios, "runs": args.runs, "cores": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
