@@ -244,8 +244,8 @@ class Worker:
 
     async def _execute(self, execution: _Execution) -> None:
         run = execution.run
-        # Started lines are DEBUG: at thousands of runs/s a second INFO line per run costs ~15% of
-        # the worker's throughput. The outcome line (INFO) says which attempt ran and for how long.
+        # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is
+        # a large share of the worker's CPU.
         logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
         started = time.perf_counter()
         try:
