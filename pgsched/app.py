@@ -219,7 +219,8 @@ class App:
     # ---- enqueue
 
     def _options(self, task: str, *, queue: str | None, priority: int | None, max_attempts: int | None,
-                 run_at: datetime | None, delay: float | None, unique_key: str | None = None) -> RunOptions:
+                 run_at: datetime | None, delay: float | None, unique_key: str | None = None,
+                 tenant: str | None = None) -> RunOptions:
         """Validated run options; a known task lends its defaults."""
         check_task_name(task)
         known = self.tasks.get(task)
@@ -227,7 +228,7 @@ class App:
             queue=queue if queue is not None else (known.queue if known else "default"),
             priority=priority if priority is not None else (known.priority if known else 0),
             max_attempts=max_attempts if max_attempts is not None else (known.max_attempts if known else 3),
-            run_at=run_at, delay=0.0 if delay is None else delay, unique_key=unique_key,
+            run_at=run_at, delay=0.0 if delay is None else delay, unique_key=unique_key, tenant=tenant,
         )
 
     def _encode(self, task: str, args: Mapping[str, Any] | None) -> _enqueue.Jsonb:
@@ -239,15 +240,24 @@ class App:
 
     def enqueue(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
                 priority: int | None = None, max_attempts: int | None = None, run_at: datetime | None = None,
-                delay: float | None = None, unique_key: str | None = None,
+                delay: float | None = None, unique_key: str | None = None, tenant: str | None = None,
                 conn: psycopg.Connection | None = None) -> int:
         """Queue one run; returns its id. With ``conn``, the insert joins that connection's transaction.
 
         ``unique_key`` makes the call idempotent: a second enqueue with the same key returns the
-        first run's id and inserts nothing.
+        first run's id and inserts nothing (:meth:`enqueue_unique` also says which happened).
         """
+        return self.enqueue_unique(task, args, queue=queue, priority=priority, max_attempts=max_attempts,
+                                   run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant, conn=conn)[0]
+
+    def enqueue_unique(self, task: str, args: Mapping[str, Any] | None = None, *, unique_key: str | None,
+                       queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
+                       run_at: datetime | None = None, delay: float | None = None, tenant: str | None = None,
+                       conn: psycopg.Connection | None = None) -> tuple[int, bool]:
+        """Like :meth:`enqueue`, returning ``(run id, created)``: ``created`` is False when
+        ``unique_key`` already belonged to a run, whose id is returned."""
         options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay, unique_key=unique_key)
+                                run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant)
         encoded = self._encode(task, args)
         with self._connection(conn) as c, _database_rejections():
             return _enqueue.insert_run(c, task, encoded, options)
@@ -255,14 +265,15 @@ class App:
     async def enqueue_async(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
                             priority: int | None = None, max_attempts: int | None = None,
                             run_at: datetime | None = None, delay: float | None = None,
-                            unique_key: str | None = None, conn: psycopg.AsyncConnection | None = None) -> int:
+                            unique_key: str | None = None, tenant: str | None = None,
+                            conn: psycopg.AsyncConnection | None = None) -> int:
         """The asyncio twin of :meth:`enqueue`."""
         options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay, unique_key=unique_key)
+                                run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant)
         encoded = self._encode(task, args)
         async with self._async_connection(conn) as c:
             with _database_rejections():
-                return await _enqueue.insert_run_async(c, task, encoded, options)
+                return (await _enqueue.insert_run_async(c, task, encoded, options))[0]
 
     def _encode_many(self, task: str, all_args: Sequence[Mapping[str, Any]]) -> list[str]:
         """Each args object as JSON text, checked like a single enqueue's."""
@@ -281,10 +292,11 @@ class App:
 
     def enqueue_many(self, task: str, all_args: Sequence[Mapping[str, Any]], *, queue: str | None = None,
                      priority: int | None = None, max_attempts: int | None = None, run_at: datetime | None = None,
-                     delay: float | None = None, conn: psycopg.Connection | None = None) -> list[int]:
+                     delay: float | None = None, tenant: str | None = None,
+                     conn: psycopg.Connection | None = None) -> list[int]:
         """Queue one run per args object with COPY, all or none; returns the ids in order."""
         options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay)
+                                run_at=run_at, delay=delay, tenant=tenant)
         encoded = self._encode_many(task, all_args)
         with self._connection(conn) as c, _database_rejections():
             return _enqueue.insert_runs(c, task, encoded, options)
@@ -292,10 +304,10 @@ class App:
     async def enqueue_many_async(self, task: str, all_args: Sequence[Mapping[str, Any]], *, queue: str | None = None,
                                  priority: int | None = None, max_attempts: int | None = None,
                                  run_at: datetime | None = None, delay: float | None = None,
-                                 conn: psycopg.AsyncConnection | None = None) -> list[int]:
+                                 tenant: str | None = None, conn: psycopg.AsyncConnection | None = None) -> list[int]:
         """The asyncio twin of :meth:`enqueue_many`."""
         options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay)
+                                run_at=run_at, delay=delay, tenant=tenant)
         encoded = self._encode_many(task, all_args)
         async with self._async_connection(conn) as c:
             with _database_rejections():

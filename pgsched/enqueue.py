@@ -34,6 +34,7 @@ class RunOptions:
     run_at: datetime | None = None
     delay: float = 0.0
     unique_key: str | None = None
+    tenant: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not _QUEUE_NAME.match(self.queue):
@@ -54,6 +55,10 @@ class RunOptions:
                                             or len(self.unique_key) > 200):
             raise InvalidInput(f"unique_key must be a non-empty string of at most 200 characters, got {self.unique_key!r}")
         check_no_nul("unique_key", self.unique_key)
+        if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant.strip()
+                                        or len(self.tenant) > 200):
+            raise InvalidInput(f"tenant must be a non-empty string of at most 200 characters, got {self.tenant!r}")
+        check_no_nul("tenant", self.tenant)
 
 
 def check_task_name(task: str) -> None:
@@ -103,6 +108,7 @@ def _insert_params(task: str, args: Jsonb, options: RunOptions) -> dict[str, Any
         "delay": float(options.delay),
         "max_attempts": options.max_attempts,
         "unique_key": options.unique_key,
+        "tenant": options.tenant,
     }
 
 
@@ -110,16 +116,18 @@ def _insert_query(options: RunOptions) -> str:
     return queries["run_insert_unique"] if options.unique_key else queries["run_insert"]
 
 
-def insert_run(conn: psycopg.Connection, task: str, args: Jsonb, options: RunOptions) -> int:
-    """INSERT one run (one round trip); with a unique_key, the existing run's id if taken."""
+def insert_run(conn: psycopg.Connection, task: str, args: Jsonb, options: RunOptions) -> tuple[int, bool]:
+    """INSERT one run (one round trip): (its id, True); with a unique_key that is already
+    taken, (the existing run's id, False)."""
     row = conn.execute(_insert_query(options), _insert_params(task, args, options)).fetchone()
     if row is None:  # the key's holder committed after our statement's snapshot: read it now
         row = conn.execute(_insert_query(options), _insert_params(task, args, options)).fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), bool(row[1])
 
 
-async def insert_run_async(conn: psycopg.AsyncConnection, task: str, args: Jsonb, options: RunOptions) -> int:
+async def insert_run_async(conn: psycopg.AsyncConnection, task: str, args: Jsonb,
+                           options: RunOptions) -> tuple[int, bool]:
     """The asyncio twin of :func:`insert_run`."""
     cursor = await conn.execute(_insert_query(options), _insert_params(task, args, options))
     row = await cursor.fetchone()
@@ -127,14 +135,15 @@ async def insert_run_async(conn: psycopg.AsyncConnection, task: str, args: Jsonb
         cursor = await conn.execute(_insert_query(options), _insert_params(task, args, options))
         row = await cursor.fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row[0]), bool(row[1])
 
 
 def _copy_text(task: str, ids: list[int], all_args: list[str], options: RunOptions, run_at: datetime) -> bytes:
     """COPY text-format rows, built as one string: write_row's per-value adaptation was the
     largest cost of a bulk enqueue (~18 us a row). JSON from the encoder is printable ASCII,
     so a backslash is the only character COPY needs escaped; the queue name is validated."""
-    fixed = f"\t{options.queue}\t{options.priority}\t{run_at.isoformat()}\t{options.max_attempts}\n"
+    tenant = "\\N" if options.tenant is None else _copy_escape(options.tenant)
+    fixed = f"\t{options.queue}\t{options.priority}\t{run_at.isoformat()}\t{options.max_attempts}\t{tenant}\n"
     name = _copy_escape(task)
     return "".join(f"{run_id}\t{name}\t{args.replace(chr(92), chr(92) * 2)}{fixed}"
                    for run_id, args in zip(ids, all_args)).encode()

@@ -32,19 +32,19 @@ LISTEN pgsched_cancel;
 
 -- name: run_insert
 -- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
-INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts)
+INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant)
 VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
-        %(max_attempts)s)
-RETURNING id;
+        %(max_attempts)s, %(tenant)s)
+RETURNING id, true AS created;
 
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key.
 WITH inserted AS (
-    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key)
+    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant)
     VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
-            %(max_attempts)s, %(unique_key)s)
+            %(max_attempts)s, %(unique_key)s, %(tenant)s)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
@@ -61,7 +61,7 @@ FROM (SELECT pg_get_serial_sequence('pgsched.runs', 'id')::regclass AS seq) AS r
      generate_series(1, %(n)s);
 
 -- name: run_copy
-COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts) FROM STDIN;
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant) FROM STDIN;
 
 -- name: run_claim
 -- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
@@ -379,25 +379,6 @@ LISTEN pgsched_jobs;
 -- ---- The REST API: tenant-scoped variants, workers, metrics, API keys.
 -- Most queries take an optional %(tenant)s filter themselves; a `_tenant` variant exists only
 -- where one tenant's query must differ: queue_stats (its view has no tenant column).
-
--- name: run_adopt_inserted
--- Right after a single-run enqueue in the same transaction: the ids among %(ids)s that this
--- transaction inserted (an idempotency key returns an earlier run instead), stamped with the
--- caller's tenant when it has one. xmin names the inserting transaction; a row written inside
--- a savepoint carries the savepoint's xid instead, so this is for plain single inserts only.
-WITH inserted AS (
-    SELECT id FROM pgsched.runs
-    WHERE id = ANY(%(ids)s::bigint[]) AND xmin = pg_current_xact_id()::xid
-), stamped AS (
-    UPDATE pgsched.runs AS r SET tenant = %(tenant)s
-    FROM inserted WHERE r.id = inserted.id AND %(tenant)s::text IS NOT NULL
-    RETURNING r.id
-)
-SELECT id FROM inserted;
-
--- name: run_set_tenant
--- Stamp the runs of a bulk enqueue with their tenant, in the enqueue's transaction.
-UPDATE pgsched.runs SET tenant = %(tenant)s WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: run_count_by_queue_status
 -- The /metrics gauge: runs per queue and status (a full scan: scrape it every few seconds, not faster).

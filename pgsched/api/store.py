@@ -1,6 +1,5 @@
-"""The few database operations the API needs that pgsched's core modules do not offer (yet):
-enqueue on behalf of a tenant, telling a new run from an idempotent repeat, the worker list and
-the metrics' counts. Each runs named queries; the enqueue logic itself stays in ``pgsched.app``.
+"""What the API adds around pgsched's core: a tenant's namespace for Idempotency-Keys, the
+worker list and the metrics' counts. Enqueueing itself (tenant included) is ``pgsched.app``'s.
 """
 
 from __future__ import annotations
@@ -44,31 +43,25 @@ def tenant_unique_key(idempotency_key: str | None, tenant: str | None) -> str | 
 
 def enqueue_one(conn: psycopg.Connection, app: App, request: RunRequest, args: Mapping[str, Any] | None, *,
                 idempotency_key: str | None = None, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
-    """Queue one run through ``App.enqueue``: ``(run, created)``; ``created`` is False when the
-    idempotency key returned an earlier run. ``conn`` must be an autocommit connection."""
-    with conn.transaction():
-        run_id = app.enqueue(request.task, args, queue=request.queue, priority=request.priority,
-                             max_attempts=request.max_attempts, run_at=request.run_at, delay=request.delay,
-                             unique_key=tenant_unique_key(idempotency_key, tenant), conn=conn)
-        inserted = conn.execute(queries["run_adopt_inserted"], {"ids": [run_id], "tenant": tenant}).fetchall()
-        try:
-            run = admin.get_run(conn, run_id, tenant=tenant)
-        except RunNotFound:
-            raise IdempotencyKeyConflict(
-                f"the Idempotency-Key {idempotency_key!r} belongs to a run this API key cannot see") from None
-    return run, bool(inserted)
+    """Queue one run for the caller's tenant: ``(run, created)``; ``created`` is False when the
+    idempotency key returned an earlier run."""
+    run_id, created = app.enqueue_unique(
+        request.task, args, queue=request.queue, priority=request.priority, max_attempts=request.max_attempts,
+        run_at=request.run_at, delay=request.delay, unique_key=tenant_unique_key(idempotency_key, tenant),
+        tenant=tenant, conn=conn)
+    try:
+        return admin.get_run(conn, run_id, tenant=tenant), created
+    except RunNotFound:
+        raise IdempotencyKeyConflict(
+            f"the Idempotency-Key {idempotency_key!r} belongs to a run this API key cannot see") from None
 
 
 def enqueue_batch(conn: psycopg.Connection, app: App, request: RunRequest, all_args: Sequence[Mapping[str, Any]], *,
                   tenant: str | None = None) -> list[int]:
     """Queue one run per args object through ``App.enqueue_many`` (COPY), all or none."""
-    with conn.transaction():
-        ids = app.enqueue_many(request.task, all_args, queue=request.queue, priority=request.priority,
-                               max_attempts=request.max_attempts, run_at=request.run_at, delay=request.delay,
-                               conn=conn)
-        if tenant is not None and ids:
-            conn.execute(queries["run_set_tenant"], {"ids": ids, "tenant": tenant})
-    return ids
+    return app.enqueue_many(request.task, all_args, queue=request.queue, priority=request.priority,
+                            max_attempts=request.max_attempts, run_at=request.run_at, delay=request.delay,
+                            tenant=tenant, conn=conn)
 
 
 def list_workers(conn: psycopg.Connection) -> list[dict[str, Any]]:
