@@ -15,6 +15,7 @@ from the first fire time (no timezone involved); a one-off fires once at its ins
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -170,6 +171,11 @@ def _check_cron(cron: str) -> None:
         raise InvalidSchedule(
             f"invalid cron expression {cron!r}: give 5 fields (minute hour day month weekday) "
             "or 6 with seconds first")
+    _parse_cron(cron)
+
+
+@functools.lru_cache(maxsize=1024)  # the beat rebuilds each due job's Schedule every round
+def _parse_cron(cron: str) -> None:
     try:
         croniter(cron, datetime(2000, 1, 1), second_at_beginning=_has_seconds(cron)).get_next(datetime)
     except (CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, ValueError, KeyError) as exc:

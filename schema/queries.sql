@@ -294,39 +294,36 @@ SELECT task, args, queue, priority, max_attempts, id, now(), tenant FROM pgsched
 RETURNING id;
 
 -- name: job_due
--- Jobs the leader must look at: due, or inserted by SQL without a next_run_at yet.
-SELECT id FROM pgsched.jobs
+-- Jobs the leader must fire now (due, or inserted by SQL without a next_run_at yet), read
+-- without locks: job_fire applies a firing only if next_run_at is still what this read saw.
+SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
+       next_run_at, last_scheduled_for, coalesce(%(now)s::timestamptz, now()) AS now
+FROM pgsched.jobs
 WHERE enabled AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
 ORDER BY next_run_at NULLS FIRST
 LIMIT %(limit)s;
 
--- name: job_lock_due
--- Lock one due job for this transaction (SKIP LOCKED: a second beat in a split brain skips it).
-SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
-       next_run_at, last_scheduled_for, coalesce(%(now)s::timestamptz, now()) AS now
-FROM pgsched.jobs
-WHERE id = %(id)s AND enabled
-  AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
-FOR UPDATE SKIP LOCKED;
-
 -- name: job_fire
--- One statement per firing: the runs of the job's fire times, and its next fire time.
--- (job_id, scheduled_for) is unique, so a fire time two beats both reach (a brief split
--- brain) still makes one run. Returns how many runs were created.
-WITH fired AS (
-    INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at, tenant)
-    SELECT j.task, j.args, j.queue, j.priority, j.max_attempts, j.id, t.at, t.at, j.tenant
-    FROM pgsched.jobs AS j, unnest(%(times)s::timestamptz[]) AS t(at)
-    WHERE j.id = %(id)s
-    ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
-    RETURNING id
-), advanced AS (
+-- One statement (one transaction) per firing: advance the job's next fire time, compare-and-set
+-- on the next_run_at the leader read, and insert the runs of its fire times. A job paused,
+-- rescheduled or fired by another beat since that read matches nothing and fires nothing
+-- (a concurrent update is re-checked after its commit); (job_id, scheduled_for) is unique
+-- besides, so a fire time reached twice from a stale view still makes one run.
+-- Returns whether the job was advanced and how many runs were created.
+WITH advanced AS (
     UPDATE pgsched.jobs
     SET next_run_at = %(next_run_at)s, last_error = NULL,
         last_scheduled_for = coalesce(%(last_scheduled_for)s, last_scheduled_for)
-    WHERE id = %(id)s
+    WHERE id = %(id)s AND enabled AND next_run_at IS NOT DISTINCT FROM %(seen_next_run_at)s
+    RETURNING id, task, args, queue, priority, max_attempts, tenant
+), fired AS (
+    INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at, tenant)
+    SELECT a.task, a.args, a.queue, a.priority, a.max_attempts, a.id, t.at, t.at, a.tenant
+    FROM advanced AS a, unnest(%(times)s::timestamptz[]) AS t(at)
+    ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
+    RETURNING id
 )
-SELECT count(*) FROM fired;
+SELECT (SELECT count(*) FROM advanced) = 1 AS advanced, (SELECT count(*) FROM fired) AS created;
 
 -- name: job_finish
 -- A one-off that has fired is done: disabled (this one notifies pgsched_jobs; job_fire,

@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from pgsched import jobs
 from pgsched.app import App
-from pgsched.beat import fire_due_jobs
+from pgsched.beat import _due_jobs, fire_due_jobs, plan_firings, write_firing
 from pgsched.errors import InvalidArgs, InvalidInput
 from pgsched.jobs import JobNotFound, JobSpec
 from pgsched.schedule import InvalidSchedule, Schedule
@@ -158,6 +158,29 @@ def test_a_fire_time_reached_again_from_a_stale_next_run_at_makes_no_second_run(
     conn.execute("UPDATE pgsched.jobs SET next_run_at = %s WHERE name = 'stale'", (T0 + s(1),))
     assert fire(dsn, T0 + s(4)) == 1
     assert scheduled(conn, "stale") == [T0 + s(k) for k in range(1, 5)]
+
+
+@pytest.mark.parametrize("change", [
+    "UPDATE pgsched.jobs SET enabled = false WHERE name = 'racy'",  # paused
+    "UPDATE pgsched.jobs SET next_run_at = next_run_at + interval '1 hour' WHERE name = 'racy'",  # rescheduled
+])
+def test_a_job_changed_between_the_read_and_the_firing_is_left_alone(
+        conn: psycopg.Connection, dsn: str, change: str) -> None:
+    # The leader reads due jobs without locks; the firing applies only if next_run_at (and
+    # enabled) are still what it read.
+    add_job(conn, "racy", every_s=1)
+    before = conn.execute("SELECT next_run_at, enabled FROM pgsched.jobs WHERE name = 'racy'").fetchone()
+
+    async def read_change_fire() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            firings = plan_firings(await _due_jobs(aconn, T0 + s(2)), GRACE)
+            conn.execute(change)
+            return sum([await write_firing(aconn, firing) for firing in firings])
+
+    assert asyncio.run(read_change_fire()) == 0
+    assert scheduled(conn, "racy") == []
+    after = conn.execute("SELECT next_run_at, enabled FROM pgsched.jobs WHERE name = 'racy'").fetchone()
+    assert after != before  # the change stands, not overwritten by the stale firing
 
 
 def test_concurrent_beats_on_two_connections_never_duplicate_a_fire_time(
