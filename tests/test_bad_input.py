@@ -303,6 +303,9 @@ def test_sql_enqueue_rejects_what_the_table_rejects_by_constraint_name(conn, unc
     ("('t', '\"x\"', 'default', 0)", "args_must_be_a_json_object"),
     ("('t', '{}', 'no spaces allowed', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
     ("('t', '{}', '', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+    ("('t', '{}', '-leading-dash', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+    ("('t', '{}', E'trailing-newline\\n', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+    (f"('t', '{{}}', '{'q' * 64}', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
     ("('t', '{}', 'default', 101)", "priority_must_be_between_minus_100_and_100"),
     ("('t', '{}', 'default', -101)", "priority_must_be_between_minus_100_and_100"),
     ("('', '{}', 'default', 0)", "task_must_not_be_empty"),
@@ -311,6 +314,13 @@ def test_plain_insert_of_a_bad_run_names_the_violated_rule(conn, unchanged, valu
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         conn.execute(f"INSERT INTO pgsched.runs (task, args, queue, priority) VALUES {values}")
     assert raised.value.diag.constraint_name == constraint
+    unchanged()
+
+
+def test_plain_insert_accepts_the_longest_and_oddest_valid_queue_names(conn, unchanged):
+    with conn.transaction(force_rollback=True):  # the module's other tests expect no new rows
+        for queue in ("q" * 63, "a.b:c-d_e", "0"):
+            conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', %s)", (queue,))
     unchanged()
 
 
