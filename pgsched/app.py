@@ -268,12 +268,22 @@ class App:
                             unique_key: str | None = None, tenant: str | None = None,
                             conn: psycopg.AsyncConnection | None = None) -> int:
         """The asyncio twin of :meth:`enqueue`."""
+        return (await self.enqueue_unique_async(task, args, queue=queue, priority=priority, max_attempts=max_attempts,
+                                                run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant,
+                                                conn=conn))[0]
+
+    async def enqueue_unique_async(self, task: str, args: Mapping[str, Any] | None = None, *, unique_key: str | None,
+                                   queue: str | None = None, priority: int | None = None,
+                                   max_attempts: int | None = None, run_at: datetime | None = None,
+                                   delay: float | None = None, tenant: str | None = None,
+                                   conn: psycopg.AsyncConnection | None = None) -> tuple[int, bool]:
+        """The asyncio twin of :meth:`enqueue_unique`."""
         options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
                                 run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant)
         encoded = self._encode(task, args)
         async with self._async_connection(conn) as c:
             with _database_rejections():
-                return (await _enqueue.insert_run_async(c, task, encoded, options))[0]
+                return await _enqueue.insert_run_async(c, task, encoded, options)
 
     def _encode_many(self, task: str, all_args: Sequence[Mapping[str, Any]]) -> list[str]:
         """Each args object as JSON text, checked like a single enqueue's."""

@@ -281,6 +281,21 @@ def test_unique_key_holds_across_sync_async_and_task_enqueue(app, conn):
     assert len(runs(conn)) == 1
 
 
+def test_enqueue_unique_says_whether_it_created_the_run_sync_and_async(app, conn):
+    assert app.enqueue_unique("charge", {"order": 1}, unique_key="order-1")[1] is True
+
+    async def main() -> list[tuple[int, bool]]:
+        try:
+            return [await app.enqueue_unique_async("charge", {"order": 1}, unique_key="order-1"),
+                    await app.enqueue_unique_async("charge", {"order": 2}, unique_key="order-2")]
+        finally:
+            await app.aclose()
+
+    (again, again_created), (other, other_created) = asyncio.run(main())
+    assert (again_created, other_created) == (False, True)
+    assert [row["id"] for row in runs(conn)] == [again, other]
+
+
 def test_unique_key_taken_in_the_callers_own_transaction_returns_that_run(app, dsn, conn):
     with psycopg.connect(dsn) as tx:
         first = app.enqueue("t", {}, unique_key="k", conn=tx)
