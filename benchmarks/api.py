@@ -1,0 +1,293 @@
+"""What does the REST API cost over enqueuing from Python? POST /runs against App.enqueue.
+
+    python -m benchmarks.api [--clients 16] [--requests 5000] [--rounds 3] [--api-workers 1,2]
+                             [--quick] [--dsn SERVER_DSN]
+
+Both sides queue the same no-op run, one call each, from the same number of concurrent
+callers, into the same database (emptied before every measurement):
+(a) direct: ``App.enqueue`` from ``--clients`` threads sharing one App (a pool of 10
+    connections, as one API process has);
+(b) API: ``--clients`` concurrent ``httpx.AsyncClient`` requests (keep-alive) to a real
+    `pgsched api` (uvicorn) subprocess with 1 and with 2 worker processes, authenticated with a
+    write key made by ``pgsched.api.keys``. Every response must be a 201.
+Measurements are interleaved (direct, then each API, once per round) so that load from other
+programs drifting over the run hits every side alike; a side's runs/s is its median round.
+A POST also reads the new run back for its response body (one more statement than an
+enqueue), and the client, the server and PostgreSQL share the machine's cores: the ratio is what
+the API hop costs on one machine, not an API's ceiling. A throwaway embedded PostgreSQL (fsync
+and synchronous_commit on) unless --dsn names a server. The last line printed is one JSON object
+with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Awaitable, Callable, Iterator
+
+import httpx
+import psycopg
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks._server import fresh_database, server_dsn
+from benchmarks.throughput import percentile, stop_worker
+from pgsched import App
+from pgsched.api import keys as api_keys
+from pgsched.api.settings import ApiSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = "noop"
+RUN_BODY = {"task": TASK, "args": {}}
+# Calls before the clock starts, per caller: pools grown, keys cached, connections kept alive.
+WARMUP_PER_CLIENT = 10
+READY_TIMEOUT_S = 60.0
+# Settings that would change what is measured (a 429 from a rate limit, a Redis hop): not passed on.
+API_ENV_LEFT_OUT = ("PGSCHED_API_RATE_LIMIT", "PGSCHED_REDIS_URL")
+DIRECT = "direct"
+
+
+@dataclass
+class Side:
+    """One way of enqueuing: its throughput in every round and every call's latency."""
+
+    label: str
+    processes: int
+    per_s: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, requests: int, wall_s: float, latencies_ms: list[float]) -> None:
+        self.per_s.append(requests / wall_s)
+        self.latencies_ms.extend(latencies_ms)
+
+    @property
+    def median_per_s(self) -> float:
+        return statistics.median(self.per_s)
+
+    def summary(self) -> dict[str, object]:
+        return {"per_s": round(self.median_per_s), "per_s_rounds": [round(x) for x in self.per_s],
+                "p50_ms": round(percentile(self.latencies_ms, 50), 3),
+                "p99_ms": round(percentile(self.latencies_ms, 99), 3)}
+
+
+async def drive(clients: int, requests: int, call: Callable[[], Awaitable[None]]) -> tuple[float, list[float]]:
+    """``requests`` calls from ``clients`` concurrent callers: (wall seconds, latency of each call in ms)."""
+    tickets = itertools.count()
+    latencies: list[float] = []
+
+    async def caller() -> None:
+        while next(tickets) < requests:
+            start = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    return time.perf_counter() - start, latencies
+
+
+async def warm_then_measure(clients: int, requests: int,
+                            call: Callable[[], Awaitable[None]]) -> tuple[float, list[float]]:
+    await drive(clients, clients * WARMUP_PER_CLIENT, call)
+    return await drive(clients, requests, call)
+
+
+def empty_runs(dsn: str) -> None:
+    """Every measurement starts from an empty table, so none pays for another's index growth."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgsched.runs")
+        conn.execute("VACUUM ANALYZE pgsched.runs")
+
+
+def check_all_queued(dsn: str, expected: int, label: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT count(*) FROM pgsched.runs").fetchone()[0]  # type: ignore[index]
+    if found != expected:
+        raise RuntimeError(f"{label}: {found} runs in the table, {expected} expected")
+
+
+# ---- (a) direct: App.enqueue, one call each, from `clients` threads
+
+def measure_direct(dsn: str, clients: int, requests: int) -> tuple[float, list[float]]:
+    app = App(dsn, pool_max_size=ApiSettings.pool_max_size)
+    try:
+        with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="enqueue") as threads:
+            async def enqueue() -> None:
+                await asyncio.get_running_loop().run_in_executor(threads, app.enqueue, TASK, {})
+
+            return asyncio.run(warm_then_measure(clients, requests, enqueue))
+    finally:
+        app.close()
+
+
+# ---- (b) POST /runs to a `pgsched api` subprocess
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_api(dsn: str, port: int, processes: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pgsched.cli.main", "api", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(processes), "--log-level", "warning", "--dsn", dsn],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, log: IO[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"pgsched api exited with {proc.returncode}: "
+                               f"{log.read().decode(errors='replace')[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pgsched api was not ready within {READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def api_server(dsn: str, processes: int) -> Iterator[str]:
+    """A running `pgsched api` with ``processes`` workers; yields its base URL. Its output goes
+    to a file, not a pipe: a pipe nobody reads would stall the server once full."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        proc = start_api(dsn, port, processes, log)
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            wait_until_ready(proc, base_url, log)
+            yield base_url
+        finally:
+            stop_worker(proc)  # terminate, then kill after 30 s: the same for any pgsched process
+
+
+async def post_runs(base_url: str, key: str, clients: int, requests: int) -> tuple[float, list[float]]:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=30) as client:
+        async def post() -> None:
+            response = await client.post("/runs", json=RUN_BODY)
+            if response.status_code != 201:
+                raise RuntimeError(f"POST /runs answered {response.status_code}: {response.text[:500]}")
+
+        return await warm_then_measure(clients, requests, post)
+
+
+def make_key(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        key, _ = api_keys.create_key(conn, "write", name="benchmarks.api")
+    return key
+
+
+# ---- one round: every side once, each from an empty table
+
+def measure_round(dsn: str, key: str, servers: dict[int, str], sides: dict[str, Side], clients: int,
+                  requests: int) -> None:
+    expected = requests + clients * WARMUP_PER_CLIENT
+    empty_runs(dsn)
+    sides[DIRECT].add(requests, *measure_direct(dsn, clients, requests))
+    check_all_queued(dsn, expected, "App.enqueue")
+    for processes, base_url in servers.items():
+        empty_runs(dsn)
+        sides[f"api_{processes}"].add(requests, *asyncio.run(post_runs(base_url, key, clients, requests)))
+        check_all_queued(dsn, expected, f"POST /runs, {processes} process(es)")
+
+
+# ---- report
+
+def server_description(server: str) -> str:
+    with psycopg.connect(server) as conn:
+        settings = dict(conn.execute("SELECT name, setting FROM pg_settings"
+                                     " WHERE name IN ('server_version', 'fsync', 'synchronous_commit')").fetchall())
+    return (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
+            f"synchronous_commit={settings['synchronous_commit']}")
+
+
+def results_table(sides: dict[str, Side], clients: int, requests: int, rounds: int) -> Table:
+    table = Table(title=f"one run per call: {requests:,} calls x {rounds} round(s), {clients} concurrent callers")
+    # runs/s: the median round; min-max: the spread over rounds; latencies: every call of every round.
+    for column in ("via", "procs", "runs/s", "min-max", "p50 ms", "p99 ms", "vs direct"):
+        table.add_column(column, justify="left" if column == "via" else "right")
+    direct = sides[DIRECT].median_per_s
+    for side in sides.values():
+        table.add_row(side.label, str(side.processes), f"{side.median_per_s:,.0f}",
+                      f"{min(side.per_s):,.0f}-{max(side.per_s):,.0f}",
+                      f"{percentile(side.latencies_ms, 50):.2f}", f"{percentile(side.latencies_ms, 99):.2f}",
+                      f"{side.median_per_s / direct:.2f}x")
+    return table
+
+
+def figures(sides: dict[str, Side], clients: int, requests: int, rounds: int) -> dict[str, object]:
+    direct = sides[DIRECT]
+    api = {name: side for name, side in sides.items() if name != DIRECT}
+    ratios: dict[str, float] = {}
+    for name, side in api.items():
+        ratios[f"{name}_vs_direct"] = round(side.median_per_s / direct.median_per_s, 3)
+        ratios[f"{name}_p50_vs_direct"] = round(
+            percentile(side.latencies_ms, 50) / percentile(direct.latencies_ms, 50), 3)
+    return {DIRECT: direct.summary(), **{name: side.summary() for name, side in api.items()}, "ratios": ratios,
+            "clients": clients, "requests": requests, "rounds": rounds, "cores": os.cpu_count()}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, help="concurrent callers on each side (default 16; --quick 8)")
+    parser.add_argument("--requests", type=int, help="calls measured per side and round (default 5000; --quick 1000)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
+    parser.add_argument("--api-workers", default="1,2", help="API worker process counts, comma-separated")
+    parser.add_argument("--quick", action="store_true", help="a smaller run, to check the benchmark works")
+    parser.add_argument("--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)")
+    args = parser.parse_args()
+    args.clients = args.clients or (8 if args.quick else 16)
+    args.requests = args.requests or (1000 if args.quick else 5000)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    try:
+        args.api_workers = [int(n) for n in args.api_workers.split(",")]
+    except ValueError:
+        parser.error(f"--api-workers must be comma-separated integers, got {args.api_workers!r}")
+    if len(set(args.api_workers)) != len(args.api_workers):
+        parser.error(f"--api-workers names a process count twice: {args.api_workers}")
+    if min(args.clients, args.requests, args.rounds, *args.api_workers) < 1:
+        parser.error("--clients, --requests, --rounds and every --api-workers count must be at least 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    sides = {DIRECT: Side("App.enqueue", 1)} | {f"api_{n}": Side("POST /runs", n) for n in args.api_workers}
+    with server_dsn(args.dsn) as server, fresh_database(server) as dsn, contextlib.ExitStack() as servers_open:
+        print(server_description(server), flush=True)
+        key = make_key(dsn)
+        servers = {n: servers_open.enter_context(api_server(dsn, n)) for n in args.api_workers}
+        for round_number in range(1, args.rounds + 1):
+            measure_round(dsn, key, servers, sides, args.clients, args.requests)
+            print(f"round {round_number}/{args.rounds}: " + ", ".join(
+                f"{name} {side.per_s[-1]:,.0f} runs/s" for name, side in sides.items()), flush=True)
+    Console().print(results_table(sides, args.clients, args.requests, args.rounds))
+    print(json.dumps(figures(sides, args.clients, args.requests, args.rounds)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
