@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 import typer
 from psycopg.rows import dict_row
 
-from pgsched.beat import BeatOptions, run_beat
+from pgsched.beat import BeatOptions, check_leader_lock_possible, run_beat
 from pgsched.cli import render
-from pgsched.cli.options import DsnOption, connect, parse_duration
-from pgsched.config import resolve_dsn
+from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_duration
+from pgsched.config import resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
 from pgsched.errors import InvalidInput
 from pgsched.loader import load_app
 from pgsched.logs import configure_logging
@@ -40,17 +40,22 @@ def run(
     misfire_grace: MisfireGraceOption = BeatOptions.misfire_grace_s,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     dsn: DsnOption = None,
+    direct_dsn: DirectDsnOption = None,
+    pgbouncer: PgbouncerOption = None,
 ) -> None:
     """Run a beat: it fires scheduled jobs while it leads (one leader at a time)."""
     if ctx.invoked_subcommand is not None:
         return
     options = beat_options(lock_interval, retention, misfire_grace)
+    direct = resolve_direct_dsn(direct_dsn)
+    pooled = resolve_pgbouncer(pgbouncer, direct_dsn=direct)
+    check_leader_lock_possible(direct, pooled)
     configure_logging(log_level, "text")
     resolved = resolve_dsn(dsn)
     if app:
         with connect(resolved) as conn:
             load_app(app).sync_periodic_jobs(conn)
-    run_beat(resolved, options)
+    run_beat(resolved, options, direct_dsn=direct, pgbouncer=pooled)
 
 
 @beat.command("status")

@@ -13,14 +13,14 @@ import typer
 from pgsched import admin
 from pgsched.app import App
 from pgsched.cli import render
-from pgsched.cli.options import DsnOption, connect, parse_args_json, parse_at
+from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
 from pgsched.cli.api import api as api_command
 from pgsched.cli.beat import MisfireGraceOption, RetentionOption, beat, beat_options
 from pgsched.cli.jobs import jobs
 from pgsched.cli.keys import keys
 from pgsched.cli.runs import runs
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
-from pgsched.loader import load_app
+from pgsched.loader import EXAMPLE_APP, load_app
 from pgsched.logs import LogFormat, configure_logging
 from pgsched.migrate import migrate as apply_migrations
 from pgsched.migrate import pending
@@ -67,9 +67,13 @@ def migrate(check: Annotated[bool, typer.Option("--check", help="Exit 1 if a mig
 
 
 def _worker_options(concurrency: int, queues: str | None, poll_interval: float, lease: float,
-                    grace: float) -> WorkerOptions:
+                    grace: float, fallback_poll_interval: float = WorkerOptions.fallback_poll_interval_s,
+                    pool: str = WorkerOptions.pool, processes: int | None = None,
+                    app_path: str | None = None) -> WorkerOptions:
     try:
         return WorkerOptions(concurrency=concurrency, poll_interval_s=poll_interval, lease_s=lease, grace_s=grace,
+                             fallback_poll_interval_s=fallback_poll_interval,
+                             pool=pool, processes=processes, app_path=app_path,
                              queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
@@ -87,8 +91,11 @@ def _check_log_options(level: str, fmt: str) -> LogFormat:
 def worker(
     app: AppOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
+    pool: Annotated[str, typer.Option(help="Where sync tasks run unless their pool= says: thread, or process (child processes: hard timeout and cancel)")] = WorkerOptions.pool,
+    processes: Annotated[Optional[int], typer.Option(help="Size of the process pool (default: the CPU count)", show_default=False)] = None,
     queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: default + the app's task queues)")] = None,
     poll_interval: Annotated[float, typer.Option(help="Seconds between polls when no notification arrives")] = WorkerOptions.poll_interval_s,
+    fallback_poll_interval: Annotated[float, typer.Option(help="Behind PgBouncer without a direct DSN (no LISTEN): seconds between polls")] = WorkerOptions.fallback_poll_interval_s,
     lease: Annotated[float, typer.Option(help="Seconds a claimed run's lease lasts (the heartbeat renews it)")] = WorkerOptions.lease_s,
     grace: Annotated[float, typer.Option(help="Seconds running tasks get to finish after SIGTERM")] = WorkerOptions.grace_s,
     with_beat: Annotated[bool, typer.Option("--beat", help="Also run a beat in this process")] = False,
@@ -98,16 +105,20 @@ def worker(
     log_level: LogLevelOption = "info",
     log_format: LogFormatOption = "text",
     dsn: DsnOption = None,
+    direct_dsn: DirectDsnOption = None,
+    pgbouncer: PgbouncerOption = None,
 ) -> None:
     """Run a worker: claim runs from the queues and execute them."""
     from pgsched.worker import run_worker
 
     fmt = _check_log_options(log_level, log_format)
-    options = _worker_options(concurrency, queues, poll_interval, lease, grace)
+    options = _worker_options(concurrency, queues, poll_interval, lease, grace, fallback_poll_interval,
+                              pool=pool, processes=processes, app_path=app or EXAMPLE_APP)
     hosted_beat = beat_options(lock_interval, retention, misfire_grace) if with_beat else None
     loaded = load_app(app)
     if dsn:
         loaded.use_dsn(dsn)
+    loaded.use_pooler(direct_dsn=direct_dsn, pgbouncer=pgbouncer)
     configure_logging(log_level, fmt)
     _prepare_database(loaded)
     run_worker(loaded, options, hosted_beat)
@@ -149,7 +160,8 @@ def enqueue(
     render.info(str(run_id))
 
 
-STATS_COLUMNS = ("queue", "queued", "due", "running", "failed", "succeeded_last_hour", "oldest_queued_age_s")
+STATS_COLUMNS = ("queue", "queued", "due", "running", "failed", "succeeded_last_minute", "failed_last_minute",
+                 "succeeded_last_hour", "oldest_queued_age_s")
 
 
 @cli.command()
@@ -175,19 +187,26 @@ def dev(
     app: AppOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
     run_for: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C)")] = None,
+    api_port: Annotated[Optional[int], typer.Option(
+        help="Port of the REST API on 127.0.0.1 (default: 8000, or a free one if taken; 0: any free port)",
+        show_default=False)] = None,
+    no_api: Annotated[bool, typer.Option("--no-api", help="Do not serve the REST API")] = False,
     log_level: LogLevelOption = "info",
     dsn: DsnOption = None,
 ) -> None:
-    """Quick start: embedded PostgreSQL (no DSN needed), schema applied, and a worker."""
-    from pgsched.dev import run_dev
+    """Quick start: embedded PostgreSQL (no DSN needed), schema applied, a worker, and the REST API
+    with an admin key printed for the session."""
+    from pgsched.dev import DevApi, run_dev
 
     _check_log_options(log_level, "text")
+    if api_port is not None and not 0 <= api_port <= 65535:
+        raise InvalidInput(f"--api-port must be between 0 and 65535, got {api_port}")
     options = _worker_options(concurrency, None, WorkerOptions.poll_interval_s, WorkerOptions.lease_s, 5.0)
     loaded = load_app(app)
     if dsn:
         loaded.use_dsn(dsn)
     configure_logging(log_level, "text")
-    run_dev(loaded, options, run_for_s=run_for)
+    run_dev(loaded, options, run_for_s=run_for, api=None if no_api else DevApi(port=api_port))
 
 
 def main() -> None:

@@ -21,10 +21,26 @@ DsnOption = Annotated[
 ]
 
 
+DirectDsnOption = Annotated[
+    Optional[str],
+    typer.Option("--direct-dsn", help="Behind PgBouncer: a DSN that reaches PostgreSQL directly, for LISTEN and the "
+                                      "beat's leader lock (implies --pgbouncer); overrides $PGSCHED_DIRECT_DSN",
+                 show_default=False),
+]
+PgbouncerOption = Annotated[
+    Optional[bool],
+    typer.Option("--pgbouncer/--no-pgbouncer",
+                 help="The DSN goes through PgBouncer in transaction mode (default: $PGSCHED_PGBOUNCER, else whether "
+                      "a direct DSN is set)", show_default=False),
+]
+
+
 @contextmanager
 def connect(dsn: str | None) -> Iterator[psycopg.Connection]:
-    """An autocommit connection to the configured database."""
-    with psycopg.connect(resolve_dsn(dsn), autocommit=True) as conn:
+    """An autocommit connection to the configured database. It prepares no statements, so it
+    works through PgBouncer in transaction mode too; a command runs too few statements to gain
+    from preparing them."""
+    with psycopg.connect(resolve_dsn(dsn), autocommit=True, prepare_threshold=None) as conn:
         yield conn
 
 
@@ -38,15 +54,15 @@ def parse_args_json(text: str) -> dict[str, Any]:
     return value
 
 
-def parse_at(text: str | None) -> datetime | None:
+def parse_at(text: str | None, option: str = "--at") -> datetime | None:
     if text is None:
         return None
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"--at must be an ISO 8601 timestamp with a timezone, got {text!r}") from None
+        raise InvalidInput(f"{option} must be an ISO 8601 timestamp with a timezone, got {text!r}") from None
     if at.tzinfo is None:
-        raise InvalidInput(f"--at needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
+        raise InvalidInput(f"{option} needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
     return at
 
 

@@ -25,7 +25,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched import enqueue as _enqueue
-from pgsched.config import resolve_dsn
+from pgsched.config import connection_kwargs, resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
 from pgsched.enqueue import RunOptions, check_task_name, encode_args, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from pgsched.jobs import JobSpec, upsert_job
@@ -37,6 +37,9 @@ R = TypeVar("R")
 # Keyword names Task.enqueue keeps for itself; a task parameter with one of these names
 # can still be passed through app.enqueue(name, {...}).
 ENQUEUE_KEYWORDS = frozenset({"run_at", "delay", "conn", "unique_key"})
+
+# Where a sync task runs: "thread" (the worker's thread pool) or "process" (its process pool).
+POOLS = ("thread", "process")
 
 
 @dataclass(eq=False)
@@ -51,6 +54,7 @@ class Task(Generic[P, R]):
     max_attempts: int = 3
     timeout: float | None = None
     retry_backoff: float = 1.0
+    pool: str | None = None  # "thread" | "process" | None: the worker's --pool decides
     is_async: bool = field(init=False)
     signature: inspect.Signature = field(init=False)
     # For plain signatures (named parameters only), the names accepted and those required:
@@ -66,6 +70,16 @@ class Task(Generic[P, R]):
             raise InvalidInput(f"timeout must be a positive number of seconds, got {self.timeout!r}")
         if not (isinstance(self.retry_backoff, (int, float)) and self.retry_backoff >= 0):
             raise InvalidInput(f"retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}")
+        self._check_pool()
+
+    def _check_pool(self) -> None:
+        if self.pool is None:
+            return
+        if self.pool not in POOLS:
+            raise InvalidInput(f"pool must be 'thread' or 'process', got {self.pool!r}")
+        if self.is_async:
+            raise InvalidInput(f"task {self.name!r} is async: it runs in the worker's event loop, and pool= only "
+                               "chooses where a sync task runs; to run it in a child process, make it a plain def")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -110,11 +124,14 @@ def _plain_parameter_names(signature: inspect.Signature) -> tuple[frozenset[str]
 class App:
     """Tasks and the way to reach the database. Pools open on first use, not at import."""
 
-    def __init__(self, dsn: str | None = None, *, pool_max_size: int = 10) -> None:
+    def __init__(self, dsn: str | None = None, *, pool_max_size: int = 10, direct_dsn: str | None = None,
+                 pgbouncer: bool | None = None) -> None:
         self.tasks: dict[str, Task[Any, Any]] = {}
         # Schedules declared with @app.periodic: upserted by name when a worker or beat starts.
         self.periodic_jobs: dict[str, JobSpec] = {}
         self._dsn = dsn
+        self._direct_dsn = direct_dsn
+        self._pgbouncer = pgbouncer
         self._pool_max_size = pool_max_size
         self._pool: ConnectionPool | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
@@ -135,6 +152,25 @@ class App:
             raise RuntimeError("use_dsn() must be called before the app opens connections")
         self._dsn = dsn
 
+    @property
+    def direct_dsn(self) -> str | None:
+        """The DSN for LISTEN and the beat's leader lock when :attr:`dsn` goes through PgBouncer:
+        App(direct_dsn=...), else $PGSCHED_DIRECT_DSN, else None."""
+        return resolve_direct_dsn(self._direct_dsn)
+
+    @property
+    def pgbouncer(self) -> bool:
+        """Whether :attr:`dsn` goes through a transaction-mode pooler (PgBouncer): App(pgbouncer=...),
+        else $PGSCHED_PGBOUNCER, else whether a direct DSN is set."""
+        return resolve_pgbouncer(self._pgbouncer, direct_dsn=self._direct_dsn)
+
+    def use_pooler(self, *, direct_dsn: str | None = None, pgbouncer: bool | None = None) -> None:
+        """The CLI's --direct-dsn and --pgbouncer (None: keep what the app has); only before it connects."""
+        if self._pool is not None or self._async_pools:
+            raise RuntimeError("use_pooler() must be called before the app opens connections")
+        self._direct_dsn = direct_dsn or self._direct_dsn
+        self._pgbouncer = self._pgbouncer if pgbouncer is None else pgbouncer
+
     # ---- tasks
 
     @overload
@@ -142,17 +178,20 @@ class App:
     @overload
     def task(
         self, *, name: str | None = None, queue: str = "default", priority: int = 0, max_attempts: int = 3,
-        timeout: float | None = None, retry_backoff: float = 1.0,
+        timeout: float | None = None, retry_backoff: float = 1.0, pool: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = "default",
              priority: int = 0, max_attempts: int = 3, timeout: float | None = None,
-             retry_backoff: float = 1.0) -> Any:
+             retry_backoff: float = 1.0, pool: str | None = None) -> Any:
         """Register a function (sync or async) as a task; usable bare or with options.
 
-        ``timeout`` cancels an async task at the deadline; sync tasks run in a thread that cannot
-        be stopped, so for them it is not enforced yet. ``retry_backoff`` is the base delay in
-        seconds of the exponential backoff between attempts.
+        ``pool`` says where a sync task runs: ``"thread"`` (the worker's thread pool) or
+        ``"process"`` (a child process of the worker's process pool); by default the worker's
+        ``--pool`` decides (threads unless it says otherwise). ``timeout`` cancels an async
+        task at the deadline and kills a process-pool task's process; a thread cannot be
+        stopped, so in the thread pool it is not enforced. ``retry_backoff`` is the base delay
+        in seconds of the exponential backoff between attempts.
         """
 
         def register(fn: Callable[P, R]) -> Task[P, R]:
@@ -161,7 +200,7 @@ class App:
             if task_name in self.tasks:
                 raise DuplicateTask(f"a task named {task_name!r} is already registered ({self.tasks[task_name].fn!r})")
             task: Task[P, R] = Task(self, fn, task_name, queue=queue, priority=priority, max_attempts=max_attempts,
-                                    timeout=timeout, retry_backoff=retry_backoff)
+                                    timeout=timeout, retry_backoff=retry_backoff, pool=pool)
             self.tasks[task_name] = task
             return task
 
@@ -331,7 +370,8 @@ class App:
         with self._lock:
             if self._pool is None:
                 self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self._pool_max_size,
-                                            kwargs={"autocommit": True}, open=True, name="pgsched")
+                                            kwargs=connection_kwargs(self.pgbouncer, autocommit=True), open=True,
+                                            name="pgsched")
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -340,7 +380,8 @@ class App:
         pool = self._async_pools.get(loop)
         if pool is None:
             pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self._pool_max_size,
-                                       kwargs={"autocommit": True}, open=False, name="pgsched-async")
+                                       kwargs=connection_kwargs(self.pgbouncer, autocommit=True), open=False,
+                                       name="pgsched-async")
             self._async_pools[loop] = pool
             await pool.open()
         return pool

@@ -34,6 +34,10 @@ row whose schedule is invalid is disabled with the reason in ``last_error``.
 
 Maintenance (leader only, every ``maintenance_interval_s``): rescue runs whose lease
 expired, prune finished runs older than ``retention_s``, forget workers not seen for a while.
+
+Behind PgBouncer (transaction mode): the lock connection and the LISTEN need a session of
+their own, so they use the direct DSN; firings and maintenance go through the pooler. With
+no direct DSN the beat refuses to start (:func:`check_leader_lock_possible`).
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgsched.errors import InvalidInput
+from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
+from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
 from pgsched.maintenance import prune_finished, rescue_expired
@@ -66,6 +71,7 @@ FIRING_CONNECTIONS = 4
 # lost in a PostgreSQL crash left next_run_at where it was, so the next round fires the same
 # fire times again, and the unique (job_id, scheduled_for) index keeps it to one run each.
 # Saves a disk flush per due job, the largest part of a round with many jobs due at once.
+# Through a transaction-mode pooler that option cannot be sent, and firings commit durably.
 FIRING_CONNECTION = {"autocommit": True, "options": "-c synchronous_commit=off"}
 ON_TIME_LIMIT = 10_000  # on-time fire times per job per round: bounded by the grace window anyway
 
@@ -88,11 +94,20 @@ class BeatOptions:
             raise ValueError("misfire_grace_s must be >= 0")
 
 
-def run_beat(dsn: str, options: BeatOptions) -> None:
+def check_leader_lock_possible(direct_dsn: str | None, pgbouncer: bool) -> None:
+    """Refuse to run a beat through a transaction-mode pooler without a direct DSN: the pooler
+    runs each statement on any server connection, so the session lock would be taken on one
+    and released on another (it leaks, and nobody else can lead), and the LISTEN hears nothing."""
+    if pgbouncer and not direct_dsn:
+        raise ConfigError(f"the beat cannot lead through PgBouncer: set {DIRECT_DSN_ENV} (or --direct-dsn) to a DSN "
+                          "that reaches PostgreSQL directly, for its leader lock")
+
+
+def run_beat(dsn: str, options: BeatOptions, *, direct_dsn: str | None = None, pgbouncer: bool = False) -> None:
     """Run a beat in this process until SIGTERM/SIGINT."""
 
     async def main() -> None:
-        beat = Beat(dsn, options)
+        beat = Beat(dsn, options, direct_dsn=direct_dsn, pgbouncer=pgbouncer)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, beat.request_stop)
@@ -102,8 +117,15 @@ def run_beat(dsn: str, options: BeatOptions) -> None:
 
 
 class Beat:
-    def __init__(self, dsn: str, options: BeatOptions | None = None) -> None:
+    """``dsn`` carries the firings and maintenance; the leader lock and the LISTEN need a session
+    of their own: ``direct_dsn`` when ``pgbouncer`` says ``dsn`` goes through a pooler."""
+
+    def __init__(self, dsn: str, options: BeatOptions | None = None, *, direct_dsn: str | None = None,
+                 pgbouncer: bool = False) -> None:
+        check_leader_lock_possible(direct_dsn, pgbouncer)
         self.dsn = dsn
+        self._pgbouncer = pgbouncer
+        self._session_dsn = session_dsn(dsn, direct_dsn, pgbouncer) or dsn
         self.options = options or BeatOptions()
         self.leading = False
         self._stop = asyncio.Event()
@@ -116,10 +138,11 @@ class Beat:
 
     async def run(self) -> None:
         """Follow, lead when the lock is free, until :meth:`request_stop`."""
-        async with AsyncConnectionPool(self.dsn, min_size=1, max_size=FIRING_CONNECTIONS, kwargs=FIRING_CONNECTION,
+        async with AsyncConnectionPool(self.dsn, min_size=1, max_size=FIRING_CONNECTIONS,
+                                       kwargs=connection_kwargs(self._pgbouncer, **FIRING_CONNECTION),
                                        name="pgsched-beat", open=False) as pool:
             await pool.open(wait=True)
-            listener = Listener(self.dsn, queries["beat_listen"], self._on_jobs_changed, self._wake.set)
+            listener = Listener(self._session_dsn, queries["beat_listen"], self._on_jobs_changed, self._wake.set)
             listening = asyncio.create_task(listener.run())
             try:
                 while not self._stop.is_set():
@@ -142,7 +165,7 @@ class Beat:
     async def _try_to_lead(self, pool: AsyncConnectionPool) -> None:
         try:
             # Asynchronous commit too: the per-round heartbeat is a write, and a lost one is harmless.
-            lock_conn = await psycopg.AsyncConnection.connect(self.dsn, **FIRING_CONNECTION)
+            lock_conn = await psycopg.AsyncConnection.connect(self._session_dsn, **FIRING_CONNECTION)
         except psycopg.OperationalError as exc:
             logger.warning("beat cannot connect (%s); retrying", exc)
             return

@@ -1,7 +1,9 @@
 """Execute: run one claimed run's task and turn what happened into an :class:`Outcome`.
 
 Async tasks run in the worker's event loop (cancelled at their ``timeout``); sync tasks run in
-the worker's thread pool. Nothing here touches the database: outcomes go to the completer.
+the worker's thread pool (where a timeout cannot be enforced: a thread cannot be stopped), or
+in its process pool (killed at their ``timeout``, see :mod:`pgsched.process_pool`). Nothing
+here touches the database: outcomes go to the completer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Mapping
 from pgsched.app import Task
 from pgsched.context import RunContext, enter_run
 from pgsched.errors import Cancel, InvalidArgs, Retry
+from pgsched.process_pool import ChildFailed, ProcessPool
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -79,6 +82,10 @@ def cancelled_on_request(run: ClaimedRun, worker_id: int) -> Outcome:
                    error=_error_entry(run, worker_id, "Cancelled", "cancelled on request while running", None))
 
 
+class _TimedOut(Exception):
+    """The task's ``timeout`` passed: it was cancelled (async) or its process killed."""
+
+
 def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
     if not isinstance(args, Mapping):
         raise InvalidArgs(f"args must be a JSON object, got {type(args).__name__}")
@@ -87,10 +94,11 @@ def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
 
 
 async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads: ThreadPoolExecutor,
-                  worker_id: int, context: RunContext) -> Outcome:
+                  worker_id: int, context: RunContext, processes: ProcessPool | None = None) -> Outcome:
     """Run the task of ``run`` and report the outcome. Never raises, except CancelledError.
 
-    ``context`` is what the task sees as ``pgsched.current_run()``.
+    ``context`` is what the task sees as ``pgsched.current_run()``. Tasks ``processes``
+    handles run in its child processes.
     """
     task = tasks.get(run.task)
     if task is None:
@@ -103,34 +111,63 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
         return _failure(run, worker_id, "InvalidArgs", str(exc), retryable=False)
 
     enter_run(context)  # this run's own asyncio task: the setting stays with it
+    value: Any = None
+    result: str | None = None  # the value as JSON text, when a child process encoded it already
     try:
         if task.is_async and task.timeout is None:
             value = await task.fn(**args)
+        elif processes is not None and processes.handles(task.name):
+            result = await _in_process(processes, run, args, task.timeout)
         elif task.is_async:
-            async with asyncio.timeout(task.timeout):
-                value = await task.fn(**args)
+            value = await _with_deadline(task, args)
         else:
             in_thread = functools.partial(contextvars.copy_context().run, task.fn, **args)
             value = await asyncio.get_running_loop().run_in_executor(threads, in_thread)
     except asyncio.CancelledError:
         raise
-    except TimeoutError:
+    except _TimedOut:
         return _failure(run, worker_id, "Timeout", f"timed out after {task.timeout:g}s", backoff_s=task.retry_backoff)
     except Retry as exc:
         return _failure(run, worker_id, "Retry", str(exc), retry_after=exc.after, backoff_s=task.retry_backoff)
     except Cancel as exc:
         return Outcome(run.id, run.attempt, "cancelled", error=_error_entry(run, worker_id, "Cancel", str(exc), None))
+    except ChildFailed as exc:  # raised in (or the death of) a child process: its type and traceback came along
+        return _failure(run, worker_id, exc.kind, exc.message, exc.traceback, retryable=exc.retryable,
+                        backoff_s=task.retry_backoff)
     except BaseException as exc:  # noqa: BLE001 - a task's SystemExit or KeyboardInterrupt must not kill the worker
         return _failure(run, worker_id, type(exc).__name__, str(exc) or repr(exc),
                         traceback.format_exc(), backoff_s=task.retry_backoff)
 
-    try:
-        result = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        return _failure(run, worker_id, "ResultNotSerialisable",
-                        f"the task returned a value that is not JSON-serialisable: {exc}", retryable=False)
+    if result is None:
+        try:
+            result = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return _failure(run, worker_id, "ResultNotSerialisable",
+                            f"the task returned a value that is not JSON-serialisable: {exc}", retryable=False)
     if len(result) > MAX_RESULT_BYTES:
         return _failure(run, worker_id, "ResultTooLarge",
                         f"the task returned {len(result)} bytes of JSON; the limit is {MAX_RESULT_BYTES}",
                         retryable=False)
     return Outcome(run.id, run.attempt, "succeeded", result=result)
+
+
+async def _with_deadline(task: Task[Any, Any], args: Mapping[str, Any]) -> Any:
+    """Await an async task, cancelled at its timeout. A TimeoutError the task raises itself
+    (a socket's, say) stays the task's own error, not a timeout of the run."""
+    deadline = asyncio.timeout(task.timeout)
+    try:
+        async with deadline:
+            return await task.fn(**args)
+    except TimeoutError:
+        if deadline.expired():
+            raise _TimedOut from None
+        raise
+
+
+async def _in_process(processes: ProcessPool, run: ClaimedRun, args: Mapping[str, Any],
+                      timeout_s: float | None) -> str:
+    """The result (JSON text) of a run in a child process, killed at ``timeout_s``."""
+    try:
+        return await processes.call(run, args, timeout_s)
+    except TimeoutError:  # only the pool's own deadline: the task's exceptions arrive as ChildFailed
+        raise _TimedOut from None

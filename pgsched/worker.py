@@ -1,7 +1,7 @@
 """The worker process: listener + fetcher + executor + completer + heartbeat, in one event loop.
 
     notify ─► listener ─► wake ─► fetcher: claim up to the free slots (run_claim)
-                                      └─► execute (event loop / thread pool) ─► completer
+                                      └─► execute (event loop / thread pool / process pool) ─► completer
 
 Slots: at most ``concurrency`` tasks execute at once; a slot frees when its task ends, so
 the next claim overlaps the completer's write. Outcomes not yet committed are bounded too
@@ -9,7 +9,8 @@ the next claim overlaps the completer's write. Outcomes not yet committed are bo
 last claim filled every free slot there is a backlog, and the fetcher waits for a batch of
 slots (a quarter of them) before claiming again; otherwise it claims as soon as it is
 woken. The poll interval is a safety net: notifications normally wake it, and when only
-deferred runs are queued it sleeps until the earliest one is due.
+deferred runs are queued it sleeps until the earliest one is due. A worker with a process
+pool also claims no more than its idle children could start (see ``_free_slots``).
 
 Leases: a claimed run's lease is extended by the heartbeat; a worker that dies stops
 extending it, and the sweep (any worker, one at a time under an advisory lock) puts the
@@ -31,19 +32,22 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator, Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgsched.app import App
-from pgsched.beat import Beat, BeatOptions
+from pgsched.beat import Beat, BeatOptions, check_leader_lock_possible
 from pgsched.completer import Completer
+from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.context import RunContext
 from pgsched.executor import ClaimedRun, Outcome, cancelled_on_request, execute
 from pgsched.listener import Listener
 from pgsched.maintenance import rescue_expired
+from pgsched.process_pool import ProcessPool
 from pgsched.sql import queries
 
 logger = logging.getLogger("pgsched.worker")
@@ -56,9 +60,19 @@ logger = logging.getLogger("pgsched.worker")
 # The claim has one right plan (the claim index, whatever the parameters) but PostgreSQL's
 # "auto" plan cache kept re-planning it on every execution: the generic plan halves an
 # idle claim (measured 0.57 -> 0.34 ms).
+#
+# Through a transaction-mode pooler neither startup option can be sent (PgBouncer refuses
+# them) and no statement stays prepared: each claim is then a transaction that skips the flush
+# with SET LOCAL, and is planned anew (see Worker._claim_transaction).
 CLAIM_CONNECTION = {"autocommit": True, "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"}
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
 SUMMARY_INTERVAL_S = 10.0
+# How long a stopping worker waits for the database to take its last writes when the grace
+# period is shorter (a brief outage passes; a long one must not keep it from exiting).
+SHUTDOWN_WRITE_TIMEOUT_S = 5.0
+# The fetcher's connection is its own: waiting for it means the database is unreachable, and
+# the fetch loop (which notices a stop request between claims) retries with backoff anyway.
+FETCHER_CONNECTION_WAIT_S = 1.0
 
 
 @dataclass
@@ -66,14 +80,23 @@ class WorkerOptions:
     concurrency: int = 100
     queues: list[str] | None = None  # None: "default" plus every queue the app's tasks use
     poll_interval_s: float = 2.0
+    # The poll interval when no notification can arrive: a pooled DSN without a direct one.
+    fallback_poll_interval_s: float = 0.5
     lease_s: float = 30.0
     grace_s: float = 30.0
     sweep_interval_s: float | None = None  # default: half the lease
+    pool: str = "thread"  # where sync tasks without their own pool= run: "thread" or "process"
+    processes: int | None = None  # size of the process pool; None: the CPU count
+    app_path: str | None = None  # module:attribute the process pool imports the app by (None: found in sys.modules)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        for name in ("poll_interval_s", "lease_s"):
+        if self.pool not in ("thread", "process"):
+            raise ValueError(f"pool must be 'thread' or 'process', got {self.pool!r}")
+        if self.processes is not None and self.processes < 1:
+            raise ValueError("processes must be at least 1")
+        for name in ("poll_interval_s", "fallback_poll_interval_s", "lease_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.grace_s < 0:
@@ -85,6 +108,7 @@ class _Execution:
     run: ClaimedRun
     context: RunContext
     task: asyncio.Task[None] | None = None
+    in_process: bool = False  # runs in the process pool
 
 
 @dataclass
@@ -99,6 +123,15 @@ class Worker:
         self.app = app
         self.options = options or WorkerOptions()
         self._beat_options = beat  # host a beat in this process (``pgsched worker --beat``)
+        # Behind a transaction-mode pooler, LISTEN needs the direct DSN; without one the fetcher
+        # polls, so the poll interval becomes the wake-up latency and has to be short.
+        self._pgbouncer = app.pgbouncer
+        self._direct_dsn = app.direct_dsn
+        if self._pgbouncer and not self._direct_dsn:
+            self.options = replace(self.options, poll_interval_s=min(self.options.poll_interval_s,
+                                                                     self.options.fallback_poll_interval_s))
+        if beat is not None:
+            check_leader_lock_possible(self._direct_dsn, self._pgbouncer)  # refuse now, not when it tries to lead
         self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
         self._queue_set = frozenset(self.queues)
         self.worker_id: int | None = None
@@ -107,7 +140,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._threads = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="pgsched-task")
-        self._min_batch = max(1, self.options.concurrency // 4)
+        self._processes = ProcessPool.for_app(app, default_pool=self.options.pool, size=self.options.processes,
+                                              app_path=self.options.app_path)
+        self._process_runs = 0  # executing runs that hold or wait for a child process
+        self._min_batch = max(1, min(self.options.concurrency, self._process_capacity()) // 4)
         # Room for one batch being written while the next one executes.
         self._max_unwritten = 2 * self.options.concurrency
         self._abandoned_threads = False
@@ -130,9 +166,11 @@ class Worker:
     async def run(self) -> None:
         """Work until :meth:`request_stop` (or SIGTERM/SIGINT when installed)."""
         dsn = self.app.dsn
-        async with AsyncConnectionPool(dsn, min_size=2, max_size=4, kwargs={"autocommit": True},
+        async with AsyncConnectionPool(dsn, min_size=2, max_size=4,
+                                       kwargs=connection_kwargs(self._pgbouncer, autocommit=True),
                                        name="pgsched-worker", open=False) as pool, \
-                AsyncConnectionPool(dsn, min_size=1, max_size=1, kwargs=CLAIM_CONNECTION,
+                AsyncConnectionPool(dsn, min_size=1, max_size=1,
+                                    kwargs=connection_kwargs(self._pgbouncer, **CLAIM_CONNECTION),
                                     name="pgsched-fetcher", open=False) as claim_pool:
             await pool.open(wait=True)
             await claim_pool.open(wait=True)
@@ -141,16 +179,20 @@ class Worker:
                         ",".join(self.queues), self.options.concurrency, os.getpid())
             completer = Completer(pool, self.worker_id, self._on_written)
             self._completer = completer
-            listener = Listener(dsn, queries["worker_listen"], self._on_notify,
-                                functools.partial(self._on_listening, pool))
-            beat = Beat(dsn, self._beat_options) if self._beat_options else None
+            listener = self._listener(dsn, pool)
+            beat = Beat(dsn, self._beat_options, direct_dsn=self._direct_dsn,
+                        pgbouncer=self._pgbouncer) if self._beat_options else None
             background = [asyncio.create_task(coro) for coro in (
-                listener.run(), completer.run(), self._heartbeat(pool), self._sweep(pool), self._summarize())]
+                completer.run(), self._heartbeat(pool), self._sweep(pool), self._summarize())]
+            if listener is not None:
+                background.append(asyncio.create_task(listener.run()))
             if beat is not None:
                 beat_task = asyncio.create_task(beat.run())
                 background.append(beat_task)
                 self._stop_beat = beat.request_stop
             try:
+                if self._processes is not None:
+                    await self._processes.start()  # the app cannot be imported there: fail before claiming
                 await self._fetch(claim_pool)
                 await self._shutdown(pool, completer)
                 if beat is not None:
@@ -159,6 +201,8 @@ class Worker:
                 for task in background:
                     task.cancel()
                 await asyncio.gather(*background, return_exceptions=True)
+                if self._processes is not None:
+                    await self._processes.close()  # whatever still runs there was released by the shutdown
                 await self._deregister(pool)
         self._threads.shutdown(wait=False, cancel_futures=True)
         logger.info("worker %s stopped", self.worker_id)
@@ -167,6 +211,18 @@ class Worker:
             # would wait for it. Its run is back in the queue, so leave now.
             logging.shutdown()
             os._exit(0)
+
+    def _listener(self, dsn: str, pool: AsyncConnectionPool) -> Listener | None:
+        """The LISTEN connection for wake-ups and cancel requests. None behind a pooler without
+        a direct DSN: a LISTEN there hears nothing, so the fetcher polls and cancel requests
+        arrive with the heartbeat."""
+        listen_dsn = session_dsn(dsn, self._direct_dsn, self._pgbouncer)
+        if listen_dsn is None:
+            logger.warning("the DSN goes through PgBouncer and no direct DSN is set: no LISTEN, polling for new runs "
+                           "every %gs and for cancel requests every %gs; set %s for instant wake-ups",
+                           self.options.poll_interval_s, self.options.lease_s / 3, DIRECT_DSN_ENV)
+            return None
+        return Listener(listen_dsn, queries["worker_listen"], self._on_notify, functools.partial(self._on_listening, pool))
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -179,7 +235,7 @@ class Worker:
         state = self._state
         failures = 0
         while not self._stop.is_set():
-            free = self.options.concurrency - len(state.executing)
+            free = self._free_slots()
             if free < (self._min_batch if state.backlog else 1) or self._completer.unwritten >= self._max_unwritten:
                 state.waiting_for_slots = True
                 # Clear first: a wake-up left set (a notify while full) would return at once,
@@ -205,16 +261,28 @@ class Worker:
                 await self._sleep_until_woken(await self._seconds_until_due(pool))
 
     async def _claim(self, pool: AsyncConnectionPool, limit: int) -> list[ClaimedRun]:
-        async with pool.connection() as conn:
+        async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn, self._claim_transaction(conn):
             cursor = await conn.execute(queries["run_claim"], {
                 "queues": self.queues, "limit": limit, "worker_id": self.worker_id,
                 "lease_s": self.options.lease_s, "now": None})
             return [ClaimedRun(*row) for row in await cursor.fetchall()]
 
+    @asynccontextmanager
+    async def _claim_transaction(self, conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+        """Direct: nothing, the claim commits on its own (its connection skips the flush from the
+        start). Through a pooler: a transaction that skips the flush for itself, since a
+        session setting would stay behind on a server connection other clients then use."""
+        if not self._pgbouncer:
+            yield
+            return
+        async with conn.transaction():
+            await conn.execute(queries["transaction_skip_flush"])
+            yield
+
     async def _seconds_until_due(self, pool: AsyncConnectionPool) -> float:
         """How long the fetcher may sleep: until the next queued run is due, at most a poll interval."""
         try:
-            async with pool.connection() as conn:
+            async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
                 cursor = await conn.execute(queries["run_next_due"], {"queues": self.queues})
                 row = await cursor.fetchone()
         except psycopg.OperationalError:
@@ -237,8 +305,21 @@ class Worker:
 
     # ---- execute → complete
 
+    def _free_slots(self) -> int:
+        """How many runs the next claim may take. With a process pool, also no more than it has
+        children not yet taken: the claim cannot tell which runs will need one, and a run waiting
+        here for a child is a run another worker could be executing."""
+        free = self.options.concurrency - len(self._state.executing)
+        return free if self._processes is None else min(free, self._process_capacity() - self._process_runs)
+
+    def _process_capacity(self) -> int:
+        return self.options.concurrency if self._processes is None else self._processes.size
+
     def _start(self, run: ClaimedRun) -> None:
         execution = _Execution(run, RunContext(run.id, run.task, run.attempt, run.max_attempts))
+        if self._processes is not None and self._processes.handles(run.task):
+            execution.in_process = True
+            self._process_runs += 1
         self._state.executing[run.id] = execution
         execution.task = asyncio.create_task(self._execute(execution))
 
@@ -249,7 +330,8 @@ class Worker:
         logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
         started = time.perf_counter()
         try:
-            outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, execution.context)
+            outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, execution.context,
+                                    self._processes)
         except asyncio.CancelledError:
             if not execution.context.cancelled:
                 return  # released back to the queue by the shutdown
@@ -285,27 +367,31 @@ class Worker:
             logger.warning("could not check for cancel requests (%s); the heartbeat will", exc)
 
     def _cancel(self, run_id: int) -> None:
-        """A cancel request for a run: ours only if we are executing it. Async tasks stop now;
-        sync ones see ``current_run().cancelled``. The completion ends the run 'cancelled'
-        either way (it reads the request from the row, so a request racing us is not lost)."""
+        """A cancel request for a run: ours only if we are executing it. Async tasks stop now,
+        process-pool tasks are killed; thread-pool ones see ``current_run().cancelled``. The
+        completion ends the run 'cancelled' either way (it reads the request from the row, so
+        a request racing us is not lost)."""
         execution = self._state.executing.get(run_id)
         if execution is None:
             return
         logger.info("run %d %s: cancel requested", run_id, execution.run.task)
         execution.context.cancelled = True
-        if execution.task is not None and self._is_async(execution.run.task):
+        if execution.task is not None and self._stoppable(execution):
             execution.task.cancel()
 
     def _cancel_already_requested(self, run_id: int) -> bool:
         execution = self._state.executing.get(run_id)
         return execution is not None and execution.context.cancelled
 
-    def _is_async(self, task_name: str) -> bool:
-        task = self.app.tasks.get(task_name)
-        return task is not None and task.is_async
+    def _stoppable(self, execution: _Execution) -> bool:
+        """Whether cancelling its asyncio task stops the run's task: async, or in a killable process."""
+        task = self.app.tasks.get(execution.run.task)
+        return task is not None and (task.is_async or execution.in_process)
 
     def _free_slot(self, run_id: int) -> None:
-        self._state.executing.pop(run_id, None)
+        execution = self._state.executing.pop(run_id, None)
+        if execution is not None and execution.in_process:
+            self._process_runs -= 1
         if self._state.waiting_for_slots:
             self._wake.set()
 
@@ -374,9 +460,9 @@ class Worker:
 
     async def _shutdown(self, pool: AsyncConnectionPool, completer: Completer) -> None:
         executing = self._state.executing
+        deadline = time.monotonic() + self.options.grace_s
         if executing and not self._force.is_set():
             logger.info("stopping: waiting up to %gs for %d running runs", self.options.grace_s, len(executing))
-            deadline = time.monotonic() + self.options.grace_s
             while executing and not self._force.is_set() and time.monotonic() < deadline:
                 done_or_forced = [asyncio.create_task(self._force.wait()),
                                   *(e.task for e in executing.values() if e.task is not None)]
@@ -384,20 +470,39 @@ class Worker:
                                    return_when=asyncio.FIRST_COMPLETED)
                 done_or_forced[0].cancel()
         leftover = [execution.run for execution in executing.values()]
-        self._abandoned_threads = any(run.task in self.app.tasks and not self._is_async(run.task) for run in leftover)
+        self._abandoned_threads = any(e.run.task in self.app.tasks and not self._stoppable(e) for e in executing.values())
         for execution in list(executing.values()):
             if execution.task is not None:
                 execution.task.cancel()
         if leftover:
             await self._release(pool, leftover)
-        await completer.drain()
+        await self._drain(completer, deadline)
 
     async def _release(self, pool: AsyncConnectionPool, runs: list[ClaimedRun]) -> None:
-        async with pool.connection() as conn:
-            await conn.execute(queries["run_release_many"], {
-                "worker_id": self.worker_id, "ids": [r.id for r in runs], "attempts": [r.attempt for r in runs]})
+        try:
+            async with pool.connection(timeout=SHUTDOWN_WRITE_TIMEOUT_S) as conn:
+                await conn.execute(queries["run_release_many"], {
+                    "worker_id": self.worker_id, "ids": [r.id for r in runs], "attempts": [r.attempt for r in runs]})
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            logger.warning("could not release %d runs (%s): they go back to the queue when their leases expire",
+                           len(runs), exc)
+            return
         for run in runs:
             logger.info("run %d %s released back to the queue (worker stopping)", run.id, run.task)
+
+    async def _drain(self, completer: Completer, deadline: float) -> None:
+        """Wait for the outcomes not yet written, until the grace ends (a blip of at least
+        SHUTDOWN_WRITE_TIMEOUT_S is ridden out) or a second stop signal. A worker must stop
+        when told, even with its database gone: runs whose outcome it could not write stay
+        'running' and run again once their leases expire (at-least-once)."""
+        waits = [asyncio.create_task(completer.drain()), asyncio.create_task(self._force.wait())]
+        await asyncio.wait(waits, timeout=max(deadline - time.monotonic(), SHUTDOWN_WRITE_TIMEOUT_S),
+                           return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        if completer.unwritten:
+            logger.warning("stopping with %d outcomes unwritten (database unreachable): those runs will run again "
+                           "when their leases expire", completer.unwritten)
 
 
 def _log_outcome(run: ClaimedRun, outcome: Outcome, elapsed_s: float) -> None:

@@ -93,6 +93,11 @@ FROM next
 WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
 
+-- name: transaction_skip_flush
+-- This transaction commits without waiting for the WAL flush (SET LOCAL): what the direct
+-- fetcher connection sets at connect, for a claim through a transaction-mode pooler.
+SELECT set_config('synchronous_commit', 'off', true);
+
 -- name: run_next_due
 -- Seconds until the earliest deferred run of these queues is due (the fetcher sleeps until
 -- then). Runs due at creation need no timer: their insert's NOTIFY wakes the fetcher.

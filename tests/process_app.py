@@ -138,3 +138,65 @@ async def soak(key: str, fail_rate: float, slow_rate: float) -> dict[str, object
     if planned == "raise":
         raise SoakFailure(f"planned failure of {key} at attempt {run.attempt}")
     return {"key": key, "attempt": run.attempt, "pid": os.getpid()}
+
+
+# ---- the process pool (tests/test_process_pool.py): sync tasks in child processes of the worker
+
+from pgsched import Cancel, Retry  # noqa: E402 - this section is appended
+
+
+@app.task(pool="process")
+def in_child(key: str) -> dict[str, int]:
+    """Records that it ran; returns where it ran and what current_run() says there."""
+    _record_sync(key, "run")
+    run = current_run()
+    return {"pid": os.getpid(), "parent": os.getppid(), "run_id": run.id, "attempt": run.attempt}
+
+
+@app.task(pool="process", timeout=1.0, max_attempts=2, retry_backoff=0.05)
+def overrun_in_child(key: str, seconds: float) -> None:
+    """Records its start, then sleeps past its 1 s timeout: the worker kills its process."""
+    _record_sync(key, "start")
+    time.sleep(seconds)
+    _record_sync(key, "end")
+
+
+@app.task(pool="process")
+def block_in_child(key: str, seconds: float) -> None:
+    """Records its start and its end around ``seconds`` of sleep; no timeout (cancel, shutdown)."""
+    _record_sync(key, "start")
+    time.sleep(seconds)
+    _record_sync(key, "end")
+
+
+@app.task(pool="process")
+def exit_in_child(key: str, code: int) -> None:
+    """Records that it ran, then ends its process at once with ``code``: no exception, no cleanup."""
+    _record_sync(key, "run")
+    os._exit(code)
+
+
+@app.task(pool="process")
+def in_child_does(what: str, seconds: float = 0.0) -> object:
+    """No database: returns where it ran ("report"), sleeps, raises Retry, Cancel, ValueError or
+    its own TimeoutError, returns a value that is not JSON, or exits (os._exit(3))."""
+    if what == "report":
+        run = current_run()
+        return {"pid": os.getpid(), "parent": os.getppid(), "run_id": run.id, "attempt": run.attempt,
+                "cancelled": run.cancelled}
+    if what == "sleep":
+        time.sleep(seconds)
+        return "slept"
+    if what == "retry":
+        raise Retry(after=7, reason="not yet")
+    if what == "cancel":
+        raise Cancel("nothing to do")
+    if what == "error":
+        raise ValueError("bad value in the child")
+    if what == "own-timeout":
+        raise TimeoutError("the task's own socket timed out")
+    if what == "not-json":
+        return {1, 2}
+    if what == "exit":
+        os._exit(3)
+    raise LookupError(f"in_child_does: unknown {what!r}")

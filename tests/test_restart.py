@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from pgsched import App
-from tests.test_processes import Workers, scalar
+from tests.test_processes import Workers, events, insert_run, scalar
 
 pytestmark = pytest.mark.slow
 
@@ -78,3 +78,34 @@ def test_workers_survive_a_postgresql_restart_under_load_and_lose_no_run(
         workers.cleanup()
         if after_restart is not None:
             after_restart.close()
+
+
+def test_a_worker_told_to_stop_while_the_database_is_gone_still_exits(
+        postgresql_proc: Any, dsn: str, conn: psycopg.Connection[Any], tmp_path: Any) -> None:
+    # Its last outcome cannot be written: the worker must not wait for the database forever
+    # (a service manager would have to SIGKILL it); the run stays 'running' in the database
+    # and runs again when its lease expires.
+    conn.execute("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
+                 " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    workers = Workers(dsn, conn, tmp_path)
+    after_restart: psycopg.Connection[Any] | None = None
+    try:
+        worker = workers.start("--grace", "2", "--lease", "5")
+        run_id = insert_run(conn, "slow", {"key": "outage", "seconds": 1.0})
+        workers.wait_until(lambda: events(conn, "outage"), 20, "the run to start")
+
+        postgresql_proc.stop()
+        time.sleep(2.0)  # the task ends in the outage (its end cannot be recorded either)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(30) == 0, worker.log()[-4000:]
+        assert "outcomes unwritten" in worker.log()
+        assert "Traceback" not in worker.log(), worker.log()[-6000:]
+    finally:
+        if not postgresql_proc.running():
+            postgresql_proc.start()
+        workers.conn = after_restart = reconnect(dsn)
+        workers.cleanup()
+    try:
+        assert scalar(after_restart, f"SELECT status::text FROM pgsched.runs WHERE id = {run_id}") == "running"
+    finally:
+        after_restart.close()
