@@ -8,7 +8,7 @@ import typer
 
 from pgsched import admin
 from pgsched.cli import render
-from pgsched.cli.options import DsnOption, connect
+from pgsched.cli.options import DsnOption, connect, parse_at
 
 runs = typer.Typer(help="Inspect and steer runs.", no_args_is_help=True)
 
@@ -20,13 +20,22 @@ def list_runs(
     status: Annotated[Optional[str], typer.Option(help="queued, running, succeeded, failed or cancelled")] = None,
     queue: Annotated[Optional[str], typer.Option()] = None,
     task: Annotated[Optional[str], typer.Option()] = None,
+    job: Annotated[Optional[str], typer.Option(help="Runs of the scheduled job with this name")] = None,
+    created_after: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; inclusive")] = None,
+    created_before: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; exclusive")] = None,
+    finished_after: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; inclusive")] = None,
+    finished_before: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; exclusive")] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     dsn: DsnOption = None,
 ) -> None:
     """List runs, newest first."""
+    created = parse_at(created_after, "--created-after"), parse_at(created_before, "--created-before")
+    finished = parse_at(finished_after, "--finished-after"), parse_at(finished_before, "--finished-before")
     with connect(dsn) as conn:
-        rows = admin.list_runs(conn, status=status, queue=queue, task=task, limit=limit)
+        rows = admin.list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
+                               created_after=created[0], created_before=created[1],
+                               finished_after=finished[0], finished_before=finished[1])
     if json_output:
         render.print_json(rows)
     else:

@@ -6,6 +6,7 @@ Each takes an optional ``tenant``: given, the function sees and changes only tha
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -36,19 +37,39 @@ def get_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None)
 
 
 def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str | None = None,
-              task: str | None = None, limit: int = 50, before_id: int | None = None,
-              tenant: str | None = None) -> list[dict[str, Any]]:
-    """Runs newest first; pass the last id seen as ``before_id`` for the next page."""
+              task: str | None = None, job: str | None = None,
+              created_after: datetime | None = None, created_before: datetime | None = None,
+              finished_after: datetime | None = None, finished_before: datetime | None = None,
+              limit: int = 50, before_id: int | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Runs newest first; pass the last id seen as ``before_id`` for the next page.
+
+    ``job`` is a scheduled job's name. The time filters are half-open windows: ``*_after``
+    includes its instant, ``*_before`` excludes it; each must carry a timezone.
+    """
     if status is not None and status not in RUN_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
     if before_id is not None:
         check_run_id(before_id)
+    instants = {"created_after": created_after, "created_before": created_before,
+                "finished_after": finished_after, "finished_before": finished_before}
+    for name, instant in instants.items():
+        _check_aware(name, instant)
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(queries["run_list"], {
-            "status": status, "queue": queue, "task": task, "limit": limit, "before_id": before_id,
-            "tenant": tenant}).fetchall()
+            "status": status, "queue": queue, "task": task, "job": job, **instants, "limit": limit,
+            "before_id": before_id, "tenant": tenant}).fetchall()
+
+
+def _check_aware(name: str, instant: Any) -> None:
+    # A naive time would be read in the database session's timezone: a silent guess.
+    if instant is None:
+        return
+    if not isinstance(instant, datetime):
+        raise InvalidInput(f"{name} must be a datetime, got {instant!r}")
+    if instant.utcoffset() is None:
+        raise InvalidInput(f"{name} must include a timezone (e.g. 2030-01-02T03:04:05Z), got {instant.isoformat()}")
 
 
 def retry_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> None:
@@ -81,7 +102,7 @@ def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str
 
 
 def queue_stats(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
-    """Per queue: queued, due, running, failed, succeeded in the last hour, oldest due age."""
+    """Per queue: queued, due, running, failed, succeeded in the last hour, succeeded and
+    failed in the last minute, oldest due age (in seconds)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        query = queries["queue_stats"] if tenant is None else queries["queue_stats_tenant"]
-        return cur.execute(query, {"tenant": tenant}).fetchall()
+        return cur.execute(queries["queue_stats"], {"tenant": tenant}).fetchall()

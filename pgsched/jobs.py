@@ -105,9 +105,14 @@ def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -
     return job
 
 
-def list_jobs(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
+def list_jobs(conn: psycopg.Connection, *, tenant: str | None = None, limit: int | None = None,
+              after_name: str | None = None) -> list[dict[str, Any]]:
+    """Jobs by name: every one, or a page of at most ``limit`` after the name ``after_name``."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["job_list"], {"tenant": tenant}).fetchall()
+        return cur.execute(queries["job_list"], {"tenant": tenant, "limit": limit,
+                                                 "after_name": after_name}).fetchall()
 
 
 def set_enabled(conn: psycopg.Connection, name: str, enabled: bool, *, tenant: str | None = None) -> None:

@@ -216,13 +216,20 @@ SELECT id, task, args, queue, priority, status::text AS status, attempt, max_att
 FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
--- Newest first, keyset-paginated by id; every filter is optional.
+-- Newest first, keyset-paginated by id; every filter is optional. Time windows are half-open:
+-- *_after includes its instant, *_before excludes it, so adjacent windows neither overlap nor
+-- leave a gap. job is the scheduled job's name (a job that does not exist matches no run).
 SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        started_at, finished_at, created_at
 FROM pgsched.runs
 WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
+  AND (%(job)s::text IS NULL OR job_id = (SELECT j.id FROM pgsched.jobs AS j WHERE j.name = %(job)s))
+  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
+  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
+  AND (%(finished_after)s::timestamptz IS NULL OR finished_at >= %(finished_after)s)
+  AND (%(finished_before)s::timestamptz IS NULL OR finished_at < %(finished_before)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 ORDER BY id DESC
@@ -250,9 +257,10 @@ SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::t
 SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: queue_stats
-SELECT queue, queued, due, running, failed, succeeded_last_hour,
+-- The queue_stats view's numbers (schema 0005), for every tenant or for one.
+SELECT queue, queued, due, running, failed, succeeded_last_hour, succeeded_last_minute, failed_last_minute,
        extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
-FROM pgsched.queue_stats
+FROM pgsched.queue_stats_for(%(tenant)s::text)
 ORDER BY queue;
 
 -- name: job_upsert
@@ -283,8 +291,14 @@ SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, ma
 FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: job_list
+-- By name, keyset-paginated: %(after_name)s is the last name of the previous page (NULL: from
+-- the start); %(limit)s NULL lists every job.
 SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error
-FROM pgsched.jobs WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s) ORDER BY name;
+FROM pgsched.jobs
+WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+  AND (%(after_name)s::text IS NULL OR name > %(after_name)s)
+ORDER BY name
+LIMIT %(limit)s;
 
 -- name: job_set_enabled
 UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) RETURNING id;
@@ -378,9 +392,9 @@ WHERE id IN (SELECT id FROM pgsched.runs
 -- The leader wakes when a job definition changes.
 LISTEN pgsched_jobs;
 
--- ---- The REST API: tenant-scoped variants, workers, metrics, API keys.
--- Most queries take an optional %(tenant)s filter themselves; a `_tenant` variant exists only
--- where one tenant's query must differ: queue_stats (its view has no tenant column).
+-- ---- The REST API: workers, metrics, API keys.
+-- The queries it shares with the CLI take an optional %(tenant)s filter themselves (NULL: every
+-- tenant), so no query has a per-tenant copy.
 
 -- name: run_count_by_queue_status
 -- The /metrics gauge: runs per queue and status (a full scan: scrape it every few seconds, not faster).
@@ -389,21 +403,31 @@ FROM pgsched.runs
 GROUP BY queue, status
 ORDER BY queue, status;
 
--- name: queue_stats_tenant
--- The columns of the queue_stats view over one tenant's runs.
-SELECT queue,
-       count(*) FILTER (WHERE status = 'queued')                                   AS queued,
-       count(*) FILTER (WHERE status = 'queued' AND run_at <= now())               AS due,
-       count(*) FILTER (WHERE status = 'running')                                  AS running,
-       count(*) FILTER (WHERE status = 'failed')                                   AS failed,
-       count(*) FILTER (WHERE status = 'succeeded'
-                        AND finished_at > now() - interval '1 hour')               AS succeeded_last_hour,
-       extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'queued' AND run_at <= now()))::float8
-                                                                                   AS oldest_queued_age_s
-FROM pgsched.runs
-WHERE tenant = %(tenant)s
-GROUP BY queue
-ORDER BY queue;
+-- name: run_duration_buckets
+-- The /metrics histograms: how long the runs that finished in the last %(window_s)s seconds
+-- waited (from due, or created if later, to their last start) and ran (last start to finish),
+-- per queue. One row per (queue, metric, bucket) that holds runs: bucket k holds durations d
+-- with bounds[k] < d <= bounds[k+1] (1-based bounds; k = 0 below the first, k = n above the
+-- last). width_bucket counts the bounds <= d; Prometheus' "le" is inclusive, so a d equal to a
+-- bound is moved down into that bound's bucket. Reads only recent rows (runs_finished_idx).
+WITH recent AS (
+    SELECT queue,
+           greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0) AS wait_s,
+           greatest(extract(epoch FROM finished_at - started_at)::float8, 0) AS run_s
+    FROM pgsched.runs
+    WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(window_s)s)
+      AND started_at IS NOT NULL
+), measured AS (
+    SELECT queue, 'wait' AS metric, wait_s AS seconds FROM recent
+    UNION ALL
+    SELECT queue, 'run', run_s FROM recent
+)
+SELECT queue, metric,
+       width_bucket(seconds, %(bounds)s::float8[]) - (seconds = ANY(%(bounds)s::float8[]))::int AS bucket,
+       count(*) AS runs, sum(seconds) AS seconds
+FROM measured
+GROUP BY queue, metric, bucket
+ORDER BY queue, metric, bucket;
 
 -- name: worker_list
 -- Live workers and how many runs each holds now (counted through runs_lease_idx: only

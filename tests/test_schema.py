@@ -244,10 +244,11 @@ def test_queue_stats_counts_each_queue(conn, fixture_runs):
         rows = {row.pop("queue"): row for row in cur.execute("SELECT * FROM pgsched.queue_stats").fetchall()}
     assert set(rows) == {"a", "b"}
     a_age = rows["a"].pop("oldest_queued_age")
-    assert rows["a"] == {"queued": 3, "due": 2, "running": 2, "failed": 1, "succeeded_last_hour": 1}
+    assert rows["a"] == {"queued": 3, "due": 2, "running": 2, "failed": 1, "succeeded_last_hour": 1,
+                         "succeeded_last_minute": 0, "failed_last_minute": 0}
     assert timedelta(minutes=5) <= a_age < timedelta(minutes=6)
     assert rows["b"] == {"queued": 0, "due": 0, "running": 0, "failed": 1, "succeeded_last_hour": 0,
-                         "oldest_queued_age": None}
+                         "oldest_queued_age": None, "succeeded_last_minute": 0, "failed_last_minute": 0}
 
 
 def test_queue_stats_query_reports_the_oldest_due_age_in_seconds(conn, fixture_runs):

@@ -11,6 +11,7 @@ document is at ``/schema/openapi.json``.
     pgsched/api/auth.py         Bearer keys, scopes, tenants
     pgsched/api/keys.py         the api_keys store (shared with `pgsched keys`)
     pgsched/api/errors.py       every error as a JSON response, in one place
+    pgsched/api/contract.py     strict bodies and query parameters, as the OpenAPI document says
     pgsched/api/store.py        tenant-aware enqueue, workers and counts
     pgsched/api/metrics.py      the Prometheus text document
 """

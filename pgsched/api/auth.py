@@ -87,7 +87,10 @@ def needed_scope(handler: BaseRouteHandler) -> Scope:
 def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """The guard of every protected route."""
     settings: ApiSettings = connection.app.state.settings
-    if not settings.auth:
+    if not settings.auth or connection.scope.get("method") == "OPTIONS":
+        # OPTIONS (Litestar's automatic handler: the Allow header, a CORS preflight) is answered
+        # without a key, as browsers send preflights without credentials; the authentication
+        # middleware skips it too, so there is no key to check here.
         return
     key: ApiKey = connection.auth
     needed = needed_scope(handler)

@@ -55,7 +55,8 @@ STATUS_BY_ERROR: dict[type[PgschedError], int] = {
 # The library's messages start with the field they are about ("priority must be ...",
 # "queue 'x' is not a valid name ..."); these find it. Order matters: first match wins.
 _FIELDS = ("task", "args", "queue", "priority", "max_attempts", "run_at", "delay", "unique_key", "status",
-           "limit", "cursor", "misfire", "max_catchup", "every", "at", "tz", "cron", "name", "scope", "tenant")
+           "limit", "cursor", "misfire", "max_catchup", "every", "at", "tz", "cron", "name", "scope", "tenant",
+           "job", "created_after", "created_before", "finished_after", "finished_before")
 _FIELD_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"^args\[(\d+)\]"), lambda m: f"args[{m[1]}]"),
     (re.compile(rf"^({'|'.join(_FIELDS)})\b"), lambda m: m[1]),

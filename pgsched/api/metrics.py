@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import psycopg
 
@@ -14,6 +15,24 @@ from pgsched.api import store
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Sample = tuple[dict[str, str], float]
+
+# Histogram bucket bounds, in seconds: from a quick task (5 ms) to an hour-long report.
+DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# The histograms describe the runs that finished this long ago or less.
+HISTOGRAM_WINDOW_S = 300
+_WINDOW_NOTE = (
+    f"Over the runs that finished in the last {HISTOGRAM_WINDOW_S} s, per queue: a sliding window read at scrape "
+    "time, not a counter, so use histogram_quantile() on the buckets as they are, without rate(). (A cumulative "
+    "histogram would read every retained run at each scrape and shrink when old runs are pruned; the window "
+    "reads only recent rows, through the finished_at index.)")
+_HISTOGRAMS = {  # the metric column of run_duration_buckets: (name, help)
+    "wait": ("pgsched_queue_wait_seconds",
+             "How long runs waited to be claimed: from when they were due (run_at, or created_at if later) to "
+             "their last start (a retried run: its last attempt's wait). " + _WINDOW_NOTE),
+    "run": ("pgsched_run_duration_seconds",
+            "How long runs ran: from their last start to their finish (succeeded, failed or cancelled). "
+            + _WINDOW_NOTE),
+}
 
 
 def _escape(value: str) -> str:
@@ -29,6 +48,46 @@ def _family(name: str, help_text: str, samples: Iterable[Sample], kind: str = "g
     for labels, value in samples:
         label_text = ",".join(f'{key}="{_escape(text)}"' for key, text in labels.items())
         lines.append(f"{name}{{{label_text}}} {_number(value)}" if label_text else f"{name} {_number(value)}")
+    return lines
+
+
+@dataclass
+class _Buckets:
+    """One queue's durations: counts per bucket (the last: above every bound) and their sum."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+
+def _histogram(name: str, help_text: str, by_queue: dict[str, _Buckets]) -> list[str]:
+    """A histogram family in the exposition format: cumulative buckets, +Inf, _sum and _count."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    for queue, buckets in sorted(by_queue.items()):
+        label = f'queue="{_escape(queue)}"'
+        cumulative = 0
+        for bound, runs in zip(DURATION_BUCKETS_S, buckets.counts):
+            cumulative += runs
+            lines.append(f'{name}_bucket{{{label},le="{bound!r}"}} {cumulative}')
+        total = sum(buckets.counts)
+        lines.append(f'{name}_bucket{{{label},le="+Inf"}} {total}')
+        lines.append(f"{name}_sum{{{label}}} {_number(buckets.total_s)}")
+        lines.append(f"{name}_count{{{label}}} {total}")
+    return lines
+
+
+def _duration_histograms(conn: psycopg.Connection, queues: Iterable[str]) -> list[str]:
+    """Both histograms, with a series for every queue (zeros when none of its runs finished
+    in the window), so series do not come and go with the traffic."""
+    by_metric: dict[str, dict[str, _Buckets]] = {
+        metric: {queue: _Buckets() for queue in queues} for metric in _HISTOGRAMS}
+    row: dict[str, Any]
+    for row in store.run_duration_buckets(conn, DURATION_BUCKETS_S, HISTOGRAM_WINDOW_S):
+        buckets = by_metric[row["metric"]].setdefault(row["queue"], _Buckets())
+        buckets.counts[row["bucket"]] += row["runs"]
+        buckets.total_s += row["seconds"]
+    lines: list[str] = []
+    for metric, (name, help_text) in _HISTOGRAMS.items():
+        lines += _histogram(name, help_text, by_metric[metric])
     return lines
 
 
@@ -54,4 +113,5 @@ def render(conn: psycopg.Connection) -> str:
         ({}, sum(w["concurrency"] for w in workers))])
     lines += _family("pgsched_worker_running_runs", "Runs the live workers hold now.", [
         ({}, sum(w["running"] for w in workers))])
+    lines += _duration_histograms(conn, by_queue)
     return "\n".join(lines) + "\n"

@@ -186,7 +186,7 @@ class JobSummary(Struct, kw_only=True):
 
 class JobPage(Struct, kw_only=True):
     items: list[JobSummary]
-    next: str | None = None
+    next: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last page")]
 
 
 # ---- queues, workers, health
@@ -199,6 +199,9 @@ class QueueOut(Struct, kw_only=True):
     running: int
     failed: int
     succeeded_last_hour: int
+    succeeded_last_minute: Annotated[int, Meta(description="Runs that succeeded in the last 60 seconds")]
+    failed_last_minute: Annotated[int, Meta(
+        description="Runs that failed for good (attempts used up) in the last 60 seconds")]
     oldest_queued_age_s: Annotated[float | None, Meta(description="Age of the oldest due run, in seconds")]
 
 

@@ -6,10 +6,44 @@ so any number of processes with the same settings can serve behind a load balanc
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from dataclasses import dataclass
 
 from pgsched.errors import ConfigError
+
+_RATE_LIMIT = re.compile(r"^\s*(\d{1,12})\s*/\s*(\d{1,12})\s*$")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``requests`` requests per ``window_s`` seconds, per API key (per client address
+    without authentication)."""
+
+    requests: int
+    window_s: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.requests <= 10**9 or not 1 <= self.window_s <= 86_400:
+            raise ConfigError(f"a rate limit allows 1 to 10^9 requests per 1 to 86400 seconds, got "
+                              f"{self.requests}/{self.window_s}")
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "the rate limit") -> RateLimit:
+        """``"600/60"``: 600 requests per 60 seconds. Errors name ``source`` (an option or variable)."""
+        match = _RATE_LIMIT.match(text)
+        if match is None:
+            raise ConfigError(f"{source} must be REQUESTS/SECONDS, e.g. '600/60' for 600 requests a minute; "
+                              f"got {text!r}")
+        try:
+            return cls(int(match[1]), int(match[2]))
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.window_s}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +64,15 @@ class ApiSettings:
     # 10,000 runs of ~1.5 kB of args each fit; larger bodies get a 413.
     max_body_bytes: int = 16 * 1024 * 1024
     max_batch: int = 10_000
+    # Optional Redis (redis://, rediss:// or unix:// URL): a short-lived cache of reads and rate
+    # limit counters shared by every API process. None: PostgreSQL and in-process counters only.
+    redis_url: str | None = None
+    # A Redis call gives up after redis_timeout_s; after a failure the API leaves Redis alone for
+    # redis_retry_s, then tries one call (see pgsched.api.redis_tier).
+    redis_timeout_s: float = 0.25
+    redis_retry_s: float = 5.0
+    # Requests per API key per window (per client address without auth); None: no limit.
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.dsn, str) or not self.dsn.strip():
@@ -42,6 +85,19 @@ class ApiSettings:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ConfigError("max_body_bytes must be >= 1024 and max_batch >= 1")
+        self._check_redis()
+
+    def _check_redis(self) -> None:
+        if self.redis_url is not None:
+            if not isinstance(self.redis_url, str) or not self.redis_url.startswith(_REDIS_SCHEMES):
+                raise ConfigError(f"the Redis URL (PGSCHED_REDIS_URL, --redis-url) must start with redis://, "
+                                  f"rediss:// or unix://, got {self.redis_url!r}")
+            if importlib.util.find_spec("redis") is None:
+                raise ConfigError("a Redis URL is set but the redis package is not installed: "
+                                  "pip install 'pgsched[redis]'")
+        for name in ("redis_timeout_s", "redis_retry_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -57,6 +113,9 @@ class ApiSettings:
                 pool_max_size=int(env.get("PGSCHED_API_POOL_MAX_SIZE", cls.pool_max_size)),
                 key_cache_s=float(env.get("PGSCHED_API_KEY_CACHE_S", cls.key_cache_s)),
                 max_body_bytes=int(env.get("PGSCHED_API_MAX_BODY_BYTES", cls.max_body_bytes)),
+                redis_url=env.get("PGSCHED_REDIS_URL") or None,
+                rate_limit=RateLimit.parse(env["PGSCHED_API_RATE_LIMIT"], source="PGSCHED_API_RATE_LIMIT")
+                if env.get("PGSCHED_API_RATE_LIMIT") else None,
             )
         except ValueError as exc:
             raise ConfigError(f"a PGSCHED_API_* variable is not a number: {exc}") from None

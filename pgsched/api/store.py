@@ -74,3 +74,13 @@ def run_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """Runs per queue and status."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(queries["run_count_by_queue_status"]).fetchall()
+
+
+def run_duration_buckets(conn: psycopg.Connection, bounds: Sequence[float], window_s: float, *,
+                         now: datetime | None = None) -> list[dict[str, Any]]:
+    """How long the runs that finished in the last ``window_s`` seconds waited and ran: rows of
+    ``(queue, metric 'wait'|'run', bucket, runs, seconds)``, bucket k counting the durations in
+    ``(bounds[k-1], bounds[k]]`` (0: at most bounds[0]; len(bounds): above the last bound)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["run_duration_buckets"], {
+            "bounds": list(bounds), "window_s": window_s, "now": now}).fetchall()

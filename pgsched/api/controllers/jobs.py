@@ -8,12 +8,13 @@ from typing import Annotated, Any
 
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, PathParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import UNSET, structs
 
 from pgsched import admin
 from pgsched import jobs as job_store
 from pgsched.api.auth import require_scope
+from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
 from pgsched.api.schemas import (
     NO_NUL,
@@ -60,54 +61,68 @@ class JobController(Controller):
 
     @post("/", operation_id="createJob", sync_to_thread=True, status_code=201, responses=error_responses(
         400, 409, 413, 422, _200=ResponseSpec(JobOut, description="A job with this name existed: it was replaced")))
-    def create(self, data: JSONBody[JobCreate], pool: Pool, tenant: Tenant) -> Response[JobOut]:
+    def create(self, data: JSONBody[JobCreate], pool: Pool, tenant: Tenant, cache: Cache) -> Response[JobOut]:
         """Create a job (201), or replace the definition of the job with this name (200); with its next 5 fire times."""
         spec = _spec(data.name, structs.asdict(data))
         with pool.connection() as conn, conn.transaction():
             created = job_store.upsert_job(conn, spec, tenant=tenant)
             job = job_store.get_job(conn, data.name, tenant=tenant)
+        if not created:
+            cache.forget_job(data.name)  # it replaced a definition that may be cached
         return Response(from_row(JobOut, job), status_code=201 if created else 200)
 
-    @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses())
-    def list_jobs(self, pool: Pool, tenant: Tenant) -> JobPage:
-        """Every job, by name (one page: ``next`` is always null for now)."""
+    @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses(400, 422))
+    def list_jobs(self, pool: Pool, tenant: Tenant,
+                  limit: Annotated[int, QueryParameter(ge=1, le=admin.MAX_LIST_LIMIT)] = 50,
+                  cursor: Annotated[str | None, QueryParameter(
+                      pattern=NO_NUL, description="The `next` of the previous page")] = None) -> JobPage:
+        """Jobs by name, a page at a time: follow ``next`` until it is null."""
         with pool.connection() as conn:
-            rows = job_store.list_jobs(conn, tenant=tenant)
-        return JobPage(items=[from_row(JobSummary, row) for row in rows], next=None)
+            rows = job_store.list_jobs(conn, tenant=tenant, limit=limit, after_name=cursor)
+        return JobPage(items=[from_row(JobSummary, row) for row in rows],
+                       next=rows[-1]["name"] if len(rows) == limit else None)
 
     @get("/{name:str}", operation_id="getJob", sync_to_thread=True, responses=error_responses(400, 404))
-    def show(self, name: JobName, pool: Pool, tenant: Tenant) -> JobOut:
+    def show(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
         """One job and its next 5 fire times."""
+        cached = cache.job(name, tenant)
+        if cached is not None:
+            return cached
         with pool.connection() as conn:
-            return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+            job = from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+        cache.keep_job(job)
+        return job
 
     @patch("/{name:str}", operation_id="updateJob", sync_to_thread=True,
            responses=error_responses(400, 404, 409, 413, 422))
     def update(self, name: JobName, data: JSONBody[JobPatch], pool: Pool,
-               tenant: Tenant) -> JobOut:
+               tenant: Tenant, cache: Cache) -> JobOut:
         """Change some fields of a job; the others keep their values."""
         with pool.connection() as conn, conn.transaction():
             spec = _patched(job_store.get_job(conn, name, tenant=tenant), data)
             job_store.upsert_job(conn, spec, tenant=tenant)
-            return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+            job = from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+        cache.forget_job(name)  # after the commit: a read in between cannot re-cache the old row
+        return job
 
     @delete("/{name:str}", operation_id="deleteJob", sync_to_thread=True, responses=error_responses(400, 404))
-    def remove(self, name: JobName, pool: Pool, tenant: Tenant) -> None:
+    def remove(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> None:
         """Delete a job; its past runs stay."""
         with pool.connection() as conn:
             job_store.delete_job(conn, name, tenant=tenant)
+        cache.forget_job(name)
 
     @post("/{name:str}/pause", operation_id="pauseJob", sync_to_thread=True, status_code=200,
           responses=error_responses(400, 404))
-    def pause(self, name: JobName, pool: Pool, tenant: Tenant) -> JobOut:
+    def pause(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
         """Stop firing a job; on resume, its misfire policy decides what happens to the fire times it missed."""
-        return self._set_enabled(pool, name, False, tenant)
+        return self._set_enabled(pool, cache, name, False, tenant)
 
     @post("/{name:str}/resume", operation_id="resumeJob", sync_to_thread=True, status_code=200,
           responses=error_responses(400, 404))
-    def resume(self, name: JobName, pool: Pool, tenant: Tenant) -> JobOut:
+    def resume(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
         """Fire a paused job again."""
-        return self._set_enabled(pool, name, True, tenant)
+        return self._set_enabled(pool, cache, name, True, tenant)
 
     @post("/{name:str}/trigger", operation_id="triggerJob", sync_to_thread=True, status_code=201,
           responses=error_responses(400, 404))
@@ -118,7 +133,8 @@ class JobController(Controller):
             return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
 
     @staticmethod
-    def _set_enabled(pool: Pool, name: str, enabled: bool, tenant: Tenant) -> JobOut:
+    def _set_enabled(pool: Pool, cache: Cache, name: str, enabled: bool, tenant: Tenant) -> JobOut:
         with pool.connection() as conn:
             job_store.set_enabled(conn, name, enabled, tenant=tenant)
+            cache.forget_job(name)
             return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))

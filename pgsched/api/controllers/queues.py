@@ -6,6 +6,7 @@ from litestar import Controller, get
 
 from pgsched import admin
 from pgsched.api.auth import require_scope
+from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
 from pgsched.api.schemas import QueueList, QueueOut, error_responses, from_row
 
@@ -16,8 +17,13 @@ class QueueController(Controller):
     guards = [require_scope]
 
     @get("/", operation_id="listQueues", sync_to_thread=True, responses=error_responses())
-    def list_queues(self, pool: Pool, tenant: Tenant) -> QueueList:
+    def list_queues(self, pool: Pool, tenant: Tenant, cache: Cache) -> QueueList:
         """Every queue that holds runs (a tenant key: its own runs only)."""
+        cached = cache.queues(tenant)
+        if cached is not None:
+            return cached
         with pool.connection() as conn:
             rows = admin.queue_stats(conn, tenant=tenant)
-        return QueueList(items=[from_row(QueueOut, row) for row in rows])
+        queues = QueueList(items=[from_row(QueueOut, row) for row in rows])
+        cache.keep_queues(tenant, queues)
+        return queues

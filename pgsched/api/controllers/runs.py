@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, Response, get, post
+from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from pgsched import admin
 from pgsched.api import store
 from pgsched.api.auth import require_scope
+from pgsched.api.cache import Cache
 from pgsched.api.deps import Pgsched, Pool, Settings, Tenant
 from pgsched.api.schemas import (
     NO_NUL,
@@ -30,6 +34,10 @@ IdempotencyKey = Annotated[str | None, HeaderParameter(
     name="Idempotency-Key", required=False, pattern=NO_NUL, max_length=200,
     description="Makes the request safe to repeat: a repeat returns the first run (200) and queues nothing")]
 TextQuery = Annotated[str | None, QueryParameter(pattern=NO_NUL)]
+# A string, parsed by _instant: Litestar would also take a number (seconds since 1970) for a datetime.
+InstantQuery = Annotated[str | None, QueryParameter(
+    format=OpenAPIFormat.DATE_TIME,
+    description="ISO 8601 with a timezone, e.g. 2030-01-02T03:04:05Z (URL-encode a '+' offset as %2B)")]
 
 
 def _run_request(data: RunCreate | RunBatchCreate) -> store.RunRequest:
@@ -37,6 +45,18 @@ def _run_request(data: RunCreate | RunBatchCreate) -> store.RunRequest:
         raise InvalidInput("run_at and delay cannot both be given: run_at is an instant, delay seconds from now")
     return store.RunRequest(task=data.task, queue=data.queue, priority=data.priority,
                             max_attempts=data.max_attempts, run_at=data.run_at, delay=data.delay)
+
+
+def _instant(name: str, text: str | None) -> datetime | None:
+    """A time filter's value: ISO 8601 (the library refuses one without a timezone)."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        message = f"{name} must be an ISO 8601 time with a timezone, e.g. 2030-01-02T03:04:05Z; got {text!r}"
+        raise ValidationException(detail="Validation failed for GET /runs",
+                                  extra=[{"key": name, "message": message, "source": "query"}]) from None
 
 
 def _cursor(cursor: str | None) -> int | None:
@@ -78,21 +98,37 @@ class RunController(Controller):
     @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
     def list_runs(self, pool: Pool, tenant: Tenant,
                   status: FromQuery[RunStatus | None] = None, queue: TextQuery = None, task: TextQuery = None,
+                  job: Annotated[str | None, QueryParameter(
+                      pattern=NO_NUL, description="The name of the scheduled job the runs belong to")] = None,
+                  created_after: InstantQuery = None, created_before: InstantQuery = None,
+                  finished_after: InstantQuery = None, finished_before: InstantQuery = None,
                   limit: Annotated[int, QueryParameter(ge=1, le=admin.MAX_LIST_LIMIT)] = 50,
                   cursor: Annotated[str | None, QueryParameter(description="The `next` of the previous page")] = None,
                   ) -> RunPage:
-        """Runs, newest first, a page at a time: follow ``next`` until it is null."""
+        """Runs, newest first, a page at a time: follow ``next`` until it is null (the filters
+        stay the same from page to page). Time filters are half-open windows: ``*_after``
+        includes its instant, ``*_before`` excludes it."""
+        created = _instant("created_after", created_after), _instant("created_before", created_before)
+        finished = _instant("finished_after", finished_after), _instant("finished_before", finished_before)
+        before_id = _cursor(cursor)
         with pool.connection() as conn:
-            rows = admin.list_runs(conn, status=status, queue=queue, task=task, limit=limit,
-                                   before_id=_cursor(cursor), tenant=tenant)
+            rows = admin.list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
+                                   before_id=before_id, tenant=tenant, created_after=created[0],
+                                   created_before=created[1], finished_after=finished[0],
+                                   finished_before=finished[1])
         return RunPage(items=[from_row(RunSummary, row) for row in rows],
                        next=str(rows[-1]["id"]) if len(rows) == limit else None)
 
     @get("/{run_id:int}", operation_id="getRun", sync_to_thread=True, responses=error_responses(400, 404, 422))
-    def show(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> RunOut:
+    def show(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:
         """One run with its result and the error of every failed attempt."""
+        cached = cache.run(run_id, tenant)
+        if cached is not None:
+            return cached
         with pool.connection() as conn:
-            return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+            run = from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+        cache.keep_run(run)  # finished runs only
+        return run
 
     @post("/{run_id:int}/cancel", operation_id="cancelRun", sync_to_thread=True, status_code=200,
           responses=error_responses(400, 404, 409, 422, _202=ResponseSpec(
@@ -106,8 +142,9 @@ class RunController(Controller):
 
     @post("/{run_id:int}/retry", operation_id="retryRun", sync_to_thread=True, status_code=200,
           responses=error_responses(400, 404, 409, 422))
-    def retry(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> RunOut:
+    def retry(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:
         """Queue a failed or cancelled run again, due now; 409 for other runs."""
         with pool.connection() as conn:
             admin.retry_run(conn, run_id, tenant=tenant)
+            cache.forget_run(run_id)
             return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
