@@ -332,7 +332,8 @@ class App:
         encoded = []
         for index, args in enumerate(all_args):
             try:
-                if known is not None and isinstance(args, Mapping):
+                # type() first: isinstance against typing.Mapping costs ~1 us, a tenth of a bulk row.
+                if known is not None and (type(args) is dict or isinstance(args, Mapping)):
                     known.check_args(args)
                 encoded.append(encode_args_text(args))
             except InvalidInput as exc:

@@ -55,10 +55,12 @@ WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT FROM inserted);
 
 -- name: run_reserve_ids
 -- Ids and the run_at for a bulk enqueue, so COPY can write rows whose ids the caller gets back.
+-- MATERIALIZED: the sequence is looked up once; as a plain subquery the planner pulled it up
+-- and called pg_get_serial_sequence per row (45 ms instead of 5 for 20,000 ids).
+WITH runs_ids AS MATERIALIZED (SELECT pg_get_serial_sequence('pgsched.runs', 'id')::regclass AS seq)
 SELECT array_agg(nextval(runs_ids.seq)) AS ids,
        coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s) AS run_at
-FROM (SELECT pg_get_serial_sequence('pgsched.runs', 'id')::regclass AS seq) AS runs_ids,  -- looked up once
-     generate_series(1, %(n)s);
+FROM runs_ids, generate_series(1, %(n)s);
 
 -- name: run_copy
 COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant) FROM STDIN;
