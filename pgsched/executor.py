@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -24,6 +23,7 @@ from pgsched.app import Task
 from pgsched.context import RunContext, enter_run
 from pgsched.errors import Cancel, InvalidArgs, Retry
 from pgsched.process_pool import ChildFailed, ProcessPool
+from pgsched.threads import TaskThreads
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -93,7 +93,7 @@ def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
     return args
 
 
-async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads: ThreadPoolExecutor,
+async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads: TaskThreads,
                   worker_id: int, context: RunContext, processes: ProcessPool | None = None) -> Outcome:
     """Run the task of ``run`` and report the outcome. Never raises, except CancelledError.
 
@@ -121,8 +121,7 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
         elif task.is_async:
             value = await _with_deadline(task, args)
         else:
-            in_thread = functools.partial(contextvars.copy_context().run, task.fn, **args)
-            value = await asyncio.get_running_loop().run_in_executor(threads, in_thread)
+            value = await threads.run(functools.partial(contextvars.copy_context().run, task.fn, **args))
     except asyncio.CancelledError:
         raise
     except _TimedOut:

@@ -31,7 +31,6 @@ import os
 import signal
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
@@ -49,6 +48,7 @@ from pgsched.listener import Listener
 from pgsched.maintenance import rescue_expired
 from pgsched.process_pool import ProcessPool
 from pgsched.sql import queries
+from pgsched.threads import TaskThreads
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -139,7 +139,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self._threads = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="pgsched-task")
+        self._threads = TaskThreads(max_threads=self.options.concurrency)
         self._processes = ProcessPool.for_app(app, default_pool=self.options.pool, size=self.options.processes,
                                               app_path=self.options.app_path)
         self._process_runs = 0  # executing runs that hold or wait for a child process
@@ -204,7 +204,7 @@ class Worker:
                 if self._processes is not None:
                     await self._processes.close()  # whatever still runs there was released by the shutdown
                 await self._deregister(pool)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
         logger.info("worker %s stopped", self.worker_id)
         if self._abandoned_threads:
             # A released sync task still runs in a thread nobody can stop; exiting normally

@@ -1,0 +1,89 @@
+"""The worker's threads for sync tasks (pgsched.threads): results and exceptions reach the
+awaiting coroutine, calls run side by side up to the thread limit, a cancelled caller does
+not stop or break anything, and idle threads end at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from pgsched.threads import TaskThreads
+
+
+def test_results_and_exceptions_reach_the_caller_from_another_thread() -> None:
+    threads = TaskThreads(max_threads=4)
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    async def main() -> list[object]:
+        outcomes: list[object] = [await threads.run(threading.current_thread)]
+        with pytest.raises(ValueError, match="boom"):
+            await threads.run(boom)
+        with pytest.raises(SystemExit):  # a task's sys.exit() is the task's error, not the thread's end
+            await threads.run(lambda: exec("raise SystemExit(3)"))
+        outcomes.append(await asyncio.gather(*(threads.run(lambda n=n: n * n) for n in range(200))))
+        return outcomes
+
+    ran_in, squares = asyncio.run(main())
+    assert ran_in is not threading.main_thread() and ran_in.name.startswith("pgsched-task")
+    assert squares == [n * n for n in range(200)]
+    threads.shutdown()
+
+
+def test_calls_run_side_by_side_up_to_the_limit_and_queue_beyond_it() -> None:
+    threads = TaskThreads(max_threads=3)
+    lock = threading.Lock()
+    running = most = 0
+
+    def hold() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(threads.run(hold) for _ in range(12)))
+
+    asyncio.run(main())
+    assert most == 3
+    threads.shutdown()
+
+
+def test_a_cancelled_caller_leaves_the_thread_to_finish_and_the_pool_usable() -> None:
+    threads = TaskThreads(max_threads=1)
+    release = threading.Event()
+
+    async def main() -> int:
+        blocked = asyncio.ensure_future(threads.run(release.wait))
+        await asyncio.sleep(0.05)
+        blocked.cancel()
+        release.set()  # the thread ends its call; the result has nobody to go to
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        return await threads.run(lambda: 42)  # the same single thread serves the next call
+
+    assert asyncio.run(main()) == 42
+    threads.shutdown()
+
+
+def test_shutdown_ends_the_idle_threads_and_refuses_new_calls() -> None:
+    threads = TaskThreads(max_threads=2)
+
+    async def main() -> None:
+        await asyncio.gather(threads.run(lambda: time.sleep(0.02)), threads.run(lambda: time.sleep(0.02)))
+        threads.shutdown()
+        with pytest.raises(RuntimeError, match="shut down"):
+            await threads.run(lambda: None)
+
+    asyncio.run(main())
+    deadline = time.monotonic() + 5
+    while any(t.is_alive() for t in threads._threads):
+        assert time.monotonic() < deadline, "idle task threads still alive after shutdown"
+        time.sleep(0.01)
