@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -626,27 +627,24 @@ def test_keys_create_prints_the_key_once_and_list_and_revoke_manage_it(dsn: str,
     assert count(conn, "api_keys") == 1
 
 
-def test_pgsched_api_serves_http_on_a_free_port_and_warns_loudly_without_auth(dsn: str):
-    env = {key: value for key, value in os.environ.items() if key != "PGSCHED_DSN"}
-    env["COLUMNS"] = "200"
+@contextmanager
+def serving_api(*args: str) -> Iterator[tuple[str, bytes]]:
+    """`pgsched api --port 0 ARGS` in a subprocess: (its URL, what it printed while starting)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PGSCHED_")}
+    env["COLUMNS"] = "200"  # rich wraps the --no-auth warning to the terminal width otherwise
     proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "api", "--host", "127.0.0.1", "--port", "0",
-                             "--no-auth", "--dsn", dsn], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
         output, deadline, url = b"", time.monotonic() + 30, None
-        while url is None:  # wait for uvicorn's "running on" line, which names the port it got
+        while url is None:  # uvicorn's "running on" line names the port it got
             assert time.monotonic() < deadline and proc.poll() is None, output.decode()
             ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
-            if ready:  # os.read: a buffered readline could hold the line select() no longer sees
+            if ready:
                 output += os.read(proc.stderr.fileno(), 65536)
                 match = re.search(rb"running on (http://127\.0\.0\.1:\d+)", output)
                 url = match[1].decode() if match else None
-        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
-            assert (response.status, json.loads(response.read())) == (200, {"status": "ok"})
-        with urllib.request.urlopen(f"{url}/queues", timeout=10) as response:
-            assert response.status == 200, "--no-auth serves without a key"
-        assert b"WARNING: authentication is disabled (--no-auth)" in output
-        assert b"AUTHENTICATION IS DISABLED" in output, "each API process says so too"
+        yield url, output
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -654,4 +652,15 @@ def test_pgsched_api_serves_http_on_a_free_port_and_warns_loudly_without_auth(ds
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0
+    assert proc.returncode == 0, "an interrupted `pgsched api` exits cleanly"
+
+
+
+def test_pgsched_api_serves_http_on_a_free_port_and_warns_loudly_without_auth(dsn: str):
+    with serving_api("--no-auth", "--dsn", dsn) as (url, output):
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as response:
+            assert (response.status, json.loads(response.read())) == (200, {"status": "ok"})
+        with urllib.request.urlopen(f"{url}/queues", timeout=10) as response:
+            assert response.status == 200, "--no-auth serves without a key"
+        assert b"WARNING: authentication is disabled (--no-auth)" in output
+        assert b"AUTHENTICATION IS DISABLED" in output, "each API process says so too"

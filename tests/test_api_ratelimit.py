@@ -6,12 +6,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import select
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +24,7 @@ from pgsched.api.settings import RateLimit
 from pgsched.cli.main import cli
 from pgsched.errors import ConfigError
 from tests.redis_server import RedisServer, running_redis
-from tests.test_api import TEST_SETTINGS, Api, make_keys, ok
+from tests.test_api import TEST_SETTINGS, Api, make_keys, ok, serving_api
 
 # 1000.5 s after the epoch: in a 60 s window that ends at 1020 s, so Retry-After is 20.
 NOW = 1000.5
@@ -176,32 +171,6 @@ def test_a_rate_limit_parses_with_spaces_and_bad_redis_settings_are_refused(api_
 
 
 # ---- `pgsched api` with Redis and a limit, over HTTP
-
-
-@contextmanager
-def serving_api(*args: str) -> Iterator[tuple[str, bytes]]:
-    """`pgsched api --port 0 ARGS` in a subprocess: (its URL, what it printed while starting)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PGSCHED_")}
-    proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "api", "--host", "127.0.0.1", "--port", "0",
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        output, deadline, url = b"", time.monotonic() + 30, None
-        while url is None:  # uvicorn's "running on" line names the port it got
-            assert time.monotonic() < deadline and proc.poll() is None, output.decode()
-            ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
-            if ready:
-                output += os.read(proc.stderr.fileno(), 65536)
-                match = re.search(rb"running on (http://127\.0\.0\.1:\d+)", output)
-                url = match[1].decode() if match else None
-        yield url, output
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 def fetch(url: str) -> tuple[int, dict[str, str], Any]:
