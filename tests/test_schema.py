@@ -251,6 +251,40 @@ def test_queue_stats_counts_each_queue(conn, fixture_runs):
                          "oldest_queued_age": None, "succeeded_last_minute": 0, "failed_last_minute": 0}
 
 
+def test_queue_stats_from_indexes_match_a_full_scan_and_skip_idle_queues(conn: psycopg.Connection) -> None:
+    # queue_stats_for reads only what indexes isolate (0007); a plain aggregate over every run
+    # must agree on each active queue, and a queue with nothing but old successes is left out.
+    conn.execute("""
+        INSERT INTO pgsched.runs (task, queue, status, attempt, run_at, started_at, finished_at, lease_expires_at,
+                                  tenant)
+        SELECT 't', 'q' || (g % 4),
+               (ARRAY['queued', 'running', 'succeeded', 'failed'])[1 + g % 7 % 4]::pgsched.run_status,
+               CASE WHEN g % 7 % 4 = 0 THEN 0 ELSE 1 END,
+               now() + ((g % 11 - 5) || ' minutes')::interval,
+               CASE WHEN g % 7 % 4 > 0 THEN now() - interval '3 hours' END,
+               CASE WHEN g % 7 % 4 > 1 THEN now() - ((g % 130) || ' minutes')::interval END,
+               CASE WHEN g % 7 % 4 = 1 THEN now() + interval '30 seconds' END,
+               CASE WHEN g % 3 = 0 THEN 'acme' END
+        FROM generate_series(1, 2000) AS g""")
+    conn.execute("INSERT INTO pgsched.runs (task, queue, status, attempt, finished_at)"
+                 " VALUES ('t', 'idle', 'succeeded', 1, now() - interval '2 hours')")
+    full_scan = """
+        SELECT queue, count(*) FILTER (WHERE status = 'queued'),
+               count(*) FILTER (WHERE status = 'queued' AND run_at <= now()),
+               count(*) FILTER (WHERE status = 'running'), count(*) FILTER (WHERE status = 'failed'),
+               count(*) FILTER (WHERE status = 'succeeded' AND finished_at > now() - interval '1 hour'),
+               now() - min(run_at) FILTER (WHERE status = 'queued' AND run_at <= now()),
+               count(*) FILTER (WHERE status = 'succeeded' AND finished_at > now() - interval '1 minute'),
+               count(*) FILTER (WHERE status = 'failed' AND finished_at > now() - interval '1 minute')
+        FROM pgsched.runs WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s
+        GROUP BY queue HAVING queue <> 'idle' ORDER BY queue"""
+    with conn.transaction():  # one snapshot and one now() for both sides
+        for tenant in (None, "acme"):
+            expected = conn.execute(full_scan, {"tenant": tenant}).fetchall()
+            got = conn.execute("SELECT * FROM pgsched.queue_stats_for(%s) ORDER BY queue", (tenant,)).fetchall()
+            assert got == expected and len(got) == 4
+
+
 def test_queue_stats_query_reports_the_oldest_due_age_in_seconds(conn, fixture_runs):
     stats = admin.queue_stats(conn)
     assert [row["queue"] for row in stats] == ["a", "b"]
