@@ -24,10 +24,10 @@ Firing
 ------
 The leader sleeps until the nearest ``next_run_at`` (or a NOTIFY on ``pgsched_jobs`` when a
 definition changes, or ``max_sleep_s``), reads the due jobs, then, in one statement (one
-transaction) per due job, inserts its runs and advances ``next_run_at``. Fire times no older
-than ``misfire_grace_s`` are on time and always fire, one run each (a failover of a second or
-two loses nothing). Older ones were
-missed — the beat was down or the job paused — and the job's misfire policy decides:
+transaction) per due job, inserts its runs and advances ``next_run_at`` (a one-off that has
+fired is then disabled by a second, guarded statement). Fire times no older than
+``misfire_grace_s`` are on time and always fire, one run each (a failover of a second or two
+loses nothing). Older ones were missed — the beat was down or the job paused — and the job's misfire policy decides:
 ``coalesce`` (one run, for the newest missed time), ``skip`` (none) or ``all`` (each, the
 newest ``max_catchup`` of them). A row inserted by SQL without ``next_run_at`` gets one; a
 row whose schedule is invalid is disabled with the reason in ``last_error``.
@@ -182,7 +182,7 @@ class Beat:
                 logger.info("beat resigned leadership (stopping)")
             except psycopg.Error as exc:
                 if self.leading:
-                    logger.warning("beat steps down: its lock connection failed (%s)", exc)
+                    logger.warning("beat steps down after a database error (%s)", exc)
             finally:
                 self.leading = False
 
@@ -300,19 +300,31 @@ def _plan(schedule: Schedule, job: dict[str, Any], misfire_grace_s: float) -> tu
 
 
 async def write_firing(conn: psycopg.AsyncConnection, firing: Firing) -> int:
-    """Write one firing; a job changed since ``job_due`` read it is left alone."""
+    """Write one firing; a job changed since ``job_due`` read it is left alone. A job whose
+    runs the database refuses (a row inserted by SQL with a task name or args no run can
+    take) is disabled with the reason, like an invalid schedule: one bad row must not stop
+    every other job from firing."""
     job = firing.job
     if firing.error is not None:
-        logger.warning("job %r disabled: %s", job["name"], firing.error)
-        await conn.execute(queries["job_disable_invalid"], {"id": job["id"], "error": firing.error})
+        await _disable(conn, job, firing.error)
         return 0
-    cursor = await conn.execute(queries["job_fire"], {
-        "id": job["id"], "seen_next_run_at": job["next_run_at"], "times": firing.times,
-        "next_run_at": firing.next_run_at, "last_scheduled_for": firing.times[-1] if firing.times else None})
+    try:
+        cursor = await conn.execute(queries["job_fire"], {
+            "id": job["id"], "seen_next_run_at": job["next_run_at"], "times": firing.times,
+            "next_run_at": firing.next_run_at, "last_scheduled_for": firing.times[-1] if firing.times else None})
+    except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+        await _disable(conn, job, f"its runs are refused: {str(exc).strip().splitlines()[0]}")
+        return 0
     advanced, created = await cursor.fetchone()  # type: ignore[misc]
     if advanced and firing.next_run_at is None:  # a one-off that has fired has no next time: it is done
         await conn.execute(queries["job_finish"], {"id": job["id"]})
     return int(created)
+
+
+async def _disable(conn: psycopg.AsyncConnection, job: dict[str, Any], reason: str) -> None:
+    logger.warning("job %r disabled: %s", job["name"], reason)
+    await conn.execute(queries["job_disable_invalid"], {
+        "id": job["id"], "error": reason, "seen_next_run_at": job["next_run_at"]})
 
 
 def fire_times(schedule: Schedule, job: dict[str, Any], now: datetime, misfire_grace_s: float) -> list[datetime]:

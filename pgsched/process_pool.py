@@ -202,6 +202,10 @@ class ProcessPool:
         logger.info("process pool: %d processes ready in %.2fs (app %s, tasks %s)", self.size,
                     time.perf_counter() - started, self.app_path, ",".join(sorted(self.tasks)))
 
+    def stopping(self) -> None:
+        """The worker is shutting down: a child that ends from now on is not replaced."""
+        self._closing = True
+
     async def close(self) -> None:
         """Kill every child (running ones too: the worker has given up on their runs) and reap them."""
         self._closing = True
@@ -302,7 +306,12 @@ class ProcessPool:
         log_level, json_logs = parent_logging()
         process = _spawn.Process(target=child_main, name="pgsched-task",
                                  args=(self.app_path, child_end, os.getpid(), log_level, json_logs))
-        process.start()
+        try:
+            process.start()
+        except BaseException:  # out of processes, say: a retry loop must not leak the pipe too
+            parent_end.close()
+            child_end.close()
+            raise
         child_end.close()  # the child's copy only: EOF then means the child is gone
         child = _Child(process, parent_end)
         self._children.add(child)

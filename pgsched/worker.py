@@ -7,7 +7,7 @@ Slots: at most ``concurrency`` tasks execute at once; a slot frees when its task
 the next claim overlaps the completer's write. Outcomes not yet committed are bounded too
 (at most twice ``concurrency``): past that the fetcher waits for the completer. When the
 last claim filled every free slot there is a backlog, and the fetcher waits for a batch of
-slots (a quarter of them) before claiming again; otherwise it claims as soon as it is
+slots (half of them) before claiming again; otherwise it claims as soon as it is
 woken. The poll interval is a safety net: notifications normally wake it, and when only
 deferred runs are queued it sleeps until the earliest one is due. A worker with a process
 pool also claims no more than its idle children could start (see ``_free_slots``).
@@ -38,7 +38,7 @@ from typing import AsyncIterator, Callable
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from pgsched.app import App
+from pgsched.app import POOLS, App
 from pgsched.beat import Beat, BeatOptions, check_leader_lock_possible
 from pgsched.completer import Completer
 from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
@@ -92,7 +92,7 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if self.pool not in ("thread", "process"):
+        if self.pool not in POOLS:
             raise ValueError(f"pool must be 'thread' or 'process', got {self.pool!r}")
         if self.processes is not None and self.processes < 1:
             raise ValueError("processes must be at least 1")
@@ -325,6 +325,17 @@ class Worker:
             self._process_runs += 1
         self._state.executing[run.id] = execution
         execution.task = asyncio.create_task(self._execute(execution))
+        execution.task.add_done_callback(functools.partial(self._cancelled_before_it_started, execution))
+
+    def _cancelled_before_it_started(self, execution: _Execution, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never enters _execute, whose ``finally``
+        frees the slot (a cancel request arriving in the loop turn that started the run):
+        free it here, and end the run 'cancelled' if that was a cancel request."""
+        if not task.cancelled() or self._state.executing.get(execution.run.id) is not execution:
+            return
+        self._free_slot(execution.run.id)
+        if execution.context.cancelled:
+            self._completer.add(cancelled_on_request(execution.run, self.worker_id or 0))
 
     async def _execute(self, execution: _Execution) -> None:
         run = execution.run
@@ -456,14 +467,16 @@ class Worker:
 
     async def _deregister(self, pool: AsyncConnectionPool) -> None:
         try:
-            async with pool.connection(timeout=5) as conn:
+            async with asyncio.timeout(SHUTDOWN_WRITE_TIMEOUT_S), pool.connection() as conn:
                 await conn.execute(queries["worker_deregister"], {"worker_id": self.worker_id})
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
             logger.warning("could not deregister worker %s (%s)", self.worker_id, exc)
 
     async def _shutdown(self, pool: AsyncConnectionPool, completer: Completer) -> None:
         executing = self._state.executing
         deadline = time.monotonic() + self.options.grace_s
+        if self._processes is not None:
+            self._processes.stopping()  # children killed from here on are not replaced
         if executing and not self._force.is_set():
             logger.info("stopping: waiting up to %gs for %d running runs", self.options.grace_s, len(executing))
             while executing and not self._force.is_set() and time.monotonic() < deadline:
@@ -483,10 +496,11 @@ class Worker:
 
     async def _release(self, pool: AsyncConnectionPool, runs: list[ClaimedRun]) -> None:
         try:
-            async with pool.connection(timeout=SHUTDOWN_WRITE_TIMEOUT_S) as conn:
+            # Bounds the statement too: a connection cut off without a reset would hang it.
+            async with asyncio.timeout(SHUTDOWN_WRITE_TIMEOUT_S), pool.connection() as conn:
                 await conn.execute(queries["run_release_many"], {
                     "worker_id": self.worker_id, "ids": [r.id for r in runs], "attempts": [r.attempt for r in runs]})
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
             logger.warning("could not release %d runs (%s): they go back to the queue when their leases expire",
                            len(runs), exc)
             return

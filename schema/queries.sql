@@ -348,13 +348,18 @@ SELECT (SELECT count(*) FROM advanced) = 1 AS advanced, (SELECT count(*) FROM fi
 
 -- name: job_finish
 -- A one-off that has fired is done: disabled (this one notifies pgsched_jobs; job_fire,
--- which runs every firing, does not touch the columns that do).
-UPDATE pgsched.jobs SET enabled = false, next_run_at = NULL, updated_at = now() WHERE id = %(id)s;
+-- which runs every firing, does not touch the columns that do). Its own statement, so it
+-- applies only if job_fire's "no next time" still stands: a definition re-applied in
+-- between (a new `at`) is left to fire.
+UPDATE pgsched.jobs SET enabled = false, updated_at = now()
+WHERE id = %(id)s AND enabled AND next_run_at IS NULL;
 
 -- name: job_disable_invalid
--- A row the beat cannot schedule (inserted by SQL with a bad cron or timezone): keep it,
--- stop it, and say why.
-UPDATE pgsched.jobs SET enabled = false, last_error = %(error)s, updated_at = now() WHERE id = %(id)s;
+-- A row the beat cannot fire (inserted by SQL with a bad cron or timezone, or with values
+-- its runs cannot take): keep it, stop it, and say why — unless it changed since the beat
+-- read it (it may be fixed).
+UPDATE pgsched.jobs SET enabled = false, last_error = %(error)s, updated_at = now()
+WHERE id = %(id)s AND next_run_at IS NOT DISTINCT FROM %(seen_next_run_at)s;
 
 -- name: job_next_due_in
 -- Seconds until the next enabled job is due (NULL: no job scheduled).

@@ -660,3 +660,16 @@ def test_a_periodic_task_with_a_bad_schedule_registers_nothing_so_a_fixed_one_ca
     @app.periodic(cron="1 * * * *")
     def report() -> None: ...  # noqa: F811 - the corrected definition
     assert "report" in app.tasks and "report" in app.periodic_jobs
+
+
+def test_a_job_whose_runs_the_database_refuses_is_disabled_and_the_others_still_fire(
+        conn: psycopg.Connection, dsn: str) -> None:
+    # The jobs table takes a task name longer than a run's (an SQL insert): firing it would
+    # fail the runs' CHECK on every round; it is disabled with the reason instead.
+    add_job(conn, "healthy", every_s=1)
+    conn.execute("INSERT INTO pgsched.jobs (name, task, every_s, next_run_at) VALUES ('bad', %s, 1, %s)",
+                 ("t" * 201, T0 + s(1)))
+    assert fire(dsn, T0 + s(2)) == 2  # the healthy job's two fire times
+    enabled, error = conn.execute("SELECT enabled, last_error FROM pgsched.jobs WHERE name = 'bad'").fetchone()
+    assert enabled is False and "task_must_not_be_empty" in error
+    assert scheduled(conn, "bad") == []

@@ -136,3 +136,35 @@ def test_cli_cancel_of_a_running_run_says_its_worker_was_asked(app: App, dsn: st
 def test_current_run_outside_a_task_says_so() -> None:
     with pytest.raises(PgschedError, match="only available inside a task"):
         current_run()
+
+
+def test_a_cancel_in_the_loop_turn_that_starts_the_run_frees_its_slot_and_ends_it_cancelled(
+        app: App, dsn: str) -> None:
+    # The cancel NOTIFY can be handled after the claim created the run's asyncio task and
+    # before that task's first step: the task is cancelled without ever running its code.
+    ran = []
+
+    @app.task(max_attempts=3)
+    async def quick(n: int) -> int:
+        ran.append(n)
+        return n
+
+    first, second = app.enqueue("quick", {"n": 1}), app.enqueue("quick", {"n": 2})
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any], int]:
+        async with RunningWorker(app, dsn, concurrency=1) as w:
+            start = w.worker._start
+
+            def start_then_cancel_at_once(run: Any) -> None:
+                start(run)
+                if run.id == first:
+                    w.worker._cancel(run.id)  # same loop turn: the task has not stepped yet
+
+            w.worker._start = start_then_cancel_at_once  # type: ignore[method-assign]
+            rows = await w.finished(first), await w.finished(second)
+            return rows[0], rows[1], len(w.worker._state.executing)
+
+    cancelled, next_run, executing = run_async(main())
+    assert cancelled["status"] == "cancelled" and ran == [2]
+    assert next_run["status"] == "succeeded"  # the one slot was freed for it
+    assert executing == 0
