@@ -11,6 +11,7 @@ from typing import Annotated, Any, Iterator, Optional
 import psycopg
 import typer
 
+from pgsched.admin import parse_instant
 from pgsched.config import resolve_dsn
 from pgsched.errors import InvalidInput
 
@@ -55,15 +56,7 @@ def parse_args_json(text: str) -> dict[str, Any]:
 
 
 def parse_at(text: str | None, option: str = "--at") -> datetime | None:
-    if text is None:
-        return None
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(f"{option} must be an ISO 8601 timestamp with a timezone, got {text!r}") from None
-    if at.tzinfo is None:
-        raise InvalidInput(f"{option} needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
-    return at
+    return None if text is None else parse_instant(option, text)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")

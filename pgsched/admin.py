@@ -62,6 +62,19 @@ def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str
             "before_id": before_id, "tenant": tenant}).fetchall()
 
 
+def parse_instant(name: str, text: str) -> datetime:
+    """An ISO 8601 instant with a timezone (the CLI's and the API's time options), or
+    InvalidInput naming ``name`` and what is wrong with ``text``."""
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{name} must be an ISO 8601 timestamp with a timezone, e.g. 2030-01-02T03:04:05Z; "
+                           f"got {text!r}") from None
+    if instant.utcoffset() is None:
+        raise InvalidInput(f"{name} needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
+    return instant
+
+
 def _check_aware(name: str, instant: Any) -> None:
     # A naive time would be read in the database session's timezone: a silent guess.
     if instant is None:
