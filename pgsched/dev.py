@@ -43,11 +43,12 @@ def run_dev(app: App, options: WorkerOptions, *, run_for_s: float | None = None,
             api: DevApi | None = DevApi()) -> None:
     # Bound before anything starts: a port in use is a one-line error, not a crash later.
     listener = _listen(api) if api is not None else None
+    key_id: int | None = None
     try:
         with psycopg.connect(app.dsn, autocommit=True) as conn:
             applied = migrate(conn)
             app.sync_periodic_jobs(conn)
-            key = _session_key(conn) if listener is not None else None
+            key, key_id = _session_key(conn) if listener is not None else (None, None)
         logger.info("schema ready (%d migrations applied now); database: %s", len(applied), app.dsn)
         if listener is not None and key is not None:  # (the key exists when the API is served)
             _announce_api(listener, key)
@@ -55,6 +56,8 @@ def run_dev(app: App, options: WorkerOptions, *, run_for_s: float | None = None,
     finally:
         if listener is not None:
             listener.close()
+        if key_id is not None:
+            _revoke_session_key(app.dsn, key_id)
 
 
 def _listen(api: DevApi) -> socket.socket:
@@ -84,11 +87,25 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _session_key(conn: psycopg.Connection) -> str:
-    """A new admin key for this session (keys are stored as digests: an old one cannot be shown again)."""
+def _session_key(conn: psycopg.Connection) -> tuple[str, int]:
+    """A new admin key for this session, and its id (keys are stored as digests: an old one
+    cannot be shown again, so each session makes its own and revokes it at the end)."""
     from pgsched.api.keys import create_key
 
-    return create_key(conn, "admin", name="pgsched dev")[0]
+    key, row = create_key(conn, "admin", name="pgsched dev")
+    return key, row["id"]
+
+
+def _revoke_session_key(dsn: str, key_id: int) -> None:
+    """Admin keys never expire: one per `pgsched dev` session left working would pile up."""
+    from pgsched.api.keys import revoke_key
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+            revoke_key(conn, key_id)
+    except psycopg.OperationalError as exc:
+        logger.warning("could not revoke this session's API key (id %d): %s; `pgsched keys revoke %d` does",
+                       key_id, exc, key_id)
 
 
 def _announce_api(listener: socket.socket, key: str) -> None:

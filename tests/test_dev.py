@@ -131,7 +131,9 @@ def test_dev_serves_the_api_and_prints_an_admin_key_that_works(dsn: str) -> None
         output.close()
     assert dev.returncode == 0, output.output
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT scope, name FROM pgsched.api_keys").fetchall() == [("admin", "pgsched dev")]
+        # The session's key is revoked when dev stops: admin keys never expire on their own.
+        assert conn.execute("SELECT scope, name, revoked_at IS NOT NULL FROM pgsched.api_keys").fetchall() == [
+            ("admin", "pgsched dev", True)]
 
 
 def test_dev_refuses_a_port_in_use_with_a_one_line_error(dsn: str) -> None:
