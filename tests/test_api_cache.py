@@ -258,3 +258,22 @@ def test_without_redis_nothing_is_cached(dsn: str, conn: psycopg.Connection):
         assert client.get(f"/runs/{run_id}").json()["result"] == 1
         set_result_behind_the_apis_back(conn, run_id, 2)
         assert client.get(f"/runs/{run_id}").json()["result"] == 2
+
+
+def test_only_the_trial_call_decides_whether_an_open_breaker_closes() -> None:
+    from pgsched.api.redis_tier import CircuitBreaker, Pass
+
+    now = [0.0]
+    breaker = CircuitBreaker("test", retry_s=5, clock=lambda: now[0])
+    early = breaker.allow()  # began while Redis looked fine
+    breaker.failed(ConnectionError("down"))
+    assert breaker.is_open and breaker.allow() is None  # open, trial not due yet
+    now[0] = 6.0
+    trial = breaker.allow()
+    assert (early, trial, breaker.allow()) == (Pass.CALL, Pass.TRIAL, None)  # one trial at a time
+    assert early is not None and trial is not None
+    breaker.succeeded(early)  # a late answer to a call from before: says nothing about Redis now
+    breaker.abandoned(early)  # nor does a cancelled one free the trial's place
+    assert breaker.is_open and breaker.allow() is None
+    breaker.succeeded(trial)
+    assert not breaker.is_open and breaker.allow() is Pass.CALL

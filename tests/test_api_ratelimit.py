@@ -196,3 +196,15 @@ def test_pgsched_api_limits_through_redis_with_its_options(dsn: str, redis_serve
         assert int(headers["retry-after"]) >= 1 and body["status_code"] == 429
         with redis_server.client() as client:
             assert client.keys("pgsched:v1:rate:addr:127.0.0.1:*")
+
+
+def test_in_process_counters_stay_bounded_when_every_caller_is_in_the_current_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgsched.api import ratelimit
+
+    monkeypatch.setattr(ratelimit, "_MAX_MEMORY_CALLERS", 1000)
+    counters = ratelimit.MemoryCounters()
+    for n in range(5000):
+        assert counters.hit(f"caller-{n}", window=7) == 1
+    assert len(counters._counts) <= 1000
+    assert counters.hit("caller-4999", window=7) == 2  # recent callers keep their counts

@@ -14,6 +14,7 @@ the limiter: authentication runs first.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any, Callable
@@ -44,6 +45,11 @@ class MemoryCounters:
         requests = requests + 1 if seen_window == window else 1
         if len(self._counts) >= _MAX_MEMORY_CALLERS and caller not in self._counts:
             self._counts = {key: value for key, value in self._counts.items() if value[0] == window}
+            if len(self._counts) >= _MAX_MEMORY_CALLERS:
+                # All of them in this window: forget the earliest tenth (their counts restart),
+                # so memory stays bounded and the next callers do not each pay this sweep.
+                for key in list(itertools.islice(self._counts, _MAX_MEMORY_CALLERS // 10)):
+                    del self._counts[key]
         self._counts[caller] = (window, requests)
         return requests
 

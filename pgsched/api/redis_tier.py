@@ -16,6 +16,7 @@ Opening logs one warning and closing one info line, however many requests pass m
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -48,6 +49,13 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+class Pass(enum.Enum):
+    """What :meth:`CircuitBreaker.allow` granted: an ordinary call, or the trial of an open breaker."""
+
+    CALL = "call"
+    TRIAL = "trial"
+
+
 class CircuitBreaker:
     """Whether to call Redis now: thread-safe, shared by the sync and the asyncio client."""
 
@@ -63,33 +71,34 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self._open_until is not None
 
-    def allow(self) -> bool:
-        """True: make the call (when open and due, this caller's call is the one trial)."""
+    def allow(self) -> Pass | None:
+        """A pass to make the call (when open and due, the one trial's), or None: do not."""
         if self._open_until is None:  # the common case, without the lock
-            return True
+            return Pass.CALL
         with self._lock:
             if self._open_until is None:
-                return True
+                return Pass.CALL
             if self._trial_running or self._clock() < self._open_until:
-                return False
+                return None
             self._trial_running = True
-            return True
+            return Pass.TRIAL
 
-    def succeeded(self) -> None:
+    def succeeded(self, granted: Pass) -> None:
         # Only the trial closes the breaker: a call that began before it opened and succeeds
         # late says nothing about Redis now.
-        if self._open_until is None or not self._trial_running:
+        if granted is not Pass.TRIAL:
             return
         with self._lock:
-            if not self._trial_running:
+            if not self._trial_running:  # a failure of another call reopened it meanwhile
                 return
             self._open_until, self._trial_running = None, False
         logger.info("Redis at %s answers again: using it again", self.name)
 
-    def abandoned(self) -> None:
-        """A call ended without an answer either way (cancelled): let another caller make the trial."""
-        with self._lock:
-            self._trial_running = False
+    def abandoned(self, granted: Pass) -> None:
+        """The trial ended without an answer either way (cancelled): let another caller make it."""
+        if granted is Pass.TRIAL:
+            with self._lock:
+                self._trial_running = False
 
     def failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -130,7 +139,8 @@ class RedisTier:
 
     @contextmanager
     def _through_breaker(self) -> Iterator[None]:
-        if not self.breaker.allow():
+        granted = self.breaker.allow()
+        if granted is None:
             raise RedisUnavailable(f"Redis at {self.breaker.name} is unavailable")
         try:
             yield
@@ -138,9 +148,9 @@ class RedisTier:
             self.breaker.failed(exc)
             raise RedisUnavailable(str(exc)) from exc
         except BaseException:
-            self.breaker.abandoned()
+            self.breaker.abandoned(granted)
             raise
-        self.breaker.succeeded()
+        self.breaker.succeeded(granted)
 
     async def announce(self) -> None:
         """Ping once at start: log where Redis is, or (through the breaker) that it is down."""
