@@ -2,6 +2,9 @@
 -- build a 62-step automaton per row (~2.8 us, half the server's cost of a bulk-enqueued
 -- run); an unbounded class plus a length test is the same rule at ~0.2 us. Same names, so
 -- a bad row's error message is unchanged.
+--
+-- Re-adding a CHECK reads every row of the table under its ALTER TABLE lock, which holds
+-- claims and completions for that time: on a large runs table, migrate in a quiet moment.
 
 ALTER TABLE pgsched.runs
     DROP CONSTRAINT queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63,
