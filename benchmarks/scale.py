@@ -46,7 +46,8 @@ def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
         for _ in range(CLAIMS):
             start = time.perf_counter()
             rows = claimer.execute(queries["run_claim"], {
-                "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None}).fetchall()
+                "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None,
+                "only_tasks": None, "skip_tasks": None}).fetchall()
             samples.append((time.perf_counter() - start) * 1000)
             claimer.execute("UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL"
                             " WHERE id = ANY(%s)", ([r[0] for r in rows],))

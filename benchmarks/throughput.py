@@ -169,7 +169,8 @@ def _baseline_claim50(conn: psycopg.Connection, n: int) -> float:
     start = time.perf_counter()
     while True:
         rows = conn.execute(queries["run_claim"], {
-            "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None}).fetchall()
+            "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None,
+            "only_tasks": None, "skip_tasks": None}).fetchall()
         if not rows:
             break
         conn.execute("UPDATE pgsched.runs SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",

@@ -10,7 +10,8 @@ last claim filled every free slot there is a backlog, and the fetcher waits for 
 slots (half of them) before claiming again; otherwise it claims as soon as it is
 woken. The poll interval is a safety net: notifications normally wake it, and when only
 deferred runs are queued it sleeps until the earliest one is due. A worker with a process
-pool also claims no more than its idle children could start (see ``_free_slots``).
+pool claims its process-pool tasks' runs apart, no more than its idle children could start
+(see ``_claim``).
 
 Leases: a claimed run's lease is extended by the heartbeat; a worker that dies stops
 extending it, and the sweep (any worker, one at a time under an advisory lock) puts the
@@ -146,7 +147,7 @@ class Worker:
         # With a backlog, claim once half the slots are free, not a few at a time: sync tasks
         # free their slots one by one, and claims of a handful cost the database a statement
         # per handful (sync no-op drain +30% against a quarter; async runs free theirs together).
-        self._min_batch = max(1, min(self.options.concurrency, self._process_capacity()) // 2)
+        self._min_batch = max(1, self.options.concurrency // 2)
         # Room for one batch being written while the next one executes.
         self._max_unwritten = 2 * self.options.concurrency
         self._abandoned_threads = False
@@ -260,14 +261,35 @@ class Worker:
                 self._start(run)
             await asyncio.sleep(0)  # let the new tasks start before anything else goes out
             state.backlog = len(runs) == free
-            if not state.backlog:
+            if state.backlog:
+                continue
+            if self._processes is not None and self._free_children() == 0:
+                # Due runs may be waiting for a child: a child freeing up wakes us (as a slot
+                # does), new runs notify; the poll interval catches deferred runs coming due.
+                state.waiting_for_slots = True
+                await self._sleep_until_woken(self.options.poll_interval_s)
+            else:
                 await self._sleep_until_woken(await self._seconds_until_due(pool))
 
     async def _claim(self, pool: AsyncConnectionPool, limit: int) -> list[ClaimedRun]:
+        """Up to ``limit`` due runs. With a process pool, runs of its tasks only as many as it
+        has children not yet taken (a run waiting here for a child is a run another worker
+        could be executing), then the other tasks' runs for the remaining slots."""
+        if self._processes is None:
+            return await self._claim_runs(pool, limit)
+        process_tasks = sorted(self._processes.tasks)
+        children = min(limit, self._free_children())
+        runs = await self._claim_runs(pool, children, only_tasks=process_tasks) if children > 0 else []
+        if len(runs) < limit:
+            runs += await self._claim_runs(pool, limit - len(runs), skip_tasks=process_tasks)
+        return runs
+
+    async def _claim_runs(self, pool: AsyncConnectionPool, limit: int, *, only_tasks: list[str] | None = None,
+                          skip_tasks: list[str] | None = None) -> list[ClaimedRun]:
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn, self._claim_transaction(conn):
             cursor = await conn.execute(queries["run_claim"], {
                 "queues": self.queues, "limit": limit, "worker_id": self.worker_id,
-                "lease_s": self.options.lease_s, "now": None})
+                "lease_s": self.options.lease_s, "now": None, "only_tasks": only_tasks, "skip_tasks": skip_tasks})
             return [ClaimedRun(*row) for row in await cursor.fetchall()]
 
     @asynccontextmanager
@@ -309,14 +331,11 @@ class Worker:
     # ---- execute → complete
 
     def _free_slots(self) -> int:
-        """How many runs the next claim may take. With a process pool, also no more than it has
-        children not yet taken: the claim cannot tell which runs will need one, and a run waiting
-        here for a child is a run another worker could be executing."""
-        free = self.options.concurrency - len(self._state.executing)
-        return free if self._processes is None else min(free, self._process_capacity() - self._process_runs)
+        """How many runs the next claim may take (process-pool runs: see :meth:`_claim`)."""
+        return self.options.concurrency - len(self._state.executing)
 
-    def _process_capacity(self) -> int:
-        return self.options.concurrency if self._processes is None else self._processes.size
+    def _free_children(self) -> int:
+        return 0 if self._processes is None else self._processes.size - self._process_runs
 
     def _start(self, run: ClaimedRun) -> None:
         execution = _Execution(run, RunContext(run.id, run.task, run.attempt, run.max_attempts))

@@ -70,6 +70,8 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
 -- subquery walks the claim index once per queue, in claim order, and locks with SKIP LOCKED
 -- so concurrent workers never wait on each other; MATERIALIZED fences the planner so the
 -- LIMIT applies before the UPDATE (a nested loop could otherwise update more rows).
+-- %(only_tasks)s / %(skip_tasks)s (NULL: any task) let a worker with a process pool claim
+-- its process-pool tasks apart from the others, up to the children it has free.
 WITH next AS MATERIALIZED (
     SELECT c.id
     FROM unnest(%(queues)s::text[]) AS q(name),
@@ -78,6 +80,8 @@ WITH next AS MATERIALIZED (
              FROM pgsched.runs
              WHERE status = 'queued' AND queue = q.name
                AND run_at <= coalesce(%(now)s::timestamptz, now())
+               AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
+               AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
              ORDER BY priority, run_at, id
              LIMIT %(limit)s
              FOR UPDATE SKIP LOCKED

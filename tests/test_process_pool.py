@@ -490,3 +490,18 @@ def test_sigkill_of_the_worker_leaves_no_child_process_behind(workers: Workers,
     assert worker.popen.wait(timeout=10) == -signal.SIGKILL
     wait_for(lambda: not any(running(pid) for pid in family), 5,
              f"the processes {family} of the killed worker to die with it")
+
+
+def test_a_busy_process_pool_does_not_hold_back_the_workers_other_tasks(
+        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    # One child, busy for seconds: async runs queued behind it still run at once (only the
+    # process-pool tasks' claims are capped by the free children).
+    workers.start("--processes", "1", "--concurrency", "10")
+    blocker = insert_run(conn, "block_in_child", {"key": "blocker", "seconds": 5.0})
+    workers.wait_until(lambda: events(conn, "blocker"), 20, "the child to be busy")
+    waiting = insert_run(conn, "block_in_child", {"key": "waits-for-the-child", "seconds": 0.1})
+    quick = [insert_run(conn, "record", {"key": f"async-{n}"}) for n in range(5)]
+    workers.wait_until(lambda: all(status_of(conn, i) == "succeeded" for i in quick), 10, "the async runs to succeed")
+    assert status_of(conn, blocker) == "running"  # still busy: the async runs did not wait for it
+    assert status_of(conn, waiting) == "queued"  # left for any worker with a free child
+    workers.wait_until(lambda: status_of(conn, waiting) == "succeeded", 30, "the waiting run to get the child")

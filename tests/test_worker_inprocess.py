@@ -514,7 +514,8 @@ async def register_worker(conn: psycopg.AsyncConnection, pid: int = 4242) -> int
 async def claim(conn: psycopg.AsyncConnection, worker_id: int, queues: list[str], now: object = None,
                 limit: int = 10) -> list[tuple]:
     cursor = await conn.execute(queries["run_claim"], {
-        "queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": 30.0, "now": now})
+        "queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": 30.0, "now": now,
+        "only_tasks": None, "skip_tasks": None})
     return await cursor.fetchall()
 
 

@@ -42,7 +42,8 @@ def worker(dsn: str) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    params = {"queues": ["default"], "limit": CLAIM_BATCH, "worker_id": 1, "lease_s": 30.0, "now": None}
+    params = {"queues": ["default"], "limit": CLAIM_BATCH, "worker_id": 1, "lease_s": 30.0, "now": None,
+              "only_tasks": None, "skip_tasks": None}
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute(f"LISTEN {CHANNEL}")
         claim = queries["run_claim"]
