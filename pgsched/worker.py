@@ -344,16 +344,14 @@ class Worker:
             self._process_runs += 1
         self._state.executing[run.id] = execution
         execution.task = asyncio.create_task(self._execute(execution))
-        execution.task.add_done_callback(functools.partial(self._cancelled_before_it_started, execution))
+        execution.task.add_done_callback(functools.partial(self._execution_done, execution))
 
-    def _cancelled_before_it_started(self, execution: _Execution, task: asyncio.Task[None]) -> None:
-        """A task cancelled before its first step never enters _execute, whose ``finally``
-        frees the slot (a cancel request arriving in the loop turn that started the run):
-        free it here, and end the run 'cancelled' if that was a cancel request."""
-        if not task.cancelled() or self._state.executing.get(execution.run.id) is not execution:
-            return
+    def _execution_done(self, execution: _Execution, task: asyncio.Task[None]) -> None:
+        """However the run's task ended, its slot is free. A task cancelled before its first
+        step (a cancel request handled in the loop turn that started the run) never entered
+        _execute: its run still ends 'cancelled'."""
         self._free_slot(execution.run.id)
-        if execution.context.cancelled:
+        if task.cancelled() and execution.context.cancelled:
             self._completer.add(cancelled_on_request(execution.run, self.worker_id or 0))
 
     async def _execute(self, execution: _Execution) -> None:
@@ -369,8 +367,6 @@ class Worker:
             if not execution.context.cancelled:
                 return  # released back to the queue by the shutdown
             outcome = cancelled_on_request(run, self.worker_id or 0)
-        finally:
-            self._free_slot(run.id)
         _log_outcome(run, outcome, time.perf_counter() - started)
         if outcome.status == "succeeded":
             self._succeeded += 1
