@@ -259,7 +259,10 @@ def test_cancelling_a_call_kills_its_child() -> None:
         try:
             victim = (await report(pool))["pid"]
             call = asyncio.create_task(pool.call(*claimed("sleep", 30), None))
-            await asyncio.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while not pool._idle.empty():  # the call takes the only child
+                assert time.monotonic() < deadline, "the call never took the child"
+                await asyncio.sleep(0.01)
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call

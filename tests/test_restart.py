@@ -95,7 +95,10 @@ def test_a_worker_told_to_stop_while_the_database_is_gone_still_exits(
         workers.wait_until(lambda: events(conn, "outage"), 20, "the run to start")
 
         postgresql_proc.stop()
-        time.sleep(2.0)  # the task ends in the outage (its end cannot be recorded either)
+        deadline = time.monotonic() + 20  # the task ends in the outage (its end cannot be recorded either)
+        while f"run {run_id} slow attempt 1/" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()[-4000:]
+            time.sleep(0.05)
         worker.signal(signal.SIGTERM)
         assert worker.wait_exit(30) == 0, worker.log()[-4000:]
         assert "outcomes unwritten" in worker.log()

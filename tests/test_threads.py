@@ -58,11 +58,15 @@ def test_calls_run_side_by_side_up_to_the_limit_and_queue_beyond_it() -> None:
 
 def test_a_cancelled_caller_leaves_the_thread_to_finish_and_the_pool_usable() -> None:
     threads = TaskThreads(max_threads=1)
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        started.set()
+        release.wait()
 
     async def main() -> int:
-        blocked = asyncio.ensure_future(threads.run(release.wait))
-        await asyncio.sleep(0.05)
+        blocked = asyncio.ensure_future(threads.run(block))
+        assert await asyncio.to_thread(started.wait, 10), "the call never started in its thread"
         blocked.cancel()
         release.set()  # the thread ends its call; the result has nobody to go to
         with pytest.raises(asyncio.CancelledError):
