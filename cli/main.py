@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 
-from pgsched import admin
+from pgsched.queues import list_queues
 from pgsched.app import App
 from pgsched.cli import render
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
@@ -171,15 +171,15 @@ def stats(watch: Annotated[bool, typer.Option("--watch", help="Refresh every sec
     """Queue depth, running and failed runs, throughput and age per queue."""
     with connect(dsn) as conn:
         if not watch:
-            rows = admin.queue_stats(conn)
+            rows = list_queues(conn)
             render.print_json(rows) if json_output else render.print_table(rows, STATS_COLUMNS, title="queues")
             return
         from rich.live import Live
 
-        with Live(render.table(admin.queue_stats(conn), STATS_COLUMNS, "queues"), console=render.out) as live:
+        with Live(render.table(list_queues(conn), STATS_COLUMNS, "queues"), console=render.out) as live:
             while True:
                 time.sleep(1)
-                live.update(render.table(admin.queue_stats(conn), STATS_COLUMNS, "queues"))
+                live.update(render.table(list_queues(conn), STATS_COLUMNS, "queues"))
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Iterator, Optional
 import psycopg
 import typer
 
-from pgsched.admin import parse_instant
+from pgsched.runs import parse_instant
 from pgsched.config import resolve_dsn
 from pgsched.errors import InvalidInput
 

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from pgsched import admin
 from pgsched.cli import render
 from pgsched.cli.options import DsnOption, connect, parse_at
+from pgsched.runs import cancel_run, get_run, list_runs, retry_run
 
 runs = typer.Typer(help="Inspect and steer runs.", no_args_is_help=True)
 
@@ -16,7 +16,7 @@ LIST_COLUMNS = ("id", "task", "queue", "status", "attempt", "max_attempts", "run
 
 
 @runs.command("list")
-def list_runs(
+def list_(
     status: Annotated[Optional[str], typer.Option(help="queued, running, succeeded, failed or cancelled")] = None,
     queue: Annotated[Optional[str], typer.Option()] = None,
     task: Annotated[Optional[str], typer.Option()] = None,
@@ -33,9 +33,9 @@ def list_runs(
     created = parse_at(created_after, "--created-after"), parse_at(created_before, "--created-before")
     finished = parse_at(finished_after, "--finished-after"), parse_at(finished_before, "--finished-before")
     with connect(dsn) as conn:
-        rows = admin.list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
-                               created_after=created[0], created_before=created[1],
-                               finished_after=finished[0], finished_before=finished[1])
+        rows = list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
+                         created_after=created[0], created_before=created[1],
+                         finished_after=finished[0], finished_before=finished[1])
     if json_output:
         render.print_json(rows)
     else:
@@ -48,7 +48,7 @@ def show(run_id: Annotated[int, typer.Argument(metavar="ID")],
          dsn: DsnOption = None) -> None:
     """Show one run with its result and every failed attempt."""
     with connect(dsn) as conn:
-        run = admin.get_run(conn, run_id)
+        run = get_run(conn, run_id)
     if json_output:
         render.print_json(run)
     else:
@@ -59,7 +59,7 @@ def show(run_id: Annotated[int, typer.Argument(metavar="ID")],
 def retry(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption = None) -> None:
     """Queue a failed or cancelled run again, now."""
     with connect(dsn) as conn:
-        admin.retry_run(conn, run_id)
+        retry_run(conn, run_id)
     render.info(f"run {run_id} queued again")
 
 
@@ -67,6 +67,6 @@ def retry(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption =
 def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption = None) -> None:
     """Cancel a run: a queued one at once, a running one by telling its worker to stop it."""
     with connect(dsn) as conn:
-        status = admin.cancel_run(conn, run_id)
+        status = cancel_run(conn, run_id)
     render.info(f"run {run_id} cancelled" if status == "cancelled"
                 else f"run {run_id} is running: its worker was asked to stop it")

@@ -14,7 +14,7 @@ from typing import Callable
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pgsched.executor import Outcome
+from pgsched.run_types import Outcome
 from pgsched.sql import queries
 
 logger = logging.getLogger("pgsched.worker")

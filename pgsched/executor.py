@@ -15,7 +15,6 @@ import json
 import logging
 import random
 import traceback
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -23,35 +22,13 @@ from pgsched.app import Task
 from pgsched.context import RunContext, enter_run
 from pgsched.errors import Cancel, InvalidArgs, Retry
 from pgsched.process_pool import ChildFailed, ProcessPool
+from pgsched.run_types import ClaimedRun, Outcome
 from pgsched.threads import TaskThreads
 
 logger = logging.getLogger("pgsched.worker")
 
 MAX_BACKOFF_S = 3600.0
 MAX_RESULT_BYTES = 1024 * 1024
-
-
-@dataclass(slots=True)
-class ClaimedRun:
-    """A run this worker holds (its row says status 'running', attempt, worker_id = us)."""
-
-    id: int
-    task: str
-    args: Any
-    attempt: int
-    max_attempts: int
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What to write back for one run: a final status, or 'queued' again for a retry."""
-
-    run_id: int
-    attempt: int
-    status: str  # succeeded | failed | cancelled | queued (retry)
-    result: str | None = None  # JSON text
-    error: str | None = None  # JSON text of one errors[] entry
-    retry_delay_s: float = 0.0
 
 
 def backoff_delay(base_s: float, attempt: int) -> float:

@@ -30,7 +30,7 @@ async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, re
     requeued = failed = 0
     async with pool.connection() as conn:
         async with conn.transaction():
-            cursor = await conn.execute(queries["sweep_try_lock"], {"key": SWEEP_LOCK_KEY})
+            cursor = await conn.execute(queries["run_rescue_try_lock"], {"key": SWEEP_LOCK_KEY})
             if not (await cursor.fetchone())[0]:  # type: ignore[index]
                 return 0, 0
             while True:

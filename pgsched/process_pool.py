@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
 
     from pgsched.app import App, Task
-    from pgsched.executor import ClaimedRun
+    from pgsched.run_types import ClaimedRun
 
 logger = logging.getLogger("pgsched.worker")
 

@@ -5,13 +5,9 @@
 
 Slots: at most ``concurrency`` tasks execute at once; a slot frees when its task ends, so
 the next claim overlaps the completer's write. Outcomes not yet committed are bounded too
-(at most twice ``concurrency``): past that the fetcher waits for the completer. When the
-last claim filled every free slot there is a backlog, and the fetcher waits for a batch of
-slots (half of them) before claiming again; otherwise it claims as soon as it is
-woken. The poll interval is a safety net: notifications normally wake it, and when only
-deferred runs are queued it sleeps until the earliest one is due. A worker with a process
-pool claims its process-pool tasks' runs apart, no more than its idle children could start
-(see ``_claim``).
+(at most twice ``concurrency``): past that the fetcher waits for the completer. When and how
+much to claim is the fetcher's business (:mod:`pgsched.fetcher`); the worker tells it how many
+slots and children are free and starts what it claims.
 
 Leases: a claimed run's lease is extended by the heartbeat; a worker that dies stops
 extending it, and the sweep (any worker, one at a time under an advisory lock) puts the
@@ -32,9 +28,8 @@ import os
 import signal
 import socket
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -44,36 +39,21 @@ from pgsched.beat import Beat, BeatOptions, check_leader_lock_possible
 from pgsched.completer import Completer
 from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.context import RunContext
-from pgsched.executor import ClaimedRun, Outcome, cancelled_on_request, execute
+from pgsched.executor import cancelled_on_request, execute
+from pgsched.fetcher import Capacity, Fetcher, FetchSettings, claim_pool
 from pgsched.listener import Listener
 from pgsched.maintenance import rescue_expired
 from pgsched.process_pool import ProcessPool
+from pgsched.run_types import ClaimedRun, Outcome
 from pgsched.sql import queries
 from pgsched.threads import TaskThreads
 
 logger = logging.getLogger("pgsched.worker")
 
-# The fetcher's own connection commits claims without waiting for the WAL flush. Safe: if
-# PostgreSQL crashed before flushing a claim, the run is simply 'queued' again and runs again,
-# which at-least-once allows; completions stay durable (and their flush covers the claim).
-# Saves an fsync per claim: enqueue->start latency and claim throughput both gain.
-#
-# The claim has one right plan (the claim index, whatever the parameters) but PostgreSQL's
-# "auto" plan cache kept re-planning it on every execution: the generic plan halves an
-# idle claim (measured 0.57 -> 0.34 ms).
-#
-# Through a transaction-mode pooler neither startup option can be sent (PgBouncer refuses
-# them) and no statement stays prepared: each claim is then a transaction that skips the flush
-# with SET LOCAL, and is planned anew (see Worker._claim_transaction).
-CLAIM_CONNECTION = {"autocommit": True, "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"}
-LOCKED_BY_OTHERS_PAUSE_S = 0.05
 SUMMARY_INTERVAL_S = 10.0
 # How long a stopping worker waits for the database to take its last writes when the grace
 # period is shorter (a brief outage passes; a long one must not keep it from exiting).
 SHUTDOWN_WRITE_TIMEOUT_S = 5.0
-# The fetcher's connection is its own: waiting for it means the database is unreachable, and
-# the fetch loop (which notices a stop request between claims) retries with backoff anyway.
-FETCHER_CONNECTION_WAIT_S = 1.0
 
 
 @dataclass
@@ -115,8 +95,6 @@ class _Execution:
 @dataclass
 class _State:
     executing: dict[int, _Execution] = field(default_factory=dict)  # one per busy slot
-    backlog: bool = False  # the last claim filled every free slot
-    waiting_for_slots: bool = False
 
 
 class Worker:
@@ -134,26 +112,27 @@ class Worker:
         if beat is not None:
             check_leader_lock_possible(self._direct_dsn, self._pgbouncer)  # refuse now, not when it tries to lead
         self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
-        self._queue_set = frozenset(self.queues)
         self.worker_id: int | None = None
         self._state = _State()
-        self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._threads = TaskThreads(max_threads=self.options.concurrency)
         self._processes = ProcessPool.for_app(app, default_pool=self.options.pool, size=self.options.processes,
                                               app_path=self.options.app_path)
         self._process_runs = 0  # executing runs that hold or wait for a child process
-        # With a backlog, claim once half the slots are free, not a few at a time: sync tasks
-        # free their slots one by one, and claims of a handful cost the database a statement
-        # per handful (sync no-op drain +30% against a quarter; async runs free theirs together).
-        self._min_batch = max(1, self.options.concurrency // 2)
         # Room for one batch being written while the next one executes.
         self._max_unwritten = 2 * self.options.concurrency
         self._abandoned_threads = False
         self._stop_beat: Callable[[], None] | None = None
         self._background_checks: set[asyncio.Task[None]] = set()
         self._succeeded = 0
+        self._fetcher = Fetcher(
+            FetchSettings(queues=self.queues, lease_s=self.options.lease_s, poll_interval_s=self.options.poll_interval_s,
+                          concurrency=self.options.concurrency, pgbouncer=self._pgbouncer,
+                          process_tasks=sorted(self._processes.tasks) if self._processes is not None else ()),
+            Capacity(free_slots=self._free_slots, free_children=self._free_children,
+                     writes_backed_up=self._writes_backed_up, start=self._start),
+            stopping=self._stop)
 
     # ---- lifecycle
 
@@ -163,7 +142,7 @@ class Worker:
             logger.warning("second stop signal: releasing running runs now")
             self._force.set()
         self._stop.set()
-        self._wake.set()
+        self._fetcher.wake()
         if self._stop_beat is not None:
             self._stop_beat()
 
@@ -173,11 +152,9 @@ class Worker:
         async with AsyncConnectionPool(dsn, min_size=2, max_size=4,
                                        kwargs=connection_kwargs(self._pgbouncer, autocommit=True),
                                        name="pgsched-worker", open=False) as pool, \
-                AsyncConnectionPool(dsn, min_size=1, max_size=1,
-                                    kwargs=connection_kwargs(self._pgbouncer, **CLAIM_CONNECTION),
-                                    name="pgsched-fetcher", open=False) as claim_pool:
+                claim_pool(dsn, self._pgbouncer) as claims:
             await pool.open(wait=True)
-            await claim_pool.open(wait=True)
+            await claims.open(wait=True)
             self.worker_id = await self._register(pool)
             logger.info("worker %s started: queues=%s concurrency=%d pid=%d", self.worker_id,
                         ",".join(self.queues), self.options.concurrency, os.getpid())
@@ -197,7 +174,7 @@ class Worker:
             try:
                 if self._processes is not None:
                     await self._processes.start()  # the app cannot be imported there: fail before claiming
-                await self._fetch(claim_pool)
+                await self._fetcher.run(claims, self.worker_id)
                 await self._shutdown(pool, completer)
                 if beat is not None:
                     await asyncio.wait([beat_task], timeout=5)  # it resigns leadership on its way out
@@ -233,109 +210,17 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
 
-    # ---- fetch: wake → claim → start
-
-    async def _fetch(self, pool: AsyncConnectionPool) -> None:
-        state = self._state
-        failures = 0
-        while not self._stop.is_set():
-            free = self._free_slots()
-            if free < (self._min_batch if state.backlog else 1) or self._completer.unwritten >= self._max_unwritten:
-                state.waiting_for_slots = True
-                # Clear first: a wake-up left set (a notify while full) would return at once,
-                # without yielding, and this loop would spin and starve the event loop.
-                self._wake.clear()
-                await self._sleep_until_woken(None)
-                continue
-            state.waiting_for_slots = False
-            self._wake.clear()
-            try:
-                runs = await self._claim(pool, free)
-                failures = 0
-            except psycopg.OperationalError as exc:
-                failures += 1
-                logger.warning("claim failed (%s); retrying", exc)
-                await self._sleep_until_woken(min(0.1 * 2**failures, self.options.poll_interval_s))
-                continue
-            for run in runs:
-                self._start(run)
-            await asyncio.sleep(0)  # let the new tasks start before anything else goes out
-            state.backlog = len(runs) == free
-            if state.backlog:
-                continue
-            if self._processes is not None and self._free_children() == 0:
-                # Due runs may be waiting for a child: a child freeing up wakes us (as a slot
-                # does), new runs notify; the poll interval catches deferred runs coming due.
-                state.waiting_for_slots = True
-                await self._sleep_until_woken(self.options.poll_interval_s)
-            else:
-                await self._sleep_until_woken(await self._seconds_until_due(pool))
-
-    async def _claim(self, pool: AsyncConnectionPool, limit: int) -> list[ClaimedRun]:
-        """Up to ``limit`` due runs. With a process pool, runs of its tasks only as many as it
-        has children not yet taken (a run waiting here for a child is a run another worker
-        could be executing), then the other tasks' runs for the remaining slots."""
-        if self._processes is None:
-            return await self._claim_runs(pool, limit)
-        process_tasks = sorted(self._processes.tasks)
-        children = min(limit, self._free_children())
-        runs = await self._claim_runs(pool, children, only_tasks=process_tasks) if children > 0 else []
-        if len(runs) < limit:
-            runs += await self._claim_runs(pool, limit - len(runs), skip_tasks=process_tasks)
-        return runs
-
-    async def _claim_runs(self, pool: AsyncConnectionPool, limit: int, *, only_tasks: list[str] | None = None,
-                          skip_tasks: list[str] | None = None) -> list[ClaimedRun]:
-        async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn, self._claim_transaction(conn):
-            cursor = await conn.execute(queries["run_claim"], {
-                "queues": self.queues, "limit": limit, "worker_id": self.worker_id,
-                "lease_s": self.options.lease_s, "now": None, "only_tasks": only_tasks, "skip_tasks": skip_tasks})
-            return [ClaimedRun(*row) for row in await cursor.fetchall()]
-
-    @asynccontextmanager
-    async def _claim_transaction(self, conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
-        """Direct: nothing, the claim commits on its own (its connection skips the flush from the
-        start). Through a pooler: a transaction that skips the flush for itself, since a
-        session setting would stay behind on a server connection other clients then use."""
-        if not self._pgbouncer:
-            yield
-            return
-        async with conn.transaction():
-            await conn.execute(queries["transaction_skip_flush"])
-            yield
-
-    async def _seconds_until_due(self, pool: AsyncConnectionPool) -> float:
-        """How long the fetcher may sleep: until the next queued run is due, at most a poll interval."""
-        try:
-            async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
-                cursor = await conn.execute(queries["run_next_due"], {"queues": self.queues})
-                row = await cursor.fetchone()
-        except psycopg.OperationalError:
-            return self.options.poll_interval_s
-        due_in = row[0] if row else None
-        if due_in is None:
-            return self.options.poll_interval_s
-        if due_in <= 0:
-            # Due runs we could not claim are locked by another worker's claim right now:
-            # they are taken. Look again shortly rather than spinning on them.
-            return min(LOCKED_BY_OTHERS_PAUSE_S, self.options.poll_interval_s)
-        return min(float(due_in), self.options.poll_interval_s)
-
-    async def _sleep_until_woken(self, timeout: float | None) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-
     # ---- execute → complete
 
     def _free_slots(self) -> int:
-        """How many runs the next claim may take (process-pool runs: see :meth:`_claim`)."""
+        """How many runs the next claim may take (process-pool runs: see :meth:`Fetcher._claim`)."""
         return self.options.concurrency - len(self._state.executing)
 
     def _free_children(self) -> int:
         return 0 if self._processes is None else self._processes.size - self._process_runs
+
+    def _writes_backed_up(self) -> bool:
+        return self._completer.unwritten >= self._max_unwritten
 
     def _start(self, run: ClaimedRun) -> None:
         execution = _Execution(run, RunContext(run.id, run.task, run.attempt, run.max_attempts))
@@ -374,14 +259,13 @@ class Worker:
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == "pgsched":
-            if payload in self._queue_set:
-                self._wake.set()
+            self._fetcher.notify_enqueued(payload)
         elif channel == "pgsched_cancel" and payload.isdigit():
             self._cancel(int(payload))
 
     def _on_listening(self, pool: AsyncConnectionPool) -> None:
         """(Re)connected: poll once, and look for cancel requests sent while not listening."""
-        self._wake.set()
+        self._fetcher.wake()
         if self._state.executing:
             self._background_checks.add(task := asyncio.create_task(self._check_cancel_requests(pool)))
             task.add_done_callback(self._background_checks.discard)
@@ -421,16 +305,14 @@ class Worker:
         execution = self._state.executing.pop(run_id, None)
         if execution is not None and execution.in_process:
             self._process_runs -= 1
-        if self._state.waiting_for_slots:
-            self._wake.set()
+        self._fetcher.capacity_freed()
 
     def _on_written(self, batch: list[Outcome], written: set[int]) -> None:
         for outcome in batch:
             if outcome.run_id not in written:
                 logger.warning("run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
                                outcome.run_id, outcome.attempt)
-        if self._state.waiting_for_slots:
-            self._wake.set()
+        self._fetcher.capacity_freed()
 
     # ---- heartbeat and sweep
 

@@ -99,7 +99,7 @@ FROM next
 WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
 
--- name: transaction_skip_flush
+-- name: run_claim_skip_flush
 -- This transaction commits without waiting for the WAL flush (SET LOCAL): what the direct
 -- fetcher connection sets at connect, for a claim through a transaction-mode pooler.
 SELECT set_config('synchronous_commit', 'off', true);
@@ -182,7 +182,7 @@ SELECT (SELECT count(*) FROM rescued WHERE status = 'queued') AS requeued,
        (SELECT count(*) FROM rescued WHERE status = 'failed') AS failed,
        (SELECT count(*) FROM notified) AS queues;
 
--- name: sweep_try_lock
+-- name: run_rescue_try_lock
 -- One sweeper at a time across all workers, for the rest of the transaction.
 SELECT pg_try_advisory_xact_lock(%(key)s);
 
@@ -262,7 +262,7 @@ SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::t
 -- name: run_status
 SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
--- name: queue_stats
+-- name: queue_list_stats
 -- The queue_stats view's numbers (schema 0005), for every tenant or for one.
 SELECT queue, queued, due, running, failed, succeeded_last_hour, succeeded_last_minute, failed_last_minute,
        extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s

@@ -15,8 +15,9 @@ import psycopg
 import pytest
 
 from pgsched import App, current_run
-from pgsched.admin import cancel_run
+from pgsched.runs import cancel_run
 from pgsched.errors import PgschedError, RunNotFound, RunStateConflict
+from pgsched.worker import Worker
 from tests.test_worker_inprocess import RunningWorker, app, dsn, run_async  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.usefixtures("dsn")
@@ -139,7 +140,7 @@ def test_current_run_outside_a_task_says_so() -> None:
 
 
 def test_a_cancel_in_the_loop_turn_that_starts_the_run_frees_its_slot_and_ends_it_cancelled(
-        app: App, dsn: str) -> None:
+        app: App, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The cancel NOTIFY can be handled after the claim created the run's asyncio task and
     # before that task's first step: the task is cancelled without ever running its code.
     ran = []
@@ -152,15 +153,16 @@ def test_a_cancel_in_the_loop_turn_that_starts_the_run_frees_its_slot_and_ends_i
     first, second = app.enqueue("quick", {"n": 1}), app.enqueue("quick", {"n": 2})
 
     async def main() -> tuple[dict[str, Any], dict[str, Any], int]:
+        start = Worker._start
+
+        def start_then_cancel_at_once(worker: Worker, run: Any) -> None:
+            start(worker, run)
+            if run.id == first:
+                worker._cancel(run.id)  # same loop turn: the task has not stepped yet
+
+        # On the class: the worker hands its bound _start to the fetcher when it is built.
+        monkeypatch.setattr(Worker, "_start", start_then_cancel_at_once)
         async with RunningWorker(app, dsn, concurrency=1) as w:
-            start = w.worker._start
-
-            def start_then_cancel_at_once(run: Any) -> None:
-                start(run)
-                if run.id == first:
-                    w.worker._cancel(run.id)  # same loop turn: the task has not stepped yet
-
-            w.worker._start = start_then_cancel_at_once  # type: ignore[method-assign]
             rows = await w.finished(first), await w.finished(second)
             return rows[0], rows[1], len(w.worker._state.executing)
 

@@ -24,7 +24,7 @@ import pytest
 
 from pgsched import App
 from pgsched.errors import AppLoadError, Cancel, ConfigError, InvalidInput, Retry
-from pgsched.executor import ClaimedRun
+from pgsched.run_types import ClaimedRun
 from pgsched.process_pool import ChildFailed, ProcessPool
 from pgsched.worker import Worker, WorkerOptions
 from tests.test_processes import Workers, events, insert_run, registered, run_row, scalar, status_of, workers  # noqa: F401 - a fixture

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from pgsched import admin
+from pgsched.queues import list_queues
 from pgsched.migrate import MIGRATION_LOCK_KEY, available
 from pgsched.sql import queries
 
@@ -286,7 +286,7 @@ def test_queue_stats_from_indexes_match_a_full_scan_and_skip_idle_queues(conn: p
 
 
 def test_queue_stats_query_reports_the_oldest_due_age_in_seconds(conn, fixture_runs):
-    stats = admin.queue_stats(conn)
+    stats = list_queues(conn)
     assert [row["queue"] for row in stats] == ["a", "b"]
     assert 300 <= stats[0]["oldest_queued_age_s"] < 360
     assert stats[1]["oldest_queued_age_s"] is None

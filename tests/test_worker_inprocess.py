@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from pgsched import App
 from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
-from pgsched.executor import Outcome
+from pgsched.run_types import Outcome
 from pgsched.sql import queries
 from pgsched.worker import Worker, WorkerOptions, rescue_expired
 from tests.conftest import empty_tables

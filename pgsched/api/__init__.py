@@ -1,6 +1,6 @@
 """pgsched's REST API (Litestar): ``create_app(ApiSettings(dsn=...))`` returns the ASGI app.
 
-Handlers are thin: they call the same library functions as the CLI (``pgsched.admin``,
+Handlers are thin: they call the same library functions as the CLI (``pgsched.runs``,
 ``pgsched.jobs``, ``App.enqueue``). Serve it with ``pgsched api`` (uvicorn); the OpenAPI
 document is at ``/schema/openapi.json``.
 

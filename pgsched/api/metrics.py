@@ -9,7 +9,8 @@ from typing import Any, Iterable
 
 import psycopg
 
-from pgsched import admin
+from pgsched.runs import RUN_STATUSES
+from pgsched.queues import list_queues
 from pgsched.api import store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -94,11 +95,11 @@ def _duration_histograms(conn: psycopg.Connection, queues: Iterable[str]) -> lis
 def render(conn: psycopg.Connection) -> str:
     """Every metric, as one exposition-format document."""
     counts = store.run_counts(conn)
-    queues = admin.queue_stats(conn)
+    queues = list_queues(conn)
     workers = store.list_workers(conn)
     by_queue: dict[str, dict[str, int]] = {}
     for row in counts:
-        by_queue.setdefault(row["queue"], dict.fromkeys(admin.RUN_STATUSES, 0))[row["status"]] = row["runs"]
+        by_queue.setdefault(row["queue"], dict.fromkeys(RUN_STATUSES, 0))[row["status"]] = row["runs"]
     lines = _family("pgsched_runs", "Runs by queue and status (every status listed, zeros included).", (
         ({"queue": queue, "status": status}, value)
         for queue, statuses in sorted(by_queue.items()) for status, value in statuses.items()))

@@ -13,7 +13,7 @@ import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from pgsched.admin import RUN_STATUSES
+from pgsched.runs import RUN_STATUSES
 from pgsched.jobs import MISFIRE_POLICIES
 
 # Literal[("a", "b")] is Literal["a", "b"]: the allowed values keep one home, in the library.

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import psycopg
 from psycopg.rows import dict_row
 
-from pgsched import admin
+from pgsched.runs import get_run
 from pgsched.app import App
 from pgsched.errors import PgschedError, RunNotFound
 from pgsched.sql import queries
@@ -50,7 +50,7 @@ def enqueue_one(conn: psycopg.Connection, app: App, request: RunRequest, args: M
         run_at=request.run_at, delay=request.delay, unique_key=tenant_unique_key(idempotency_key, tenant),
         tenant=tenant, conn=conn)
     try:
-        return admin.get_run(conn, run_id, tenant=tenant), created
+        return get_run(conn, run_id, tenant=tenant), created
     except RunNotFound:
         raise IdempotencyKeyConflict(
             f"the Idempotency-Key {idempotency_key!r} belongs to a run this API key cannot see") from None

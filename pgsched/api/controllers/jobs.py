@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import UNSET, structs
 
-from pgsched import admin
+from pgsched.runs import MAX_LIST_LIMIT, get_run
 from pgsched import jobs as job_store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
@@ -73,7 +73,7 @@ class JobController(Controller):
 
     @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses(400, 422))
     def list_jobs(self, pool: Pool, tenant: Tenant,
-                  limit: Annotated[int, QueryParameter(ge=1, le=admin.MAX_LIST_LIMIT)] = 50,
+                  limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
                   cursor: Annotated[str | None, QueryParameter(
                       pattern=NO_NUL, description="The `next` of the previous page")] = None) -> JobPage:
         """Jobs by name, a page at a time: follow ``next`` until it is null."""
@@ -130,7 +130,7 @@ class JobController(Controller):
         """Queue one run of the job now, outside its schedule; returns the run."""
         with pool.connection() as conn:
             run_id = job_store.trigger_job(conn, name, tenant=tenant)
-            return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+            return from_row(RunOut, get_run(conn, run_id, tenant=tenant))
 
     @staticmethod
     def _set_enabled(pool: Pool, cache: Cache, name: str, enabled: bool, tenant: Tenant) -> JobOut:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from pgsched import admin
+from pgsched.queues import list_queues
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
@@ -23,7 +23,7 @@ class QueueController(Controller):
         if cached is not None:
             return cached
         with pool.connection() as conn:
-            rows = admin.queue_stats(conn, tenant=tenant)
+            rows = list_queues(conn, tenant=tenant)
         queues = QueueList(items=[from_row(QueueOut, row) for row in rows])
         cache.keep_queues(tenant, queues)
         return queues

@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from pgsched import admin
+from pgsched.runs import MAX_LIST_LIMIT, cancel_run, get_run, list_runs, parse_instant, retry_run
 from pgsched.api import store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
@@ -53,7 +53,7 @@ def _instant(name: str, text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        return admin.parse_instant(name, text)
+        return parse_instant(name, text)
     except InvalidInput as exc:
         raise ValidationException(detail="Validation failed for GET /runs",
                                   extra=[{"key": name, "message": str(exc), "source": "query"}]) from None
@@ -102,7 +102,7 @@ class RunController(Controller):
                       pattern=NO_NUL, description="The name of the scheduled job the runs belong to")] = None,
                   created_after: InstantQuery = None, created_before: InstantQuery = None,
                   finished_after: InstantQuery = None, finished_before: InstantQuery = None,
-                  limit: Annotated[int, QueryParameter(ge=1, le=admin.MAX_LIST_LIMIT)] = 50,
+                  limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
                   cursor: Annotated[str | None, QueryParameter(description="The `next` of the previous page")] = None,
                   ) -> RunPage:
         """Runs, newest first, a page at a time: follow ``next`` until it is null (the filters
@@ -112,7 +112,7 @@ class RunController(Controller):
         finished = _instant("finished_after", finished_after), _instant("finished_before", finished_before)
         before_id = _cursor(cursor)
         with pool.connection() as conn:
-            rows = admin.list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
+            rows = list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
                                    before_id=before_id, tenant=tenant, created_after=created[0],
                                    created_before=created[1], finished_after=finished[0],
                                    finished_before=finished[1])
@@ -126,7 +126,7 @@ class RunController(Controller):
         if cached is not None:
             return cached
         with pool.connection() as conn:
-            run = from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+            run = from_row(RunOut, get_run(conn, run_id, tenant=tenant))
         cache.keep_run(run)  # finished runs only
         return run
 
@@ -136,8 +136,8 @@ class RunController(Controller):
     def cancel(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> Response[RunOut]:
         """Cancel a queued run (200), or ask the worker of a running one to stop it (202); 409 for finished runs."""
         with pool.connection() as conn:
-            outcome = admin.cancel_run(conn, run_id, tenant=tenant)
-            run = admin.get_run(conn, run_id, tenant=tenant)
+            outcome = cancel_run(conn, run_id, tenant=tenant)
+            run = get_run(conn, run_id, tenant=tenant)
         return Response(from_row(RunOut, run), status_code=202 if outcome == "running" else 200)
 
     @post("/{run_id:int}/retry", operation_id="retryRun", sync_to_thread=True, status_code=200,
@@ -145,6 +145,6 @@ class RunController(Controller):
     def retry(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:
         """Queue a failed or cancelled run again, due now; 409 for other runs."""
         with pool.connection() as conn:
-            admin.retry_run(conn, run_id, tenant=tenant)
+            retry_run(conn, run_id, tenant=tenant)
             cache.forget_run(run_id)
-            return from_row(RunOut, admin.get_run(conn, run_id, tenant=tenant))
+            return from_row(RunOut, get_run(conn, run_id, tenant=tenant))

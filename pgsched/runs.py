@@ -112,10 +112,3 @@ def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     raise RunStateConflict(f"cannot {verb} run {run_id}: it is {row[0]}; {rule}")
-
-
-def queue_stats(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
-    """Per queue: queued, due, running, failed, succeeded in the last hour, succeeded and
-    failed in the last minute, oldest due age (in seconds)."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["queue_stats"], {"tenant": tenant}).fetchall()

@@ -1,0 +1,21 @@
+"""Queues as a reader sees them: depth, age and throughput per queue, for the CLI, the API
+and /metrics (the ``pgsched.queue_stats`` view shows the same numbers at a psql prompt).
+
+Given a ``tenant``, only that tenant's runs count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched.sql import queries
+
+
+def list_queues(conn: psycopg.Connection, *, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Per queue: queued, due, running, failed, succeeded in the last hour, succeeded and
+    failed in the last minute, oldest due age (in seconds)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["queue_list_stats"], {"tenant": tenant}).fetchall()

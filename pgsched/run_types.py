@@ -1,0 +1,33 @@
+"""The plain data of the hot path: a run a worker claimed, and what to write back for it.
+
+This module imports nothing else of pgsched, so the hops that pass these values along
+(fetcher → executor / process pool → completer) all point down to it and never to each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class ClaimedRun:
+    """A run this worker holds (its row says status 'running', attempt, worker_id = us)."""
+
+    id: int
+    task: str
+    args: Any
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What to write back for one run: a final status, or 'queued' again for a retry."""
+
+    run_id: int
+    attempt: int
+    status: str  # succeeded | failed | cancelled | queued (retry)
+    result: str | None = None  # JSON text
+    error: str | None = None  # JSON text of one errors[] entry
+    retry_delay_s: float = 0.0
