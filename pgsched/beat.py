@@ -53,7 +53,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.errors import ConfigError, InvalidInput
@@ -183,6 +183,10 @@ class Beat:
             except psycopg.Error as exc:
                 if self.leading:
                     logger.warning("beat steps down after a database error (%s)", exc)
+            except Exception:
+                # Not the lock's fault, but the lead loop is gone: step down (closing the lock
+                # connection frees the lock for another beat) and try again on the next turn.
+                logger.exception("beat steps down after an unexpected error")
             finally:
                 self.leading = False
 
@@ -193,6 +197,8 @@ class Beat:
             # Proof of leadership for this round: raises (→ step down) if the connection is gone.
             await lock_conn.execute(queries["leader_heartbeat"], self._identity)
             self._wake.clear()
+            # A round's errors are not the lock's: the leader keeps leading and tries again. Only
+            # the lock connection's errors (above, and in _try_to_lead) make it step down.
             try:
                 await fire_due_jobs_concurrently(pool, misfire_grace_s=self.options.misfire_grace_s)
                 if loop.time() >= next_maintenance:
@@ -200,8 +206,11 @@ class Beat:
                     await self._maintain(pool)
                 async with pool.connection() as conn:
                     due_in = (await (await conn.execute(queries["job_next_due_in"])).fetchone())[0]  # type: ignore[index]
-            except psycopg.OperationalError as exc:
+            except (psycopg.Error, PoolTimeout) as exc:
                 logger.warning("beat round failed (%s); retrying", exc)
+                due_in = self.options.lock_interval_s
+            except Exception:
+                logger.exception("beat round failed on an unexpected error; retrying")
                 due_in = self.options.lock_interval_s
             await self._sleep(self.options.max_sleep_s if due_in is None else min(max(due_in, 0.0), self.options.max_sleep_s))
 
@@ -257,7 +266,10 @@ async def fire_due_jobs_concurrently(pool: AsyncConnectionPool, *, misfire_grace
 
 
 async def _due_jobs(conn: psycopg.AsyncConnection, now: datetime | None) -> list[dict[str, Any]]:
+    """The due jobs, after disabling those whose instants cannot be read (see job_disable_unreadable)."""
     async with conn.cursor(row_factory=dict_row) as cur:
+        for job in await (await cur.execute(queries["job_disable_unreadable"], {"now": now})).fetchall():
+            logger.warning("job %r disabled: %s", job["name"], job["last_error"])
         return await (await cur.execute(queries["job_due"], {"now": now, "limit": DUE_BATCH})).fetchall()
 
 
@@ -268,18 +280,21 @@ def plan_firings(jobs: list[dict[str, Any]], misfire_grace_s: float) -> list[Fir
     planned: dict[tuple[Any, ...], tuple[list[datetime], datetime | None]] = {}
     firings = []
     for job in jobs:
+        # Whatever one job's row does to the planning (a bad schedule, a next instant past what
+        # a datetime holds) belongs to that job: it is disabled, the others fire.
         try:
             schedule = schedule_of(job)
+            if not _on_time(job, misfire_grace_s):
+                firings.append(Firing(job, *_plan(schedule, job, misfire_grace_s)))
+                continue
+            key = (schedule, job["next_run_at"], job["now"])
+            if key not in planned:
+                planned[key] = _plan(schedule, job, misfire_grace_s)
+            firings.append(Firing(job, *planned[key]))
         except InvalidInput as exc:
             firings.append(Firing(job, [], None, error=str(exc)))
-            continue
-        if not _on_time(job, misfire_grace_s):
-            firings.append(Firing(job, *_plan(schedule, job, misfire_grace_s)))
-            continue
-        key = (schedule, job["next_run_at"], job["now"])
-        if key not in planned:
-            planned[key] = _plan(schedule, job, misfire_grace_s)
-        firings.append(Firing(job, *planned[key]))
+        except Exception as exc:
+            firings.append(Firing(job, [], None, error=f"its schedule cannot be computed: {type(exc).__name__}: {exc}"))
     return firings
 
 
@@ -312,13 +327,21 @@ async def write_firing(conn: psycopg.AsyncConnection, firing: Firing) -> int:
         cursor = await conn.execute(queries["job_fire"], {
             "id": job["id"], "seen_next_run_at": job["next_run_at"], "times": firing.times,
             "next_run_at": firing.next_run_at, "last_scheduled_for": firing.times[-1] if firing.times else None})
-    except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
+    except psycopg.Error as exc:
+        if not _belongs_to_the_job(exc):
+            raise
         await _disable(conn, job, f"its runs are refused: {str(exc).strip().splitlines()[0]}")
         return 0
     advanced, created = await cursor.fetchone()  # type: ignore[misc]
     if advanced and firing.next_run_at is None:  # a one-off that has fired has no next time: it is done
         await conn.execute(queries["job_finish"], {"id": job["id"]})
     return int(created)
+
+
+def _belongs_to_the_job(exc: psycopg.Error) -> bool:
+    """An error the job's own values caused (a constraint, a value out of range, a row too
+    large), not the connection's or the server's: retrying would fail the same way."""
+    return exc.sqlstate is not None and exc.sqlstate[:2] in {"22", "23", "54", "P0"}
 
 
 async def _disable(conn: psycopg.AsyncConnection, job: dict[str, Any], reason: str) -> None:

@@ -51,6 +51,7 @@ from pgsched.threads import TaskThreads
 logger = logging.getLogger("pgsched.worker")
 
 SUMMARY_INTERVAL_S = 10.0
+BEAT_RESTART_S = 1.0
 # How long a stopping worker waits for the database to take its last writes when the grace
 # period is shorter (a brief outage passes; a long one must not keep it from exiting).
 SHUTDOWN_WRITE_TIMEOUT_S = 5.0
@@ -161,22 +162,19 @@ class Worker:
             completer = Completer(pool, self.worker_id, self._on_written)
             self._completer = completer
             listener = self._listener(dsn, pool)
-            beat = Beat(dsn, self._beat_options, direct_dsn=self._direct_dsn,
-                        pgbouncer=self._pgbouncer) if self._beat_options else None
             background = [asyncio.create_task(coro) for coro in (
                 completer.run(), self._heartbeat(pool), self._sweep(pool), self._summarize())]
             if listener is not None:
                 background.append(asyncio.create_task(listener.run()))
-            if beat is not None:
-                beat_task = asyncio.create_task(beat.run())
+            beat_task = asyncio.create_task(self._host_beat(dsn)) if self._beat_options else None
+            if beat_task is not None:
                 background.append(beat_task)
-                self._stop_beat = beat.request_stop
             try:
                 if self._processes is not None:
                     await self._processes.start()  # the app cannot be imported there: fail before claiming
                 await self._fetcher.run(claims, self.worker_id)
                 await self._shutdown(pool, completer)
-                if beat is not None:
+                if beat_task is not None:
                     await asyncio.wait([beat_task], timeout=5)  # it resigns leadership on its way out
             finally:
                 for task in background:
@@ -192,6 +190,24 @@ class Worker:
             # would wait for it. Its run is back in the queue, so leave now.
             logging.shutdown()
             os._exit(0)
+
+    async def _host_beat(self, dsn: str) -> None:
+        """Run the hosted beat (``--beat``) until the worker stops. A beat that ends on an error
+        is started again after BEAT_RESTART_S: a worker must not go on without the beat it was
+        asked to host, nor stop working because the beat failed."""
+        assert self._beat_options is not None
+        while not self._stop.is_set():
+            beat = Beat(dsn, self._beat_options, direct_dsn=self._direct_dsn, pgbouncer=self._pgbouncer)
+            self._stop_beat = beat.request_stop
+            try:
+                await beat.run()
+            except Exception:
+                logger.exception("the hosted beat failed; starting it again in %gs", BEAT_RESTART_S)
+                try:
+                    async with asyncio.timeout(BEAT_RESTART_S):
+                        await self._stop.wait()
+                except TimeoutError:
+                    pass
 
     def _listener(self, dsn: str, pool: AsyncConnectionPool) -> Listener | None:
         """The LISTEN connection for wake-ups and cancel requests. None behind a pooler without

@@ -328,6 +328,25 @@ WHERE enabled AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::times
 ORDER BY next_run_at NULLS FIRST
 LIMIT %(limit)s;
 
+-- name: job_disable_unreadable
+-- Disable the jobs job_due would read whose instants no reader can hold (infinity, or beyond
+-- the years 1..9999 a Python datetime spans, with a day's margin for any UTC offset): read,
+-- one such row would fail the whole batch and stop every job from firing. Run before job_due.
+UPDATE pgsched.jobs
+SET enabled = false, updated_at = now(),
+    last_error = 'its ' || concat_ws(', ',
+        CASE WHEN NOT coalesce(at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true) THEN 'at ' || at END,
+        CASE WHEN NOT coalesce(next_run_at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
+             THEN 'next_run_at ' || next_run_at END,
+        CASE WHEN NOT coalesce(last_scheduled_for BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
+             THEN 'last_scheduled_for ' || last_scheduled_for END)
+        || ' cannot be read: instants must be finite and within the years 1 to 9999'
+WHERE enabled AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
+  AND NOT (coalesce(at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
+           AND coalesce(next_run_at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
+           AND coalesce(last_scheduled_for BETWEEN '0001-01-02Z' AND '9999-12-30Z', true))
+RETURNING name, last_error;
+
 -- name: job_fire
 -- One statement (one transaction) per firing: advance the job's next fire time, compare-and-set
 -- on the next_run_at the leader read, and insert the runs of its fire times. A job paused,
@@ -390,7 +409,13 @@ UPDATE pgsched.beat_leader SET last_seen_at = now() WHERE host = %(host)s AND pi
 DELETE FROM pgsched.beat_leader WHERE host = %(host)s AND pid = %(pid)s;
 
 -- name: leader_status
-SELECT host, pid, since, leading_for, last_seen_at FROM pgsched.beat_status;
+-- The recorded leader, if it still holds the leader lock: a beat that died without resigning
+-- leaves its row, but its lock went with its connection.
+SELECT host, pid, since, leading_for, last_seen_at FROM pgsched.beat_status
+WHERE EXISTS (SELECT FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND (classid::bigint << 32 | objid::bigint) = hashtextextended('pgsched.beat', 0));
 
 -- name: run_prune_finished
 -- Delete up to %(limit)s finished runs older than the retention (batched: short locks).
