@@ -258,7 +258,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--api-workers", default="1,2", help="API worker process counts, comma-separated")
     parser.add_argument("--quick", action="store_true", help="a smaller run, to check the benchmark works")
-    parser.add_argument("--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)")
+    parser.add_argument("--dsn",
+                        help="a server to create the benchmark database on (default: a throwaway embedded one)")
     args = parser.parse_args()
     args.clients = args.clients or (8 if args.quick else 16)
     args.requests = args.requests or (1000 if args.quick else 5000)

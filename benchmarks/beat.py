@@ -50,7 +50,8 @@ class Beats:
 
     def start(self) -> subprocess.Popen[bytes]:
         with open(self.logs / f"beat-{len(self.procs)}.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "beat", "--dsn", self.dsn, *self.options],
+            proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "beat", "--dsn", self.dsn,
+                                     *self.options],
                                     cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
@@ -125,7 +126,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30, help="fire times per job measured for lateness")
     parser.add_argument("--lock-interval", type=float, default=0.5, help="the beats' --lock-interval")
     parser.add_argument("--misfire-grace", type=float, default=5.0, help="the beats' --misfire-grace")
-    parser.add_argument("--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)")
+    parser.add_argument("--dsn",
+                        help="a server to create the benchmark database on (default: a throwaway embedded one)")
     args = parser.parse_args()
     if args.jobs < 1 or args.seconds < 1:
         parser.error("--jobs and --seconds must be at least 1")
@@ -198,7 +200,8 @@ def main() -> None:
             " (SELECT count(DISTINCT (job_id, scheduled_for)) FROM pgsched.runs"
             "  WHERE scheduled_for BETWEEN %(first)s AND %(end)s),"
             " (SELECT count(*) FROM pgsched.jobs, generate_series(%(first)s, %(end)s, interval '1 second')),"
-            " (SELECT count(*) FROM pgsched.jobs AS j, generate_series(%(first)s, %(end)s, interval '1 second') AS s(at)"
+            " (SELECT count(*) FROM pgsched.jobs AS j,"
+            " generate_series(%(first)s, %(end)s, interval '1 second') AS s(at)"
             "  WHERE NOT EXISTS (SELECT FROM pgsched.runs AS r WHERE r.job_id = j.id AND r.scheduled_for = s.at))",
             {"first": first, "end": end}).fetchone()  # type: ignore[misc]
         duplicates = runs - distinct

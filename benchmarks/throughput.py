@@ -189,7 +189,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20_000, help="runs for bulk enqueue and drain")
     parser.add_argument("--single", type=int, default=2_000, help="single enqueues")
     parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--dsn", help="a server to create the benchmark databases on (default: a throwaway embedded one)")
+    parser.add_argument("--dsn",
+                        help="a server to create the benchmark databases on (default: a throwaway embedded one)")
     args = parser.parse_args()
 
     with server_dsn(args.dsn) as server:
@@ -202,7 +203,8 @@ def main() -> None:
               f"synchronous_commit={settings['synchronous_commit']}", flush=True)
         base = baseline(server, args.runs)
         print(f"baseline: COPY {base['baseline_copy_per_s']:,.0f}/s, one-row insert+commit "
-              f"{base['baseline_single_insert_per_s']:,.0f}/s, claim-50 + complete {base['baseline_claim50_per_s']:,.0f}/s",
+              f"{base['baseline_single_insert_per_s']:,.0f}/s, "
+              f"claim-50 + complete {base['baseline_claim50_per_s']:,.0f}/s",
               flush=True)
         with fresh_database(server) as dsn:
             bulk = enqueue_bulk(dsn, args.runs)

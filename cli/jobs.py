@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -70,7 +70,7 @@ def show(name: NameArg, json_output: Annotated[bool, typer.Option("--json", help
     _print_upcoming(job)
 
 
-def _print_upcoming(job: dict) -> None:
+def _print_upcoming(job: dict[str, Any]) -> None:
     for at in job["upcoming"]:
         render.info(f"  {at.isoformat()}")
     if not job["upcoming"]:

@@ -13,11 +13,11 @@ import typer
 from pgsched.queues import list_queues
 from pgsched.app import App
 from pgsched.cli import render
-from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
 from pgsched.cli.api import api as api_command
 from pgsched.cli.beat import MisfireGraceOption, RetentionOption, beat, beat_options
 from pgsched.cli.jobs import jobs
 from pgsched.cli.keys import keys
+from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
 from pgsched.cli.runs import runs
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
@@ -38,7 +38,8 @@ cli.command("api")(api_command)
 
 _debug = False
 
-AppOption = Annotated[Optional[str], typer.Option("--app", help="Your App as module:attribute (default: the example app)")]
+AppOption = Annotated[
+    Optional[str], typer.Option("--app", help="Your App as module:attribute (default: the example app)")]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
 LogFormatOption = Annotated[str, typer.Option("--log-format", help="text or json (JSON lines)")]
 
@@ -50,8 +51,10 @@ def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks fo
 
 
 @cli.command()
-def migrate(check: Annotated[bool, typer.Option("--check", help="Exit 1 if a migration is pending; change nothing")] = False,
-            dsn: DsnOption = None) -> None:
+def migrate(
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if a migration is pending; change nothing")] = False,
+    dsn: DsnOption = None,
+) -> None:
     """Apply pending schema migrations (one transaction, safe to run concurrently)."""
     with connect(dsn) as conn:
         if check:
@@ -91,13 +94,23 @@ def _check_log_options(level: str, fmt: str) -> LogFormat:
 def worker(
     app: AppOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
-    pool: Annotated[str, typer.Option(help="Where sync tasks run unless their pool= says: thread, or process (child processes: hard timeout and cancel)")] = WorkerOptions.pool,
-    processes: Annotated[Optional[int], typer.Option(help="Size of the process pool (default: the CPU count)", show_default=False)] = None,
-    queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: default + the app's task queues)")] = None,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between polls when no notification arrives")] = WorkerOptions.poll_interval_s,
-    fallback_poll_interval: Annotated[float, typer.Option(help="Behind PgBouncer without a direct DSN (no LISTEN): seconds between polls")] = WorkerOptions.fallback_poll_interval_s,
-    lease: Annotated[float, typer.Option(help="Seconds a claimed run's lease lasts (the heartbeat renews it)")] = WorkerOptions.lease_s,
-    grace: Annotated[float, typer.Option(help="Seconds running tasks get to finish after SIGTERM")] = WorkerOptions.grace_s,
+    pool: Annotated[str, typer.Option(
+        help="Where sync tasks run unless their pool= says: thread, or process "
+             "(child processes: hard timeout and cancel)",
+    )] = WorkerOptions.pool,
+    processes: Annotated[Optional[int], typer.Option(
+        help="Size of the process pool (default: the CPU count)", show_default=False)] = None,
+    queues: Annotated[Optional[str], typer.Option(
+        help="Comma-separated queues (default: default + the app's task queues)")] = None,
+    poll_interval: Annotated[float, typer.Option(
+        help="Seconds between polls when no notification arrives")] = WorkerOptions.poll_interval_s,
+    fallback_poll_interval: Annotated[float, typer.Option(
+        help="Behind PgBouncer without a direct DSN (no LISTEN): seconds between polls",
+    )] = WorkerOptions.fallback_poll_interval_s,
+    lease: Annotated[float, typer.Option(
+        help="Seconds a claimed run's lease lasts (the heartbeat renews it)")] = WorkerOptions.lease_s,
+    grace: Annotated[float, typer.Option(
+        help="Seconds running tasks get to finish after SIGTERM")] = WorkerOptions.grace_s,
     with_beat: Annotated[bool, typer.Option("--beat", help="Also run a beat in this process")] = False,
     lock_interval: Annotated[float, typer.Option(help="With --beat: seconds between tries for the leader lock")] = 0.5,
     retention: RetentionOption = "7d",
@@ -144,7 +157,8 @@ def enqueue(
     at: Annotated[Optional[str], typer.Option("--at", help="ISO 8601 time with timezone")] = None,
     max_attempts: Annotated[Optional[int], typer.Option()] = None,
     unique_key: Annotated[Optional[str], typer.Option(help="Idempotency key")] = None,
-    app: Annotated[Optional[str], typer.Option("--app", help="module:attribute, to check args against the task")] = None,
+    app: Annotated[Optional[str], typer.Option(
+        "--app", help="module:attribute, to check args against the task")] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Queue one run and print its id."""
@@ -186,7 +200,8 @@ def stats(watch: Annotated[bool, typer.Option("--watch", help="Refresh every sec
 def dev(
     app: AppOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
-    run_for: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C)")] = None,
+    run_for: Annotated[Optional[float], typer.Option(
+        help="Stop after this many seconds (default: until Ctrl-C)")] = None,
     api_port: Annotated[Optional[int], typer.Option(
         help="Port of the REST API on 127.0.0.1 (default: 8000, or a free one if taken; 0: any free port)",
         show_default=False)] = None,

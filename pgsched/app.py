@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any, AsyncIterator, Callable, Generic, Iterator, Mapping, ParamSpec, Sequence, TypeVar, overload
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched import enqueue as _enqueue
@@ -177,7 +178,7 @@ class App:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     @overload
     def task(
-        self, *, name: str | None = None, queue: str = "default", priority: int = 0, max_attempts: int = 3,
+        self, /, *, name: str | None = None, queue: str = "default", priority: int = 0, max_attempts: int = 3,
         timeout: float | None = None, retry_backoff: float = 1.0, pool: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -270,7 +271,7 @@ class App:
             run_at=run_at, delay=0.0 if delay is None else delay, unique_key=unique_key, tenant=tenant,
         )
 
-    def _encode(self, task: str, args: Mapping[str, Any] | None) -> _enqueue.Jsonb:
+    def _encode(self, task: str, args: Mapping[str, Any] | None) -> Jsonb:
         """Args as jsonb, checked against the task's signature when the task is known here."""
         known = self.tasks.get(task)
         if known is not None and isinstance(args, Mapping):

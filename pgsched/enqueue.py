@@ -53,7 +53,8 @@ class RunOptions:
             raise InvalidInput(f"delay must be a number of seconds >= 0, got {self.delay!r}")
         if self.unique_key is not None and (not isinstance(self.unique_key, str) or not self.unique_key.strip()
                                             or len(self.unique_key) > 200):
-            raise InvalidInput(f"unique_key must be a non-empty string of at most 200 characters, got {self.unique_key!r}")
+            raise InvalidInput(
+                f"unique_key must be a non-empty string of at most 200 characters, got {self.unique_key!r}")
         check_no_nul("unique_key", self.unique_key)
         if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant.strip()
                                         or len(self.tenant) > 200):

@@ -14,7 +14,6 @@ from typing import Callable, LiteralString
 
 import psycopg
 
-
 logger = logging.getLogger("pgsched.listener")
 
 RECONNECT_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)

@@ -32,7 +32,7 @@ def configure_logging(level: str = "info", fmt: LogFormat = "text") -> None:
     # A worker logs a line per finished run, thousands per second. Not looking up the
     # caller's file/line or the thread and process names halves the cost of a line
     # (measured 21.7 -> 11 us); the logging HOWTO's "Optimization" section names these knobs.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

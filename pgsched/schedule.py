@@ -50,7 +50,8 @@ class Schedule:
         given = [name for name, value in (("cron", self.cron), ("every", self.every_s), ("at", self.at))
                  if value is not None]
         if len(given) != 1:
-            raise InvalidSchedule(f"a schedule needs exactly one of cron, every or at; got {', '.join(given) or 'none'}")
+            raise InvalidSchedule(
+                f"a schedule needs exactly one of cron, every or at; got {', '.join(given) or 'none'}")
         zone(self.tz)
         if self.cron is not None:
             _check_cron(self.cron)

@@ -14,8 +14,8 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 PANELS = (  # field, title, unit, higher is better, digits
     ("enqueue_bulk_per_s", "Bulk enqueue", "runs/s", True, 0),

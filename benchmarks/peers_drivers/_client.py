@@ -41,7 +41,7 @@ def serve(handlers: object) -> None:
                 if inspect.isawaitable(result):
                     result = runner.run(_await(result))
                 answer = {"ok": True, **(result or {})}
-            except Exception as exc:  # reported to the orchestrator, which stops the run
+            except Exception as exc:  # noqa: BLE001 - reported to the orchestrator, which stops the run
                 traceback.print_exc()
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             out.write(json.dumps(answer) + "\n")

@@ -16,8 +16,9 @@ from benchmarks.peers_drivers import _client, _probe
 PACKAGE = "psycopg"
 REQUIREMENTS = None  # the benchmark's own venv (psycopg, and pgsched's schema and claim query)
 STORE = "postgres"
-CONFIG = ("psycopg, no framework, pgsched's table without its trigger, every commit durable (claims too); COPY (batch) / one-row INSERT + commit "
-          "(single); worker: claim 50 + UPDATE ... = ANY(ids) loop, LISTEN when empty")
+CONFIG = ("psycopg, no framework, pgsched's table without its trigger, every commit durable (claims too); "
+          "COPY (batch) / one-row INSERT + commit (single); worker: claim 50 + UPDATE ... = ANY(ids) loop, "
+          "LISTEN when empty")
 PENDING_SQL = "SELECT count(*) FROM pgsched.runs WHERE status IN ('queued', 'running')"
 RESET_SQL = "TRUNCATE pgsched.runs"
 CHANNEL = "peers_raw"

@@ -20,8 +20,8 @@ from psycopg_pool import ConnectionPool
 import pgsched
 from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
 from pgsched.api.cache import CACHE_DEPENDENCY, ResponseCache
-from pgsched.api.controllers.health import HealthController
 from pgsched.api.contract import correct_allow_header, document_strict_request_bodies, enforce_the_document
+from pgsched.api.controllers.health import HealthController
 from pgsched.api.controllers.jobs import JobController
 from pgsched.api.controllers.queues import QueueController
 from pgsched.api.controllers.runs import RunController

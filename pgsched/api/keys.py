@@ -15,7 +15,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import psycopg
 from psycopg.rows import dict_row
@@ -53,7 +53,7 @@ def digest(key: str) -> bytes:
 def check_scope(scope: Any) -> Scope:
     if scope not in SCOPES:
         raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    return scope
+    return cast(Scope, scope)
 
 
 def check_tenant(tenant: Any) -> str | None:

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ class RedisTier:
         from redis.retry import Retry
 
         # No client-side retries and short timeouts: the breaker decides when to try again.
-        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "client_name": "pgsched-api"}
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "client_name": "pgsched-api"}
         self.breaker = CircuitBreaker(redacted(url), retry_s=retry_s)
         self._errors = (redis.RedisError, OSError)
         self._sync: redis.Redis = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
