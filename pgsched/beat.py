@@ -72,7 +72,7 @@ FIRING_CONNECTIONS = 4
 # fire times again, and the unique (job_id, scheduled_for) index keeps it to one run each.
 # Saves a disk flush per due job, the largest part of a round with many jobs due at once.
 # Through a transaction-mode pooler that option cannot be sent, and firings commit durably.
-FIRING_CONNECTION = {"autocommit": True, "options": "-c synchronous_commit=off"}
+FIRING_CONNECTION: dict[str, Any] = {"autocommit": True, "options": "-c synchronous_commit=off"}
 ON_TIME_LIMIT = 10_000  # on-time fire times per job per round: bounded by the grace window anyway
 
 

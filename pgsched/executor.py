@@ -33,7 +33,7 @@ MAX_RESULT_BYTES = 1024 * 1024
 
 def backoff_delay(base_s: float, attempt: int) -> float:
     """Exponential backoff with jitter: base * 2^(attempt-1), capped, times 0.5..1.5."""
-    return min(base_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
+    return min(base_s * 2.0 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.5)
 
 
 def _error_entry(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str | None) -> str:

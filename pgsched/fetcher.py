@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -48,7 +49,8 @@ logger = logging.getLogger("pgsched.worker")
 # Through a transaction-mode pooler neither startup option can be sent (PgBouncer refuses
 # them) and no statement stays prepared: each claim is then a transaction that skips the flush
 # with SET LOCAL, and is planned anew (see Fetcher._claim_transaction).
-CLAIM_CONNECTION = {"autocommit": True, "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"}
+CLAIM_CONNECTION: dict[str, Any] = {
+    "autocommit": True, "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"}
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
 # The fetcher's connection is its own: waiting for it means the database is unreachable, and
 # the fetch loop (which notices a stop request between claims) retries with backoff anyway.
