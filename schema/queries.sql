@@ -194,13 +194,22 @@ RETURNING id;
 -- name: worker_heartbeat
 -- Proves the worker alive and extends the leases of the runs it holds; returns those whose
 -- cancel was requested (a safety net for a missed pgsched_cancel notification).
+-- SKIP LOCKED: the heartbeat never waits for a run's row, so it cannot deadlock with the
+-- completer's batch (seen once under a 300k-run backlog: the two locked the same rows in
+-- other orders). A row locked now is being completed or rescued, so its lease no longer
+-- matters; any other is extended at the next heartbeat, a third of a lease later.
 WITH seen AS (
     UPDATE pgsched.workers SET last_seen_at = now() WHERE id = %(worker_id)s RETURNING id
+), held AS (
+    SELECT id FROM pgsched.runs
+    WHERE lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running'
+    FOR UPDATE SKIP LOCKED
 )
-UPDATE pgsched.runs
+UPDATE pgsched.runs AS r
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running'
-RETURNING id, cancel_requested_at IS NOT NULL AS cancel_requested;
+FROM held
+WHERE r.id = held.id
+RETURNING r.id, r.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: run_cancel_requested
 -- Which of these running runs someone asked to cancel (after the listener reconnects).

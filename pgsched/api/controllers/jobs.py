@@ -128,13 +128,13 @@ class JobController(Controller):
           responses=error_responses(400, 404))
     def trigger(self, name: JobName, pool: Pool, tenant: Tenant) -> RunOut:
         """Queue one run of the job now, outside its schedule; returns the run."""
-        with pool.connection() as conn:
+        with pool.connection() as conn, conn.transaction():
             run_id = job_store.trigger_job(conn, name, tenant=tenant)
             return from_row(RunOut, get_run(conn, run_id, tenant=tenant))
 
     @staticmethod
     def _set_enabled(pool: Pool, cache: Cache, name: str, enabled: bool, tenant: Tenant) -> JobOut:
-        with pool.connection() as conn:
+        with pool.connection() as conn, conn.transaction():
             job_store.set_enabled(conn, name, enabled, tenant=tenant)
             cache.forget_job(name)
             return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))

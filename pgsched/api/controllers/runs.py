@@ -79,7 +79,9 @@ class RunController(Controller):
                idempotency_key: IdempotencyKey = None) -> Response[RunOut]:
         """Queue one run (201), or return the run an earlier request with the same Idempotency-Key queued (200)."""
         request = _run_request(data)
-        with pool.connection() as conn:
+        # One transaction for the write and the read-back: a failure after the insert rolls it
+        # back, so an error status never answers a committed run (a retry would duplicate it).
+        with pool.connection() as conn, conn.transaction():
             run, created = store.enqueue_one(conn, pgsched, request, data.args, idempotency_key=idempotency_key,
                                              tenant=tenant)
         return Response(from_row(RunOut, run), status_code=201 if created else 200)
@@ -92,7 +94,7 @@ class RunController(Controller):
         if len(data.args) > settings.max_batch:
             raise InvalidInput(f"args has {len(data.args)} objects; a batch holds at most {settings.max_batch}")
         request = _run_request(data)
-        with pool.connection() as conn:
+        with pool.connection() as conn, conn.transaction():
             return RunBatchOut(ids=store.enqueue_batch(conn, pgsched, request, data.args, tenant=tenant))
 
     @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
@@ -135,7 +137,7 @@ class RunController(Controller):
               RunOut, description="The run is running: its worker was asked to stop it")))
     def cancel(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> Response[RunOut]:
         """Cancel a queued run (200), or ask the worker of a running one to stop it (202); 409 for finished runs."""
-        with pool.connection() as conn:
+        with pool.connection() as conn, conn.transaction():
             outcome = cancel_run(conn, run_id, tenant=tenant)
             run = get_run(conn, run_id, tenant=tenant)
         return Response(from_row(RunOut, run), status_code=202 if outcome == "running" else 200)
@@ -144,7 +146,7 @@ class RunController(Controller):
           responses=error_responses(400, 404, 409, 422))
     def retry(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:
         """Queue a failed or cancelled run again, due now; 409 for other runs."""
-        with pool.connection() as conn:
+        with pool.connection() as conn, conn.transaction():
             retry_run(conn, run_id, tenant=tenant)
             cache.forget_run(run_id)
             return from_row(RunOut, get_run(conn, run_id, tenant=tenant))
