@@ -17,7 +17,7 @@ import pytest
 from pgsched import App, current_run
 from pgsched.admin import cancel_run
 from pgsched.errors import PgschedError, RunNotFound, RunStateConflict
-from tests.test_worker_inprocess import RunningWorker, app, dsn, run_async  # noqa: F401 - fixtures
+from tests.support.inprocess import RunningWorker, run_async
 
 pytestmark = pytest.mark.usefixtures("dsn")
 

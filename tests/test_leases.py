@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from pgsched import App
-from tests.test_worker_inprocess import RunningWorker, app, dsn, run_async  # noqa: F401 - fixtures
+from tests.support.inprocess import RunningWorker, run_async
 
 
 def test_a_task_longer_than_its_lease_is_never_rescued_while_its_worker_heartbeats(app: App, dsn: str) -> None:

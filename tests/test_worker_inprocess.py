@@ -13,105 +13,34 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psycopg
-import pytest
 from psycopg.rows import dict_row
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from pgsched import App
 from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
 from pgsched.executor import Outcome
 from pgsched.sql import queries
-from pgsched.worker import Worker, WorkerOptions, rescue_expired
-from tests.conftest import empty_tables
+from pgsched.worker import rescue_expired
+from tests.support.db import empty_tables
+from tests.support.inprocess import RunningWorker, run_async
+from tests.support.waiting import wait_until_async
 
 try:  # the sweep's advisory-lock key lives with the sweep
     from pgsched.maintenance import SWEEP_LOCK_KEY
 except ImportError:
     from pgsched.worker import SWEEP_LOCK_KEY  # type: ignore[attr-defined,no-redef]
 
-FINAL = ("succeeded", "failed", "cancelled")
-POLL_S = 0.02
-
-
-async def poll(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0,
-               worker_task: asyncio.Task | None = None) -> Any:
-    """Await ``check()`` every 20 ms until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if worker_task is not None and worker_task.done():
-            worker_task.result()  # the worker's own exception, if it died
-            raise AssertionError(f"the worker stopped while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(POLL_S)
-
-
-class RunningWorker:
-    """``async with RunningWorker(app, dsn, concurrency=1) as w:`` — a worker in this event loop,
-    plus a connection to watch the database with."""
-
-    def __init__(self, app: App, dsn: str, **options: Any) -> None:
-        self.app = app
-        self.dsn = dsn
-        self.options = WorkerOptions(**{"poll_interval_s": 0.5, **options})
-
-    async def __aenter__(self) -> RunningWorker:
-        self.db = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, row_factory=dict_row)
-        self.worker = Worker(self.app, self.options)
-        self.task = asyncio.create_task(self.worker.run())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            self.worker.request_stop()
-            await asyncio.wait_for(self.task, 15)
-        finally:
-            await self.db.close()
-            await self.app.aclose()
-
-    async def row(self, run_id: int) -> dict[str, Any]:
-        cursor = await self.db.execute("SELECT *, now() AS db_now FROM pgsched.runs WHERE id = %s", (run_id,))
-        row = await cursor.fetchone()
-        assert row is not None, f"run {run_id} does not exist"
-        return row
-
-    async def until(self, run_id: int, condition: Callable[[dict[str, Any]], bool], what: str,
-                    timeout: float = 10.0) -> dict[str, Any]:
-        async def check() -> dict[str, Any] | None:
-            row = await self.row(run_id)
-            return row if condition(row) else None
-
-        return await poll(check, f"run {run_id}: {what}", timeout, self.task)
-
-    async def finished(self, run_id: int, timeout: float = 10.0) -> dict[str, Any]:
-        return await self.until(run_id, lambda r: r["status"] in FINAL, "a final status", timeout)
-
-
 # One database for the module, emptied before each test: much cheaper than a fresh clone per test,
-# and every test here starts from empty tables just the same.
+# and every test here starts from empty tables just the same (conftest's ``app`` is on it too).
 
 
 @pytest.fixture
 def dsn(module_dsn: str) -> str:
     return empty_tables(module_dsn)
-
-
-@pytest.fixture
-def app(dsn: str):
-    application = App(dsn=dsn)
-    yield application
-    application.close()
-
-
-def run_async(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 # ---- claim order and results
@@ -492,7 +421,7 @@ def test_a_worker_registers_itself_while_running_and_deregisters_at_stop(app, ds
                 cursor = await w.db.execute("SELECT * FROM pgsched.workers")
                 return await cursor.fetchall()
 
-            [row] = await poll(registered, "the worker to register", worker_task=w.task)
+            [row] = await wait_until_async(registered, 10, "the worker to register", check=w.still_running)
             assert (row["host"], row["pid"], row["queues"], row["concurrency"]) == (
                 socket.gethostname(), os.getpid(), ["default", "mail"], 3)
             assert row["id"] == w.worker.worker_id
