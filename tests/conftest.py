@@ -1,6 +1,6 @@
 """Test fixtures: one throwaway PostgreSQL per test session (pytest-postgresql), the pgsched
 schema loaded into its template database once, and a fresh clone of it for every test; and
-the fixtures more than one module uses (``app``, ``workers``).
+the fixtures more than one module uses (``app``, ``workers``, ``api``, ``redis_server``).
 Plain helpers live in tests/support/.
 
 The server's binaries are the newest system PostgreSQL found, else the ones the
@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
 import pytest
+from litestar.testing import TestClient
 from pytest_postgresql import factories
 
 from pgsched import App
+from pgsched.api import ApiSettings, create_app
 from pgsched.migrate import migrate
+from tests.support.api import TEST_SETTINGS, Api, make_keys
 from tests.support.db import scratch_database
+from tests.support.redis_server import RedisServer, running_redis
 from tests.support.workers import CREATE_EXECUTIONS, Workers
 
 HERE = Path(__file__).parent
@@ -82,6 +87,18 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
         yield connection
 
 
+@pytest.fixture
+def empty_dsn(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
+    """A DSN for a new database on the test server with nothing in it (no pgsched schema)."""
+    name = f"{conn.info.dbname}_empty"
+    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0'.encode())
+    try:
+        yield re.sub(r"dbname=\S+", f"dbname={name}", dsn)
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_dsn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests name their database explicitly; never the developer's PGSCHED_DSN or home."""
@@ -108,3 +125,16 @@ def workers(dsn: str, conn: psycopg.Connection, tmp_path: Path) -> Iterator[Work
     finally:
         spawner.cleanup()
 
+
+@pytest.fixture
+def api(dsn: str, conn: psycopg.Connection) -> Iterator[Api]:
+    """The REST API on this test's database, through Litestar's TestClient, with keys of every kind."""
+    with TestClient(create_app(ApiSettings(dsn=dsn, **TEST_SETTINGS))) as client:
+        yield Api(client, make_keys(conn))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server for this test (skips it when none is installed)."""
+    with running_redis(tmp_path / "redis") as server:
+        yield server
