@@ -28,7 +28,7 @@ from pgsched.executor import ClaimedRun
 from pgsched.process_pool import ChildFailed, ProcessPool
 from pgsched.worker import Worker, WorkerOptions
 from tests.support.db import scalar
-from tests.support.inprocess import RunningWorker
+from tests.support.inprocess import finish
 from tests.support.waiting import wait_until, wait_until_async
 from tests.support.workers import Workers, events, insert_run, registered, run_row, status_of
 
@@ -280,47 +280,27 @@ def test_the_pool_refuses_to_start_when_its_children_cannot_import_the_app() -> 
 # ---- the thread pool: what its timeout does not do
 
 
-def test_a_thread_pool_task_runs_past_its_timeout_to_its_end(dsn: str) -> None:
+def test_a_thread_pool_task_runs_past_its_timeout_to_its_end(app: App, dsn: str) -> None:
     """What README says: a thread cannot be stopped, so the thread pool does not enforce a timeout."""
-    app = App(dsn=dsn)
 
     @app.task(timeout=0.1)
     def digest() -> str:
         time.sleep(0.6)
         return "done"
 
-    run_id = app.enqueue("digest", {})
-
-    async def main() -> dict[str, Any]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    try:
-        row = asyncio.run(main())
-    finally:
-        app.close()
+    [row] = finish(app, dsn, app.enqueue("digest", {}))
     assert (row["status"], row["result"], row["errors"]) == ("succeeded", "done", [])
     assert (row["finished_at"] - row["started_at"]).total_seconds() >= 0.6
 
 
-def test_a_thread_pool_task_raising_its_own_timeout_error_fails_with_that_error(dsn: str) -> None:
+def test_a_thread_pool_task_raising_its_own_timeout_error_fails_with_that_error(app: App, dsn: str) -> None:
     """A sync task's TimeoutError (a socket's, say) is its own error; no timeout was set."""
-    app = App(dsn=dsn)
 
     @app.task(max_attempts=1)
     def fetch() -> None:
         raise TimeoutError("the socket timed out")
 
-    run_id = app.enqueue("fetch", {})
-
-    async def main() -> dict[str, Any]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    try:
-        row = asyncio.run(main())
-    finally:
-        app.close()
+    [row] = finish(app, dsn, app.enqueue("fetch", {}))
     assert row["status"] == "failed"
     assert [(e["type"], e["message"]) for e in row["errors"]] == [("TimeoutError", "the socket timed out")]
 

@@ -26,7 +26,7 @@ from pgsched.executor import Outcome
 from pgsched.sql import queries
 from pgsched.worker import rescue_expired
 from tests.support.db import empty_tables
-from tests.support.inprocess import RunningWorker, run_async
+from tests.support.inprocess import RunningWorker, finish, run_async
 from tests.support.waiting import wait_until_async
 
 try:  # the sweep's advisory-lock key lives with the sweep
@@ -119,11 +119,7 @@ def test_a_failing_task_is_retried_with_backoff_until_max_attempts_then_fails(ap
 
     run_id = app.tasks["flaky_upload"].enqueue(name="report.pdf")
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn, concurrency=2) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id, concurrency=2)
     assert (row["status"], row["attempt"], row["max_attempts"], row["result"]) == ("failed", 3, 3, None)
     assert row["finished_at"] is not None and row["lease_expires_at"] is None
     assert len(calls) == 3
@@ -151,11 +147,7 @@ def test_a_task_that_fails_then_succeeds_keeps_the_errors_of_its_failed_attempts
 
     run_id = app.enqueue("sometimes")
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("succeeded", 3, "finally")
     assert [(e["attempt"], e["type"], e["message"]) for e in row["errors"]] == [
         (1, "ConnectionError", "the service is down"), (2, "ConnectionError", "the service is down")]
@@ -212,11 +204,7 @@ def test_retry_runs_the_task_again_and_counts_as_an_attempt(app, dsn):
     again = app.enqueue("poll_export")
     used_up = app.enqueue("always_retry")
 
-    async def main() -> tuple[dict, dict]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(again), await w.finished(used_up)
-
-    again_row, used_up_row = run_async(main())
+    again_row, used_up_row = finish(app, dsn, again, used_up)
     assert (again_row["status"], again_row["attempt"], again_row["result"]) == ("succeeded", 2, "exported")
     assert [e["type"] for e in again_row["errors"]] == ["Retry"]
     assert (used_up_row["status"], used_up_row["attempt"]) == ("failed", 1)
@@ -233,11 +221,7 @@ def test_cancel_ends_the_run_as_cancelled_without_retries(app, dsn):
 
     run_id = app.tasks["maybe_send"].enqueue(order=7)
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("cancelled", 1, None)
     assert row["finished_at"] is not None
     assert calls == [7]
@@ -308,11 +292,7 @@ def test_args_that_do_not_fit_the_task_fail_the_run_with_a_clear_error(app, dsn,
     bad = conn.execute("INSERT INTO pgsched.runs (task, args) VALUES ('add', '{\"x\": 1}') RETURNING id").fetchone()[0]
     good = app.enqueue("add", {"a": 2, "b": 3})
 
-    async def main() -> tuple[dict, dict]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(bad), await w.finished(good)
-
-    bad_row, good_row = run_async(main())
+    bad_row, good_row = finish(app, dsn, bad, good)
     assert (bad_row["status"], bad_row["attempt"]) == ("failed", 1)
     [entry] = bad_row["errors"]
     assert entry["type"] == "InvalidArgs"
@@ -328,11 +308,7 @@ def test_a_result_that_is_not_json_serialisable_fails_the_run(app, dsn):
 
     run_id = app.enqueue("returns_a_set")
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("failed", 1, None)
     [entry] = row["errors"]
     assert entry["type"] == "ResultNotSerialisable"

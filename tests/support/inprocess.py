@@ -63,5 +63,14 @@ class RunningWorker:
         return await self.until(run_id, lambda r: r["status"] in FINAL, "a final status", timeout)
 
 
+def finish(app: App, dsn: str, *run_ids: int, timeout: float = 10.0, **options: Any) -> list[dict[str, Any]]:
+    """Run a worker (``options``: WorkerOptions) until each run has a final status: their rows, in order."""
+    async def main() -> list[dict[str, Any]]:
+        async with RunningWorker(app, dsn, **options) as w:
+            return [await w.finished(run_id, timeout) for run_id in run_ids]
+
+    return asyncio.run(main())
+
+
 def run_async(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
