@@ -6,8 +6,19 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from pgsched import App
+from tests.support.db import empty_tables
 from tests.support.inprocess import finish
+
+# One database for the module, emptied before each test: a fresh clone per test costs more
+# than most of these tests (conftest's ``app`` is on it too).
+
+
+@pytest.fixture
+def dsn(module_dsn: str) -> str:
+    return empty_tables(module_dsn)
 
 
 def test_a_task_longer_than_its_lease_is_never_rescued_while_its_worker_heartbeats(app: App, dsn: str) -> None:
