@@ -29,6 +29,7 @@ from tests.support.api import TEST_SETTINGS, Api, ReadonlyApi, count, make_keys,
 from tests.support.db import scratch_database
 from tests.support.processes import free_port
 
+
 @pytest.fixture(scope="module")
 def readonly_api(postgresql_proc: Any) -> Iterator[ReadonlyApi]:
     """One database and app for the tests that write nothing (the bad-input cases check that they

@@ -96,10 +96,10 @@ def test_two_concurrent_migrates_both_succeed_and_apply_each_migration_once(empt
             def still_waiting() -> None:
                 assert all(p.poll() is None for p in procs), "a migrate finished while the lock was held"
 
-            wait_until(lambda: scalar(blocker, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                                               " AND database = (SELECT oid FROM pg_database"
-                                               " WHERE datname = current_database())") == 2,
-                       30, "both migrates to reach the lock", poll=0.02, check=still_waiting)
+            waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                       " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+            wait_until(lambda: scalar(blocker, waiting) == 2, 30, "both migrates to reach the lock", poll=0.02,
+                       check=still_waiting)
         finally:
             blocker.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
             try:
