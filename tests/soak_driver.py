@@ -8,18 +8,17 @@ random worker every few seconds and starts a replacement, and restarts PostgreSQ
 At the end it checks the invariants and returns the counts and every violation found; it
 never asserts, so the caller decides (the test fails, the benchmark exits 1).
 
-Synchronisation is by polling against deadlines; the only sleeps are the chaos schedule and
-the one-second outage. Every worker started is killed and reaped by :meth:`Soak.close`.
+Synchronisation is by polling against deadlines (tests/support/waiting.py); the only sleep is
+the one-second outage. The workers are tests/support/processes.py's, and every one started is
+killed and reaped by :meth:`Soak.close`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -30,8 +29,9 @@ from typing import Any, Callable, TypeVar
 import psycopg
 
 from pgsched import App
+from tests.support.processes import Process, Processes
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
 TERMINAL = ("succeeded", "failed", "cancelled")
 T = TypeVar("T")
@@ -65,23 +65,6 @@ class SoakConfig:
     restart_window_leases: float = 3.0
 
 
-@dataclass
-class _Proc:
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    worker_id: int | None = None
-    killed: bool = False
-    killed_at: float | None = None  # wall clock (time.time()), comparable with the database's now()
-    spawned: float = field(default_factory=time.monotonic)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 class _Db:
     """The driver's own connection; reconnects (within a deadline) after PostgreSQL restarts."""
 
@@ -90,20 +73,20 @@ class _Db:
         self._conn: psycopg.Connection[Any] | None = None
 
     def rows(self, sql: str, params: Any = None, timeout: float = 60) -> list[tuple[Any, ...]]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def attempt() -> tuple[list[tuple[Any, ...]]]:  # a tuple: an empty result is an answer too
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
                 cursor = self._conn.execute(sql, params)
-                return cursor.fetchall() if cursor.description is not None else []
+                return (cursor.fetchall() if cursor.description is not None else [],)
             except psycopg.OperationalError:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+                raise
+
+        return wait_until(attempt, timeout, f"the database to answer {sql[:60]!r}", poll=0.1,
+                          ignoring=(psycopg.OperationalError,))[0]
 
     def scalar(self, sql: str, params: Any = None) -> Any:
         rows = self.rows(sql, params)
@@ -135,7 +118,9 @@ class Soak:
         self.seed = config.seed if config.seed is not None else random.randrange(2**32)
         self.rng = random.Random(self.seed)
         self.db = _Db(dsn)
-        self.procs: list[_Proc] = []
+        self.workers = Processes(log_dir)
+        self.procs = self.workers.started
+        self.killed_at: dict[int, float] = {}  # pid -> wall clock (time.time()), comparable with now()
         self.kills = 0
         self.restarts = 0
         self.restart_windows: list[tuple[float, float]] = []
@@ -143,50 +128,34 @@ class Soak:
 
     # ---- processes
 
-    def _spawn(self, wait: bool = True) -> _Proc:
+    def _spawn(self, wait: bool = True) -> Process:
         c = self.config
-        log_path = self.log_dir / f"soak-worker-{len(self.procs)}.log"
-        env = dict(os.environ, PGSCHED_DSN=self.dsn, PYTHONUNBUFFERED="1")
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "pgsched.cli.main", "worker", "--app", "tests.process_app:app",
-                 "--dsn", self.dsn, "--concurrency", str(c.concurrency), "--lease", str(c.lease_s),
-                 "--grace", "5"],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        proc = _Proc(popen, log_path)
-        self.procs.append(proc)
+        proc = self.workers.start("worker", "--app", "tests.process_app:app", "--dsn", self.dsn,
+                                  "--concurrency", str(c.concurrency), "--lease", str(c.lease_s), "--grace", "5",
+                                  kind="soak-worker", env={"PGSCHED_DSN": self.dsn})
         if wait:
             self._wait(lambda: self._registered(proc), 30, f"worker pid {proc.pid} to register")
         return proc
 
-    def _registered(self, proc: _Proc) -> bool:
+    def _registered(self, proc: Process) -> bool:
         if proc.worker_id is None:
             proc.worker_id = self.db.scalar("SELECT id FROM pgsched.workers WHERE pid = %s", (proc.pid,))
         return proc.worker_id is not None
 
-    def _live(self) -> list[_Proc]:
-        return [p for p in self.procs if not p.killed and p.popen.returncode is None]
+    def _live(self) -> list[Process]:
+        return self.workers.expected_alive()
 
     def _wait(self, condition: Callable[[], T], timeout: float, what: str) -> T:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            self._check_unexpected_exits()
-            if time.monotonic() > deadline:
-                raise SoakError(f"timed out after {timeout:.0f}s waiting for {what}\n{self._tail_logs()}")
-            time.sleep(POLL_S)
+        try:
+            return self.workers.wait_until(condition, timeout, what, poll=POLL_S)
+        except AssertionError as error:  # the caller decides: the test fails, the benchmark exits 1
+            raise SoakError(str(error)) from None
 
     def _check_unexpected_exits(self) -> None:
-        for proc in self._live():
-            if proc.popen.poll() is not None:
-                raise SoakError(f"worker pid {proc.pid} exited with {proc.popen.returncode} unasked; its log:\n"
-                                f"{proc.log()[-4000:]}")
-
-    def _tail_logs(self) -> str:
-        return "\n".join(f"--- worker pid {p.pid} (exit {p.popen.poll()}, killed={p.killed}):\n{p.log()[-2000:]}"
-                         for p in self.procs[-6:])
+        try:
+            self.workers.check_alive("the runs to finish")
+        except AssertionError as error:
+            raise SoakError(str(error)) from None
 
     def _kill_one(self) -> None:
         """SIGKILL a random registered worker and start its replacement (not waiting for it to
@@ -195,14 +164,13 @@ class Soak:
         if not registered:
             return
         victim = self.rng.choice(registered)
-        victim.killed = True
-        victim.killed_at = time.time()
-        victim.popen.kill()
+        self.killed_at[victim.pid] = time.time()
+        victim.signal(signal.SIGKILL)
         victim.popen.wait(timeout=10)
         self.kills += 1
         self._spawn(wait=False)
         for proc in self._live():
-            if proc.worker_id is None and time.monotonic() - proc.spawned > 30:
+            if proc.worker_id is None and time.monotonic() - proc.started_at > 30:
                 raise SoakError(f"worker pid {proc.pid} did not register within 30s; its log:\n{proc.log()[-3000:]}")
 
     def _restart(self) -> None:
@@ -222,10 +190,7 @@ class Soak:
 
     def close(self) -> None:
         """Kill and reap every worker still running (a no-op after a clean stop)."""
-        for proc in self.procs:
-            if proc.popen.poll() is None:
-                proc.popen.kill()
-            proc.popen.wait()
+        self.workers.cleanup()
         self.db.close()
 
     # ---- the soak
@@ -248,20 +213,21 @@ class Soak:
         started = time.monotonic()
         for _ in range(c.workers):
             self._spawn()
-        deadline = started + c.drain_timeout_s
         next_kill = time.monotonic() + self.rng.uniform(*c.kill_every_s)
         restart_due = self.restart_postgres is not None
         last_report = time.monotonic()
-        while True:
+        done = 0
+
+        def all_finished() -> bool:
+            nonlocal done
             done = self.db.scalar("SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')")
-            if done == c.runs:
-                break
+            return done == c.runs
+
+        def chaos() -> None:
+            """Between two looks at the runs: the kill schedule, the one restart, a progress line."""
+            nonlocal next_kill, restart_due, last_report
             self._check_unexpected_exits()
             now = time.monotonic()
-            if now > deadline:
-                raise SoakError(f"only {done} of {c.runs} runs finished within {c.drain_timeout_s:.0f}s\n"
-                                f"{self.db.rows('SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1')}\n"
-                                f"{self._tail_logs()}")
             if restart_due and done >= c.restart_at * c.runs:
                 restart_due = False
                 self._restart()
@@ -272,16 +238,25 @@ class Soak:
                 self.say(f"  {done}/{c.runs} finished, {self.kills} kills, {self.restarts} restarts, "
                          f"{now - started:.0f}s")
                 last_report = now
-            time.sleep(0.1)  # the driver's own pace; no correctness depends on it
+
+        def stuck() -> str:
+            return (f"only {done} of {c.runs} runs finished: "
+                    f"{self.db.rows('SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1')}\n"
+                    f"{self.workers.diagnostics()}")
+
+        try:  # polled at the driver's own pace; no correctness depends on it
+            wait_until(all_finished, c.drain_timeout_s - (time.monotonic() - started), f"all {c.runs} runs to finish",
+                       poll=0.1, check=chaos, diagnose=stuck)
+        except AssertionError as error:
+            raise SoakError(str(error)) from None
         drained_s = time.monotonic() - started
         for proc in self._live():  # a replacement started late may not have registered yet
             self._wait(lambda: self._registered(proc), 30, f"worker pid {proc.pid} to register")
 
-        for proc in self._live():
-            proc.popen.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            if proc.killed:
-                continue
+        stopping = self._live()
+        for proc in stopping:
+            proc.signal(signal.SIGTERM)
+        for proc in stopping:
             try:
                 code = proc.popen.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -300,7 +275,7 @@ class Soak:
         c = self.config
         v = self.violations
         pid_of = {p.worker_id: p.pid for p in self.procs}
-        killed_at = {p.worker_id: p.killed_at for p in self.procs if p.killed_at is not None}
+        killed_at = {p.worker_id: self.killed_at[p.pid] for p in self.procs if p.pid in self.killed_at}
 
         def killed_before(worker_id: int, at: str) -> bool:
             """Was this worker killed before the sweep found its lease expired (mid-run)?"""

@@ -7,18 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
-import httpx
 import psycopg
 import pytest
 from litestar.testing import TestClient
@@ -31,78 +25,21 @@ from pgsched.cli.main import cli
 from pgsched.errors import InvalidInput
 from pgsched.migrate import available, migrate
 from pgsched.sql import queries
-
-TEST_SETTINGS = {"key_cache_s": 0.0}  # a revoked key is refused at once
-
-
-@dataclass
-class Api:
-    """A client of one app, with keys of every kind: `api.get(path, as_="read")`."""
-
-    client: TestClient[Any]
-    keys: dict[str, str] = field(default_factory=dict)
-
-    def call(self, method: str, path: str, as_: str | None = "admin", **kwargs: Any) -> httpx.Response:
-        headers = dict(kwargs.pop("headers", {}))
-        if as_ is not None:
-            headers["Authorization"] = f"Bearer {self.keys[as_]}"
-        return self.client.request(method, path, headers=headers, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.call("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.call("POST", path, **kwargs)
-
-    def patch(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.call("PATCH", path, **kwargs)
-
-    def delete(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.call("DELETE", path, **kwargs)
-
-
-ReadonlyApi = tuple[Api, psycopg.Connection]
-
-KEY_KINDS = {  # name: (scope, tenant)
-    "admin": ("admin", None), "write": ("write", None), "read": ("read", None),
-    "acme": ("write", "acme"), "acme-read": ("read", "acme"), "beta": ("write", "beta"),
-}
-
-
-def make_keys(conn: psycopg.Connection) -> dict[str, str]:
-    return {name: api_keys.create_key(conn, scope, tenant=tenant, name=name)[0]
-            for name, (scope, tenant) in KEY_KINDS.items()}
-
-
-@pytest.fixture
-def api(dsn: str, conn: psycopg.Connection) -> Iterator[Api]:
-    with TestClient(create_app(ApiSettings(dsn=dsn, **TEST_SETTINGS))) as client:
-        yield Api(client, make_keys(conn))
+from tests.support.api import TEST_SETTINGS, Api, ReadonlyApi, count, make_keys, ok, serving_api
+from tests.support.db import scratch_database
+from tests.support.processes import free_port
 
 
 @pytest.fixture(scope="module")
 def readonly_api(postgresql_proc: Any) -> Iterator[ReadonlyApi]:
     """One database and app for the tests that write nothing (the bad-input cases check that they
     do not): a fresh database per test costs more than these tests themselves."""
-    server = f"host={postgresql_proc.host} port={postgresql_proc.port} user={postgresql_proc.user}"
-    name = "pgsched_api_readonly"
-    with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0'.encode())
-        try:
-            with psycopg.connect(f"{server} dbname={name}", autocommit=True) as conn:
-                migrate(conn)
-                conn.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('j', 't', 60)")
-                settings = ApiSettings(dsn=f"{server} dbname={name}", max_body_bytes=1024 * 1024, **TEST_SETTINGS)
-                with TestClient(create_app(settings)) as client:
-                    yield Api(client, make_keys(conn)), conn
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
+    with scratch_database(postgresql_proc, "pgsched_api_readonly") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('j', 't', 60)")
+            settings = ApiSettings(dsn=dsn, max_body_bytes=1024 * 1024, **TEST_SETTINGS)
+            with TestClient(create_app(settings)) as client:
+                yield Api(client, make_keys(conn)), conn
 
 
 def db_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
@@ -112,10 +49,6 @@ def db_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
     return row
 
 
-def count(conn: psycopg.Connection, table: str) -> int:
-    return conn.execute(f"SELECT count(*) FROM pgsched.{table}".encode()).fetchone()[0]
-
-
 # ---- operations
 
 
@@ -123,17 +56,6 @@ def test_health_and_ready_answer_without_a_key_on_a_migrated_database(readonly_a
     api, _ = readonly_api
     assert ok(api.get("/health", as_=None)) == {"status": "ok"}
     assert ok(api.get("/ready", as_=None)) == {"status": "ready", "reason": None, "pending_migrations": []}
-
-
-@pytest.fixture
-def empty_dsn(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
-    """A new database on the test server with no pgsched schema."""
-    name = f"{conn.info.dbname}_empty"
-    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0'.encode())
-    try:
-        yield re.sub(r"dbname=\S+", f"dbname={name}", dsn)
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
 def test_ready_is_503_and_names_the_pending_migrations_on_an_unmigrated_database(empty_dsn: str):
@@ -160,11 +82,7 @@ def test_ready_is_503_and_requests_get_a_json_503_when_the_database_is_unreachab
 
 @pytest.fixture
 def unused_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 PROMETHEUS_SAMPLE = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"\\]*",?)*\})? -?\d+(\.\d+)?(e[+-]?\d+)?$')
@@ -625,35 +543,6 @@ def test_keys_create_prints_the_key_once_and_list_and_revoke_manage_it(dsn: str,
     unknown = runner.invoke(cli, ["keys", "revoke", "999", "--dsn", dsn])
     assert isinstance(unknown.exception, ApiKeyNotFound)
     assert count(conn, "api_keys") == 1
-
-
-@contextmanager
-def serving_api(*args: str) -> Iterator[tuple[str, bytes]]:
-    """`pgsched api --port 0 ARGS` in a subprocess: (its URL, what it printed while starting)."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PGSCHED_")}
-    env["COLUMNS"] = "200"  # rich wraps the --no-auth warning to the terminal width otherwise
-    proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "api", "--host", "127.0.0.1", "--port", "0",
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stderr is not None
-        output, deadline, url = b"", time.monotonic() + 30, None
-        while url is None:  # uvicorn's "running on" line names the port it got
-            assert time.monotonic() < deadline and proc.poll() is None, output.decode()
-            ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
-            if ready:
-                output += os.read(proc.stderr.fileno(), 65536)
-                match = re.search(rb"running on (http://127\.0\.0\.1:\d+)", output)
-                url = match[1].decode() if match else None
-        yield url, output
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, "an interrupted `pgsched api` exits cleanly"
-
 
 
 def test_pgsched_api_serves_http_on_a_free_port_and_warns_loudly_without_auth(dsn: str):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import msgspec
@@ -19,17 +18,12 @@ from litestar.testing import TestClient
 from pgsched.api import ApiSettings, create_app
 from pgsched.api.cache import job_key, queues_key, run_key
 from pgsched.api.schemas import JobOut
-from tests.redis_server import RedisServer, running_redis
-from tests.test_api import TEST_SETTINGS, Api, make_keys, ok
+from tests.support.api import TEST_SETTINGS, Api, make_keys, ok
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 TIMEOUT_S = 0.5
 RETRY_S = 0.3
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis") as server:
-        yield server
 
 
 @pytest.fixture
@@ -60,13 +54,6 @@ def set_result_behind_the_apis_back(conn: psycopg.Connection, run_id: int, resul
 
 def breaker(api: Api) -> Any:
     return api.client.app.state.cache.redis.breaker
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # ---- what is cached
@@ -212,7 +199,7 @@ def test_requests_keep_succeeding_when_redis_dies_and_the_cache_returns_with_it(
 
     redis_server.start()  # the same port, empty
     wait_until(lambda: api.get(f"/runs/{run_id}").status_code == 200 and
-               cached(redis_server, run_key(run_id)) is not None, "the cache to come back with Redis")
+               cached(redis_server, run_key(run_id)) is not None, 10, "the cache to come back with Redis", poll=0.02)
     assert not breaker(api).is_open
     set_result_behind_the_apis_back(conn, run_id, 3)
     assert ok(api.get(f"/runs/{run_id}"))["result"] == 2, "served from Redis again"
@@ -236,7 +223,7 @@ def test_a_hanging_redis_costs_one_timeout_not_one_per_request(api: Api, conn: p
     assert elapsed < requests * TIMEOUT_S / 4, f"{requests} requests took {elapsed:.2f}s"
     assert breaker(api).is_open
     wait_until(lambda: api.get(f"/runs/{run_id}").status_code == 200 and
-               cached(redis_server, run_key(run_id)) is not None, "the cache to come back")
+               cached(redis_server, run_key(run_id)) is not None, 10, "the cache to come back", poll=0.02)
 
 
 def test_the_api_starts_and_serves_while_redis_is_unreachable(dsn: str, conn: psycopg.Connection,

@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import TestClient
 
 from pgsched.api import ApiSettings, create_app
-from tests.test_api import TEST_SETTINGS, Api, ReadonlyApi, count, make_keys
+from tests.support.api import TEST_SETTINGS, Api, ReadonlyApi, count, make_keys
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,19 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
-from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from pgsched.api import ApiSettings, create_app
 from pgsched.api.metrics import DURATION_BUCKETS_S, HISTOGRAM_WINDOW_S
 from pgsched.cli.main import cli
 from pgsched.errors import InvalidInput
-from tests.test_api import TEST_SETTINGS, Api, make_keys, ok
+from tests.support.api import Api, ok
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def api(dsn: str, conn: psycopg.Connection) -> Iterator[Api]:
-    with TestClient(create_app(ApiSettings(dsn=dsn, **TEST_SETTINGS))) as client:
-        yield Api(client, make_keys(conn))
 
 
 def insert_run(conn: psycopg.Connection, **columns: Any) -> int:

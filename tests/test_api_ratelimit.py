@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
@@ -23,17 +21,12 @@ from pgsched.api import ApiSettings, create_app
 from pgsched.api.settings import RateLimit
 from pgsched.cli.main import cli
 from pgsched.errors import ConfigError
-from tests.redis_server import RedisServer, running_redis
-from tests.test_api import TEST_SETTINGS, Api, make_keys, ok, serving_api
+from tests.support.api import TEST_SETTINGS, Api, make_keys, ok, serving_api
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 # 1000.5 s after the epoch: in a 60 s window that ends at 1020 s, so Retry-After is 20.
 NOW = 1000.5
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path / "redis") as server:
-        yield server
 
 
 @contextmanager
@@ -120,11 +113,10 @@ def test_while_redis_is_down_the_limit_is_counted_in_each_process(dsn: str, keys
         assert api.client.app.state.rate_limiter.redis.breaker.is_open
 
         redis_server.start()  # empty: the shared count starts again
-        deadline = time.monotonic() + 10
-        while api.client.app.state.rate_limiter.redis.breaker.is_open:
-            assert time.monotonic() < deadline, "the limiter never went back to Redis"
-            api.get("/queues", as_="admin")
-            time.sleep(0.05)
+        # Each miss sends a request: the breaker's trial is the next request after its retry time.
+        wait_until(lambda: not api.client.app.state.rate_limiter.redis.breaker.is_open, 10,
+                   "the limiter to go back to Redis", poll=0.05,
+                   check=lambda: api.get("/queues", as_="admin"))
         ok(api.get("/queues", as_="read"))
         with redis_server.client() as client:
             assert client.keys("pgsched:v1:rate:*"), "counted in Redis again"

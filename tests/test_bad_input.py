@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from pgsched import App
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
-from tests.conftest import scratch_database
+from tests.support.db import scratch_database
 
 
 # Nothing here may change the database, so the tests share one (a fresh clone per test costs more

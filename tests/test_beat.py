@@ -25,7 +25,7 @@ from pgsched.beat import _due_jobs, fire_due_jobs, plan_firings, write_firing
 from pgsched.errors import InvalidArgs, InvalidInput
 from pgsched.jobs import JobNotFound, JobSpec
 from pgsched.schedule import InvalidSchedule, Schedule
-from tests.conftest import scratch_database
+from tests.support.db import scratch_database
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

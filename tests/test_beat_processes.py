@@ -14,101 +14,47 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import psycopg
 import pytest
 
 from pgsched.jobs import JobSpec, upsert_job
 from pgsched.schedule import Schedule
+from pgsched.sql import queries
+from tests.support.db import scalar
+from tests.support.processes import ROOT, Process, Processes
+from tests.support.waiting import POLL_S
+from tests.support.workers import CREATE_EXECUTIONS
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 0.03
 LOCK_INTERVAL_S = 0.5
 EVERY_SECOND = "* * * * * *"  # 6 fields: seconds first
 ONE_S = timedelta(seconds=1)
-T = TypeVar("T")
 
 
 # ---- processes
 
 
-@dataclass
-class Proc:
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    kind: str
-    expect_exit: bool = False  # set when the test signals it: its exit is then no failure
+class Fleet(Processes):
+    """Beat and worker processes of one test (tests/support/processes.py), killed at teardown."""
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    def __init__(self, dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+        super().__init__(tmp_path, conn)
+        self.dsn = dsn
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def send(self, sig: int) -> None:
-        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-            self.expect_exit = True
-        self.popen.send_signal(sig)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.send_signal(signal.SIGUSR1)  # a stack dump into the log (see process_app)
-            time.sleep(0.5)  # diagnostics only: give the dump time to reach the log
-            pytest.fail(f"{self.kind} pid {self.pid} still running {timeout}s later; its log:\n{self.log()[-6000:]}")
-
-
-@dataclass
-class Fleet:
-    """Starts beat and worker processes for one test; kills whatever is left at teardown."""
-
-    dsn: str
-    conn: psycopg.Connection[Any]
-    tmp_path: Path
-    started: list[Proc] = field(default_factory=list)
-
-    def _spawn(self, kind: str, args: list[str]) -> Proc:
-        log_path = self.tmp_path / f"{kind}-{len(self.started)}.log"
-        env = dict(os.environ, PGSCHED_DSN=self.dsn, PYTHONUNBUFFERED="1", COLUMNS="200")
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", *args], cwd=ROOT, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        proc = Proc(popen, log_path, kind)
-        self.started.append(proc)
-        return proc
-
-    def beat(self, *options: str, misfire_grace: float = 5.0, lock_interval: float = LOCK_INTERVAL_S) -> Proc:
+    def beat(self, *options: str, misfire_grace: float = 5.0, lock_interval: float = LOCK_INTERVAL_S) -> Process:
         # --app: process_app registers a SIGUSR1 stack dump (it declares no periodic jobs to sync).
-        return self._spawn("beat", ["beat", "--dsn", self.dsn, "--app", "tests.process_app:app",
-                                    "--lock-interval", str(lock_interval), "--misfire-grace", str(misfire_grace),
-                                    *options])
+        return self.start("beat", "--dsn", self.dsn, "--app", "tests.process_app:app",
+                          "--lock-interval", str(lock_interval), "--misfire-grace", str(misfire_grace),
+                          *options, kind="beat", env={"PGSCHED_DSN": self.dsn})
 
-    def worker(self, *options: str) -> Proc:
-        return self._spawn("worker", ["worker", "--app", "tests.process_app:app", "--dsn", self.dsn, *options])
-
-    def wait_until(self, condition: Callable[[], T], timeout: float, what: str) -> T:
-        """Poll ``condition`` until truthy; fail at the deadline or as soon as a process the
-        test has not signalled exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            for proc in self.started:
-                if not proc.expect_exit and proc.popen.poll() is not None:
-                    pytest.fail(f"{proc.kind} pid {proc.pid} exited with {proc.popen.returncode} while waiting "
-                                f"for {what}; its log:\n{proc.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout}s waiting for {what}\n{self.diagnostics()}")
-            time.sleep(POLL_S)
+    def worker(self, *options: str) -> Process:
+        return self.start("worker", "--app", "tests.process_app:app", "--dsn", self.dsn, *options,
+                          kind="worker", env={"PGSCHED_DSN": self.dsn})
 
     def wait_beats_listening(self, count: int) -> None:
         """Until ``count`` beats have their LISTEN connection up (their lock loop has started)."""
@@ -117,31 +63,15 @@ class Fleet:
                                                   " AND query ILIKE 'LISTEN pgsched_jobs%%'") == count,
                         20, f"{count} beat(s) to listen")
 
-    def wait_leader(self, among: list[Proc], timeout: float = 20) -> Proc:
+    def wait_leader(self, among: list[Process], timeout: float = 20) -> Process:
         pids = {p.pid: p for p in among}
         pid = self.wait_until(lambda: (leader_pid(self.conn) or 0) in pids and leader_pid(self.conn), timeout,
                               f"one of pids {sorted(pids)} to lead")
         return pids[pid]
 
-    def diagnostics(self) -> str:
-        live = [p for p in self.started if p.popen.poll() is None]
-        for proc in live:
-            proc.popen.send_signal(signal.SIGCONT)
-            proc.popen.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)  # diagnostics only: give the dumps time to reach the logs
-        sessions = self.conn.execute(
-            "SELECT pid, state, wait_event_type, wait_event, now() - state_change, left(query, 120)"
-            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    def database_diagnostics(self) -> str:
         leader = self.conn.execute("SELECT * FROM pgsched.beat_leader").fetchall()
-        logs = "\n".join(f"--- {p.kind} pid {p.pid} (exit code {p.popen.returncode}):\n{p.log()[-5000:]}"
-                         for p in self.started)
-        return f"{logs}\n--- beat_leader: {leader}\n--- sessions:\n" + "\n".join(map(str, sessions))
-
-    def cleanup(self) -> None:
-        for proc in self.started:
-            if proc.popen.poll() is None:
-                proc.popen.kill()  # SIGKILL also ends a SIGSTOPped process
-            proc.popen.wait()
+        return f"--- beat_leader: {leader}\n{super().database_diagnostics()}"
 
 
 @pytest.fixture
@@ -154,11 +84,6 @@ def fleet(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> Iterator[F
 
 
 # ---- database helpers
-
-
-def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
-    row = conn.execute(sql, params).fetchone()
-    return None if row is None else row[0]
 
 
 def leader_pid(conn: psycopg.Connection[Any]) -> int | None:
@@ -421,7 +346,9 @@ def test_sigterm_during_a_leaders_round_is_not_forgotten(fleet: Fleet, conn: psy
                                               " AND query LIKE 'UPDATE pgsched.beat_leader%%'"),
                          10, "the leader's heartbeat to wait for the row lock")
         beat.send(signal.SIGTERM)
-        time.sleep(0.2)  # the signal's handler runs while the heartbeat still waits (not a synchronisation)
+        # Delivered means handled: its C handler wakes the idle event loop, which runs the stop
+        # request while the heartbeat still waits for the row lock.
+        fleet.wait_until(lambda: not beat.signal_pending(signal.SIGTERM), 5, "the beat to receive the SIGTERM")
         blocker.rollback()
         released = time.monotonic()
     assert beat.wait_exit(10) == 0, beat.log()[-3000:]
@@ -435,8 +362,7 @@ def test_sigterm_during_a_leaders_round_is_not_forgotten(fleet: Fleet, conn: psy
 
 
 def test_two_workers_with_beat_run_each_fire_time_once(fleet: Fleet, conn: psycopg.Connection[Any]) -> None:
-    conn.execute("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
-                 " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    conn.execute(CREATE_EXECUTIONS)
     job = every_second_job(conn, "record-tick", task="record", args={"key": "tick"})
     workers = [fleet.worker("--beat", "--lock-interval", str(LOCK_INTERVAL_S)) for _ in range(2)]
     ids = fleet.wait_until(lambda: dict(conn.execute("SELECT pid, id FROM pgsched.workers").fetchall())
@@ -478,7 +404,10 @@ def test_a_job_inserted_by_plain_sql_is_picked_up_by_the_sleeping_leader_within_
     beat = fleet.beat()
     fleet.wait_leader([beat])
     fleet.wait_beats_listening(1)
-    time.sleep(0.3)  # let the new leader finish its first round and go to sleep (not a synchronisation)
+    # The leader's first round ends with job_next_due_in, then it sleeps: measure from there.
+    fleet.wait_until(lambda: scalar(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                          " AND state = 'idle' AND query = %s", (queries["job_next_due_in"],)),
+                     10, "the leader to end its first round")
 
     pickups = []
     for i in range(3):

@@ -18,9 +18,19 @@ from pgsched import App, current_run
 from pgsched.runs import cancel_run
 from pgsched.errors import PgschedError, RunNotFound, RunStateConflict
 from pgsched.worker import Worker
-from tests.test_worker_inprocess import RunningWorker, app, dsn, run_async  # noqa: F401 - fixtures
+from tests.support.db import empty_tables
+from tests.support.inprocess import RunningWorker, run_async
 
 pytestmark = pytest.mark.usefixtures("dsn")
+
+
+# One database for the module, emptied before each test: a fresh clone per test costs more
+# than most of these tests (conftest's ``app`` is on it too).
+
+
+@pytest.fixture
+def dsn(module_dsn: str) -> str:
+    return empty_tables(module_dsn)
 
 
 def test_a_running_async_task_is_stopped_and_its_run_ends_cancelled(app: App, dsn: str) -> None:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +25,7 @@ import pytest
 
 from pgsched.loader import EXAMPLE_APP
 from pgsched.migrate import migrate
+from tests.support.processes import Processes, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "compose.yaml"
@@ -248,47 +247,20 @@ def _api_probe(compose: list[str], env_file: Path, port: int) -> list[str]:
 
 
 @pytest.fixture
-def unmigrated_dsn(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
-    name = f"{conn.info.dbname}_bare"
-    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0'.encode())
-    try:
-        yield re.sub(r"dbname=\S+", f"dbname={name}", dsn)
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def api_server(unmigrated_dsn: str, tmp_path: Path) -> Iterator[tuple[int, str]]:
+def api_server(empty_dsn: str, tmp_path: Path) -> Iterator[tuple[int, str]]:
     """`pgsched api` on a database without the schema (so /ready answers 503 until migrated)."""
-    port = _free_port()
-    log_path = tmp_path / "api.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "api", "--port", str(port),
-                                 "--dsn", unmigrated_dsn, "--log-level", "warning"],
-                                stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
+    processes = Processes(tmp_path)
+    processes.start("api", "--port", str(port), "--dsn", empty_dsn, "--log-level", "warning")
+
+    def healthy() -> bool:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, f"pgsched api exited: {log_path.read_text(errors='replace')[-2000:]}"
-            assert time.monotonic() < deadline, "pgsched api did not answer /health within 30 s"
-            time.sleep(0.1)
-        yield port, unmigrated_dsn
+        processes.wait_until(healthy, 30, "pgsched api to answer /health", poll=0.1, ignoring=(httpx.TransportError,))
+        yield port, empty_dsn
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        processes.cleanup()
 
 
 def test_the_api_probe_fails_until_the_schema_is_migrated(compose: list[str], env_file: Path,

@@ -21,6 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.support.processes import Processes
+
 pytestmark = pytest.mark.slow
 
 
@@ -42,26 +44,18 @@ def server_running(home: Path) -> bool:
 def test_dev_runs_the_example_on_an_embedded_server_that_a_second_process_can_watch(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k != "PGSCHED_DSN"} | {"PGSCHED_HOME": str(home)}
-    dev = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "dev"], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    processes = Processes(tmp_path)
+    dev = processes.start("dev", env={"PGSCHED_HOME": str(home)})
     try:
-        deadline = time.monotonic() + 60
-        seen = 0
-        while time.monotonic() < deadline and seen < 5:
-            assert dev.poll() is None, dev.stdout.read() if dev.stdout else ""
-            if server_running(home):
-                try:
-                    seen = succeeded_runs(env)
-                except (AssertionError, json.JSONDecodeError):
-                    seen = 0  # schema not applied yet
-            time.sleep(0.3)
-        assert seen >= 5, "no example runs succeeded within 60 s"
-        dev.send_signal(signal.SIGTERM)
-        output, _ = dev.communicate(timeout=30)
+        # A failing `stats` (AssertionError) or half an answer: the schema is not applied yet.
+        processes.wait_until(lambda: server_running(home) and succeeded_runs(env) >= 5, 60,
+                             "5 example runs to succeed", poll=0.3, ignoring=(AssertionError, json.JSONDecodeError))
+        dev.signal(signal.SIGTERM)
+        returncode = dev.wait_exit(30)
+        output = dev.log()
     finally:
-        if dev.poll() is None:
-            dev.kill()
-    assert dev.returncode == 0, output
+        processes.cleanup()
+    assert returncode == 0, output
     assert "Traceback" not in output, output
     assert "worker 1 started" in output
     # SIGTERM is a normal exit: the embedded server is stopped with the last process using it.

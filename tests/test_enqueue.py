@@ -17,7 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgsched import App
-from tests.conftest import empty_tables
+from tests.support.db import empty_tables
 
 CHANNEL = "pgsched"
 

@@ -5,10 +5,20 @@ the run failed with the reason while the worker lives on."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+
+import pytest
 
 from pgsched import App
-from tests.test_worker_inprocess import RunningWorker, app, dsn, run_async  # noqa: F401 - fixtures
+from tests.support.db import empty_tables
+from tests.support.inprocess import finish
+
+# One database for the module, emptied before each test: a fresh clone per test costs more
+# than most of these tests (conftest's ``app`` is on it too).
+
+
+@pytest.fixture
+def dsn(module_dsn: str) -> str:
+    return empty_tables(module_dsn)
 
 
 def test_a_task_longer_than_its_lease_is_never_rescued_while_its_worker_heartbeats(app: App, dsn: str) -> None:
@@ -22,12 +32,8 @@ def test_a_task_longer_than_its_lease_is_never_rescued_while_its_worker_heartbea
 
     run_id = app.enqueue("long_import", {"batch": 1})
 
-    async def main() -> dict[str, Any]:
-        # lease 1 s: heartbeat every 1/3 s, lease sweep every 1/2 s in this same worker
-        async with RunningWorker(app, dsn, lease_s=1.0) as w:
-            return await w.finished(run_id, timeout=15)
-
-    row = run_async(main())
+    # lease 1 s: heartbeat every 1/3 s, lease sweep every 1/2 s in this same worker
+    [row] = finish(app, dsn, run_id, lease_s=1.0, timeout=15)
     assert (row["status"], row["attempt"], row["errors"]) == ("succeeded", 1, [])
     assert executions == [1]
 
@@ -43,11 +49,7 @@ def test_a_result_over_1_mb_fails_the_run_with_the_reason_and_the_worker_goes_on
 
     huge, fine = app.enqueue("dump", {}), app.enqueue("small", {})
 
-    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(huge), await w.finished(fine)
-
-    huge_row, fine_row = run_async(main())
+    huge_row, fine_row = finish(app, dsn, huge, fine)
     assert (huge_row["status"], huge_row["attempt"]) == ("failed", 1)  # retrying cannot shrink it
     assert huge_row["errors"][-1]["type"] == "ResultTooLarge"
     assert "the limit is 1048576" in huge_row["errors"][-1]["message"]

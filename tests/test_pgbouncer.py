@@ -20,15 +20,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Iterator
 
 import psycopg
 import pytest
@@ -44,19 +42,18 @@ from pgsched.cli.main import cli
 from pgsched.errors import ConfigError
 from pgsched.sql import queries
 from pgsched.worker import Worker
-from tests.conftest import empty_tables
-from tests.test_processes import WorkerProcess
+from tests.support.db import empty_tables, scalar
+from tests.support.processes import Process, Processes, free_port
+from tests.support.waiting import wait_until
+from tests.support.workers import CREATE_EXECUTIONS
 
-ROOT = Path(__file__).resolve().parent.parent
 POOL_SIZE = 2  # server connections per database: small, so clients' transactions share them
 UNPRIVILEGED_USER = "pgsched-pg"  # the user tests/pg_ctl_unprivileged runs PostgreSQL as
-POLL_S = 0.03
 # pg_locks rows of the beat leader's advisory lock (a bigint key: classid = high, objid = low 32 bits).
 BEAT_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
              " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
              " AND l.classid::bigint = (hashtextextended('pgsched.beat', 0) >> 32) & 4294967295"
              " AND l.objid::bigint = hashtextextended('pgsched.beat', 0) & 4294967295")
-T = TypeVar("T")
 
 PGBOUNCER_INI = """\
 [databases]
@@ -132,12 +129,6 @@ def unprivileged(workdir: Path) -> list[str]:
     return ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def start_pgbouncer(binary: str, pg_host: str, pg_port: int, user: str) -> Bouncer:
     workdir = Path(tempfile.mkdtemp(prefix="pgsched-pgbouncer-"))
     port = free_port()
@@ -150,17 +141,22 @@ def start_pgbouncer(binary: str, pg_host: str, pg_port: int, user: str) -> Bounc
         popen = subprocess.Popen([*prefix, binary, str(workdir / "pgbouncer.ini")], cwd="/",
                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     bouncer = Bouncer(popen, port, user, workdir)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with psycopg.connect(bouncer.dsn(f"user={user} dbname=postgres"), prepare_threshold=None) as conn:
-                conn.execute("SELECT 1")
-            return bouncer
-        except psycopg.OperationalError:
-            if popen.poll() is not None or time.monotonic() > deadline:
-                stop_pgbouncer(bouncer)
-                pytest.fail(f"pgbouncer did not start (exit code {popen.returncode}):\n{bouncer.log()}")
-            time.sleep(0.05)
+
+    def answers() -> bool:
+        with psycopg.connect(bouncer.dsn(f"user={user} dbname=postgres"), prepare_threshold=None) as conn:
+            return conn.execute("SELECT 1").fetchone() is not None
+
+    def running() -> None:
+        if popen.poll() is not None:
+            raise AssertionError(f"pgbouncer exited with {popen.returncode}:\n{bouncer.log()}")
+
+    try:
+        wait_until(answers, 15, "pgbouncer to answer", poll=0.05, check=running, diagnose=bouncer.log,
+                   ignoring=(psycopg.OperationalError,))
+    except AssertionError:
+        stop_pgbouncer(bouncer)
+        raise
+    return bouncer
 
 
 def stop_pgbouncer(bouncer: Bouncer) -> None:
@@ -197,8 +193,7 @@ class Db:
     bouncer: Bouncer
 
     def scalar(self, sql: str, params: Any = None) -> Any:
-        row = self.conn.execute(sql, params).fetchone()
-        return None if row is None else row[0]
+        return scalar(self.conn, sql, params)
 
     def status_of(self, run_id: int) -> str:
         return self.scalar("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,))
@@ -223,74 +218,35 @@ def db(module_dsn: str, bouncer: Bouncer) -> Iterator[Db]:
     empty_tables(module_dsn)
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS executions")
-        conn.execute("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
-                     " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        conn.execute(CREATE_EXECUTIONS)
         yield Db(module_dsn, bouncer.dsn(module_dsn), conn, bouncer)
 
 
 # ---- processes
 
 
-@dataclass
-class Processes:
-    """`pgsched` processes of one test, with exactly the pooler settings it gives them."""
+class PooledProcesses(Processes):
+    """`pgsched` processes of one test, with exactly the pooler settings it gives each."""
 
-    tmp_path: Path
-    started: list[WorkerProcess] = field(default_factory=list)
-
-    def start(self, *args: str, env: dict[str, str]) -> WorkerProcess:
-        log_path = self.tmp_path / f"pgsched-{len(self.started)}.log"
-        clean = {k: v for k, v in os.environ.items()
-                 if k not in ("PGSCHED_DSN", "PGSCHED_DIRECT_DSN", "PGSCHED_PGBOUNCER")}
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", *args], cwd=ROOT,
-                                     env={**clean, "PYTHONUNBUFFERED": "1", **env},
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        process = WorkerProcess(popen, log_path)
-        self.started.append(process)
-        return process
-
-    def worker(self, *options: str, env: dict[str, str]) -> WorkerProcess:
-        return self.start("worker", "--app", "tests.pgbouncer_app:app", *options, env=env)
-
-    def wait_until(self, condition: Callable[[], T], timeout: float, what: str) -> T:
-        """Poll ``condition`` until truthy; fail at the deadline or when a started process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = condition()
-            if value:
-                return value
-            for process in self.started:
-                if process.popen.poll() is not None:
-                    pytest.fail(f"pid {process.pid} exited with {process.popen.returncode} while waiting for "
-                                f"{what}; its log:\n{process.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- pid {p.pid}:\n{p.log()[-4000:]}" for p in self.started)
-                pytest.fail(f"timed out after {timeout}s waiting for {what}\n{logs}")
-            time.sleep(POLL_S)
-
-    def cleanup(self) -> None:
-        for process in self.started:
-            if process.popen.poll() is None:
-                process.popen.kill()
-            process.popen.wait()
+    def worker(self, *options: str, env: dict[str, str]) -> Process:
+        return self.start("worker", "--app", "tests.pgbouncer_app:app", *options, kind="worker", env=env)
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    spawner = Processes(tmp_path)
+def processes(db: Db, tmp_path: Path) -> Iterator[PooledProcesses]:
+    spawner = PooledProcesses(tmp_path, db.conn)
     try:
         yield spawner
     finally:
         spawner.cleanup()
 
 
-def registered_worker(db: Db, processes: Processes, worker: WorkerProcess) -> int:
+def registered_worker(db: Db, processes: PooledProcesses, worker: Process) -> int:
     return processes.wait_until(lambda: db.scalar("SELECT id FROM pgsched.workers WHERE pid = %s", (worker.pid,)),
                                 20, f"worker pid {worker.pid} to register")
 
 
-def start_latency(db: Db, processes: Processes, key: str) -> float:
+def start_latency(db: Db, processes: PooledProcesses, key: str) -> float:
     """Seconds from a plain SQL insert's commit (at most) to its task starting."""
     inserted_at = db.scalar("INSERT INTO pgsched.runs (task, args) VALUES ('record', jsonb_build_object('key', %s::text))"
                             " RETURNING clock_timestamp()", (key,))
@@ -299,7 +255,7 @@ def start_latency(db: Db, processes: Processes, key: str) -> float:
     return float((executed_at - inserted_at).total_seconds())
 
 
-def assert_clean_exit(worker: WorkerProcess) -> str:
+def assert_clean_exit(worker: Process) -> str:
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(15) == 0, worker.log()[-4000:]
     log = worker.log()
@@ -406,7 +362,7 @@ def test_the_api_creates_and_reads_runs_through_pgbouncer(db: Db) -> None:
 
 @pytest.mark.slow
 def test_worker_through_pgbouncer_with_a_direct_dsn_drains_runs_and_wakes_on_notify(
-        db: Db, processes: Processes) -> None:
+        db: Db, processes: PooledProcesses) -> None:
     # A poll every 30 s: runs that start within a second were woken by a notification.
     worker = processes.worker("--poll-interval", "30", "--concurrency", "8",
                               env={"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct})
@@ -432,7 +388,7 @@ def test_worker_through_pgbouncer_with_a_direct_dsn_drains_runs_and_wakes_on_not
 
 
 @pytest.mark.slow
-def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: Db, processes: Processes) -> None:
+def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: Db, processes: PooledProcesses) -> None:
     # --poll-interval 30 is capped by the fallback poll interval (default 0.5 s) without LISTEN.
     worker = processes.worker("--poll-interval", "30", "--concurrency", "8",
                               env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"})
@@ -455,7 +411,7 @@ def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: 
 
 @pytest.mark.slow
 def test_cancelling_a_running_run_reaches_a_worker_without_listen_through_its_heartbeat(
-        db: Db, processes: Processes) -> None:
+        db: Db, processes: PooledProcesses) -> None:
     # A 1.5 s lease: the heartbeat, which also reads cancel requests, runs every 0.5 s.
     worker = processes.worker("--lease", "1.5", env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"})
     registered_worker(db, processes, worker)
@@ -476,7 +432,7 @@ def test_cancelling_a_running_run_reaches_a_worker_without_listen_through_its_he
 
 
 @pytest.mark.slow
-def test_beat_through_pgbouncer_leads_on_the_direct_dsn_and_fires_a_job(db: Db, processes: Processes) -> None:
+def test_beat_through_pgbouncer_leads_on_the_direct_dsn_and_fires_a_job(db: Db, processes: PooledProcesses) -> None:
     app = App(db.pooled, pgbouncer=True)
     try:
         app.schedule("tick", task="record", every=1, args={"key": "tick"})
@@ -505,7 +461,7 @@ def test_beat_through_pgbouncer_leads_on_the_direct_dsn_and_fires_a_job(db: Db, 
 
 @pytest.mark.parametrize("command", [["beat"], ["worker", "--app", "tests.pgbouncer_app:app", "--beat"]],
                          ids=["beat", "worker --beat"])
-def test_beat_without_a_direct_dsn_refuses_to_start_through_pgbouncer(db: Db, processes: Processes,
+def test_beat_without_a_direct_dsn_refuses_to_start_through_pgbouncer(db: Db, processes: PooledProcesses,
                                                                       command: list[str]) -> None:
     refused = processes.start(*command, env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"})
     assert refused.wait_exit(30) == 1

@@ -3,7 +3,7 @@ or on a cancel, replaced when they die, and never outliving the worker.
 
 Three layers: the options (no database), the pool on its own (real child processes importing
 ``tests.process_app``, no database), and real ``pgsched worker`` processes (the harness of
-tests/test_processes.py: tasks record each execution, with their pid, into ``executions``).
+tests/support/workers.py: tasks record each execution, with their pid, into ``executions``).
 Which processes exist is read from /proc; a zombie counts as gone once its parent is gone.
 """
 
@@ -27,8 +27,10 @@ from pgsched.errors import AppLoadError, Cancel, ConfigError, InvalidInput, Retr
 from pgsched.run_types import ClaimedRun
 from pgsched.process_pool import ChildFailed, ProcessPool
 from pgsched.worker import Worker, WorkerOptions
-from tests.test_processes import Workers, events, insert_run, registered, run_row, scalar, status_of, workers  # noqa: F401 - a fixture
-from tests.test_worker_inprocess import RunningWorker
+from tests.support.db import scalar
+from tests.support.inprocess import finish
+from tests.support.waiting import wait_until, wait_until_async
+from tests.support.workers import Workers, events, insert_run, registered, run_row, status_of
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_PATH = "tests.process_app:app"
@@ -90,17 +92,6 @@ def descendants(pid: int) -> list[int]:
 def at_least(found: list[T], count: int) -> list[T] | None:
     """``found`` once it holds ``count`` items (a wait_until condition)."""
     return found if len(found) >= count else None
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 # ---- choosing the pool: bad values are refused
@@ -259,10 +250,10 @@ def test_cancelling_a_call_kills_its_child() -> None:
         try:
             victim = (await report(pool))["pid"]
             call = asyncio.create_task(pool.call(*claimed("sleep", 30), None))
-            deadline = time.monotonic() + 10
-            while not pool._idle.empty():  # the call takes the only child
-                assert time.monotonic() < deadline, "the call never took the child"
-                await asyncio.sleep(0.01)
+            async def taken() -> bool:  # the call takes the only child
+                return pool._idle.empty()
+
+            await wait_until_async(taken, 10, "the call to take the child", poll=0.01)
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call
@@ -289,47 +280,27 @@ def test_the_pool_refuses_to_start_when_its_children_cannot_import_the_app() -> 
 # ---- the thread pool: what its timeout does not do
 
 
-def test_a_thread_pool_task_runs_past_its_timeout_to_its_end(dsn: str) -> None:
+def test_a_thread_pool_task_runs_past_its_timeout_to_its_end(app: App, dsn: str) -> None:
     """What README says: a thread cannot be stopped, so the thread pool does not enforce a timeout."""
-    app = App(dsn=dsn)
 
     @app.task(timeout=0.1)
     def digest() -> str:
         time.sleep(0.6)
         return "done"
 
-    run_id = app.enqueue("digest", {})
-
-    async def main() -> dict[str, Any]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    try:
-        row = asyncio.run(main())
-    finally:
-        app.close()
+    [row] = finish(app, dsn, app.enqueue("digest", {}))
     assert (row["status"], row["result"], row["errors"]) == ("succeeded", "done", [])
     assert (row["finished_at"] - row["started_at"]).total_seconds() >= 0.6
 
 
-def test_a_thread_pool_task_raising_its_own_timeout_error_fails_with_that_error(dsn: str) -> None:
+def test_a_thread_pool_task_raising_its_own_timeout_error_fails_with_that_error(app: App, dsn: str) -> None:
     """A sync task's TimeoutError (a socket's, say) is its own error; no timeout was set."""
-    app = App(dsn=dsn)
 
     @app.task(max_attempts=1)
     def fetch() -> None:
         raise TimeoutError("the socket timed out")
 
-    run_id = app.enqueue("fetch", {})
-
-    async def main() -> dict[str, Any]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    try:
-        row = asyncio.run(main())
-    finally:
-        app.close()
+    [row] = finish(app, dsn, app.enqueue("fetch", {}))
     assert row["status"] == "failed"
     assert [(e["type"], e["message"]) for e in row["errors"]] == [("TimeoutError", "the socket timed out")]
 
@@ -477,7 +448,7 @@ def test_sigterm_lets_children_finish_within_the_grace_then_kills_the_rest_leavi
     assert (row["status"], row["attempt"], row["errors"]) == ("queued", 0, [])  # released, no attempt used
     assert [e for e, _ in events(conn, "long")] == ["start"]
     assert grace <= stopped_in < grace + 5, f"stopped {stopped_in:.1f}s after SIGTERM with a {grace}s grace"
-    wait_for(lambda: not any(running(pid) for pid in family), 5, "every process of the worker to be gone")
+    wait_until(lambda: not any(running(pid) for pid in family), 5, "every process of the worker to be gone")
 
 
 @pytest.mark.slow
@@ -491,7 +462,7 @@ def test_sigkill_of_the_worker_leaves_no_child_process_behind(workers: Workers,
 
     worker.popen.kill()
     assert worker.popen.wait(timeout=10) == -signal.SIGKILL
-    wait_for(lambda: not any(running(pid) for pid in family), 5,
+    wait_until(lambda: not any(running(pid) for pid in family), 5,
              f"the processes {family} of the killed worker to die with it")
 
 

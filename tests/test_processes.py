@@ -2,173 +2,26 @@
 
 Every worker runs ``tests.process_app:app``; its tasks record each execution into the side
 table ``executions`` (key, event, pid, at), which is what these tests read to see who ran what
-and when. Synchronisation is by polling the database against a deadline, never by sleeping;
-every process a test starts is killed and reaped in the fixture teardown.
+and when (the harness: tests/support/workers.py, the ``workers`` fixture in conftest).
+Synchronisation is by polling the database against a deadline, never by sleeping; every
+process a test starts is killed and reaped in the fixture teardown.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 
 from pgsched import App
+from tests.support.db import scalar
+from tests.support.workers import Workers, events, insert_run, registered, run_row, status_of
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-POLL_S = 0.03
-T = TypeVar("T")
-
-
-# ---- processes
-
-
-@dataclass
-class WorkerProcess:
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    worker_id: int | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        self.popen.send_signal(sig)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGUSR1)  # a stack dump into the log (see process_app)
-            time.sleep(0.5)  # diagnostics only: give the dump time to reach the log
-            pytest.fail(f"worker pid {self.pid} still running {timeout}s later; its log:\n{self.log()[-6000:]}")
-
-
-@dataclass
-class Workers:
-    """Starts worker processes for one test and kills whatever is left at teardown."""
-
-    dsn: str
-    conn: psycopg.Connection[Any]
-    tmp_path: Path
-    started: list[WorkerProcess] = field(default_factory=list)
-
-    def start(self, *options: str, log_format: str = "text", register: bool = True) -> WorkerProcess:
-        log_path = self.tmp_path / f"worker-{len(self.started)}.log"
-        env = dict(os.environ, PGSCHED_DSN=self.dsn, PYTHONUNBUFFERED="1")
-        with open(log_path, "wb") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "pgsched.cli.main", "worker", "--app", "tests.process_app:app",
-                 "--dsn", self.dsn, "--log-format", log_format, *options],
-                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        worker = WorkerProcess(popen, log_path)
-        self.started.append(worker)
-        if register:
-            worker.worker_id = self.wait_until(
-                lambda: scalar(self.conn, "SELECT id FROM pgsched.workers WHERE pid = %s", (worker.pid,)),
-                15, f"worker pid {worker.pid} to register")
-        return worker
-
-    def wait_until(self, condition: Callable[[], T], timeout: float, what: str,
-                   alive: list[WorkerProcess] | None = None) -> T:
-        """Poll ``condition`` until truthy; fail at the deadline or as soon as a worker that
-        should be alive (by default: every started one not yet reaped) has exited."""
-        deadline = time.monotonic() + timeout
-        watched = alive if alive is not None else [w for w in self.started if w.popen.returncode is None]
-        while True:
-            value = condition()
-            if value:
-                return value
-            for worker in watched:
-                if worker.popen.poll() is not None:
-                    pytest.fail(f"worker pid {worker.pid} exited with {worker.popen.returncode} while waiting "
-                                f"for {what}; its log:\n{worker.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout}s waiting for {what}\n{self.diagnostics()}")
-            time.sleep(POLL_S)
-
-    def diagnostics(self) -> str:
-        """The workers' logs with a stack dump of each live one (SIGUSR1, see process_app), and
-        what their database sessions are doing."""
-        live = [w for w in self.started if w.popen.poll() is None]
-        for worker in live:
-            worker.signal(signal.SIGUSR1)
-        time.sleep(0.5)  # diagnostics only: give the dumps time to reach the logs
-        sessions = self.conn.execute(
-            "SELECT pid, state, wait_event_type, wait_event, now() - state_change, left(query, 120)"
-            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
-        logs = "\n".join(f"--- worker pid {w.pid} (exit code {w.popen.returncode}):\n{w.log()[-6000:]}"
-                         for w in self.started)
-        return logs + "\n--- sessions:\n" + "\n".join(map(str, sessions))
-
-    def cleanup(self) -> None:
-        for worker in self.started:
-            if worker.popen.poll() is None:
-                worker.popen.kill()
-            worker.popen.wait()
-
-
-@pytest.fixture
-def workers(dsn: str, conn: psycopg.Connection[Any], tmp_path: Path) -> Iterator[Workers]:
-    conn.execute("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
-                 " at timestamptz NOT NULL DEFAULT clock_timestamp())")
-    spawner = Workers(dsn, conn, tmp_path)
-    try:
-        yield spawner
-    finally:
-        spawner.cleanup()
-
-
-# ---- database helpers
-
-
-def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
-    row = conn.execute(sql, params).fetchone()
-    return None if row is None else row[0]
-
-
-def insert_run(conn: psycopg.Connection[Any], task: str, args: dict[str, Any], **columns: Any) -> int:
-    """A run inserted by plain SQL, as a service in another language would."""
-    names = ", ".join(["task", "args", *columns])
-    marks = ", ".join(["%s"] * (2 + len(columns)))
-    return scalar(conn, f"INSERT INTO pgsched.runs ({names}) VALUES ({marks}) RETURNING id",
-                  (task, Jsonb(args), *columns.values()))
-
-
-def run_row(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any]:
-    cursor = conn.execute("SELECT status::text, attempt, worker_id, errors, started_at, finished_at, run_at"
-                          " FROM pgsched.runs WHERE id = %s", (run_id,))
-    names = [c.name for c in cursor.description or ()]
-    row = cursor.fetchone()
-    assert row is not None, f"run {run_id} does not exist"
-    return dict(zip(names, row))
-
-
-def status_of(conn: psycopg.Connection[Any], run_id: int) -> str:
-    return scalar(conn, "SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,))
-
-
-def events(conn: psycopg.Connection[Any], key: str) -> list[tuple[str, int]]:
-    return conn.execute("SELECT event, pid FROM executions WHERE key = %s ORDER BY at", (key,)).fetchall()
-
-
-def registered(conn: psycopg.Connection[Any], worker: WorkerProcess) -> bool:
-    return bool(scalar(conn, "SELECT count(*) FROM pgsched.workers WHERE id = %s", (worker.worker_id,)))
 
 
 # ---- 1. exclusivity

@@ -16,28 +16,17 @@ import psycopg
 import pytest
 
 from pgsched import App
-from tests.test_processes import Workers, events, insert_run, scalar
+from tests.support.db import reconnect, scalar
+from tests.support.workers import CREATE_EXECUTIONS, Workers, events, insert_run
 
 pytestmark = pytest.mark.slow
 
 RUNS = 600
 
 
-def reconnect(dsn: str, timeout: float = 30) -> psycopg.Connection[Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return psycopg.connect(dsn, autocommit=True)
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def test_workers_survive_a_postgresql_restart_under_load_and_lose_no_run(
         postgresql_proc: Any, dsn: str, conn: psycopg.Connection[Any], tmp_path: Any) -> None:
-    conn.execute("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
-                 " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    conn.execute(CREATE_EXECUTIONS)
     app = App(dsn)
     app.task(name="record_reconnecting")(lambda key: key)
     before = app.enqueue_many("record_reconnecting", [{"key": f"before-{i}"} for i in range(RUNS)], max_attempts=10)
@@ -85,8 +74,7 @@ def test_a_worker_told_to_stop_while_the_database_is_gone_still_exits(
     # Its last outcome cannot be written: the worker must not wait for the database forever
     # (a service manager would have to SIGKILL it); the run stays 'running' in the database
     # and runs again when its lease expires.
-    conn.execute("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
-                 " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+    conn.execute(CREATE_EXECUTIONS)
     workers = Workers(dsn, conn, tmp_path)
     after_restart: psycopg.Connection[Any] | None = None
     try:
@@ -95,10 +83,8 @@ def test_a_worker_told_to_stop_while_the_database_is_gone_still_exits(
         workers.wait_until(lambda: events(conn, "outage"), 20, "the run to start")
 
         postgresql_proc.stop()
-        deadline = time.monotonic() + 20  # the task ends in the outage (its end cannot be recorded either)
-        while f"run {run_id} slow attempt 1/" not in worker.log():
-            assert time.monotonic() < deadline, worker.log()[-4000:]
-            time.sleep(0.05)
+        # The task ends in the outage (its end cannot be recorded either).
+        workers.wait_until(lambda: f"run {run_id} slow attempt 1/" in worker.log(), 20, "the task to end in the outage")
         worker.signal(signal.SIGTERM)
         assert worker.wait_exit(30) == 0, worker.log()[-4000:]
         assert "outcomes unwritten" in worker.log()

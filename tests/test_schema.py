@@ -8,11 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import zipfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
@@ -21,6 +19,8 @@ from psycopg.rows import dict_row
 from pgsched.queues import list_queues
 from pgsched.migrate import MIGRATION_LOCK_KEY, available
 from pgsched.sql import queries
+from tests.support.db import scalar
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PREPARABLE = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES")  # what PREPARE accepts
@@ -39,18 +39,6 @@ def pgsched_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[
     env["COLUMNS"] = "200"
     return subprocess.run([sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
-
-
-@pytest.fixture
-def empty_dsn(conn: psycopg.Connection, dsn: str) -> Iterator[str]:
-    """A DSN for a new database on the test server with nothing in it (no pgsched schema)."""
-    name = f"{conn.info.dbname}_empty"
-    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    try:
-        yield re.sub(r"dbname=\S+", f"dbname={name}", dsn)
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def relation_exists(dsn: str, name: str) -> bool:
@@ -105,17 +93,13 @@ def test_two_concurrent_migrates_both_succeed_and_apply_each_migration_once(empt
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                waiting = blocker.execute(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                ).fetchone()[0]
-                if waiting == 2:
-                    break
+            def still_waiting() -> None:
                 assert all(p.poll() is None for p in procs), "a migrate finished while the lock was held"
-                assert time.monotonic() < deadline, f"only {waiting} migrate(s) reached the lock"
-                time.sleep(0.02)
+
+            waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                       " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+            wait_until(lambda: scalar(blocker, waiting) == 2, 30, "both migrates to reach the lock", poll=0.02,
+                       check=still_waiting)
         finally:
             blocker.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
             try:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from pgsched.threads import TaskThreads
+from tests.support.waiting import wait_until
 
 
 def test_results_and_exceptions_reach_the_caller_from_another_thread() -> None:
@@ -87,7 +88,5 @@ def test_shutdown_ends_the_idle_threads_and_refuses_new_calls() -> None:
             await threads.run(lambda: None)
 
     asyncio.run(main())
-    deadline = time.monotonic() + 5
-    while any(t.is_alive() for t in threads._threads):
-        assert time.monotonic() < deadline, "idle task threads still alive after shutdown"
-        time.sleep(0.01)
+    wait_until(lambda: not any(t.is_alive() for t in threads._threads), 5, "the idle task threads to end",
+               poll=0.01)

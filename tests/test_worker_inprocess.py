@@ -13,105 +13,34 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from pgsched import App
 from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
 from pgsched.run_types import Outcome
 from pgsched.sql import queries
-from pgsched.worker import Worker, WorkerOptions, rescue_expired
-from tests.conftest import empty_tables
+from pgsched.worker import rescue_expired
+from tests.support.db import empty_tables
+from tests.support.inprocess import RunningWorker, finish, run_async
+from tests.support.waiting import wait_until_async
 
 try:  # the sweep's advisory-lock key lives with the sweep
     from pgsched.maintenance import SWEEP_LOCK_KEY
 except ImportError:
     from pgsched.worker import SWEEP_LOCK_KEY  # type: ignore[attr-defined,no-redef]
 
-FINAL = ("succeeded", "failed", "cancelled")
-POLL_S = 0.02
-
-
-async def poll(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0,
-               worker_task: asyncio.Task | None = None) -> Any:
-    """Await ``check()`` every 20 ms until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if worker_task is not None and worker_task.done():
-            worker_task.result()  # the worker's own exception, if it died
-            raise AssertionError(f"the worker stopped while waiting for {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(POLL_S)
-
-
-class RunningWorker:
-    """``async with RunningWorker(app, dsn, concurrency=1) as w:`` — a worker in this event loop,
-    plus a connection to watch the database with."""
-
-    def __init__(self, app: App, dsn: str, **options: Any) -> None:
-        self.app = app
-        self.dsn = dsn
-        self.options = WorkerOptions(**{"poll_interval_s": 0.5, **options})
-
-    async def __aenter__(self) -> RunningWorker:
-        self.db = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, row_factory=dict_row)
-        self.worker = Worker(self.app, self.options)
-        self.task = asyncio.create_task(self.worker.run())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            self.worker.request_stop()
-            await asyncio.wait_for(self.task, 15)
-        finally:
-            await self.db.close()
-            await self.app.aclose()
-
-    async def row(self, run_id: int) -> dict[str, Any]:
-        cursor = await self.db.execute("SELECT *, now() AS db_now FROM pgsched.runs WHERE id = %s", (run_id,))
-        row = await cursor.fetchone()
-        assert row is not None, f"run {run_id} does not exist"
-        return row
-
-    async def until(self, run_id: int, condition: Callable[[dict[str, Any]], bool], what: str,
-                    timeout: float = 10.0) -> dict[str, Any]:
-        async def check() -> dict[str, Any] | None:
-            row = await self.row(run_id)
-            return row if condition(row) else None
-
-        return await poll(check, f"run {run_id}: {what}", timeout, self.task)
-
-    async def finished(self, run_id: int, timeout: float = 10.0) -> dict[str, Any]:
-        return await self.until(run_id, lambda r: r["status"] in FINAL, "a final status", timeout)
-
-
 # One database for the module, emptied before each test: much cheaper than a fresh clone per test,
-# and every test here starts from empty tables just the same.
+# and every test here starts from empty tables just the same (conftest's ``app`` is on it too).
 
 
 @pytest.fixture
 def dsn(module_dsn: str) -> str:
     return empty_tables(module_dsn)
-
-
-@pytest.fixture
-def app(dsn: str):
-    application = App(dsn=dsn)
-    yield application
-    application.close()
-
-
-def run_async(coro: Awaitable[Any]) -> Any:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 # ---- claim order and results
@@ -190,11 +119,7 @@ def test_a_failing_task_is_retried_with_backoff_until_max_attempts_then_fails(ap
 
     run_id = app.tasks["flaky_upload"].enqueue(name="report.pdf")
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn, concurrency=2) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id, concurrency=2)
     assert (row["status"], row["attempt"], row["max_attempts"], row["result"]) == ("failed", 3, 3, None)
     assert row["finished_at"] is not None and row["lease_expires_at"] is None
     assert len(calls) == 3
@@ -222,11 +147,7 @@ def test_a_task_that_fails_then_succeeds_keeps_the_errors_of_its_failed_attempts
 
     run_id = app.enqueue("sometimes")
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("succeeded", 3, "finally")
     assert [(e["attempt"], e["type"], e["message"]) for e in row["errors"]] == [
         (1, "ConnectionError", "the service is down"), (2, "ConnectionError", "the service is down")]
@@ -283,11 +204,7 @@ def test_retry_runs_the_task_again_and_counts_as_an_attempt(app, dsn):
     again = app.enqueue("poll_export")
     used_up = app.enqueue("always_retry")
 
-    async def main() -> tuple[dict, dict]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(again), await w.finished(used_up)
-
-    again_row, used_up_row = run_async(main())
+    again_row, used_up_row = finish(app, dsn, again, used_up)
     assert (again_row["status"], again_row["attempt"], again_row["result"]) == ("succeeded", 2, "exported")
     assert [e["type"] for e in again_row["errors"]] == ["Retry"]
     assert (used_up_row["status"], used_up_row["attempt"]) == ("failed", 1)
@@ -304,11 +221,7 @@ def test_cancel_ends_the_run_as_cancelled_without_retries(app, dsn):
 
     run_id = app.tasks["maybe_send"].enqueue(order=7)
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("cancelled", 1, None)
     assert row["finished_at"] is not None
     assert calls == [7]
@@ -379,11 +292,7 @@ def test_args_that_do_not_fit_the_task_fail_the_run_with_a_clear_error(app, dsn,
     bad = conn.execute("INSERT INTO pgsched.runs (task, args) VALUES ('add', '{\"x\": 1}') RETURNING id").fetchone()[0]
     good = app.enqueue("add", {"a": 2, "b": 3})
 
-    async def main() -> tuple[dict, dict]:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(bad), await w.finished(good)
-
-    bad_row, good_row = run_async(main())
+    bad_row, good_row = finish(app, dsn, bad, good)
     assert (bad_row["status"], bad_row["attempt"]) == ("failed", 1)
     [entry] = bad_row["errors"]
     assert entry["type"] == "InvalidArgs"
@@ -399,11 +308,7 @@ def test_a_result_that_is_not_json_serialisable_fails_the_run(app, dsn):
 
     run_id = app.enqueue("returns_a_set")
 
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.finished(run_id)
-
-    row = run_async(main())
+    [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("failed", 1, None)
     [entry] = row["errors"]
     assert entry["type"] == "ResultNotSerialisable"
@@ -492,7 +397,7 @@ def test_a_worker_registers_itself_while_running_and_deregisters_at_stop(app, ds
                 cursor = await w.db.execute("SELECT * FROM pgsched.workers")
                 return await cursor.fetchall()
 
-            [row] = await poll(registered, "the worker to register", worker_task=w.task)
+            [row] = await wait_until_async(registered, 10, "the worker to register", check=w.still_running)
             assert (row["host"], row["pid"], row["queues"], row["concurrency"]) == (
                 socket.gethostname(), os.getpid(), ["default", "mail"], 3)
             assert row["id"] == w.worker.worker_id

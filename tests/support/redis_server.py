@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -21,16 +19,13 @@ from typing import Iterator
 import pytest
 import redis
 
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
+
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server") or next(
         (path for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(path, os.X_OK)), None)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -59,17 +54,13 @@ class RedisServer:
         self._wait_until_it_answers()
 
     def _wait_until_it_answers(self) -> None:
-        deadline = time.monotonic() + 10
+        def running() -> None:
+            assert self._process is not None and self._process.poll() is None, \
+                (self.directory / "redis.log").read_text()
+
         with self.client() as client:
-            while True:
-                assert self._process is not None and self._process.poll() is None, \
-                    (self.directory / "redis.log").read_text()
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
-                    time.sleep(0.01)
+            wait_until(client.ping, 10, "redis-server to answer", poll=0.01, check=running,
+                       ignoring=(redis.ConnectionError,))
 
     def stop(self) -> None:
         if self._process is None:
