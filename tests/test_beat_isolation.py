@@ -20,6 +20,8 @@ from pgsched.app import App
 from pgsched.beat import Beat, BeatOptions, fire_due_jobs
 from pgsched.schedule import InvalidSchedule, Schedule
 from pgsched.worker import Worker, WorkerOptions
+from tests.support.db import scalar
+from tests.support.waiting import wait_until_async
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
 
@@ -42,8 +44,15 @@ def job_row(conn: psycopg.Connection, name: str) -> dict[str, Any]:
 
 
 def runs_of(conn: psycopg.Connection, name: str) -> int:
-    return conn.execute("SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id"
-                        " WHERE j.name = %s", (name,)).fetchone()[0]  # type: ignore[index]
+    return int(scalar(conn, "SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id"
+                            " WHERE j.name = %s", (name,)))
+
+
+async def runs_made(conn: psycopg.Connection, name: str, count: int) -> None:
+    async def enough() -> bool:
+        return runs_of(conn, name) >= count
+
+    await wait_until_async(enough, 30, f"{count} runs of job {name!r}")
 
 
 def pgsched_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -120,9 +129,7 @@ def test_a_leading_beat_fires_healthy_jobs_while_broken_rows_exist_and_never_ste
         beat = Beat(dsn, BeatOptions(lock_interval_s=0.1, max_sleep_s=0.2))
         running = asyncio.create_task(beat.run())
         try:
-            async with asyncio.timeout(30):
-                while runs_of(conn, "healthy") < 2:
-                    await asyncio.sleep(0.05)
+            await runs_made(conn, "healthy", 2)
             return beat.leading
         finally:
             beat.request_stop()
@@ -164,9 +171,7 @@ def test_a_hosted_beat_that_fails_is_started_again_by_its_worker(
                         beat=BeatOptions(lock_interval_s=0.1, max_sleep_s=0.2))
         running = asyncio.create_task(worker.run())
         try:
-            async with asyncio.timeout(30):
-                while runs_of(conn, "healthy") < 1:
-                    await asyncio.sleep(0.05)
+            await runs_made(conn, "healthy", 1)
         finally:
             worker.request_stop()
             await running
