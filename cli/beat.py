@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from psycopg.rows import dict_row
 
-from pgsched.beat import BeatOptions, check_leader_lock_possible, run_beat
+from pgsched.beat import BeatOptions, check_leader_lock_possible, leader_status, run_beat
 from pgsched.cli import render
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_duration
 from pgsched.config import resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
 from pgsched.errors import InvalidInput
 from pgsched.loader import load_app
 from pgsched.logs import configure_logging
-from pgsched.sql import queries
 
 beat = typer.Typer(help="Run the beat, or see who leads it.", invoke_without_command=True)
 
@@ -61,8 +59,8 @@ def run(
 @beat.command("status")
 def status(dsn: DsnOption = None) -> None:
     """Which beat leads, since when."""
-    with connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
-        leader = cur.execute(queries["leader_status"]).fetchone()
+    with connect(dsn) as conn:
+        leader = leader_status(conn)
     if leader is None:
         render.info("no beat leads")
         return

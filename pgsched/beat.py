@@ -103,6 +103,14 @@ def check_leader_lock_possible(direct_dsn: str | None, pgbouncer: bool) -> None:
                           "that reaches PostgreSQL directly, for its leader lock")
 
 
+def leader_status(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    """The beat leader's record (host, pid, since, leading_for, last_seen_at), or None when no
+    beat leads. One home for the question, so ``pgsched beat status`` and any other caller read
+    the same row; the advisory lock decides who leads, this row only reports it."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["leader_status"]).fetchone()
+
+
 def run_beat(dsn: str, options: BeatOptions, *, direct_dsn: str | None = None, pgbouncer: bool = False) -> None:
     """Run a beat in this process until SIGTERM/SIGINT."""
 

@@ -13,8 +13,9 @@ import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from pgsched.jobs import MISFIRE_POLICIES, JobSpec
 from pgsched.runs import RUN_STATUSES
-from pgsched.jobs import MISFIRE_POLICIES
+from pgsched.schedule import Schedule
 
 # Literal[("a", "b")] is Literal["a", "b"]: the allowed values keep one home, in the library.
 RunStatus = Literal[RUN_STATUSES]  # type: ignore[valid-type]
@@ -112,19 +113,22 @@ class RunBatchOut(Struct, kw_only=True):
 class JobCreate(Request):
     """A scheduled job: exactly one of cron, every (seconds) or at (a one-off instant)."""
 
+    # The defaults are the library's, read from its dataclasses (JobSpec, Schedule) so the two
+    # cannot drift: an option left out of the request body is what a JobSpec left it at. They
+    # are still plain values here, so the OpenAPI document shows each one.
     name: Annotated[str, Meta(pattern=JOB_NAME)]
     task: Text
     cron: Annotated[Text | None, Meta(description="5 fields, or 6 with seconds first")] = None
     every: Annotated[float | None, Meta(description="Interval in seconds")] = None
     at: datetime | None = None
-    tz: Annotated[Text, Meta(description="IANA timezone the cron is read in")] = "UTC"
+    tz: Annotated[Text, Meta(description="IANA timezone the cron is read in")] = Schedule.tz
     args: Args = {}
-    queue: Text = "default"
-    priority: int = 0
-    max_attempts: Int32 = 3
-    misfire: Misfire = "coalesce"
-    max_catchup: Int32 = 100
-    enabled: bool = True
+    queue: Text = JobSpec.queue
+    priority: int = JobSpec.priority
+    max_attempts: Int32 = JobSpec.max_attempts
+    misfire: Misfire = JobSpec.misfire
+    max_catchup: Int32 = JobSpec.max_catchup
+    enabled: bool = JobSpec.enabled
 
 
 class JobPatch(Request):

@@ -36,7 +36,7 @@ JobName = Annotated[str, PathParameter(pattern=NO_NUL)]
 def _spec(name: str, fields: dict[str, Any]) -> JobSpec:
     """A JobSpec from wire fields (``every`` is the library's ``every_s``); the library validates."""
     schedule = Schedule(cron=fields.get("cron"), every_s=fields.get("every"), at=fields.get("at"),
-                        tz=fields.get("tz", "UTC"))
+                        tz=fields.get("tz", Schedule.tz))
     known = {f.name for f in dataclasses.fields(JobSpec)} - {"name", "schedule"}
     return JobSpec(name=name, schedule=schedule, **{key: value for key, value in fields.items() if key in known})
 
