@@ -105,8 +105,8 @@ def check_leader_lock_possible(direct_dsn: str | None, pgbouncer: bool) -> None:
 
 def leader_status(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
     """The beat leader's record (host, pid, since, leading_for, last_seen_at), or None when no
-    beat leads. One home for the question, so ``pgsched beat status`` and any other caller read
-    the same row; the advisory lock decides who leads, this row only reports it."""
+    beat holds the leader lock (a beat that died without resigning leaves its row, not its
+    lock). One home for the question, so ``pgsched beat status`` and any other caller agree."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(queries["leader_status"]).fetchone()
 
