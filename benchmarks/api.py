@@ -79,9 +79,12 @@ class Side:
         return statistics.median(self.per_s)
 
     def summary(self) -> dict[str, object]:
-        return {"per_s": round(self.median_per_s), "per_s_rounds": [round(x) for x in self.per_s],
-                "p50_ms": round(percentile(self.latencies_ms, 50), 3),
-                "p99_ms": round(percentile(self.latencies_ms, 99), 3)}
+        return {
+            "per_s": round(self.median_per_s),
+            "per_s_rounds": [round(x) for x in self.per_s],
+            "p50_ms": round(percentile(self.latencies_ms, 50), 3),
+            "p99_ms": round(percentile(self.latencies_ms, 99), 3),
+        }
 
 
 async def drive(clients: int, requests: int, call: Callable[[], Awaitable[None]]) -> tuple[float, list[float]]:
@@ -100,8 +103,9 @@ async def drive(clients: int, requests: int, call: Callable[[], Awaitable[None]]
     return time.perf_counter() - start, latencies
 
 
-async def warm_then_measure(clients: int, requests: int,
-                            call: Callable[[], Awaitable[None]]) -> tuple[float, list[float]]:
+async def warm_then_measure(
+    clients: int, requests: int, call: Callable[[], Awaitable[None]]
+) -> tuple[float, list[float]]:
     await drive(clients, clients * WARMUP_PER_CLIENT, call)
     return await drive(clients, requests, call)
 
@@ -122,10 +126,12 @@ def check_all_queued(dsn: str, expected: int, label: str) -> None:
 
 # ---- (a) direct: App.enqueue, one call each, from `clients` threads
 
+
 def measure_direct(dsn: str, clients: int, requests: int) -> tuple[float, list[float]]:
     app = App(dsn, pool_max_size=ApiSettings.pool_max_size)
     try:
         with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="enqueue") as threads:
+
             async def enqueue() -> None:
                 await asyncio.get_running_loop().run_in_executor(threads, app.enqueue, TASK, {})
 
@@ -136,6 +142,7 @@ def measure_direct(dsn: str, clients: int, requests: int) -> tuple[float, list[f
 
 # ---- (b) POST /runs to a `pgsched api` subprocess
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -145,9 +152,28 @@ def free_port() -> int:
 def start_api(dsn: str, port: int, processes: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT}
     return subprocess.Popen(
-        [sys.executable, "-m", "pgsched.cli.main", "api", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(processes), "--log-level", "warning", "--dsn", dsn],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "pgsched.cli.main",
+            "api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(processes),
+            "--log-level",
+            "warning",
+            "--dsn",
+            dsn,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, log: IO[bytes]) -> None:
@@ -160,8 +186,9 @@ def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, log: IO[bytes
             pass
         if proc.poll() is not None:
             log.seek(0)
-            raise RuntimeError(f"pgsched api exited with {proc.returncode}: "
-                               f"{log.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"pgsched api exited with {proc.returncode}: {log.read().decode(errors='replace')[-2000:]}"
+            )
         if time.monotonic() > deadline:
             raise TimeoutError(f"pgsched api was not ready within {READY_TIMEOUT_S:.0f} s")
         time.sleep(0.1)
@@ -186,6 +213,7 @@ async def post_runs(base_url: str, key: str, clients: int, requests: int) -> tup
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=30) as client:
+
         async def post() -> None:
             response = await client.post("/runs", json=RUN_BODY)
             if response.status_code != 201:
@@ -202,8 +230,10 @@ def make_key(dsn: str) -> str:
 
 # ---- one round: every side once, each from an empty table
 
-def measure_round(dsn: str, key: str, servers: dict[int, str], sides: dict[str, Side], clients: int,
-                  requests: int) -> None:
+
+def measure_round(
+    dsn: str, key: str, servers: dict[int, str], sides: dict[str, Side], clients: int, requests: int
+) -> None:
     expected = requests + clients * WARMUP_PER_CLIENT
     empty_runs(dsn)
     sides[DIRECT].add(requests, *measure_direct(dsn, clients, requests))
@@ -216,13 +246,19 @@ def measure_round(dsn: str, key: str, servers: dict[int, str], sides: dict[str, 
 
 # ---- report
 
+
 def server_description(server: str) -> str:
     with psycopg.connect(server) as conn:
-        settings = dict(conn.execute("SELECT name, setting FROM pg_settings"
-                                     " WHERE name IN ('server_version', 'fsync', 'synchronous_commit')").fetchall())
-    return (f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-            f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
-            f"synchronous_commit={settings['synchronous_commit']}")
+        settings = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', 'fsync', 'synchronous_commit')"
+            ).fetchall()
+        )
+    return (
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
+        f"synchronous_commit={settings['synchronous_commit']}"
+    )
 
 
 def results_table(sides: dict[str, Side], clients: int, requests: int, rounds: int) -> Table:
@@ -232,10 +268,15 @@ def results_table(sides: dict[str, Side], clients: int, requests: int, rounds: i
         table.add_column(column, justify="left" if column == "via" else "right")
     direct = sides[DIRECT].median_per_s
     for side in sides.values():
-        table.add_row(side.label, str(side.processes), f"{side.median_per_s:,.0f}",
-                      f"{min(side.per_s):,.0f}-{max(side.per_s):,.0f}",
-                      f"{percentile(side.latencies_ms, 50):.2f}", f"{percentile(side.latencies_ms, 99):.2f}",
-                      f"{side.median_per_s / direct:.2f}x")
+        table.add_row(
+            side.label,
+            str(side.processes),
+            f"{side.median_per_s:,.0f}",
+            f"{min(side.per_s):,.0f}-{max(side.per_s):,.0f}",
+            f"{percentile(side.latencies_ms, 50):.2f}",
+            f"{percentile(side.latencies_ms, 99):.2f}",
+            f"{side.median_per_s / direct:.2f}x",
+        )
     return table
 
 
@@ -246,9 +287,17 @@ def figures(sides: dict[str, Side], clients: int, requests: int, rounds: int) ->
     for name, side in api.items():
         ratios[f"{name}_vs_direct"] = round(side.median_per_s / direct.median_per_s, 3)
         ratios[f"{name}_p50_vs_direct"] = round(
-            percentile(side.latencies_ms, 50) / percentile(direct.latencies_ms, 50), 3)
-    return {DIRECT: direct.summary(), **{name: side.summary() for name, side in api.items()}, "ratios": ratios,
-            "clients": clients, "requests": requests, "rounds": rounds, "cores": os.cpu_count()}
+            percentile(side.latencies_ms, 50) / percentile(direct.latencies_ms, 50), 3
+        )
+    return {
+        DIRECT: direct.summary(),
+        **{name: side.summary() for name, side in api.items()},
+        "ratios": ratios,
+        "clients": clients,
+        "requests": requests,
+        "rounds": rounds,
+        "cores": os.cpu_count(),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -258,8 +307,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--api-workers", default="1,2", help="API worker process counts, comma-separated")
     parser.add_argument("--quick", action="store_true", help="a smaller run, to check the benchmark works")
-    parser.add_argument("--dsn",
-                        help="a server to create the benchmark database on (default: a throwaway embedded one)")
+    parser.add_argument(
+        "--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)"
+    )
     args = parser.parse_args()
     args.clients = args.clients or (8 if args.quick else 16)
     args.requests = args.requests or (1000 if args.quick else 5000)
@@ -284,8 +334,11 @@ def main() -> None:
         servers = {n: servers_open.enter_context(api_server(dsn, n)) for n in args.api_workers}
         for round_number in range(1, args.rounds + 1):
             measure_round(dsn, key, servers, sides, args.clients, args.requests)
-            print(f"round {round_number}/{args.rounds}: " + ", ".join(
-                f"{name} {side.per_s[-1]:,.0f} runs/s" for name, side in sides.items()), flush=True)
+            print(
+                f"round {round_number}/{args.rounds}: "
+                + ", ".join(f"{name} {side.per_s[-1]:,.0f} runs/s" for name, side in sides.items()),
+                flush=True,
+            )
     Console().print(results_table(sides, args.clients, args.requests, args.rounds))
     print(json.dumps(figures(sides, args.clients, args.requests, args.rounds)), flush=True)
 

@@ -50,16 +50,22 @@ class Beats:
 
     def start(self) -> subprocess.Popen[bytes]:
         with open(self.logs / f"beat-{len(self.procs)}.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "beat", "--dsn", self.dsn,
-                                     *self.options],
-                                    cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pgsched.cli.main", "beat", "--dsn", self.dsn, *self.options],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.procs.append(proc)
         return proc
 
     def log_tails(self) -> str:
-        return "\n".join(f"--- beat pid {p.pid} (exit code {p.poll()}):\n"
-                         + (self.logs / f"beat-{i}.log").read_text(errors="replace")[-3000:]
-                         for i, p in enumerate(self.procs))
+        return "\n".join(
+            f"--- beat pid {p.pid} (exit code {p.poll()}):\n"
+            + (self.logs / f"beat-{i}.log").read_text(errors="replace")[-3000:]
+            for i, p in enumerate(self.procs)
+        )
 
     def kill_all(self) -> None:
         for proc in self.procs:
@@ -86,8 +92,15 @@ def scalar(conn: psycopg.Connection, sql: str, params: Any = None) -> Any:
     return None if row is None else row[0]
 
 
-def wait_for(conn: psycopg.Connection, sql: str, params: Any, timeout_s: float, what: str,
-             procs: list[subprocess.Popen[bytes]], interval_s: float = 0.005) -> Any:
+def wait_for(
+    conn: psycopg.Connection,
+    sql: str,
+    params: Any,
+    timeout_s: float,
+    what: str,
+    procs: list[subprocess.Popen[bytes]],
+    interval_s: float = 0.005,
+) -> Any:
     """Poll ``sql`` until its value is truthy; fail if a beat exits or the deadline passes."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -126,42 +139,81 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30, help="fire times per job measured for lateness")
     parser.add_argument("--lock-interval", type=float, default=0.5, help="the beats' --lock-interval")
     parser.add_argument("--misfire-grace", type=float, default=5.0, help="the beats' --misfire-grace")
-    parser.add_argument("--dsn",
-                        help="a server to create the benchmark database on (default: a throwaway embedded one)")
+    parser.add_argument(
+        "--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)"
+    )
     args = parser.parse_args()
     if args.jobs < 1 or args.seconds < 1:
         parser.error("--jobs and --seconds must be at least 1")
 
-    with server_dsn(args.dsn) as server, fresh_database(server) as dsn, \
-            psycopg.connect(dsn, autocommit=True) as conn, \
-            beats(dsn, args.lock_interval, args.misfire_grace) as fleet:
-        settings = dict(conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', 'fsync', 'synchronous_commit')"
-        ).fetchall())
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-              f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
-              f"synchronous_commit={settings['synchronous_commit']}", flush=True)
-        print(f"{args.jobs} jobs firing every second for {args.seconds}s; one leader + one follower beat, "
-              f"lock interval {args.lock_interval}s, misfire grace {args.misfire_grace}s", flush=True)
+    with (
+        server_dsn(args.dsn) as server,
+        fresh_database(server) as dsn,
+        psycopg.connect(dsn, autocommit=True) as conn,
+        beats(dsn, args.lock_interval, args.misfire_grace) as fleet,
+    ):
+        settings = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', 'fsync', 'synchronous_commit')"
+            ).fetchall()
+        )
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
+            f"synchronous_commit={settings['synchronous_commit']}",
+            flush=True,
+        )
+        print(
+            f"{args.jobs} jobs firing every second for {args.seconds}s; one leader + one follower beat, "
+            f"lock interval {args.lock_interval}s, misfire grace {args.misfire_grace}s",
+            flush=True,
+        )
 
         leader = fleet.start()
-        wait_for(conn, "SELECT pid = %s FROM pgsched.beat_leader", (leader.pid,), 30, "the first beat to lead",
-                 fleet.procs, 0.02)
+        wait_for(
+            conn,
+            "SELECT pid = %s FROM pgsched.beat_leader",
+            (leader.pid,),
+            30,
+            "the first beat to lead",
+            fleet.procs,
+            0.02,
+        )
         fleet.start()
-        wait_for(conn, "SELECT count(*) = 2 FROM pg_stat_activity WHERE datname = current_database()"
-                       " AND query ILIKE 'LISTEN pgsched_jobs%%'", None, 30, "both beats to listen", fleet.procs, 0.02)
+        wait_for(
+            conn,
+            "SELECT count(*) = 2 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query ILIKE 'LISTEN pgsched_jobs%%'",
+            None,
+            30,
+            "both beats to listen",
+            fleet.procs,
+            0.02,
+        )
 
         # (a) lateness: fire times first .. last of every job, under a leader that stays.
         first = create_jobs(conn, args.jobs)
         last = first + timedelta(seconds=args.seconds - 1)
-        wait_for(conn, "SELECT count(*) >= %s FROM pgsched.runs WHERE scheduled_for = %s", (args.jobs, last),
-                 args.seconds + 30, "the last measured fire time of every job", fleet.procs, 0.05)
+        wait_for(
+            conn,
+            "SELECT count(*) >= %s FROM pgsched.runs WHERE scheduled_for = %s",
+            (args.jobs, last),
+            args.seconds + 30,
+            "the last measured fire time of every job",
+            fleet.procs,
+            0.05,
+        )
         p50, p99, worst = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),"
             " max(ms) FROM (SELECT extract(epoch FROM created_at - scheduled_for)::float8 * 1000 AS ms"
-            " FROM pgsched.runs WHERE scheduled_for BETWEEN %s AND %s) AS lateness", (first, last)).fetchone()  # type: ignore[misc]
-        print(f"lateness (run created_at - scheduled_for): p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms "
-              f"over {args.jobs * args.seconds} fire times", flush=True)
+            " FROM pgsched.runs WHERE scheduled_for BETWEEN %s AND %s) AS lateness",
+            (first, last),
+        ).fetchone()  # type: ignore[misc]
+        print(
+            f"lateness (run created_at - scheduled_for): p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms "
+            f"over {args.jobs * args.seconds} fire times",
+            flush=True,
+        )
 
         # (b) failover: SIGKILL the leader just before a fire time, which then comes due in the outage.
         offset = db_clock_offset(conn)
@@ -171,25 +223,51 @@ def main() -> None:
         leader.send_signal(signal.SIGKILL)
         leader.wait()
         survivors = [p for p in fleet.procs if p is not leader]
-        new_since = wait_for(conn, "SELECT since FROM pgsched.beat_leader WHERE pid <> %s", (leader.pid,),
-                             args.lock_interval + 30, "the follower to lead", survivors)
-        first_new = wait_for(conn, "SELECT min(created_at) FROM pgsched.runs WHERE created_at >= %s", (new_since,),
-                             30, "the new leader's first run", survivors)
-        all_due = wait_for(conn, "SELECT max(created_at) FROM pgsched.runs WHERE scheduled_for = %s"
-                                 " HAVING count(*) >= %s", (due, args.jobs), 30,
-                           "every job's fire time that came due in the outage", survivors)
+        new_since = wait_for(
+            conn,
+            "SELECT since FROM pgsched.beat_leader WHERE pid <> %s",
+            (leader.pid,),
+            args.lock_interval + 30,
+            "the follower to lead",
+            survivors,
+        )
+        first_new = wait_for(
+            conn,
+            "SELECT min(created_at) FROM pgsched.runs WHERE created_at >= %s",
+            (new_since,),
+            30,
+            "the new leader's first run",
+            survivors,
+        )
+        all_due = wait_for(
+            conn,
+            "SELECT max(created_at) FROM pgsched.runs WHERE scheduled_for = %s HAVING count(*) >= %s",
+            (due, args.jobs),
+            30,
+            "every job's fire time that came due in the outage",
+            survivors,
+        )
         leader_gap = (new_since - killed_at).total_seconds()
         first_run_gap = (first_new - killed_at).total_seconds()
         all_due_gap = (all_due - killed_at).total_seconds()
-        print(f"failover (SIGKILL {KILL_BEFORE_FIRE_S * 1000:.0f} ms before a fire time, lock interval "
-              f"{args.lock_interval}s): new leader row after {leader_gap:.3f}s, its first run after "
-              f"{first_run_gap:.3f}s, all {args.jobs} runs of the fire time due in the outage after {all_due_gap:.3f}s",
-              flush=True)
+        print(
+            f"failover (SIGKILL {KILL_BEFORE_FIRE_S * 1000:.0f} ms before a fire time, lock interval "
+            f"{args.lock_interval}s): new leader row after {leader_gap:.3f}s, its first run after "
+            f"{first_run_gap:.3f}s, all {args.jobs} runs of the fire time due in the outage after {all_due_gap:.3f}s",
+            flush=True,
+        )
 
         # Keep going under the new leader, then stop it and count every (job, fire time).
         end = due + timedelta(seconds=2)
-        wait_for(conn, "SELECT count(*) >= %s FROM pgsched.runs WHERE scheduled_for = %s", (args.jobs, end),
-                 30, "2 more fire times under the new leader", survivors, 0.05)
+        wait_for(
+            conn,
+            "SELECT count(*) >= %s FROM pgsched.runs WHERE scheduled_for = %s",
+            (args.jobs, end),
+            30,
+            "2 more fire times under the new leader",
+            survivors,
+            0.05,
+        )
         for proc in survivors:
             proc.terminate()
         for proc in survivors:
@@ -203,17 +281,31 @@ def main() -> None:
             " (SELECT count(*) FROM pgsched.jobs AS j,"
             " generate_series(%(first)s, %(end)s, interval '1 second') AS s(at)"
             "  WHERE NOT EXISTS (SELECT FROM pgsched.runs AS r WHERE r.job_id = j.id AND r.scheduled_for = s.at))",
-            {"first": first, "end": end}).fetchone()  # type: ignore[misc]
+            {"first": first, "end": end},
+        ).fetchone()  # type: ignore[misc]
         duplicates = runs - distinct
-        print(f"runs: {runs} of {expected} expected (fire times {first:%H:%M:%S}..{end:%H:%M:%S} x {args.jobs} jobs, "
-              f"across the failover); duplicates {duplicates}, missing {missing}", flush=True)
+        print(
+            f"runs: {runs} of {expected} expected (fire times {first:%H:%M:%S}..{end:%H:%M:%S} x {args.jobs} jobs, "
+            f"across the failover); duplicates {duplicates}, missing {missing}",
+            flush=True,
+        )
 
     figures = {
-        "lateness_p50_ms": round(p50, 2), "lateness_p99_ms": round(p99, 2), "lateness_max_ms": round(worst, 2),
-        "failover_gap_s": round(first_run_gap, 3), "failover_leader_gap_s": round(leader_gap, 3),
-        "failover_all_due_fired_s": round(all_due_gap, 3), "lock_interval_s": args.lock_interval,
-        "misfire_grace_s": args.misfire_grace, "jobs": args.jobs, "seconds": args.seconds, "runs": runs,
-        "duplicates": duplicates, "missing": missing, "postgres": settings["server_version"], "cores": os.cpu_count(),
+        "lateness_p50_ms": round(p50, 2),
+        "lateness_p99_ms": round(p99, 2),
+        "lateness_max_ms": round(worst, 2),
+        "failover_gap_s": round(first_run_gap, 3),
+        "failover_leader_gap_s": round(leader_gap, 3),
+        "failover_all_due_fired_s": round(all_due_gap, 3),
+        "lock_interval_s": args.lock_interval,
+        "misfire_grace_s": args.misfire_grace,
+        "jobs": args.jobs,
+        "seconds": args.seconds,
+        "runs": runs,
+        "duplicates": duplicates,
+        "missing": missing,
+        "postgres": settings["server_version"],
+        "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
 

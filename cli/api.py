@@ -20,14 +20,26 @@ def api(
     workers: Annotated[int, typer.Option(help="Processes serving the API (each with its own pool)")] = 1,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve without API keys: local development ONLY")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
-    redis_url: Annotated[Optional[str], typer.Option(
-        "--redis-url", envvar="PGSCHED_REDIS_URL", show_default=False,
-        help="Optional Redis (redis://host:6379/0): caches reads and shares rate-limit counters between API "
-             "processes; the API keeps working from PostgreSQL while it is down")] = None,
-    rate_limit: Annotated[Optional[str], typer.Option(
-        "--rate-limit", envvar="PGSCHED_API_RATE_LIMIT", show_default=False,
-        help="REQUESTS/SECONDS per API key (per client address with --no-auth), e.g. 600/60; over it: 429. "
-             "Default: no limit")] = None,
+    redis_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--redis-url",
+            envvar="PGSCHED_REDIS_URL",
+            show_default=False,
+            help="Optional Redis (redis://host:6379/0): caches reads and shares rate-limit counters between API "
+            "processes; the API keeps working from PostgreSQL while it is down",
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        Optional[str],
+        typer.Option(
+            "--rate-limit",
+            envvar="PGSCHED_API_RATE_LIMIT",
+            show_default=False,
+            help="REQUESTS/SECONDS per API key (per client address with --no-auth), e.g. 600/60; over it: 429. "
+            "Default: no limit",
+        ),
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Serve the REST API (OpenAPI document at /schema/openapi.json)."""
@@ -49,10 +61,19 @@ def api(
         os.environ["PGSCHED_API_RATE_LIMIT"] = str(RateLimit.parse(rate_limit, source="--rate-limit"))
     ApiSettings.from_env()  # a bad setting fails here, once, not in every worker
     if no_auth:
-        render.err.print("[bold red]WARNING: authentication is disabled (--no-auth).[/] Anyone who can reach "
-                         "this API can read and change every job and run. Local development only.", highlight=False)
-    serve("pgsched.api.app:create_app_from_env", host=host, port=port, workers=workers,
-          log_level=log_level.lower(), log_config=_log_config(log_level))
+        render.err.print(
+            "[bold red]WARNING: authentication is disabled (--no-auth).[/] Anyone who can reach "
+            "this API can read and change every job and run. Local development only.",
+            highlight=False,
+        )
+    serve(
+        "pgsched.api.app:create_app_from_env",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        log_config=_log_config(log_level),
+    )
 
 
 def _log_config(level: str) -> dict[str, Any]:

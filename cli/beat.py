@@ -23,8 +23,11 @@ MisfireGraceOption = Annotated[float, typer.Option(help="Seconds after which a f
 
 def beat_options(lock_interval: float, retention: str, misfire_grace: float) -> BeatOptions:
     try:
-        return BeatOptions(lock_interval_s=lock_interval, retention_s=parse_duration(retention, "--retention"),
-                           misfire_grace_s=misfire_grace)
+        return BeatOptions(
+            lock_interval_s=lock_interval,
+            retention_s=parse_duration(retention, "--retention"),
+            misfire_grace_s=misfire_grace,
+        )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -32,7 +35,9 @@ def beat_options(lock_interval: float, retention: str, misfire_grace: float) -> 
 @beat.callback()
 def run(
     ctx: typer.Context,
-    app: Annotated[Optional[str], typer.Option("--app", help="module:attribute whose @app.periodic jobs to sync")] = None,
+    app: Annotated[
+        Optional[str], typer.Option("--app", help="module:attribute whose @app.periodic jobs to sync")
+    ] = None,
     lock_interval: LockIntervalOption = BeatOptions.lock_interval_s,
     retention: RetentionOption = "7d",
     misfire_grace: MisfireGraceOption = BeatOptions.misfire_grace_s,

@@ -15,8 +15,19 @@ from pgsched.schedule import Schedule
 jobs = typer.Typer(help="Scheduled jobs: cron, interval and one-off.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Job name")]
-LIST_COLUMNS = ("name", "task", "queue", "cron", "every_s", "at", "tz", "misfire", "enabled", "next_run_at",
-                "last_error")
+LIST_COLUMNS = (
+    "name",
+    "task",
+    "queue",
+    "cron",
+    "every_s",
+    "at",
+    "tz",
+    "misfire",
+    "enabled",
+    "next_run_at",
+    "last_error",
+)
 
 
 @jobs.command("add")
@@ -37,9 +48,18 @@ def add(
     dsn: DsnOption = None,
 ) -> None:
     """Create a job, or replace the definition of the job with this name."""
-    spec = JobSpec(name=name, task=task, schedule=Schedule(cron=cron, every_s=every, at=parse_at(at), tz=tz),
-                   args=parse_args_json(args), queue=queue, priority=priority, max_attempts=max_attempts,
-                   misfire=misfire, max_catchup=max_catchup, enabled=not paused)
+    spec = JobSpec(
+        name=name,
+        task=task,
+        schedule=Schedule(cron=cron, every_s=every, at=parse_at(at), tz=tz),
+        args=parse_args_json(args),
+        queue=queue,
+        priority=priority,
+        max_attempts=max_attempts,
+        misfire=misfire,
+        max_catchup=max_catchup,
+        enabled=not paused,
+    )
     with connect(dsn) as conn:
         created = job_store.upsert_job(conn, spec)
         job = job_store.get_job(conn, name)
@@ -48,8 +68,9 @@ def add(
 
 
 @jobs.command("list")
-def list_jobs(json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-              dsn: DsnOption = None) -> None:
+def list_jobs(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False, dsn: DsnOption = None
+) -> None:
     """List jobs."""
     with connect(dsn) as conn:
         rows = job_store.list_jobs(conn)
@@ -57,8 +78,11 @@ def list_jobs(json_output: Annotated[bool, typer.Option("--json", help="Print JS
 
 
 @jobs.command("show")
-def show(name: NameArg, json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-         dsn: DsnOption = None) -> None:
+def show(
+    name: NameArg,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    dsn: DsnOption = None,
+) -> None:
     """Show a job and its next 5 fire times."""
     with connect(dsn) as conn:
         job = job_store.get_job(conn, name)

@@ -26,13 +26,18 @@ def create(
     with connect(dsn) as conn:
         key, row = api_keys.create_key(conn, api_keys.check_scope(scope), tenant=tenant, name=name)
     render.info(key)  # alone on stdout, so KEY=$(pgsched keys create ...) works
-    render.err.print(f"key {row['id']} ({row['scope']}{', tenant ' + row['tenant'] if row['tenant'] else ''}): "
-                     "store it now, it is not shown again", highlight=False, markup=False)
+    render.err.print(
+        f"key {row['id']} ({row['scope']}{', tenant ' + row['tenant'] if row['tenant'] else ''}): "
+        "store it now, it is not shown again",
+        highlight=False,
+        markup=False,
+    )
 
 
 @keys.command("list")
-def list_keys(json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-              dsn: DsnOption = None) -> None:
+def list_keys(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False, dsn: DsnOption = None
+) -> None:
     """List keys (their first characters, never the keys), revoked ones included."""
     with connect(dsn) as conn:
         rows = api_keys.list_keys(conn)
@@ -40,8 +45,9 @@ def list_keys(json_output: Annotated[bool, typer.Option("--json", help="Print JS
 
 
 @keys.command("revoke")
-def revoke(key_id: Annotated[int, typer.Argument(metavar="ID", help="The key's id (see `keys list`)")],
-           dsn: DsnOption = None) -> None:
+def revoke(
+    key_id: Annotated[int, typer.Argument(metavar="ID", help="The key's id (see `keys list`)")], dsn: DsnOption = None
+) -> None:
     """Revoke a key: API processes refuse it within a few seconds (their key cache)."""
     with connect(dsn) as conn:
         api_keys.revoke_key(conn, key_id)

@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 
-from pgsched.queues import list_queues
 from pgsched.app import App
 from pgsched.cli import render
 from pgsched.cli.api import api as api_command
@@ -24,11 +23,15 @@ from pgsched.loader import EXAMPLE_APP, load_app
 from pgsched.logs import LogFormat, configure_logging
 from pgsched.migrate import migrate as apply_migrations
 from pgsched.migrate import pending
+from pgsched.queues import list_queues
 from pgsched.worker import WorkerOptions
 
 cli = typer.Typer(
-    name="pgsched", help="A job queue and cron scheduler that needs nothing but PostgreSQL.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="pgsched",
+    help="A job queue and cron scheduler that needs nothing but PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 cli.add_typer(runs, name="runs")
 cli.add_typer(jobs, name="jobs")
@@ -39,7 +42,8 @@ cli.command("api")(api_command)
 _debug = False
 
 AppOption = Annotated[
-    Optional[str], typer.Option("--app", help="Your App as module:attribute (default: the example app)")]
+    Optional[str], typer.Option("--app", help="Your App as module:attribute (default: the example app)")
+]
 LogLevelOption = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")]
 LogFormatOption = Annotated[str, typer.Option("--log-format", help="text or json (JSON lines)")]
 
@@ -60,24 +64,42 @@ def migrate(
         if check:
             todo = pending(conn)
             if todo:
-                raise SchemaNotReady(f"{len(todo)} migration(s) pending: "
-                                     + ", ".join(f"{m.version}_{m.name}" for m in todo))
+                raise SchemaNotReady(
+                    f"{len(todo)} migration(s) pending: " + ", ".join(f"{m.version}_{m.name}" for m in todo)
+                )
             render.info("schema is up to date")
             return
         applied = apply_migrations(conn)
-    render.info(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version}_{m.name}" for m in applied)
-                if applied else "schema is up to date")
+    render.info(
+        f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version}_{m.name}" for m in applied)
+        if applied
+        else "schema is up to date"
+    )
 
 
-def _worker_options(concurrency: int, queues: str | None, poll_interval: float, lease: float,
-                    grace: float, fallback_poll_interval: float = WorkerOptions.fallback_poll_interval_s,
-                    pool: str = WorkerOptions.pool, processes: int | None = None,
-                    app_path: str | None = None) -> WorkerOptions:
+def _worker_options(
+    concurrency: int,
+    queues: str | None,
+    poll_interval: float,
+    lease: float,
+    grace: float,
+    fallback_poll_interval: float = WorkerOptions.fallback_poll_interval_s,
+    pool: str = WorkerOptions.pool,
+    processes: int | None = None,
+    app_path: str | None = None,
+) -> WorkerOptions:
     try:
-        return WorkerOptions(concurrency=concurrency, poll_interval_s=poll_interval, lease_s=lease, grace_s=grace,
-                             fallback_poll_interval_s=fallback_poll_interval,
-                             pool=pool, processes=processes, app_path=app_path,
-                             queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None)
+        return WorkerOptions(
+            concurrency=concurrency,
+            poll_interval_s=poll_interval,
+            lease_s=lease,
+            grace_s=grace,
+            fallback_poll_interval_s=fallback_poll_interval,
+            pool=pool,
+            processes=processes,
+            app_path=app_path,
+            queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
 
@@ -94,23 +116,34 @@ def _check_log_options(level: str, fmt: str) -> LogFormat:
 def worker(
     app: AppOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
-    pool: Annotated[str, typer.Option(
-        help="Where sync tasks run unless their pool= says: thread, or process "
-             "(child processes: hard timeout and cancel)",
-    )] = WorkerOptions.pool,
-    processes: Annotated[Optional[int], typer.Option(
-        help="Size of the process pool (default: the CPU count)", show_default=False)] = None,
-    queues: Annotated[Optional[str], typer.Option(
-        help="Comma-separated queues (default: default + the app's task queues)")] = None,
-    poll_interval: Annotated[float, typer.Option(
-        help="Seconds between polls when no notification arrives")] = WorkerOptions.poll_interval_s,
-    fallback_poll_interval: Annotated[float, typer.Option(
-        help="Behind PgBouncer without a direct DSN (no LISTEN): seconds between polls",
-    )] = WorkerOptions.fallback_poll_interval_s,
-    lease: Annotated[float, typer.Option(
-        help="Seconds a claimed run's lease lasts (the heartbeat renews it)")] = WorkerOptions.lease_s,
-    grace: Annotated[float, typer.Option(
-        help="Seconds running tasks get to finish after SIGTERM")] = WorkerOptions.grace_s,
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="Where sync tasks run unless their pool= says: thread, or process "
+            "(child processes: hard timeout and cancel)",
+        ),
+    ] = WorkerOptions.pool,
+    processes: Annotated[
+        Optional[int], typer.Option(help="Size of the process pool (default: the CPU count)", show_default=False)
+    ] = None,
+    queues: Annotated[
+        Optional[str], typer.Option(help="Comma-separated queues (default: default + the app's task queues)")
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option(help="Seconds between polls when no notification arrives")
+    ] = WorkerOptions.poll_interval_s,
+    fallback_poll_interval: Annotated[
+        float,
+        typer.Option(
+            help="Behind PgBouncer without a direct DSN (no LISTEN): seconds between polls",
+        ),
+    ] = WorkerOptions.fallback_poll_interval_s,
+    lease: Annotated[
+        float, typer.Option(help="Seconds a claimed run's lease lasts (the heartbeat renews it)")
+    ] = WorkerOptions.lease_s,
+    grace: Annotated[
+        float, typer.Option(help="Seconds running tasks get to finish after SIGTERM")
+    ] = WorkerOptions.grace_s,
     with_beat: Annotated[bool, typer.Option("--beat", help="Also run a beat in this process")] = False,
     lock_interval: Annotated[float, typer.Option(help="With --beat: seconds between tries for the leader lock")] = 0.5,
     retention: RetentionOption = "7d",
@@ -125,8 +158,17 @@ def worker(
     from pgsched.worker import run_worker
 
     fmt = _check_log_options(log_level, log_format)
-    options = _worker_options(concurrency, queues, poll_interval, lease, grace, fallback_poll_interval,
-                              pool=pool, processes=processes, app_path=app or EXAMPLE_APP)
+    options = _worker_options(
+        concurrency,
+        queues,
+        poll_interval,
+        lease,
+        grace,
+        fallback_poll_interval,
+        pool=pool,
+        processes=processes,
+        app_path=app or EXAMPLE_APP,
+    )
     hosted_beat = beat_options(lock_interval, retention, misfire_grace) if with_beat else None
     loaded = load_app(app)
     if dsn:
@@ -142,8 +184,9 @@ def _prepare_database(app: App) -> None:
     with connect(app.dsn) as conn:
         todo = pending(conn)
         if todo:
-            raise SchemaNotReady(f"the database schema is not current ({len(todo)} migration(s) pending): "
-                                 "run `pgsched migrate` first")
+            raise SchemaNotReady(
+                f"the database schema is not current ({len(todo)} migration(s) pending): run `pgsched migrate` first"
+            )
         app.sync_periodic_jobs(conn)
 
 
@@ -157,8 +200,9 @@ def enqueue(
     at: Annotated[Optional[str], typer.Option("--at", help="ISO 8601 time with timezone")] = None,
     max_attempts: Annotated[Optional[int], typer.Option()] = None,
     unique_key: Annotated[Optional[str], typer.Option(help="Idempotency key")] = None,
-    app: Annotated[Optional[str], typer.Option(
-        "--app", help="module:attribute, to check args against the task")] = None,
+    app: Annotated[
+        Optional[str], typer.Option("--app", help="module:attribute, to check args against the task")
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Queue one run and print its id."""
@@ -169,19 +213,39 @@ def enqueue(
     # One plain connection, not the app's pool: the pool would retry an unreachable database
     # for 30 s, logging every attempt, before failing.
     with connect(dsn) as conn:
-        run_id = target.enqueue(task, parsed_args, queue=queue, priority=priority, delay=delay,
-                                run_at=run_at, max_attempts=max_attempts, unique_key=unique_key, conn=conn)
+        run_id = target.enqueue(
+            task,
+            parsed_args,
+            queue=queue,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            unique_key=unique_key,
+            conn=conn,
+        )
     render.info(str(run_id))
 
 
-STATS_COLUMNS = ("queue", "queued", "due", "running", "failed", "succeeded_last_minute", "failed_last_minute",
-                 "succeeded_last_hour", "oldest_queued_age_s")
+STATS_COLUMNS = (
+    "queue",
+    "queued",
+    "due",
+    "running",
+    "failed",
+    "succeeded_last_minute",
+    "failed_last_minute",
+    "succeeded_last_hour",
+    "oldest_queued_age_s",
+)
 
 
 @cli.command()
-def stats(watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C")] = False,
-          json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-          dsn: DsnOption = None) -> None:
+def stats(
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    dsn: DsnOption = None,
+) -> None:
     """Queue depth, running and failed runs, throughput and age per queue."""
     with connect(dsn) as conn:
         if not watch:
@@ -200,11 +264,16 @@ def stats(watch: Annotated[bool, typer.Option("--watch", help="Refresh every sec
 def dev(
     app: AppOption = None,
     concurrency: Annotated[int, typer.Option(help="Runs in flight at once")] = WorkerOptions.concurrency,
-    run_for: Annotated[Optional[float], typer.Option(
-        help="Stop after this many seconds (default: until Ctrl-C)")] = None,
-    api_port: Annotated[Optional[int], typer.Option(
-        help="Port of the REST API on 127.0.0.1 (default: 8000, or a free one if taken; 0: any free port)",
-        show_default=False)] = None,
+    run_for: Annotated[
+        Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C)")
+    ] = None,
+    api_port: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Port of the REST API on 127.0.0.1 (default: 8000, or a free one if taken; 0: any free port)",
+            show_default=False,
+        ),
+    ] = None,
     no_api: Annotated[bool, typer.Option("--no-api", help="Do not serve the REST API")] = False,
     log_level: LogLevelOption = "info",
     dsn: DsnOption = None,

@@ -11,28 +11,35 @@ from typing import Annotated, Any, Iterator, Optional
 import psycopg
 import typer
 
-from pgsched.runs import parse_instant
 from pgsched.config import resolve_dsn
 from pgsched.errors import InvalidInput
+from pgsched.runs import parse_instant
 
 DsnOption = Annotated[
     Optional[str],
-    typer.Option("--dsn", help="PostgreSQL DSN; overrides $PGSCHED_DSN (default: the embedded server)",
-                 show_default=False),
+    typer.Option(
+        "--dsn", help="PostgreSQL DSN; overrides $PGSCHED_DSN (default: the embedded server)", show_default=False
+    ),
 ]
 
 
 DirectDsnOption = Annotated[
     Optional[str],
-    typer.Option("--direct-dsn", help="Behind PgBouncer: a DSN that reaches PostgreSQL directly, for LISTEN and the "
-                                      "beat's leader lock (implies --pgbouncer); overrides $PGSCHED_DIRECT_DSN",
-                 show_default=False),
+    typer.Option(
+        "--direct-dsn",
+        help="Behind PgBouncer: a DSN that reaches PostgreSQL directly, for LISTEN and the "
+        "beat's leader lock (implies --pgbouncer); overrides $PGSCHED_DIRECT_DSN",
+        show_default=False,
+    ),
 ]
 PgbouncerOption = Annotated[
     Optional[bool],
-    typer.Option("--pgbouncer/--no-pgbouncer",
-                 help="The DSN goes through PgBouncer in transaction mode (default: $PGSCHED_PGBOUNCER, else whether "
-                      "a direct DSN is set)", show_default=False),
+    typer.Option(
+        "--pgbouncer/--no-pgbouncer",
+        help="The DSN goes through PgBouncer in transaction mode (default: $PGSCHED_PGBOUNCER, else whether "
+        "a direct DSN is set)",
+        show_default=False,
+    ),
 ]
 
 

@@ -68,7 +68,10 @@ def print_record(record: dict[str, Any], title: str) -> None:
 def print_run(run: dict[str, Any]) -> None:
     print_record({k: v for k, v in run.items() if k != "errors"}, title=f"run {run['id']}")
     for entry in run.get("errors") or []:
-        out.print(f"[bold]attempt {entry.get('attempt')}[/] {entry.get('at')}: "
-                  f"[red]{entry.get('type')}[/]: {entry.get('message')}", highlight=False)
+        out.print(
+            f"[bold]attempt {entry.get('attempt')}[/] {entry.get('at')}: "
+            f"[red]{entry.get('type')}[/]: {entry.get('message')}",
+            highlight=False,
+        )
         if entry.get("traceback"):
             out.print(entry["traceback"], highlight=False, markup=False)

@@ -33,9 +33,18 @@ def list_(
     created = parse_at(created_after, "--created-after"), parse_at(created_before, "--created-before")
     finished = parse_at(finished_after, "--finished-after"), parse_at(finished_before, "--finished-before")
     with connect(dsn) as conn:
-        rows = list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
-                         created_after=created[0], created_before=created[1],
-                         finished_after=finished[0], finished_before=finished[1])
+        rows = list_runs(
+            conn,
+            status=status,
+            queue=queue,
+            task=task,
+            job=job,
+            limit=limit,
+            created_after=created[0],
+            created_before=created[1],
+            finished_after=finished[0],
+            finished_before=finished[1],
+        )
     if json_output:
         render.print_json(rows)
     else:
@@ -43,9 +52,11 @@ def list_(
 
 
 @runs.command("show")
-def show(run_id: Annotated[int, typer.Argument(metavar="ID")],
-         json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
-         dsn: DsnOption = None) -> None:
+def show(
+    run_id: Annotated[int, typer.Argument(metavar="ID")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    dsn: DsnOption = None,
+) -> None:
     """Show one run with its result and every failed attempt."""
     with connect(dsn) as conn:
         run = get_run(conn, run_id)
@@ -68,5 +79,8 @@ def cancel(run_id: Annotated[int, typer.Argument(metavar="ID")], dsn: DsnOption 
     """Cancel a run: a queued one at once, a running one by telling its worker to stop it."""
     with connect(dsn) as conn:
         status = cancel_run(conn, run_id)
-    render.info(f"run {run_id} cancelled" if status == "cancelled"
-                else f"run {run_id} is running: its worker was asked to stop it")
+    render.info(
+        f"run {run_id} cancelled"
+        if status == "cancelled"
+        else f"run {run_id} is running: its worker was asked to stop it"
+    )

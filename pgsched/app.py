@@ -79,8 +79,10 @@ class Task(Generic[P, R]):
         if self.pool not in POOLS:
             raise InvalidInput(f"pool must be 'thread' or 'process', got {self.pool!r}")
         if self.is_async:
-            raise InvalidInput(f"task {self.name!r} is async: it runs in the worker's event loop, and pool= only "
-                               "chooses where a sync task runs; to run it in a child process, make it a plain def")
+            raise InvalidInput(
+                f"task {self.name!r} is async: it runs in the worker's event loop, and pool= only "
+                "chooses where a sync task runs; to run it in a child process, make it a plain def"
+            )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -97,15 +99,25 @@ class Task(Generic[P, R]):
             raise InvalidArgs(f"args do not fit {self.name}{self.signature}: {exc}") from None
 
     def enqueue(
-        self, *, run_at: datetime | None = None, delay: float | None = None, conn: psycopg.Connection | None = None,
-        unique_key: str | None = None, **kwargs: Any,
+        self,
+        *,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        conn: psycopg.Connection | None = None,
+        unique_key: str | None = None,
+        **kwargs: Any,
     ) -> int:
         """Queue one run of this task with ``kwargs`` as its args; returns the run id."""
         return self.app.enqueue(self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key)
 
     async def enqueue_async(
-        self, *, run_at: datetime | None = None, delay: float | None = None,
-        conn: psycopg.AsyncConnection | None = None, unique_key: str | None = None, **kwargs: Any,
+        self,
+        *,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+        unique_key: str | None = None,
+        **kwargs: Any,
     ) -> int:
         """The asyncio twin of :meth:`enqueue`."""
         return await self.app.enqueue_async(
@@ -125,8 +137,14 @@ def _plain_parameter_names(signature: inspect.Signature) -> tuple[frozenset[str]
 class App:
     """Tasks and the way to reach the database. Pools open on first use, not at import."""
 
-    def __init__(self, dsn: str | None = None, *, pool_max_size: int = 10, direct_dsn: str | None = None,
-                 pgbouncer: bool | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool_max_size: int = 10,
+        direct_dsn: str | None = None,
+        pgbouncer: bool | None = None,
+    ) -> None:
         self.tasks: dict[str, Task[Any, Any]] = {}
         # Schedules declared with @app.periodic: upserted by name when a worker or beat starts.
         self.periodic_jobs: dict[str, JobSpec] = {}
@@ -178,13 +196,31 @@ class App:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     @overload
     def task(
-        self, /, *, name: str | None = None, queue: str = "default", priority: int = 0, max_attempts: int = 3,
-        timeout: float | None = None, retry_backoff: float = 1.0, pool: str | None = None,
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        retry_backoff: float = 1.0,
+        pool: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, queue: str = "default",
-             priority: int = 0, max_attempts: int = 3, timeout: float | None = None,
-             retry_backoff: float = 1.0, pool: str | None = None) -> Any:
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout: float | None = None,
+        retry_backoff: float = 1.0,
+        pool: str | None = None,
+    ) -> Any:
         """Register a function (sync or async) as a task; usable bare or with options.
 
         ``pool`` says where a sync task runs: ``"thread"`` (the worker's thread pool) or
@@ -200,16 +236,33 @@ class App:
             check_task_name(task_name)
             if task_name in self.tasks:
                 raise DuplicateTask(f"a task named {task_name!r} is already registered ({self.tasks[task_name].fn!r})")
-            task: Task[P, R] = Task(self, fn, task_name, queue=queue, priority=priority, max_attempts=max_attempts,
-                                    timeout=timeout, retry_backoff=retry_backoff, pool=pool)
+            task: Task[P, R] = Task(
+                self,
+                fn,
+                task_name,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                retry_backoff=retry_backoff,
+                pool=pool,
+            )
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
 
-    def periodic(self, *, cron: str | None = None, every: float | None = None, tz: str = "UTC",
-                 name: str | None = None, args: Mapping[str, Any] | None = None, misfire: str = "coalesce",
-                 **task_options: Any) -> Callable[[Callable[P, R]], Task[P, R]]:
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        name: str | None = None,
+        args: Mapping[str, Any] | None = None,
+        misfire: str = "coalesce",
+        **task_options: Any,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]:
         """Register a task and a schedule for it (cron: 5 fields, or 6 with seconds first).
 
         The schedule is written to ``pgsched.jobs`` (upserted by name, default: the task's name)
@@ -224,30 +277,60 @@ class App:
                 raise DuplicateTask(f"a periodic job named {job_name!r} is already registered")
             task = self.task(**task_options)(fn)
             self.periodic_jobs[job_name] = JobSpec(
-                name=job_name, task=task.name, schedule=schedule, args=args or {}, queue=task.queue,
-                priority=task.priority, max_attempts=task.max_attempts, misfire=misfire)
+                name=job_name,
+                task=task.name,
+                schedule=schedule,
+                args=args or {},
+                queue=task.queue,
+                priority=task.priority,
+                max_attempts=task.max_attempts,
+                misfire=misfire,
+            )
             return task
 
         return register
 
-    def schedule(self, name: str, *, task: str, cron: str | None = None, every: float | None = None,
-                 at: datetime | None = None, tz: str = "UTC", args: Mapping[str, Any] | None = None,
-                 queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
-                 misfire: str = "coalesce", max_catchup: int = 100, enabled: bool = True,
-                 conn: psycopg.Connection | None = None) -> bool:
+    def schedule(
+        self,
+        name: str,
+        *,
+        task: str,
+        cron: str | None = None,
+        every: float | None = None,
+        at: datetime | None = None,
+        tz: str = "UTC",
+        args: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        misfire: str = "coalesce",
+        max_catchup: int = 100,
+        enabled: bool = True,
+        conn: psycopg.Connection | None = None,
+    ) -> bool:
         """Create or update the scheduled job ``name`` (upsert); True if it was created.
 
         Exactly one of ``cron`` (5 fields, or 6 with seconds first), ``every`` (seconds) or ``at``
         (a one-off instant). ``misfire`` says what to do with fire times missed while no beat ran
         or the job was paused: ``coalesce`` (one run), ``skip`` or ``all`` (up to ``max_catchup``).
         """
-        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=None, delay=None)
+        options = self._options(
+            task, queue=queue, priority=priority, max_attempts=max_attempts, run_at=None, delay=None
+        )
         if args is not None:
             self._encode(task, args)
-        spec = JobSpec(name=name, task=task, schedule=Schedule(cron=cron, every_s=every, at=at, tz=tz),
-                       args=args or {}, queue=options.queue, priority=options.priority,
-                       max_attempts=options.max_attempts, misfire=misfire, max_catchup=max_catchup, enabled=enabled)
+        spec = JobSpec(
+            name=name,
+            task=task,
+            schedule=Schedule(cron=cron, every_s=every, at=at, tz=tz),
+            args=args or {},
+            queue=options.queue,
+            priority=options.priority,
+            max_attempts=options.max_attempts,
+            misfire=misfire,
+            max_catchup=max_catchup,
+            enabled=enabled,
+        )
         with self._connection(conn) as c, _database_rejections():
             return upsert_job(c, spec)
 
@@ -258,9 +341,18 @@ class App:
 
     # ---- enqueue
 
-    def _options(self, task: str, *, queue: str | None, priority: int | None, max_attempts: int | None,
-                 run_at: datetime | None, delay: float | None, unique_key: str | None = None,
-                 tenant: str | None = None) -> RunOptions:
+    def _options(
+        self,
+        task: str,
+        *,
+        queue: str | None,
+        priority: int | None,
+        max_attempts: int | None,
+        run_at: datetime | None,
+        delay: float | None,
+        unique_key: str | None = None,
+        tenant: str | None = None,
+    ) -> RunOptions:
         """Validated run options; a known task lends its defaults."""
         check_task_name(task)
         known = self.tasks.get(task)
@@ -268,7 +360,10 @@ class App:
             queue=queue if queue is not None else (known.queue if known else "default"),
             priority=priority if priority is not None else (known.priority if known else 0),
             max_attempts=max_attempts if max_attempts is not None else (known.max_attempts if known else 3),
-            run_at=run_at, delay=0.0 if delay is None else delay, unique_key=unique_key, tenant=tenant,
+            run_at=run_at,
+            delay=0.0 if delay is None else delay,
+            unique_key=unique_key,
+            tenant=tenant,
         )
 
     def _encode(self, task: str, args: Mapping[str, Any] | None) -> Jsonb:
@@ -278,48 +373,123 @@ class App:
             known.check_args(args)
         return encode_args(args)
 
-    def enqueue(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
-                priority: int | None = None, max_attempts: int | None = None, run_at: datetime | None = None,
-                delay: float | None = None, unique_key: str | None = None, tenant: str | None = None,
-                conn: psycopg.Connection | None = None) -> int:
+    def enqueue(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        unique_key: str | None = None,
+        tenant: str | None = None,
+        conn: psycopg.Connection | None = None,
+    ) -> int:
         """Queue one run; returns its id. With ``conn``, the insert joins that connection's transaction.
 
         ``unique_key`` makes the call idempotent: a second enqueue with the same key returns the
         first run's id and inserts nothing (:meth:`enqueue_unique` also says which happened).
         """
-        return self.enqueue_unique(task, args, queue=queue, priority=priority, max_attempts=max_attempts,
-                                   run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant, conn=conn)[0]
+        return self.enqueue_unique(
+            task,
+            args,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay=delay,
+            unique_key=unique_key,
+            tenant=tenant,
+            conn=conn,
+        )[0]
 
-    def enqueue_unique(self, task: str, args: Mapping[str, Any] | None = None, *, unique_key: str | None,
-                       queue: str | None = None, priority: int | None = None, max_attempts: int | None = None,
-                       run_at: datetime | None = None, delay: float | None = None, tenant: str | None = None,
-                       conn: psycopg.Connection | None = None) -> tuple[int, bool]:
+    def enqueue_unique(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        unique_key: str | None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        tenant: str | None = None,
+        conn: psycopg.Connection | None = None,
+    ) -> tuple[int, bool]:
         """Like :meth:`enqueue`, returning ``(run id, created)``: ``created`` is False when
         ``unique_key`` already belonged to a run, whose id is returned."""
-        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant)
+        options = self._options(
+            task,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay=delay,
+            unique_key=unique_key,
+            tenant=tenant,
+        )
         encoded = self._encode(task, args)
         with self._connection(conn) as c, _database_rejections():
             return _enqueue.insert_run(c, task, encoded, options)
 
-    async def enqueue_async(self, task: str, args: Mapping[str, Any] | None = None, *, queue: str | None = None,
-                            priority: int | None = None, max_attempts: int | None = None,
-                            run_at: datetime | None = None, delay: float | None = None,
-                            unique_key: str | None = None, tenant: str | None = None,
-                            conn: psycopg.AsyncConnection | None = None) -> int:
+    async def enqueue_async(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        unique_key: str | None = None,
+        tenant: str | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> int:
         """The asyncio twin of :meth:`enqueue`."""
-        return (await self.enqueue_unique_async(task, args, queue=queue, priority=priority, max_attempts=max_attempts,
-                                                run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant,
-                                                conn=conn))[0]
+        return (
+            await self.enqueue_unique_async(
+                task,
+                args,
+                queue=queue,
+                priority=priority,
+                max_attempts=max_attempts,
+                run_at=run_at,
+                delay=delay,
+                unique_key=unique_key,
+                tenant=tenant,
+                conn=conn,
+            )
+        )[0]
 
-    async def enqueue_unique_async(self, task: str, args: Mapping[str, Any] | None = None, *, unique_key: str | None,
-                                   queue: str | None = None, priority: int | None = None,
-                                   max_attempts: int | None = None, run_at: datetime | None = None,
-                                   delay: float | None = None, tenant: str | None = None,
-                                   conn: psycopg.AsyncConnection | None = None) -> tuple[int, bool]:
+    async def enqueue_unique_async(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        unique_key: str | None,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        tenant: str | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> tuple[int, bool]:
         """The asyncio twin of :meth:`enqueue_unique`."""
-        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay, unique_key=unique_key, tenant=tenant)
+        options = self._options(
+            task,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay=delay,
+            unique_key=unique_key,
+            tenant=tenant,
+        )
         encoded = self._encode(task, args)
         async with self._async_connection(conn) as c:
             with _database_rejections():
@@ -341,24 +511,44 @@ class App:
                 raise type(exc)(f"args[{index}]: {exc}") from None
         return encoded
 
-    def enqueue_many(self, task: str, all_args: Sequence[Mapping[str, Any]], *, queue: str | None = None,
-                     priority: int | None = None, max_attempts: int | None = None, run_at: datetime | None = None,
-                     delay: float | None = None, tenant: str | None = None,
-                     conn: psycopg.Connection | None = None) -> list[int]:
+    def enqueue_many(
+        self,
+        task: str,
+        all_args: Sequence[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        tenant: str | None = None,
+        conn: psycopg.Connection | None = None,
+    ) -> list[int]:
         """Queue one run per args object with COPY, all or none; returns the ids in order."""
-        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay, tenant=tenant)
+        options = self._options(
+            task, queue=queue, priority=priority, max_attempts=max_attempts, run_at=run_at, delay=delay, tenant=tenant
+        )
         encoded = self._encode_many(task, all_args)
         with self._connection(conn) as c, _database_rejections():
             return _enqueue.insert_runs(c, task, encoded, options)
 
-    async def enqueue_many_async(self, task: str, all_args: Sequence[Mapping[str, Any]], *, queue: str | None = None,
-                                 priority: int | None = None, max_attempts: int | None = None,
-                                 run_at: datetime | None = None, delay: float | None = None,
-                                 tenant: str | None = None, conn: psycopg.AsyncConnection | None = None) -> list[int]:
+    async def enqueue_many_async(
+        self,
+        task: str,
+        all_args: Sequence[Mapping[str, Any]],
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        tenant: str | None = None,
+        conn: psycopg.AsyncConnection | None = None,
+    ) -> list[int]:
         """The asyncio twin of :meth:`enqueue_many`."""
-        options = self._options(task, queue=queue, priority=priority, max_attempts=max_attempts,
-                                run_at=run_at, delay=delay, tenant=tenant)
+        options = self._options(
+            task, queue=queue, priority=priority, max_attempts=max_attempts, run_at=run_at, delay=delay, tenant=tenant
+        )
         encoded = self._encode_many(task, all_args)
         async with self._async_connection(conn) as c:
             with _database_rejections():
@@ -371,9 +561,14 @@ class App:
         """The sync pool (autocommit connections), opened on first use."""
         with self._lock:
             if self._pool is None:
-                self._pool = ConnectionPool(self.dsn, min_size=1, max_size=self._pool_max_size,
-                                            kwargs=connection_kwargs(self.pgbouncer, autocommit=True), open=True,
-                                            name="pgsched")
+                self._pool = ConnectionPool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self._pool_max_size,
+                    kwargs=connection_kwargs(self.pgbouncer, autocommit=True),
+                    open=True,
+                    name="pgsched",
+                )
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -381,9 +576,14 @@ class App:
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
         if pool is None:
-            pool = AsyncConnectionPool(self.dsn, min_size=1, max_size=self._pool_max_size,
-                                       kwargs=connection_kwargs(self.pgbouncer, autocommit=True), open=False,
-                                       name="pgsched-async")
+            pool = AsyncConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=self._pool_max_size,
+                kwargs=connection_kwargs(self.pgbouncer, autocommit=True),
+                open=False,
+                name="pgsched-async",
+            )
             self._async_pools[loop] = pool
             await pool.open()
         return pool

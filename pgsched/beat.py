@@ -99,8 +99,10 @@ def check_leader_lock_possible(direct_dsn: str | None, pgbouncer: bool) -> None:
     runs each statement on any server connection, so the session lock would be taken on one
     and released on another (it leaks, and nobody else can lead), and the LISTEN hears nothing."""
     if pgbouncer and not direct_dsn:
-        raise ConfigError(f"the beat cannot lead through PgBouncer: set {DIRECT_DSN_ENV} (or --direct-dsn) to a DSN "
-                          "that reaches PostgreSQL directly, for its leader lock")
+        raise ConfigError(
+            f"the beat cannot lead through PgBouncer: set {DIRECT_DSN_ENV} (or --direct-dsn) to a DSN "
+            "that reaches PostgreSQL directly, for its leader lock"
+        )
 
 
 def leader_status(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
@@ -128,8 +130,9 @@ class Beat:
     """``dsn`` carries the firings and maintenance; the leader lock and the LISTEN need a session
     of their own: ``direct_dsn`` when ``pgbouncer`` says ``dsn`` goes through a pooler."""
 
-    def __init__(self, dsn: str, options: BeatOptions | None = None, *, direct_dsn: str | None = None,
-                 pgbouncer: bool = False) -> None:
+    def __init__(
+        self, dsn: str, options: BeatOptions | None = None, *, direct_dsn: str | None = None, pgbouncer: bool = False
+    ) -> None:
         check_leader_lock_possible(direct_dsn, pgbouncer)
         self.dsn = dsn
         self._pgbouncer = pgbouncer
@@ -146,9 +149,14 @@ class Beat:
 
     async def run(self) -> None:
         """Follow, lead when the lock is free, until :meth:`request_stop`."""
-        async with AsyncConnectionPool(self.dsn, min_size=1, max_size=FIRING_CONNECTIONS,
-                                       kwargs=connection_kwargs(self._pgbouncer, **FIRING_CONNECTION),
-                                       name="pgsched-beat", open=False) as pool:
+        async with AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=FIRING_CONNECTIONS,
+            kwargs=connection_kwargs(self._pgbouncer, **FIRING_CONNECTION),
+            name="pgsched-beat",
+            open=False,
+        ) as pool:
             await pool.open(wait=True)
             listener = Listener(self._session_dsn, queries["beat_listen"], self._on_jobs_changed, self._wake.set)
             listening = asyncio.create_task(listener.run())
@@ -220,11 +228,14 @@ class Beat:
             except Exception:
                 logger.exception("beat round failed on an unexpected error; retrying")
                 due_in = self.options.lock_interval_s
-            await self._sleep(self.options.max_sleep_s if due_in is None else min(max(due_in, 0.0), self.options.max_sleep_s))
+            await self._sleep(
+                self.options.max_sleep_s if due_in is None else min(max(due_in, 0.0), self.options.max_sleep_s)
+            )
 
     async def _maintain(self, pool: AsyncConnectionPool) -> None:
-        await rescue_expired(pool, stale_worker_s=self.options.stale_worker_s,
-                             restart_grace_s=self.options.restart_grace_s)
+        await rescue_expired(
+            pool, stale_worker_s=self.options.stale_worker_s, restart_grace_s=self.options.restart_grace_s
+        )
         async with pool.connection() as conn:
             await prune_finished(conn, retention_s=self.options.retention_s)
 
@@ -301,7 +312,7 @@ def plan_firings(jobs: list[dict[str, Any]], misfire_grace_s: float) -> list[Fir
             firings.append(Firing(job, *planned[key]))
         except InvalidInput as exc:
             firings.append(Firing(job, [], None, error=str(exc)))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it is this job's: disable it, fire the others
             firings.append(Firing(job, [], None, error=f"its schedule cannot be computed: {type(exc).__name__}: {exc}"))
     return firings
 
@@ -332,9 +343,16 @@ async def write_firing(conn: psycopg.AsyncConnection, firing: Firing) -> int:
         await _disable(conn, job, firing.error)
         return 0
     try:
-        cursor = await conn.execute(queries["job_fire"], {
-            "id": job["id"], "seen_next_run_at": job["next_run_at"], "times": firing.times,
-            "next_run_at": firing.next_run_at, "last_scheduled_for": firing.times[-1] if firing.times else None})
+        cursor = await conn.execute(
+            queries["job_fire"],
+            {
+                "id": job["id"],
+                "seen_next_run_at": job["next_run_at"],
+                "times": firing.times,
+                "next_run_at": firing.next_run_at,
+                "last_scheduled_for": firing.times[-1] if firing.times else None,
+            },
+        )
     except psycopg.Error as exc:
         if not _belongs_to_the_job(exc):
             raise
@@ -354,8 +372,9 @@ def _belongs_to_the_job(exc: psycopg.Error) -> bool:
 
 async def _disable(conn: psycopg.AsyncConnection, job: dict[str, Any], reason: str) -> None:
     logger.warning("job %r disabled: %s", job["name"], reason)
-    await conn.execute(queries["job_disable_invalid"], {
-        "id": job["id"], "error": reason, "seen_next_run_at": job["next_run_at"]})
+    await conn.execute(
+        queries["job_disable_invalid"], {"id": job["id"], "error": reason, "seen_next_run_at": job["next_run_at"]}
+    )
 
 
 def fire_times(schedule: Schedule, job: dict[str, Any], now: datetime, misfire_grace_s: float) -> list[datetime]:
@@ -368,6 +387,10 @@ def fire_times(schedule: Schedule, job: dict[str, Any], now: datetime, misfire_g
     limit = job["max_catchup"] if job["misfire"] == "all" else 1
     missed = schedule.recent(since, cutoff, limit, anchor=since)
     if missed:
-        logger.info("job %r: %s missed fire time(s) since %s", job["name"],
-                    "running the newest" if job["misfire"] == "coalesce" else f"running {len(missed)}", since)
+        logger.info(
+            "job %r: %s missed fire time(s) since %s",
+            job["name"],
+            "running the newest" if job["misfire"] == "coalesce" else f"running {len(missed)}",
+            since,
+        )
     return missed + on_time

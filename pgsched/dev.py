@@ -39,8 +39,7 @@ class DevApi:
     port: int | None = None
 
 
-def run_dev(app: App, options: WorkerOptions, *, run_for_s: float | None = None,
-            api: DevApi | None = DevApi()) -> None:
+def run_dev(app: App, options: WorkerOptions, *, run_for_s: float | None = None, api: DevApi | None = DevApi()) -> None:
     # Bound before anything starts: a port in use is a one-line error, not a crash later.
     listener = _listen(api) if api is not None else None
     key_id: int | None = None
@@ -70,8 +69,10 @@ def _listen(api: DevApi) -> socket.socket:
             sock = _bound_socket(api.host, 0)
             logger.warning("port %d is in use: serving the API on port %d instead", port, sock.getsockname()[1])
             return sock
-        raise InvalidInput(f"cannot serve the API on {api.host}:{port}: {exc.strerror or exc}; choose another "
-                           "--api-port (0: any free port) or pass --no-api") from None
+        raise InvalidInput(
+            f"cannot serve the API on {api.host}:{port}: {exc.strerror or exc}; choose another "
+            "--api-port (0: any free port) or pass --no-api"
+        ) from None
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:
@@ -104,17 +105,21 @@ def _revoke_session_key(dsn: str, key_id: int) -> None:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
             revoke_key(conn, key_id)
     except psycopg.OperationalError as exc:
-        logger.warning("could not revoke this session's API key (id %d): %s; `pgsched keys revoke %d` does",
-                       key_id, exc, key_id)
+        logger.warning(
+            "could not revoke this session's API key (id %d): %s; `pgsched keys revoke %d` does", key_id, exc, key_id
+        )
 
 
 def _announce_api(listener: socket.socket, key: str) -> None:
     host, port = listener.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     # Printed, not logged: the quick start's output must show it whatever the log level.
-    print(f"REST API: {url}  (OpenAPI: {url}/schema/openapi.json)\n"
-          f"admin API key for this session: {key}\n"
-          f"  curl -s {url}/queues -H 'Authorization: Bearer {key}'", flush=True)
+    print(
+        f"REST API: {url}  (OpenAPI: {url}/schema/openapi.json)\n"
+        f"admin API key for this session: {key}\n"
+        f"  curl -s {url}/queues -H 'Authorization: Bearer {key}'",
+        flush=True,
+    )
 
 
 class _EmbeddedServer:
@@ -145,8 +150,7 @@ class _EmbeddedServer:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def _work(app: App, options: WorkerOptions, run_for_s: float | None,
-                listener: socket.socket | None) -> None:
+async def _work(app: App, options: WorkerOptions, run_for_s: float | None, listener: socket.socket | None) -> None:
     worker = Worker(app, options, beat=BeatOptions())
     worker.install_signal_handlers()
     api_server = _EmbeddedServer(app, listener) if listener is not None else None

@@ -44,20 +44,26 @@ class RunOptions:
             )
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not -100 <= self.priority <= 100:
             raise InvalidInput(f"priority must be an integer between -100 and 100, got {self.priority!r}")
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
-                or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or not 1 <= self.max_attempts <= MAX_ATTEMPTS
+        ):
             raise InvalidInput(f"max_attempts must be an integer from 1 to {MAX_ATTEMPTS}, got {self.max_attempts!r}")
         if self.run_at is not None and (not isinstance(self.run_at, datetime) or self.run_at.tzinfo is None):
             raise InvalidInput(f"run_at must be a timezone-aware datetime, got {self.run_at!r}")
         if isinstance(self.delay, bool) or not isinstance(self.delay, (int, float)) or not 0 <= self.delay < 10**9:
             raise InvalidInput(f"delay must be a number of seconds >= 0, got {self.delay!r}")
-        if self.unique_key is not None and (not isinstance(self.unique_key, str) or not self.unique_key.strip()
-                                            or len(self.unique_key) > 200):
+        if self.unique_key is not None and (
+            not isinstance(self.unique_key, str) or not self.unique_key.strip() or len(self.unique_key) > 200
+        ):
             raise InvalidInput(
-                f"unique_key must be a non-empty string of at most 200 characters, got {self.unique_key!r}")
+                f"unique_key must be a non-empty string of at most 200 characters, got {self.unique_key!r}"
+            )
         check_no_nul("unique_key", self.unique_key)
-        if self.tenant is not None and (not isinstance(self.tenant, str) or not self.tenant.strip()
-                                        or len(self.tenant) > 200):
+        if self.tenant is not None and (
+            not isinstance(self.tenant, str) or not self.tenant.strip() or len(self.tenant) > 200
+        ):
             raise InvalidInput(f"tenant must be a non-empty string of at most 200 characters, got {self.tenant!r}")
         check_no_nul("tenant", self.tenant)
 
@@ -127,8 +133,9 @@ def insert_run(conn: psycopg.Connection, task: str, args: Jsonb, options: RunOpt
     return int(row[0]), bool(row[1])
 
 
-async def insert_run_async(conn: psycopg.AsyncConnection, task: str, args: Jsonb,
-                           options: RunOptions) -> tuple[int, bool]:
+async def insert_run_async(
+    conn: psycopg.AsyncConnection, task: str, args: Jsonb, options: RunOptions
+) -> tuple[int, bool]:
     """The asyncio twin of :func:`insert_run`."""
     cursor = await conn.execute(_insert_query(options), _insert_params(task, args, options))
     row = await cursor.fetchone()
@@ -146,8 +153,9 @@ def _copy_text(task: str, ids: list[int], all_args: list[str], options: RunOptio
     tenant = "\\N" if options.tenant is None else _copy_escape(options.tenant)
     fixed = f"\t{options.queue}\t{options.priority}\t{run_at.isoformat()}\t{options.max_attempts}\t{tenant}\n"
     name = _copy_escape(task)
-    return "".join(f"{run_id}\t{name}\t{args.replace(chr(92), chr(92) * 2)}{fixed}"
-                   for run_id, args in zip(ids, all_args)).encode()
+    return "".join(
+        f"{run_id}\t{name}\t{args.replace(chr(92), chr(92) * 2)}{fixed}" for run_id, args in zip(ids, all_args)
+    ).encode()
 
 
 def _copy_escape(value: str) -> str:

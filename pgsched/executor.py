@@ -37,14 +37,29 @@ def backoff_delay(base_s: float, attempt: int) -> float:
 
 
 def _error_entry(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str | None) -> str:
-    return json.dumps({
-        "attempt": run.attempt, "at": datetime.now(timezone.utc).isoformat(), "worker_id": worker_id,
-        "type": kind, "message": message, "traceback": tb,
-    })
+    return json.dumps(
+        {
+            "attempt": run.attempt,
+            "at": datetime.now(timezone.utc).isoformat(),
+            "worker_id": worker_id,
+            "type": kind,
+            "message": message,
+            "traceback": tb,
+        }
+    )
 
 
-def _failure(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str | None = None,
-             *, retryable: bool = True, retry_after: float | None = None, backoff_s: float = 1.0) -> Outcome:
+def _failure(
+    run: ClaimedRun,
+    worker_id: int,
+    kind: str,
+    message: str,
+    tb: str | None = None,
+    *,
+    retryable: bool = True,
+    retry_after: float | None = None,
+    backoff_s: float = 1.0,
+) -> Outcome:
     """A failed attempt: back to the queue while attempts remain, else the run fails."""
     error = _error_entry(run, worker_id, kind, message, tb)
     if retryable and run.attempt < run.max_attempts:
@@ -55,8 +70,12 @@ def _failure(run: ClaimedRun, worker_id: int, kind: str, message: str, tb: str |
 
 def cancelled_on_request(run: ClaimedRun, worker_id: int) -> Outcome:
     """The outcome of a run whose task was stopped because someone cancelled the run."""
-    return Outcome(run.id, run.attempt, "cancelled",
-                   error=_error_entry(run, worker_id, "Cancelled", "cancelled on request while running", None))
+    return Outcome(
+        run.id,
+        run.attempt,
+        "cancelled",
+        error=_error_entry(run, worker_id, "Cancelled", "cancelled on request while running", None),
+    )
 
 
 class _TimedOut(Exception):
@@ -70,8 +89,14 @@ def _bound_args(task: Task[Any, Any], args: Any) -> Mapping[str, Any]:
     return args
 
 
-async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads: TaskThreads,
-                  worker_id: int, context: RunContext, processes: ProcessPool | None = None) -> Outcome:
+async def execute(
+    run: ClaimedRun,
+    tasks: Mapping[str, Task[Any, Any]],
+    threads: TaskThreads,
+    worker_id: int,
+    context: RunContext,
+    processes: ProcessPool | None = None,
+) -> Outcome:
     """Run the task of ``run`` and report the outcome. Never raises, except CancelledError.
 
     ``context`` is what the task sees as ``pgsched.current_run()``. Tasks ``processes``
@@ -80,8 +105,9 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
     task = tasks.get(run.task)
     if task is None:
         known = ", ".join(sorted(tasks)) or "none"
-        return _failure(run, worker_id, "TaskNotFound",
-                        f"unknown task {run.task!r}: this worker knows {known}", retryable=False)
+        return _failure(
+            run, worker_id, "TaskNotFound", f"unknown task {run.task!r}: this worker knows {known}", retryable=False
+        )
     try:
         args = _bound_args(task, run.args)
     except InvalidArgs as exc:
@@ -108,22 +134,38 @@ async def execute(run: ClaimedRun, tasks: Mapping[str, Task[Any, Any]], threads:
     except Cancel as exc:
         return Outcome(run.id, run.attempt, "cancelled", error=_error_entry(run, worker_id, "Cancel", str(exc), None))
     except ChildFailed as exc:  # raised in (or the death of) a child process: its type and traceback came along
-        return _failure(run, worker_id, exc.kind, exc.message, exc.traceback, retryable=exc.retryable,
-                        backoff_s=task.retry_backoff)
+        return _failure(
+            run, worker_id, exc.kind, exc.message, exc.traceback, retryable=exc.retryable, backoff_s=task.retry_backoff
+        )
     except BaseException as exc:  # noqa: BLE001 - a task's SystemExit or KeyboardInterrupt must not kill the worker
-        return _failure(run, worker_id, type(exc).__name__, str(exc) or repr(exc),
-                        traceback.format_exc(), backoff_s=task.retry_backoff)
+        return _failure(
+            run,
+            worker_id,
+            type(exc).__name__,
+            str(exc) or repr(exc),
+            traceback.format_exc(),
+            backoff_s=task.retry_backoff,
+        )
 
     if result is None:
         try:
             result = json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            return _failure(run, worker_id, "ResultNotSerialisable",
-                            f"the task returned a value that is not JSON-serialisable: {exc}", retryable=False)
+            return _failure(
+                run,
+                worker_id,
+                "ResultNotSerialisable",
+                f"the task returned a value that is not JSON-serialisable: {exc}",
+                retryable=False,
+            )
     if len(result) > MAX_RESULT_BYTES:
-        return _failure(run, worker_id, "ResultTooLarge",
-                        f"the task returned {len(result)} bytes of JSON; the limit is {MAX_RESULT_BYTES}",
-                        retryable=False)
+        return _failure(
+            run,
+            worker_id,
+            "ResultTooLarge",
+            f"the task returned {len(result)} bytes of JSON; the limit is {MAX_RESULT_BYTES}",
+            retryable=False,
+        )
     return Outcome(run.id, run.attempt, "succeeded", result=result)
 
 
@@ -140,8 +182,7 @@ async def _with_deadline(task: Task[Any, Any], args: Mapping[str, Any]) -> Any:
         raise
 
 
-async def _in_process(processes: ProcessPool, run: ClaimedRun, args: Mapping[str, Any],
-                      timeout_s: float | None) -> str:
+async def _in_process(processes: ProcessPool, run: ClaimedRun, args: Mapping[str, Any], timeout_s: float | None) -> str:
     """The result (JSON text) of a run in a child process, killed at ``timeout_s``."""
     try:
         return await processes.call(run, args, timeout_s)

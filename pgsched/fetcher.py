@@ -50,7 +50,9 @@ logger = logging.getLogger("pgsched.worker")
 # them) and no statement stays prepared: each claim is then a transaction that skips the flush
 # with SET LOCAL, and is planned anew (see Fetcher._claim_transaction).
 CLAIM_CONNECTION: dict[str, Any] = {
-    "autocommit": True, "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan"}
+    "autocommit": True,
+    "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan",
+}
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
 # The fetcher's connection is its own: waiting for it means the database is unreachable, and
 # the fetch loop (which notices a stop request between claims) retries with backoff anyway.
@@ -59,8 +61,14 @@ FETCHER_CONNECTION_WAIT_S = 1.0
 
 def claim_pool(dsn: str, pgbouncer: bool) -> AsyncConnectionPool:
     """The fetcher's own connection (a pool of one, so a broken connection is replaced)."""
-    return AsyncConnectionPool(dsn, min_size=1, max_size=1, kwargs=connection_kwargs(pgbouncer, **CLAIM_CONNECTION),
-                               name="pgsched-fetcher", open=False)
+    return AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=1,
+        kwargs=connection_kwargs(pgbouncer, **CLAIM_CONNECTION),
+        name="pgsched-fetcher",
+        open=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,13 +175,28 @@ class Fetcher:
             runs += await self._claim_runs(pool, limit - len(runs), skip_tasks=self._process_tasks)
         return runs
 
-    async def _claim_runs(self, pool: AsyncConnectionPool, limit: int, *, only_tasks: list[str] | None = None,
-                          skip_tasks: list[str] | None = None) -> list[ClaimedRun]:
+    async def _claim_runs(
+        self,
+        pool: AsyncConnectionPool,
+        limit: int,
+        *,
+        only_tasks: list[str] | None = None,
+        skip_tasks: list[str] | None = None,
+    ) -> list[ClaimedRun]:
         settings = self._settings
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn, self._claim_transaction(conn):
-            cursor = await conn.execute(queries["run_claim"], {
-                "queues": settings.queues, "limit": limit, "worker_id": self._worker_id,
-                "lease_s": settings.lease_s, "now": None, "only_tasks": only_tasks, "skip_tasks": skip_tasks})
+            cursor = await conn.execute(
+                queries["run_claim"],
+                {
+                    "queues": settings.queues,
+                    "limit": limit,
+                    "worker_id": self._worker_id,
+                    "lease_s": settings.lease_s,
+                    "now": None,
+                    "only_tasks": only_tasks,
+                    "skip_tasks": skip_tasks,
+                },
+            )
             return [ClaimedRun(*row) for row in await cursor.fetchall()]
 
     @asynccontextmanager

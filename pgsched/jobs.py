@@ -33,8 +33,6 @@ class JobNameTaken(PgschedError):
     """A job with that name belongs to another tenant."""
 
 
-
-
 @dataclass(frozen=True)
 class JobSpec:
     """A job definition, validated on creation with messages that name the field."""
@@ -59,13 +57,17 @@ class JobSpec:
         encode_args(self.args)
         if self.misfire not in MISFIRE_POLICIES:
             raise InvalidInput(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}, got {self.misfire!r}")
-        if isinstance(self.max_catchup, bool) or not isinstance(self.max_catchup, int) \
-                or not 1 <= self.max_catchup <= MAX_CATCHUP:
+        if (
+            isinstance(self.max_catchup, bool)
+            or not isinstance(self.max_catchup, int)
+            or not 1 <= self.max_catchup <= MAX_CATCHUP
+        ):
             raise InvalidInput(f"max_catchup must be an integer from 1 to {MAX_CATCHUP}, got {self.max_catchup!r}")
 
 
-def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None = None,
-               tenant: str | None = None) -> bool:
+def upsert_job(
+    conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None = None, tenant: str | None = None
+) -> bool:
     """Create the job, or replace the definition of the job with that name; True if created.
 
     An unchanged schedule keeps its next fire time (so a restart that re-syncs definitions
@@ -73,13 +75,26 @@ def upsert_job(conn: psycopg.Connection, spec: JobSpec, *, now: datetime | None 
     """
     now = now or datetime.now(timezone.utc)
     schedule = spec.schedule
-    row = conn.execute(queries["job_upsert"], {
-        "name": spec.name, "task": spec.task, "args": encode_args(spec.args), "queue": spec.queue,
-        "priority": spec.priority, "cron": schedule.cron, "every_s": schedule.every_s, "at": schedule.at,
-        "tz": schedule.tz, "misfire": spec.misfire, "max_catchup": spec.max_catchup,
-        "max_attempts": spec.max_attempts, "enabled": spec.enabled, "next_run_at": schedule.next_after(now),
-        "tenant": tenant,
-    }).fetchone()
+    row = conn.execute(
+        queries["job_upsert"],
+        {
+            "name": spec.name,
+            "task": spec.task,
+            "args": encode_args(spec.args),
+            "queue": spec.queue,
+            "priority": spec.priority,
+            "cron": schedule.cron,
+            "every_s": schedule.every_s,
+            "at": schedule.at,
+            "tz": schedule.tz,
+            "misfire": spec.misfire,
+            "max_catchup": spec.max_catchup,
+            "max_attempts": spec.max_attempts,
+            "enabled": spec.enabled,
+            "next_run_at": schedule.next_after(now),
+            "tenant": tenant,
+        },
+    ).fetchone()
     if row is None:  # with a tenant, a conflicting row of another tenant is left alone
         raise JobNameTaken(f"the job name {spec.name!r} is taken: choose another name")
     return bool(row[1])
@@ -105,14 +120,14 @@ def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -
     return job
 
 
-def list_jobs(conn: psycopg.Connection, *, tenant: str | None = None, limit: int | None = None,
-              after_name: str | None = None) -> list[dict[str, Any]]:
+def list_jobs(
+    conn: psycopg.Connection, *, tenant: str | None = None, limit: int | None = None, after_name: str | None = None
+) -> list[dict[str, Any]]:
     """Jobs by name: every one, or a page of at most ``limit`` after the name ``after_name``."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["job_list"], {"tenant": tenant, "limit": limit,
-                                                 "after_name": after_name}).fetchall()
+        return cur.execute(queries["job_list"], {"tenant": tenant, "limit": limit, "after_name": after_name}).fetchall()
 
 
 def set_enabled(conn: psycopg.Connection, name: str, enabled: bool, *, tenant: str | None = None) -> None:

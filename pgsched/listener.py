@@ -24,8 +24,13 @@ class Listener:
     ``on_notify(channel, payload)`` for every notification and ``on_connect()`` after every
     (re)connect."""
 
-    def __init__(self, dsn: str, listen_query: LiteralString, on_notify: Callable[[str, str], None],
-                 on_connect: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        listen_query: LiteralString,
+        on_notify: Callable[[str, str], None],
+        on_connect: Callable[[], None],
+    ) -> None:
         self._dsn = dsn
         self._listen_query = listen_query
         self._on_notify = on_notify

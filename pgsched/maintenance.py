@@ -20,8 +20,9 @@ RESCUE_BATCH = 1000
 PRUNE_BATCH = 5000
 
 
-async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, restart_grace_s: float = 30.0,
-                         now: datetime | None = None) -> tuple[int, int]:
+async def rescue_expired(
+    pool: AsyncConnectionPool, *, stale_worker_s: float, restart_grace_s: float = 30.0, now: datetime | None = None
+) -> tuple[int, int]:
     """Requeue (or fail) runs whose lease expired and forget workers not seen for a while.
 
     One sweeper at a time: the others find the advisory lock taken and skip. Returns
@@ -34,8 +35,10 @@ async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, re
             if not (await cursor.fetchone())[0]:  # type: ignore[index]
                 return 0, 0
             while True:
-                cursor = await conn.execute(queries["run_rescue_expired"], {
-                    "now": now, "limit": RESCUE_BATCH, "restart_grace_s": restart_grace_s})
+                cursor = await conn.execute(
+                    queries["run_rescue_expired"],
+                    {"now": now, "limit": RESCUE_BATCH, "restart_grace_s": restart_grace_s},
+                )
                 batch_requeued, batch_failed, _ = await cursor.fetchone()  # type: ignore[misc]
                 requeued += batch_requeued
                 failed += batch_failed
@@ -43,8 +46,9 @@ async def rescue_expired(pool: AsyncConnectionPool, *, stale_worker_s: float, re
                     break
             await conn.execute(queries["worker_remove_stale"], {"now": now, "stale_s": stale_worker_s})
     if requeued or failed:
-        logger.warning("lease sweep: %d runs back to the queue, %d failed (their worker stopped heartbeating)",
-                       requeued, failed)
+        logger.warning(
+            "lease sweep: %d runs back to the queue, %d failed (their worker stopped heartbeating)", requeued, failed
+        )
     return requeued, failed
 
 
@@ -52,8 +56,9 @@ async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, n
     """Delete finished runs older than the retention, a batch per statement (short locks)."""
     pruned = 0
     while True:
-        cursor = await conn.execute(queries["run_prune_finished"],
-                                    {"now": now, "retention_s": retention_s, "limit": PRUNE_BATCH})
+        cursor = await conn.execute(
+            queries["run_prune_finished"], {"now": now, "retention_s": retention_s, "limit": PRUNE_BATCH}
+        )
         pruned += cursor.rowcount
         if cursor.rowcount < PRUNE_BATCH:
             break

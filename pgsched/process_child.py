@@ -76,8 +76,9 @@ def die_with_parent(parent_pid: int) -> None:
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     else:
-        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="pgsched-parent-watch",
-                         daemon=True).start()
+        threading.Thread(
+            target=_exit_when_orphaned, args=(parent_pid,), name="pgsched-parent-watch", daemon=True
+        ).start()
     if os.getppid() != parent_pid:  # the worker died before the death signal was armed
         os._exit(1)
 
@@ -109,8 +110,7 @@ def run_request(tasks: dict[str, Any], request: dict[str, Any]) -> bytes:
     name = request["task"]
     task = tasks.get(name)
     if task is None:  # the app changed on disk between the worker's import and ours
-        return _raised("TaskNotFound", f"unknown task {name!r} in the child process's copy of the app",
-                       retryable=False)
+        return _raised("TaskNotFound", f"unknown task {name!r} in the child process's copy of the app", retryable=False)
     # current_run() works here; its ``cancelled`` flag never turns True, since a cancel kills
     # the process instead.
     enter_run(RunContext(request["id"], name, request["attempt"], request["max_attempts"]))
@@ -125,14 +125,33 @@ def run_request(tasks: dict[str, Any], request: dict[str, Any]) -> bytes:
     try:
         return RESULT + json.dumps(value, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
-        return _raised("ResultNotSerialisable", f"the task returned a value that is not JSON-serialisable: {exc}",
-                       retryable=False)
+        return _raised(
+            "ResultNotSerialisable", f"the task returned a value that is not JSON-serialisable: {exc}", retryable=False
+        )
 
 
-def _raised(kind: str, message: str, tb: str | None = None, *, retryable: bool = True,
-            control: str | None = None, after: float | None = None) -> bytes:
-    return RAISED + json.dumps({"type": kind, "message": message, "traceback": tb, "retryable": retryable,
-                                "control": control, "after": after}).encode()
+def _raised(
+    kind: str,
+    message: str,
+    tb: str | None = None,
+    *,
+    retryable: bool = True,
+    control: str | None = None,
+    after: float | None = None,
+) -> bytes:
+    return (
+        RAISED
+        + json.dumps(
+            {
+                "type": kind,
+                "message": message,
+                "traceback": tb,
+                "retryable": retryable,
+                "control": control,
+                "after": after,
+            }
+        ).encode()
+    )
 
 
 def parent_logging() -> tuple[str | None, bool]:

@@ -177,9 +177,11 @@ class ProcessPool:
             return None
         path = app_path or find_import_path(app)
         if path is None:
-            raise ConfigError(f"tasks {', '.join(sorted(tasks))} run in child processes, which import the app by "
-                              "its module path: start the worker with --app module:attribute, or pass "
-                              "WorkerOptions(app_path=...)")
+            raise ConfigError(
+                f"tasks {', '.join(sorted(tasks))} run in child processes, which import the app by "
+                "its module path: start the worker with --app module:attribute, or pass "
+                "WorkerOptions(app_path=...)"
+            )
         return cls(path, size or os.cpu_count() or 1, tasks)
 
     def handles(self, task_name: str) -> bool:
@@ -199,8 +201,13 @@ class ProcessPool:
             raise failure
         for child in results:
             self._idle.put_nowait(child)  # type: ignore[arg-type]
-        logger.info("process pool: %d processes ready in %.2fs (app %s, tasks %s)", self.size,
-                    time.perf_counter() - started, self.app_path, ",".join(sorted(self.tasks)))
+        logger.info(
+            "process pool: %d processes ready in %.2fs (app %s, tasks %s)",
+            self.size,
+            time.perf_counter() - started,
+            self.app_path,
+            ",".join(sorted(self.tasks)),
+        )
 
     def stopping(self) -> None:
         """The worker is shutting down: a child that ends from now on is not replaced."""
@@ -237,8 +244,9 @@ class ProcessPool:
         got the run, not from the wait for a free one), Retry or Cancel (raised by the task),
         ChildFailed (another exception, or the process died). A cancelled call kills its child.
         """
-        request = json.dumps({"id": run.id, "task": run.task, "attempt": run.attempt,
-                              "max_attempts": run.max_attempts, "args": args}).encode()
+        request = json.dumps(
+            {"id": run.id, "task": run.task, "attempt": run.attempt, "max_attempts": run.max_attempts, "args": args}
+        ).encode()
         child = await self._dispatch(request)
         try:
             async with asyncio.timeout(timeout_s):
@@ -257,8 +265,9 @@ class ProcessPool:
             raise
         if reply[:1] not in (RESULT, RAISED):  # cannot happen; if it does, trust that process no more
             self._retire(child)
-            raise ChildFailed("ProtocolError", f"unexpected reply from the task's process: {reply[:80]!r}",
-                              retryable=False)
+            raise ChildFailed(
+                "ProtocolError", f"unexpected reply from the task's process: {reply[:80]!r}", retryable=False
+            )
         self._idle.put_nowait(child)
         return _decode(reply)
 
@@ -296,16 +305,16 @@ class ProcessPool:
             except (AppLoadError, OSError) as exc:  # OSError: out of processes or file descriptors
                 delay = REPLACE_BACKOFF_S[min(failures, len(REPLACE_BACKOFF_S) - 1)]
                 failures += 1
-                logger.error("process pool: a replacement process failed to start (%s); retrying in %.0fs",
-                             exc, delay)
+                logger.error("process pool: a replacement process failed to start (%s); retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)
 
     async def _start_child(self) -> _Child:
         """Spawn a child and wait for its READY; AppLoadError if it cannot import the app."""
         parent_end, child_end = _spawn.Pipe(duplex=True)
         log_level, json_logs = parent_logging()
-        process = _spawn.Process(target=child_main, name="pgsched-task",
-                                 args=(self.app_path, child_end, os.getpid(), log_level, json_logs))
+        process = _spawn.Process(
+            target=child_main, name="pgsched-task", args=(self.app_path, child_end, os.getpid(), log_level, json_logs)
+        )
         try:
             process.start()
         except BaseException:  # out of processes, say: a retry loop must not leak the pipe too
@@ -332,8 +341,10 @@ class ProcessPool:
             await child.reap()
             self._children.discard(child)
             child.dispose()
-            raise AppLoadError(f"a process-pool process could not import the app {self.app_path!r}: "
-                               f"{message.removeprefix(LOAD_FAILED).decode(errors='replace')}")
+            raise AppLoadError(
+                f"a process-pool process could not import the app {self.app_path!r}: "
+                f"{message.removeprefix(LOAD_FAILED).decode(errors='replace')}"
+            )
         return child
 
 

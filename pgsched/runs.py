@@ -25,8 +25,6 @@ def check_run_id(run_id: Any) -> int:
     return run_id
 
 
-
-
 def get_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> dict[str, Any]:
     """Every column of one run."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -36,11 +34,21 @@ def get_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None)
     return row
 
 
-def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str | None = None,
-              task: str | None = None, job: str | None = None,
-              created_after: datetime | None = None, created_before: datetime | None = None,
-              finished_after: datetime | None = None, finished_before: datetime | None = None,
-              limit: int = 50, before_id: int | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+def list_runs(
+    conn: psycopg.Connection,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    job: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    finished_after: datetime | None = None,
+    finished_before: datetime | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+    tenant: str | None = None,
+) -> list[dict[str, Any]]:
     """Runs newest first; pass the last id seen as ``before_id`` for the next page.
 
     ``job`` is a scheduled job's name. The time filters are half-open windows: ``*_after``
@@ -52,14 +60,28 @@ def list_runs(conn: psycopg.Connection, *, status: str | None = None, queue: str
         raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
     if before_id is not None:
         check_run_id(before_id)
-    instants = {"created_after": created_after, "created_before": created_before,
-                "finished_after": finished_after, "finished_before": finished_before}
+    instants = {
+        "created_after": created_after,
+        "created_before": created_before,
+        "finished_after": finished_after,
+        "finished_before": finished_before,
+    }
     for name, instant in instants.items():
         _check_aware(name, instant)
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["run_list"], {
-            "status": status, "queue": queue, "task": task, "job": job, **instants, "limit": limit,
-            "before_id": before_id, "tenant": tenant}).fetchall()
+        return cur.execute(
+            queries["run_list"],
+            {
+                "status": status,
+                "queue": queue,
+                "task": task,
+                "job": job,
+                **instants,
+                "limit": limit,
+                "before_id": before_id,
+                "tenant": tenant,
+            },
+        ).fetchall()
 
 
 def parse_instant(name: str, text: str) -> datetime:
@@ -68,8 +90,9 @@ def parse_instant(name: str, text: str) -> datetime:
     try:
         instant = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"{name} must be an ISO 8601 timestamp with a timezone, e.g. 2030-01-02T03:04:05Z; "
-                           f"got {text!r}") from None
+        raise InvalidInput(
+            f"{name} must be an ISO 8601 timestamp with a timezone, e.g. 2030-01-02T03:04:05Z; got {text!r}"
+        ) from None
     if instant.utcoffset() is None:
         raise InvalidInput(f"{name} needs a timezone (e.g. {text}+00:00 or {text}Z), got {text!r}")
     return instant
@@ -106,8 +129,7 @@ def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = No
     return str(row[0])
 
 
-def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str,
-                     tenant: str | None = None) -> None:
+def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str, tenant: str | None = None) -> None:
     row = conn.execute(queries["run_status"], {"id": run_id, "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")

@@ -47,19 +47,27 @@ class Schedule:
     tz: str = "UTC"
 
     def __post_init__(self) -> None:
-        given = [name for name, value in (("cron", self.cron), ("every", self.every_s), ("at", self.at))
-                 if value is not None]
+        given = [
+            name for name, value in (("cron", self.cron), ("every", self.every_s), ("at", self.at)) if value is not None
+        ]
         if len(given) != 1:
             raise InvalidSchedule(
-                f"a schedule needs exactly one of cron, every or at; got {', '.join(given) or 'none'}")
+                f"a schedule needs exactly one of cron, every or at; got {', '.join(given) or 'none'}"
+            )
         zone(self.tz)
         if self.cron is not None:
             _check_cron(self.cron)
         if self.every_s is not None:
-            if isinstance(self.every_s, bool) or not isinstance(self.every_s, (int, float)) \
-                    or not MIN_INTERVAL_S <= self.every_s <= MAX_INTERVAL_S or math.isnan(self.every_s):
-                raise InvalidSchedule(f"every must be a number of seconds >= {MIN_INTERVAL_S:.0f} and "
-                                      f"<= {MAX_INTERVAL_S:.0f}, got {self.every_s!r}")
+            if (
+                isinstance(self.every_s, bool)
+                or not isinstance(self.every_s, (int, float))
+                or not MIN_INTERVAL_S <= self.every_s <= MAX_INTERVAL_S
+                or math.isnan(self.every_s)
+            ):
+                raise InvalidSchedule(
+                    f"every must be a number of seconds >= {MIN_INTERVAL_S:.0f} and "
+                    f"<= {MAX_INTERVAL_S:.0f}, got {self.every_s!r}"
+                )
         if self.at is not None and (not isinstance(self.at, datetime) or self.at.tzinfo is None):
             raise InvalidSchedule(f"at must be a timezone-aware datetime, got {self.at!r}")
 
@@ -77,8 +85,9 @@ class Schedule:
             return start + ((after - start) // every + 1) * every
         return next(self._cron_times(after))
 
-    def fire_times(self, after: datetime, until: datetime, limit: int,
-                   anchor: datetime | None = None) -> list[datetime]:
+    def fire_times(
+        self, after: datetime, until: datetime, limit: int, anchor: datetime | None = None
+    ) -> list[datetime]:
         """Fire times in (after, until], at most ``limit`` of them, oldest first."""
         times: list[datetime] = []
         current = self.next_after(after, anchor)
@@ -130,22 +139,23 @@ class Schedule:
         # Near a DST change start that much earlier: in a repeated hour the wall clock after `after`
         # may be earlier than `after`'s own wall-clock reading; instants not after `after` are
         # skipped below. Elsewhere start at `after` (an hour of a per-second cron is 3,600 steps).
-        candidates = croniter(self.cron, local_start - _dst_margin(after, local_zone),
-                              second_at_beginning=_has_seconds(self.cron))
+        candidates = croniter(
+            self.cron, local_start - _dst_margin(after, local_zone), second_at_beginning=_has_seconds(self.cron)
+        )
         while True:
             wall = candidates.get_next(datetime)
             instant = wall.replace(tzinfo=local_zone, fold=0).astimezone(timezone.utc)
             if instant > after:
                 yield instant
 
-
     def _cron_times_before(self, before: datetime) -> Iterator[datetime]:
         """Cron fire instants before ``before``, newest first (same wall-clock mapping)."""
         assert self.cron is not None
         local_zone = zone(self.tz)
         local_start = before.astimezone(local_zone).replace(tzinfo=None)
-        candidates = croniter(self.cron, local_start + _dst_margin(before, local_zone),
-                              second_at_beginning=_has_seconds(self.cron))
+        candidates = croniter(
+            self.cron, local_start + _dst_margin(before, local_zone), second_at_beginning=_has_seconds(self.cron)
+        )
         while True:
             wall = candidates.get_prev(datetime)
             instant = wall.replace(tzinfo=local_zone, fold=0).astimezone(timezone.utc)
@@ -156,8 +166,10 @@ class Schedule:
 def zone(name: str) -> ZoneInfo:
     if not isinstance(name, str) or not name or len(name) > MAX_TZ_LENGTH:
         shown = name if not isinstance(name, str) or len(name) <= MAX_TZ_LENGTH else f"{name[:MAX_TZ_LENGTH]}..."
-        raise InvalidSchedule(f"tz must be an IANA timezone name such as Europe/Berlin (at most {MAX_TZ_LENGTH} "
-                              f"characters), got {shown!r}")
+        raise InvalidSchedule(
+            f"tz must be an IANA timezone name such as Europe/Berlin (at most {MAX_TZ_LENGTH} "
+            f"characters), got {shown!r}"
+        )
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -178,8 +190,8 @@ def _has_seconds(cron: str) -> bool:
 def _check_cron(cron: str) -> None:
     if not isinstance(cron, str) or len(cron.split()) not in (5, 6):
         raise InvalidSchedule(
-            f"invalid cron expression {cron!r}: give 5 fields (minute hour day month weekday) "
-            "or 6 with seconds first")
+            f"invalid cron expression {cron!r}: give 5 fields (minute hour day month weekday) or 6 with seconds first"
+        )
     _parse_cron(cron)
 
 

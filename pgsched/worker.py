@@ -108,8 +108,9 @@ class Worker:
         self._pgbouncer = app.pgbouncer
         self._direct_dsn = app.direct_dsn
         if self._pgbouncer and not self._direct_dsn:
-            self.options = replace(self.options, poll_interval_s=min(self.options.poll_interval_s,
-                                                                     self.options.fallback_poll_interval_s))
+            self.options = replace(
+                self.options, poll_interval_s=min(self.options.poll_interval_s, self.options.fallback_poll_interval_s)
+            )
         if beat is not None:
             check_leader_lock_possible(self._direct_dsn, self._pgbouncer)  # refuse now, not when it tries to lead
         self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
@@ -118,8 +119,9 @@ class Worker:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._threads = TaskThreads(max_threads=self.options.concurrency)
-        self._processes = ProcessPool.for_app(app, default_pool=self.options.pool, size=self.options.processes,
-                                              app_path=self.options.app_path)
+        self._processes = ProcessPool.for_app(
+            app, default_pool=self.options.pool, size=self.options.processes, app_path=self.options.app_path
+        )
         self._process_runs = 0  # executing runs that hold or wait for a child process
         # Room for one batch being written while the next one executes.
         self._max_unwritten = 2 * self.options.concurrency
@@ -128,12 +130,22 @@ class Worker:
         self._background_checks: set[asyncio.Task[None]] = set()
         self._succeeded = 0
         self._fetcher = Fetcher(
-            FetchSettings(queues=self.queues, lease_s=self.options.lease_s, poll_interval_s=self.options.poll_interval_s,
-                          concurrency=self.options.concurrency, pgbouncer=self._pgbouncer,
-                          process_tasks=sorted(self._processes.tasks) if self._processes is not None else ()),
-            Capacity(free_slots=self._free_slots, free_children=self._free_children,
-                     writes_backed_up=self._writes_backed_up, start=self._start),
-            stopping=self._stop)
+            FetchSettings(
+                queues=self.queues,
+                lease_s=self.options.lease_s,
+                poll_interval_s=self.options.poll_interval_s,
+                concurrency=self.options.concurrency,
+                pgbouncer=self._pgbouncer,
+                process_tasks=sorted(self._processes.tasks) if self._processes is not None else (),
+            ),
+            Capacity(
+                free_slots=self._free_slots,
+                free_children=self._free_children,
+                writes_backed_up=self._writes_backed_up,
+                start=self._start,
+            ),
+            stopping=self._stop,
+        )
 
     # ---- lifecycle
 
@@ -150,20 +162,34 @@ class Worker:
     async def run(self) -> None:
         """Work until :meth:`request_stop` (or SIGTERM/SIGINT when installed)."""
         dsn = self.app.dsn
-        async with AsyncConnectionPool(dsn, min_size=2, max_size=4,
-                                       kwargs=connection_kwargs(self._pgbouncer, autocommit=True),
-                                       name="pgsched-worker", open=False) as pool, \
-                claim_pool(dsn, self._pgbouncer) as claims:
+        async with (
+            AsyncConnectionPool(
+                dsn,
+                min_size=2,
+                max_size=4,
+                kwargs=connection_kwargs(self._pgbouncer, autocommit=True),
+                name="pgsched-worker",
+                open=False,
+            ) as pool,
+            claim_pool(dsn, self._pgbouncer) as claims,
+        ):
             await pool.open(wait=True)
             await claims.open(wait=True)
             self.worker_id = await self._register(pool)
-            logger.info("worker %s started: queues=%s concurrency=%d pid=%d", self.worker_id,
-                        ",".join(self.queues), self.options.concurrency, os.getpid())
+            logger.info(
+                "worker %s started: queues=%s concurrency=%d pid=%d",
+                self.worker_id,
+                ",".join(self.queues),
+                self.options.concurrency,
+                os.getpid(),
+            )
             completer = Completer(pool, self.worker_id, self._on_written)
             self._completer = completer
             listener = self._listener(dsn, pool)
-            background = [asyncio.create_task(coro) for coro in (
-                completer.run(), self._heartbeat(pool), self._sweep(pool), self._summarize())]
+            background = [
+                asyncio.create_task(coro)
+                for coro in (completer.run(), self._heartbeat(pool), self._sweep(pool), self._summarize())
+            ]
             if listener is not None:
                 background.append(asyncio.create_task(listener.run()))
             beat_task = asyncio.create_task(self._host_beat(dsn)) if self._beat_options else None
@@ -215,11 +241,17 @@ class Worker:
         arrive with the heartbeat."""
         listen_dsn = session_dsn(dsn, self._direct_dsn, self._pgbouncer)
         if listen_dsn is None:
-            logger.warning("the DSN goes through PgBouncer and no direct DSN is set: no LISTEN, polling for new runs "
-                           "every %gs and for cancel requests every %gs; set %s for instant wake-ups",
-                           self.options.poll_interval_s, self.options.lease_s / 3, DIRECT_DSN_ENV)
+            logger.warning(
+                "the DSN goes through PgBouncer and no direct DSN is set: no LISTEN, polling for new runs "
+                "every %gs and for cancel requests every %gs; set %s for instant wake-ups",
+                self.options.poll_interval_s,
+                self.options.lease_s / 3,
+                DIRECT_DSN_ENV,
+            )
             return None
-        return Listener(listen_dsn, queries["worker_listen"], self._on_notify, functools.partial(self._on_listening, pool))
+        return Listener(
+            listen_dsn, queries["worker_listen"], self._on_notify, functools.partial(self._on_listening, pool)
+        )
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -262,8 +294,9 @@ class Worker:
         logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
         started = time.perf_counter()
         try:
-            outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, execution.context,
-                                    self._processes)
+            outcome = await execute(
+                run, self.app.tasks, self._threads, self.worker_id or 0, execution.context, self._processes
+            )
         except asyncio.CancelledError:
             if not execution.context.cancelled:
                 return  # released back to the queue by the shutdown
@@ -326,8 +359,11 @@ class Worker:
     def _on_written(self, batch: list[Outcome], written: set[int]) -> None:
         for outcome in batch:
             if outcome.run_id not in written:
-                logger.warning("run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
-                               outcome.run_id, outcome.attempt)
+                logger.warning(
+                    "run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
+                    outcome.run_id,
+                    outcome.attempt,
+                )
         self._fetcher.capacity_freed()
 
     # ---- heartbeat and sweep
@@ -337,8 +373,9 @@ class Worker:
             await asyncio.sleep(self.options.lease_s / 3)
             try:
                 async with pool.connection() as conn:
-                    cursor = await conn.execute(queries["worker_heartbeat"],
-                                                {"worker_id": self.worker_id, "lease_s": self.options.lease_s})
+                    cursor = await conn.execute(
+                        queries["worker_heartbeat"], {"worker_id": self.worker_id, "lease_s": self.options.lease_s}
+                    )
                     held = await cursor.fetchall()
             except psycopg.OperationalError as exc:
                 logger.warning("heartbeat failed (%s)", exc)
@@ -353,16 +390,23 @@ class Worker:
         while True:
             await asyncio.sleep(SUMMARY_INTERVAL_S)
             if self._succeeded != reported:
-                logger.info("worker %s: %d runs succeeded in the last %.0fs (%.0f/s), %d running",
-                            self.worker_id, self._succeeded - reported, SUMMARY_INTERVAL_S,
-                            (self._succeeded - reported) / SUMMARY_INTERVAL_S, len(self._state.executing))
+                logger.info(
+                    "worker %s: %d runs succeeded in the last %.0fs (%.0f/s), %d running",
+                    self.worker_id,
+                    self._succeeded - reported,
+                    SUMMARY_INTERVAL_S,
+                    (self._succeeded - reported) / SUMMARY_INTERVAL_S,
+                    len(self._state.executing),
+                )
                 reported = self._succeeded
 
     async def _sweep(self, pool: AsyncConnectionPool) -> None:
         interval = self.options.sweep_interval_s or self.options.lease_s / 2
         while True:
             try:
-                await rescue_expired(pool, stale_worker_s=self.options.lease_s * 4, restart_grace_s=self.options.lease_s)
+                await rescue_expired(
+                    pool, stale_worker_s=self.options.lease_s * 4, restart_grace_s=self.options.lease_s
+                )
             except psycopg.OperationalError as exc:
                 logger.warning("lease sweep failed (%s)", exc)
             await asyncio.sleep(interval)
@@ -371,9 +415,15 @@ class Worker:
 
     async def _register(self, pool: AsyncConnectionPool) -> int:
         async with pool.connection() as conn:
-            cursor = await conn.execute(queries["worker_register"], {
-                "host": socket.gethostname(), "pid": os.getpid(), "queues": self.queues,
-                "concurrency": self.options.concurrency})
+            cursor = await conn.execute(
+                queries["worker_register"],
+                {
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "queues": self.queues,
+                    "concurrency": self.options.concurrency,
+                },
+            )
             row = await cursor.fetchone()
             assert row is not None
             return int(row[0])
@@ -393,13 +443,18 @@ class Worker:
         if executing and not self._force.is_set():
             logger.info("stopping: waiting up to %gs for %d running runs", self.options.grace_s, len(executing))
             while executing and not self._force.is_set() and time.monotonic() < deadline:
-                done_or_forced = [asyncio.create_task(self._force.wait()),
-                                  *(e.task for e in executing.values() if e.task is not None)]
-                await asyncio.wait(done_or_forced, timeout=deadline - time.monotonic(),
-                                   return_when=asyncio.FIRST_COMPLETED)
+                done_or_forced = [
+                    asyncio.create_task(self._force.wait()),
+                    *(e.task for e in executing.values() if e.task is not None),
+                ]
+                await asyncio.wait(
+                    done_or_forced, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
+                )
                 done_or_forced[0].cancel()
         leftover = [execution.run for execution in executing.values()]
-        self._abandoned_threads = any(e.run.task in self.app.tasks and not self._stoppable(e) for e in executing.values())
+        self._abandoned_threads = any(
+            e.run.task in self.app.tasks and not self._stoppable(e) for e in executing.values()
+        )
         for execution in list(executing.values()):
             if execution.task is not None:
                 execution.task.cancel()
@@ -411,11 +466,14 @@ class Worker:
         try:
             # Bounds the statement too: a connection cut off without a reset would hang it.
             async with asyncio.timeout(SHUTDOWN_WRITE_TIMEOUT_S), pool.connection() as conn:
-                await conn.execute(queries["run_release_many"], {
-                    "worker_id": self.worker_id, "ids": [r.id for r in runs], "attempts": [r.attempt for r in runs]})
+                await conn.execute(
+                    queries["run_release_many"],
+                    {"worker_id": self.worker_id, "ids": [r.id for r in runs], "attempts": [r.attempt for r in runs]},
+                )
         except (psycopg.OperationalError, PoolTimeout, TimeoutError) as exc:
-            logger.warning("could not release %d runs (%s): they go back to the queue when their leases expire",
-                           len(runs), exc)
+            logger.warning(
+                "could not release %d runs (%s): they go back to the queue when their leases expire", len(runs), exc
+            )
             return
         for run in runs:
             logger.info("run %d %s released back to the queue (worker stopping)", run.id, run.task)
@@ -426,13 +484,19 @@ class Worker:
         when told, even with its database gone: runs whose outcome it could not write stay
         'running' and run again once their leases expire (at-least-once)."""
         waits = [asyncio.create_task(completer.drain()), asyncio.create_task(self._force.wait())]
-        await asyncio.wait(waits, timeout=max(deadline - time.monotonic(), SHUTDOWN_WRITE_TIMEOUT_S),
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            waits,
+            timeout=max(deadline - time.monotonic(), SHUTDOWN_WRITE_TIMEOUT_S),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
         for wait in waits:
             wait.cancel()
         if completer.unwritten:
-            logger.warning("stopping with %d outcomes unwritten (database unreachable): those runs will run again "
-                           "when their leases expire", completer.unwritten)
+            logger.warning(
+                "stopping with %d outcomes unwritten (database unreachable): those runs will run again "
+                "when their leases expire",
+                completer.unwritten,
+            )
 
 
 def _log_outcome(run: ClaimedRun, outcome: Outcome, elapsed_s: float) -> None:
@@ -440,16 +504,35 @@ def _log_outcome(run: ClaimedRun, outcome: Outcome, elapsed_s: float) -> None:
     cancel); successes are DEBUG lines and an INFO summary every SUMMARY_INTERVAL_S: at
     thousands of runs/s a line per success cost 44% of the worker's CPU."""
     if outcome.status == "succeeded":
-        logger.debug("run %d %s succeeded in %.1f ms (attempt %d/%d)", run.id, run.task, elapsed_s * 1000,
-                     run.attempt, run.max_attempts)
+        logger.debug(
+            "run %d %s succeeded in %.1f ms (attempt %d/%d)",
+            run.id,
+            run.task,
+            elapsed_s * 1000,
+            run.attempt,
+            run.max_attempts,
+        )
     elif outcome.status == "queued":
-        logger.warning("run %d %s attempt %d/%d failed, retry in %.1fs: %s", run.id, run.task, run.attempt,
-                       run.max_attempts, outcome.retry_delay_s, _error_summary(outcome))
+        logger.warning(
+            "run %d %s attempt %d/%d failed, retry in %.1fs: %s",
+            run.id,
+            run.task,
+            run.attempt,
+            run.max_attempts,
+            outcome.retry_delay_s,
+            _error_summary(outcome),
+        )
     elif outcome.status == "cancelled":
         logger.info("run %d %s cancelled: %s", run.id, run.task, _error_summary(outcome))
     else:
-        logger.error("run %d %s failed after attempt %d/%d: %s", run.id, run.task, run.attempt,
-                     run.max_attempts, _error_summary(outcome))
+        logger.error(
+            "run %d %s failed after attempt %d/%d: %s",
+            run.id,
+            run.task,
+            run.attempt,
+            run.max_attempts,
+            _error_summary(outcome),
+        )
 
 
 def _error_summary(outcome: Outcome) -> str:

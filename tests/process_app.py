@@ -182,8 +182,13 @@ def in_child_does(what: str, seconds: float = 0.0) -> object:
     its own TimeoutError, returns a value that is not JSON, or exits (os._exit(3))."""
     if what == "report":
         run = current_run()
-        return {"pid": os.getpid(), "parent": os.getppid(), "run_id": run.id, "attempt": run.attempt,
-                "cancelled": run.cancelled}
+        return {
+            "pid": os.getpid(),
+            "parent": os.getppid(),
+            "run_id": run.id,
+            "attempt": run.attempt,
+            "cancelled": run.cancelled,
+        }
     if what == "sleep":
         time.sleep(seconds)
         return "slept"

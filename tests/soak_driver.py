@@ -36,8 +36,10 @@ POLL_S = 0.05
 TERMINAL = ("succeeded", "failed", "cancelled")
 T = TypeVar("T")
 
-CREATE_TABLE = ("CREATE TABLE soak_executions (key text NOT NULL, run_id bigint NOT NULL, attempt int NOT NULL,"
-                " pid int NOT NULL, planned text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())")
+CREATE_TABLE = (
+    "CREATE TABLE soak_executions (key text NOT NULL, run_id bigint NOT NULL, attempt int NOT NULL,"
+    " pid int NOT NULL, planned text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
 
 
 class SoakError(Exception):
@@ -85,8 +87,9 @@ class _Db:
                     self._conn = None
                 raise
 
-        return wait_until(attempt, timeout, f"the database to answer {sql[:60]!r}", poll=0.1,
-                          ignoring=(psycopg.OperationalError,))[0]
+        return wait_until(
+            attempt, timeout, f"the database to answer {sql[:60]!r}", poll=0.1, ignoring=(psycopg.OperationalError,)
+        )[0]
 
     def scalar(self, sql: str, params: Any = None) -> Any:
         rows = self.rows(sql, params)
@@ -108,8 +111,14 @@ class SoakResult:
 
 
 class Soak:
-    def __init__(self, dsn: str, config: SoakConfig, log_dir: Path,
-                 restart_postgres: Callable[[], None] | None, say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        config: SoakConfig,
+        log_dir: Path,
+        restart_postgres: Callable[[], None] | None,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.dsn = dsn
         self.config = config
         self.log_dir = log_dir
@@ -130,11 +139,23 @@ class Soak:
 
     def _spawn(self, wait: bool = True) -> Process:
         c = self.config
-        proc = self.workers.start("worker", "--app", "tests.process_app:app", "--dsn", self.dsn,
-                                  "--concurrency", str(c.concurrency), "--lease", str(c.lease_s), "--grace", "5",
-                                  kind="soak-worker", env={"PGSCHED_DSN": self.dsn})
+        proc = self.workers.start(
+            "worker",
+            "--app",
+            "tests.process_app:app",
+            "--dsn",
+            self.dsn,
+            "--concurrency",
+            str(c.concurrency),
+            "--lease",
+            str(c.lease_s),
+            "--grace",
+            "5",
+            kind="soak-worker",
+            env={"PGSCHED_DSN": self.dsn},
+        )
         if wait:
-            self._wait(lambda: self._registered(proc), 30, f"worker pid {proc.pid} to register")
+            self._wait(lambda proc=proc: self._registered(proc), 30, f"worker pid {proc.pid} to register")
         return proc
 
     def _registered(self, proc: Process) -> bool:
@@ -178,7 +199,7 @@ class Soak:
         # A worker still starting up exits when it cannot reach the database (by design: a
         # start-up error, not an outage to ride out), so let the replacements register first.
         for proc in self._live():
-            self._wait(lambda: self._registered(proc), 30, f"worker pid {proc.pid} to register")
+            self._wait(lambda proc=proc: self._registered(proc), 30, f"worker pid {proc.pid} to register")
         self.say(f"restarting PostgreSQL ({self.config.outage_s:g}s outage)")
         began = time.time()
         self.restart_postgres()
@@ -197,15 +218,20 @@ class Soak:
 
     def run(self) -> SoakResult:
         c = self.config
-        self.say(f"soak: {c.runs} runs, {c.workers} workers x concurrency {c.concurrency}, lease {c.lease_s:g}s, "
-                 f"max_attempts {c.max_attempts}, fail_rate {c.fail_rate}, seed {self.seed}")
+        self.say(
+            f"soak: {c.runs} runs, {c.workers} workers x concurrency {c.concurrency}, lease {c.lease_s:g}s, "
+            f"max_attempts {c.max_attempts}, fail_rate {c.fail_rate}, seed {self.seed}"
+        )
         self.db.rows(CREATE_TABLE)
         keys = [f"k{i}" for i in range(c.runs)]
         app = App(self.dsn)
         app.task(name="soak")(lambda key, fail_rate, slow_rate: None)
         try:
-            ids = app.enqueue_many("soak", [{"key": k, "fail_rate": c.fail_rate, "slow_rate": c.slow_rate}
-                                            for k in keys], max_attempts=c.max_attempts)
+            ids = app.enqueue_many(
+                "soak",
+                [{"key": k, "fail_rate": c.fail_rate, "slow_rate": c.slow_rate} for k in keys],
+                max_attempts=c.max_attempts,
+            )
         finally:
             app.close()
         assert len(set(ids)) == c.runs
@@ -220,7 +246,9 @@ class Soak:
 
         def all_finished() -> bool:
             nonlocal done
-            done = self.db.scalar("SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')")
+            done = self.db.scalar(
+                "SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+            )
             return done == c.runs
 
         def chaos() -> None:
@@ -235,23 +263,32 @@ class Soak:
                 self._kill_one()
                 next_kill = time.monotonic() + self.rng.uniform(*c.kill_every_s)
             if now - last_report >= 10:
-                self.say(f"  {done}/{c.runs} finished, {self.kills} kills, {self.restarts} restarts, "
-                         f"{now - started:.0f}s")
+                self.say(
+                    f"  {done}/{c.runs} finished, {self.kills} kills, {self.restarts} restarts, {now - started:.0f}s"
+                )
                 last_report = now
 
         def stuck() -> str:
-            return (f"only {done} of {c.runs} runs finished: "
-                    f"{self.db.rows('SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1')}\n"
-                    f"{self.workers.diagnostics()}")
+            return (
+                f"only {done} of {c.runs} runs finished: "
+                f"{self.db.rows('SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1')}\n"
+                f"{self.workers.diagnostics()}"
+            )
 
         try:  # polled at the driver's own pace; no correctness depends on it
-            wait_until(all_finished, c.drain_timeout_s - (time.monotonic() - started), f"all {c.runs} runs to finish",
-                       poll=0.1, check=chaos, diagnose=stuck)
+            wait_until(
+                all_finished,
+                c.drain_timeout_s - (time.monotonic() - started),
+                f"all {c.runs} runs to finish",
+                poll=0.1,
+                check=chaos,
+                diagnose=stuck,
+            )
         except AssertionError as error:
             raise SoakError(str(error)) from None
         drained_s = time.monotonic() - started
         for proc in self._live():  # a replacement started late may not have registered yet
-            self._wait(lambda: self._registered(proc), 30, f"worker pid {proc.pid} to register")
+            self._wait(lambda proc=proc: self._registered(proc), 30, f"worker pid {proc.pid} to register")
 
         stopping = self._live()
         for proc in stopping:
@@ -286,8 +323,9 @@ class Soak:
             t = datetime.fromisoformat(at).timestamp()
             return any(began <= t <= end for began, end in self.restart_windows)
 
-        runs = self.db.rows("SELECT id, args->>'key', status::text, attempt, max_attempts, worker_id, result, errors"
-                            " FROM pgsched.runs")
+        runs = self.db.rows(
+            "SELECT id, args->>'key', status::text, attempt, max_attempts, worker_id, result, errors FROM pgsched.runs"
+        )
         executions = self.db.rows("SELECT run_id, key, attempt, pid, planned FROM soak_executions")
         by_run: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
         for row in executions:
@@ -335,8 +373,10 @@ class Soak:
             # Every attempt but a successful last one left exactly one error entry, in order.
             expected = list(range(1, attempt if status == "succeeded" else attempt + 1))
             if [e["attempt"] for e in errors] != expected:
-                bad("errors[] does not list each failed attempt once", (run_id, status, attempt,
-                                                                       [e["attempt"] for e in errors]))
+                bad(
+                    "errors[] does not list each failed attempt once",
+                    (run_id, status, attempt, [e["attempt"] for e in errors]),
+                )
             hit = False
             for entry in errors:
                 kind = entry["type"]
@@ -348,8 +388,10 @@ class Soak:
                     elif in_restart(entry["at"]) and not c.strict:
                         restart_lease_expired += 1
                     else:
-                        bad("a lease expired on a live worker" + (" (PostgreSQL restart)" * in_restart(entry["at"])),
-                            (run_id, entry["attempt"], entry["worker_id"], entry["at"]))
+                        bad(
+                            "a lease expired on a live worker" + (" (PostgreSQL restart)" * in_restart(entry["at"])),
+                            (run_id, entry["attempt"], entry["worker_id"], entry["at"]),
+                        )
                 elif kind == "SoakFailure":
                     planned_failures += 1
                 else:
@@ -363,25 +405,36 @@ class Soak:
                     continue
                 if entry["type"] == "LeaseExpired":
                     if pid != pid_of.get(entry["worker_id"]):
-                        bad("an execution by a pid other than the worker whose lease expired",
-                            (run_id, exec_attempt, pid, entry["worker_id"]))
+                        bad(
+                            "an execution by a pid other than the worker whose lease expired",
+                            (run_id, exec_attempt, pid, entry["worker_id"]),
+                        )
                     elif killed_before(entry["worker_id"], entry["at"]):
                         executions_lost_to_kills += 1
                     else:
                         executions_lost_to_restart += 1  # its lease was flagged above
                 elif entry["type"] == "SoakFailure":
                     if planned != "raise" or pid_of.get(entry["worker_id"]) != pid:
-                        bad("a planned failure reported by another attempt or worker",
-                            (run_id, exec_attempt, pid, planned, entry["worker_id"]))
+                        bad(
+                            "a planned failure reported by another attempt or worker",
+                            (run_id, exec_attempt, pid, planned, entry["worker_id"]),
+                        )
             # No run completed by a stale attempt: the winning execution is the row's last
             # attempt, run by the process whose worker id the row holds, and it planned success.
             if status == "succeeded":
                 won = [e for e in execs if e[2] == attempt]
-                if not isinstance(result, dict) or result.get("attempt") != attempt \
-                        or result.get("pid") != pid_of.get(worker_id) \
-                        or len(won) != 1 or won[0][3] != result.get("pid") or won[0][4] != "ok":
-                    bad("succeeded by a stale or foreign attempt",
-                        (run_id, attempt, worker_id, pid_of.get(worker_id), result, won))
+                if (
+                    not isinstance(result, dict)
+                    or result.get("attempt") != attempt
+                    or result.get("pid") != pid_of.get(worker_id)
+                    or len(won) != 1
+                    or won[0][3] != result.get("pid")
+                    or won[0][4] != "ok"
+                ):
+                    bad(
+                        "succeeded by a stale or foreign attempt",
+                        (run_id, attempt, worker_id, pid_of.get(worker_id), result, won),
+                    )
             elif status == "failed":
                 if attempt != max_attempts:
                     bad("failed before its attempts were used up", (run_id, attempt, max_attempts))

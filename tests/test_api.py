@@ -70,8 +70,12 @@ def test_ready_is_503_and_names_the_pending_migrations_on_an_unmigrated_database
 
 
 def test_ready_is_503_and_requests_get_a_json_503_when_the_database_is_unreachable(unused_port: int):
-    settings = ApiSettings(dsn=f"host=127.0.0.1 port={unused_port} dbname=none connect_timeout=1",
-                           pool_timeout_s=0.3, pool_min_size=0, auth=False)
+    settings = ApiSettings(
+        dsn=f"host=127.0.0.1 port={unused_port} dbname=none connect_timeout=1",
+        pool_timeout_s=0.3,
+        pool_min_size=0,
+        auth=False,
+    )
     with TestClient(create_app(settings)) as client:
         assert client.get("/health").status_code == 200
         ready = client.get("/ready")
@@ -117,14 +121,35 @@ def test_the_openapi_document_is_public_and_every_operation_has_an_id(readonly_a
     document = ok(api.get("/schema/openapi.json", as_=None))
     operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
     assert operations == {
-        "health", "ready", "metrics", "createRun", "createRuns", "listRuns", "getRun", "cancelRun", "retryRun",
-        "createJob", "listJobs", "getJob", "updateJob", "deleteJob", "pauseJob", "resumeJob", "triggerJob",
-        "listQueues", "listWorkers"}
+        "health",
+        "ready",
+        "metrics",
+        "createRun",
+        "createRuns",
+        "listRuns",
+        "getRun",
+        "cancelRun",
+        "retryRun",
+        "createJob",
+        "listJobs",
+        "getJob",
+        "updateJob",
+        "deleteJob",
+        "pauseJob",
+        "resumeJob",
+        "triggerJob",
+        "listQueues",
+        "listWorkers",
+    }
     assert document["components"]["securitySchemes"]["BearerAuth"]["scheme"] == "bearer"
     assert "Idempotency-Key" in json.dumps(document["paths"]["/runs"]["post"])
-    errors = {(path, method, code): response["content"]["application/json"]["schema"].get("$ref")
-              for path, operations in document["paths"].items() for method, operation in operations.items()
-              for code, response in operation["responses"].items() if code[0] in "45" and path != "/ready"}
+    errors = {
+        (path, method, code): response["content"]["application/json"]["schema"].get("$ref")
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for code, response in operation["responses"].items()
+        if code[0] in "45" and path != "/ready"
+    }
     assert errors and set(errors.values()) == {"#/components/schemas/ErrorOut"}, errors
 
 
@@ -132,10 +157,23 @@ def test_the_openapi_document_is_public_and_every_operation_has_an_id(readonly_a
 
 
 def test_post_runs_queues_a_run_that_get_returns(api: Api, conn: psycopg.Connection):
-    created = ok(api.post("/runs", json={"task": "send", "args": {"to": "a@b.c"}, "queue": "mail", "priority": -5,
-                                         "max_attempts": 7}, as_="write"), 201)
-    assert (created["task"], created["args"], created["queue"], created["priority"], created["max_attempts"],
-            created["status"], created["tenant"]) == ("send", {"to": "a@b.c"}, "mail", -5, 7, "queued", None)
+    created = ok(
+        api.post(
+            "/runs",
+            json={"task": "send", "args": {"to": "a@b.c"}, "queue": "mail", "priority": -5, "max_attempts": 7},
+            as_="write",
+        ),
+        201,
+    )
+    assert (
+        created["task"],
+        created["args"],
+        created["queue"],
+        created["priority"],
+        created["max_attempts"],
+        created["status"],
+        created["tenant"],
+    ) == ("send", {"to": "a@b.c"}, "mail", -5, 7, "queued", None)
     assert ok(api.get(f"/runs/{created['id']}", as_="read")) == created
     assert db_run(conn, created["id"])["args"] == {"to": "a@b.c"}
 
@@ -159,8 +197,9 @@ def test_post_runs_with_delay_or_run_at_makes_the_run_due_then(api: Api):
 
 
 def test_post_runs_batch_queues_every_run_in_order_or_none(api: Api, conn: psycopg.Connection):
-    ids = ok(api.post("/runs/batch", json={"task": "t", "args": [{"n": n} for n in range(5)], "queue": "bulk"}),
-             201)["ids"]
+    ids = ok(api.post("/runs/batch", json={"task": "t", "args": [{"n": n} for n in range(5)], "queue": "bulk"}), 201)[
+        "ids"
+    ]
     assert [db_run(conn, run_id)["args"] for run_id in ids] == [{"n": n} for n in range(5)]
     refused = api.post("/runs/batch", json={"task": "t", "args": [{}, {}], "queue": "no such queue!"})
     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "queue"
@@ -195,8 +234,13 @@ def test_get_runs_filters_by_status_queue_and_task(api: Api):
     def ids(**params: str) -> list[int]:
         return [item["id"] for item in ok(api.get("/runs", params=params))["items"]]
 
-    assert (ids(status="queued"), ids(status="cancelled"), ids(queue="q2"), ids(task="a"), ids(task="a", queue="q2")) \
-        == ([a], [b], [b], [a], [])
+    assert (
+        ids(status="queued"),
+        ids(status="cancelled"),
+        ids(queue="q2"),
+        ids(task="a"),
+        ids(task="a", queue="q2"),
+    ) == ([a], [b], [b], [a], [])
 
 
 def test_cancel_then_retry_a_run_and_the_state_conflicts_are_409(api: Api):
@@ -208,11 +252,13 @@ def test_cancel_then_retry_a_run_and_the_state_conflicts_are_409(api: Api):
     assert ok(api.post(f"/runs/{run_id}/retry", as_="write"))["status"] == "queued"
 
 
-def test_cancelling_a_running_run_is_accepted_with_202_and_leaves_it_to_its_worker(api: Api,
-                                                                                   conn: psycopg.Connection):
+def test_cancelling_a_running_run_is_accepted_with_202_and_leaves_it_to_its_worker(api: Api, conn: psycopg.Connection):
     run_id = ok(api.post("/runs", json={"task": "t"}), 201)["id"]
-    conn.execute("UPDATE pgsched.runs SET status = 'running', attempt = 1, worker_id = 1, started_at = now(),"
-                 " lease_expires_at = now() + interval '1 minute' WHERE id = %s", (run_id,))
+    conn.execute(
+        "UPDATE pgsched.runs SET status = 'running', attempt = 1, worker_id = 1, started_at = now(),"
+        " lease_expires_at = now() + interval '1 minute' WHERE id = %s",
+        (run_id,),
+    )
     response = api.post(f"/runs/{run_id}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "running", response.text
 
@@ -228,15 +274,30 @@ def test_unknown_runs_are_404(readonly_api: ReadonlyApi):
 
 
 def test_post_jobs_creates_a_job_with_its_next_run_and_five_fire_times(api: Api, conn: psycopg.Connection):
-    body = {"name": "nightly", "task": "report", "cron": "30 2 * * *", "tz": "Europe/Berlin", "args": {"k": 1},
-            "queue": "reports", "priority": 3, "misfire": "skip"}
+    body = {
+        "name": "nightly",
+        "task": "report",
+        "cron": "30 2 * * *",
+        "tz": "Europe/Berlin",
+        "args": {"k": 1},
+        "queue": "reports",
+        "priority": 3,
+        "misfire": "skip",
+    }
     job = ok(api.post("/jobs", json=body, as_="write"), 201)
     upcoming = [datetime.fromisoformat(at) for at in job["upcoming"]]
     assert len(upcoming) == 5 and upcoming == sorted(upcoming) and len(set(upcoming)) == 5
     assert datetime.fromisoformat(job["next_run_at"]) == upcoming[0]
     assert all(at.astimezone(timezone(timedelta(hours=1))).hour in (1, 2, 3) for at in upcoming)
     assert (job["cron"], job["tz"], job["args"], job["queue"], job["priority"], job["misfire"], job["enabled"]) == (
-        "30 2 * * *", "Europe/Berlin", {"k": 1}, "reports", 3, "skip", True)
+        "30 2 * * *",
+        "Europe/Berlin",
+        {"k": 1},
+        "reports",
+        3,
+        "skip",
+        True,
+    )
     replaced = api.post("/jobs", json={**body, "priority": 4})
     assert replaced.status_code == 200 and replaced.json()["priority"] == 4
     assert count(conn, "jobs") == 1
@@ -288,22 +349,37 @@ def test_get_queues_reports_depth_and_failures_per_queue(api: Api, conn: psycopg
 
 
 def test_get_workers_lists_live_workers_with_the_runs_they_hold(api: Api, conn: psycopg.Connection):
-    worker = conn.execute("INSERT INTO pgsched.workers (host, pid, queues, concurrency)"
-                          " VALUES ('box', 42, '{a,b}', 4) RETURNING id").fetchone()[0]
+    worker = conn.execute(
+        "INSERT INTO pgsched.workers (host, pid, queues, concurrency) VALUES ('box', 42, '{a,b}', 4) RETURNING id"
+    ).fetchone()[0]
     run_id = ok(api.post("/runs", json={"task": "t"}), 201)["id"]
-    conn.execute("UPDATE pgsched.runs SET status = 'running', worker_id = %s, lease_expires_at = now() + interval '1m'"
-                 " WHERE id = %s", (worker, run_id))
+    conn.execute(
+        "UPDATE pgsched.runs SET status = 'running', worker_id = %s, lease_expires_at = now() + interval '1m'"
+        " WHERE id = %s",
+        (worker, run_id),
+    )
     [listed] = ok(api.get("/workers", as_="read"))["items"]
-    assert (listed["id"], listed["host"], listed["pid"], listed["queues"], listed["concurrency"], listed["running"]) \
-        == (worker, "box", 42, ["a", "b"], 4, 1)
+    assert (
+        listed["id"],
+        listed["host"],
+        listed["pid"],
+        listed["queues"],
+        listed["concurrency"],
+        listed["running"],
+    ) == (worker, "box", 42, ["a", "b"], 4, 1)
 
 
 # ---- auth
 
 
 def test_requests_without_a_valid_key_are_401(api: Api, conn: psycopg.Connection):
-    for headers in ({}, {"Authorization": "Bearer pgs_not-a-key"}, {"Authorization": "Bearer "},
-                    {"Authorization": f"Basic {api.keys['admin']}"}, {"Authorization": "Bearer nonsense"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer pgs_not-a-key"},
+        {"Authorization": "Bearer "},
+        {"Authorization": f"Basic {api.keys['admin']}"},
+        {"Authorization": "Bearer nonsense"},
+    ):
         response = api.get("/runs", as_=None, headers=headers)
         assert response.status_code == 401, headers
         assert response.headers["www-authenticate"].startswith("Bearer") and response.json()["detail"]
@@ -332,11 +408,17 @@ def test_a_read_key_reads_but_cannot_change_anything(api: Api):
     ok(api.post("/jobs", json={"name": "j", "task": "t", "every": 60}), 201)
     for path in ("/runs", f"/runs/{run_id}", "/jobs", "/jobs/j", "/queues", "/workers", "/metrics"):
         assert api.get(path, as_="read").status_code == 200, path
-    for method, path, body in (("POST", "/runs", {"task": "t"}), ("POST", "/runs/batch", {"task": "t", "args": [{}]}),
-                               ("POST", f"/runs/{run_id}/cancel", None), ("POST", f"/runs/{run_id}/retry", None),
-                               ("POST", "/jobs", {"name": "k", "task": "t", "every": 1}),
-                               ("PATCH", "/jobs/j", {"priority": 1}), ("DELETE", "/jobs/j", None),
-                               ("POST", "/jobs/j/pause", None), ("POST", "/jobs/j/trigger", None)):
+    for method, path, body in (
+        ("POST", "/runs", {"task": "t"}),
+        ("POST", "/runs/batch", {"task": "t", "args": [{}]}),
+        ("POST", f"/runs/{run_id}/cancel", None),
+        ("POST", f"/runs/{run_id}/retry", None),
+        ("POST", "/jobs", {"name": "k", "task": "t", "every": 1}),
+        ("PATCH", "/jobs/j", {"priority": 1}),
+        ("DELETE", "/jobs/j", None),
+        ("POST", "/jobs/j/pause", None),
+        ("POST", "/jobs/j/trigger", None),
+    ):
         response = api.call(method, path, as_="read", json=body)
         assert response.status_code == 403 and "scope is 'read'" in response.json()["detail"], (path, response.text)
     assert ok(api.get(f"/runs/{run_id}"))["status"] == "queued"
@@ -371,11 +453,17 @@ def test_a_tenant_key_sees_only_its_tenants_runs_and_jobs_and_others_are_404(api
     assert [r["id"] for r in ok(api.get("/runs", as_="acme-read"))["items"]] == [acme_run]
     assert [j["name"] for j in ok(api.get("/jobs", as_="acme-read"))["items"]] == ["acme-job"]
     assert [q["queue"] for q in ok(api.get("/queues", as_="acme-read"))["items"]] == ["acme-q"]
-    for method, path in (("GET", f"/runs/{beta_run}"), ("POST", f"/runs/{beta_run}/cancel"),
-                         ("POST", f"/runs/{beta_run}/retry"), ("GET", "/jobs/beta-job"),
-                         ("PATCH", "/jobs/beta-job"), ("POST", "/jobs/beta-job/pause"),
-                         ("POST", "/jobs/beta-job/resume"), ("POST", "/jobs/beta-job/trigger"),
-                         ("DELETE", "/jobs/beta-job")):
+    for method, path in (
+        ("GET", f"/runs/{beta_run}"),
+        ("POST", f"/runs/{beta_run}/cancel"),
+        ("POST", f"/runs/{beta_run}/retry"),
+        ("GET", "/jobs/beta-job"),
+        ("PATCH", "/jobs/beta-job"),
+        ("POST", "/jobs/beta-job/pause"),
+        ("POST", "/jobs/beta-job/resume"),
+        ("POST", "/jobs/beta-job/trigger"),
+        ("DELETE", "/jobs/beta-job"),
+    ):
         response = api.call(method, path, as_="acme", json={"priority": 1} if method == "PATCH" else None)
         assert response.status_code == 404, (method, path, response.text)
     taken = api.post("/jobs", json={"name": "beta-job", "task": "evil", "every": 1}, as_="acme")
@@ -444,8 +532,15 @@ BAD_INPUT = [  # (id, method, path, body (dict: JSON, bytes: raw), headers, stat
     ("long Idempotency-Key", "POST", "/runs", {"task": "t"}, {"Idempotency-Key": "k" * 201}, 400, "Idempotency-Key"),
     ("NUL in task", "POST", "/runs", {"task": "a\u0000b"}, {}, 400, "task"),
     ("NUL in args", "POST", "/runs", {"task": "t", "args": {"a": "\u0000"}}, {}, 422, "args"),
-    ("args nested too deeply", "POST", "/runs", b'{"task": "t", "args": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
-     {}, 400, "body"),
+    (
+        "args nested too deeply",
+        "POST",
+        "/runs",
+        b'{"task": "t", "args": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+        {},
+        400,
+        "body",
+    ),
     ("number beyond float", "POST", "/runs", b'{"task": "t", "delay": 1e400}', {}, 400, "body"),
     ("batch args not a list", "POST", "/runs/batch", {"task": "t", "args": {}}, {}, 400, "args"),
     ("batch args item not an object", "POST", "/runs/batch", {"task": "t", "args": [{}, 3]}, {}, 400, "args[1]"),
@@ -460,27 +555,76 @@ BAD_INPUT = [  # (id, method, path, body (dict: JSON, bytes: raw), headers, stat
     ("run id beyond bigint", "POST", f"/runs/{2**64}/cancel", None, {}, 422, "run_id"),
     ("invalid cron", "POST", "/jobs", {"name": "x", "task": "t", "cron": "61 * * * *"}, {}, 422, "cron"),
     ("cron with 3 fields", "POST", "/jobs", {"name": "x", "task": "t", "cron": "* * *"}, {}, 422, "cron"),
-    ("unknown timezone", "POST", "/jobs", {"name": "x", "task": "t", "cron": "* * * * *", "tz": "Mars/Olympus"},
-     {}, 422, "tz"),
+    (
+        "unknown timezone",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "cron": "* * * * *", "tz": "Mars/Olympus"},
+        {},
+        422,
+        "tz",
+    ),
     ("no schedule", "POST", "/jobs", {"name": "x", "task": "t"}, {}, 422, "cron|every|at"),
-    ("two schedules", "POST", "/jobs", {"name": "x", "task": "t", "cron": "* * * * *", "every": 5}, {}, 422,
-     "cron|every|at"),
+    (
+        "two schedules",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "cron": "* * * * *", "every": 5},
+        {},
+        422,
+        "cron|every|at",
+    ),
     ("every zero", "POST", "/jobs", {"name": "x", "task": "t", "every": 0}, {}, 422, "every"),
     ("at without timezone", "POST", "/jobs", {"name": "x", "task": "t", "at": NAIVE}, {}, 422, "at"),
-    ("misfire unknown", "POST", "/jobs", {"name": "x", "task": "t", "every": 5, "misfire": "later"}, {}, 400,
-     "misfire"),
-    ("max_catchup zero", "POST", "/jobs", {"name": "x", "task": "t", "every": 5, "max_catchup": 0}, {}, 422,
-     "max_catchup"),
+    (
+        "misfire unknown",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "every": 5, "misfire": "later"},
+        {},
+        400,
+        "misfire",
+    ),
+    (
+        "max_catchup zero",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "every": 5, "max_catchup": 0},
+        {},
+        422,
+        "max_catchup",
+    ),
     ("job args a list", "POST", "/jobs", {"name": "x", "task": "t", "every": 5, "args": []}, {}, 400, "args"),
-    ("job priority out of range", "POST", "/jobs", {"name": "x", "task": "t", "every": 5, "priority": -101}, {},
-     422, "priority"),
+    (
+        "job priority out of range",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "every": 5, "priority": -101},
+        {},
+        422,
+        "priority",
+    ),
     ("job name empty", "POST", "/jobs", {"name": "", "task": "t", "every": 5}, {}, 422, "name"),
     ("job name with a slash", "POST", "/jobs", {"name": "a/b", "task": "t", "every": 5}, {}, 400, "name"),
     ("NUL in job name", "POST", "/jobs", {"name": "a\u0000", "task": "t", "every": 5}, {}, 400, "name"),
-    ("NUL in job args", "POST", "/jobs", {"name": "x", "task": "t", "every": 5, "args": {"a": "\u0000"}}, {}, 422,
-     "args"),
-    ("job max_attempts beyond integer", "POST", "/jobs", {"name": "x", "task": "t", "every": 5, "max_attempts": 2**31},
-     {}, 400, "max_attempts"),
+    (
+        "NUL in job args",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "every": 5, "args": {"a": "\u0000"}},
+        {},
+        422,
+        "args",
+    ),
+    (
+        "job max_attempts beyond integer",
+        "POST",
+        "/jobs",
+        {"name": "x", "task": "t", "every": 5, "max_attempts": 2**31},
+        {},
+        400,
+        "max_attempts",
+    ),
     ("NUL in a job name path", "GET", "/jobs/a%00", None, {}, 400, "name"),
     ("patch renames", "PATCH", "/jobs/j", {"name": "k"}, {}, 400, "name"),
     ("patch priority null", "PATCH", "/jobs/j", {"priority": None}, {}, 400, "priority"),
@@ -490,8 +634,11 @@ BAD_INPUT = [  # (id, method, path, body (dict: JSON, bytes: raw), headers, stat
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "headers", "status", "field"),
-                         [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "field"),
+    [case[1:] for case in BAD_INPUT],
+    ids=[case[0] for case in BAD_INPUT],
+)
 def test_bad_input_is_a_4xx_json_error_naming_the_field(readonly_api, method, path, body, headers, status, field):
     api, conn = readonly_api
     before = (count(conn, "runs"), conn.execute("SELECT jobs::text FROM pgsched.jobs AS jobs").fetchall())
@@ -514,8 +661,9 @@ def test_bad_input_is_a_4xx_json_error_naming_the_field(readonly_api, method, pa
 def pgsched_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "PGSCHED_DSN"}
     env["COLUMNS"] = "200"
-    return subprocess.run([sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_keys_create_prints_the_key_once_and_list_and_revoke_manage_it(dsn: str, conn: psycopg.Connection):
@@ -533,7 +681,8 @@ def test_keys_create_prints_the_key_once_and_list_and_revoke_manage_it(dsn: str,
         listed = runner.invoke(cli, ["keys", "list", "--json", "--dsn", dsn])
         assert listed.exit_code == 0 and key not in listed.stdout, listed.output
         assert [(k["id"], k["scope"], k["tenant"], k["revoked_at"]) for k in json.loads(listed.stdout)] == [
-            (row[0], "write", "acme", None)]
+            (row[0], "write", "acme", None)
+        ]
         revoked = runner.invoke(cli, ["keys", "revoke", str(row[0]), "--dsn", dsn])
         assert revoked.exit_code == 0 and f"key {row[0]} revoked" in revoked.stdout, revoked.output
         assert client.get("/runs", headers=headers).status_code == 401

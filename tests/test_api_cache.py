@@ -28,8 +28,9 @@ RETRY_S = 0.3
 
 @pytest.fixture
 def api(dsn: str, conn: psycopg.Connection, redis_server: RedisServer) -> Iterator[Api]:
-    settings = ApiSettings(dsn=dsn, redis_url=redis_server.url, redis_timeout_s=TIMEOUT_S, redis_retry_s=RETRY_S,
-                           **TEST_SETTINGS)
+    settings = ApiSettings(
+        dsn=dsn, redis_url=redis_server.url, redis_timeout_s=TIMEOUT_S, redis_retry_s=RETRY_S, **TEST_SETTINGS
+    )
     with TestClient(create_app(settings)) as client:
         yield Api(client, make_keys(conn))
 
@@ -43,8 +44,10 @@ def cached(server: RedisServer, key: str) -> Any:
 
 def finished_run(api: Api, conn: psycopg.Connection, status: str = "succeeded", as_: str = "admin") -> int:
     run_id = ok(api.post("/runs", json={"task": "t"}, as_=as_), 201)["id"]
-    conn.execute("UPDATE pgsched.runs SET status = %s, attempt = 1, finished_at = now(), result = '1'"
-                 " WHERE id = %s", (status, run_id))
+    conn.execute(
+        "UPDATE pgsched.runs SET status = %s, attempt = 1, finished_at = now(), result = '1' WHERE id = %s",
+        (status, run_id),
+    )
     return int(run_id)
 
 
@@ -59,8 +62,9 @@ def breaker(api: Api) -> Any:
 # ---- what is cached
 
 
-def test_a_finished_run_is_served_from_redis_after_the_first_read(api: Api, conn: psycopg.Connection,
-                                                                   redis_server: RedisServer):
+def test_a_finished_run_is_served_from_redis_after_the_first_read(
+    api: Api, conn: psycopg.Connection, redis_server: RedisServer
+):
     run_id = finished_run(api, conn)
     first = ok(api.get(f"/runs/{run_id}", as_="read"))
     assert cached(redis_server, run_key(run_id)) == first
@@ -77,8 +81,11 @@ def test_queued_and_running_runs_are_never_cached(api: Api, conn: psycopg.Connec
     run_id = ok(api.post("/runs", json={"task": "t"}), 201)["id"]
     assert ok(api.get(f"/runs/{run_id}"))["status"] == "queued"
     assert cached(redis_server, run_key(run_id)) is None
-    conn.execute("UPDATE pgsched.runs SET status = 'running', attempt = 1, started_at = now(),"
-                 " lease_expires_at = now() + interval '1 minute' WHERE id = %s", (run_id,))
+    conn.execute(
+        "UPDATE pgsched.runs SET status = 'running', attempt = 1, started_at = now(),"
+        " lease_expires_at = now() + interval '1 minute' WHERE id = %s",
+        (run_id,),
+    )
     assert ok(api.get(f"/runs/{run_id}"))["status"] == "running", "the queued state was not kept"
     assert cached(redis_server, run_key(run_id)) is None
 
@@ -151,8 +158,9 @@ def test_a_read_that_raced_a_write_cannot_put_the_old_row_back(api: Api, redis_s
 # ---- tenants
 
 
-def test_a_cached_row_is_served_only_to_its_tenant_and_to_keys_without_a_tenant(api: Api, conn: psycopg.Connection,
-                                                                                 redis_server: RedisServer):
+def test_a_cached_row_is_served_only_to_its_tenant_and_to_keys_without_a_tenant(
+    api: Api, conn: psycopg.Connection, redis_server: RedisServer
+):
     run_id = finished_run(api, conn, as_="acme")
     ok(api.post("/jobs", json={"name": "acme-job", "task": "t", "every": 60}, as_="acme"), 201)
     seen_by_admin = ok(api.get(f"/runs/{run_id}", as_="read"))
@@ -182,7 +190,8 @@ def test_each_tenant_scope_caches_its_own_queue_list(api: Api, redis_server: Red
 
 
 def test_requests_keep_succeeding_when_redis_dies_and_the_cache_returns_with_it(
-        api: Api, conn: psycopg.Connection, redis_server: RedisServer, caplog: pytest.LogCaptureFixture):
+    api: Api, conn: psycopg.Connection, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+):
     caplog.set_level(logging.INFO, logger="pgsched.api")
     run_id = finished_run(api, conn)
     ok(api.get(f"/runs/{run_id}"))
@@ -198,8 +207,12 @@ def test_requests_keep_succeeding_when_redis_dies_and_the_cache_returns_with_it(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
     redis_server.start()  # the same port, empty
-    wait_until(lambda: api.get(f"/runs/{run_id}").status_code == 200 and
-               cached(redis_server, run_key(run_id)) is not None, 10, "the cache to come back with Redis", poll=0.02)
+    wait_until(
+        lambda: api.get(f"/runs/{run_id}").status_code == 200 and cached(redis_server, run_key(run_id)) is not None,
+        10,
+        "the cache to come back with Redis",
+        poll=0.02,
+    )
     assert not breaker(api).is_open
     set_result_behind_the_apis_back(conn, run_id, 3)
     assert ok(api.get(f"/runs/{run_id}"))["result"] == 2, "served from Redis again"
@@ -207,8 +220,9 @@ def test_requests_keep_succeeding_when_redis_dies_and_the_cache_returns_with_it(
     assert len(back) == 1
 
 
-def test_a_hanging_redis_costs_one_timeout_not_one_per_request(api: Api, conn: psycopg.Connection,
-                                                              redis_server: RedisServer):
+def test_a_hanging_redis_costs_one_timeout_not_one_per_request(
+    api: Api, conn: psycopg.Connection, redis_server: RedisServer
+):
     run_id = finished_run(api, conn)
     requests = 20
     redis_server.pause()  # connections are accepted and never answered
@@ -222,13 +236,17 @@ def test_a_hanging_redis_costs_one_timeout_not_one_per_request(api: Api, conn: p
     # Without the breaker each request would wait out a read and a write: 2 * 20 * 0.5 s = 20 s.
     assert elapsed < requests * TIMEOUT_S / 4, f"{requests} requests took {elapsed:.2f}s"
     assert breaker(api).is_open
-    wait_until(lambda: api.get(f"/runs/{run_id}").status_code == 200 and
-               cached(redis_server, run_key(run_id)) is not None, 10, "the cache to come back", poll=0.02)
+    wait_until(
+        lambda: api.get(f"/runs/{run_id}").status_code == 200 and cached(redis_server, run_key(run_id)) is not None,
+        10,
+        "the cache to come back",
+        poll=0.02,
+    )
 
 
-def test_the_api_starts_and_serves_while_redis_is_unreachable(dsn: str, conn: psycopg.Connection,
-                                                             redis_server: RedisServer,
-                                                             caplog: pytest.LogCaptureFixture):
+def test_the_api_starts_and_serves_while_redis_is_unreachable(
+    dsn: str, conn: psycopg.Connection, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+):
     redis_server.stop()
     settings = ApiSettings(dsn=dsn, auth=False, redis_url=redis_server.url, redis_timeout_s=TIMEOUT_S)
     with TestClient(create_app(settings)) as client:
@@ -240,8 +258,9 @@ def test_the_api_starts_and_serves_while_redis_is_unreachable(dsn: str, conn: ps
 def test_without_redis_nothing_is_cached(dsn: str, conn: psycopg.Connection):
     with TestClient(create_app(ApiSettings(dsn=dsn, auth=False))) as client:
         run_id = client.post("/runs", json={"task": "t"}).json()["id"]
-        conn.execute("UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), result = '1'"
-                     " WHERE id = %s", (run_id,))
+        conn.execute(
+            "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), result = '1' WHERE id = %s", (run_id,)
+        )
         assert client.get(f"/runs/{run_id}").json()["result"] == 1
         set_result_behind_the_apis_back(conn, run_id, 2)
         assert client.get(f"/runs/{run_id}").json()["result"] == 2

@@ -23,14 +23,19 @@ def every_list_answers(api: Api) -> None:
         assert api.get(path).status_code == 200, path
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"name": "f", "task": "noop", "every": 1e-300}, "every"),
-    ({"name": "f", "task": "noop", "every": 0.5}, "every"),
-    ({"name": "f", "task": "noop", "cron": "* * * * *", "tz": LONG_TZ}, "tz"),
-    ({"name": "f", "task": "noop", "cron": "* * * * *", "tz": "x" * 256}, "tz"),
-], ids=["every-1e-300", "every-half-a-second", "tz-307-characters", "tz-256-characters"])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"name": "f", "task": "noop", "every": 1e-300}, "every"),
+        ({"name": "f", "task": "noop", "every": 0.5}, "every"),
+        ({"name": "f", "task": "noop", "cron": "* * * * *", "tz": LONG_TZ}, "tz"),
+        ({"name": "f", "task": "noop", "cron": "* * * * *", "tz": "x" * 256}, "tz"),
+    ],
+    ids=["every-1e-300", "every-half-a-second", "tz-307-characters", "tz-256-characters"],
+)
 def test_post_jobs_refuses_a_schedule_the_beat_cannot_fire_with_a_4xx_and_writes_nothing(
-        api: Api, conn: psycopg.Connection, body: dict[str, Any], field: str) -> None:
+    api: Api, conn: psycopg.Connection, body: dict[str, Any], field: str
+) -> None:
     response = api.post("/jobs", json=body)
     assert response.status_code == 422, response.text
     assert field in response.text
@@ -40,7 +45,8 @@ def test_post_jobs_refuses_a_schedule_the_beat_cannot_fire_with_a_4xx_and_writes
 
 @pytest.mark.parametrize("change", [{"every": 1e-300}, {"tz": LONG_TZ}], ids=["every-1e-300", "tz-307-characters"])
 def test_patch_jobs_refuses_a_schedule_the_beat_cannot_fire_and_leaves_the_job_as_it_was(
-        api: Api, conn: psycopg.Connection, change: dict[str, Any]) -> None:
+    api: Api, conn: psycopg.Connection, change: dict[str, Any]
+) -> None:
     before = api.post("/jobs", json={"name": "j", "task": "noop", "every": 60})
     assert before.status_code == 201, before.text
     response = api.patch("/jobs/j", json=change)
@@ -48,10 +54,12 @@ def test_patch_jobs_refuses_a_schedule_the_beat_cannot_fire_and_leaves_the_job_a
     assert api.get("/jobs/j").json() == before.json()
 
 
-@pytest.mark.parametrize("run_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"],
-                         ids=["year-10000-in-utc", "1-bc-in-utc"])
+@pytest.mark.parametrize(
+    "run_at", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"], ids=["year-10000-in-utc", "1-bc-in-utc"]
+)
 def test_post_runs_with_an_instant_no_reader_can_hold_writes_nothing_and_every_list_still_answers(
-        api: Api, conn: psycopg.Connection, run_at: str) -> None:
+    api: Api, conn: psycopg.Connection, run_at: str
+) -> None:
     response = api.post("/runs", json={"task": "noop", "run_at": run_at})
     assert 400 <= response.status_code < 500, response.text
     assert rows(conn) == (0, 0)

@@ -63,8 +63,10 @@ def test_get_runs_filters_by_the_scheduled_jobs_name(api: Api, conn: psycopg.Con
 def test_get_runs_filters_by_half_open_created_and_finished_windows(api: Api, conn: psycopg.Connection):
     hour = timedelta(hours=1)
     created = [insert_run(conn, created_at=T0 + i * hour) for i in range(5)]  # T0 .. T0+4h, unfinished
-    finished = [insert_run(conn, created_at=T0, status="succeeded", started_at=T0, finished_at=T0 + i * hour)
-                for i in range(1, 4)]  # finished at T0+1h .. T0+3h
+    finished = [
+        insert_run(conn, created_at=T0, status="succeeded", started_at=T0, finished_at=T0 + i * hour)
+        for i in range(1, 4)
+    ]  # finished at T0+1h .. T0+3h
 
     def at(hours: int) -> str:
         return (T0 + hours * hour).isoformat().replace("+00:00", "Z")
@@ -77,8 +79,9 @@ def test_get_runs_filters_by_half_open_created_and_finished_windows(api: Api, co
     assert run_ids(api, finished_before=at(2)) == [finished[0]]
     assert run_ids(api, finished_after=at(1), finished_before=at(3), status="succeeded") == [finished[1], finished[0]]
     # Any offset is the same instant: T0+2h written in UTC+02:00 (a '+' must be URL-encoded: params do it).
-    assert run_ids(api, created_after=(T0 + 2 * hour).astimezone(timezone(2 * hour)).isoformat(),
-                   created_before=at(3)) == [created[2]]
+    assert run_ids(
+        api, created_after=(T0 + 2 * hour).astimezone(timezone(2 * hour)).isoformat(), created_before=at(3)
+    ) == [created[2]]
 
 
 def test_filtered_pages_follow_next_to_the_last_match(api: Api, conn: psycopg.Connection):
@@ -131,8 +134,9 @@ def test_a_bad_filter_value_is_a_4xx_naming_the_parameter(api: Api, query: str, 
 def test_runs_list_on_the_command_line_takes_the_same_filters(dsn: str, conn: psycopg.Connection):
     old, new = insert_run(conn, created_at=T0), insert_run(conn, created_at=T0 + timedelta(days=1))
     runner = CliRunner()
-    listed = runner.invoke(cli, ["runs", "list", "--created-after", "2030-01-01T12:00:00+00:00", "--json",
-                                 "--dsn", dsn])
+    listed = runner.invoke(
+        cli, ["runs", "list", "--created-after", "2030-01-01T12:00:00+00:00", "--json", "--dsn", dsn]
+    )
     assert listed.exit_code == 0, listed.output
     assert [run["id"] for run in json.loads(listed.stdout)] == [new] and old != new
     naive = runner.invoke(cli, ["runs", "list", "--finished-before", "2030-01-01", "--dsn", dsn])
@@ -168,8 +172,9 @@ def test_a_tenant_key_pages_through_its_own_jobs_only(api: Api):
     assert [job["name"] for job in rest["items"]] == ["a3"] and rest["next"] is None
 
 
-@pytest.mark.parametrize(("query", "field"), [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"),
-                                               ("cursor=a%00", "cursor")])
+@pytest.mark.parametrize(
+    ("query", "field"), [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"), ("cursor=a%00", "cursor")]
+)
 def test_bad_job_list_parameters_are_400_naming_them(api: Api, query: str, field: str):
     response = api.get(f"/jobs?{query}")
     assert response.status_code == 400, response.text
@@ -181,17 +186,35 @@ def test_bad_job_list_parameters_are_400_naming_them(api: Api, query: str, field
 
 def test_get_queues_reports_what_finished_in_the_last_minute(api: Api, conn: psycopg.Connection):
     def finished(status: str, seconds_ago: float, tenant: str | None = None) -> None:
-        insert_run(conn, queue="q", status=status, tenant=tenant,
-                   finished_at=datetime.now(timezone.utc) - timedelta(seconds=seconds_ago))
+        insert_run(
+            conn,
+            queue="q",
+            status=status,
+            tenant=tenant,
+            finished_at=datetime.now(timezone.utc) - timedelta(seconds=seconds_ago),
+        )
 
-    for status, seconds_ago in (("succeeded", 5), ("succeeded", 50), ("succeeded", 120), ("failed", 10),
-                                ("failed", 600), ("cancelled", 1)):
+    for status, seconds_ago in (
+        ("succeeded", 5),
+        ("succeeded", 50),
+        ("succeeded", 120),
+        ("failed", 10),
+        ("failed", 600),
+        ("cancelled", 1),
+    ):
         finished(status, seconds_ago)
     finished("succeeded", 5, tenant="acme")
     insert_run(conn, queue="q")  # queued, due now
     [q] = ok(api.get("/queues", as_="read"))["items"]
-    assert (q["succeeded_last_minute"], q["failed_last_minute"], q["succeeded_last_hour"], q["failed"],
-            q["queued"], q["due"], q["running"]) == (3, 1, 4, 2, 1, 1, 0)
+    assert (
+        q["succeeded_last_minute"],
+        q["failed_last_minute"],
+        q["succeeded_last_hour"],
+        q["failed"],
+        q["queued"],
+        q["due"],
+        q["running"],
+    ) == (3, 1, 4, 2, 1, 1, 0)
     assert q["oldest_queued_age_s"] is not None and q["oldest_queued_age_s"] >= 0
     [acme] = ok(api.get("/queues", as_="acme-read"))["items"]
     assert (acme["succeeded_last_minute"], acme["failed_last_minute"], acme["queued"]) == (1, 0, 0)
@@ -226,8 +249,7 @@ def expected_buckets(durations: list[float]) -> dict[str, float]:
     return {**bounds, "+Inf": float(len(durations))}
 
 
-def test_metrics_histograms_count_the_runs_of_the_window_with_their_known_durations(api: Api,
-                                                                                       conn: psycopg.Connection):
+def test_metrics_histograms_count_the_runs_of_the_window_with_their_known_durations(api: Api, conn: psycopg.Connection):
     now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     # (wait, run) in seconds: a bound itself (0.5, 1.0) is counted in its bucket ("le" is inclusive),
     # 4000 s is above every bound (+Inf only).
@@ -236,12 +258,27 @@ def test_metrics_histograms_count_the_runs_of_the_window_with_their_known_durati
         finished_at = now - timedelta(seconds=10 + i)
         started_at = finished_at - timedelta(seconds=run_s)
         due = started_at - timedelta(seconds=wait_s)
-        insert_run(conn, queue="timed", status="succeeded" if i else "failed", attempt=1,
-                   created_at=due - timedelta(hours=1), run_at=due, started_at=started_at, finished_at=finished_at)
+        insert_run(
+            conn,
+            queue="timed",
+            status="succeeded" if i else "failed",
+            attempt=1,
+            created_at=due - timedelta(hours=1),
+            run_at=due,
+            started_at=started_at,
+            finished_at=finished_at,
+        )
     # Waited from created_at, not from a run_at before the run existed:
     early = now - timedelta(seconds=30)
-    insert_run(conn, queue="timed", status="succeeded", run_at=early - timedelta(days=1), created_at=early,
-               started_at=early + timedelta(seconds=2), finished_at=early + timedelta(seconds=3))
+    insert_run(
+        conn,
+        queue="timed",
+        status="succeeded",
+        run_at=early - timedelta(days=1),
+        created_at=early,
+        started_at=early + timedelta(seconds=2),
+        finished_at=early + timedelta(seconds=3),
+    )
     measured.append((2.0, 1.0))
     # Outside the window, and never started (cancelled while queued): not counted.
     old = now - timedelta(seconds=HISTOGRAM_WINDOW_S + 60)
@@ -262,9 +299,15 @@ def test_metrics_histograms_count_the_runs_of_the_window_with_their_known_durati
 def test_metrics_histogram_buckets_are_cumulative_and_end_with_inf(api: Api, conn: psycopg.Connection):
     now = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     for i in range(40):  # spread over the buckets
-        insert_run(conn, queue=f"q{i % 3}", status="succeeded", run_at=now - timedelta(seconds=i * 7),
-                   created_at=now - timedelta(seconds=i * 7), started_at=now - timedelta(seconds=i * 3),
-                   finished_at=now)
+        insert_run(
+            conn,
+            queue=f"q{i % 3}",
+            status="succeeded",
+            run_at=now - timedelta(seconds=i * 7),
+            created_at=now - timedelta(seconds=i * 7),
+            started_at=now - timedelta(seconds=i * 3),
+            finished_at=now,
+        )
     text = api.get("/metrics").text
     samples = metric_samples(api)
     for name in ("pgsched_queue_wait_seconds", "pgsched_run_duration_seconds"):

@@ -87,8 +87,10 @@ def test_without_redis_each_api_process_counts_on_its_own(dsn: str, keys: dict[s
 
 
 def test_with_redis_two_api_processes_share_one_count(dsn: str, keys: dict[str, str], redis_server: RedisServer):
-    with limited_api(dsn, keys, "4/60", redis_url=redis_server.url) as first, \
-            limited_api(dsn, keys, "4/60", redis_url=redis_server.url) as second:
+    with (
+        limited_api(dsn, keys, "4/60", redis_url=redis_server.url) as first,
+        limited_api(dsn, keys, "4/60", redis_url=redis_server.url) as second,
+    ):
         for api in (first, second, first, second):
             ok(api.get("/queues", as_="read"))
         assert_limited(first.get("/queues", as_="read"))
@@ -101,8 +103,9 @@ def test_with_redis_two_api_processes_share_one_count(dsn: str, keys: dict[str, 
     assert sorted(counts.values()) == [1, 6] and all(key.endswith(f":{window}") for key in counts), counts
 
 
-def test_while_redis_is_down_the_limit_is_counted_in_each_process(dsn: str, keys: dict[str, str],
-                                                                  redis_server: RedisServer):
+def test_while_redis_is_down_the_limit_is_counted_in_each_process(
+    dsn: str, keys: dict[str, str], redis_server: RedisServer
+):
     with limited_api(dsn, keys, "3/60", redis_url=redis_server.url, redis_retry_s=0.2) as api:
         ok(api.get("/queues", as_="read"))
         ok(api.get("/queues", as_="read"))
@@ -114,9 +117,13 @@ def test_while_redis_is_down_the_limit_is_counted_in_each_process(dsn: str, keys
 
         redis_server.start()  # empty: the shared count starts again
         # Each miss sends a request: the breaker's trial is the next request after its retry time.
-        wait_until(lambda: not api.client.app.state.rate_limiter.redis.breaker.is_open, 10,
-                   "the limiter to go back to Redis", poll=0.05,
-                   check=lambda: api.get("/queues", as_="admin"))
+        wait_until(
+            lambda: not api.client.app.state.rate_limiter.redis.breaker.is_open,
+            10,
+            "the limiter to go back to Redis",
+            poll=0.05,
+            check=lambda: api.get("/queues", as_="admin"),
+        )
         ok(api.get("/queues", as_="read"))
         with redis_server.client() as client:
             assert client.keys("pgsched:v1:rate:*"), "counted in Redis again"
@@ -131,25 +138,30 @@ def api_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("600", "must be REQUESTS/SECONDS, e.g. '600/60'"),
-    ("ten/60", "must be REQUESTS/SECONDS"),
-    ("0/60", "1 to 10^9 requests per 1 to 86400 seconds"),
-    ("5/0", "1 to 10^9 requests per 1 to 86400 seconds"),
-    ("5/100000", "1 to 10^9 requests per 1 to 86400 seconds"),
-])
-def test_a_bad_rate_limit_is_refused_naming_the_problem(text: str, message: str, monkeypatch: pytest.MonkeyPatch,
-                                                        api_env: None):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("600", "must be REQUESTS/SECONDS, e.g. '600/60'"),
+        ("ten/60", "must be REQUESTS/SECONDS"),
+        ("0/60", "1 to 10^9 requests per 1 to 86400 seconds"),
+        ("5/0", "1 to 10^9 requests per 1 to 86400 seconds"),
+        ("5/100000", "1 to 10^9 requests per 1 to 86400 seconds"),
+    ],
+)
+def test_a_bad_rate_limit_is_refused_naming_the_problem(
+    text: str, message: str, monkeypatch: pytest.MonkeyPatch, api_env: None
+):
     with pytest.raises(ConfigError, match=re.escape(message)):
         RateLimit.parse(text)
     monkeypatch.setenv("PGSCHED_DSN", "host=nowhere")
     monkeypatch.setenv("PGSCHED_API_RATE_LIMIT", text)
-    with pytest.raises(ConfigError, match="^PGSCHED_API_RATE_LIMIT"):
+    with pytest.raises(ConfigError, match=r"^PGSCHED_API_RATE_LIMIT"):
         ApiSettings.from_env()
     monkeypatch.delenv("PGSCHED_API_RATE_LIMIT")
     refused = CliRunner().invoke(cli, ["api", "--rate-limit", text, "--dsn", "host=nowhere"])
-    assert isinstance(refused.exception, ConfigError) and str(refused.exception).startswith("--rate-limit"), \
+    assert isinstance(refused.exception, ConfigError) and str(refused.exception).startswith("--rate-limit"), (
         refused.output
+    )
 
 
 def test_a_rate_limit_parses_with_spaces_and_bad_redis_settings_are_refused(api_env: None):
@@ -176,7 +188,9 @@ def fetch(url: str) -> tuple[int, dict[str, str], Any]:
 
 def test_pgsched_api_limits_through_redis_with_its_options(dsn: str, redis_server: RedisServer):
     with serving_api("--no-auth", "--redis-url", redis_server.url, "--rate-limit", "2/86400", "--dsn", dsn) as (
-            url, output):
+        url,
+        output,
+    ):
         assert f"Redis at {redis_server.url}: caching reads there".encode() in output
         for _ in range(5):
             assert fetch(f"{url}/health")[0] == 200
@@ -184,14 +198,15 @@ def test_pgsched_api_limits_through_redis_with_its_options(dsn: str, redis_serve
         answers = [fetch(f"{url}/queues") for _ in range(5)]
         statuses = [status for status, _, _ in answers]
         assert statuses[:2] == [200, 200] and 429 in statuses, statuses
-        status, headers, body = next(answer for answer in answers if answer[0] == 429)
+        _status, headers, body = next(answer for answer in answers if answer[0] == 429)
         assert int(headers["retry-after"]) >= 1 and body["status_code"] == 429
         with redis_server.client() as client:
             assert client.keys("pgsched:v1:rate:addr:127.0.0.1:*")
 
 
 def test_in_process_counters_stay_bounded_when_every_caller_is_in_the_current_window(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from pgsched.api import ratelimit
 
     monkeypatch.setattr(ratelimit, "_MAX_MEMORY_CALLERS", 1000)

@@ -41,8 +41,10 @@ def keys(module_dsn: str) -> dict[str, str]:
         # Something for the fuzzer's list and show requests to find besides 404s.
         conn.execute("INSERT INTO pgsched.jobs (name, task, every_s, tenant) VALUES ('j', 't', 60, 'acme')")
         conn.execute("INSERT INTO pgsched.runs (task, tenant) SELECT 't', 'acme' FROM generate_series(1, 5)")
-        return {"admin": api_keys.create_key(conn, "admin", name="fuzz")[0],
-                "acme": api_keys.create_key(conn, "write", tenant="acme", name="fuzz-acme")[0]}
+        return {
+            "admin": api_keys.create_key(conn, "admin", name="fuzz")[0],
+            "acme": api_keys.create_key(conn, "write", tenant="acme", name="fuzz-acme")[0],
+        }
 
 
 class AppUnderTest:
@@ -80,19 +82,26 @@ schema.app = APP_UNDER_TEST
 # header itself, or a request it made "invalid" by omitting it reaches the app valid.
 schema.config.generation.update(with_security_parameters=False)
 
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 @schema.parametrize()
 @FUZZ_SETTINGS
-def test_every_operation_keeps_its_documented_contract_for_an_admin_key(case: Any, app: Litestar,
-                                                                        keys: dict[str, str]) -> None:
+def test_every_operation_keeps_its_documented_contract_for_an_admin_key(
+    case: Any, app: Litestar, keys: dict[str, str]
+) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {keys['admin']}"}, excluded_checks=EXCLUDED_CHECKS)
 
 
 @schema.parametrize()
 @FUZZ_SETTINGS
-def test_every_operation_keeps_its_documented_contract_for_a_tenant_key(case: Any, app: Litestar,
-                                                                        keys: dict[str, str]) -> None:
+def test_every_operation_keeps_its_documented_contract_for_a_tenant_key(
+    case: Any, app: Litestar, keys: dict[str, str]
+) -> None:
     case.call_and_validate(headers={"Authorization": f"Bearer {keys['acme']}"}, excluded_checks=EXCLUDED_CHECKS)

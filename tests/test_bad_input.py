@@ -18,7 +18,6 @@ from pgsched import App
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from tests.support.db import scratch_database
 
-
 # Nothing here may change the database, so the tests share one (a fresh clone per test costs more
 # than the tests themselves); each checks that the whole runs table is as it was.
 
@@ -28,8 +27,10 @@ def shared_dsn(postgresql_proc) -> Iterator[str]:
     with scratch_database(postgresql_proc, "pgsched_bad_input") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO pgsched.runs (task) VALUES ('already-queued')")
-            conn.execute("INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
-                         " VALUES ('already-done', 'succeeded', 1, now(), now(), '42')")
+            conn.execute(
+                "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
+                " VALUES ('already-done', 'succeeded', 1, now(), now(), '42')"
+            )
         yield dsn
 
 
@@ -87,38 +88,64 @@ def app(shared_dsn: str) -> Iterator[App]:
 BAD_ENQUEUES = [
     pytest.param(dict(task="t", args=[1]), InvalidInput, "args must be a JSON object", id="args-list"),
     pytest.param(dict(task="t", args="x=1"), InvalidInput, "args must be a JSON object", id="args-str"),
-    pytest.param(dict(task="t", args={"when": datetime(2024, 1, 1)}), InvalidInput, "not JSON-serialisable",
-                 id="args-datetime"),
+    pytest.param(
+        dict(task="t", args={"when": datetime(2024, 1, 1)}), InvalidInput, "not JSON-serialisable", id="args-datetime"
+    ),
     pytest.param(dict(task="t", args={"x": object()}), InvalidInput, "not JSON-serialisable", id="args-object"),
     pytest.param(dict(task="t", args={"x": float("nan")}), InvalidInput, "not JSON-serialisable", id="args-nan"),
-    pytest.param(dict(task="t", args={"blob": "x" * (1024 * 1024)}), InvalidInput, "the limit is 1048576",
-                 id="args-over-1mb"),
-    pytest.param(dict(task="t", queue="has space"), InvalidInput, "queue 'has space' is not a valid name",
-                 id="queue-space"),
+    pytest.param(
+        dict(task="t", args={"blob": "x" * (1024 * 1024)}), InvalidInput, "the limit is 1048576", id="args-over-1mb"
+    ),
+    pytest.param(
+        dict(task="t", queue="has space"), InvalidInput, "queue 'has space' is not a valid name", id="queue-space"
+    ),
     pytest.param(dict(task="t", queue=""), InvalidInput, "queue '' is not a valid name", id="queue-empty"),
     pytest.param(dict(task="t", queue="-lead"), InvalidInput, "is not a valid name", id="queue-leading-dash"),
     pytest.param(dict(task="t", queue="q" * 64), InvalidInput, "is not a valid name", id="queue-64-chars"),
-    pytest.param(dict(task="t", priority=101), InvalidInput, "priority must be an integer between -100 and 100, got 101",
-                 id="priority-101"),
+    pytest.param(
+        dict(task="t", priority=101),
+        InvalidInput,
+        "priority must be an integer between -100 and 100, got 101",
+        id="priority-101",
+    ),
     pytest.param(dict(task="t", priority=-101), InvalidInput, "priority must be", id="priority--101"),
     pytest.param(dict(task="t", priority=1.5), InvalidInput, "priority must be", id="priority-float"),
-    pytest.param(dict(task="t", max_attempts=0), InvalidInput, "max_attempts must be an integer from 1 to 1000, got 0",
-                 id="max-attempts-0"),
+    pytest.param(
+        dict(task="t", max_attempts=0),
+        InvalidInput,
+        "max_attempts must be an integer from 1 to 1000, got 0",
+        id="max-attempts-0",
+    ),
     pytest.param(dict(task=""), InvalidInput, "task must be a non-empty name", id="task-empty"),
     pytest.param(dict(task="   "), InvalidInput, "task must be a non-empty name", id="task-blank"),
     pytest.param(dict(task="t" * 201), InvalidInput, "at most 200 characters", id="task-201-chars"),
-    pytest.param(dict(task="t", run_at=datetime(2030, 1, 1)), InvalidInput, "run_at must be a timezone-aware datetime",
-                 id="run-at-naive"),
-    pytest.param(dict(task="t", run_at="2030-01-01T00:00:00+00:00"), InvalidInput, "run_at must be",
-                 id="run-at-string"),
-    pytest.param(dict(task="t", delay=-1), InvalidInput, "delay must be a number of seconds >= 0, got -1",
-                 id="delay-negative"),
-    pytest.param(dict(task="t", unique_key=""), InvalidInput, "unique_key must be a non-empty string",
-                 id="unique-key-empty"),
-    pytest.param(dict(task="send", args={"subject": "no recipient"}), InvalidArgs, "missing a required argument: 'to'",
-                 id="args-missing-required"),
-    pytest.param(dict(task="send", args={"to": "a", "cc": "b"}), InvalidArgs, "unexpected keyword argument 'cc'",
-                 id="args-unexpected"),
+    pytest.param(
+        dict(task="t", run_at=datetime(2030, 1, 1)),
+        InvalidInput,
+        "run_at must be a timezone-aware datetime",
+        id="run-at-naive",
+    ),
+    pytest.param(
+        dict(task="t", run_at="2030-01-01T00:00:00+00:00"), InvalidInput, "run_at must be", id="run-at-string"
+    ),
+    pytest.param(
+        dict(task="t", delay=-1), InvalidInput, "delay must be a number of seconds >= 0, got -1", id="delay-negative"
+    ),
+    pytest.param(
+        dict(task="t", unique_key=""), InvalidInput, "unique_key must be a non-empty string", id="unique-key-empty"
+    ),
+    pytest.param(
+        dict(task="send", args={"subject": "no recipient"}),
+        InvalidArgs,
+        "missing a required argument: 'to'",
+        id="args-missing-required",
+    ),
+    pytest.param(
+        dict(task="send", args={"to": "a", "cc": "b"}),
+        InvalidArgs,
+        "unexpected keyword argument 'cc'",
+        id="args-unexpected",
+    ),
 ]
 
 
@@ -167,6 +194,7 @@ def test_invalid_args_is_an_invalid_input(app):
 
 def test_a_second_task_with_the_same_name_is_refused(app):
     with pytest.raises(DuplicateTask, match="a task named 'send' is already registered"):
+
         @app.task
         def send(to: str) -> None: ...
 
@@ -175,27 +203,39 @@ def test_a_second_task_with_the_same_name_is_refused(app):
     assert app.tasks["send"].signature.parameters.keys() == {"to", "subject"}
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    (dict(queue="no spaces"), "is not a valid name"),
-    (dict(priority=1000), "priority must be"),
-    (dict(max_attempts=0), "max_attempts must be"),
-    (dict(timeout=0), "timeout must be a positive number"),
-    (dict(retry_backoff=-1), "retry_backoff must be"),
-    (dict(name=""), "task must be a non-empty name"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(queue="no spaces"), "is not a valid name"),
+        (dict(priority=1000), "priority must be"),
+        (dict(max_attempts=0), "max_attempts must be"),
+        (dict(timeout=0), "timeout must be a positive number"),
+        (dict(retry_backoff=-1), "retry_backoff must be"),
+        (dict(name=""), "task must be a non-empty name"),
+    ],
+)
 def test_a_task_with_bad_options_is_refused_at_registration(app, options, message):
     with pytest.raises(InvalidInput, match=message):
         app.task(lambda: None, **options)
     assert list(app.tasks) == ["send"]
 
 
-@pytest.mark.parametrize(("all_args", "error", "message"), [
-    pytest.param([{"to": "a"}, [2], {"to": "c"}], InvalidInput, "args[1]: args must be a JSON object", id="not-a-dict"),
-    pytest.param([{"to": "a"}, {"to": "b"}, {"to": object()}], InvalidInput, "args[2]: args are not JSON-serialisable",
-                 id="not-serialisable"),
-    pytest.param([{"to": "a"}, {"subject": "x"}], InvalidArgs, "args[1]: args do not fit send", id="does-not-fit"),
-    pytest.param({"to": "a"}, InvalidInput, "enqueue_many takes a list of args objects", id="a-dict-not-a-list"),
-])
+@pytest.mark.parametrize(
+    ("all_args", "error", "message"),
+    [
+        pytest.param(
+            [{"to": "a"}, [2], {"to": "c"}], InvalidInput, "args[1]: args must be a JSON object", id="not-a-dict"
+        ),
+        pytest.param(
+            [{"to": "a"}, {"to": "b"}, {"to": object()}],
+            InvalidInput,
+            "args[2]: args are not JSON-serialisable",
+            id="not-serialisable",
+        ),
+        pytest.param([{"to": "a"}, {"subject": "x"}], InvalidArgs, "args[1]: args do not fit send", id="does-not-fit"),
+        pytest.param({"to": "a"}, InvalidInput, "enqueue_many takes a list of args objects", id="a-dict-not-a-list"),
+    ],
+)
 def test_a_bad_item_in_enqueue_many_inserts_nothing(app, conn, unchanged, all_args, error, message):
     with pytest.raises(error) as raised:
         app.enqueue_many("send", all_args)
@@ -203,12 +243,15 @@ def test_a_bad_item_in_enqueue_many_inserts_nothing(app, conn, unchanged, all_ar
     unchanged()
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    pytest.param(dict(task="t", args={"text": "a\x00b"}), "unsupported Unicode escape sequence", id="nul-in-args"),
-    pytest.param(dict(task="t", args={"a\x00": 1}), "unsupported Unicode escape sequence", id="nul-in-args-key"),
-    pytest.param(dict(task="t\x00x"), "cannot contain NUL", id="nul-in-task"),
-    pytest.param(dict(task="t", unique_key="k\x00"), "cannot contain NUL", id="nul-in-unique-key"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        pytest.param(dict(task="t", args={"text": "a\x00b"}), "unsupported Unicode escape sequence", id="nul-in-args"),
+        pytest.param(dict(task="t", args={"a\x00": 1}), "unsupported Unicode escape sequence", id="nul-in-args-key"),
+        pytest.param(dict(task="t\x00x"), "cannot contain NUL", id="nul-in-task"),
+        pytest.param(dict(task="t", unique_key="k\x00"), "cannot contain NUL", id="nul-in-unique-key"),
+    ],
+)
 def test_a_nul_character_the_database_cannot_store_is_invalid_input(app, unchanged, call, message):
     call = dict(call)
     task = call.pop("task")
@@ -262,20 +305,33 @@ def test_a_bad_enqueue_inside_the_callers_transaction_leaves_it_usable(postgresq
 # ---- SQL: pgsched.enqueue()
 
 
-@pytest.mark.parametrize(("sql", "params", "message"), [
-    pytest.param("SELECT pgsched.enqueue('t', %s)", (Jsonb([1]),), "args must be a JSON object, got array",
-                 id="args-array"),
-    pytest.param("SELECT pgsched.enqueue('t', '\"text\"')", (), "args must be a JSON object, got string",
-                 id="args-string"),
-    pytest.param("SELECT pgsched.enqueue('t', NULL)", (), "args must be a JSON object, got NULL", id="args-null"),
-    pytest.param("SELECT pgsched.enqueue('t', priority => 500)", (), "priority must be between -100 and 100, got 500",
-                 id="priority-500"),
-    pytest.param("SELECT pgsched.enqueue('t', max_attempts => 0)", (), "max_attempts must be at least 1, got 0",
-                 id="max-attempts-0"),
-    pytest.param("SELECT pgsched.enqueue('')", (), "task must be a non-empty name", id="task-empty"),
-    pytest.param("SELECT pgsched.enqueue(' ')", (), "task must be a non-empty name", id="task-blank"),
-    pytest.param("SELECT pgsched.enqueue(NULL)", (), "task must be a non-empty name", id="task-null"),
-])
+@pytest.mark.parametrize(
+    ("sql", "params", "message"),
+    [
+        pytest.param(
+            "SELECT pgsched.enqueue('t', %s)", (Jsonb([1]),), "args must be a JSON object, got array", id="args-array"
+        ),
+        pytest.param(
+            "SELECT pgsched.enqueue('t', '\"text\"')", (), "args must be a JSON object, got string", id="args-string"
+        ),
+        pytest.param("SELECT pgsched.enqueue('t', NULL)", (), "args must be a JSON object, got NULL", id="args-null"),
+        pytest.param(
+            "SELECT pgsched.enqueue('t', priority => 500)",
+            (),
+            "priority must be between -100 and 100, got 500",
+            id="priority-500",
+        ),
+        pytest.param(
+            "SELECT pgsched.enqueue('t', max_attempts => 0)",
+            (),
+            "max_attempts must be at least 1, got 0",
+            id="max-attempts-0",
+        ),
+        pytest.param("SELECT pgsched.enqueue('')", (), "task must be a non-empty name", id="task-empty"),
+        pytest.param("SELECT pgsched.enqueue(' ')", (), "task must be a non-empty name", id="task-blank"),
+        pytest.param("SELECT pgsched.enqueue(NULL)", (), "task must be a non-empty name", id="task-null"),
+    ],
+)
 def test_sql_enqueue_rejects_bad_input_with_a_message_naming_it(conn, unchanged, sql, params, message):
     with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
         conn.execute(sql, params)
@@ -283,10 +339,16 @@ def test_sql_enqueue_rejects_bad_input_with_a_message_naming_it(conn, unchanged,
     unchanged()
 
 
-@pytest.mark.parametrize(("sql", "constraint"), [
-    ("SELECT pgsched.enqueue('t', queue => 'bad queue')", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
-    ("SELECT pgsched.enqueue('t', unique_key => '')", "unique_key_must_not_be_empty"),
-])
+@pytest.mark.parametrize(
+    ("sql", "constraint"),
+    [
+        (
+            "SELECT pgsched.enqueue('t', queue => 'bad queue')",
+            "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63",
+        ),
+        ("SELECT pgsched.enqueue('t', unique_key => '')", "unique_key_must_not_be_empty"),
+    ],
+)
 def test_sql_enqueue_rejects_what_the_table_rejects_by_constraint_name(conn, unchanged, sql, constraint):
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         conn.execute(sql)
@@ -298,18 +360,21 @@ def test_sql_enqueue_rejects_what_the_table_rejects_by_constraint_name(conn, unc
 # ---- SQL: plain INSERT
 
 
-@pytest.mark.parametrize(("values", "constraint"), [
-    ("('t', '[1]', 'default', 0)", "args_must_be_a_json_object"),
-    ("('t', '\"x\"', 'default', 0)", "args_must_be_a_json_object"),
-    ("('t', '{}', 'no spaces allowed', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
-    ("('t', '{}', '', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
-    ("('t', '{}', '-leading-dash', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
-    ("('t', '{}', E'trailing-newline\\n', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
-    (f"('t', '{{}}', '{'q' * 64}', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
-    ("('t', '{}', 'default', 101)", "priority_must_be_between_minus_100_and_100"),
-    ("('t', '{}', 'default', -101)", "priority_must_be_between_minus_100_and_100"),
-    ("('', '{}', 'default', 0)", "task_must_not_be_empty"),
-])
+@pytest.mark.parametrize(
+    ("values", "constraint"),
+    [
+        ("('t', '[1]', 'default', 0)", "args_must_be_a_json_object"),
+        ("('t', '\"x\"', 'default', 0)", "args_must_be_a_json_object"),
+        ("('t', '{}', 'no spaces allowed', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+        ("('t', '{}', '', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+        ("('t', '{}', '-leading-dash', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+        ("('t', '{}', E'trailing-newline\\n', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+        (f"('t', '{{}}', '{'q' * 64}', 0)", "queue_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+        ("('t', '{}', 'default', 101)", "priority_must_be_between_minus_100_and_100"),
+        ("('t', '{}', 'default', -101)", "priority_must_be_between_minus_100_and_100"),
+        ("('', '{}', 'default', 0)", "task_must_not_be_empty"),
+    ],
+)
 def test_plain_insert_of_a_bad_run_names_the_violated_rule(conn, unchanged, values, constraint):
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         conn.execute(f"INSERT INTO pgsched.runs (task, args, queue, priority) VALUES {values}")
@@ -327,8 +392,10 @@ def test_plain_insert_accepts_the_longest_and_oddest_valid_queue_names(conn, unc
 def test_plain_insert_of_args_over_1_mb_is_refused(conn, unchanged):
     # Random text does not compress, so the stored value is over the limit too.
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
-        conn.execute("INSERT INTO pgsched.runs (task, args) SELECT 't', jsonb_build_object('blob', string_agg("
-                     "md5(i::text), '')) FROM generate_series(1, 40000) AS i")
+        conn.execute(
+            "INSERT INTO pgsched.runs (task, args) SELECT 't', jsonb_build_object('blob', string_agg("
+            "md5(i::text), '')) FROM generate_series(1, 40000) AS i"
+        )
     assert raised.value.diag.constraint_name == "args_must_be_at_most_1_mb"
     unchanged()
 
@@ -354,8 +421,9 @@ def cli(dsn: str | None, *args: str, timeout: float = 60) -> subprocess.Complete
     if dsn is not None:
         env["PGSCHED_DSN"] = dsn
     env["COLUMNS"] = "200"  # rich wraps at the terminal width; keep each message on one line
-    return subprocess.run([sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -368,21 +436,32 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], *fragments: 
     return lines[0]
 
 
-@pytest.mark.parametrize(("args", "fragments"), [
-    pytest.param(["enqueue", "T", "--args", "[1]"], ["--args must be a JSON object, got list"], id="args-list"),
-    pytest.param(["enqueue", "T", "--args", "not json"], ["--args is not valid JSON"], id="args-not-json"),
-    pytest.param(["enqueue", "T", "--priority", "999"], ["priority must be an integer between -100 and 100, got 999"],
-                 id="priority-999"),
-    pytest.param(["enqueue", "T", "--at", "2024-01-01T00:00"], ["--at needs a timezone", "2024-01-01T00:00"],
-                 id="at-naive"),
-    pytest.param(["enqueue", "T", "--at", "next tuesday"], ["--at must be an ISO 8601 timestamp"], id="at-garbage"),
-    pytest.param(["enqueue", "T", "--queue", "no spaces"], ["queue 'no spaces' is not a valid name"], id="queue"),
-    pytest.param(["enqueue", "T", "--delay", "5", "--at", "2030-01-01T00:00Z"], ["--delay or --at, not both"],
-                 id="delay-and-at"),
-    pytest.param(["enqueue", " "], ["task must be a non-empty name"], id="task-blank"),
-    pytest.param(["enqueue", "T", "--args", '{"x": "\\u0000"}'], ["\\u0000 cannot be converted to text"],
-                 id="args-nul"),
-])
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        pytest.param(["enqueue", "T", "--args", "[1]"], ["--args must be a JSON object, got list"], id="args-list"),
+        pytest.param(["enqueue", "T", "--args", "not json"], ["--args is not valid JSON"], id="args-not-json"),
+        pytest.param(
+            ["enqueue", "T", "--priority", "999"],
+            ["priority must be an integer between -100 and 100, got 999"],
+            id="priority-999",
+        ),
+        pytest.param(
+            ["enqueue", "T", "--at", "2024-01-01T00:00"], ["--at needs a timezone", "2024-01-01T00:00"], id="at-naive"
+        ),
+        pytest.param(["enqueue", "T", "--at", "next tuesday"], ["--at must be an ISO 8601 timestamp"], id="at-garbage"),
+        pytest.param(["enqueue", "T", "--queue", "no spaces"], ["queue 'no spaces' is not a valid name"], id="queue"),
+        pytest.param(
+            ["enqueue", "T", "--delay", "5", "--at", "2030-01-01T00:00Z"],
+            ["--delay or --at, not both"],
+            id="delay-and-at",
+        ),
+        pytest.param(["enqueue", " "], ["task must be a non-empty name"], id="task-blank"),
+        pytest.param(
+            ["enqueue", "T", "--args", '{"x": "\\u0000"}'], ["\\u0000 cannot be converted to text"], id="args-nul"
+        ),
+    ],
+)
 def test_cli_enqueue_of_bad_input_prints_one_error_and_inserts_nothing(dsn, conn, unchanged, args, fragments):
     assert_one_error_line(cli(dsn, *args), *fragments)
     unchanged()
@@ -406,8 +485,11 @@ def test_cli_runs_show_of_a_non_number_is_a_usage_error(dsn):
 
 
 def test_cli_runs_cancel_of_a_succeeded_run_is_refused_and_leaves_it(dsn, succeeded_id, unchanged):
-    assert_one_error_line(cli(dsn, "runs", "cancel", str(succeeded_id)),
-                          f"cannot cancel run {succeeded_id}: it is succeeded", "only queued or running runs can be cancelled")
+    assert_one_error_line(
+        cli(dsn, "runs", "cancel", str(succeeded_id)),
+        f"cannot cancel run {succeeded_id}: it is succeeded",
+        "only queued or running runs can be cancelled",
+    )
     unchanged()
 
 
@@ -421,18 +503,23 @@ def test_cli_runs_cancel_of_a_missing_run_says_so(dsn):
 
 
 def test_cli_runs_list_with_an_unknown_status_names_the_valid_ones(dsn):
-    assert_one_error_line(cli(dsn, "runs", "list", "--status", "bogus"),
-                          "status must be one of queued, running, succeeded, failed, cancelled", "'bogus'")
+    assert_one_error_line(
+        cli(dsn, "runs", "list", "--status", "bogus"),
+        "status must be one of queued, running, succeeded, failed, cancelled",
+        "'bogus'",
+    )
 
 
 def test_cli_worker_with_an_app_that_cannot_be_imported_says_so(dsn):
-    assert_one_error_line(cli(dsn, "worker", "--app", "nosuchmodule:app", timeout=30),
-                          "cannot import 'nosuchmodule' for --app")
+    assert_one_error_line(
+        cli(dsn, "worker", "--app", "nosuchmodule:app", timeout=30), "cannot import 'nosuchmodule' for --app"
+    )
 
 
 def test_cli_worker_with_an_app_spec_without_attribute_explains_the_form(dsn):
-    assert_one_error_line(cli(dsn, "worker", "--app", "nosuchmodule", timeout=30),
-                          "--app must look like module:attribute")
+    assert_one_error_line(
+        cli(dsn, "worker", "--app", "nosuchmodule", timeout=30), "--app must look like module:attribute"
+    )
 
 
 def test_cli_worker_with_concurrency_0_is_refused(dsn):

@@ -44,8 +44,13 @@ def job_row(conn: psycopg.Connection, name: str) -> dict[str, Any]:
 
 
 def runs_of(conn: psycopg.Connection, name: str) -> int:
-    return int(scalar(conn, "SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id"
-                            " WHERE j.name = %s", (name,)))
+    return int(
+        scalar(
+            conn,
+            "SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id WHERE j.name = %s",
+            (name,),
+        )
+    )
 
 
 async def runs_made(conn: psycopg.Connection, name: str, count: int) -> None:
@@ -56,8 +61,13 @@ async def runs_made(conn: psycopg.Connection, name: str, count: int) -> None:
 
 
 def pgsched_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pgsched.cli.main", *args], env={**os.environ, "PGSCHED_DSN": dsn},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", *args],
+        env={**os.environ, "PGSCHED_DSN": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 UNREADABLE_ROWS = {
@@ -65,14 +75,14 @@ UNREADABLE_ROWS = {
     "at-4000-bc": ("at", "'4000-01-01 00:00Z BC'"),
     "at-year-10000-in-utc": ("at", "'9999-12-31T23:59:59-14:00'"),
     "next-run-at-minus-infinity": ("cron, next_run_at", "'* * * * *', '-infinity'"),
-    "last-scheduled-for-infinity": ("every_s, next_run_at, last_scheduled_for",
-                                    f"60, '{T0.isoformat()}', 'infinity'"),
+    "last-scheduled-for-infinity": ("every_s, next_run_at, last_scheduled_for", f"60, '{T0.isoformat()}', 'infinity'"),
 }
 
 
 @pytest.mark.parametrize("columns, values", UNREADABLE_ROWS.values(), ids=UNREADABLE_ROWS.keys())
 def test_a_job_with_an_instant_no_reader_can_hold_is_disabled_and_the_others_fire(
-        conn: psycopg.Connection, dsn: str, columns: str, values: str) -> None:
+    conn: psycopg.Connection, dsn: str, columns: str, values: str
+) -> None:
     conn.execute("INSERT INTO pgsched.jobs (name, task, cron) VALUES ('healthy', 'tick', '* * * * *')")
     conn.execute(f"INSERT INTO pgsched.jobs (name, task, {columns}) VALUES ('broken', 'tick', {values})")
     fire(dsn, T0)  # the healthy job gets its first fire time
@@ -85,8 +95,10 @@ def test_a_job_with_an_instant_no_reader_can_hold_is_disabled_and_the_others_fir
 
 def test_a_job_with_an_overlong_timezone_is_disabled_and_the_others_fire(conn: psycopg.Connection, dsn: str) -> None:
     conn.execute("INSERT INTO pgsched.jobs (name, task, cron) VALUES ('healthy', 'tick', '* * * * *')")
-    conn.execute("INSERT INTO pgsched.jobs (name, task, cron, tz) VALUES ('broken', 'tick', '* * * * *', %s)",
-                 ("Europe/" + "x" * 300,))
+    conn.execute(
+        "INSERT INTO pgsched.jobs (name, task, cron, tz) VALUES ('broken', 'tick', '* * * * *', %s)",
+        ("Europe/" + "x" * 300,),
+    )
     fire(dsn, T0)
     assert fire(dsn, T0 + timedelta(minutes=1)) == 1
     broken = job_row(conn, "broken")
@@ -100,18 +112,24 @@ def test_an_interval_below_one_second_is_refused(every_s: float) -> None:
 
 
 def test_an_sql_row_with_an_interval_below_the_floor_is_disabled_instead_of_flooding_the_queue(
-        conn: psycopg.Connection, dsn: str) -> None:
-    conn.execute("INSERT INTO pgsched.jobs (name, task, every_s, next_run_at) VALUES ('flood', 'tick', 1e-300, %s)",
-                 (T0,))
+    conn: psycopg.Connection, dsn: str
+) -> None:
+    conn.execute(
+        "INSERT INTO pgsched.jobs (name, task, every_s, next_run_at) VALUES ('flood', 'tick', 1e-300, %s)", (T0,)
+    )
     assert fire(dsn, T0 + timedelta(seconds=4)) == 0
     flood = job_row(conn, "flood")
     assert flood["enabled"] is False and "every must be a number of seconds >= 1" in flood["last_error"]
 
 
-@pytest.mark.parametrize("option", [["--every", "1e-300"], ["--cron", "* * * * *", "--tz", "Europe/" + "x" * 300]],
-                         ids=["every-1e-300", "tz-300-characters"])
+@pytest.mark.parametrize(
+    "option",
+    [["--every", "1e-300"], ["--cron", "* * * * *", "--tz", "Europe/" + "x" * 300]],
+    ids=["every-1e-300", "tz-300-characters"],
+)
 def test_cli_jobs_add_refuses_a_schedule_the_beat_cannot_fire_and_writes_nothing(
-        conn: psycopg.Connection, dsn: str, option: list[str]) -> None:
+    conn: psycopg.Connection, dsn: str, option: list[str]
+) -> None:
     result = pgsched_cli(dsn, "jobs", "add", "f", "--task", "noop", *option)
     assert result.returncode != 0
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
@@ -119,11 +137,13 @@ def test_cli_jobs_add_refuses_a_schedule_the_beat_cannot_fire_and_writes_nothing
 
 
 def test_a_leading_beat_fires_healthy_jobs_while_broken_rows_exist_and_never_steps_down(
-        conn: psycopg.Connection, dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    conn: psycopg.Connection, dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
     conn.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('healthy', 'tick', 1)")
     conn.execute("INSERT INTO pgsched.jobs (name, task, at) VALUES ('infinite', 'tick', 'infinity')")
-    conn.execute("INSERT INTO pgsched.jobs (name, task, cron, tz) VALUES ('long-tz', 'tick', '* * * * *', %s)",
-                 ("x" * 300,))
+    conn.execute(
+        "INSERT INTO pgsched.jobs (name, task, cron, tz) VALUES ('long-tz', 'tick', '* * * * *', %s)", ("x" * 300,)
+    )
 
     async def lead_until_two_runs() -> bool:
         beat = Beat(dsn, BeatOptions(lock_interval_s=0.1, max_sleep_s=0.2))
@@ -140,8 +160,7 @@ def test_a_leading_beat_fires_healthy_jobs_while_broken_rows_exist_and_never_ste
     assert "steps down" not in caplog.text
 
 
-def test_beat_status_shows_no_leader_once_the_recorded_one_holds_no_lock(
-        conn: psycopg.Connection, dsn: str) -> None:
+def test_beat_status_shows_no_leader_once_the_recorded_one_holds_no_lock(conn: psycopg.Connection, dsn: str) -> None:
     # A beat that died without resigning leaves its row behind; its lock went with its connection.
     conn.execute("INSERT INTO pgsched.beat_leader (host, pid, since, last_seen_at) VALUES ('gone', 1, now(), now())")
     result = pgsched_cli(dsn, "beat", "status")
@@ -153,7 +172,8 @@ def test_beat_status_shows_no_leader_once_the_recorded_one_holds_no_lock(
 
 
 def test_a_hosted_beat_that_fails_is_started_again_by_its_worker(
-        conn: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    conn: psycopg.Connection, dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     # Fault injection, not a mock: the first start of the hosted beat raises, the second is real.
     real_run, starts = Beat.run, []
 
@@ -167,8 +187,9 @@ def test_a_hosted_beat_that_fails_is_started_again_by_its_worker(
     conn.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('healthy', 'tick', 1)")
 
     async def host_until_a_run_fires() -> None:
-        worker = Worker(App(dsn), WorkerOptions(queues=["nothing-to-claim"]),
-                        beat=BeatOptions(lock_interval_s=0.1, max_sleep_s=0.2))
+        worker = Worker(
+            App(dsn), WorkerOptions(queues=["nothing-to-claim"]), beat=BeatOptions(lock_interval_s=0.1, max_sleep_s=0.2)
+        )
         running = asyncio.create_task(worker.run())
         try:
             await runs_made(conn, "healthy", 1)

@@ -16,8 +16,10 @@ def test_leader_status_is_none_while_no_beat_leads(conn: psycopg.Connection) -> 
 
 
 def test_leader_status_reports_the_leaders_row_while_it_holds_the_lock(conn: psycopg.Connection, dsn: str) -> None:
-    conn.execute("INSERT INTO pgsched.beat_leader (host, pid, since, last_seen_at)"
-                 " VALUES ('beat-host', 4242, now() - interval '1 hour', now())")
+    conn.execute(
+        "INSERT INTO pgsched.beat_leader (host, pid, since, last_seen_at)"
+        " VALUES ('beat-host', 4242, now() - interval '1 hour', now())"
+    )
     assert leader_status(conn) is None, "a row without the lock is a leader that is gone"
     with psycopg.connect(dsn, autocommit=True) as lock_holder:
         lock_holder.execute(queries["leader_try_lock"])

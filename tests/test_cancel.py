@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from pgsched import App, current_run
-from pgsched.runs import cancel_run
 from pgsched.errors import PgschedError, RunNotFound, RunStateConflict
+from pgsched.runs import cancel_run
 from pgsched.worker import Worker
 from tests.support.db import empty_tables
 from tests.support.inprocess import RunningWorker, run_async
@@ -117,14 +117,17 @@ def test_a_queued_run_is_cancelled_at_once_and_never_runs(app: App, dsn: str) ->
     run_id = app.enqueue("never", {}, delay=3600)
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert cancel_run(conn, run_id) == "cancelled"
-        assert conn.execute("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()[0] == "cancelled"
+        assert (
+            conn.execute("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()[0] == "cancelled"
+        )
     assert ran == []
 
 
 def test_cancelling_a_finished_or_missing_run_is_refused_naming_why(app: App, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        done = conn.execute("INSERT INTO pgsched.runs (task, status, finished_at) VALUES ('t', 'succeeded', now())"
-                            " RETURNING id").fetchone()[0]
+        done = conn.execute(
+            "INSERT INTO pgsched.runs (task, status, finished_at) VALUES ('t', 'succeeded', now()) RETURNING id"
+        ).fetchone()[0]
         with pytest.raises(RunStateConflict, match="it is succeeded; only queued or running runs can be cancelled"):
             cancel_run(conn, done)
         with pytest.raises(RunNotFound):
@@ -136,10 +139,17 @@ def test_cancelling_a_finished_or_missing_run_is_refused_naming_why(app: App, ds
 
 def test_cli_cancel_of_a_running_run_says_its_worker_was_asked(app: App, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        run_id = conn.execute("INSERT INTO pgsched.runs (task, status, attempt, worker_id, lease_expires_at)"
-                              " VALUES ('t', 'running', 1, 1, now() + interval '1 minute') RETURNING id").fetchone()[0]
-    result = subprocess.run([sys.executable, "-m", "pgsched.cli.main", "runs", "cancel", str(run_id)],
-                            env={**os.environ, "PGSCHED_DSN": dsn}, capture_output=True, text=True, timeout=60)
+        run_id = conn.execute(
+            "INSERT INTO pgsched.runs (task, status, attempt, worker_id, lease_expires_at)"
+            " VALUES ('t', 'running', 1, 1, now() + interval '1 minute') RETURNING id"
+        ).fetchone()[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", "runs", "cancel", str(run_id)],
+        env={**os.environ, "PGSCHED_DSN": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "asked to stop it" in result.stdout
 
@@ -150,7 +160,8 @@ def test_current_run_outside_a_task_says_so() -> None:
 
 
 def test_a_cancel_in_the_loop_turn_that_starts_the_run_frees_its_slot_and_ends_it_cancelled(
-        app: App, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    app: App, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The cancel NOTIFY can be handled after the claim created the run's asyncio task and
     # before that task's first step: the task is cancelled without ever running its code.
     ran = []

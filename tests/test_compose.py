@@ -89,17 +89,39 @@ def env_file(tmp_path: Path) -> Path:
     return path
 
 
-def run_config(compose: list[str], compose_file: Path, env_file: Path, *args: str, profiles: tuple[str, ...] = (),
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_config(
+    compose: list[str],
+    compose_file: Path,
+    env_file: Path,
+    *args: str,
+    profiles: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(AMBIENT_PREFIXES)}
     profile_args = [arg for profile in profiles for arg in ("--profile", profile)]
-    return subprocess.run([*compose, "-f", str(compose_file), "--env-file", str(env_file), "-p", "pgsched-test",
-                           *profile_args, "config", *args],
-                          capture_output=True, text=True, timeout=60, env=clean | (env or {}))
+    return subprocess.run(
+        [
+            *compose,
+            "-f",
+            str(compose_file),
+            "--env-file",
+            str(env_file),
+            "-p",
+            "pgsched-test",
+            *profile_args,
+            "config",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean | (env or {}),
+    )
 
 
-def resolved(compose: list[str], env_file: Path, *, profiles: tuple[str, ...] = (),
-             env: dict[str, str] | None = None) -> dict[str, Any]:
+def resolved(
+    compose: list[str], env_file: Path, *, profiles: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The project as Compose resolves compose.yaml: anchors merged, variables substituted."""
     result = run_config(compose, COMPOSE_FILE, env_file, "--format", "json", profiles=profiles, env=env)
     assert result.returncode == 0, result.stderr
@@ -116,14 +138,18 @@ BREAKAGES = {
     # an unknown key: Compose would otherwise ignore a typo such as `replica: 4`
     "unknown key": ("  worker:\n    <<: *pgsched\n", "  worker:\n    <<: *pgsched\n    replica: 4\n", "replica"),
     # a condition Compose does not know: the start order would silently not hold
-    "bad condition": ("condition: service_completed_successfully",
-                      "condition: service_finished", "depends_on.migrate.condition"),
+    "bad condition": (
+        "condition: service_completed_successfully",
+        "condition: service_finished",
+        "depends_on.migrate.condition",
+    ),
 }
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=list(BREAKAGES))
-def test_a_broken_copy_of_compose_yaml_is_refused(compose: list[str], env_file: Path, tmp_path: Path,
-                                                  breakage: str) -> None:
+def test_a_broken_copy_of_compose_yaml_is_refused(
+    compose: list[str], env_file: Path, tmp_path: Path, breakage: str
+) -> None:
     """The validator validates: the same copy passes unbroken, then fails naming what broke."""
     original, broken, named = BREAKAGES[breakage]
     text = COMPOSE_FILE.read_text()
@@ -155,7 +181,8 @@ def test_workers_can_be_scaled_no_fixed_name_or_host_port(compose: list[str], en
 
 
 def test_pgsched_services_start_after_postgres_is_healthy_and_migrate_has_succeeded(
-        compose: list[str], env_file: Path) -> None:
+    compose: list[str], env_file: Path
+) -> None:
     services = resolved(compose, env_file)["services"]
     assert services["migrate"]["command"] == ["pgsched", "migrate"]
     assert services["migrate"]["restart"] == "no"  # a one-shot: done is done
@@ -171,8 +198,9 @@ def test_pgsched_services_start_after_postgres_is_healthy_and_migrate_has_succee
 
 def test_every_pgsched_service_runs_one_image_with_the_same_dsn(compose: list[str], env_file: Path) -> None:
     services = resolved(compose, env_file)["services"]
-    images = {(services[name]["image"], json.dumps(services[name]["build"], sort_keys=True))
-              for name in PGSCHED_SERVICES}
+    images = {
+        (services[name]["image"], json.dumps(services[name]["build"], sort_keys=True)) for name in PGSCHED_SERVICES
+    }
     assert len(images) == 1, "migrate, api, worker and beat must share one image and one build"
     build = services["api"]["build"]
     assert build["dockerfile_inline"].startswith("FROM python:3.11-slim\n")
@@ -227,17 +255,20 @@ def test_the_redis_url_reaches_the_api_only_when_set(compose: list[str], env_fil
 
 
 def test_postgres_keeps_its_data_in_a_named_volume_and_is_probed_with_pg_isready(
-        compose: list[str], env_file: Path) -> None:
+    compose: list[str], env_file: Path
+) -> None:
     project = resolved(compose, env_file)
     postgres = project["services"]["postgres"]
     assert postgres["image"].startswith("postgres:")
     assert [(v["type"], v["source"], v["target"]) for v in postgres["volumes"]] == [
-        ("volume", "pgdata", "/var/lib/postgresql/data")]
+        ("volume", "pgdata", "/var/lib/postgresql/data")
+    ]
     assert "pgdata" in project["volumes"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
 
 
 # ---- the API's healthcheck probe, run against a real `pgsched api`
+
 
 def _api_probe(compose: list[str], env_file: Path, port: int) -> list[str]:
     """compose.yaml's probe for the api service, aimed at ``port`` and run by this interpreter."""
@@ -263,8 +294,9 @@ def api_server(empty_dsn: str, tmp_path: Path) -> Iterator[tuple[int, str]]:
         processes.cleanup()
 
 
-def test_the_api_probe_fails_until_the_schema_is_migrated(compose: list[str], env_file: Path,
-                                                          api_server: tuple[int, str]) -> None:
+def test_the_api_probe_fails_until_the_schema_is_migrated(
+    compose: list[str], env_file: Path, api_server: tuple[int, str]
+) -> None:
     port, dsn = api_server
     probe = _api_probe(compose, env_file, port)
     assert subprocess.run(probe, capture_output=True, timeout=30).returncode != 0  # 503: migration pending

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def pgsched(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def succeeded_runs(env: dict[str, str]) -> int:
@@ -48,8 +49,13 @@ def test_dev_runs_the_example_on_an_embedded_server_that_a_second_process_can_wa
     dev = processes.start("dev", env={"PGSCHED_HOME": str(home)})
     try:
         # A failing `stats` (AssertionError) or half an answer: the schema is not applied yet.
-        processes.wait_until(lambda: server_running(home) and succeeded_runs(env) >= 5, 60,
-                             "5 example runs to succeed", poll=0.3, ignoring=(AssertionError, json.JSONDecodeError))
+        processes.wait_until(
+            lambda: server_running(home) and succeeded_runs(env) >= 5,
+            60,
+            "5 example runs to succeed",
+            poll=0.3,
+            ignoring=(AssertionError, json.JSONDecodeError),
+        )
         dev.signal(signal.SIGTERM)
         returncode = dev.wait_exit(30)
         output = dev.log()
@@ -102,8 +108,13 @@ class OutputReader:
 
 def test_dev_serves_the_api_and_prints_an_admin_key_that_works(dsn: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PGSCHED_DSN"}
-    dev = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "dev", "--api-port", "0", "--dsn", dsn],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "pgsched.cli.main", "dev", "--api-port", "0", "--dsn", dsn],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = OutputReader(dev)
     try:
         match = output.wait_for(r"curl -s (http://127\.0\.0\.1:\d+)/queues -H 'Authorization: Bearer (pgs_\S+)'", 60)
@@ -127,7 +138,8 @@ def test_dev_serves_the_api_and_prints_an_admin_key_that_works(dsn: str) -> None
     with psycopg.connect(dsn) as conn:
         # The session's key is revoked when dev stops: admin keys never expire on their own.
         assert conn.execute("SELECT scope, name, revoked_at IS NOT NULL FROM pgsched.api_keys").fetchall() == [
-            ("admin", "pgsched dev", True)]
+            ("admin", "pgsched dev", True)
+        ]
 
 
 def test_dev_refuses_a_port_in_use_with_a_one_line_error(dsn: str) -> None:

@@ -36,9 +36,14 @@ def cli_command_names() -> list[str]:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("site")
     started = time.monotonic()
-    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stdout}\n{build.stderr}"
     print(f"docs built in {time.monotonic() - started:.1f} s")
     return out
@@ -47,8 +52,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_site_builds_strict_and_offline(site: Path) -> None:
     index = (site / "index.html").read_text(encoding="utf-8")
     assert "fonts.googleapis.com" not in index  # theme.font: false: the site fetches no fonts
-    for page in ("getting-started", "guides/tasks", "operations/pgbouncer", "guarantees", "architecture",
-                 "performance", "reference/cli", "reference/rest-api"):
+    for page in (
+        "getting-started",
+        "guides/tasks",
+        "operations/pgbouncer",
+        "guarantees",
+        "architecture",
+        "performance",
+        "reference/cli",
+        "reference/rest-api",
+    ):
         assert (site / page / "index.html").exists(), page
 
 

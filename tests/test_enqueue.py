@@ -83,12 +83,16 @@ def delivered(listening: psycopg.Connection, dsn: str) -> list[str]:
 
 
 def test_app_enqueue_inserts_a_queued_run_with_its_args_and_returns_its_id(app, conn):
-    run_id = app.enqueue("resize", {"path": "/tmp/a.png", "sizes": [1, 2]}, queue="images", priority=3,
-                         max_attempts=4)
+    run_id = app.enqueue("resize", {"path": "/tmp/a.png", "sizes": [1, 2]}, queue="images", priority=3, max_attempts=4)
     [row] = runs(conn)
     assert row["id"] == run_id
     assert (row["task"], row["args"], row["queue"], row["priority"], row["max_attempts"]) == (
-        "resize", {"path": "/tmp/a.png", "sizes": [1, 2]}, "images", 3, 4)
+        "resize",
+        {"path": "/tmp/a.png", "sizes": [1, 2]},
+        "images",
+        3,
+        4,
+    )
     assert (row["status"], row["attempt"], row["errors"], row["result"]) == ("queued", 0, [], None)
 
 
@@ -159,7 +163,13 @@ def test_enqueue_many_returns_ids_in_order_of_the_args(app, conn):
     for run_id, args in zip(ids, all_args):
         row = by_id[run_id]
         assert (row["task"], row["args"], row["queue"], row["priority"], row["max_attempts"], row["status"]) == (
-            "bulk", args, "batch", -7, 2, "queued")
+            "bulk",
+            args,
+            "batch",
+            -7,
+            2,
+            "queued",
+        )
 
 
 def test_enqueue_many_of_a_registered_task_uses_its_defaults(app, conn):
@@ -264,7 +274,9 @@ def test_second_enqueue_with_the_same_unique_key_returns_the_same_run(app, conn)
     assert first == second != other
     rows = runs(conn)
     assert [(row["id"], row["args"], row["unique_key"]) for row in rows] == [
-        (first, {"order": 1}, "order-1"), (other, {"order": 2}, "order-2")]
+        (first, {"order": 1}, "order-1"),
+        (other, {"order": 2}, "order-2"),
+    ]
 
 
 def test_unique_key_holds_across_sync_async_and_task_enqueue(app, conn):
@@ -272,8 +284,10 @@ def test_unique_key_holds_across_sync_async_and_task_enqueue(app, conn):
 
     async def main() -> tuple[int, int]:
         try:
-            return (await app.enqueue_async("send", {"to": "a"}, unique_key="welcome-a"),
-                    await app.tasks["send"].enqueue_async(to="a", unique_key="welcome-a"))
+            return (
+                await app.enqueue_async("send", {"to": "a"}, unique_key="welcome-a"),
+                await app.tasks["send"].enqueue_async(to="a", unique_key="welcome-a"),
+            )
         finally:
             await app.aclose()
 
@@ -286,8 +300,10 @@ def test_enqueue_unique_says_whether_it_created_the_run_sync_and_async(app, conn
 
     async def main() -> list[tuple[int, bool]]:
         try:
-            return [await app.enqueue_unique_async("charge", {"order": 1}, unique_key="order-1"),
-                    await app.enqueue_unique_async("charge", {"order": 2}, unique_key="order-2")]
+            return [
+                await app.enqueue_unique_async("charge", {"order": 1}, unique_key="order-1"),
+                await app.enqueue_unique_async("charge", {"order": 2}, unique_key="order-2"),
+            ]
         finally:
             await app.aclose()
 
@@ -351,8 +367,7 @@ def test_async_enqueue_honours_delay_and_run_at(app, conn):
 
     async def main() -> tuple[int, int]:
         try:
-            return (await app.enqueue_async("t", {}, delay=30),
-                    await app.enqueue_async("t", {}, run_at=at))
+            return (await app.enqueue_async("t", {}, delay=30), await app.enqueue_async("t", {}, run_at=at))
         finally:
             await app.aclose()
 
@@ -380,16 +395,29 @@ def test_sql_enqueue_with_every_named_argument_returns_the_new_run_id(conn):
     ).fetchone()[0]
     assert isinstance(run_id, int)
     row = run_row(conn, run_id)
-    assert (row["task"], row["args"], row["queue"], row["priority"], row["run_at"], row["max_attempts"],
-            row["unique_key"], row["status"], row["attempt"]) == (
-        "invoice", {"customer": 42}, "billing", -10, at, 9, "invoice-42", "queued", 0)
+    assert (
+        row["task"],
+        row["args"],
+        row["queue"],
+        row["priority"],
+        row["run_at"],
+        row["max_attempts"],
+        row["unique_key"],
+        row["status"],
+        row["attempt"],
+    ) == ("invoice", {"customer": 42}, "billing", -10, at, 9, "invoice-42", "queued", 0)
 
 
 def test_sql_enqueue_with_only_a_task_uses_the_defaults(conn):
     run_id = conn.execute("SELECT pgsched.enqueue('cleanup')").fetchone()[0]
     row = run_row(conn, run_id)
     assert (row["args"], row["queue"], row["priority"], row["max_attempts"], row["unique_key"]) == (
-        {}, "default", 0, 3, None)
+        {},
+        "default",
+        0,
+        3,
+        None,
+    )
     assert row["run_at"] == row["created_at"]
 
 
@@ -404,12 +432,23 @@ def test_sql_enqueue_wakes_the_queue_and_a_rollback_does_not(dsn, conn, listener
 
 
 def test_plain_insert_gets_every_default(conn):
-    run_id = conn.execute("INSERT INTO pgsched.runs (task, args) VALUES ('report', '{\"day\": 1}') RETURNING id"
-                          ).fetchone()[0]
+    run_id = conn.execute(
+        "INSERT INTO pgsched.runs (task, args) VALUES ('report', '{\"day\": 1}') RETURNING id"
+    ).fetchone()[0]
     row = run_row(conn, run_id)
-    assert (row["task"], row["args"], row["queue"], row["priority"], row["status"], row["attempt"],
-            row["max_attempts"], row["errors"], row["result"], row["unique_key"], row["worker_id"]) == (
-        "report", {"day": 1}, "default", 0, "queued", 0, 3, [], None, None, None)
+    assert (
+        row["task"],
+        row["args"],
+        row["queue"],
+        row["priority"],
+        row["status"],
+        row["attempt"],
+        row["max_attempts"],
+        row["errors"],
+        row["result"],
+        row["unique_key"],
+        row["worker_id"],
+    ) == ("report", {"day": 1}, "default", 0, "queued", 0, 3, [], None, None, None)
     assert row["run_at"] == row["created_at"]
 
 
@@ -430,7 +469,8 @@ def test_app_enqueue_notifies_the_runs_queue(app, dsn, listener):
 def test_multi_row_insert_into_two_queues_notifies_each_queue_once(dsn, conn, listener):
     conn.execute(
         "INSERT INTO pgsched.runs (task, queue) VALUES"
-        " ('t', 'alpha'), ('t', 'beta'), ('t', 'alpha'), ('t', 'beta'), ('t', 'alpha')")
+        " ('t', 'alpha'), ('t', 'beta'), ('t', 'alpha'), ('t', 'beta'), ('t', 'alpha')"
+    )
     assert sorted(delivered(listener, dsn)) == ["alpha", "beta"]
 
 
@@ -442,8 +482,9 @@ def test_copy_of_a_thousand_runs_notifies_once(app, dsn, conn, listener):
 
 
 def test_insert_select_of_many_rows_notifies_once(dsn, conn, listener):
-    conn.execute("INSERT INTO pgsched.runs (task, args) SELECT 't', jsonb_build_object('i', i)"
-                 " FROM generate_series(1, 500) AS i")
+    conn.execute(
+        "INSERT INTO pgsched.runs (task, args) SELECT 't', jsonb_build_object('i', i) FROM generate_series(1, 500) AS i"
+    )
     assert delivered(listener, dsn) == ["default"]
 
 
@@ -457,7 +498,8 @@ def test_the_wake_up_trigger_fires_once_per_statement_not_per_row(conn):
     # PostgreSQL folds identical notifications within one transaction, so the deliveries above
     # cannot tell a per-row trigger from a per-statement one; the catalog can.
     [(for_each_row,)] = conn.execute(
-        "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'runs_notify_queued'").fetchall()
+        "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'runs_notify_queued'"
+    ).fetchall()
     assert for_each_row is False
 
 
@@ -467,17 +509,49 @@ def test_the_wake_up_trigger_fires_once_per_statement_not_per_row(conn):
 def test_cli_enqueue_prints_the_new_run_id_and_inserts_the_run(dsn, conn, listener):
     env = {**os.environ, "PGSCHED_DSN": dsn}
     result = subprocess.run(
-        [sys.executable, "-m", "pgsched.cli.main", "enqueue", "send", "--args", '{"to": "a@b.c"}', "--queue", "mail",
-         "--priority", "-3", "--delay", "45", "--max-attempts", "2", "--unique-key", "cli-1"],
-        env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "pgsched.cli.main",
+            "enqueue",
+            "send",
+            "--args",
+            '{"to": "a@b.c"}',
+            "--queue",
+            "mail",
+            "--priority",
+            "-3",
+            "--delay",
+            "45",
+            "--max-attempts",
+            "2",
+            "--unique-key",
+            "cli-1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     run_id = int(result.stdout.strip())
     row = run_row(conn, run_id)
     assert (row["task"], row["args"], row["queue"], row["priority"], row["max_attempts"], row["unique_key"]) == (
-        "send", {"to": "a@b.c"}, "mail", -3, 2, "cli-1")
+        "send",
+        {"to": "a@b.c"},
+        "mail",
+        -3,
+        2,
+        "cli-1",
+    )
     assert row["run_at"] - row["created_at"] == timedelta(seconds=45)
     assert delivered(listener, dsn) == ["mail"]
-    again = subprocess.run([sys.executable, "-m", "pgsched.cli.main", "enqueue", "send", "--unique-key", "cli-1"],
-                           env=env, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", "enqueue", "send", "--unique-key", "cli-1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (again.returncode, again.stdout.strip()) == (0, str(run_id))
     assert len(runs(conn)) == 1

@@ -12,15 +12,29 @@ from pgsched.sql import queries
 
 
 def test_the_heartbeat_skips_a_run_row_another_transaction_holds_instead_of_waiting(
-        conn: psycopg.Connection, dsn: str) -> None:
-    worker_id = conn.execute(queries["worker_register"], {
-        "host": socket.gethostname(), "pid": 1, "queues": ["default"], "concurrency": 3}).fetchone()[0]  # type: ignore[index]
+    conn: psycopg.Connection, dsn: str
+) -> None:
+    worker_id = conn.execute(
+        queries["worker_register"], {"host": socket.gethostname(), "pid": 1, "queues": ["default"], "concurrency": 3}
+    ).fetchone()[0]  # type: ignore[index]
     app = App(dsn)
     for n in range(3):
         app.enqueue("tick", {"n": n})
-    claimed = sorted(row[0] for row in conn.execute(queries["run_claim"], {
-        "queues": ["default"], "limit": 3, "worker_id": worker_id, "lease_s": 30, "now": None,
-        "only_tasks": None, "skip_tasks": None}))
+    claimed = sorted(
+        row[0]
+        for row in conn.execute(
+            queries["run_claim"],
+            {
+                "queues": ["default"],
+                "limit": 3,
+                "worker_id": worker_id,
+                "lease_s": 30,
+                "now": None,
+                "only_tasks": None,
+                "skip_tasks": None,
+            },
+        )
+    )
     assert len(claimed) == 3
     # Another transaction holds one run's row, as a completion batch in flight does. A heartbeat
     # that waited for it could close a lock cycle with that batch; this one must not wait.

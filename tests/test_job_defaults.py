@@ -25,7 +25,10 @@ def _dataclass_defaults(cls: type) -> dict[str, object]:
 def test_job_create_defaults_are_job_spec_and_schedule_defaults() -> None:
     library = {**_dataclass_defaults(JobSpec), **_dataclass_defaults(Schedule)}
     library["every"] = library.pop("every_s")  # the wire name of the library's every_s
-    api = {f.name: f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
-           for f in msgspec.structs.fields(JobCreate) if f.required is False}
+    api = {
+        f.name: f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+        for f in msgspec.structs.fields(JobCreate)
+        if f.required is False
+    }
     assert api == {name: library[name] for name in api}
     assert set(api) == set(library), "an option the library has and the API lacks, or the reverse"

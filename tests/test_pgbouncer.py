@@ -50,10 +50,12 @@ from tests.support.workers import CREATE_EXECUTIONS
 POOL_SIZE = 2  # server connections per database: small, so clients' transactions share them
 UNPRIVILEGED_USER = "pgsched-pg"  # the user tests/pg_ctl_unprivileged runs PostgreSQL as
 # pg_locks rows of the beat leader's advisory lock (a bigint key: classid = high, objid = low 32 bits).
-BEAT_LOCK = ("l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
-             " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-             " AND l.classid::bigint = (hashtextextended('pgsched.beat', 0) >> 32) & 4294967295"
-             " AND l.objid::bigint = hashtextextended('pgsched.beat', 0) & 4294967295")
+BEAT_LOCK = (
+    "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    " AND l.classid::bigint = (hashtextextended('pgsched.beat', 0) >> 32) & 4294967295"
+    " AND l.objid::bigint = hashtextextended('pgsched.beat', 0) & 4294967295"
+)
 
 PGBOUNCER_INI = """\
 [databases]
@@ -106,8 +108,14 @@ class Bouncer:
     def server_ports(self) -> set[int]:
         """The local ports of PgBouncer's server connections (what PostgreSQL sees as client_port).
         The admin console speaks only the simple query protocol: a client-side-binding cursor."""
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="pgbouncer",
-                             autocommit=True, cursor_factory=psycopg.ClientCursor) as admin:
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            dbname="pgbouncer",
+            autocommit=True,
+            cursor_factory=psycopg.ClientCursor,
+        ) as admin:
             cursor = admin.execute("SHOW SERVERS")
             column = [c.name for c in cursor.description or ()].index("local_port")
             return {int(row[column]) for row in cursor.fetchall()}
@@ -121,8 +129,9 @@ def unprivileged(workdir: Path) -> list[str]:
     try:
         account = pwd.getpwnam(UNPRIVILEGED_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED_USER],
-                       check=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", UNPRIVILEGED_USER], check=True
+        )
         account = pwd.getpwnam(UNPRIVILEGED_USER)
     for path in (workdir, *workdir.iterdir()):
         os.chown(path, account.pw_uid, account.pw_gid)
@@ -132,14 +141,22 @@ def unprivileged(workdir: Path) -> list[str]:
 def start_pgbouncer(binary: str, pg_host: str, pg_port: int, user: str) -> Bouncer:
     workdir = Path(tempfile.mkdtemp(prefix="pgsched-pgbouncer-"))
     port = free_port()
-    (workdir / "pgbouncer.ini").write_text(PGBOUNCER_INI.format(
-        pg_host=pg_host, pg_port=pg_port, port=port, workdir=workdir, user=user, pool_size=POOL_SIZE))
+    (workdir / "pgbouncer.ini").write_text(
+        PGBOUNCER_INI.format(
+            pg_host=pg_host, pg_port=pg_port, port=port, workdir=workdir, user=user, pool_size=POOL_SIZE
+        )
+    )
     (workdir / "userlist.txt").write_text(f'"{user}" ""\n')
     (workdir / "pgbouncer.log").touch()
     prefix = unprivileged(workdir)
     with open(workdir / "pgbouncer.log", "wb") as log:
-        popen = subprocess.Popen([*prefix, binary, str(workdir / "pgbouncer.ini")], cwd="/",
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(
+            [*prefix, binary, str(workdir / "pgbouncer.ini")],
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     bouncer = Bouncer(popen, port, user, workdir)
 
     def answers() -> bool:
@@ -151,8 +168,15 @@ def start_pgbouncer(binary: str, pg_host: str, pg_port: int, user: str) -> Bounc
             raise AssertionError(f"pgbouncer exited with {popen.returncode}:\n{bouncer.log()}")
 
     try:
-        wait_until(answers, 15, "pgbouncer to answer", poll=0.05, check=running, diagnose=bouncer.log,
-                   ignoring=(psycopg.OperationalError,))
+        wait_until(
+            answers,
+            15,
+            "pgbouncer to answer",
+            poll=0.05,
+            check=running,
+            diagnose=bouncer.log,
+            ignoring=(psycopg.OperationalError,),
+        )
     except AssertionError:
         stop_pgbouncer(bouncer)
         raise
@@ -199,8 +223,9 @@ class Db:
         return self.scalar("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,))
 
     def count_runs(self, status: str | None = None) -> int:
-        return self.scalar("SELECT count(*) FROM pgsched.runs WHERE %(s)s::text IS NULL OR status::text = %(s)s",
-                           {"s": status})
+        return self.scalar(
+            "SELECT count(*) FROM pgsched.runs WHERE %(s)s::text IS NULL OR status::text = %(s)s", {"s": status}
+        )
 
     def direct_sessions(self) -> list[str]:
         """The last query of every other session of this database that did not come through
@@ -208,7 +233,8 @@ class Db:
         cannot be mistaken for a direct one."""
         sessions = self.conn.execute(
             "SELECT client_port, query FROM pg_stat_activity WHERE datname = current_database()"
-            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchall()
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchall()
         through_pgbouncer = self.bouncer.server_ports()
         return sorted(query for port, query in sessions if port not in through_pgbouncer)
 
@@ -242,16 +268,23 @@ def processes(db: Db, tmp_path: Path) -> Iterator[PooledProcesses]:
 
 
 def registered_worker(db: Db, processes: PooledProcesses, worker: Process) -> int:
-    return processes.wait_until(lambda: db.scalar("SELECT id FROM pgsched.workers WHERE pid = %s", (worker.pid,)),
-                                20, f"worker pid {worker.pid} to register")
+    return processes.wait_until(
+        lambda: db.scalar("SELECT id FROM pgsched.workers WHERE pid = %s", (worker.pid,)),
+        20,
+        f"worker pid {worker.pid} to register",
+    )
 
 
 def start_latency(db: Db, processes: PooledProcesses, key: str) -> float:
     """Seconds from a plain SQL insert's commit (at most) to its task starting."""
-    inserted_at = db.scalar("INSERT INTO pgsched.runs (task, args) VALUES ('record', jsonb_build_object('key', %s::text))"
-                            " RETURNING clock_timestamp()", (key,))
-    executed_at = processes.wait_until(lambda: db.scalar("SELECT at FROM executions WHERE key = %s", (key,)),
-                                       10, f"run {key} to execute")
+    inserted_at = db.scalar(
+        "INSERT INTO pgsched.runs (task, args) VALUES ('record', jsonb_build_object('key', %s::text))"
+        " RETURNING clock_timestamp()",
+        (key,),
+    )
+    executed_at = processes.wait_until(
+        lambda: db.scalar("SELECT at FROM executions WHERE key = %s", (key,)), 10, f"run {key} to execute"
+    )
     return float((executed_at - inserted_at).total_seconds())
 
 
@@ -281,7 +314,8 @@ def test_this_pgbouncer_breaks_psycopgs_automatic_prepared_statements(db: Db) ->
 
 
 def test_enqueue_async_enqueue_and_copy_enqueue_many_work_through_pgbouncer(
-        db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PGSCHED_DSN", db.pooled)
     monkeypatch.setenv("PGSCHED_PGBOUNCER", "1")
     app = App()  # everything from the environment, as a deployed app would
@@ -292,13 +326,17 @@ def test_enqueue_async_enqueue_and_copy_enqueue_many_work_through_pgbouncer(
         # transactions PgBouncer interleaves on its two server connections.
         with ThreadPoolExecutor(max_workers=4) as threads:
             singles = list(threads.map(lambda i: app.enqueue("record", {"key": f"single-{i}"}), range(40)))
-            bulks = list(threads.map(
-                lambda b: app.enqueue_many("record", [{"key": f"bulk-{b}-{i}"} for i in range(500)]), range(4)))
+            bulks = list(
+                threads.map(
+                    lambda b: app.enqueue_many("record", [{"key": f"bulk-{b}-{i}"} for i in range(500)]), range(4)
+                )
+            )
 
         async def enqueue_concurrently() -> list[int]:
             try:
-                return list(await asyncio.gather(*(app.enqueue_async("record", {"key": f"async-{i}"})
-                                                   for i in range(40))))
+                return list(
+                    await asyncio.gather(*(app.enqueue_async("record", {"key": f"async-{i}"}) for i in range(40)))
+                )
             finally:
                 await app.aclose()
 
@@ -326,8 +364,9 @@ def test_enqueue_many_in_the_callers_transaction_through_pgbouncer_commits_or_ro
 def test_cli_commands_work_through_pgbouncer(db: Db) -> None:
     runner = CliRunner()
     for i in range(3):
-        result = runner.invoke(cli, ["enqueue", "record", "--args", json.dumps({"key": f"cli-{i}"}),
-                                     "--dsn", db.pooled])
+        result = runner.invoke(
+            cli, ["enqueue", "record", "--args", json.dumps({"key": f"cli-{i}"}), "--dsn", db.pooled]
+        )
         assert result.exit_code == 0, result.output
     listed = runner.invoke(cli, ["runs", "list", "--json", "--dsn", db.pooled])
     assert listed.exit_code == 0, listed.output
@@ -341,11 +380,14 @@ def test_the_api_creates_and_reads_runs_through_pgbouncer(db: Db) -> None:
     key, _ = api_keys.create_key(db.conn, "write", name="pgbouncer")
     headers = {"Authorization": f"Bearer {key}"}
     with TestClient(create_app(ApiSettings(dsn=db.pooled, key_cache_s=0.0))) as client:
-        created = [client.post("/runs", json={"task": "record", "args": {"key": f"api-{i}"}}, headers=headers)
-                   for i in range(12)]
+        created = [
+            client.post("/runs", json={"task": "record", "args": {"key": f"api-{i}"}}, headers=headers)
+            for i in range(12)
+        ]
         assert [r.status_code for r in created] == [201] * 12, created[0].text
-        batch = client.post("/runs/batch", json={"task": "record", "args": [{"key": f"batch-{i}"} for i in range(300)]},
-                            headers=headers)
+        batch = client.post(
+            "/runs/batch", json={"task": "record", "args": [{"key": f"batch-{i}"} for i in range(300)]}, headers=headers
+        )
         assert batch.status_code == 201, batch.text
         assert len(batch.json()["ids"]) == 300
         for response in created:
@@ -362,10 +404,12 @@ def test_the_api_creates_and_reads_runs_through_pgbouncer(db: Db) -> None:
 
 @pytest.mark.slow
 def test_worker_through_pgbouncer_with_a_direct_dsn_drains_runs_and_wakes_on_notify(
-        db: Db, processes: PooledProcesses) -> None:
+    db: Db, processes: PooledProcesses
+) -> None:
     # A poll every 30 s: runs that start within a second were woken by a notification.
-    worker = processes.worker("--poll-interval", "30", "--concurrency", "8",
-                              env={"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct})
+    worker = processes.worker(
+        "--poll-interval", "30", "--concurrency", "8", env={"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct}
+    )
     registered_worker(db, processes, worker)
     app = App(db.pooled, pgbouncer=True)
     try:
@@ -390,8 +434,9 @@ def test_worker_through_pgbouncer_with_a_direct_dsn_drains_runs_and_wakes_on_not
 @pytest.mark.slow
 def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: Db, processes: PooledProcesses) -> None:
     # --poll-interval 30 is capped by the fallback poll interval (default 0.5 s) without LISTEN.
-    worker = processes.worker("--poll-interval", "30", "--concurrency", "8",
-                              env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"})
+    worker = processes.worker(
+        "--poll-interval", "30", "--concurrency", "8", env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"}
+    )
     registered_worker(db, processes, worker)
     app = App(db.pooled, pgbouncer=True)
     try:
@@ -411,14 +456,17 @@ def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: 
 
 @pytest.mark.slow
 def test_cancelling_a_running_run_reaches_a_worker_without_listen_through_its_heartbeat(
-        db: Db, processes: PooledProcesses) -> None:
+    db: Db, processes: PooledProcesses
+) -> None:
     # A 1.5 s lease: the heartbeat, which also reads cancel requests, runs every 0.5 s.
     worker = processes.worker("--lease", "1.5", env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"})
     registered_worker(db, processes, worker)
-    run_id = db.scalar("INSERT INTO pgsched.runs (task, args) VALUES ('slow', '{\"key\": \"long\", \"seconds\": 60}')"
-                       " RETURNING id")
-    processes.wait_until(lambda: db.scalar("SELECT count(*) FROM executions WHERE key = 'long'"), 10,
-                         "the long run to start")
+    run_id = db.scalar(
+        'INSERT INTO pgsched.runs (task, args) VALUES (\'slow\', \'{"key": "long", "seconds": 60}\') RETURNING id'
+    )
+    processes.wait_until(
+        lambda: db.scalar("SELECT count(*) FROM executions WHERE key = 'long'"), 10, "the long run to start"
+    )
 
     asked = time.monotonic()
     assert db.scalar("SELECT pgsched.cancel(%s)", (run_id,)) == "running"
@@ -438,16 +486,23 @@ def test_beat_through_pgbouncer_leads_on_the_direct_dsn_and_fires_a_job(db: Db, 
         app.schedule("tick", task="record", every=1, args={"key": "tick"})
     finally:
         app.close()
-    beat = processes.start("beat", "--lock-interval", "0.2",
-                           env={"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct})
-    processes.wait_until(lambda: db.scalar("SELECT pid FROM pgsched.beat_status") == beat.pid, 20,
-                         "the beat to lead")
-    processes.wait_until(lambda: db.scalar("SELECT count(*) FROM pgsched.runs WHERE job_id IS NOT NULL") >= 2, 10,
-                         "the job to fire twice")
+    beat = processes.start(
+        "beat", "--lock-interval", "0.2", env={"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct}
+    )
+    processes.wait_until(lambda: db.scalar("SELECT pid FROM pgsched.beat_status") == beat.pid, 20, "the beat to lead")
+    processes.wait_until(
+        lambda: db.scalar("SELECT count(*) FROM pgsched.runs WHERE job_id IS NOT NULL") >= 2,
+        10,
+        "the job to fire twice",
+    )
     # The leader's lock is held by a direct session (with the LISTEN beside it), not by a
     # server connection PgBouncer would hand to other clients.
-    holders = [port for (port,) in db.conn.execute(
-        f"SELECT a.client_port FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid) WHERE {BEAT_LOCK}")]
+    holders = [
+        port
+        for (port,) in db.conn.execute(
+            f"SELECT a.client_port FROM pg_locks AS l JOIN pg_stat_activity AS a USING (pid) WHERE {BEAT_LOCK}"
+        )
+    ]
     assert len(holders) == 1
     assert holders[0] not in db.bouncer.server_ports()
     assert len(db.direct_sessions()) == 2  # the lock connection and the LISTEN
@@ -459,10 +514,12 @@ def test_beat_through_pgbouncer_leads_on_the_direct_dsn_and_fires_a_job(db: Db, 
     assert db.scalar("SELECT count(*) FROM pgsched.beat_status") == 0  # it resigned
 
 
-@pytest.mark.parametrize("command", [["beat"], ["worker", "--app", "tests.pgbouncer_app:app", "--beat"]],
-                         ids=["beat", "worker --beat"])
-def test_beat_without_a_direct_dsn_refuses_to_start_through_pgbouncer(db: Db, processes: PooledProcesses,
-                                                                      command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command", [["beat"], ["worker", "--app", "tests.pgbouncer_app:app", "--beat"]], ids=["beat", "worker --beat"]
+)
+def test_beat_without_a_direct_dsn_refuses_to_start_through_pgbouncer(
+    db: Db, processes: PooledProcesses, command: list[str]
+) -> None:
     refused = processes.start(*command, env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"})
     assert refused.wait_exit(30) == 1
     lines = refused.log().strip().splitlines()
@@ -494,4 +551,4 @@ def test_a_direct_dsn_implies_the_dsn_is_pooled_unless_said_otherwise(monkeypatc
 def test_a_pgbouncer_setting_that_is_not_a_boolean_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PGSCHED_PGBOUNCER", "maybe")
     with pytest.raises(ConfigError, match=r"PGSCHED_PGBOUNCER must be 1 or 0 .* got 'maybe'"):
-        App("dbname=x").pgbouncer
+        _ = App("dbname=x").pgbouncer

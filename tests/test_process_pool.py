@@ -24,8 +24,8 @@ import pytest
 
 from pgsched import App
 from pgsched.errors import AppLoadError, Cancel, ConfigError, InvalidInput, Retry
-from pgsched.run_types import ClaimedRun
 from pgsched.process_pool import ChildFailed, ProcessPool
+from pgsched.run_types import ClaimedRun
 from pgsched.worker import Worker, WorkerOptions
 from tests.support.db import scalar
 from tests.support.inprocess import finish
@@ -73,6 +73,7 @@ def children_of(pid: int) -> list[int]:
 
 def pool_children(pid: int) -> list[int]:
     """The live process-pool children of ``pid`` (not multiprocessing's resource tracker)."""
+
     def is_pool_child(child: int) -> bool:
         try:
             return SPAWN_MARK in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
@@ -109,7 +110,9 @@ def test_an_async_task_cannot_ask_for_the_process_pool() -> None:
 
     async def crawl() -> None: ...
 
-    with pytest.raises(InvalidInput, match="'crawl' is async: it runs in the worker's event loop.*make it a plain def"):
+    with pytest.raises(
+        InvalidInput, match=r"'crawl' is async: it runs in the worker's event loop.*make it a plain def"
+    ):
         app.task(pool="process")(crawl)
     assert app.tasks == {}
 
@@ -121,13 +124,21 @@ def test_worker_options_refuse_a_bad_pool_or_process_count() -> None:
         WorkerOptions(processes=0)
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    (["--pool", "fork"], "error: pool must be 'thread' or 'process', got 'fork'"),
-    (["--processes", "0"], "error: processes must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--pool", "fork"], "error: pool must be 'thread' or 'process', got 'fork'"),
+        (["--processes", "0"], "error: processes must be at least 1"),
+    ],
+)
 def test_cli_worker_refuses_a_bad_pool_option_in_one_line(option: list[str], message: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "pgsched.cli.main", "worker", *option], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", "worker", *option],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == message
     assert "Traceback" not in result.stdout + result.stderr
@@ -139,7 +150,7 @@ def test_a_worker_whose_app_has_no_module_path_says_how_to_give_one() -> None:
     @app.task(pool="process")
     def resize(path: str) -> None: ...
 
-    with pytest.raises(ConfigError, match="resize run in child processes.*--app module:attribute"):
+    with pytest.raises(ConfigError, match=r"resize run in child processes.*--app module:attribute"):
         Worker(app, WorkerOptions())
     # With no process-pool task there is no pool, and nothing to import.
     assert Worker(App(dsn="postgresql://unused"), WorkerOptions(pool="process")) is not None
@@ -250,6 +261,7 @@ def test_cancelling_a_call_kills_its_child() -> None:
         try:
             victim = (await report(pool))["pid"]
             call = asyncio.create_task(pool.call(*claimed("sleep", 30), None))
+
             async def taken() -> bool:  # the call takes the only child
                 return pool._idle.empty()
 
@@ -271,8 +283,11 @@ def test_the_pool_refuses_to_start_when_its_children_cannot_import_the_app() -> 
         await ProcessPool("tests.no_such_module:app", 2, frozenset({"t"})).start()
 
     before = set(children_of(os.getpid()))
-    with pytest.raises(AppLoadError, match="could not import the app 'tests.no_such_module:app': "
-                                           "AppLoadError: cannot import 'tests.no_such_module'"):
+    with pytest.raises(
+        AppLoadError,
+        match=r"could not import the app 'tests.no_such_module:app': "
+        r"AppLoadError: cannot import 'tests.no_such_module'",
+    ):
         asyncio.run(main())
     assert not set(pool_children(os.getpid())) - before
 
@@ -310,7 +325,8 @@ def test_a_thread_pool_task_raising_its_own_timeout_error_fails_with_that_error(
 
 @pytest.mark.slow
 def test_a_process_pool_task_runs_in_a_child_of_the_worker_and_its_result_is_stored(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--processes", "2")
     run_id = insert_run(conn, "in_child", {"key": "child"})
     workers.wait_until(lambda: status_of(conn, run_id) == "succeeded", 20, "the process-pool run to succeed")
@@ -325,17 +341,20 @@ def test_a_process_pool_task_runs_in_a_child_of_the_worker_and_its_result_is_sto
 
 @pytest.mark.slow
 def test_a_process_pool_task_past_its_timeout_is_killed_retried_then_failed(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--processes", "1")
     run_id = insert_run(conn, "overrun_in_child", {"key": "over", "seconds": 30}, max_attempts=2)
 
     killed_after = []
     for attempt in (1, 2):
-        started = workers.wait_until(lambda: at_least(events(conn, "over"), attempt), 20, f"attempt {attempt} to start")
+        started = workers.wait_until(
+            lambda attempt=attempt: at_least(events(conn, "over"), attempt), 20, f"attempt {attempt} to start"
+        )
         seen_at = time.monotonic()
         pid = started[attempt - 1][1]
         # The worker kills at 1 s and reaps at once: not even a zombie is left.
-        workers.wait_until(lambda: not exists(pid), 5, f"the process of attempt {attempt} to be gone")
+        workers.wait_until(lambda pid=pid: not exists(pid), 5, f"the process of attempt {attempt} to be gone")
         killed_after.append(time.monotonic() - seen_at)
     workers.wait_until(lambda: status_of(conn, run_id) == "failed", 10, "the run to fail")
 
@@ -353,7 +372,8 @@ def test_a_process_pool_task_past_its_timeout_is_killed_retried_then_failed(
 
 @pytest.mark.slow
 def test_cancelling_a_running_process_pool_task_kills_its_process_and_the_run_ends_cancelled(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--processes", "1")
     run_id = insert_run(conn, "block_in_child", {"key": "cancel-me", "seconds": 60})
     pid = workers.wait_until(lambda: events(conn, "cancel-me"), 20, "the run to start")[0][1]
@@ -374,13 +394,16 @@ def test_cancelling_a_running_process_pool_task_kills_its_process_and_the_run_en
 
 @pytest.mark.slow
 def test_a_child_that_exits_by_itself_fails_its_run_and_the_worker_carries_on(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--processes", "1")
     run_id = insert_run(conn, "exit_in_child", {"key": "exit", "code": 3}, max_attempts=1)
     workers.wait_until(lambda: status_of(conn, run_id) == "failed", 20, "the run to fail")
 
     row = run_row(conn, run_id)
-    assert [(e["type"], e["message"]) for e in row["errors"]] == [("ProcessDied", "the task's process exited with code 3")]
+    assert [(e["type"], e["message"]) for e in row["errors"]] == [
+        ("ProcessDied", "the task's process exited with code 3")
+    ]
     dead = events(conn, "exit")[0][1]
     next_run = insert_run(conn, "in_child", {"key": "next"})
     workers.wait_until(lambda: status_of(conn, next_run) == "succeeded", 20, "the next run to succeed")
@@ -391,12 +414,14 @@ def test_a_child_that_exits_by_itself_fails_its_run_and_the_worker_carries_on(
 
 @pytest.mark.slow
 def test_pool_process_sends_every_sync_task_of_the_worker_to_a_child(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--pool", "process", "--processes", "1")
     sync_run = insert_run(conn, "record_sync", {"key": "sync"})  # no pool= of its own
     async_run = insert_run(conn, "record", {"key": "async"})
-    workers.wait_until(lambda: {status_of(conn, sync_run), status_of(conn, async_run)} == {"succeeded"}, 20,
-                       "both runs to succeed")
+    workers.wait_until(
+        lambda: {status_of(conn, sync_run), status_of(conn, async_run)} == {"succeeded"}, 20, "both runs to succeed"
+    )
 
     sync_pid = events(conn, "sync")[0][1]
     assert sync_pid != worker.pid and sync_pid in pool_children(worker.pid)
@@ -405,7 +430,8 @@ def test_pool_process_sends_every_sync_task_of_the_worker_to_a_child(
 
 @pytest.mark.slow
 def test_the_worker_claims_no_more_process_pool_runs_than_it_has_processes(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     workers.start("--processes", "1", "--concurrency", "10")
     ids = [insert_run(conn, "block_in_child", {"key": f"one-at-a-time-{i}", "seconds": 0.5}) for i in range(3)]
     most_held = 0
@@ -414,8 +440,9 @@ def test_the_worker_claims_no_more_process_pool_runs_than_it_has_processes(
         # A run whose task has ended stays 'running' until the completer writes its outcome,
         # and by then the freed child may hold the next run: count only runs still executing
         # or waiting for a child (the task records its end before the child is free again).
-        keys = [key for (key,) in conn.execute(
-            "SELECT args->>'key' FROM pgsched.runs WHERE status = 'running'").fetchall()]
+        keys = [
+            key for (key,) in conn.execute("SELECT args->>'key' FROM pgsched.runs WHERE status = 'running'").fetchall()
+        ]
         return sum(1 for key in keys if "end" not in [event for event, _ in events(conn, key)])
 
     def all_done() -> bool:
@@ -429,7 +456,8 @@ def test_the_worker_claims_no_more_process_pool_runs_than_it_has_processes(
 
 @pytest.mark.slow
 def test_sigterm_lets_children_finish_within_the_grace_then_kills_the_rest_leaving_no_process(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     grace = 2.0
     worker = workers.start("--processes", "2", "--grace", str(grace))
     short = insert_run(conn, "block_in_child", {"key": "short", "seconds": 1.0})
@@ -452,8 +480,7 @@ def test_sigterm_lets_children_finish_within_the_grace_then_kills_the_rest_leavi
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_worker_leaves_no_child_process_behind(workers: Workers,
-                                                              conn: psycopg.Connection[Any]) -> None:
+def test_sigkill_of_the_worker_leaves_no_child_process_behind(workers: Workers, conn: psycopg.Connection[Any]) -> None:
     worker = workers.start("--processes", "2")
     insert_run(conn, "block_in_child", {"key": "orphan?", "seconds": 60})
     busy = workers.wait_until(lambda: events(conn, "orphan?"), 20, "the run to start")[0][1]
@@ -462,12 +489,16 @@ def test_sigkill_of_the_worker_leaves_no_child_process_behind(workers: Workers,
 
     worker.popen.kill()
     assert worker.popen.wait(timeout=10) == -signal.SIGKILL
-    wait_until(lambda: not any(running(pid) for pid in family), 5,
-             f"the processes {family} of the killed worker to die with it")
+    wait_until(
+        lambda: not any(running(pid) for pid in family),
+        5,
+        f"the processes {family} of the killed worker to die with it",
+    )
 
 
 def test_a_busy_process_pool_does_not_hold_back_the_workers_other_tasks(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     # One child, busy for seconds: async runs queued behind it still run at once (only the
     # process-pool tasks' claims are capped by the free children).
     workers.start("--processes", "1", "--concurrency", "10")

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 # ---- 1. exclusivity
 
 
-def test_four_workers_drain_5000_runs_each_executed_exactly_once(workers: Workers, dsn: str,
-                                                                conn: psycopg.Connection[Any]) -> None:
+def test_four_workers_drain_5000_runs_each_executed_exactly_once(
+    workers: Workers, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
     pool = [workers.start("--concurrency", "20", "--lease", "30") for _ in range(4)]
     pid_of = {w.worker_id: w.pid for w in pool}
 
@@ -42,18 +43,27 @@ def test_four_workers_drain_5000_runs_each_executed_exactly_once(workers: Worker
 
     workers.wait_until(
         lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status = 'succeeded'") == 5000,
-        60, "5,000 runs to succeed")
+        60,
+        "5,000 runs to succeed",
+    )
 
-    assert conn.execute("SELECT status::text, attempt, count(*) FROM pgsched.runs GROUP BY 1, 2").fetchall() \
-        == [("succeeded", 1, 5000)]
+    assert conn.execute("SELECT status::text, attempt, count(*) FROM pgsched.runs GROUP BY 1, 2").fetchall() == [
+        ("succeeded", 1, 5000)
+    ]
     # Exactly once: one execution per key, 5,000 keys, none missing or extra.
     assert scalar(conn, "SELECT count(*) FROM executions") == 5000
     assert scalar(conn, "SELECT count(DISTINCT key) FROM executions") == 5000
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs r LEFT JOIN executions e ON e.key = r.args->>'key'"
-                        " WHERE e.key IS NULL") == 0
+    assert (
+        scalar(
+            conn,
+            "SELECT count(*) FROM pgsched.runs r LEFT JOIN executions e ON e.key = r.args->>'key' WHERE e.key IS NULL",
+        )
+        == 0
+    )
     # Each run was executed by the very process whose worker_id its row holds.
-    rows = conn.execute("SELECT r.worker_id, e.pid FROM pgsched.runs r JOIN executions e ON e.key = r.args->>'key'"
-                        ).fetchall()
+    rows = conn.execute(
+        "SELECT r.worker_id, e.pid FROM pgsched.runs r JOIN executions e ON e.key = r.args->>'key'"
+    ).fetchall()
     mismatched = [(worker_id, pid) for worker_id, pid in rows if pid_of.get(worker_id) != pid]
     assert mismatched == []
     per_worker = dict(conn.execute("SELECT worker_id, count(*) FROM pgsched.runs GROUP BY 1").fetchall())
@@ -69,8 +79,9 @@ def test_four_workers_drain_5000_runs_each_executed_exactly_once(workers: Worker
 # ---- 2. wake-up
 
 
-def test_idle_worker_starts_a_run_inserted_by_plain_sql_within_a_second(workers: Workers,
-                                                                       conn: psycopg.Connection[Any]) -> None:
+def test_idle_worker_starts_a_run_inserted_by_plain_sql_within_a_second(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--poll-interval", "30")
     # Settle: a first run completes, so the worker is past its start-up and idle on its poll wait.
     first = insert_run(conn, "record", {"key": "warm-up"})
@@ -81,12 +92,16 @@ def test_idle_worker_starts_a_run_inserted_by_plain_sql_within_a_second(workers:
         # clock_timestamp() is read just before the commit, so the measured latency can only be longer.
         run_id, inserted_at = conn.execute(
             "INSERT INTO pgsched.runs (task, args) VALUES ('record', jsonb_build_object('key', %s::text))"
-            " RETURNING id, clock_timestamp()", (f"wake-{i}",)).fetchone()
+            " RETURNING id, clock_timestamp()",
+            (f"wake-{i}",),
+        ).fetchone()
         executed_at = workers.wait_until(
-            lambda: scalar(conn, "SELECT at FROM executions WHERE key = %s", (f"wake-{i}",)),
-            10, f"run wake-{i} to execute (poll interval is 30s: only a notification wakes the worker this fast)")
+            lambda i=i: scalar(conn, "SELECT at FROM executions WHERE key = %s", (f"wake-{i}",)),
+            10,
+            f"run wake-{i} to execute (poll interval is 30s: only a notification wakes the worker this fast)",
+        )
         latencies.append((executed_at - inserted_at).total_seconds())
-        workers.wait_until(lambda: status_of(conn, run_id) == "succeeded", 10, f"run wake-{i} to succeed")
+        workers.wait_until(lambda run_id=run_id: status_of(conn, run_id) == "succeeded", 10, f"run wake-{i} to succeed")
     assert max(latencies) < 1.0, f"start latencies after insert: {latencies}"
     assert registered(conn, worker)
 
@@ -94,8 +109,9 @@ def test_idle_worker_starts_a_run_inserted_by_plain_sql_within_a_second(workers:
 # ---- 3. SIGKILL mid-run: the lease sweep of another worker rescues the run
 
 
-def test_sigkilled_workers_run_is_rescued_by_another_workers_lease_sweep(workers: Workers,
-                                                                        conn: psycopg.Connection[Any]) -> None:
+def test_sigkilled_workers_run_is_rescued_by_another_workers_lease_sweep(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     pair = [workers.start("--lease", "2", "--concurrency", "4") for _ in range(2)]
     run_id = insert_run(conn, "slow", {"key": "k", "seconds": 2.0})
 
@@ -107,26 +123,28 @@ def test_sigkilled_workers_run_is_rescued_by_another_workers_lease_sweep(workers
     victim.popen.kill()
     assert victim.popen.wait(timeout=10) == -signal.SIGKILL
 
-    workers.wait_until(lambda: status_of(conn, run_id) == "succeeded", 20, "the rescued run to succeed",
-                       alive=[survivor])
+    workers.wait_until(
+        lambda: status_of(conn, run_id) == "succeeded", 20, "the rescued run to succeed", alive=[survivor]
+    )
     row = run_row(conn, run_id)
     assert row["attempt"] == 2
     assert row["worker_id"] == survivor.worker_id
-    assert [(e["type"], e["attempt"], e["worker_id"]) for e in row["errors"]] == \
-        [("LeaseExpired", 1, victim.worker_id)]
+    assert [(e["type"], e["attempt"], e["worker_id"]) for e in row["errors"]] == [("LeaseExpired", 1, victim.worker_id)]
     assert events(conn, "k") == [("start", victim.pid), ("start", survivor.pid), ("end", survivor.pid)]
 
     # The dead worker stops heartbeating: the sweep forgets it (stale after 4 leases); the survivor stays.
-    workers.wait_until(lambda: not registered(conn, victim), 20, "the killed worker's row to be removed",
-                       alive=[survivor])
+    workers.wait_until(
+        lambda: not registered(conn, victim), 20, "the killed worker's row to be removed", alive=[survivor]
+    )
     assert registered(conn, survivor)
 
 
 # ---- 4. SIGTERM: graceful stop
 
 
-def test_sigterm_finishes_the_running_run_stops_claiming_and_exits_0(workers: Workers,
-                                                                    conn: psycopg.Connection[Any]) -> None:
+def test_sigterm_finishes_the_running_run_stops_claiming_and_exits_0(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--concurrency", "1", "--grace", "10")
     running = insert_run(conn, "slow", {"key": "in-flight", "seconds": 1.5})
     workers.wait_until(lambda: events(conn, "in-flight"), 10, "the slow run to start")
@@ -149,7 +167,8 @@ def test_sigterm_finishes_the_running_run_stops_claiming_and_exits_0(workers: Wo
 
 
 def test_sigterm_releases_a_run_longer_than_the_grace_without_using_an_attempt(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     grace = 1.0
     worker = workers.start("--grace", str(grace))
     run_id = insert_run(conn, "slow", {"key": "long", "seconds": 60})
@@ -175,8 +194,9 @@ def test_second_sigterm_during_the_grace_releases_at_once(workers: Workers, conn
     workers.wait_until(lambda: events(conn, "async"), 10, "the long run to start")
 
     worker.signal(signal.SIGTERM)
-    workers.wait_until(lambda: "stopping: waiting up to 60s" in worker.log(), 10,
-                       "the worker to start its grace period")
+    workers.wait_until(
+        lambda: "stopping: waiting up to 60s" in worker.log(), 10, "the worker to start its grace period"
+    )
     assert worker.popen.poll() is None
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)
@@ -190,7 +210,8 @@ def test_second_sigterm_during_the_grace_releases_at_once(workers: Workers, conn
 
 
 def test_sigterm_during_a_sync_run_longer_than_the_grace_releases_it_and_exits_0(
-        workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     """A thread cannot be cancelled: the worker releases the run and leaves without waiting for it."""
     worker = workers.start("--grace", "0.5")
     run_id = insert_run(conn, "block_sync", {"key": "thread", "seconds": 60})
@@ -206,8 +227,9 @@ def test_sigterm_during_a_sync_run_longer_than_the_grace_releases_it_and_exits_0
 # ---- 5. JSON logs
 
 
-def test_json_log_format_writes_one_object_per_line_for_state_changes(workers: Workers,
-                                                                       conn: psycopg.Connection[Any]) -> None:
+def test_json_log_format_writes_one_object_per_line_for_state_changes(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--log-level", "debug", log_format="json")  # "started" lines are DEBUG
     ids = [insert_run(conn, "record", {"key": f"log-{i}"}) for i in range(3)]
     workers.wait_until(lambda: all(status_of(conn, i) == "succeeded" for i in ids), 15, "the runs to succeed")
@@ -233,8 +255,9 @@ def test_json_log_format_writes_one_object_per_line_for_state_changes(workers: W
 # ---- 6. poison runs
 
 
-def test_worker_survives_poison_runs_and_keeps_processing_good_ones(workers: Workers,
-                                                                   conn: psycopg.Connection[Any]) -> None:
+def test_worker_survives_poison_runs_and_keeps_processing_good_ones(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
     worker = workers.start("--concurrency", "4")
     before = [insert_run(conn, "record", {"key": f"before-{i}"}) for i in range(5)]
     poison = {
@@ -247,8 +270,9 @@ def test_worker_survives_poison_runs_and_keeps_processing_good_ones(workers: Wor
     }
     workers.wait_until(lambda: all(status_of(conn, i) == "failed" for i in poison), 15, "the poison runs to fail")
     after = [insert_run(conn, "record", {"key": f"after-{i}"}) for i in range(5)]
-    workers.wait_until(lambda: all(status_of(conn, i) == "succeeded" for i in before + after), 15,
-                       "the good runs to succeed")
+    workers.wait_until(
+        lambda: all(status_of(conn, i) == "succeeded" for i in before + after), 15, "the good runs to succeed"
+    )
 
     for run_id, error_type in poison.items():
         row = run_row(conn, run_id)

@@ -25,7 +25,8 @@ RUNS = 600
 
 
 def test_workers_survive_a_postgresql_restart_under_load_and_lose_no_run(
-        postgresql_proc: Any, dsn: str, conn: psycopg.Connection[Any], tmp_path: Any) -> None:
+    postgresql_proc: Any, dsn: str, conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
     conn.execute(CREATE_EXECUTIONS)
     app = App(dsn)
     app.task(name="record_reconnecting")(lambda key: key)
@@ -50,8 +51,14 @@ def test_workers_survive_a_postgresql_restart_under_load_and_lose_no_run(
 
         ids = before + after
         workers.wait_until(
-            lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')")
-            == len(ids), 90, "every run to finish after the restart", alive=started)
+            lambda: (
+                scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')")
+                == len(ids)
+            ),
+            90,
+            "every run to finish after the restart",
+            alive=started,
+        )
         statuses = dict(conn.execute("SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1").fetchall())
         assert statuses == {"succeeded": len(ids)}, statuses
         executed = {row[0] for row in conn.execute("SELECT DISTINCT key FROM executions")}
@@ -70,7 +77,8 @@ def test_workers_survive_a_postgresql_restart_under_load_and_lose_no_run(
 
 
 def test_a_worker_told_to_stop_while_the_database_is_gone_still_exits(
-        postgresql_proc: Any, dsn: str, conn: psycopg.Connection[Any], tmp_path: Any) -> None:
+    postgresql_proc: Any, dsn: str, conn: psycopg.Connection[Any], tmp_path: Any
+) -> None:
     # Its last outcome cannot be written: the worker must not wait for the database forever
     # (a service manager would have to SIGKILL it); the run stays 'running' in the database
     # and runs again when its lease expires.

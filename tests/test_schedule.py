@@ -31,8 +31,7 @@ def utc(*parts: int) -> datetime:
 
 def test_five_field_cron_fires_on_each_matching_minute() -> None:
     every_20_min = Schedule(cron="*/20 * * * *")
-    assert every_20_min.fire_times(T0 + s(5 * 60), T0 + s(3600), 10) == [
-        T0 + s(20 * 60), T0 + s(40 * 60), T0 + s(3600)]
+    assert every_20_min.fire_times(T0 + s(5 * 60), T0 + s(3600), 10) == [T0 + s(20 * 60), T0 + s(40 * 60), T0 + s(3600)]
 
 
 def test_six_field_cron_reads_the_seconds_field_first() -> None:
@@ -44,8 +43,8 @@ def test_six_field_cron_reads_the_seconds_field_first() -> None:
 
 def test_cron_is_read_on_the_wall_clock_of_its_timezone() -> None:
     nine_in_berlin = Schedule(cron="0 9 * * *", tz="Europe/Berlin")
-    assert nine_in_berlin.next_after(utc(2026, 1, 10)) == utc(2026, 1, 10, 8)   # CET, UTC+1
-    assert nine_in_berlin.next_after(utc(2026, 7, 10)) == utc(2026, 7, 10, 7)   # CEST, UTC+2
+    assert nine_in_berlin.next_after(utc(2026, 1, 10)) == utc(2026, 1, 10, 8)  # CET, UTC+1
+    assert nine_in_berlin.next_after(utc(2026, 7, 10)) == utc(2026, 7, 10, 7)  # CEST, UTC+2
 
 
 def test_cron_next_after_a_fire_time_is_the_following_one() -> None:
@@ -68,7 +67,10 @@ def test_interval_stays_on_the_grid_of_its_anchor_fire_time() -> None:
     assert every_minute.next_after(T0 + s(100), anchor=anchor) == T0 + s(127)
     assert every_minute.next_after(T0 + s(127), anchor=anchor) == T0 + s(187)
     assert every_minute.fire_times(T0 + s(100), T0 + s(300), 10, anchor=anchor) == [
-        T0 + s(127), T0 + s(187), T0 + s(247)]
+        T0 + s(127),
+        T0 + s(187),
+        T0 + s(247),
+    ]
     # hours later, still on the same second
     assert every_minute.next_after(T0 + s(5 * 3600 + 30), anchor=anchor) == T0 + s(5 * 3600 + 67)
 
@@ -127,19 +129,27 @@ def test_recent_includes_since_and_stops_there() -> None:
     per_minute = Schedule(cron="* * * * *")
     assert per_minute.recent(T0 + s(60), T0 + s(180), 100) == [T0 + s(60), T0 + s(120), T0 + s(180)]
     assert Schedule(every_s=60).recent(T0 + s(60), T0 + s(180), 100, anchor=T0) == [
-        T0 + s(60), T0 + s(120), T0 + s(180)]
+        T0 + s(60),
+        T0 + s(120),
+        T0 + s(180),
+    ]
 
 
-@pytest.mark.parametrize("schedule, fire_time, anchor", [
-    (Schedule(cron="* * * * *"), T0 + s(120), None),
-    (Schedule(cron="*/5 * * * * *"), T0 + s(15), None),
-    (Schedule(cron="0 9 * * *", tz="America/New_York"), utc(2026, 1, 5, 14), None),
-    (Schedule(every_s=7), T0 + s(21), T0),
-    (Schedule(every_s=1.25), T0 + s(3.75), T0),
-    (Schedule(at=T0 + s(33)), T0 + s(33), None),
-], ids=["cron", "cron-seconds", "cron-tz", "every", "every-fractional", "at"])
+@pytest.mark.parametrize(
+    "schedule, fire_time, anchor",
+    [
+        (Schedule(cron="* * * * *"), T0 + s(120), None),
+        (Schedule(cron="*/5 * * * * *"), T0 + s(15), None),
+        (Schedule(cron="0 9 * * *", tz="America/New_York"), utc(2026, 1, 5, 14), None),
+        (Schedule(every_s=7), T0 + s(21), T0),
+        (Schedule(every_s=1.25), T0 + s(3.75), T0),
+        (Schedule(at=T0 + s(33)), T0 + s(33), None),
+    ],
+    ids=["cron", "cron-seconds", "cron-tz", "every", "every-fractional", "at"],
+)
 def test_recent_until_with_microseconds_is_inclusive_and_never_exceeded(
-        schedule: Schedule, fire_time: datetime, anchor: datetime | None) -> None:
+    schedule: Schedule, fire_time: datetime, anchor: datetime | None
+) -> None:
     since = T0 - s(3600)
     assert schedule.recent(since, fire_time, 3, anchor=anchor)[-1] == fire_time
     assert schedule.recent(since, fire_time + US, 3, anchor=anchor)[-1] == fire_time
@@ -172,16 +182,21 @@ def test_upcoming_lists_the_next_n_fire_times() -> None:
 # ---- daylight saving time
 
 
-@pytest.mark.parametrize("tz, cron, day, expected", [
-    # spring forward: 02:30 does not exist, fires at 03:30 local
-    ("Europe/Berlin", "30 2 * * *", (2026, 3, 29), utc(2026, 3, 29, 1, 30)),
-    # fall back: 02:30 happens twice, fires at the first (CEST)
-    ("Europe/Berlin", "30 2 * * *", (2026, 10, 25), utc(2026, 10, 25, 0, 30)),
-    ("America/New_York", "30 2 * * *", (2026, 3, 8), utc(2026, 3, 8, 7, 30)),   # 03:30 EDT
-    ("America/New_York", "30 1 * * *", (2026, 11, 1), utc(2026, 11, 1, 5, 30)),  # 01:30 EDT, not EST
-], ids=["berlin-spring", "berlin-fall", "new-york-spring", "new-york-fall"])
+@pytest.mark.parametrize(
+    "tz, cron, day, expected",
+    [
+        # spring forward: 02:30 does not exist, fires at 03:30 local
+        ("Europe/Berlin", "30 2 * * *", (2026, 3, 29), utc(2026, 3, 29, 1, 30)),
+        # fall back: 02:30 happens twice, fires at the first (CEST)
+        ("Europe/Berlin", "30 2 * * *", (2026, 10, 25), utc(2026, 10, 25, 0, 30)),
+        ("America/New_York", "30 2 * * *", (2026, 3, 8), utc(2026, 3, 8, 7, 30)),  # 03:30 EDT
+        ("America/New_York", "30 1 * * *", (2026, 11, 1), utc(2026, 11, 1, 5, 30)),  # 01:30 EDT, not EST
+    ],
+    ids=["berlin-spring", "berlin-fall", "new-york-spring", "new-york-fall"],
+)
 def test_daily_job_at_a_shifted_local_time_fires_exactly_once_on_the_dst_day(
-        tz: str, cron: str, day: tuple[int, int, int], expected: datetime) -> None:
+    tz: str, cron: str, day: tuple[int, int, int], expected: datetime
+) -> None:
     schedule = Schedule(cron=cron, tz=tz)
     zone = ZoneInfo(tz)
     local_day_start = datetime(*day, tzinfo=zone).astimezone(UTC)
@@ -198,14 +213,19 @@ def test_daily_job_at_a_shifted_local_time_fires_exactly_once_on_the_dst_day(
     assert schedule.next_after(expected) > expected + s(20 * 3600)
 
 
-@pytest.mark.parametrize("tz, day, fire_count", [
-    ("Europe/Berlin", (2026, 3, 29), 23 * 4),
-    ("Europe/Berlin", (2026, 10, 25), 24 * 4),  # every wall time once: the repeated hour once
-    ("America/New_York", (2026, 3, 8), 23 * 4),
-    ("America/New_York", (2026, 11, 1), 24 * 4),
-], ids=["berlin-spring", "berlin-fall", "new-york-spring", "new-york-fall"])
+@pytest.mark.parametrize(
+    "tz, day, fire_count",
+    [
+        ("Europe/Berlin", (2026, 3, 29), 23 * 4),
+        ("Europe/Berlin", (2026, 10, 25), 24 * 4),  # every wall time once: the repeated hour once
+        ("America/New_York", (2026, 3, 8), 23 * 4),
+        ("America/New_York", (2026, 11, 1), 24 * 4),
+    ],
+    ids=["berlin-spring", "berlin-fall", "new-york-spring", "new-york-fall"],
+)
 def test_quarter_hourly_job_never_fires_twice_at_one_instant_across_a_dst_change(
-        tz: str, day: tuple[int, int, int], fire_count: int) -> None:
+    tz: str, day: tuple[int, int, int], fire_count: int
+) -> None:
     schedule = Schedule(cron="*/15 * * * *", tz=tz)
     zone = ZoneInfo(tz)
     start = datetime(*day, tzinfo=zone).astimezone(UTC) - US
@@ -228,30 +248,50 @@ def test_invalid_schedule_is_invalid_input() -> None:
     assert issubclass(InvalidSchedule, InvalidInput)
 
 
-@pytest.mark.parametrize("kwargs, fragments", [
-    ({"cron": "61 * * * *"}, ["invalid cron expression", "61 * * * *", "out of range"]),
-    ({"cron": "* * *"}, ["invalid cron expression", "5 fields"]),
-    ({"cron": "* * * * * * *"}, ["invalid cron expression", "5 fields", "6 with seconds first"]),
-    ({"cron": "every day at noon please"}, ["invalid cron expression", "every day at noon please"]),
-    ({"cron": "0 0 31 2 *"}, ["invalid cron expression", "0 0 31 2 *"]),
-    ({"cron": ""}, ["invalid cron expression"]),
-    ({"cron": "* * * * *", "tz": "Mars/Olympus_Mons"}, ["unknown timezone", "Mars/Olympus_Mons"]),
-    ({"cron": "* * * * *", "tz": ""}, ["tz must be an IANA timezone name"]),
-    ({"every_s": 0}, ["every must be", ">= 1", "got 0"]),
-    ({"every_s": -5}, ["every must be", "got -5"]),
-    ({"every_s": float("nan")}, ["every must be", "got nan"]),
-    ({"every_s": float("inf")}, ["every must be", "got inf"]),
-    ({"every_s": True}, ["every must be", "got True"]),
-    ({"every_s": "60"}, ["every must be", "got '60'"]),
-    ({"at": datetime(2026, 1, 1, 12)}, ["at must be a timezone-aware datetime"]),
-    ({}, ["exactly one of cron, every or at", "got none"]),
-    ({"cron": "* * * * *", "every_s": 60}, ["exactly one of cron, every or at", "got cron, every"]),
-    ({"every_s": 60, "at": T0}, ["exactly one of cron, every or at", "got every, at"]),
-], ids=["cron-61-minutes", "cron-3-fields", "cron-7-fields", "cron-words", "cron-never-matches", "cron-empty",
-        "unknown-tz", "empty-tz", "every-zero", "every-negative", "every-nan", "every-inf", "every-bool",
-        "every-str", "naive-at", "none", "cron-and-every", "every-and-at"])
-def test_invalid_schedule_is_refused_with_a_message_naming_the_problem(
-        kwargs: dict, fragments: list[str]) -> None:
+@pytest.mark.parametrize(
+    "kwargs, fragments",
+    [
+        ({"cron": "61 * * * *"}, ["invalid cron expression", "61 * * * *", "out of range"]),
+        ({"cron": "* * *"}, ["invalid cron expression", "5 fields"]),
+        ({"cron": "* * * * * * *"}, ["invalid cron expression", "5 fields", "6 with seconds first"]),
+        ({"cron": "every day at noon please"}, ["invalid cron expression", "every day at noon please"]),
+        ({"cron": "0 0 31 2 *"}, ["invalid cron expression", "0 0 31 2 *"]),
+        ({"cron": ""}, ["invalid cron expression"]),
+        ({"cron": "* * * * *", "tz": "Mars/Olympus_Mons"}, ["unknown timezone", "Mars/Olympus_Mons"]),
+        ({"cron": "* * * * *", "tz": ""}, ["tz must be an IANA timezone name"]),
+        ({"every_s": 0}, ["every must be", ">= 1", "got 0"]),
+        ({"every_s": -5}, ["every must be", "got -5"]),
+        ({"every_s": float("nan")}, ["every must be", "got nan"]),
+        ({"every_s": float("inf")}, ["every must be", "got inf"]),
+        ({"every_s": True}, ["every must be", "got True"]),
+        ({"every_s": "60"}, ["every must be", "got '60'"]),
+        ({"at": datetime(2026, 1, 1, 12)}, ["at must be a timezone-aware datetime"]),
+        ({}, ["exactly one of cron, every or at", "got none"]),
+        ({"cron": "* * * * *", "every_s": 60}, ["exactly one of cron, every or at", "got cron, every"]),
+        ({"every_s": 60, "at": T0}, ["exactly one of cron, every or at", "got every, at"]),
+    ],
+    ids=[
+        "cron-61-minutes",
+        "cron-3-fields",
+        "cron-7-fields",
+        "cron-words",
+        "cron-never-matches",
+        "cron-empty",
+        "unknown-tz",
+        "empty-tz",
+        "every-zero",
+        "every-negative",
+        "every-nan",
+        "every-inf",
+        "every-bool",
+        "every-str",
+        "naive-at",
+        "none",
+        "cron-and-every",
+        "every-and-at",
+    ],
+)
+def test_invalid_schedule_is_refused_with_a_message_naming_the_problem(kwargs: dict, fragments: list[str]) -> None:
     with pytest.raises(InvalidSchedule) as caught:
         Schedule(**kwargs)
     for fragment in fragments:

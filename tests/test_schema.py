@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from pgsched.queues import list_queues
 from pgsched.migrate import MIGRATION_LOCK_KEY, available
+from pgsched.queues import list_queues
 from pgsched.sql import queries
 from tests.support.db import scalar
 from tests.support.waiting import wait_until
@@ -37,8 +37,9 @@ NOT_PREPARABLE = {name for name, sql in queries.items() if first_keyword(sql) no
 def pgsched_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "PGSCHED_DSN"}
     env["COLUMNS"] = "200"
-    return subprocess.run([sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def relation_exists(dsn: str, name: str) -> bool:
@@ -89,17 +90,32 @@ def test_two_concurrent_migrates_both_succeed_and_apply_each_migration_once(empt
     with psycopg.connect(empty_dsn, autocommit=True) as blocker:
         # Hold the migration lock so both processes are provably inside migrate, waiting on it, at once.
         blocker.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        procs = [subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", "migrate", "--dsn", empty_dsn],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "pgsched.cli.main", "migrate", "--dsn", empty_dsn],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         try:
+
             def still_waiting() -> None:
                 assert all(p.poll() is None for p in procs), "a migrate finished while the lock was held"
 
-            waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                       " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
-            wait_until(lambda: scalar(blocker, waiting) == 2, 30, "both migrates to reach the lock", poll=0.02,
-                       check=still_waiting)
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            wait_until(
+                lambda: scalar(blocker, waiting) == 2,
+                30,
+                "both migrates to reach the lock",
+                poll=0.02,
+                check=still_waiting,
+            )
         finally:
             blocker.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
             try:
@@ -109,17 +125,21 @@ def test_two_concurrent_migrates_both_succeed_and_apply_each_migration_once(empt
                     if p.poll() is None:
                         p.kill()
                         p.communicate()
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err
         assert "Traceback" not in err
     assert sorted(out.strip().splitlines()[0] for out, _ in outputs) == [
-        f"applied {len(ALL_MIGRATIONS)} migration(s)", "schema is up to date"]
+        f"applied {len(ALL_MIGRATIONS)} migration(s)",
+        "schema is up to date",
+    ]
     assert recorded_migrations(empty_dsn) == ALL_MIGRATIONS
 
 
 def test_the_test_databases_are_fully_migrated(conn):
-    assert conn.execute("SELECT version, name FROM pgsched.schema_migrations ORDER BY version").fetchall() == \
-        ALL_MIGRATIONS
+    assert (
+        conn.execute("SELECT version, name FROM pgsched.schema_migrations ORDER BY version").fetchall()
+        == ALL_MIGRATIONS
+    )
 
 
 # ---- named queries
@@ -145,8 +165,10 @@ def test_the_placeholder_conversion_numbers_by_first_appearance():
 def test_the_queries_that_cannot_be_prepared_are_the_utility_statements():
     assert {"migration_bootstrap", "run_copy", "worker_listen"} <= NOT_PREPARABLE
     assert {name: first_keyword(queries[name]) for name in NOT_PREPARABLE} == {
-        name: first_keyword(queries[name]) for name in NOT_PREPARABLE
-        if first_keyword(queries[name]) in ("CREATE", "COPY", "LISTEN")}
+        name: first_keyword(queries[name])
+        for name in NOT_PREPARABLE
+        if first_keyword(queries[name]) in ("CREATE", "COPY", "LISTEN")
+    }
 
 
 def test_every_named_query_can_be_prepared_against_the_schema(conn):
@@ -161,8 +183,9 @@ def test_every_named_query_can_be_prepared_against_the_schema(conn):
         except psycopg.Error as exc:
             failures[name] = f"{type(exc).__name__}: {exc}".strip()
             continue
-        types = conn.execute("SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = %s",
-                             (f"check_{name}",)).fetchone()[0]
+        types = conn.execute(
+            "SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = %s", (f"check_{name}",)
+        ).fetchone()[0]
         if len(types) != len(params):
             failures[name] = f"{len(params)} placeholders, {len(types)} parameters"
         conn.execute(f"DEALLOCATE check_{name}")
@@ -187,8 +210,9 @@ def test_the_utility_statements_run(conn):
 @pytest.fixture
 def fixture_runs(conn: psycopg.Connection) -> dict[str, int]:
     """A small world: one live worker, runs in every state in queue 'a', two finished ones in 'b'."""
-    worker = conn.execute("INSERT INTO pgsched.workers (host, pid, queues, concurrency)"
-                          " VALUES ('host-a', 111, '{a}', 4) RETURNING id").fetchone()[0]
+    worker = conn.execute(
+        "INSERT INTO pgsched.workers (host, pid, queues, concurrency) VALUES ('host-a', 111, '{a}', 4) RETURNING id"
+    ).fetchone()[0]
 
     def run(name: str, queue: str, status: str, **columns: str) -> tuple[str, int]:
         names = ["task", "queue", "status", *columns]
@@ -199,26 +223,56 @@ def fixture_runs(conn: psycopg.Connection) -> dict[str, int]:
     def errors(*entries: tuple[str, str]) -> str:
         items = ", ".join(
             f"jsonb_build_object('attempt', {i}, 'type', '{t}', 'message', '{m}', 'traceback', 'tb {i}')"
-            for i, (t, m) in enumerate(entries, start=1))
+            for i, (t, m) in enumerate(entries, start=1)
+        )
         return f"jsonb_build_array({items})"
 
-    ids = dict([
-        run("due-old", "a", "queued", run_at="now() - interval '5 minutes'"),
-        run("due-new", "a", "queued", run_at="now() - interval '1 minute'"),
-        run("future", "a", "queued", run_at="now() + interval '1 hour'"),
-        run("running-live", "a", "running", attempt="1", worker_id=str(worker),
-            started_at="now() - interval '10 seconds'", lease_expires_at="now() + interval '20 seconds'"),
-        run("running-orphan", "a", "running", attempt="2", worker_id="999999",
-            started_at="now() - interval '50 seconds'", lease_expires_at="now() - interval '20 seconds'"),
-        run("failed-a", "a", "failed", attempt="2", max_attempts="2",
-            finished_at="now() - interval '2 minutes'",
-            errors=errors(("ValueError", "first try"), ("KeyError", "second try"))),
-        run("done-recent", "a", "succeeded", attempt="1", finished_at="now() - interval '10 minutes'"),
-        run("done-old", "a", "succeeded", attempt="1", finished_at="now() - interval '2 hours'"),
-        run("failed-b", "b", "failed", attempt="1", max_attempts="1",
-            finished_at="now() - interval '30 minutes'", errors=errors(("Timeout", "timed out after 1s"))),
-        run("cancelled-b", "b", "cancelled", finished_at="now()"),
-    ])
+    ids = dict(
+        [
+            run("due-old", "a", "queued", run_at="now() - interval '5 minutes'"),
+            run("due-new", "a", "queued", run_at="now() - interval '1 minute'"),
+            run("future", "a", "queued", run_at="now() + interval '1 hour'"),
+            run(
+                "running-live",
+                "a",
+                "running",
+                attempt="1",
+                worker_id=str(worker),
+                started_at="now() - interval '10 seconds'",
+                lease_expires_at="now() + interval '20 seconds'",
+            ),
+            run(
+                "running-orphan",
+                "a",
+                "running",
+                attempt="2",
+                worker_id="999999",
+                started_at="now() - interval '50 seconds'",
+                lease_expires_at="now() - interval '20 seconds'",
+            ),
+            run(
+                "failed-a",
+                "a",
+                "failed",
+                attempt="2",
+                max_attempts="2",
+                finished_at="now() - interval '2 minutes'",
+                errors=errors(("ValueError", "first try"), ("KeyError", "second try")),
+            ),
+            run("done-recent", "a", "succeeded", attempt="1", finished_at="now() - interval '10 minutes'"),
+            run("done-old", "a", "succeeded", attempt="1", finished_at="now() - interval '2 hours'"),
+            run(
+                "failed-b",
+                "b",
+                "failed",
+                attempt="1",
+                max_attempts="1",
+                finished_at="now() - interval '30 minutes'",
+                errors=errors(("Timeout", "timed out after 1s")),
+            ),
+            run("cancelled-b", "b", "cancelled", finished_at="now()"),
+        ]
+    )
     ids["worker"] = worker
     return ids
 
@@ -228,11 +282,26 @@ def test_queue_stats_counts_each_queue(conn, fixture_runs):
         rows = {row.pop("queue"): row for row in cur.execute("SELECT * FROM pgsched.queue_stats").fetchall()}
     assert set(rows) == {"a", "b"}
     a_age = rows["a"].pop("oldest_queued_age")
-    assert rows["a"] == {"queued": 3, "due": 2, "running": 2, "failed": 1, "succeeded_last_hour": 1,
-                         "succeeded_last_minute": 0, "failed_last_minute": 0}
+    assert rows["a"] == {
+        "queued": 3,
+        "due": 2,
+        "running": 2,
+        "failed": 1,
+        "succeeded_last_hour": 1,
+        "succeeded_last_minute": 0,
+        "failed_last_minute": 0,
+    }
     assert timedelta(minutes=5) <= a_age < timedelta(minutes=6)
-    assert rows["b"] == {"queued": 0, "due": 0, "running": 0, "failed": 1, "succeeded_last_hour": 0,
-                         "oldest_queued_age": None, "succeeded_last_minute": 0, "failed_last_minute": 0}
+    assert rows["b"] == {
+        "queued": 0,
+        "due": 0,
+        "running": 0,
+        "failed": 1,
+        "succeeded_last_hour": 0,
+        "oldest_queued_age": None,
+        "succeeded_last_minute": 0,
+        "failed_last_minute": 0,
+    }
 
 
 def test_queue_stats_from_indexes_match_a_full_scan_and_skip_idle_queues(conn: psycopg.Connection) -> None:
@@ -250,8 +319,10 @@ def test_queue_stats_from_indexes_match_a_full_scan_and_skip_idle_queues(conn: p
                CASE WHEN g % 7 % 4 = 1 THEN now() + interval '30 seconds' END,
                CASE WHEN g % 3 = 0 THEN 'acme' END
         FROM generate_series(1, 2000) AS g""")
-    conn.execute("INSERT INTO pgsched.runs (task, queue, status, attempt, finished_at)"
-                 " VALUES ('t', 'idle', 'succeeded', 1, now() - interval '2 hours')")
+    conn.execute(
+        "INSERT INTO pgsched.runs (task, queue, status, attempt, finished_at)"
+        " VALUES ('t', 'idle', 'succeeded', 1, now() - interval '2 hours')"
+    )
     full_scan = """
         SELECT queue, count(*) FILTER (WHERE status = 'queued'),
                count(*) FILTER (WHERE status = 'queued' AND run_at <= now()),
@@ -282,7 +353,11 @@ def test_running_view_shows_running_runs_with_their_workers_host_and_pid(conn, f
     assert [row["task"] for row in rows] == ["running-live", "running-orphan"]
     live, orphan = rows
     assert (live["worker_id"], live["worker_host"], live["worker_pid"], live["attempt"]) == (
-        fixture_runs["worker"], "host-a", 111, 1)
+        fixture_runs["worker"],
+        "host-a",
+        111,
+        1,
+    )
     assert timedelta(seconds=10) <= live["running_for"] < timedelta(seconds=70)
     # A run keeps the id of a worker that is gone: it shows, without host and pid.
     assert (orphan["worker_id"], orphan["worker_host"], orphan["worker_pid"]) == (999999, None, None)
@@ -308,8 +383,9 @@ def test_the_views_are_empty_on_an_empty_database(conn):
 
 def copy_sources(destination: Path) -> Path:
     """The project as a fresh checkout would have it: no build leftovers in the shared work tree."""
-    ignore = shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".venv",
-                                    "tests", "benchmarks")
+    ignore = shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache", ".venv", "tests", "benchmarks"
+    )
     shutil.copytree(ROOT, destination, ignore=ignore)
     return destination
 
@@ -318,8 +394,12 @@ def copy_sources(destination: Path) -> Path:
 def test_the_wheel_installs_pgsched_with_its_cli_and_schema_and_migrates(tmp_path, empty_dsn):
     source = copy_sources(tmp_path / "src")
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)],
-                           capture_output=True, text=True, timeout=600)
+    build = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     [wheel] = dist.glob("pgsched-*.whl")
 
@@ -327,27 +407,53 @@ def test_the_wheel_installs_pgsched_with_its_cli_and_schema_and_migrates(tmp_pat
         top_level = {name.split("/")[0] for name in archive.namelist()}
         names = set(archive.namelist())
     assert top_level == {"pgsched", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    assert {"pgsched/cli/main.py", "pgsched/schema/0001_core.sql", "pgsched/schema/queries.sql",
-            "pgsched/py.typed"} <= names
+    assert {
+        "pgsched/cli/main.py",
+        "pgsched/schema/0001_core.sql",
+        "pgsched/schema/queries.sql",
+        "pgsched/py.typed",
+    } <= names
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
-                             capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
 
     env = {key: value for key, value in os.environ.items() if key not in ("PGSCHED_DSN", "PYTHONPATH")}
-    migrated = subprocess.run([str(venv / "bin" / "pgsched"), "migrate", "--dsn", empty_dsn], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=120)
+    migrated = subprocess.run(
+        [str(venv / "bin" / "pgsched"), "migrate", "--dsn", empty_dsn],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert migrated.returncode == 0, migrated.stderr
     assert f"applied {len(ALL_MIGRATIONS)} migration(s)" in migrated.stdout
     assert recorded_migrations(empty_dsn) == ALL_MIGRATIONS
 
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", (
-        "import importlib.util, pgsched.cli, pgsched.cli.main, pgsched.schema, pgsched.sql, pathlib\n"
-        "print(pathlib.Path(pgsched.__file__).parent.parent)\n"
-        "print(importlib.util.find_spec('cli'), importlib.util.find_spec('schema'))\n"
-        "print(len(pgsched.sql.queries))\n")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            (
+                "import importlib.util, pgsched.cli, pgsched.cli.main, pgsched.schema, pgsched.sql, pathlib\n"
+                "print(pathlib.Path(pgsched.__file__).parent.parent)\n"
+                "print(importlib.util.find_spec('cli'), importlib.util.find_spec('schema'))\n"
+                "print(len(pgsched.sql.queries))\n"
+            ),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert probe.returncode == 0, probe.stderr
     site_packages, specs, count = probe.stdout.splitlines()
     assert Path(site_packages).is_relative_to(venv), "pgsched was imported from outside the new venv"

@@ -40,10 +40,23 @@ def schema_dump(postgresql_proc: Any, dbname: str) -> list[str]:
     if postgresql_proc.password:
         env["PGPASSWORD"] = postgresql_proc.password
     dump = subprocess.run(
-        [pg_dump_path(), "--schema-only", "--schema=pgsched", "--no-owner", "--no-privileges",
-         f"--host={postgresql_proc.host}", f"--port={postgresql_proc.port}",
-         f"--username={postgresql_proc.user}", f"--dbname={dbname}"],
-        env=env, capture_output=True, text=True, timeout=60, check=True)
+        [
+            pg_dump_path(),
+            "--schema-only",
+            "--schema=pgsched",
+            "--no-owner",
+            "--no-privileges",
+            f"--host={postgresql_proc.host}",
+            f"--port={postgresql_proc.port}",
+            f"--username={postgresql_proc.user}",
+            f"--dbname={dbname}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     lines = [line for line in dump.stdout.splitlines() if not _VOLATILE_LINE.match(line)]
     # Runs of blank lines collapse to one, so the diff shows only what matters.
     return [line for i, line in enumerate(lines) if line or (i > 0 and lines[i - 1])]
@@ -67,23 +80,30 @@ def canonical_schema() -> str:
 
 
 def test_schema_sql_is_exactly_what_the_migrations_build(postgresql_proc):
-    with scratch_database(postgresql_proc, "pgsched_canonical_migrated"), \
-            empty_database(postgresql_proc, "pgsched_canonical_schema_sql") as canonical_dsn:
+    with (
+        scratch_database(postgresql_proc, "pgsched_canonical_migrated"),
+        empty_database(postgresql_proc, "pgsched_canonical_schema_sql") as canonical_dsn,
+    ):
         with psycopg.connect(canonical_dsn, autocommit=True) as conn:
             conn.execute(canonical_schema().encode())  # plain SQL, no parameters (as migrate does)
-            assert conn.execute("SELECT count(*) FROM pgsched.schema_migrations").fetchone() == (0,), \
+            assert conn.execute("SELECT count(*) FROM pgsched.schema_migrations").fetchone() == (0,), (
                 "schema.sql records no migrations (its header says so)"
+            )
         migrated = schema_dump(postgresql_proc, "pgsched_canonical_migrated")
         canonical = schema_dump(postgresql_proc, "pgsched_canonical_schema_sql")
 
     # A dump of the wrong database or schema would be empty on both sides and compare equal.
     assert "CREATE TABLE pgsched.runs (" in migrated, "\n".join(migrated)
     if canonical != migrated:
-        diff = "\n".join(difflib.unified_diff(
-            migrated, canonical, "pg_dump of the migrated database", "pg_dump of schema/schema.sql", lineterm=""))
+        diff = "\n".join(
+            difflib.unified_diff(
+                migrated, canonical, "pg_dump of the migrated database", "pg_dump of schema/schema.sql", lineterm=""
+            )
+        )
         raise AssertionError(
             "schema/schema.sql has drifted from the migrations: make it say what the migrations build "
-            f"(- lines: the migrations, + lines: schema.sql)\n{diff}")
+            f"(- lines: the migrations, + lines: schema.sql)\n{diff}"
+        )
 
 
 def test_schema_sql_is_not_a_migration():

@@ -37,7 +37,9 @@ def soak(postgresql_proc: Any, dsn: str, tmp_path: Path) -> Iterator[Soak]:
         time.sleep(1.0)  # the outage itself, not a synchronisation
         postgresql_proc.start()
 
-    driver = Soak(dsn, SoakConfig(runs=RUNS, seed=int(SEED) if SEED else None, strict=STRICT), tmp_path, restart_postgres)
+    driver = Soak(
+        dsn, SoakConfig(runs=RUNS, seed=int(SEED) if SEED else None, strict=STRICT), tmp_path, restart_postgres
+    )
     try:
         yield driver
     finally:

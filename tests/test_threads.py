@@ -88,5 +88,4 @@ def test_shutdown_ends_the_idle_threads_and_refuses_new_calls() -> None:
             await threads.run(lambda: None)
 
     asyncio.run(main())
-    wait_until(lambda: not any(t.is_alive() for t in threads._threads), 5, "the idle task threads to end",
-               poll=0.01)
+    wait_until(lambda: not any(t.is_alive() for t in threads._threads), 5, "the idle task threads to end", poll=0.01)

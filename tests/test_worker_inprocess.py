@@ -64,10 +64,19 @@ def test_runs_are_claimed_by_priority_then_run_at_then_id(app, dsn):
         ("p-5 at +4", -5, base + timedelta(minutes=4), "default"),
         ("p0 at +2 third id", 0, base + timedelta(minutes=2), "default"),
     ]
-    ids = [app.enqueue("record", {"label": label}, priority=priority, run_at=at, queue=queue)
-           for label, priority, at, queue in plan]
-    expected = ["p-5 at +3", "p-5 at +4", "p0 at +1", "p0 at +2 first id", "p0 at +2 second id",
-                "p0 at +2 third id", "p5 oldest"]
+    ids = [
+        app.enqueue("record", {"label": label}, priority=priority, run_at=at, queue=queue)
+        for label, priority, at, queue in plan
+    ]
+    expected = [
+        "p-5 at +3",
+        "p-5 at +4",
+        "p0 at +1",
+        "p0 at +2 first id",
+        "p0 at +2 second id",
+        "p0 at +2 third id",
+        "p5 oldest",
+    ]
 
     async def main() -> list[dict]:
         async with RunningWorker(app, dsn, concurrency=1, queues=["default", "other"]) as w:
@@ -83,8 +92,12 @@ def test_runs_are_claimed_by_priority_then_run_at_then_id(app, dsn):
 def test_a_task_result_is_stored_as_jsonb(app, dsn, conn):
     @app.task
     def compute(kind: str) -> Any:
-        return {"object": {"n": 3, "items": [1, "two", None], "ok": True, "pi": 3.5},
-                "string": "done", "none": None, "list": [1, [2]]}[kind]
+        return {
+            "object": {"n": 3, "items": [1, "two", None], "ok": True, "pi": 3.5},
+            "string": "done",
+            "none": None,
+            "list": [1, [2]],
+        }[kind]
 
     ids = {kind: app.enqueue("compute", {"kind": kind}) for kind in ("object", "string", "none", "list")}
 
@@ -98,11 +111,18 @@ def test_a_task_result_is_stored_as_jsonb(app, dsn, conn):
     types = dict(conn.execute("SELECT args->>'kind', jsonb_typeof(result) FROM pgsched.runs").fetchall())
     assert types == {"object": "object", "string": "string", "none": "null", "list": "array"}
     assert conn.execute("SELECT result FROM pgsched.runs WHERE id = %s", (ids["object"],)).fetchone()[0] == {
-        "n": 3, "items": [1, "two", None], "ok": True, "pi": 3.5}
-    assert conn.execute("SELECT result->'items'->>1, (result->>'n')::int FROM pgsched.runs WHERE id = %s",
-                        (ids["object"],)).fetchone() == ("two", 3)
-    row = conn.execute("SELECT attempt, errors, finished_at IS NOT NULL, lease_expires_at FROM pgsched.runs"
-                       " WHERE id = %s", (ids["string"],)).fetchone()
+        "n": 3,
+        "items": [1, "two", None],
+        "ok": True,
+        "pi": 3.5,
+    }
+    assert conn.execute(
+        "SELECT result->'items'->>1, (result->>'n')::int FROM pgsched.runs WHERE id = %s", (ids["object"],)
+    ).fetchone() == ("two", 3)
+    row = conn.execute(
+        "SELECT attempt, errors, finished_at IS NOT NULL, lease_expires_at FROM pgsched.runs WHERE id = %s",
+        (ids["string"],),
+    ).fetchone()
     assert row == (1, [], True, None)
 
 
@@ -150,7 +170,9 @@ def test_a_task_that_fails_then_succeeds_keeps_the_errors_of_its_failed_attempts
     [row] = finish(app, dsn, run_id)
     assert (row["status"], row["attempt"], row["result"]) == ("succeeded", 3, "finally")
     assert [(e["attempt"], e["type"], e["message"]) for e in row["errors"]] == [
-        (1, "ConnectionError", "the service is down"), (2, "ConnectionError", "the service is down")]
+        (1, "ConnectionError", "the service is down"),
+        (2, "ConnectionError", "the service is down"),
+    ]
 
 
 def test_a_failed_attempt_goes_back_to_the_queue_after_the_backoff(app, dsn):
@@ -252,7 +274,9 @@ def test_an_async_task_is_cancelled_at_its_timeout(app, dsn):
     row = run_async(main())
     assert (row["status"], row["attempt"]) == ("failed", 2)
     assert [(e["type"], e["message"]) for e in row["errors"]] == [
-        ("Timeout", "timed out after 0.2s"), ("Timeout", "timed out after 0.2s")]
+        ("Timeout", "timed out after 0.2s"),
+        ("Timeout", "timed out after 0.2s"),
+    ]
     assert len(cancelled) == 2
 
 
@@ -393,13 +417,18 @@ def test_a_worker_registers_itself_while_running_and_deregisters_at_stop(app, ds
 
     async def main() -> int:
         async with RunningWorker(app, dsn, concurrency=3) as w:
+
             async def registered() -> Any:
                 cursor = await w.db.execute("SELECT * FROM pgsched.workers")
                 return await cursor.fetchall()
 
             [row] = await wait_until_async(registered, 10, "the worker to register", check=w.still_running)
             assert (row["host"], row["pid"], row["queues"], row["concurrency"]) == (
-                socket.gethostname(), os.getpid(), ["default", "mail"], 3)
+                socket.gethostname(),
+                os.getpid(),
+                ["default", "mail"],
+                3,
+            )
             assert row["id"] == w.worker.worker_id
             return row["id"]
 
@@ -411,16 +440,27 @@ def test_a_worker_registers_itself_while_running_and_deregisters_at_stop(app, ds
 
 
 async def register_worker(conn: psycopg.AsyncConnection, pid: int = 4242) -> int:
-    cursor = await conn.execute(queries["worker_register"], {
-        "host": "test-host", "pid": pid, "queues": ["default"], "concurrency": 1})
+    cursor = await conn.execute(
+        queries["worker_register"], {"host": "test-host", "pid": pid, "queues": ["default"], "concurrency": 1}
+    )
     return (await cursor.fetchone())[0]  # type: ignore[index]
 
 
-async def claim(conn: psycopg.AsyncConnection, worker_id: int, queues: list[str], now: object = None,
-                limit: int = 10) -> list[tuple]:
-    cursor = await conn.execute(queries["run_claim"], {
-        "queues": queues, "limit": limit, "worker_id": worker_id, "lease_s": 30.0, "now": now,
-        "only_tasks": None, "skip_tasks": None})
+async def claim(
+    conn: psycopg.AsyncConnection, worker_id: int, queues: list[str], now: object = None, limit: int = 10
+) -> list[tuple]:
+    cursor = await conn.execute(
+        queries["run_claim"],
+        {
+            "queues": queues,
+            "limit": limit,
+            "worker_id": worker_id,
+            "lease_s": 30.0,
+            "now": now,
+            "only_tasks": None,
+            "skip_tasks": None,
+        },
+    )
     return await cursor.fetchall()
 
 
@@ -430,8 +470,7 @@ def test_the_lease_sweep_requeues_an_expired_run_and_fails_one_with_no_attempts_
     healthy = app.enqueue("t", {}, queue="qc", max_attempts=3)
 
     async def main() -> tuple:
-        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True},
-                                       open=False) as pool:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False) as pool:
             await pool.open(wait=True)
             async with pool.connection() as c:
                 dead = await register_worker(c)
@@ -441,8 +480,10 @@ def test_the_lease_sweep_requeues_an_expired_run_and_fails_one_with_no_attempts_
                 cursor = await c.execute("SELECT now() + interval '1 hour'")
                 later = (await cursor.fetchone())[0]
                 # The living worker heartbeats into the future; the dead one does not.
-                await c.execute("UPDATE pgsched.runs SET lease_expires_at = %s + interval '30 seconds'"
-                                " WHERE worker_id = %s", (later, alive))
+                await c.execute(
+                    "UPDATE pgsched.runs SET lease_expires_at = %s + interval '30 seconds' WHERE worker_id = %s",
+                    (later, alive),
+                )
                 await c.execute("UPDATE pgsched.workers SET last_seen_at = %s WHERE id = %s", (later, alive))
             not_yet = await rescue_expired(pool, stale_worker_s=120)
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listening:
@@ -471,7 +512,11 @@ def test_the_lease_sweep_requeues_an_expired_run_and_fails_one_with_no_attempts_
 
     failed, running = row(used_up), row(healthy)
     assert (failed["status"], failed["attempt"], failed["finished_at"], failed["lease_expires_at"]) == (
-        "failed", 1, later, None)
+        "failed",
+        1,
+        later,
+        None,
+    )
     [entry] = failed["errors"]
     assert entry["type"] == "LeaseExpired" and entry["attempt"] == 1 and entry["worker_id"] == dead
     assert f"worker {dead} stopped heartbeating: lease expired at" in entry["message"]
@@ -487,8 +532,7 @@ def test_the_lease_sweep_skips_while_another_sweeper_holds_the_lock(app, dsn, co
     run_id = app.enqueue("t", {})
 
     async def main() -> tuple:
-        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True},
-                                       open=False) as pool:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False) as pool:
             await pool.open(wait=True)
             async with pool.connection() as c:
                 worker_id = await register_worker(c)
@@ -513,8 +557,7 @@ def test_an_outcome_from_a_worker_that_lost_its_lease_changes_nothing(app, dsn, 
     run_id = app.enqueue("t", {}, max_attempts=3)
 
     async def main() -> tuple:
-        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True},
-                                       open=False) as pool:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True}, open=False) as pool:
             await pool.open(wait=True)
             async with pool.connection() as c:
                 first = await register_worker(c, pid=1)
@@ -535,25 +578,39 @@ def test_an_outcome_from_a_worker_that_lost_its_lease_changes_nothing(app, dsn, 
 
             async def complete(worker_id: int, attempt: int, status: str) -> list:
                 async with pool.connection() as c:
-                    cursor = await c.execute(queries["run_complete_many"], {
-                        "worker_id": worker_id, "ids": [run_id], "attempts": [attempt], "statuses": [status],
-                        "results": ['"x"'], "errors": [None], "retry_delays_s": [0.0]})
+                    cursor = await c.execute(
+                        queries["run_complete_many"],
+                        {
+                            "worker_id": worker_id,
+                            "ids": [run_id],
+                            "attempts": [attempt],
+                            "statuses": [status],
+                            "results": ['"x"'],
+                            "errors": [None],
+                            "retry_delays_s": [0.0],
+                        },
+                    )
                     return await cursor.fetchall()
 
-            mismatched = [await complete(second, attempt_1, "failed"),  # right worker, old attempt
-                          await complete(first, attempt_2, "failed")]  # right attempt, old worker
+            mismatched = [
+                await complete(second, attempt_1, "failed"),  # right worker, old attempt
+                await complete(first, attempt_2, "failed"),
+            ]  # right attempt, old worker
             async with pool.connection() as c:
-                cursor = await c.execute("SELECT status::text, worker_id, attempt, result FROM pgsched.runs"
-                                         " WHERE id = %s", (run_id,))
+                cursor = await c.execute(
+                    "SELECT status::text, worker_id, attempt, result FROM pgsched.runs WHERE id = %s", (run_id,)
+                )
                 untouched = await cursor.fetchone()
             holder = await complete(second, attempt_2, "succeeded")
             return first, second, attempt_1, attempt_2, written, mismatched, untouched, holder
 
-    first, second, attempt_1, attempt_2, written, mismatched, untouched, holder = run_async(main())
+    _first, second, attempt_1, attempt_2, written, mismatched, untouched, holder = run_async(main())
     assert (attempt_1, attempt_2) == (1, 2)
     assert written == [set()], "the completer reports the stale outcome as not written"
     assert mismatched == [[], []]
     assert untouched == ("running", second, 2, None)
     assert holder == [(run_id,)]
     assert conn.execute("SELECT status::text, result FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone() == (
-        "succeeded", "x")
+        "succeeded",
+        "x",
+    )

@@ -27,8 +27,13 @@ PANELS = (  # field, title, unit, higher is better, digits
     ("cpu_ms_per_run", "CPU per run, 1 worker process", "ms", False, 3),
     ("cpu_ms_per_run_2p", "CPU per run, 2 worker processes", "ms", False, 3),
 )
-COLORS = {"pgsched": "#1f5fbf", "pgqueuer": "#8c8c8c", "procrastinate": "#b0a17a", "celery": "#7fa37f",
-          "raw": "#d9d9d9"}
+COLORS = {
+    "pgsched": "#1f5fbf",
+    "pgqueuer": "#8c8c8c",
+    "procrastinate": "#b0a17a",
+    "celery": "#7fa37f",
+    "raw": "#d9d9d9",
+}
 
 
 def label(value: float, digits: int) -> str:
@@ -49,17 +54,30 @@ def main(json_path: str, png_path: str) -> None:
         values = [systems[n][field] for n in shown]
         lows = [v - systems[n]["min_max"][field][0] for n, v in zip(shown, values)]
         highs = [systems[n]["min_max"][field][1] - v for n, v in zip(shown, values)]
-        bars = ax.bar(shown, values, color=[COLORS.get(n, "#999999") for n in shown],
-                      edgecolor=["#333333" if n == "raw" else "none" for n in shown],
-                      hatch=None, linewidth=0.6,
-                      yerr=[lows, highs] if results["repetitions"] > 1 else None, capsize=3, ecolor="#444444")
+        bars = ax.bar(
+            shown,
+            values,
+            color=[COLORS.get(n, "#999999") for n in shown],
+            edgecolor=["#333333" if n == "raw" else "none" for n in shown],
+            hatch=None,
+            linewidth=0.6,
+            yerr=[lows, highs] if results["repetitions"] > 1 else None,
+            capsize=3,
+            ecolor="#444444",
+        )
         for bar, n in zip(bars, shown):
             if n == "raw":
                 bar.set_hatch("//")
         top = max(max(v + h for v, h in zip(values, highs)) if values else 1, 1e-9)
         for bar, value, high in zip(bars, values, highs):  # above the whisker, not on it
-            ax.text(bar.get_x() + bar.get_width() / 2, value + high + top * 0.02, label(value, digits),
-                    ha="center", va="bottom", fontsize=9)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                value + high + top * 0.02,
+                label(value, digits),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+            )
         ax.set_ylim(0, top * 1.18)
         ax.set_title(f"{title}\n{unit}, {'higher' if higher else 'lower'} is better", fontsize=10.5)
         ax.tick_params(axis="x", labelsize=9, rotation=20)
@@ -72,9 +90,12 @@ def main(json_path: str, png_path: str) -> None:
     versions = ", ".join(f"{n} {systems[n]['version'].split(' ')[0]}" for n in names if n != "raw")
     reps = results["repetitions"]
     raw = "; raw = psycopg + SQL, no framework (hatched)" if "raw" in systems else ""
-    fig.suptitle(f"pgsched vs peers, no-op tasks — {results['runs']:,} runs, "
-                 f"{'median of ' + str(reps) + ' repetitions (whiskers min–max)' if reps > 1 else 'one repetition'}\n"
-                 f"{results['machine']}; {versions}{raw}", fontsize=11)
+    fig.suptitle(
+        f"pgsched vs peers, no-op tasks — {results['runs']:,} runs, "
+        f"{'median of ' + str(reps) + ' repetitions (whiskers min–max)' if reps > 1 else 'one repetition'}\n"
+        f"{results['machine']}; {versions}{raw}",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(png_path, dpi=110)
 

@@ -93,8 +93,13 @@ class StampReceiver:
             os.unlink(self.path)
 
 
-async def measure_latency(enqueue_stamp: Callable[[], Any], is_idle: Callable[[], Any], n: int,
-                          socket_path: str, startup_timeout_s: float = 90.0) -> dict[str, Any]:
+async def measure_latency(
+    enqueue_stamp: Callable[[], Any],
+    is_idle: Callable[[], Any],
+    n: int,
+    socket_path: str,
+    startup_timeout_s: float = 90.0,
+) -> dict[str, Any]:
     """Milliseconds from the enqueue call to the task starting, one at a time, idle worker.
 
     The first stamp waits for the worker to come up; a few more warm it before sampling.

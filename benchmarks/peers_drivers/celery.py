@@ -22,9 +22,11 @@ REQUIREMENTS = ["celery[redis]", "gevent"]
 STORE = "redis"
 POOL = os.environ.get("PEERS_CELERY_POOL", "threads")
 CONCURRENCY = int(os.environ.get("PEERS_CELERY_CONCURRENCY", "1000" if POOL in ("gevent", "eventlet") else "100"))
-CONFIG = (f"Redis broker, task_ignore_result=True, other settings default; `celery worker -P {POOL} -c {CONCURRENCY}`; "
-          "batch: apply_async in a loop on one acquired producer (Celery has no bulk publish; its group() is "
-          "measured too, as enqueue_bulk_group_per_s) / single: Task.delay()")
+CONFIG = (
+    f"Redis broker, task_ignore_result=True, other settings default; `celery worker -P {POOL} -c {CONCURRENCY}`; "
+    "batch: apply_async in a loop on one acquired producer (Celery has no bulk publish; its group() is "
+    "measured too, as enqueue_bulk_group_per_s) / single: Task.delay()"
+)
 PENDING_SQL = None  # no completion record: the probe counts executed runs
 
 
@@ -57,8 +59,20 @@ def __getattr__(name: str) -> Any:
 
 def worker_argv(python: str, index: int, dsn: str) -> list[str]:
     celery = os.path.join(os.path.dirname(python), "celery")
-    return [celery, "-A", "benchmarks.peers_drivers.celery:app", "worker", "-P", POOL, "-c", str(CONCURRENCY),
-            "-n", f"bench{index}@%h", "-l", "WARNING"]
+    return [
+        celery,
+        "-A",
+        "benchmarks.peers_drivers.celery:app",
+        "worker",
+        "-P",
+        POOL,
+        "-c",
+        str(CONCURRENCY),
+        "-n",
+        f"bench{index}@%h",
+        "-l",
+        "WARNING",
+    ]
 
 
 class Client:
@@ -66,8 +80,12 @@ class Client:
         self.broker = broker
 
     def hello(self) -> dict:
-        return {"version": _client.package_version(PACKAGE), "kombu": _client.package_version("kombu"),
-                "redis-py": _client.package_version("redis"), "gevent": _client.package_version("gevent")}
+        return {
+            "version": _client.package_version(PACKAGE),
+            "kombu": _client.package_version("kombu"),
+            "redis-py": _client.package_version("redis"),
+            "gevent": _client.package_version("gevent"),
+        }
 
     def setup(self) -> None:
         import redis

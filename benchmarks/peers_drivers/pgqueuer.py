@@ -22,10 +22,12 @@ PACKAGE = "pgqueuer"
 REQUIREMENTS = ["pgqueuer[asyncpg]"]
 STORE = "postgres"
 BATCH_SIZE = int(os.environ.get("PEERS_PGQUEUER_BATCH_SIZE", "25"))
-CONFIG = (f"asyncpg driver; batch size {BATCH_SIZE} (its tuning guide's figure for short jobs), `pgq run`'s other "
-          "defaults (no concurrency cap, uvloop), "
-          "started as pgqueuer.run(factory) since 1.6.0's `pgq run` CLI crashes on its --log-level option; "
-          "Queries.enqueue with lists (batch) / scalars (single)")
+CONFIG = (
+    f"asyncpg driver; batch size {BATCH_SIZE} (its tuning guide's figure for short jobs), `pgq run`'s other "
+    "defaults (no concurrency cap, uvloop), "
+    "started as pgqueuer.run(factory) since 1.6.0's `pgq run` CLI crashes on its --log-level option; "
+    "Queries.enqueue with lists (batch) / scalars (single)"
+)
 PENDING_SQL = "SELECT count(*) FROM pgqueuer WHERE status IN ('queued', 'picked')"
 RESET_SQL = "TRUNCATE pgqueuer, pgqueuer_log, pgqueuer_statistics"
 

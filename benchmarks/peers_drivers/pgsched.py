@@ -19,9 +19,11 @@ STORE = "postgres"
 SYNC = os.environ.get("PEERS_PGSCHED_SYNC") == "1"
 NOOP = "noop_sync" if SYNC else "noop"
 WORKER_ARGS = shlex.split(os.environ.get("PEERS_PGSCHED_WORKER_ARGS", ""))
-CONFIG = (f"{'sync (thread pool)' if SYNC else 'async'} no-op tasks; `pgsched worker` "
-          + (f"{' '.join(WORKER_ARGS)} (otherwise defaults)" if WORKER_ARGS else "defaults (concurrency 100)")
-          + "; App.enqueue_many (COPY, batch) / App.enqueue (single)")
+CONFIG = (
+    f"{'sync (thread pool)' if SYNC else 'async'} no-op tasks; `pgsched worker` "
+    + (f"{' '.join(WORKER_ARGS)} (otherwise defaults)" if WORKER_ARGS else "defaults (concurrency 100)")
+    + "; App.enqueue_many (COPY, batch) / App.enqueue (single)"
+)
 PENDING_SQL = "SELECT count(*) FROM pgsched.runs WHERE status IN ('queued', 'running')"
 RESET_SQL = "TRUNCATE pgsched.runs"
 
@@ -44,8 +46,17 @@ async def stamp() -> None:
 
 
 def worker_argv(python: str, index: int, dsn: str) -> list[str]:
-    return [python, "-m", "pgsched.cli.main", "worker", "--app", "benchmarks.peers_drivers.pgsched:app", "--dsn", dsn,
-            *WORKER_ARGS]
+    return [
+        python,
+        "-m",
+        "pgsched.cli.main",
+        "worker",
+        "--app",
+        "benchmarks.peers_drivers.pgsched:app",
+        "--dsn",
+        dsn,
+        *WORKER_ARGS,
+    ]
 
 
 class Client:
@@ -90,8 +101,9 @@ class Client:
             return conn.execute(PENDING_SQL).fetchone()[0]  # type: ignore[index]
 
     async def latency(self, n: int, socket_path: str) -> dict:
-        return await _client.measure_latency(lambda: self.app.enqueue("stamp", {}), lambda: self.pending() == 0,
-                                             n, socket_path)
+        return await _client.measure_latency(
+            lambda: self.app.enqueue("stamp", {}), lambda: self.pending() == 0, n, socket_path
+        )
 
     def close(self) -> None:
         self.app.close()

@@ -15,8 +15,10 @@ PACKAGE = "procrastinate"
 REQUIREMENTS = ["procrastinate", "psycopg[binary]"]
 STORE = "postgres"
 CONCURRENCY = int(os.environ.get("PEERS_PROCRASTINATE_CONCURRENCY", "30"))
-CONFIG = (f"PsycopgConnector; `procrastinate worker --concurrency {CONCURRENCY}` (the docs' async figure), "
-          "other options default; batch_defer_async (batch) / defer_async (single)")
+CONFIG = (
+    f"PsycopgConnector; `procrastinate worker --concurrency {CONCURRENCY}` (the docs' async figure), "
+    "other options default; batch_defer_async (batch) / defer_async (single)"
+)
 PENDING_SQL = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
 RESET_SQL = "TRUNCATE procrastinate_jobs CASCADE"
 
@@ -48,8 +50,18 @@ def __getattr__(name: str) -> Any:
 
 
 def worker_argv(python: str, index: int, dsn: str) -> list[str]:
-    return [python, "-m", "procrastinate", "--app", "benchmarks.peers_drivers.procrastinate.app", "worker",
-            "--concurrency", str(CONCURRENCY), "--name", f"bench-{index}"]
+    return [
+        python,
+        "-m",
+        "procrastinate",
+        "--app",
+        "benchmarks.peers_drivers.procrastinate.app",
+        "worker",
+        "--concurrency",
+        str(CONCURRENCY),
+        "--name",
+        f"bench-{index}",
+    ]
 
 
 class Client:

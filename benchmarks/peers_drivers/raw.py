@@ -16,9 +16,11 @@ from benchmarks.peers_drivers import _client, _probe
 PACKAGE = "psycopg"
 REQUIREMENTS = None  # the benchmark's own venv (psycopg, and pgsched's schema and claim query)
 STORE = "postgres"
-CONFIG = ("psycopg, no framework, pgsched's table without its trigger, every commit durable (claims too); "
-          "COPY (batch) / one-row INSERT + commit (single); worker: claim 50 + UPDATE ... = ANY(ids) loop, "
-          "LISTEN when empty")
+CONFIG = (
+    "psycopg, no framework, pgsched's table without its trigger, every commit durable (claims too); "
+    "COPY (batch) / one-row INSERT + commit (single); worker: claim 50 + UPDATE ... = ANY(ids) loop, "
+    "LISTEN when empty"
+)
 PENDING_SQL = "SELECT count(*) FROM pgsched.runs WHERE status IN ('queued', 'running')"
 RESET_SQL = "TRUNCATE pgsched.runs"
 CHANNEL = "peers_raw"
@@ -43,8 +45,15 @@ def worker(dsn: str) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    params = {"queues": ["default"], "limit": CLAIM_BATCH, "worker_id": 1, "lease_s": 30.0, "now": None,
-              "only_tasks": None, "skip_tasks": None}
+    params = {
+        "queues": ["default"],
+        "limit": CLAIM_BATCH,
+        "worker_id": 1,
+        "lease_s": 30.0,
+        "now": None,
+        "only_tasks": None,
+        "skip_tasks": None,
+    }
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute(f"LISTEN {CHANNEL}")
         claim = queries["run_claim"]
@@ -95,8 +104,9 @@ class Client:
         result = _client.timed_rate(n, time.perf_counter() - start)
         self.reset()
         start = time.perf_counter()
-        self.conn.execute("INSERT INTO pgsched.runs (task, args) SELECT t, '{}'::jsonb FROM unnest(%s::text[]) AS t",
-                          (["noop"] * n,))
+        self.conn.execute(
+            "INSERT INTO pgsched.runs (task, args) SELECT t, '{}'::jsonb FROM unnest(%s::text[]) AS t", (["noop"] * n,)
+        )
         result["extra"] = {"enqueue_bulk_unnest_per_s": n / (time.perf_counter() - start)}
         return result
 
@@ -115,8 +125,10 @@ class Client:
         return self.conn.execute(PENDING_SQL).fetchone()[0]  # type: ignore[index]
 
     def _enqueue_stamp(self) -> None:
-        self.conn.execute("WITH r AS (INSERT INTO pgsched.runs (task, args) VALUES ('stamp', '{}') RETURNING id) "
-                          f"SELECT pg_notify('{CHANNEL}', '') FROM r")
+        self.conn.execute(
+            "WITH r AS (INSERT INTO pgsched.runs (task, args) VALUES ('stamp', '{}') RETURNING id) "
+            f"SELECT pg_notify('{CHANNEL}', '') FROM r"
+        )
 
     async def latency(self, n: int, socket_path: str) -> dict:
         return await _client.measure_latency(self._enqueue_stamp, lambda: self.pending() == 0, n, socket_path)

@@ -70,7 +70,7 @@ def _param_row(param: Any, ctx: Any) -> str:
     while (match := _HELP_TAGS.search(help_text)) is not None:
         if match["default"] is not None:
             default = f"`{match['default']}`"
-        help_text = help_text[:match.start()]
+        help_text = help_text[: match.start()]
     return f"| `{names}` | {_cell(help_text)} | {default} | {'yes' if required else ''} |"
 
 
@@ -148,12 +148,19 @@ def api_routes() -> list[dict[str, Any]]:
                 if handler.opt.get("cluster_wide"):
                     scope += ", no tenant"
             description = _rst_to_md(operation.get("description", ""))
-            routes.append({
-                "method": method.upper(), "path": path, "tag": (operation.get("tags") or ["other"])[0],
-                "summary": _first_sentence(description), "description": description, "scope": scope,
-                "parameters": operation.get("parameters", []), "responses": operation.get("responses", {}),
-                "body": "requestBody" in operation,
-            })
+            routes.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "tag": (operation.get("tags") or ["other"])[0],
+                    "summary": _first_sentence(description),
+                    "description": description,
+                    "scope": scope,
+                    "parameters": operation.get("parameters", []),
+                    "responses": operation.get("responses", {}),
+                    "body": "requestBody" in operation,
+                }
+            )
     routes.sort(key=lambda r: (r["path"].split("/")[1], r["path"], METHOD_ORDER.get(r["method"], 9)))
     return routes
 
@@ -188,16 +195,23 @@ def rest_reference() -> str:
         out.append(f"| {r['method']} | [`{r['path']}`](#{_route_anchor(r)}) | {r['scope']} | {_cell(r['summary'])} |")
     out.append("")
     for r in routes:
-        out += [f"## {r['method']} {r['path']} {{ #{_route_anchor(r)} }}", "", r["description"], "",
-                f"Scope: {r['scope']}."]
+        out += [
+            f"## {r['method']} {r['path']} {{ #{_route_anchor(r)} }}",
+            "",
+            r["description"],
+            "",
+            f"Scope: {r['scope']}.",
+        ]
         if r["body"]:
             out[-1] += " Takes a JSON body."
         out.append("")
         if r["parameters"]:
             out += ["| parameter | in | required | description |", "|---|---|---|---|"]
             for p in r["parameters"]:
-                out.append(f"| `{p['name']}` | {p['in']} | {'yes' if p.get('required') else 'no'} "
-                           f"| {_cell(_rst_to_md(p.get('description', '')))} |")
+                out.append(
+                    f"| `{p['name']}` | {p['in']} | {'yes' if p.get('required') else 'no'} "
+                    f"| {_cell(_rst_to_md(p.get('description', '')))} |"
+                )
             out.append("")
         out += ["Responses:", ""]
         out += [f"- `{code}` {_cell(r['responses'][code].get('description', ''))}" for code in sorted(r["responses"])]

@@ -52,10 +52,19 @@ async def database_pool(app: Litestar) -> AsyncIterator[None]:
     database: the API starts (and /health answers) while it is down, and /ready says so."""
     settings: ApiSettings = app.state.settings
     if not settings.auth:
-        logger.warning("AUTHENTICATION IS DISABLED (--no-auth): anyone who can reach this API can read and change "
-                       "every job and run. Use it for local development only.")
-    pool = ConnectionPool(settings.dsn, min_size=settings.pool_min_size, max_size=settings.pool_max_size,
-                          timeout=settings.pool_timeout_s, kwargs=API_CONNECTION, open=False, name="pgsched-api")
+        logger.warning(
+            "AUTHENTICATION IS DISABLED (--no-auth): anyone who can reach this API can read and change "
+            "every job and run. Use it for local development only."
+        )
+    pool = ConnectionPool(
+        settings.dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_s,
+        kwargs=API_CONNECTION,
+        open=False,
+        name="pgsched-api",
+    )
     pool.open(wait=False)
     app.state.pool = pool
     try:
@@ -87,10 +96,14 @@ def openapi_config() -> OpenAPIConfig:
         title="pgsched",
         version=pgsched.__version__,
         description="Jobs, runs, queues and workers of a pgsched installation. "
-                    "Send `Authorization: Bearer <key>` with a key from `pgsched keys create`.",
-        components=Components(security_schemes={
-            "BearerAuth": SecurityScheme(type="http", scheme="bearer",
-                                         description="An API key from `pgsched keys create`")}),
+        "Send `Authorization: Bearer <key>` with a key from `pgsched keys create`.",
+        components=Components(
+            security_schemes={
+                "BearerAuth": SecurityScheme(
+                    type="http", scheme="bearer", description="An API key from `pgsched keys create`"
+                )
+            }
+        ),
         security=[{"BearerAuth": []}],
         use_handler_docstrings=True,
     )
@@ -106,9 +119,14 @@ def create_app(settings: ApiSettings) -> Litestar:
     app = Litestar(
         route_handlers=CONTROLLERS,
         lifespan=[database_pool, redis_tier],
-        state=State({"settings": settings, "key_cache": KeyCache(settings.key_cache_s),
-                     # The enqueue API (no tasks registered: the API queues runs by task name).
-                     "pgsched": App(dsn=settings.dsn)}),
+        state=State(
+            {
+                "settings": settings,
+                "key_cache": KeyCache(settings.key_cache_s),
+                # The enqueue API (no tasks registered: the API queues runs by task name).
+                "pgsched": App(dsn=settings.dsn),
+            }
+        ),
         dependencies={**DEPENDENCIES, **CACHE_DEPENDENCY},
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -97,7 +97,9 @@ def require_scope(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseR
     if not key.allows(needed):
         raise PermissionDeniedException(
             f"this API key's scope is {key.scope!r}; {connection.scope.get('method', 'this')} "
-            f"{connection.url.path} needs {needed!r}")
+            f"{connection.url.path} needs {needed!r}"
+        )
     if handler.opt.get("cluster_wide") and key.tenant is not None:
         raise PermissionDeniedException(
-            f"{connection.url.path} describes the whole installation: it needs a key without a tenant")
+            f"{connection.url.path} describes the whole installation: it needs a key without a tenant"
+        )

@@ -72,8 +72,10 @@ def _query_parameters(app: Litestar) -> dict[tuple[str, str], frozenset[str]]:
                 operation = getattr(item, method, None)
                 if operation is not None:
                     known[(path, method.upper())] = frozenset(
-                        parameter.name for parameter in operation.parameters or []
-                        if getattr(parameter, "param_in", None) == "query")
+                        parameter.name
+                        for parameter in operation.parameters or []
+                        if getattr(parameter, "param_in", None) == "query"
+                    )
         app.state.documented_query_parameters = known
     return known
 
@@ -102,14 +104,19 @@ async def _check_body_types(request: Request[Any, Any, Any], model: type[Request
 
 
 def _invalid(request: Request[Any, Any, Any], key: str, message: str, source: str) -> ValidationException:
-    return ValidationException(detail=f"Validation failed for {request.method} {request.url.path}",
-                               extra=[{"key": key, "message": message, "source": source}])
+    return ValidationException(
+        detail=f"Validation failed for {request.method} {request.url.path}",
+        extra=[{"key": key, "message": message, "source": source}],
+    )
 
 
 def _allowed_methods(app: Litestar) -> dict[str, bytes]:
     """The Allow header of every HTTP path, by path template (``/jobs/{name}``)."""
-    return {route.path_format: ", ".join(sorted(route.methods)).encode()
-            for route in app.routes if isinstance(route, HTTPRoute)}
+    return {
+        route.path_format: ", ".join(sorted(route.methods)).encode()
+        for route in app.routes
+        if isinstance(route, HTTPRoute)
+    }
 
 
 async def correct_allow_header(message: Message, scope: Scope) -> None:

@@ -54,9 +54,33 @@ STATUS_BY_ERROR: dict[type[PgschedError], int] = {
 
 # The library's messages start with the field they are about ("priority must be ...",
 # "queue 'x' is not a valid name ..."); these find it. Order matters: first match wins.
-_FIELDS = ("task", "args", "queue", "priority", "max_attempts", "run_at", "delay", "unique_key", "status",
-           "limit", "cursor", "misfire", "max_catchup", "every", "at", "tz", "cron", "name", "scope", "tenant",
-           "job", "created_after", "created_before", "finished_after", "finished_before")
+_FIELDS = (
+    "task",
+    "args",
+    "queue",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "delay",
+    "unique_key",
+    "status",
+    "limit",
+    "cursor",
+    "misfire",
+    "max_catchup",
+    "every",
+    "at",
+    "tz",
+    "cron",
+    "name",
+    "scope",
+    "tenant",
+    "job",
+    "created_after",
+    "created_before",
+    "finished_after",
+    "finished_before",
+)
 _FIELD_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"^args\[(\d+)\]"), lambda m: f"args[{m[1]}]"),
     (re.compile(rf"^({'|'.join(_FIELDS)})\b"), lambda m: m[1]),
@@ -99,15 +123,18 @@ def _locate(field: str | None, request: Request[Any, Any, Any]) -> tuple[str | N
     return field, "body"
 
 
-def error_response(status_code: int, detail: str, errors: list[FieldError] | None = None,
-                   headers: dict[str, str] | None = None) -> Response[ErrorOut]:
-    return Response(ErrorOut(status_code=status_code, detail=detail, errors=errors or []),
-                    status_code=status_code, headers=headers)
+def error_response(
+    status_code: int, detail: str, errors: list[FieldError] | None = None, headers: dict[str, str] | None = None
+) -> Response[ErrorOut]:
+    return Response(
+        ErrorOut(status_code=status_code, detail=detail, errors=errors or []), status_code=status_code, headers=headers
+    )
 
 
 def on_pgsched_error(request: Request[Any, Any, Any], exc: PgschedError) -> Response[ErrorOut]:
-    status = next((code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls)),
-                  HTTP_500_INTERNAL_SERVER_ERROR)
+    status = next(
+        (code for cls, code in STATUS_BY_ERROR.items() if isinstance(exc, cls)), HTTP_500_INTERNAL_SERVER_ERROR
+    )
     message = str(exc)
     if status == HTTP_500_INTERNAL_SERVER_ERROR:
         logger.error("unexpected pgsched error on %s %s: %s", request.method, request.url.path, message)
@@ -142,8 +169,11 @@ def _validation_errors(exc: ValidationException) -> list[FieldError]:
             message = next((text for pattern, text in _PATTERN_MESSAGES if pattern in message), message)
         if source == "header":
             key = _HEADERS.get(key, key)
-        errors.append(FieldError(field=key, message=message, source=source if source in (
-            "body", "query", "path", "header") else None))
+        errors.append(
+            FieldError(
+                field=key, message=message, source=source if source in ("body", "query", "path", "header") else None
+            )
+        )
     return errors
 
 
@@ -176,8 +206,8 @@ def on_database_error(request: Request[Any, Any, Any], exc: psycopg.Error) -> Re
         message = f"the database refused a value: {reason}"
         field, source = _locate(field_of(reason) or field_of(exc.diag.constraint_name or ""), request)
         logger.info("%s %s: %s", request.method, request.url.path, message)
-        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, message,
-                              [FieldError(field=field, message=message, source=source)])  # type: ignore[arg-type]
+        located = FieldError(field=field, message=message, source=source)  # type: ignore[arg-type]
+        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, message, [located])
     if isinstance(exc, psycopg.errors.UndefinedTable):
         detail = "the pgsched schema is missing or out of date in this database: run `pgsched migrate`"
     elif isinstance(exc, psycopg.OperationalError):  # including the pool's PoolTimeout

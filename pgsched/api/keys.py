@@ -58,13 +58,16 @@ def check_scope(scope: Any) -> Scope:
 
 def check_tenant(tenant: Any) -> str | None:
     if tenant is not None and (not isinstance(tenant, str) or not _TENANT.match(tenant)):
-        raise InvalidInput(f"tenant {tenant!r} is not a valid name: 1-63 characters of A-Z a-z 0-9 _ . : -, "
-                           "starting with a letter or digit")
+        raise InvalidInput(
+            f"tenant {tenant!r} is not a valid name: 1-63 characters of A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or digit"
+        )
     return tenant
 
 
-def create_key(conn: psycopg.Connection, scope: Scope, *, tenant: str | None = None,
-               name: str = "") -> tuple[str, dict[str, Any]]:
+def create_key(
+    conn: psycopg.Connection, scope: Scope, *, tenant: str | None = None, name: str = ""
+) -> tuple[str, dict[str, Any]]:
     """A new key: ``(key, row)``. The key is shown here and never again."""
     check_scope(scope)
     check_tenant(tenant)
@@ -72,9 +75,10 @@ def create_key(conn: psycopg.Connection, scope: Scope, *, tenant: str | None = N
         raise InvalidInput(f"name must be a string of at most 200 characters, got {name!r}")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(queries["api_key_insert"], {
-            "name": name, "key_hash": digest(key), "prefix": key[:SHOWN_CHARACTERS], "scope": scope,
-            "tenant": tenant}).fetchone()
+        row = cur.execute(
+            queries["api_key_insert"],
+            {"name": name, "key_hash": digest(key), "prefix": key[:SHOWN_CHARACTERS], "scope": scope, "tenant": tenant},
+        ).fetchone()
     assert row is not None
     return key, row
 

@@ -9,9 +9,9 @@ from typing import Any, Iterable
 
 import psycopg
 
-from pgsched.runs import RUN_STATUSES
-from pgsched.queues import list_queues
 from pgsched.api import store
+from pgsched.queues import list_queues
+from pgsched.runs import RUN_STATUSES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -25,14 +25,18 @@ _WINDOW_NOTE = (
     f"Over the runs that finished in the last {HISTOGRAM_WINDOW_S} s, per queue: a sliding window read at scrape "
     "time, not a counter, so use histogram_quantile() on the buckets as they are, without rate(). (A cumulative "
     "histogram would read every retained run at each scrape and shrink when old runs are pruned; the window "
-    "reads only recent rows, through the finished_at index.)")
+    "reads only recent rows, through the finished_at index.)"
+)
 _HISTOGRAMS = {  # the metric column of run_duration_buckets: (name, help)
-    "wait": ("pgsched_queue_wait_seconds",
-             "How long runs waited to be claimed: from when they were due (run_at, or created_at if later) to "
-             "their last start (a retried run: its last attempt's wait). " + _WINDOW_NOTE),
-    "run": ("pgsched_run_duration_seconds",
-            "How long runs ran: from their last start to their finish (succeeded, failed or cancelled). "
-            + _WINDOW_NOTE),
+    "wait": (
+        "pgsched_queue_wait_seconds",
+        "How long runs waited to be claimed: from when they were due (run_at, or created_at if later) to "
+        "their last start (a retried run: its last attempt's wait). " + _WINDOW_NOTE,
+    ),
+    "run": (
+        "pgsched_run_duration_seconds",
+        "How long runs ran: from their last start to their finish (succeeded, failed or cancelled). " + _WINDOW_NOTE,
+    ),
 }
 
 
@@ -80,7 +84,8 @@ def _duration_histograms(conn: psycopg.Connection, queues: Iterable[str]) -> lis
     """Both histograms, with a series for every queue (zeros when none of its runs finished
     in the window), so series do not come and go with the traffic."""
     by_metric: dict[str, dict[str, _Buckets]] = {
-        metric: {queue: _Buckets() for queue in queues} for metric in _HISTOGRAMS}
+        metric: {queue: _Buckets() for queue in queues} for metric in _HISTOGRAMS
+    }
     row: dict[str, Any]
     for row in store.run_duration_buckets(conn, DURATION_BUCKETS_S, HISTOGRAM_WINDOW_S):
         buckets = by_metric[row["metric"]].setdefault(row["queue"], _Buckets())
@@ -100,19 +105,38 @@ def render(conn: psycopg.Connection) -> str:
     by_queue: dict[str, dict[str, int]] = {}
     for row in counts:
         by_queue.setdefault(row["queue"], dict.fromkeys(RUN_STATUSES, 0))[row["status"]] = row["runs"]
-    lines = _family("pgsched_runs", "Runs by queue and status (every status listed, zeros included).", (
-        ({"queue": queue, "status": status}, value)
-        for queue, statuses in sorted(by_queue.items()) for status, value in statuses.items()))
-    lines += _family("pgsched_queue_due_runs", "Queued runs that are due now, by queue.", (
-        ({"queue": row["queue"]}, row["due"]) for row in queues))
-    lines += _family("pgsched_queue_oldest_due_age_seconds", "How long the oldest due run has waited, by queue.", (
-        ({"queue": row["queue"]}, row["oldest_queued_age_s"] or 0.0) for row in queues))
-    lines += _family("pgsched_queue_succeeded_last_hour", "Runs that succeeded in the last hour, by queue.", (
-        ({"queue": row["queue"]}, row["succeeded_last_hour"]) for row in queues))
+    lines = _family(
+        "pgsched_runs",
+        "Runs by queue and status (every status listed, zeros included).",
+        (
+            ({"queue": queue, "status": status}, value)
+            for queue, statuses in sorted(by_queue.items())
+            for status, value in statuses.items()
+        ),
+    )
+    lines += _family(
+        "pgsched_queue_due_runs",
+        "Queued runs that are due now, by queue.",
+        (({"queue": row["queue"]}, row["due"]) for row in queues),
+    )
+    lines += _family(
+        "pgsched_queue_oldest_due_age_seconds",
+        "How long the oldest due run has waited, by queue.",
+        (({"queue": row["queue"]}, row["oldest_queued_age_s"] or 0.0) for row in queues),
+    )
+    lines += _family(
+        "pgsched_queue_succeeded_last_hour",
+        "Runs that succeeded in the last hour, by queue.",
+        (({"queue": row["queue"]}, row["succeeded_last_hour"]) for row in queues),
+    )
     lines += _family("pgsched_workers", "Live workers.", [({}, len(workers))])
-    lines += _family("pgsched_worker_slots", "Runs the live workers can hold at once.", [
-        ({}, sum(w["concurrency"] for w in workers))])
-    lines += _family("pgsched_worker_running_runs", "Runs the live workers hold now.", [
-        ({}, sum(w["running"] for w in workers))])
+    lines += _family(
+        "pgsched_worker_slots",
+        "Runs the live workers can hold at once.",
+        [({}, sum(w["concurrency"] for w in workers))],
+    )
+    lines += _family(
+        "pgsched_worker_running_runs", "Runs the live workers hold now.", [({}, sum(w["running"] for w in workers))]
+    )
     lines += _duration_histograms(conn, by_queue)
     return "\n".join(lines) + "\n"

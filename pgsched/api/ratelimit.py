@@ -57,8 +57,7 @@ class MemoryCounters:
 class RateLimiter:
     """Counts requests per caller and says when one is over the limit."""
 
-    def __init__(self, limit: RateLimit, redis: RedisTier | None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, limit: RateLimit, redis: RedisTier | None, *, clock: Callable[[], float] = time.time) -> None:
         self.limit = limit
         self.redis = redis
         self._memory = MemoryCounters()
@@ -112,5 +111,7 @@ class RateLimitMiddleware(ASGIMiddleware):
             raise TooManyRequestsException(
                 f"rate limit exceeded: at most {limit.requests} requests per {limit.window_s}s for this "
                 f"{'API key' if isinstance(scope.get('auth'), ApiKey) else 'client address'}; "
-                f"retry in {retry_after}s", headers={"Retry-After": str(retry_after)})
+                f"retry in {retry_after}s",
+                headers={"Retry-After": str(retry_after)},
+            )
         await next_app(scope, receive, send)

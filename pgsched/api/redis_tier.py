@@ -105,9 +105,14 @@ class CircuitBreaker:
             was_closed = self._open_until is None
             self._open_until, self._trial_running = self._clock() + self.retry_s, False
         if was_closed:
-            logger.warning("Redis at %s failed (%s: %s): serving without it (reads from PostgreSQL, rate limits "
-                           "counted in this process); trying again every %gs", self.name, type(exc).__name__, exc,
-                           self.retry_s)
+            logger.warning(
+                "Redis at %s failed (%s: %s): serving without it (reads from PostgreSQL, rate limits "
+                "counted in this process); trying again every %gs",
+                self.name,
+                type(exc).__name__,
+                exc,
+                self.retry_s,
+            )
 
 
 class RedisTier:
@@ -121,12 +126,16 @@ class RedisTier:
 
         # No client-side retries and short timeouts: the breaker decides when to try again.
         options: dict[str, Any] = {
-            "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "client_name": "pgsched-api"}
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "client_name": "pgsched-api",
+        }
         self.breaker = CircuitBreaker(redacted(url), retry_s=retry_s)
         self._errors = (redis.RedisError, OSError)
         self._sync: redis.Redis = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         self._async: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **options)
+            url, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **options
+        )
 
     def call(self, operation: Callable[[redis.Redis], T]) -> T:
         """``operation(client)``, or :class:`RedisUnavailable` (breaker open, or the call failed)."""

@@ -204,8 +204,9 @@ class QueueOut(Struct, kw_only=True):
     failed: int
     succeeded_last_hour: int
     succeeded_last_minute: Annotated[int, Meta(description="Runs that succeeded in the last 60 seconds")]
-    failed_last_minute: Annotated[int, Meta(
-        description="Runs that failed for good (attempts used up) in the last 60 seconds")]
+    failed_last_minute: Annotated[
+        int, Meta(description="Runs that failed for good (attempts used up) in the last 60 seconds")
+    ]
     oldest_queued_age_s: Annotated[float | None, Meta(description="Age of the oldest due run, in seconds")]
 
 
@@ -266,8 +267,10 @@ PROTECTED = (401, 403, 503)
 
 def error_responses(*codes: int, **extra: ResponseSpec) -> dict[int, ResponseSpec]:
     """OpenAPI responses: ``ErrorOut`` for each code (an ``extra`` keyword ``_200=...`` adds a success)."""
-    responses = {code: ResponseSpec(ErrorOut, description=_ERROR_DESCRIPTIONS[code], generate_examples=False)
-                 for code in sorted({*PROTECTED, *codes})}
+    responses = {
+        code: ResponseSpec(ErrorOut, description=_ERROR_DESCRIPTIONS[code], generate_examples=False)
+        for code in sorted({*PROTECTED, *codes})
+    }
     responses.update({int(key.lstrip("_")): spec for key, spec in extra.items()})
     return responses
 

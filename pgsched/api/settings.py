@@ -27,16 +27,18 @@ class RateLimit:
 
     def __post_init__(self) -> None:
         if not 1 <= self.requests <= 10**9 or not 1 <= self.window_s <= 86_400:
-            raise ConfigError(f"a rate limit allows 1 to 10^9 requests per 1 to 86400 seconds, got "
-                              f"{self.requests}/{self.window_s}")
+            raise ConfigError(
+                f"a rate limit allows 1 to 10^9 requests per 1 to 86400 seconds, got {self.requests}/{self.window_s}"
+            )
 
     @classmethod
     def parse(cls, text: str, *, source: str = "the rate limit") -> RateLimit:
         """``"600/60"``: 600 requests per 60 seconds. Errors name ``source`` (an option or variable)."""
         match = _RATE_LIMIT.match(text)
         if match is None:
-            raise ConfigError(f"{source} must be REQUESTS/SECONDS, e.g. '600/60' for 600 requests a minute; "
-                              f"got {text!r}")
+            raise ConfigError(
+                f"{source} must be REQUESTS/SECONDS, e.g. '600/60' for 600 requests a minute; got {text!r}"
+            )
         try:
             return cls(int(match[1]), int(match[2]))
         except ConfigError as exc:
@@ -78,8 +80,9 @@ class ApiSettings:
         if not isinstance(self.dsn, str) or not self.dsn.strip():
             raise ConfigError("the API needs a database DSN")
         if not 0 <= self.pool_min_size <= self.pool_max_size or self.pool_max_size < 1:
-            raise ConfigError(f"pool sizes must satisfy 0 <= min <= max, max >= 1; got "
-                              f"{self.pool_min_size}..{self.pool_max_size}")
+            raise ConfigError(
+                f"pool sizes must satisfy 0 <= min <= max, max >= 1; got {self.pool_min_size}..{self.pool_max_size}"
+            )
         for name in ("pool_timeout_s", "key_cache_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
@@ -90,11 +93,14 @@ class ApiSettings:
     def _check_redis(self) -> None:
         if self.redis_url is not None:
             if not isinstance(self.redis_url, str) or not self.redis_url.startswith(_REDIS_SCHEMES):
-                raise ConfigError(f"the Redis URL (PGSCHED_REDIS_URL, --redis-url) must start with redis://, "
-                                  f"rediss:// or unix://, got {self.redis_url!r}")
+                raise ConfigError(
+                    f"the Redis URL (PGSCHED_REDIS_URL, --redis-url) must start with redis://, "
+                    f"rediss:// or unix://, got {self.redis_url!r}"
+                )
             if importlib.util.find_spec("redis") is None:
-                raise ConfigError("a Redis URL is set but the redis package is not installed: "
-                                  "pip install 'pgsched[redis]'")
+                raise ConfigError(
+                    "a Redis URL is set but the redis package is not installed: pip install 'pgsched[redis]'"
+                )
         for name in ("redis_timeout_s", "redis_retry_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -115,7 +121,8 @@ class ApiSettings:
                 max_body_bytes=int(env.get("PGSCHED_API_MAX_BODY_BYTES", cls.max_body_bytes)),
                 redis_url=env.get("PGSCHED_REDIS_URL") or None,
                 rate_limit=RateLimit.parse(env["PGSCHED_API_RATE_LIMIT"], source="PGSCHED_API_RATE_LIMIT")
-                if env.get("PGSCHED_API_RATE_LIMIT") else None,
+                if env.get("PGSCHED_API_RATE_LIMIT")
+                else None,
             )
         except ValueError as exc:
             raise ConfigError(f"a PGSCHED_API_* variable is not a number: {exc}") from None

@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 import psycopg
 from psycopg.rows import dict_row
 
-from pgsched.runs import get_run
 from pgsched.app import App
 from pgsched.errors import PgschedError, RunNotFound
+from pgsched.runs import get_run
 from pgsched.sql import queries
 
 
@@ -41,27 +41,57 @@ def tenant_unique_key(idempotency_key: str | None, tenant: str | None) -> str | 
     return f"{tenant}/{idempotency_key}"
 
 
-def enqueue_one(conn: psycopg.Connection, app: App, request: RunRequest, args: Mapping[str, Any] | None, *,
-                idempotency_key: str | None = None, tenant: str | None = None) -> tuple[dict[str, Any], bool]:
+def enqueue_one(
+    conn: psycopg.Connection,
+    app: App,
+    request: RunRequest,
+    args: Mapping[str, Any] | None,
+    *,
+    idempotency_key: str | None = None,
+    tenant: str | None = None,
+) -> tuple[dict[str, Any], bool]:
     """Queue one run for the caller's tenant: ``(run, created)``; ``created`` is False when the
     idempotency key returned an earlier run."""
     run_id, created = app.enqueue_unique(
-        request.task, args, queue=request.queue, priority=request.priority, max_attempts=request.max_attempts,
-        run_at=request.run_at, delay=request.delay, unique_key=tenant_unique_key(idempotency_key, tenant),
-        tenant=tenant, conn=conn)
+        request.task,
+        args,
+        queue=request.queue,
+        priority=request.priority,
+        max_attempts=request.max_attempts,
+        run_at=request.run_at,
+        delay=request.delay,
+        unique_key=tenant_unique_key(idempotency_key, tenant),
+        tenant=tenant,
+        conn=conn,
+    )
     try:
         return get_run(conn, run_id, tenant=tenant), created
     except RunNotFound:
         raise IdempotencyKeyConflict(
-            f"the Idempotency-Key {idempotency_key!r} belongs to a run this API key cannot see") from None
+            f"the Idempotency-Key {idempotency_key!r} belongs to a run this API key cannot see"
+        ) from None
 
 
-def enqueue_batch(conn: psycopg.Connection, app: App, request: RunRequest, all_args: Sequence[Mapping[str, Any]], *,
-                  tenant: str | None = None) -> list[int]:
+def enqueue_batch(
+    conn: psycopg.Connection,
+    app: App,
+    request: RunRequest,
+    all_args: Sequence[Mapping[str, Any]],
+    *,
+    tenant: str | None = None,
+) -> list[int]:
     """Queue one run per args object through ``App.enqueue_many`` (COPY), all or none."""
-    return app.enqueue_many(request.task, all_args, queue=request.queue, priority=request.priority,
-                            max_attempts=request.max_attempts, run_at=request.run_at, delay=request.delay,
-                            tenant=tenant, conn=conn)
+    return app.enqueue_many(
+        request.task,
+        all_args,
+        queue=request.queue,
+        priority=request.priority,
+        max_attempts=request.max_attempts,
+        run_at=request.run_at,
+        delay=request.delay,
+        tenant=tenant,
+        conn=conn,
+    )
 
 
 def list_workers(conn: psycopg.Connection) -> list[dict[str, Any]]:
@@ -76,11 +106,13 @@ def run_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
         return cur.execute(queries["run_count_by_queue_status"]).fetchall()
 
 
-def run_duration_buckets(conn: psycopg.Connection, bounds: Sequence[float], window_s: float, *,
-                         now: datetime | None = None) -> list[dict[str, Any]]:
+def run_duration_buckets(
+    conn: psycopg.Connection, bounds: Sequence[float], window_s: float, *, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """How long the runs that finished in the last ``window_s`` seconds waited and ran: rows of
     ``(queue, metric 'wait'|'run', bucket, runs, seconds)``, bucket k counting the durations in
     ``(bounds[k-1], bounds[k]]`` (0: at most bounds[0]; len(bounds): above the last bound)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["run_duration_buckets"], {
-            "bounds": list(bounds), "window_s": window_s, "now": now}).fetchall()
+        return cur.execute(
+            queries["run_duration_buckets"], {"bounds": list(bounds), "window_s": window_s, "now": now}
+        ).fetchall()

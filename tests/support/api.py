@@ -50,14 +50,20 @@ class Api:
 ReadonlyApi = tuple[Api, psycopg.Connection]
 
 KEY_KINDS = {  # name: (scope, tenant)
-    "admin": ("admin", None), "write": ("write", None), "read": ("read", None),
-    "acme": ("write", "acme"), "acme-read": ("read", "acme"), "beta": ("write", "beta"),
+    "admin": ("admin", None),
+    "write": ("write", None),
+    "read": ("read", None),
+    "acme": ("write", "acme"),
+    "acme-read": ("read", "acme"),
+    "beta": ("write", "beta"),
 }
 
 
 def make_keys(conn: psycopg.Connection) -> dict[str, str]:
-    return {name: api_keys.create_key(conn, scope, tenant=tenant, name=name)[0]
-            for name, (scope, tenant) in KEY_KINDS.items()}
+    return {
+        name: api_keys.create_key(conn, scope, tenant=tenant, name=name)[0]
+        for name, (scope, tenant) in KEY_KINDS.items()
+    }
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:
@@ -78,8 +84,11 @@ def serving_api(*args: str) -> Iterator[tuple[str, bytes]]:
         api = processes.start("api", "--host", "127.0.0.1", "--port", "0", *args)
         try:
             # uvicorn's "running on" line names the port it got.
-            match = processes.wait_until(lambda: re.search(r"running on (http://127\.0\.0\.1:\d+)", api.log()), 30,
-                                         "pgsched api to say where it listens")
+            match = processes.wait_until(
+                lambda: re.search(r"running on (http://127\.0\.0\.1:\d+)", api.log()),
+                30,
+                "pgsched api to say where it listens",
+            )
             yield match[1], api.log().encode()
             api.signal(signal.SIGINT)  # as Ctrl-C: a clean stop
             code = api.popen.wait(timeout=15)

@@ -20,8 +20,13 @@ def scalar(conn: psycopg.Connection[Any], sql: Any, params: Any = None) -> Any:
 
 def reconnect(dsn: str, timeout: float = 30) -> psycopg.Connection[Any]:
     """An autocommit connection, retried while the server is still (re)starting."""
-    return wait_until(lambda: psycopg.connect(dsn, autocommit=True, connect_timeout=5), timeout,
-                      "the database to accept connections", poll=0.1, ignoring=(psycopg.OperationalError,))
+    return wait_until(
+        lambda: psycopg.connect(dsn, autocommit=True, connect_timeout=5),
+        timeout,
+        "the database to accept connections",
+        poll=0.1,
+        ignoring=(psycopg.OperationalError,),
+    )
 
 
 @contextmanager
@@ -42,9 +47,13 @@ def scratch_database(postgresql_proc: Any, name: str) -> Iterator[str]:
 def empty_tables(dsn: str) -> str:
     """Delete every pgsched row (the migrations' record stays): as fresh as a new database."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
-            " WHERE schemaname = 'pgsched' AND tablename <> 'schema_migrations'")]
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+                " WHERE schemaname = 'pgsched' AND tablename <> 'schema_migrations'"
+            )
+        ]
         conn.execute("SET lock_timeout = '10s'")
         conn.execute("; ".join(f"DELETE FROM {table}" for table in tables).encode())
     return dsn

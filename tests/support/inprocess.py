@@ -51,8 +51,9 @@ class RunningWorker:
             self.task.result()
             raise AssertionError("the worker stopped")
 
-    async def until(self, run_id: int, condition: Callable[[dict[str, Any]], bool], what: str,
-                    timeout: float = 10.0) -> dict[str, Any]:
+    async def until(
+        self, run_id: int, condition: Callable[[dict[str, Any]], bool], what: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
         async def check() -> dict[str, Any] | None:
             row = await self.row(run_id)
             return row if condition(row) else None
@@ -65,6 +66,7 @@ class RunningWorker:
 
 def finish(app: App, dsn: str, *run_ids: int, timeout: float = 10.0, **options: Any) -> list[dict[str, Any]]:
     """Run a worker (``options``: WorkerOptions) until each run has a final status: their rows, in order."""
+
     async def main() -> list[dict[str, Any]]:
         async with RunningWorker(app, dsn, **options) as w:
             return [await w.finished(run_id, timeout) for run_id in run_ids]

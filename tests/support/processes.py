@@ -69,8 +69,9 @@ class Process:
         except subprocess.TimeoutExpired:
             self.popen.send_signal(signal.SIGUSR1)
             time.sleep(0.5)  # diagnostics only: give the dump time to reach the log
-            raise AssertionError(f"{self.kind} pid {self.pid} still running {timeout}s later; its log:\n"
-                                 f"{log_tail(self.log_path)}") from None
+            raise AssertionError(
+                f"{self.kind} pid {self.pid} still running {timeout}s later; its log:\n{log_tail(self.log_path)}"
+            ) from None
 
     def signal_pending(self, sig: int) -> bool:
         """Sent but not yet delivered (Linux: /proc). Python's C-level handler runs on delivery
@@ -99,19 +100,32 @@ class Processes:
         # COLUMNS: rich wraps its lines to the terminal width, which a log file does not have.
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
         with open(log_path, "wb") as log:
-            popen = subprocess.Popen([sys.executable, "-m", "pgsched.cli.main", *args], cwd=ROOT, env=full_env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "pgsched.cli.main", *args],
+                cwd=ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         process = Process(popen, log_path, kind)
         self.started.append(process)
         return process
 
-    def wait_until(self, condition: Callable[[], T], timeout: float, what: str,
-                   alive: list[Process] | None = None, **options: Any) -> T:
+    def wait_until(
+        self, condition: Callable[[], T], timeout: float, what: str, alive: list[Process] | None = None, **options: Any
+    ) -> T:
         """``wait_until`` that also fails as soon as a process that should be alive exits: those
         in ``alive``, by default every started one the test has neither stopped nor reaped."""
         watched = alive if alive is not None else self.expected_alive()
-        return wait_until(condition, timeout, what, check=lambda: self.check_alive(what, watched),
-                          diagnose=self.diagnostics, **options)
+        return wait_until(
+            condition,
+            timeout,
+            what,
+            check=lambda: self.check_alive(what, watched),
+            diagnose=self.diagnostics,
+            **options,
+        )
 
     def expected_alive(self) -> list[Process]:
         return [p for p in self.started if p.popen.returncode is None and not p.expect_exit]
@@ -121,8 +135,10 @@ class Processes:
         exited; waiting on for ``what`` would only hide why."""
         for process in watched if watched is not None else self.expected_alive():
             if process.popen.poll() is not None:
-                raise AssertionError(f"{process.kind} pid {process.pid} exited with {process.popen.returncode}"
-                                     f" while waiting for {what}; its log:\n{log_tail(process.log_path)}")
+                raise AssertionError(
+                    f"{process.kind} pid {process.pid} exited with {process.popen.returncode}"
+                    f" while waiting for {what}; its log:\n{log_tail(process.log_path)}"
+                )
 
     def diagnostics(self) -> str:
         """Every process's log, with a stack dump of each live one, and the database's sessions."""
@@ -131,8 +147,10 @@ class Processes:
                 process.popen.send_signal(signal.SIGCONT)  # a SIGSTOPped process dumps only once resumed
                 process.popen.send_signal(signal.SIGUSR1)
         time.sleep(0.5)  # diagnostics only: give the dumps time to reach the logs
-        logs = "\n".join(f"--- {p.kind} pid {p.pid} (exit code {p.popen.returncode}):\n{log_tail(p.log_path)}"
-                         for p in self.started[-8:])  # the soak starts dozens: the latest tell the most
+        logs = "\n".join(
+            f"--- {p.kind} pid {p.pid} (exit code {p.popen.returncode}):\n{log_tail(p.log_path)}"
+            for p in self.started[-8:]
+        )  # the soak starts dozens: the latest tell the most
         return f"{logs}\n{self.database_diagnostics()}"
 
     def database_diagnostics(self) -> str:
@@ -141,7 +159,8 @@ class Processes:
         try:
             sessions = self.conn.execute(
                 "SELECT pid, state, wait_event_type, wait_event, now() - state_change, left(query, 120)"
-                " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+                " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
         except psycopg.Error as error:  # diagnostics must not hide the failure they explain
             return f"--- sessions: unreadable ({error})"
         return "--- sessions:\n" + "\n".join(map(str, sessions))
@@ -152,4 +171,3 @@ class Processes:
             if process.popen.poll() is None:
                 process.popen.kill()
             process.popen.wait()
-

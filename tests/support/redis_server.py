@@ -25,7 +25,8 @@ from tests.support.waiting import wait_until
 
 def redis_server_binary() -> str | None:
     return shutil.which("redis-server") or next(
-        (path for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(path, os.X_OK)), None)
+        (path for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(path, os.X_OK)), None
+    )
 
 
 class RedisServer:
@@ -47,20 +48,39 @@ class RedisServer:
     def start(self) -> None:
         log = open(self.directory / "redis.log", "ab")
         self._process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self._wait_until_it_answers()
 
     def _wait_until_it_answers(self) -> None:
         def running() -> None:
-            assert self._process is not None and self._process.poll() is None, \
-                (self.directory / "redis.log").read_text()
+            assert self._process is not None and self._process.poll() is None, (
+                self.directory / "redis.log"
+            ).read_text()
 
         with self.client() as client:
-            wait_until(client.ping, 10, "redis-server to answer", poll=0.01, check=running,
-                       ignoring=(redis.ConnectionError,))
+            wait_until(
+                client.ping, 10, "redis-server to answer", poll=0.01, check=running, ignoring=(redis.ConnectionError,)
+            )
 
     def stop(self) -> None:
         if self._process is None:
@@ -89,8 +109,10 @@ def running_redis(directory: Path) -> Iterator[RedisServer]:
     """A started server, stopped afterwards; skips the test when redis-server is not installed."""
     binary = redis_server_binary()
     if binary is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server); "
-                    "the Redis cache tier tests need a real server")
+        pytest.skip(
+            "redis-server is not installed (Debian: apt-get install redis-server); "
+            "the Redis cache tier tests need a real server"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     server = RedisServer(binary, directory)
     server.start()

@@ -19,9 +19,16 @@ def _timed_out(what: str, timeout: float, last: object, diagnose: Callable[[], s
     return AssertionError(f"{message}\n{diagnose()}" if diagnose is not None else message)
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, *, poll: float = POLL_S,
-               check: Callable[[], None] | None = None, diagnose: Callable[[], str] | None = None,
-               ignoring: tuple[type[BaseException], ...] = ()) -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    poll: float = POLL_S,
+    check: Callable[[], None] | None = None,
+    diagnose: Callable[[], str] | None = None,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
     """Call ``condition`` until it returns something truthy, and return that.
 
     ``check`` runs after every miss and may raise at once (a process the test needs has died);
@@ -43,8 +50,14 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, *, poll: f
         time.sleep(poll)
 
 
-async def wait_until_async(condition: Callable[[], Awaitable[T]], timeout: float, what: str, *,
-                           poll: float = POLL_S, check: Callable[[], None] | None = None) -> T:
+async def wait_until_async(
+    condition: Callable[[], Awaitable[T]],
+    timeout: float,
+    what: str,
+    *,
+    poll: float = POLL_S,
+    check: Callable[[], None] | None = None,
+) -> T:
     """``wait_until`` for a condition that is awaited, sleeping without blocking the event loop."""
     deadline = time.monotonic() + timeout
     while True:

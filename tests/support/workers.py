@@ -14,8 +14,10 @@ from tests.support.db import scalar
 from tests.support.processes import Process, Processes
 
 APP = "tests.process_app:app"
-CREATE_EXECUTIONS = ("CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
-                     " at timestamptz NOT NULL DEFAULT clock_timestamp())")
+CREATE_EXECUTIONS = (
+    "CREATE TABLE executions (key text NOT NULL, event text NOT NULL, pid int NOT NULL,"
+    " at timestamptz NOT NULL DEFAULT clock_timestamp())"
+)
 
 
 class Workers(Processes):
@@ -27,11 +29,22 @@ class Workers(Processes):
 
     def start(self, *options: str, log_format: str = "text", register: bool = True) -> Process:  # type: ignore[override]
         """A worker; unless ``register=False``, once its row is in pgsched.workers."""
-        worker = super().start("worker", "--app", APP, "--dsn", self.dsn, "--log-format", log_format, *options,
-                               kind="worker", env={"PGSCHED_DSN": self.dsn})
+        worker = super().start(
+            "worker",
+            "--app",
+            APP,
+            "--dsn",
+            self.dsn,
+            "--log-format",
+            log_format,
+            *options,
+            kind="worker",
+            env={"PGSCHED_DSN": self.dsn},
+        )
         if register:
-            worker.worker_id = self.wait_until(lambda: self.worker_id_of(worker), 15,
-                                               f"worker pid {worker.pid} to register")
+            worker.worker_id = self.wait_until(
+                lambda: self.worker_id_of(worker), 15, f"worker pid {worker.pid} to register"
+            )
         return worker
 
     def worker_id_of(self, worker: Process) -> int | None:
@@ -43,13 +56,19 @@ def insert_run(conn: psycopg.Connection[Any], task: str, args: dict[str, Any], *
     """A run inserted by plain SQL, as a service in another language would."""
     names = ", ".join(["task", "args", *columns])
     marks = ", ".join(["%s"] * (2 + len(columns)))
-    return scalar(conn, f"INSERT INTO pgsched.runs ({names}) VALUES ({marks}) RETURNING id",
-                  (task, Jsonb(args), *columns.values()))
+    return scalar(
+        conn,
+        f"INSERT INTO pgsched.runs ({names}) VALUES ({marks}) RETURNING id",
+        (task, Jsonb(args), *columns.values()),
+    )
 
 
 def run_row(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any]:
-    cursor = conn.execute("SELECT status::text, attempt, worker_id, errors, started_at, finished_at, run_at"
-                          " FROM pgsched.runs WHERE id = %s", (run_id,))
+    cursor = conn.execute(
+        "SELECT status::text, attempt, worker_id, errors, started_at, finished_at, run_at"
+        " FROM pgsched.runs WHERE id = %s",
+        (run_id,),
+    )
     names = [c.name for c in cursor.description or ()]
     row = cursor.fetchone()
     assert row is not None, f"run {run_id} does not exist"

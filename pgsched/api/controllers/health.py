@@ -29,8 +29,14 @@ class HealthController(Controller):
         """The process is up (nothing else is checked: see /ready)."""
         return Health(status="ok")
 
-    @get("/ready", operation_id="ready", sync_to_thread=True, opt={"exclude_from_auth": True}, security=NO_KEY,
-         responses={503: ResponseSpec(Readiness, description="The database is unreachable or needs `pgsched migrate`")})
+    @get(
+        "/ready",
+        operation_id="ready",
+        sync_to_thread=True,
+        opt={"exclude_from_auth": True},
+        security=NO_KEY,
+        responses={503: ResponseSpec(Readiness, description="The database is unreachable or needs `pgsched migrate`")},
+    )
     def ready(self, pool: Pool, settings: Settings) -> Response[Readiness]:
         """Ready to serve: the database answers and no migration is pending."""
         try:
@@ -38,16 +44,30 @@ class HealthController(Controller):
                 todo = pending(conn)
         except psycopg.Error as exc:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            return Response(Readiness(status="unavailable", reason=f"database unavailable: {first_line}"),
-                            status_code=HTTP_503_SERVICE_UNAVAILABLE)
+            return Response(
+                Readiness(status="unavailable", reason=f"database unavailable: {first_line}"),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
         if todo:
-            return Response(Readiness(status="unavailable", reason="the schema needs `pgsched migrate`",
-                                      pending_migrations=[f"{m.version}_{m.name}" for m in todo]),
-                            status_code=HTTP_503_SERVICE_UNAVAILABLE)
+            return Response(
+                Readiness(
+                    status="unavailable",
+                    reason="the schema needs `pgsched migrate`",
+                    pending_migrations=[f"{m.version}_{m.name}" for m in todo],
+                ),
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            )
         return Response(Readiness(status="ready"))
 
-    @get("/metrics", operation_id="metrics", sync_to_thread=True, media_type=metrics.CONTENT_TYPE,
-         guards=[require_scope], opt={"cluster_wide": True}, responses=error_responses())
+    @get(
+        "/metrics",
+        operation_id="metrics",
+        sync_to_thread=True,
+        media_type=metrics.CONTENT_TYPE,
+        guards=[require_scope],
+        opt={"cluster_wide": True},
+        responses=error_responses(),
+    )
     def prometheus_metrics(self, pool: Pool) -> str:
         """Prometheus text format: runs by queue and status, queue waits, workers, and histograms of the
         queue wait and run time of the runs that finished in the last 5 minutes."""

@@ -11,7 +11,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import UNSET, structs
 
-from pgsched.runs import MAX_LIST_LIMIT, get_run
 from pgsched import jobs as job_store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
@@ -28,6 +27,7 @@ from pgsched.api.schemas import (
     from_row,
 )
 from pgsched.jobs import JobSpec
+from pgsched.runs import MAX_LIST_LIMIT, get_run
 from pgsched.schedule import Schedule
 
 JobName = Annotated[str, PathParameter(pattern=NO_NUL)]
@@ -35,8 +35,9 @@ JobName = Annotated[str, PathParameter(pattern=NO_NUL)]
 
 def _spec(name: str, fields: dict[str, Any]) -> JobSpec:
     """A JobSpec from wire fields (``every`` is the library's ``every_s``); the library validates."""
-    schedule = Schedule(cron=fields.get("cron"), every_s=fields.get("every"), at=fields.get("at"),
-                        tz=fields.get("tz", Schedule.tz))
+    schedule = Schedule(
+        cron=fields.get("cron"), every_s=fields.get("every"), at=fields.get("at"), tz=fields.get("tz", Schedule.tz)
+    )
     known = {f.name for f in dataclasses.fields(JobSpec)} - {"name", "schedule"}
     return JobSpec(name=name, schedule=schedule, **{key: value for key, value in fields.items() if key in known})
 
@@ -45,8 +46,22 @@ def _patched(current: dict[str, Any], patch: JobPatch) -> JobSpec:
     """The current definition with the patch's fields applied. Giving any of cron, every or at
     replaces the schedule; tz alone re-reads the current one in the new timezone."""
     changes = {key: value for key, value in structs.asdict(patch).items() if value is not UNSET}
-    fields = {key: current[key] for key in ("task", "args", "queue", "priority", "max_attempts", "misfire",
-                                            "max_catchup", "enabled", "cron", "at", "tz")}
+    fields = {
+        key: current[key]
+        for key in (
+            "task",
+            "args",
+            "queue",
+            "priority",
+            "max_attempts",
+            "misfire",
+            "max_catchup",
+            "enabled",
+            "cron",
+            "at",
+            "tz",
+        )
+    }
     fields["every"] = current["every_s"]
     if changes.keys() & {"cron", "every", "at"}:
         fields.update(cron=None, every=None, at=None)
@@ -59,8 +74,15 @@ class JobController(Controller):
     tags = ["jobs"]
     guards = [require_scope]
 
-    @post("/", operation_id="createJob", sync_to_thread=True, status_code=201, responses=error_responses(
-        400, 409, 413, 422, _200=ResponseSpec(JobOut, description="A job with this name existed: it was replaced")))
+    @post(
+        "/",
+        operation_id="createJob",
+        sync_to_thread=True,
+        status_code=201,
+        responses=error_responses(
+            400, 409, 413, 422, _200=ResponseSpec(JobOut, description="A job with this name existed: it was replaced")
+        ),
+    )
     def create(self, data: JSONBody[JobCreate], pool: Pool, tenant: Tenant, cache: Cache) -> Response[JobOut]:
         """Create a job (201), or replace the definition of the job with this name (200); with its next 5 fire times."""
         spec = _spec(data.name, structs.asdict(data))
@@ -72,15 +94,21 @@ class JobController(Controller):
         return Response(from_row(JobOut, job), status_code=201 if created else 200)
 
     @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses(400, 422))
-    def list_jobs(self, pool: Pool, tenant: Tenant,
-                  limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
-                  cursor: Annotated[str | None, QueryParameter(
-                      pattern=NO_NUL, description="The `next` of the previous page")] = None) -> JobPage:
+    def list_jobs(
+        self,
+        pool: Pool,
+        tenant: Tenant,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
+        cursor: Annotated[
+            str | None, QueryParameter(pattern=NO_NUL, description="The `next` of the previous page")
+        ] = None,
+    ) -> JobPage:
         """Jobs by name, a page at a time: follow ``next`` until it is null."""
         with pool.connection() as conn:
             rows = job_store.list_jobs(conn, tenant=tenant, limit=limit, after_name=cursor)
-        return JobPage(items=[from_row(JobSummary, row) for row in rows],
-                       next=rows[-1]["name"] if len(rows) == limit else None)
+        return JobPage(
+            items=[from_row(JobSummary, row) for row in rows], next=rows[-1]["name"] if len(rows) == limit else None
+        )
 
     @get("/{name:str}", operation_id="getJob", sync_to_thread=True, responses=error_responses(400, 404))
     def show(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
@@ -93,10 +121,10 @@ class JobController(Controller):
         cache.keep_job(job)
         return job
 
-    @patch("/{name:str}", operation_id="updateJob", sync_to_thread=True,
-           responses=error_responses(400, 404, 409, 413, 422))
-    def update(self, name: JobName, data: JSONBody[JobPatch], pool: Pool,
-               tenant: Tenant, cache: Cache) -> JobOut:
+    @patch(
+        "/{name:str}", operation_id="updateJob", sync_to_thread=True, responses=error_responses(400, 404, 409, 413, 422)
+    )
+    def update(self, name: JobName, data: JSONBody[JobPatch], pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
         """Change some fields of a job; the others keep their values."""
         with pool.connection() as conn, conn.transaction():
             spec = _patched(job_store.get_job(conn, name, tenant=tenant), data)
@@ -112,20 +140,35 @@ class JobController(Controller):
             job_store.delete_job(conn, name, tenant=tenant)
         cache.forget_job(name)
 
-    @post("/{name:str}/pause", operation_id="pauseJob", sync_to_thread=True, status_code=200,
-          responses=error_responses(400, 404))
+    @post(
+        "/{name:str}/pause",
+        operation_id="pauseJob",
+        sync_to_thread=True,
+        status_code=200,
+        responses=error_responses(400, 404),
+    )
     def pause(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
         """Stop firing a job; on resume, its misfire policy decides what happens to the fire times it missed."""
         return self._set_enabled(pool, cache, name, False, tenant)
 
-    @post("/{name:str}/resume", operation_id="resumeJob", sync_to_thread=True, status_code=200,
-          responses=error_responses(400, 404))
+    @post(
+        "/{name:str}/resume",
+        operation_id="resumeJob",
+        sync_to_thread=True,
+        status_code=200,
+        responses=error_responses(400, 404),
+    )
     def resume(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
         """Fire a paused job again."""
         return self._set_enabled(pool, cache, name, True, tenant)
 
-    @post("/{name:str}/trigger", operation_id="triggerJob", sync_to_thread=True, status_code=201,
-          responses=error_responses(400, 404))
+    @post(
+        "/{name:str}/trigger",
+        operation_id="triggerJob",
+        sync_to_thread=True,
+        status_code=201,
+        responses=error_responses(400, 404),
+    )
     def trigger(self, name: JobName, pool: Pool, tenant: Tenant) -> RunOut:
         """Queue one run of the job now, outside its schedule; returns the run."""
         with pool.connection() as conn, conn.transaction():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from pgsched.queues import list_queues
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
 from pgsched.api.schemas import QueueList, QueueOut, error_responses, from_row
+from pgsched.queues import list_queues
 
 
 class QueueController(Controller):

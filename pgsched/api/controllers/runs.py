@@ -11,7 +11,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
-from pgsched.runs import MAX_LIST_LIMIT, cancel_run, get_run, list_runs, parse_instant, retry_run
 from pgsched.api import store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
@@ -29,22 +28,40 @@ from pgsched.api.schemas import (
     from_row,
 )
 from pgsched.errors import InvalidInput
+from pgsched.runs import MAX_LIST_LIMIT, cancel_run, get_run, list_runs, parse_instant, retry_run
 
-IdempotencyKey = Annotated[str | None, HeaderParameter(
-    name="Idempotency-Key", required=False, pattern=NO_NUL, max_length=200,
-    description="Makes the request safe to repeat: a repeat returns the first run (200) and queues nothing")]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        pattern=NO_NUL,
+        max_length=200,
+        description="Makes the request safe to repeat: a repeat returns the first run (200) and queues nothing",
+    ),
+]
 TextQuery = Annotated[str | None, QueryParameter(pattern=NO_NUL)]
 # A string, parsed by _instant: Litestar would also take a number (seconds since 1970) for a datetime.
-InstantQuery = Annotated[str | None, QueryParameter(
-    format=OpenAPIFormat.DATE_TIME,
-    description="ISO 8601 with a timezone, e.g. 2030-01-02T03:04:05Z (URL-encode a '+' offset as %2B)")]
+InstantQuery = Annotated[
+    str | None,
+    QueryParameter(
+        format=OpenAPIFormat.DATE_TIME,
+        description="ISO 8601 with a timezone, e.g. 2030-01-02T03:04:05Z (URL-encode a '+' offset as %2B)",
+    ),
+]
 
 
 def _run_request(data: RunCreate | RunBatchCreate) -> store.RunRequest:
     if data.run_at is not None and data.delay is not None:
         raise InvalidInput("run_at and delay cannot both be given: run_at is an instant, delay seconds from now")
-    return store.RunRequest(task=data.task, queue=data.queue, priority=data.priority,
-                            max_attempts=data.max_attempts, run_at=data.run_at, delay=data.delay)
+    return store.RunRequest(
+        task=data.task,
+        queue=data.queue,
+        priority=data.priority,
+        max_attempts=data.max_attempts,
+        run_at=data.run_at,
+        delay=data.delay,
+    )
 
 
 def _instant(name: str, text: str | None) -> datetime | None:
@@ -55,8 +72,9 @@ def _instant(name: str, text: str | None) -> datetime | None:
     try:
         return parse_instant(name, text)
     except InvalidInput as exc:
-        raise ValidationException(detail="Validation failed for GET /runs",
-                                  extra=[{"key": name, "message": str(exc), "source": "query"}]) from None
+        raise ValidationException(
+            detail="Validation failed for GET /runs", extra=[{"key": name, "message": str(exc), "source": "query"}]
+        ) from None
 
 
 def _cursor(cursor: str | None) -> int | None:
@@ -73,23 +91,47 @@ class RunController(Controller):
     tags = ["runs"]
     guards = [require_scope]
 
-    @post("/", operation_id="createRun", sync_to_thread=True, status_code=201, responses=error_responses(
-        400, 409, 413, 422, _200=ResponseSpec(RunOut, description="A repeat: the run that holds this Idempotency-Key")))
-    def create(self, data: JSONBody[RunCreate], pool: Pool, pgsched: Pgsched, tenant: Tenant,
-               idempotency_key: IdempotencyKey = None) -> Response[RunOut]:
+    @post(
+        "/",
+        operation_id="createRun",
+        sync_to_thread=True,
+        status_code=201,
+        responses=error_responses(
+            400,
+            409,
+            413,
+            422,
+            _200=ResponseSpec(RunOut, description="A repeat: the run that holds this Idempotency-Key"),
+        ),
+    )
+    def create(
+        self,
+        data: JSONBody[RunCreate],
+        pool: Pool,
+        pgsched: Pgsched,
+        tenant: Tenant,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[RunOut]:
         """Queue one run (201), or return the run an earlier request with the same Idempotency-Key queued (200)."""
         request = _run_request(data)
         # One transaction for the write and the read-back: a failure after the insert rolls it
         # back, so an error status never answers a committed run (a retry would duplicate it).
         with pool.connection() as conn, conn.transaction():
-            run, created = store.enqueue_one(conn, pgsched, request, data.args, idempotency_key=idempotency_key,
-                                             tenant=tenant)
+            run, created = store.enqueue_one(
+                conn, pgsched, request, data.args, idempotency_key=idempotency_key, tenant=tenant
+            )
         return Response(from_row(RunOut, run), status_code=201 if created else 200)
 
-    @post("/batch", operation_id="createRuns", sync_to_thread=True, status_code=201,
-          responses=error_responses(400, 413, 422))
-    def create_many(self, data: JSONBody[RunBatchCreate], pool: Pool, pgsched: Pgsched,
-                    tenant: Tenant, settings: Settings) -> RunBatchOut:
+    @post(
+        "/batch",
+        operation_id="createRuns",
+        sync_to_thread=True,
+        status_code=201,
+        responses=error_responses(400, 413, 422),
+    )
+    def create_many(
+        self, data: JSONBody[RunBatchCreate], pool: Pool, pgsched: Pgsched, tenant: Tenant, settings: Settings
+    ) -> RunBatchOut:
         """Queue one run of ``task`` per object in ``args`` (up to 10,000), all or none; returns their ids in order."""
         if len(data.args) > settings.max_batch:
             raise InvalidInput(f"args has {len(data.args)} objects; a batch holds at most {settings.max_batch}")
@@ -98,15 +140,23 @@ class RunController(Controller):
             return RunBatchOut(ids=store.enqueue_batch(conn, pgsched, request, data.args, tenant=tenant))
 
     @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
-    def list_runs(self, pool: Pool, tenant: Tenant,
-                  status: FromQuery[RunStatus | None] = None, queue: TextQuery = None, task: TextQuery = None,
-                  job: Annotated[str | None, QueryParameter(
-                      pattern=NO_NUL, description="The name of the scheduled job the runs belong to")] = None,
-                  created_after: InstantQuery = None, created_before: InstantQuery = None,
-                  finished_after: InstantQuery = None, finished_before: InstantQuery = None,
-                  limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
-                  cursor: Annotated[str | None, QueryParameter(description="The `next` of the previous page")] = None,
-                  ) -> RunPage:
+    def list_runs(
+        self,
+        pool: Pool,
+        tenant: Tenant,
+        status: FromQuery[RunStatus | None] = None,
+        queue: TextQuery = None,
+        task: TextQuery = None,
+        job: Annotated[
+            str | None, QueryParameter(pattern=NO_NUL, description="The name of the scheduled job the runs belong to")
+        ] = None,
+        created_after: InstantQuery = None,
+        created_before: InstantQuery = None,
+        finished_after: InstantQuery = None,
+        finished_before: InstantQuery = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
+        cursor: Annotated[str | None, QueryParameter(description="The `next` of the previous page")] = None,
+    ) -> RunPage:
         """Runs, newest first, a page at a time: follow ``next`` until it is null (the filters
         stay the same from page to page). Time filters are half-open windows: ``*_after``
         includes its instant, ``*_before`` excludes it."""
@@ -114,12 +164,23 @@ class RunController(Controller):
         finished = _instant("finished_after", finished_after), _instant("finished_before", finished_before)
         before_id = _cursor(cursor)
         with pool.connection() as conn:
-            rows = list_runs(conn, status=status, queue=queue, task=task, job=job, limit=limit,
-                                   before_id=before_id, tenant=tenant, created_after=created[0],
-                                   created_before=created[1], finished_after=finished[0],
-                                   finished_before=finished[1])
-        return RunPage(items=[from_row(RunSummary, row) for row in rows],
-                       next=str(rows[-1]["id"]) if len(rows) == limit else None)
+            rows = list_runs(
+                conn,
+                status=status,
+                queue=queue,
+                task=task,
+                job=job,
+                limit=limit,
+                before_id=before_id,
+                tenant=tenant,
+                created_after=created[0],
+                created_before=created[1],
+                finished_after=finished[0],
+                finished_before=finished[1],
+            )
+        return RunPage(
+            items=[from_row(RunSummary, row) for row in rows], next=str(rows[-1]["id"]) if len(rows) == limit else None
+        )
 
     @get("/{run_id:int}", operation_id="getRun", sync_to_thread=True, responses=error_responses(400, 404, 422))
     def show(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:
@@ -132,9 +193,19 @@ class RunController(Controller):
         cache.keep_run(run)  # finished runs only
         return run
 
-    @post("/{run_id:int}/cancel", operation_id="cancelRun", sync_to_thread=True, status_code=200,
-          responses=error_responses(400, 404, 409, 422, _202=ResponseSpec(
-              RunOut, description="The run is running: its worker was asked to stop it")))
+    @post(
+        "/{run_id:int}/cancel",
+        operation_id="cancelRun",
+        sync_to_thread=True,
+        status_code=200,
+        responses=error_responses(
+            400,
+            404,
+            409,
+            422,
+            _202=ResponseSpec(RunOut, description="The run is running: its worker was asked to stop it"),
+        ),
+    )
     def cancel(self, run_id: FromPath[int], pool: Pool, tenant: Tenant) -> Response[RunOut]:
         """Cancel a queued run (200), or ask the worker of a running one to stop it (202); 409 for finished runs."""
         with pool.connection() as conn, conn.transaction():
@@ -142,8 +213,13 @@ class RunController(Controller):
             run = get_run(conn, run_id, tenant=tenant)
         return Response(from_row(RunOut, run), status_code=202 if outcome == "running" else 200)
 
-    @post("/{run_id:int}/retry", operation_id="retryRun", sync_to_thread=True, status_code=200,
-          responses=error_responses(400, 404, 409, 422))
+    @post(
+        "/{run_id:int}/retry",
+        operation_id="retryRun",
+        sync_to_thread=True,
+        status_code=200,
+        responses=error_responses(400, 404, 409, 422),
+    )
     def retry(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:
         """Queue a failed or cancelled run again, due now; 409 for other runs."""
         with pool.connection() as conn, conn.transaction():

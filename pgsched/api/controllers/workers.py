@@ -15,8 +15,7 @@ class WorkerController(Controller):
     tags = ["workers"]
     guards = [require_scope]
 
-    @get("/", operation_id="listWorkers", sync_to_thread=True, opt={"cluster_wide": True},
-         responses=error_responses())
+    @get("/", operation_id="listWorkers", sync_to_thread=True, opt={"cluster_wide": True}, responses=error_responses())
     def list_workers(self, pool: Pool) -> WorkerList:
         """Live workers, oldest first (shared by every tenant: needs a key without a tenant)."""
         with pool.connection() as conn:
