@@ -119,7 +119,9 @@ def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = No
     """Cancel a queued run at once ('cancelled'), or ask the worker running it to stop it
     ('running': the run ends 'cancelled' when the worker is done with it)."""
     try:
-        row = conn.execute(queries["run_cancel"], {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
+        # In a savepoint: a caller's transaction outlives the refusal, for the explaining read.
+        with conn.transaction():
+            row = conn.execute(queries["run_cancel"], {"id": check_run_id(run_id), "tenant": tenant}).fetchone()
     except psycopg.errors.NoDataFound:
         raise RunNotFound(f"no run with id {run_id}") from None
     except psycopg.errors.ObjectNotInPrerequisiteState:
