@@ -328,8 +328,7 @@ def test_a_process_pool_task_runs_in_a_child_of_the_worker_and_its_result_is_sto
     workers: Workers, conn: psycopg.Connection[Any]
 ) -> None:
     worker = workers.start("--processes", "2")
-    run_id = insert_run(conn, "in_child", {"key": "child"})
-    workers.wait_until(lambda: status_of(conn, run_id) == "succeeded", 20, "the process-pool run to succeed")
+    run_id = workers.run_until("in_child", {"key": "child"}, "succeeded", 20, "the process-pool run to succeed")
 
     result = scalar(conn, "SELECT result FROM pgsched.runs WHERE id = %s", (run_id,))
     assert (result["parent"], result["run_id"], result["attempt"]) == (worker.pid, run_id, 1)
@@ -387,8 +386,8 @@ def test_cancelling_a_running_process_pool_task_kills_its_process_and_the_run_en
     row = run_row(conn, run_id)
     assert (row["attempt"], [e["type"] for e in row["errors"]]) == (1, ["Cancelled"])
     assert [e for e, _ in events(conn, "cancel-me")] == ["start"]
-    next_run = insert_run(conn, "in_child", {"key": "after-cancel"})  # the replacement takes it
-    workers.wait_until(lambda: status_of(conn, next_run) == "succeeded", 20, "the next run to succeed")
+    # The child that replaced the killed one takes the next run.
+    workers.run_until("in_child", {"key": "after-cancel"}, "succeeded", 20, "the next run to succeed")
     assert events(conn, "after-cancel")[0][1] not in (pid, worker.pid)
 
 
@@ -397,16 +396,16 @@ def test_a_child_that_exits_by_itself_fails_its_run_and_the_worker_carries_on(
     workers: Workers, conn: psycopg.Connection[Any]
 ) -> None:
     worker = workers.start("--processes", "1")
-    run_id = insert_run(conn, "exit_in_child", {"key": "exit", "code": 3}, max_attempts=1)
-    workers.wait_until(lambda: status_of(conn, run_id) == "failed", 20, "the run to fail")
+    run_id = workers.run_until(
+        "exit_in_child", {"key": "exit", "code": 3}, "failed", 20, "the run to fail", max_attempts=1
+    )
 
     row = run_row(conn, run_id)
     assert [(e["type"], e["message"]) for e in row["errors"]] == [
         ("ProcessDied", "the task's process exited with code 3")
     ]
     dead = events(conn, "exit")[0][1]
-    next_run = insert_run(conn, "in_child", {"key": "next"})
-    workers.wait_until(lambda: status_of(conn, next_run) == "succeeded", 20, "the next run to succeed")
+    workers.run_until("in_child", {"key": "next"}, "succeeded", 20, "the next run to succeed")
     assert events(conn, "next")[0][1] not in (dead, worker.pid)
     assert not exists(dead)
     assert worker.popen.poll() is None and registered(conn, worker)

@@ -84,8 +84,7 @@ def test_idle_worker_starts_a_run_inserted_by_plain_sql_within_a_second(
 ) -> None:
     worker = workers.start("--poll-interval", "30")
     # Settle: a first run completes, so the worker is past its start-up and idle on its poll wait.
-    first = insert_run(conn, "record", {"key": "warm-up"})
-    workers.wait_until(lambda: status_of(conn, first) == "succeeded", 35, "the warm-up run")
+    workers.run_until("record", {"key": "warm-up"}, "succeeded", 35, "the warm-up run")
 
     latencies = []
     for i in range(5):

@@ -47,6 +47,14 @@ class Workers(Processes):
             )
         return worker
 
+    def run_until(self, task: str, args: dict[str, Any], status: str, timeout: float, what: str, **columns: Any) -> int:
+        """A run inserted by plain SQL (``insert_run``), once its status is ``status``: its id."""
+        conn = self.conn
+        assert conn is not None
+        run_id = insert_run(conn, task, args, **columns)
+        self.wait_until(lambda: status_of(conn, run_id) == status, timeout, what)
+        return run_id
+
     def worker_id_of(self, worker: Process) -> int | None:
         assert self.conn is not None
         return scalar(self.conn, "SELECT id FROM pgsched.workers WHERE pid = %s", (worker.pid,))
