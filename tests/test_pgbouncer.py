@@ -288,6 +288,17 @@ def start_latency(db: Db, processes: PooledProcesses, key: str) -> float:
     return float((executed_at - inserted_at).total_seconds())
 
 
+def run_all_through_pgbouncer(db: Db, processes: PooledProcesses, prefix: str, count: int) -> None:
+    """Enqueue ``count`` runs of ``record`` (keys ``{prefix}-0`` ...) through PgBouncer; wait
+    until all of them have succeeded."""
+    app = App(db.pooled, pgbouncer=True)
+    try:
+        ids = app.enqueue_many("record", [{"key": f"{prefix}-{i}"} for i in range(count)])
+    finally:
+        app.close()
+    processes.wait_until(lambda: db.count_runs("succeeded") == len(ids), 60, f"{count} runs to succeed")
+
+
 def assert_clean_exit(worker: Process) -> str:
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(15) == 0, worker.log()[-4000:]
@@ -411,12 +422,7 @@ def test_worker_through_pgbouncer_with_a_direct_dsn_drains_runs_and_wakes_on_not
         "--poll-interval", "30", "--concurrency", "8", env={"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct}
     )
     registered_worker(db, processes, worker)
-    app = App(db.pooled, pgbouncer=True)
-    try:
-        ids = app.enqueue_many("record", [{"key": f"drain-{i}"} for i in range(300)])
-    finally:
-        app.close()
-    processes.wait_until(lambda: db.count_runs("succeeded") == len(ids), 60, "300 runs to succeed")
+    run_all_through_pgbouncer(db, processes, "drain", 300)
     assert db.scalar("SELECT count(DISTINCT key) FROM executions WHERE key LIKE 'drain-%'") == 300
     assert db.scalar("SELECT count(*) FROM executions WHERE pid = %s", (worker.pid,)) == 300
 
@@ -438,12 +444,7 @@ def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: 
         "--poll-interval", "30", "--concurrency", "8", env={"PGSCHED_DSN": db.pooled, "PGSCHED_PGBOUNCER": "1"}
     )
     registered_worker(db, processes, worker)
-    app = App(db.pooled, pgbouncer=True)
-    try:
-        ids = app.enqueue_many("record", [{"key": f"polled-{i}"} for i in range(200)])
-    finally:
-        app.close()
-    processes.wait_until(lambda: db.count_runs("succeeded") == len(ids), 60, "200 runs to succeed")
+    run_all_through_pgbouncer(db, processes, "polled", 200)
 
     latencies = [start_latency(db, processes, f"poll-{i}") for i in range(4)]
     assert max(latencies) < 1.5, f"start latencies after insert with a 0.5 s poll: {latencies}"
