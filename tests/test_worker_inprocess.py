@@ -20,6 +20,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from pgsched import App
 from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
 from pgsched.run_types import Outcome
@@ -175,18 +176,22 @@ def test_a_task_that_fails_then_succeeds_keeps_the_errors_of_its_failed_attempts
     ]
 
 
-def test_a_failed_attempt_goes_back_to_the_queue_after_the_backoff(app, dsn):
-    @app.task(max_attempts=3, retry_backoff=60)
-    def fails() -> None:
-        raise RuntimeError("nope")
-
-    run_id = app.enqueue("fails")
+def back_in_the_queue_after_attempt_1(app: App, dsn: str, run_id: int) -> dict:
+    """Run a worker until the run's first attempt has failed and the run is queued again: its row."""
 
     async def main() -> dict:
         async with RunningWorker(app, dsn) as w:
             return await w.until(run_id, lambda r: r["status"] == "queued" and r["attempt"] == 1, "the retry")
 
-    row = run_async(main())
+    return run_async(main())
+
+
+def test_a_failed_attempt_goes_back_to_the_queue_after_the_backoff(app, dsn):
+    @app.task(max_attempts=3, retry_backoff=60)
+    def fails() -> None:
+        raise RuntimeError("nope")
+
+    row = back_in_the_queue_after_attempt_1(app, dsn, app.enqueue("fails"))
     # Attempt 1 backs off base * 2^0 * jitter(0.5..1.5): 30 to 90 seconds.
     assert timedelta(seconds=25) < row["run_at"] - row["db_now"] <= timedelta(seconds=90)
     assert (row["finished_at"], row["lease_expires_at"], len(row["errors"])) == (None, None, 1)
@@ -197,13 +202,7 @@ def test_retry_after_puts_the_run_back_at_the_given_delay(app, dsn):
     def rate_limited() -> None:
         raise Retry(after=120, reason="rate limited: come back in 2 minutes")
 
-    run_id = app.enqueue("rate_limited")
-
-    async def main() -> dict:
-        async with RunningWorker(app, dsn) as w:
-            return await w.until(run_id, lambda r: r["status"] == "queued" and r["attempt"] == 1, "the retry")
-
-    row = run_async(main())
+    row = back_in_the_queue_after_attempt_1(app, dsn, app.enqueue("rate_limited"))
     assert timedelta(seconds=110) < row["run_at"] - row["db_now"] <= timedelta(seconds=120)
     [entry] = row["errors"]
     assert (entry["type"], entry["message"], entry["attempt"]) == ("Retry", "rate limited: come back in 2 minutes", 1)
