@@ -11,6 +11,7 @@ import sys
 import zipfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -34,12 +35,15 @@ def first_keyword(sql: str) -> str:
 NOT_PREPARABLE = {name for name, sql in queries.items() if first_keyword(sql) not in PREPARABLE}
 
 
+def captured(command: list[str], timeout: float, **options: Any) -> subprocess.CompletedProcess[str]:
+    """``command`` run to its end (``options``: cwd, env), its output captured as text."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **options)
+
+
 def pgsched_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "PGSCHED_DSN"}
     env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return captured([sys.executable, "-m", "pgsched.cli.main", *args], env=env, timeout=timeout)
 
 
 def relation_exists(dsn: str, name: str) -> bool:
@@ -394,12 +398,7 @@ def copy_sources(destination: Path) -> Path:
 def test_the_wheel_installs_pgsched_with_its_cli_and_schema_and_migrates(tmp_path, empty_dsn):
     source = copy_sources(tmp_path / "src")
     dist = tmp_path / "dist"
-    build = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    build = captured([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(source)], timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     [wheel] = dist.glob("pgsched-*.whl")
 
@@ -416,44 +415,24 @@ def test_the_wheel_installs_pgsched_with_its_cli_and_schema_and_migrates(tmp_pat
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    install = captured([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], timeout=900)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
 
     env = {key: value for key, value in os.environ.items() if key not in ("PGSCHED_DSN", "PYTHONPATH")}
-    migrated = subprocess.run(
-        [str(venv / "bin" / "pgsched"), "migrate", "--dsn", empty_dsn],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    migrated = captured(
+        [str(venv / "bin" / "pgsched"), "migrate", "--dsn", empty_dsn], cwd=tmp_path, env=env, timeout=120
     )
     assert migrated.returncode == 0, migrated.stderr
     assert f"applied {len(ALL_MIGRATIONS)} migration(s)" in migrated.stdout
     assert recorded_migrations(empty_dsn) == ALL_MIGRATIONS
 
-    probe = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            (
-                "import importlib.util, pgsched.cli, pgsched.cli.main, pgsched.schema, pgsched.sql, pathlib\n"
-                "print(pathlib.Path(pgsched.__file__).parent.parent)\n"
-                "print(importlib.util.find_spec('cli'), importlib.util.find_spec('schema'))\n"
-                "print(len(pgsched.sql.queries))\n"
-            ),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    probe_script = (
+        "import importlib.util, pgsched.cli, pgsched.cli.main, pgsched.schema, pgsched.sql, pathlib\n"
+        "print(pathlib.Path(pgsched.__file__).parent.parent)\n"
+        "print(importlib.util.find_spec('cli'), importlib.util.find_spec('schema'))\n"
+        "print(len(pgsched.sql.queries))\n"
     )
+    probe = captured([str(venv / "bin" / "python"), "-c", probe_script], cwd=tmp_path, env=env, timeout=60)
     assert probe.returncode == 0, probe.stderr
     site_packages, specs, count = probe.stdout.splitlines()
     assert Path(site_packages).is_relative_to(venv), "pgsched was imported from outside the new venv"
