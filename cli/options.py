@@ -57,6 +57,8 @@ def parse_args_json(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"--args is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("--args is nested too deeply to read") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"--args must be a JSON object, got {type(value).__name__}")
     return value

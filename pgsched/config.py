@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import psycopg.conninfo
+
 from pgsched.errors import ConfigError
 
 DIRECT_DSN_ENV = "PGSCHED_DIRECT_DSN"
@@ -24,10 +26,10 @@ _FALSE = ("0", "false", "no", "off", "")
 def resolve_dsn(dsn: str | None = None) -> str:
     """The DSN to use: the explicit one, else ``$PGSCHED_DSN``, else the embedded PostgreSQL."""
     if dsn:
-        return dsn
+        return checked_dsn(dsn, "the DSN")
     from_env = os.environ.get("PGSCHED_DSN")
     if from_env:
-        return from_env
+        return checked_dsn(from_env, "PGSCHED_DSN")
     from pgsched.embedded import embedded_dsn
 
     return embedded_dsn()
@@ -36,7 +38,17 @@ def resolve_dsn(dsn: str | None = None) -> str:
 def resolve_direct_dsn(direct_dsn: str | None = None) -> str | None:
     """The direct DSN (LISTEN and the leader lock when the DSN is pooled): the explicit one,
     else ``$PGSCHED_DIRECT_DSN``, else None."""
-    return direct_dsn or os.environ.get(DIRECT_DSN_ENV) or None
+    chosen = direct_dsn or os.environ.get(DIRECT_DSN_ENV) or None
+    return None if chosen is None else checked_dsn(chosen, DIRECT_DSN_ENV if not direct_dsn else "the direct DSN")
+
+
+def checked_dsn(dsn: str, name: str) -> str:
+    """``dsn`` if libpq can parse it (a URI or key=value pairs), else a ConfigError naming ``name``."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"{name} is not a valid connection string: {str(exc).strip()}") from None
+    return dsn
 
 
 def resolve_pgbouncer(pgbouncer: bool | None = None, *, direct_dsn: str | None = None) -> bool:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pgsched.errors import InvalidInput
+from pgsched.instants import check_readable
 from pgsched.sql import queries
 
 MAX_ARGS_BYTES = 1024 * 1024
@@ -54,6 +55,8 @@ class RunOptions:
             raise InvalidInput(f"run_at must be a timezone-aware datetime, got {self.run_at!r}")
         if isinstance(self.delay, bool) or not isinstance(self.delay, (int, float)) or not 0 <= self.delay < 10**9:
             raise InvalidInput(f"delay must be a number of seconds >= 0, got {self.delay!r}")
+        if self.run_at is not None:
+            check_readable("run_at", self.run_at, plus_s=self.delay)
         if self.unique_key is not None and (
             not isinstance(self.unique_key, str) or not self.unique_key.strip() or len(self.unique_key) > 200
         ):

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterNotAlphaError, croniter
 
 from pgsched.errors import InvalidInput
+from pgsched.instants import check_readable
 
 MAX_INTERVAL_S = 366 * 24 * 3600.0
 # The floor of an interval, as cron's seconds field: an interval of 1e-300 s was accepted and
@@ -70,6 +71,11 @@ class Schedule:
                 )
         if self.at is not None and (not isinstance(self.at, datetime) or self.at.tzinfo is None):
             raise InvalidSchedule(f"at must be a timezone-aware datetime, got {self.at!r}")
+        if self.at is not None:
+            try:
+                check_readable("at", self.at)
+            except InvalidInput as exc:
+                raise InvalidSchedule(str(exc)) from None
 
     def next_after(self, after: datetime, anchor: datetime | None = None) -> datetime | None:
         """The first fire time strictly after ``after`` (None: a one-off already past).
