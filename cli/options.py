@@ -13,6 +13,7 @@ import typer
 
 from pgsched.config import resolve_dsn
 from pgsched.errors import InvalidInput
+from pgsched.instants import READER_ADAPTERS
 from pgsched.runs import parse_instant
 
 DsnOption = Annotated[
@@ -48,7 +49,7 @@ def connect(dsn: str | None) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the configured database. It prepares no statements, so it
     works through PgBouncer in transaction mode too; a command runs too few statements to gain
     from preparing them."""
-    with psycopg.connect(resolve_dsn(dsn), autocommit=True, prepare_threshold=None) as conn:
+    with psycopg.connect(resolve_dsn(dsn), autocommit=True, prepare_threshold=None, context=READER_ADAPTERS) as conn:
         yield conn
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg.conninfo
 
 from pgsched.errors import ConfigError
+from pgsched.instants import READER_ADAPTERS
 
 DIRECT_DSN_ENV = "PGSCHED_DIRECT_DSN"
 PGBOUNCER_ENV = "PGSCHED_PGBOUNCER"
@@ -69,7 +70,9 @@ def resolve_pgbouncer(pgbouncer: bool | None = None, *, direct_dsn: str | None =
 def connection_kwargs(pgbouncer: bool, **kwargs: Any) -> dict[str, Any]:
     """psycopg connection arguments for the DSN. Through a pooler: no prepared statements (one
     prepared on a server connection is missing, or already taken, when the next transaction
-    lands on another) and no startup ``options`` (PgBouncer refuses the connection)."""
+    lands on another) and no startup ``options`` (PgBouncer refuses the connection). Either way
+    timestamps load through READER_ADAPTERS: a row no datetime can hold never fails a read."""
+    kwargs = {"context": READER_ADAPTERS, **kwargs}
     if not pgbouncer:
         return kwargs
     return {name: value for name, value in kwargs.items() if name != "options"} | {"prepare_threshold": None}

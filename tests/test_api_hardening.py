@@ -3,6 +3,9 @@ with an error: a 4xx or 5xx means nothing was written (issue #11)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import psycopg
@@ -64,3 +67,32 @@ def test_post_runs_with_an_instant_no_reader_can_hold_writes_nothing_and_every_l
     assert 400 <= response.status_code < 500, response.text
     assert rows(conn) == (0, 0)
     every_list_answers(api)
+
+
+def test_rows_with_instants_no_datetime_holds_never_break_a_list_or_a_detail(
+    api: Api, conn: psycopg.Connection, dsn: str
+) -> None:
+    # Written by plain SQL, which the schema does not yet bound: every reader must still answer.
+    infinite = scalar(conn, "INSERT INTO pgsched.runs (task, run_at) VALUES ('t', 'infinity') RETURNING id")
+    ancient = scalar(conn, "INSERT INTO pgsched.runs (task, created_at) VALUES ('t', '4000-01-01 BC') RETURNING id")
+    conn.execute("INSERT INTO pgsched.runs (task, run_at) VALUES ('t', '9999-12-31T23:59:59-14:00')")
+    conn.execute("INSERT INTO pgsched.jobs (name, task, at) VALUES ('never', 't', 'infinity')")
+    every_list_answers(api)
+    assert api.get(f"/runs/{infinite}").json()["run_at"].startswith("9999-12-31T23:59:59")
+    assert api.get(f"/runs/{ancient}").json()["created_at"].startswith("0001-01-01T00:00:00")
+    assert api.get("/jobs/never").status_code == 200
+    for command in (
+        ["runs", "list"],
+        ["runs", "show", str(infinite)],
+        ["stats"],
+        ["jobs", "list"],
+        ["jobs", "show", "never"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "pgsched.cli.main", *command],
+            env={**os.environ, "PGSCHED_DSN": dsn},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, f"{command}: {result.stderr}"
