@@ -47,12 +47,13 @@ def pending(conn: psycopg.Connection) -> list[Migration]:
     return [m for m in available() if m.version not in applied]
 
 
-def migrate(conn: psycopg.Connection) -> list[Migration]:
-    """Apply every pending migration in one transaction; return what was applied."""
+def migrate(conn: psycopg.Connection, *, up_to: str | None = None) -> list[Migration]:
+    """Apply every pending migration (up to version ``up_to``, say "0007") in one transaction;
+    return what was applied. ``up_to`` builds a previous release's schema, to test upgrades."""
     with conn.transaction():
         conn.execute(queries["migration_lock"], {"key": MIGRATION_LOCK_KEY})
         conn.execute(queries["migration_bootstrap"])
-        todo = pending(conn)
+        todo = [m for m in pending(conn) if up_to is None or m.version <= up_to]
         for migration in todo:
             logger.info("applying migration %s_%s", migration.version, migration.name)
             conn.execute(migration.sql.encode())  # plain SQL files: no parameters

@@ -455,6 +455,8 @@ ORDER BY queue, status;
 -- with bounds[k] < d <= bounds[k+1] (1-based bounds; k = 0 below the first, k = n above the
 -- last). width_bucket counts the bounds <= d; Prometheus' "le" is inclusive, so a d equal to a
 -- bound is moved down into that bound's bucket. Reads only recent rows (runs_finished_idx).
+-- A row with an infinite instant (a plain SQL INSERT can write one) has no duration to count,
+-- and subtracting it would fail the whole scrape: it is left out.
 WITH recent AS (
     SELECT queue,
            greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0) AS wait_s,
@@ -462,6 +464,7 @@ WITH recent AS (
     FROM pgsched.runs
     WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(window_s)s)
       AND started_at IS NOT NULL
+      AND isfinite(finished_at) AND isfinite(started_at) AND isfinite(run_at) AND isfinite(created_at)
 ), measured AS (
     SELECT queue, 'wait' AS metric, wait_s AS seconds FROM recent
     UNION ALL

@@ -97,7 +97,7 @@ CREATE TRIGGER jobs_notify_changed
 -- runs: every execution, queued or finished. A retry puts the row back to 'queued' with a
 -- later run_at; 'failed' means the attempts are used up (the dead-letter state).
 -- (0001_core, 0003_api_keys, 0004_cancel_running, 0005_queue_throughput, 0006_cheaper_queue_check,
--- 0007_queue_stats_by_index)
+-- 0007_queue_stats_by_index, 0008_queue_stats_infinite_run_at)
 
 CREATE TYPE pgsched.run_status AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
 
@@ -278,7 +278,8 @@ RETURNS TABLE (
     -- (attempts used up), not attempts that will be retried.
     SELECT part.queue,
            sum(part.queued)::bigint, sum(part.due)::bigint, sum(part.running)::bigint, sum(part.failed)::bigint,
-           sum(part.succeeded_last_hour)::bigint, now() - min(part.oldest_due_run_at),
+           sum(part.succeeded_last_hour)::bigint, now() - CASE WHEN min(part.oldest_due_run_at) = '-infinity' THEN '0001-01-02 00:00:00+00'
+                              ELSE min(part.oldest_due_run_at) END,
            sum(part.succeeded_last_minute)::bigint, sum(part.failed_last_minute)::bigint
     FROM (
         SELECT r.queue, count(*) AS queued, count(*) FILTER (WHERE r.run_at <= now()) AS due,

@@ -76,6 +76,11 @@ def test_rows_with_instants_no_datetime_holds_never_break_a_list_or_a_detail(
     infinite = scalar(conn, "INSERT INTO pgsched.runs (task, run_at) VALUES ('t', 'infinity') RETURNING id")
     ancient = scalar(conn, "INSERT INTO pgsched.runs (task, created_at) VALUES ('t', '4000-01-01 BC') RETURNING id")
     conn.execute("INSERT INTO pgsched.runs (task, run_at) VALUES ('t', '9999-12-31T23:59:59-14:00')")
+    conn.execute("INSERT INTO pgsched.runs (task, run_at) VALUES ('t', '-infinity')")  # GET /queues, stats
+    conn.execute(  # the /metrics histograms: it finished a moment ago
+        "INSERT INTO pgsched.runs (task, status, attempt, worker_id, started_at, finished_at, created_at)"
+        " VALUES ('t', 'succeeded', 1, 1, now(), now(), 'infinity')"
+    )
     conn.execute("INSERT INTO pgsched.jobs (name, task, at) VALUES ('never', 't', 'infinity')")
     every_list_answers(api)
     assert api.get(f"/runs/{infinite}").json()["run_at"].startswith("9999-12-31T23:59:59")
