@@ -40,6 +40,15 @@ def api(
             "Default: no limit",
         ),
     ] = None,
+    auth_failure_limit: Annotated[
+        str,
+        typer.Option(
+            "--auth-failure-limit",
+            envvar="PGSCHED_API_AUTH_FAILURE_LIMIT",
+            help="REQUESTS/SECONDS with an unknown or revoked key per client address; past it the address "
+            "gets 429 without a database lookup",
+        ),
+    ] = "30/60",
     dsn: DsnOption = None,
 ) -> None:
     """Serve the REST API (OpenAPI document at /schema/openapi.json)."""
@@ -59,6 +68,9 @@ def api(
         os.environ["PGSCHED_REDIS_URL"] = redis_url
     if rate_limit:
         os.environ["PGSCHED_API_RATE_LIMIT"] = str(RateLimit.parse(rate_limit, source="--rate-limit"))
+    os.environ["PGSCHED_API_AUTH_FAILURE_LIMIT"] = str(
+        RateLimit.parse(auth_failure_limit, source="--auth-failure-limit")
+    )
     ApiSettings.from_env()  # a bad setting fails here, once, not in every worker
     if no_auth:
         render.err.print(

@@ -215,3 +215,24 @@ def test_in_process_counters_stay_bounded_when_every_caller_is_in_the_current_wi
         assert counters.hit(f"caller-{n}", window=7) == 1
     assert len(counters._counts) <= 1000
     assert counters.hit("caller-4999", window=7) == 2  # recent callers keep their counts
+
+
+def test_unknown_keys_from_one_address_get_429_without_a_lookup_once_past_the_failure_limit(
+    dsn: str, keys: dict[str, str], conn: psycopg.Connection
+) -> None:
+    settings = ApiSettings(dsn=dsn, auth_failure_limit=RateLimit.parse("5/60"), **TEST_SETTINGS)
+    with TestClient(create_app(settings)) as client:
+        client.app.state.auth_failures.clock = lambda: NOW
+        api = Api(client, {**keys, **{f"bogus-{i}": f"pgs_made_up_{i}" for i in range(8)}})
+        for i in range(4):
+            assert api.get("/queues", as_=f"bogus-{i}").status_code == 401
+            ok(api.get("/queues", as_="read"))  # a key the database knows is no failure
+        conn.execute("UPDATE pgsched.api_keys SET revoked_at = now() WHERE name = 'write'")
+        assert api.get("/queues", as_="write").status_code == 401  # a revoked key is the fifth failure
+        # Past the limit the address is refused before any lookup (TEST_SETTINGS caches no key):
+        # 429, not 401, and a good key from the same address waits for the window like the rest.
+        for name in ("bogus-5", "read"):
+            refused = api.get("/queues", as_=name)
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["Retry-After"] == "20"
+            assert "too many requests with unknown API keys from this client address" in refused.json()["detail"]

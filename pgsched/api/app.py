@@ -86,6 +86,7 @@ async def redis_tier(app: Litestar) -> AsyncIterator[None]:
         await redis.announce()
     app.state.cache = ResponseCache(redis)
     app.state.rate_limiter = RateLimiter(settings.rate_limit, redis) if settings.rate_limit else None
+    app.state.auth_failures = RateLimiter(settings.auth_failure_limit, redis)
     try:
         yield
     finally:

@@ -1,7 +1,9 @@
 """Who is calling and what they may do: the ``Authorization: Bearer <key>`` middleware, the
 scope guard every protected route carries.
 
-A missing or unknown key is a 401; a key whose scope is too small is a 403. A route's scope is
+A missing or unknown key is a 401; a key whose scope is too small is a 403. Unknown keys count
+against their client address (``ApiSettings.auth_failure_limit``): past the limit the address
+gets 429 without a database lookup, so made-up keys cannot load PostgreSQL. A route's scope is
 ``read`` for GET and ``write`` otherwise unless its ``opt`` says ``scope``; routes with
 ``opt={"cluster_wide": True}`` describe the whole installation (workers, metrics) and refuse
 tenant keys. Keys found in the database are cached for ``ApiSettings.key_cache_s`` seconds.
@@ -14,13 +16,14 @@ from typing import Any
 
 import anyio.to_thread
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from psycopg_pool import ConnectionPool
 
 from pgsched.api import keys
 from pgsched.api.keys import ApiKey, Scope
+from pgsched.api.ratelimit import RateLimiter, caller_of
 from pgsched.api.settings import ApiSettings
 
 # Paths anyone may fetch: the OpenAPI document and its viewers.
@@ -69,8 +72,18 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         digest = keys.digest(presented)
         key = cache.get(digest)
         if key is None:
+            failures: RateLimiter = connection.app.state.auth_failures
+            address = f"unknown-key:{caller_of(connection.scope)}"
+            retry_after = await failures.exceeded(address)
+            if retry_after is not None:
+                raise TooManyRequestsException(
+                    f"too many requests with unknown API keys from this client address (at most "
+                    f"{failures.limit.requests} per {failures.limit.window_s}s); retry in {retry_after}s",
+                    headers={"Retry-After": str(retry_after)},
+                )
             key = await anyio.to_thread.run_sync(_authenticate, connection.app.state.pool, presented)
             if key is None:
+                await failures.hit(address)
                 raise NotAuthorizedException("unknown or revoked API key", headers=_CHALLENGE)
             cache.put(digest, key)
         return AuthenticationResult(user=key, auth=key)

@@ -9,7 +9,8 @@ across a window boundary: the price of one round trip per request.
 
 Over the limit: 429 with ``Retry-After`` (the seconds until the window ends) and the usual JSON
 error body. ``/health`` and ``/ready`` are never limited. Requests refused with a 401 never reach
-the limiter: authentication runs first.
+this limiter: authentication runs first, and counts them on a limiter of its own, per client
+address (``ApiSettings.auth_failure_limit``; see pgsched.api.auth).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class MemoryCounters:
 
     def __init__(self) -> None:
         self._counts: dict[str, tuple[int, int]] = {}  # caller: (window, requests)
+
+    def count(self, caller: str, window: int) -> int:
+        seen_window, requests = self._counts.get(caller, (window, 0))
+        return requests if seen_window == window else 0
 
     def hit(self, caller: str, window: int) -> int:
         seen_window, requests = self._counts.get(caller, (window, 0))
@@ -70,6 +75,26 @@ class RateLimiter:
         if await self._count(caller, window) <= self.limit.requests:
             return None
         return max(1, math.ceil((window + 1) * self.limit.window_s - now))
+
+    async def exceeded(self, caller: str) -> int | None:
+        """Whether ``caller`` is over the limit already, without counting a request: None if
+        not, else the seconds until the window ends."""
+        now = self.clock()
+        window = int(now // self.limit.window_s)
+        if await self._peek(caller, window) < self.limit.requests:
+            return None
+        return max(1, math.ceil((window + 1) * self.limit.window_s - now))
+
+    async def _peek(self, caller: str, window: int) -> int:
+        if self.redis is not None:
+            try:
+                return await self.redis.acall(lambda client: self._redis_peek(client, caller, window))
+            except RedisUnavailable:
+                pass
+        return self._memory.count(caller, window)
+
+    async def _redis_peek(self, client: Any, caller: str, window: int) -> int:
+        return int(await client.get(f"{KEY_PREFIX}rate:{caller}:{window}") or 0)
 
     async def _count(self, caller: str, window: int) -> int:
         if self.redis is not None:

@@ -259,10 +259,12 @@ _ERROR_DESCRIPTIONS = {
     409: "The run or job is not in a state (or the name not free) for this",
     413: "The body is larger than this API accepts",
     422: "A value pgsched refuses: the errors name the field",
+    429: "Too many requests: over the API key's rate limit, or too many unknown keys from this client "
+    "address; Retry-After says when to try again",
     503: "The database is unreachable or its schema needs `pgsched migrate`",
 }
 # The errors every protected route can answer; add the ones a route adds.
-PROTECTED = (401, 403, 503)
+PROTECTED = (401, 403, 429, 503)
 
 
 def error_responses(*codes: int, **extra: ResponseSpec) -> dict[int, ResponseSpec]:

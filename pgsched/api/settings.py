@@ -75,6 +75,9 @@ class ApiSettings:
     redis_retry_s: float = 5.0
     # Requests per API key per window (per client address without auth); None: no limit.
     rate_limit: RateLimit | None = None
+    # Requests with an unknown or revoked key per client address per window. Past it the address
+    # gets 429 without a database lookup, so a flood of made-up keys cannot load PostgreSQL.
+    auth_failure_limit: RateLimit = RateLimit(30, 60)
 
     def __post_init__(self) -> None:
         if not isinstance(self.dsn, str) or not self.dsn.strip():
@@ -123,6 +126,10 @@ class ApiSettings:
                 rate_limit=RateLimit.parse(env["PGSCHED_API_RATE_LIMIT"], source="PGSCHED_API_RATE_LIMIT")
                 if env.get("PGSCHED_API_RATE_LIMIT")
                 else None,
+                auth_failure_limit=RateLimit.parse(
+                    env.get("PGSCHED_API_AUTH_FAILURE_LIMIT", str(cls.auth_failure_limit)),
+                    source="PGSCHED_API_AUTH_FAILURE_LIMIT",
+                ),
             )
         except ValueError as exc:
             raise ConfigError(f"a PGSCHED_API_* variable is not a number: {exc}") from None
