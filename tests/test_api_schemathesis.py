@@ -4,7 +4,8 @@ Valid and invalid requests (schemathesis' positive and negative modes, its cover
 boundary values, and random fuzzing) go to the app in-process over ASGI, backed by a real
 database, with an admin key and with a tenant's key. Every response must keep the document's
 promises: no 5xx, a documented status code, the documented content type and a body that matches
-the documented schema.
+the documented schema. Beyond the document: a 4xx wrote nothing, and after a 2xx every reader
+behind the list endpoints still reads every row (issue #11).
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from pgsched.api import ApiSettings, create_app
 from pgsched.api import keys as api_keys
+from pgsched.api.metrics import render as render_metrics
 from pgsched.api.settings import RateLimit
+from pgsched.instants import READER_ADAPTERS
+from pgsched.jobs import get_job, list_jobs
+from pgsched.queues import list_queues
+from pgsched.runs import get_run, list_runs
 
 # Every stateless check schemathesis has (no 5xx; documented status codes, content types, headers
 # and bodies; invalid requests refused; no route served without its key; the Allow header; ...)
@@ -96,17 +102,46 @@ FUZZ_SETTINGS = settings(
 )
 
 
+# Every run and job, as one digest: what a refused request must leave as it was.
+FINGERPRINT = """
+    SELECT md5(coalesce((SELECT string_agg(r::text, ',' ORDER BY r.id) FROM pgsched.runs AS r), '')
+               || coalesce((SELECT string_agg(j::text, ',' ORDER BY j.id) FROM pgsched.jobs AS j), ''))"""
+
+
+@pytest.fixture(scope="module")
+def watcher(module_dsn: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(module_dsn, autocommit=True, context=READER_ADAPTERS) as conn:
+        yield conn
+
+
+def call_and_check(case: Any, key: str, db: psycopg.Connection) -> None:
+    """The documented contract, and what it cannot state: a 4xx wrote nothing, and after a 2xx
+    every reader behind the list endpoints still reads every row."""
+    before = db.execute(FINGERPRINT).fetchone()
+    response = case.call_and_validate(headers={"Authorization": f"Bearer {key}"}, excluded_checks=EXCLUDED_CHECKS)
+    if 400 <= response.status_code < 500:
+        assert db.execute(FINGERPRINT).fetchone() == before, f"{response.status_code} after a write: {case.path}"
+    elif response.status_code < 300:
+        for tenant in (None, "acme"):
+            for run in list_runs(db, limit=1000, tenant=tenant):
+                get_run(db, run["id"], tenant=tenant)
+            list_queues(db, tenant=tenant)
+            for job in list_jobs(db, tenant=tenant):
+                get_job(db, job["name"], tenant=tenant)
+        render_metrics(db)
+
+
 @schema.parametrize()
 @FUZZ_SETTINGS
 def test_every_operation_keeps_its_documented_contract_for_an_admin_key(
-    case: Any, app: Litestar, keys: dict[str, str]
+    case: Any, app: Litestar, keys: dict[str, str], watcher: psycopg.Connection
 ) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {keys['admin']}"}, excluded_checks=EXCLUDED_CHECKS)
+    call_and_check(case, keys["admin"], watcher)
 
 
 @schema.parametrize()
 @FUZZ_SETTINGS
 def test_every_operation_keeps_its_documented_contract_for_a_tenant_key(
-    case: Any, app: Litestar, keys: dict[str, str]
+    case: Any, app: Litestar, keys: dict[str, str], watcher: psycopg.Connection
 ) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {keys['acme']}"}, excluded_checks=EXCLUDED_CHECKS)
+    call_and_check(case, keys["acme"], watcher)
