@@ -37,13 +37,18 @@ def add(
     cron: Annotated[Optional[str], typer.Option(help="Cron: 5 fields, or 6 with seconds first")] = None,
     every: Annotated[Optional[float], typer.Option(help="Interval in seconds")] = None,
     at: Annotated[Optional[str], typer.Option("--at", help="One-off: ISO 8601 time with timezone")] = None,
-    tz: Annotated[str, typer.Option(help="IANA timezone the cron is read in")] = "UTC",
+    tz: Annotated[str, typer.Option(help="IANA timezone the cron is read in")] = Schedule.tz,
     args: Annotated[str, typer.Option("--args", help="Args as a JSON object")] = "{}",
-    queue: Annotated[str, typer.Option()] = "default",
-    priority: Annotated[int, typer.Option(help="-100..100, lower runs first")] = 0,
-    max_attempts: Annotated[int, typer.Option()] = 3,
-    misfire: Annotated[str, typer.Option(help="coalesce, skip or all: what to do with missed fire times")] = "coalesce",
-    max_catchup: Annotated[int, typer.Option(help="With --misfire all: at most this many missed runs")] = 100,
+    # Defaults from the library's JobSpec, as the API's JobCreate takes them: one home.
+    queue: Annotated[str, typer.Option()] = JobSpec.queue,
+    priority: Annotated[int, typer.Option(help="-100..100, lower runs first")] = JobSpec.priority,
+    max_attempts: Annotated[int, typer.Option()] = JobSpec.max_attempts,
+    misfire: Annotated[
+        str, typer.Option(help="coalesce, skip or all: what to do with missed fire times")
+    ] = JobSpec.misfire,
+    max_catchup: Annotated[
+        int, typer.Option(help="With --misfire all: at most this many missed runs")
+    ] = JobSpec.max_catchup,
     paused: Annotated[bool, typer.Option("--paused", help="Create it paused")] = False,
     dsn: DsnOption = None,
 ) -> None:

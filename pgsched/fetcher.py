@@ -83,6 +83,8 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class FetchSettings:
+    """What the fetcher claims for: its worker's queues and options."""
+
     queues: Sequence[str]
     lease_s: float
     poll_interval_s: float

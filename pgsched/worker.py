@@ -136,7 +136,7 @@ class Worker:
                 poll_interval_s=self.options.poll_interval_s,
                 concurrency=self.options.concurrency,
                 pgbouncer=self._pgbouncer,
-                process_tasks=sorted(self._processes.tasks) if self._processes is not None else (),
+                process_tasks=tuple(self._processes.tasks) if self._processes is not None else (),
             ),
             Capacity(
                 free_slots=self._free_slots,
