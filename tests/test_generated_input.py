@@ -1,5 +1,5 @@
 """Bad input found by a machine, not by hand (issue #11): hypothesis generates values for every
-field of the Python API, the SQL function and a plain INSERT of a job, and each example must
+field of the Python API, the CLI's enqueue, the SQL function and a plain INSERT of a job, and each example must
 end one of two ways — refused with a clear error and nothing written, or accepted and every
 reader (run detail and list, queue figures, /metrics, a beat round) still works."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from pgsched.api.metrics import render as render_metrics
 from pgsched.app import App
 from pgsched.beat import fire_due_jobs
+from pgsched.cli.main import main as cli_main
 from pgsched.errors import PgschedError
 from pgsched.instants import READER_ADAPTERS
 from pgsched.jobs import list_jobs
@@ -189,4 +191,49 @@ def test_a_job_row_from_any_sql_insert_never_stops_a_beat_round(
     asyncio.run(rounds())
     fired = "SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id WHERE j.name = 'healthy'"
     assert scalar(reader, fired) == 1
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
+    task=task_names,
+    args=mostly(args_objects.map(json.dumps), st.text(max_size=30)),
+    queue=st.none() | queue_names,
+    priority=st.none() | mostly(st.integers(-100, 100).map(str), st.text(max_size=8) | priorities.map(str)),
+    timing=st.none()
+    | mostly(due.map(lambda t: ("--at", t.isoformat())), st.text(max_size=30).map(lambda t: ("--at", t)))
+    | seconds.map(lambda s: ("--delay", repr(s))),
+)
+def test_cli_enqueue_refuses_in_one_error_line_or_every_reader_reads_the_run(
+    reader: psycopg.Connection,
+    dsn: str,
+    capsys: pytest.CaptureFixture[str],
+    task: str,
+    args: str,
+    queue: str | None,
+    priority: str | None,
+    timing: tuple[str, str] | None,
+) -> None:
+    empty(reader)
+    argv = ["pgsched", "enqueue", task, "--args", args, "--dsn", dsn]
+    argv += ["--queue", queue] if queue is not None else []
+    argv += ["--priority", priority] if priority is not None else []
+    argv += list(timing) if timing is not None else []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        # Anything but SystemExit (an exception escaping the CLI) is a traceback for the user.
+        with pytest.raises(SystemExit) as exited:
+            cli_main()
+    stderr = capsys.readouterr().err
+    if exited.value.code == 0:
+        event("accepted")
+    else:
+        event("refused")
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+        assert "Traceback" not in stderr
+        if exited.value.code == 1:  # pgsched's own refusal: one line naming the problem
+            lines = stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+        else:  # 2: click's usage error (a value of the wrong type for an option)
+            assert exited.value.code == 2 and "Error" in stderr, stderr
     readers_still_work(reader)
