@@ -5,10 +5,7 @@ metrics, the `pgsched keys` commands, and `pgsched api` serving over HTTP."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -26,6 +23,7 @@ from pgsched.errors import InvalidInput
 from pgsched.migrate import available, migrate
 from pgsched.sql import queries
 from tests.support.api import TEST_SETTINGS, Api, ReadonlyApi, count, make_keys, ok, serving_api
+from tests.support.cli import run_cli
 from tests.support.db import scratch_database
 from tests.support.processes import free_port
 
@@ -658,16 +656,8 @@ def test_bad_input_is_a_4xx_json_error_naming_the_field(readonly_api, method, pa
 # ---- the CLI: keys, and serving the API
 
 
-def pgsched_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "PGSCHED_DSN"}
-    env["COLUMNS"] = "200"
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def test_keys_create_prints_the_key_once_and_list_and_revoke_manage_it(dsn: str, conn: psycopg.Connection):
-    created = pgsched_cli("keys", "create", "--scope", "write", "--tenant", "acme", "--name", "ci", "--dsn", dsn)
+    created = run_cli(None, "keys", "create", "--scope", "write", "--tenant", "acme", "--name", "ci", "--dsn", dsn)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert key.startswith("pgs_") and len(key) > 40 and "not shown again" in created.stderr

@@ -3,15 +3,13 @@ with an error: a 4xx or 5xx means nothing was written (issue #11)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.api import Api
+from tests.support.cli import run_cli
 from tests.support.db import scalar
 
 LONG_TZ = "Europe/" + "x" * 300
@@ -93,11 +91,5 @@ def test_rows_with_instants_no_datetime_holds_never_break_a_list_or_a_detail(
         ["jobs", "list"],
         ["jobs", "show", "never"],
     ):
-        result = subprocess.run(
-            [sys.executable, "-m", "pgsched.cli.main", *command],
-            env={**os.environ, "PGSCHED_DSN": dsn},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_cli(dsn, *command)
         assert result.returncode == 0, f"{command}: {result.stderr}"

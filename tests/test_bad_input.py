@@ -4,9 +4,6 @@ and nothing changed in the database."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import datetime
 from typing import Callable, Iterator
 
@@ -16,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from pgsched import App
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
+from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import scratch_database
 
 # Nothing here may change the database, so the tests share one (a fresh clone per test costs more
@@ -416,26 +414,6 @@ def test_a_multi_row_insert_with_one_bad_row_inserts_none(conn, unchanged):
 # ---- CLI
 
 
-def cli(dsn: str | None, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PGSCHED_DSN")}
-    if dsn is not None:
-        env["PGSCHED_DSN"] = dsn
-    env["COLUMNS"] = "200"  # rich wraps at the terminal width; keep each message on one line
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched.cli.main", *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def assert_one_error_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr + result.stdout
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -463,22 +441,22 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], *fragments: 
     ],
 )
 def test_cli_enqueue_of_bad_input_prints_one_error_and_inserts_nothing(dsn, conn, unchanged, args, fragments):
-    assert_one_error_line(cli(dsn, *args), *fragments)
+    assert_one_error_line(run_cli(dsn, *args), *fragments)
     unchanged()
 
 
 def test_cli_enqueue_of_args_that_do_not_fit_the_apps_task_prints_one_error(dsn, conn, unchanged):
-    result = cli(dsn, "enqueue", "greet", "--args", '{"nme": "x"}', "--app", "pgsched.example:app")
+    result = run_cli(dsn, "enqueue", "greet", "--args", '{"nme": "x"}', "--app", "pgsched.example:app")
     assert_one_error_line(result, "args do not fit greet", "'name'")
     unchanged()
 
 
 def test_cli_runs_show_of_a_missing_run_says_so(dsn):
-    assert_one_error_line(cli(dsn, "runs", "show", "999999"), "no run with id 999999")
+    assert_one_error_line(run_cli(dsn, "runs", "show", "999999"), "no run with id 999999")
 
 
 def test_cli_runs_show_of_a_non_number_is_a_usage_error(dsn):
-    result = cli(dsn, "runs", "show", "abc")
+    result = run_cli(dsn, "runs", "show", "abc")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Usage:" in result.stderr and "Invalid value for 'ID'" in result.stderr
@@ -486,7 +464,7 @@ def test_cli_runs_show_of_a_non_number_is_a_usage_error(dsn):
 
 def test_cli_runs_cancel_of_a_succeeded_run_is_refused_and_leaves_it(dsn, succeeded_id, unchanged):
     assert_one_error_line(
-        cli(dsn, "runs", "cancel", str(succeeded_id)),
+        run_cli(dsn, "runs", "cancel", str(succeeded_id)),
         f"cannot cancel run {succeeded_id}: it is succeeded",
         "only queued or running runs can be cancelled",
     )
@@ -494,17 +472,17 @@ def test_cli_runs_cancel_of_a_succeeded_run_is_refused_and_leaves_it(dsn, succee
 
 
 def test_cli_runs_retry_of_a_queued_run_is_refused_and_leaves_it(dsn, queued_id, unchanged):
-    assert_one_error_line(cli(dsn, "runs", "retry", str(queued_id)), f"cannot retry run {queued_id}: it is queued")
+    assert_one_error_line(run_cli(dsn, "runs", "retry", str(queued_id)), f"cannot retry run {queued_id}: it is queued")
     unchanged()
 
 
 def test_cli_runs_cancel_of_a_missing_run_says_so(dsn):
-    assert_one_error_line(cli(dsn, "runs", "cancel", "424242"), "no run with id 424242")
+    assert_one_error_line(run_cli(dsn, "runs", "cancel", "424242"), "no run with id 424242")
 
 
 def test_cli_runs_list_with_an_unknown_status_names_the_valid_ones(dsn):
     assert_one_error_line(
-        cli(dsn, "runs", "list", "--status", "bogus"),
+        run_cli(dsn, "runs", "list", "--status", "bogus"),
         "status must be one of queued, running, succeeded, failed, cancelled",
         "'bogus'",
     )
@@ -512,24 +490,24 @@ def test_cli_runs_list_with_an_unknown_status_names_the_valid_ones(dsn):
 
 def test_cli_worker_with_an_app_that_cannot_be_imported_says_so(dsn):
     assert_one_error_line(
-        cli(dsn, "worker", "--app", "nosuchmodule:app", timeout=30), "cannot import 'nosuchmodule' for --app"
+        run_cli(dsn, "worker", "--app", "nosuchmodule:app", timeout=30), "cannot import 'nosuchmodule' for --app"
     )
 
 
 def test_cli_worker_with_an_app_spec_without_attribute_explains_the_form(dsn):
     assert_one_error_line(
-        cli(dsn, "worker", "--app", "nosuchmodule", timeout=30), "--app must look like module:attribute"
+        run_cli(dsn, "worker", "--app", "nosuchmodule", timeout=30), "--app must look like module:attribute"
     )
 
 
 def test_cli_worker_with_concurrency_0_is_refused(dsn):
-    assert_one_error_line(cli(dsn, "worker", "--concurrency", "0", timeout=30), "concurrency must be at least 1")
+    assert_one_error_line(run_cli(dsn, "worker", "--concurrency", "0", timeout=30), "concurrency must be at least 1")
 
 
 def test_cli_with_a_database_that_cannot_be_reached_says_so(dsn, conn, unchanged):
-    result = cli(None, "enqueue", "T", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2")
+    result = run_cli(None, "enqueue", "T", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2")
     assert_one_error_line(result, "cannot reach the database")
-    result = cli(None, "runs", "list", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2")
+    result = run_cli(None, "runs", "list", "--dsn", "host=127.0.0.1 port=1 connect_timeout=2")
     assert_one_error_line(result, "cannot reach the database")
     unchanged()
 
@@ -539,7 +517,7 @@ def test_cli_on_a_database_without_the_schema_says_to_migrate(dsn, conn):
     conn.execute(f'CREATE DATABASE "{empty}" TEMPLATE template0')
     try:
         other = dsn.replace(f"dbname={conn.info.dbname}", f"dbname={empty}")
-        assert_one_error_line(cli(other, "runs", "list"), "run `pgsched migrate` first")
-        assert_one_error_line(cli(other, "enqueue", "T"), "run `pgsched migrate` first")
+        assert_one_error_line(run_cli(other, "runs", "list"), "run `pgsched migrate` first")
+        assert_one_error_line(run_cli(other, "enqueue", "T"), "run `pgsched migrate` first")
     finally:
         conn.execute(f'DROP DATABASE "{empty}" WITH (FORCE)')

@@ -24,11 +24,11 @@ from pgsched.beat import _due_jobs, fire_due_jobs, plan_firings, write_firing
 from pgsched.errors import InvalidArgs, InvalidInput
 from pgsched.jobs import JobNotFound, JobSpec
 from pgsched.schedule import InvalidSchedule, Schedule
+from tests.support.beat import GRACE, fire, fire_each, job_row
 from tests.support.db import scratch_database
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
-GRACE = 5.0
 
 
 # ---- one database for the module, emptied before each test (a fresh clone per test costs
@@ -62,21 +62,6 @@ def minute(n: int) -> datetime:
 # ---- helpers
 
 
-async def _fire_rounds(dsn: str, nows: list[datetime], grace: float) -> list[int]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
-        return [await fire_due_jobs(aconn, misfire_grace_s=grace, now=now) for now in nows]
-
-
-def fire(dsn: str, now: datetime, grace: float = GRACE) -> int:
-    """One beat round at the simulated time ``now``; the number of runs it created."""
-    return asyncio.run(_fire_rounds(dsn, [now], grace))[0]
-
-
-def fire_each(dsn: str, nows: list[datetime], grace: float = GRACE) -> list[int]:
-    """One beat round per simulated time, on one connection."""
-    return asyncio.run(_fire_rounds(dsn, nows, grace))
-
-
 def add_job(conn: psycopg.Connection, name: str, *, now: datetime = T0, task: str = "tick", **kwargs: Any) -> None:
     schedule_keys = {"cron", "every_s", "at", "tz"}
     schedule = Schedule(**{k: v for k, v in kwargs.items() if k in schedule_keys})
@@ -96,13 +81,6 @@ def scheduled(conn: psycopg.Connection, name: str) -> list[datetime]:
             (name,),
         )
     ]
-
-
-def job_row(conn: psycopg.Connection, name: str) -> dict[str, Any]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM pgsched.jobs WHERE name = %s", (name,)).fetchone()
-    assert row is not None, f"no job {name}"
-    return row
 
 
 def snapshot(conn: psycopg.Connection) -> tuple[list[tuple], list[tuple]]:

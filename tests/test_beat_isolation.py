@@ -6,41 +6,21 @@ a hosted beat that fails is started again, and ``beat status`` shows only a live
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from pgsched.app import App
-from pgsched.beat import Beat, BeatOptions, fire_due_jobs
+from pgsched.beat import Beat, BeatOptions
 from pgsched.schedule import InvalidSchedule, Schedule
 from pgsched.worker import Worker, WorkerOptions
+from tests.support.beat import fire, job_row
+from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import scalar
 from tests.support.waiting import wait_until_async
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
-
-
-def fire(dsn: str, now: datetime) -> int:
-    """One beat round at the simulated time ``now``; the number of runs it created."""
-
-    async def round_() -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            return await fire_due_jobs(conn, misfire_grace_s=5.0, now=now)
-
-    return asyncio.run(round_())
-
-
-def job_row(conn: psycopg.Connection, name: str) -> dict[str, Any]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT enabled, last_error FROM pgsched.jobs WHERE name = %s", (name,)).fetchone()
-    assert row is not None, f"no job {name}"
-    return row
 
 
 def runs_of(conn: psycopg.Connection, name: str) -> int:
@@ -60,15 +40,7 @@ async def runs_made(conn: psycopg.Connection, name: str, count: int) -> None:
     await wait_until_async(enough, 30, f"{count} runs of job {name!r}")
 
 
-def pgsched_cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched.cli.main", *args],
-        env={**os.environ, "PGSCHED_DSN": dsn},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
+STATE = "enabled, last_error"  # what these tests read of a job whose instants may be unreadable
 
 UNREADABLE_ROWS = {
     "at-infinity": ("at", "'infinity'"),
@@ -87,7 +59,7 @@ def test_a_job_with_an_instant_no_reader_can_hold_is_disabled_and_the_others_fir
     conn.execute(f"INSERT INTO pgsched.jobs (name, task, {columns}) VALUES ('broken', 'tick', {values})")
     fire(dsn, T0)  # the healthy job gets its first fire time
     assert fire(dsn, T0 + timedelta(minutes=1)) == 1
-    broken = job_row(conn, "broken")
+    broken = job_row(conn, "broken", STATE)
     assert broken["enabled"] is False
     assert "cannot be read: instants must be finite and within the years 1 to 9999" in broken["last_error"]
     assert runs_of(conn, "healthy") == 1 and runs_of(conn, "broken") == 0
@@ -101,7 +73,7 @@ def test_a_job_with_an_overlong_timezone_is_disabled_and_the_others_fire(conn: p
     )
     fire(dsn, T0)
     assert fire(dsn, T0 + timedelta(minutes=1)) == 1
-    broken = job_row(conn, "broken")
+    broken = job_row(conn, "broken", STATE)
     assert broken["enabled"] is False and "tz must be an IANA timezone name" in broken["last_error"]
 
 
@@ -118,7 +90,7 @@ def test_an_sql_row_with_an_interval_below_the_floor_is_disabled_instead_of_floo
         "INSERT INTO pgsched.jobs (name, task, every_s, next_run_at) VALUES ('flood', 'tick', 1e-300, %s)", (T0,)
     )
     assert fire(dsn, T0 + timedelta(seconds=4)) == 0
-    flood = job_row(conn, "flood")
+    flood = job_row(conn, "flood", STATE)
     assert flood["enabled"] is False and "every must be a number of seconds >= 1" in flood["last_error"]
 
 
@@ -130,9 +102,8 @@ def test_an_sql_row_with_an_interval_below_the_floor_is_disabled_instead_of_floo
 def test_cli_jobs_add_refuses_a_schedule_the_beat_cannot_fire_and_writes_nothing(
     conn: psycopg.Connection, dsn: str, option: list[str]
 ) -> None:
-    result = pgsched_cli(dsn, "jobs", "add", "f", "--task", "noop", *option)
-    assert result.returncode != 0
-    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    result = run_cli(dsn, "jobs", "add", "f", "--task", "noop", *option)
+    assert_one_error_line(result)
     assert conn.execute("SELECT count(*) FROM pgsched.jobs").fetchone() == (0,)
 
 
@@ -156,18 +127,18 @@ def test_a_leading_beat_fires_healthy_jobs_while_broken_rows_exist_and_never_ste
             await running
 
     assert asyncio.run(lead_until_two_runs()) is True
-    assert not job_row(conn, "infinite")["enabled"] and not job_row(conn, "long-tz")["enabled"]
+    assert not job_row(conn, "infinite", STATE)["enabled"] and not job_row(conn, "long-tz", STATE)["enabled"]
     assert "steps down" not in caplog.text
 
 
 def test_beat_status_shows_no_leader_once_the_recorded_one_holds_no_lock(conn: psycopg.Connection, dsn: str) -> None:
     # A beat that died without resigning leaves its row behind; its lock went with its connection.
     conn.execute("INSERT INTO pgsched.beat_leader (host, pid, since, last_seen_at) VALUES ('gone', 1, now(), now())")
-    result = pgsched_cli(dsn, "beat", "status")
+    result = run_cli(dsn, "beat", "status")
     assert result.returncode == 0 and "no beat leads" in result.stdout, result.stdout + result.stderr
     with psycopg.connect(dsn, autocommit=True) as lock_holder:
         lock_holder.execute("SELECT pg_advisory_lock(hashtextextended('pgsched.beat', 0))")
-        result = pgsched_cli(dsn, "beat", "status")
+        result = run_cli(dsn, "beat", "status")
     assert result.returncode == 0 and "gone" in result.stdout, result.stdout + result.stderr
 
 

@@ -4,9 +4,6 @@ the beat's side in test_beat_isolation.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 
 import psycopg
@@ -15,28 +12,11 @@ import pytest
 from pgsched.app import App
 from pgsched.errors import InvalidInput
 from pgsched.schedule import InvalidSchedule, Schedule
+from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import scalar
 
 PAST_YEAR_9999_IN_UTC = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14)))
 BEFORE_YEAR_1_IN_UTC = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
-
-
-def pgsched_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pgsched.cli.main", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def nothing_written(conn: psycopg.Connection) -> bool:
@@ -71,18 +51,16 @@ def test_a_one_off_at_an_instant_no_reader_can_hold_is_an_invalid_schedule(at: d
 
 def test_cli_enqueue_with_args_nested_too_deeply_is_one_error_line(conn: psycopg.Connection, dsn: str) -> None:
     deep = "[" * 1200 + "]" * 1200
-    result = pgsched_cli("enqueue", "noop", "--args", f'{{"a": {deep}}}', env={"PGSCHED_DSN": dsn})
-    assert_one_line_error(result, "--args is nested too deeply")
+    result = run_cli(dsn, "enqueue", "noop", "--args", f'{{"a": {deep}}}')
+    assert_one_error_line(result, "--args is nested too deeply")
     assert nothing_written(conn)
 
 
 def test_cli_jobs_add_at_an_instant_no_reader_can_hold_is_refused_and_writes_nothing(
     conn: psycopg.Connection, dsn: str
 ) -> None:
-    result = pgsched_cli(
-        "jobs", "add", "x", "--task", "t", "--at", "0001-01-01T00:00:00+14:00", env={"PGSCHED_DSN": dsn}
-    )
-    assert_one_line_error(result, "at must be between")
+    result = run_cli(dsn, "jobs", "add", "x", "--task", "t", "--at", "0001-01-01T00:00:00+14:00")
+    assert_one_error_line(result, "at must be between")
     assert nothing_written(conn)
 
 
@@ -98,10 +76,10 @@ def test_cli_jobs_add_at_an_instant_no_reader_can_hold_is_refused_and_writes_not
 def test_cli_with_a_malformed_dsn_says_so_in_one_line(
     command: list[str], args: list[str], env: dict[str, str], named: str
 ) -> None:
-    result = pgsched_cli(*command, *args, env=env)
-    assert_one_line_error(result, named, "is not a valid connection string")
+    result = run_cli(None, *command, *args, env=env)
+    assert_one_error_line(result, named, "is not a valid connection string")
 
 
 def test_cli_beat_with_a_malformed_direct_dsn_says_so_in_one_line() -> None:
-    result = pgsched_cli("beat", env={"PGSCHED_DSN": "host=/nowhere", "PGSCHED_DIRECT_DSN": "not a dsn"})
-    assert_one_line_error(result, "PGSCHED_DIRECT_DSN is not a valid connection string")
+    result = run_cli(None, "beat", env={"PGSCHED_DSN": "host=/nowhere", "PGSCHED_DIRECT_DSN": "not a dsn"})
+    assert_one_error_line(result, "PGSCHED_DIRECT_DSN is not a valid connection string")

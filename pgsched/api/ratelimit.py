@@ -46,8 +46,7 @@ class MemoryCounters:
         return requests if seen_window == window else 0
 
     def hit(self, caller: str, window: int) -> int:
-        seen_window, requests = self._counts.get(caller, (window, 0))
-        requests = requests + 1 if seen_window == window else 1
+        requests = self.count(caller, window) + 1
         if len(self._counts) >= _MAX_MEMORY_CALLERS and caller not in self._counts:
             self._counts = {key: value for key, value in self._counts.items() if value[0] == window}
             if len(self._counts) >= _MAX_MEMORY_CALLERS:
@@ -70,42 +69,35 @@ class RateLimiter:
 
     async def hit(self, caller: str) -> int | None:
         """Count one request: None if it is allowed, else the seconds until the window ends."""
-        now = self.clock()
-        window = int(now // self.limit.window_s)
-        if await self._count(caller, window) <= self.limit.requests:
-            return None
-        return max(1, math.ceil((window + 1) * self.limit.window_s - now))
+        return await self._over(caller, count=True)
 
     async def exceeded(self, caller: str) -> int | None:
         """Whether ``caller`` is over the limit already, without counting a request: None if
         not, else the seconds until the window ends."""
+        return await self._over(caller, count=False)
+
+    async def _over(self, caller: str, *, count: bool) -> int | None:
         now = self.clock()
         window = int(now // self.limit.window_s)
-        if await self._peek(caller, window) < self.limit.requests:
+        seen = await self._requests(caller, window, count)
+        # Counted, this request is one of them and may be the last allowed; peeked, none is left.
+        if seen < self.limit.requests + int(count):
             return None
         return max(1, math.ceil((window + 1) * self.limit.window_s - now))
 
-    async def _peek(self, caller: str, window: int) -> int:
+    async def _requests(self, caller: str, window: int, count: bool) -> int:
+        """The caller's requests in this window, after counting one more when ``count``."""
         if self.redis is not None:
             try:
-                return await self.redis.acall(lambda client: self._redis_peek(client, caller, window))
-            except RedisUnavailable:
-                pass
-        return self._memory.count(caller, window)
-
-    async def _redis_peek(self, client: Any, caller: str, window: int) -> int:
-        return int(await client.get(f"{KEY_PREFIX}rate:{caller}:{window}") or 0)
-
-    async def _count(self, caller: str, window: int) -> int:
-        if self.redis is not None:
-            try:
-                return await self.redis.acall(lambda client: self._redis_hit(client, caller, window))
+                return await self.redis.acall(lambda client: self._redis_requests(client, caller, window, count))
             except RedisUnavailable:
                 pass  # the breaker logged it: count in this process until Redis is back
-        return self._memory.hit(caller, window)
+        return self._memory.hit(caller, window) if count else self._memory.count(caller, window)
 
-    async def _redis_hit(self, client: Any, caller: str, window: int) -> int:
+    async def _redis_requests(self, client: Any, caller: str, window: int, count: bool) -> int:
         key = f"{KEY_PREFIX}rate:{caller}:{window}"
+        if not count:
+            return int(await client.get(key) or 0)
         async with client.pipeline(transaction=True) as pipe:
             # The key outlives its window by a second: clocks of different hosts disagree a little.
             pipe.incr(key).expire(key, self.limit.window_s + 1)

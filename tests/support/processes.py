@@ -7,6 +7,7 @@ teardown every process still running killed and reaped, so none outlives its tes
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -35,6 +36,28 @@ def free_port() -> int:
 
 def log_tail(path: Path, size: int = LOG_TAIL) -> str:
     return path.read_text(errors="replace")[-size:] if path.exists() else ""
+
+
+def dump_stacks(processes: list[Process], timeout: float = 2.0) -> None:
+    """SIGUSR1 to each live process, then wait (at most ``timeout``) until each has written its
+    faulthandler dump to its log or exited: diagnostics for a failure, never a failure itself."""
+    live = [p for p in processes if p.popen.poll() is None]
+    sizes = {p.pid: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in live}
+    for process in live:
+        process.popen.send_signal(signal.SIGCONT)  # a SIGSTOPped process dumps only once resumed
+        process.popen.send_signal(signal.SIGUSR1)
+
+    def dumped(process: Process) -> bool:
+        if process.popen.poll() is not None:
+            return True
+        with process.log_path.open("rb") as log:
+            log.seek(sizes[process.pid])
+            return re.search(rb"[Tt]hread 0x", log.read()) is not None  # "Current thread 0x…" / "Thread 0x…"
+
+    try:
+        wait_until(lambda: all(dumped(p) for p in live), timeout, "stack dumps in the logs")
+    except AssertionError:
+        pass  # a process without the faulthandler hook dumps nothing: show its log as it is
 
 
 @dataclass
@@ -67,8 +90,7 @@ class Process:
         try:
             return self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.popen.send_signal(signal.SIGUSR1)
-            time.sleep(0.5)  # diagnostics only: give the dump time to reach the log
+            dump_stacks([self])
             raise AssertionError(
                 f"{self.kind} pid {self.pid} still running {timeout}s later; its log:\n{log_tail(self.log_path)}"
             ) from None
@@ -142,11 +164,7 @@ class Processes:
 
     def diagnostics(self) -> str:
         """Every process's log, with a stack dump of each live one, and the database's sessions."""
-        for process in self.started:
-            if process.popen.poll() is None:
-                process.popen.send_signal(signal.SIGCONT)  # a SIGSTOPped process dumps only once resumed
-                process.popen.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)  # diagnostics only: give the dumps time to reach the logs
+        dump_stacks(self.started)
         logs = "\n".join(
             f"--- {p.kind} pid {p.pid} (exit code {p.popen.returncode}):\n{log_tail(p.log_path)}"
             for p in self.started[-8:]
