@@ -285,7 +285,9 @@ async def fire_due_jobs_concurrently(pool: AsyncConnectionPool, *, misfire_grace
 
 
 async def _due_jobs(conn: psycopg.AsyncConnection, now: datetime | None) -> list[dict[str, Any]]:
-    """The due jobs, after disabling those whose instants cannot be read (see job_disable_unreadable)."""
+    """The due jobs, after disabling those whose instants cannot be read (see job_disable_unreadable).
+    Disabled in SQL, not read through READER_ADAPTERS' nearest datetime: the beat must not fire
+    on an instant it made up, and ``conn`` may be any connection."""
     async with conn.cursor(row_factory=dict_row) as cur:
         for job in await (await cur.execute(queries["job_disable_unreadable"], {"now": now})).fetchall():
             logger.warning("job %r disabled: %s", job["name"], job["last_error"])
