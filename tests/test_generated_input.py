@@ -1,5 +1,5 @@
 """Bad input found by a machine, not by hand (issue #11): hypothesis generates values for every
-field of the Python API, the CLI's enqueue, the SQL function and a plain INSERT of a job, and each example must
+field of the Python API, the CLI's enqueue, the SQL function and a plain INSERT of a run or a job, and each example must
 end one of two ways — refused with a clear error and nothing written, or accepted and every
 reader (run detail and list, queue figures, /metrics, a beat round) still works."""
 
@@ -156,6 +156,37 @@ def test_sql_enqueue_refuses_with_a_data_or_constraint_error_or_every_reader_rea
         # A DataError without a SQLSTATE is psycopg refusing to send a NUL: nothing reached the server.
         assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
         assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
+    status=st.none() | mostly(st.just("queued"), st.sampled_from(["running", "succeeded", "failed", "cancelled"])),
+    attempt=st.none() | mostly(st.just(0), st.integers(-(2**31), 2**31 - 1)),
+    run_at=st.none() | sql_instants,
+    created_at=st.none() | sql_instants,
+    started_at=st.none() | sql_instants,
+    finished_at=st.none() | sql_instants,
+    lease_expires_at=st.none() | sql_instants,
+    errors=st.none() | mostly(st.just("[]"), json_values.map(json.dumps)),
+    tenant=st.none() | mostly(st.sampled_from(["acme", "a.b:c-d_e"]), names),
+)
+def test_a_run_row_from_any_sql_insert_is_refused_or_is_one_every_reader_reads(
+    reader: psycopg.Connection, **fields: Any
+) -> None:
+    empty(reader)
+    given_fields = {name: value for name, value in fields.items() if value is not None}
+    columns = ", ".join(["task", *given_fields])
+    marks = ", ".join(["'t'", *(f"%({name})s" for name in given_fields)])
+    try:
+        reader.execute(f"INSERT INTO pgsched.runs ({columns}) VALUES ({marks})".encode(), given_fields)
+        event("accepted")
+    except psycopg.Error as exc:
+        event("refused")
+        assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    # What was accepted breaks none of schema 0009's rules, and every reader reads it.
+    assert scalar(reader, "SELECT count(*) FROM pgsched.runs r WHERE pgsched.run_problems(r) IS NOT NULL") == 0
     readers_still_work(reader)
 
 
