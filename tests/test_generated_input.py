@@ -1,7 +1,8 @@
 """Bad input found by a machine, not by hand (issue #11): hypothesis generates values for every
-field of the Python API, the CLI's enqueue, the SQL function and a plain INSERT of a run or a job, and each example must
-end one of two ways — refused with a clear error and nothing written, or accepted and every
-reader (run detail and list, queue figures, /metrics, a beat round) still works."""
+field of the Python API, the CLI (enqueue, jobs add, runs list), the SQL function and a plain
+INSERT of a run or a job, and each example must end one of two ways — refused with a clear
+error and nothing written, or accepted and every reader (run detail and list, queue figures,
+/metrics, a beat round) still works."""
 
 from __future__ import annotations
 
@@ -246,25 +247,96 @@ def test_cli_enqueue_refuses_in_one_error_line_or_every_reader_reads_the_run(
     timing: tuple[str, str] | None,
 ) -> None:
     empty(reader)
-    argv = ["pgsched", "enqueue", task, "--args", args, "--dsn", dsn]
+    argv = ["enqueue", task, "--args", args]
     argv += ["--queue", queue] if queue is not None else []
     argv += ["--priority", priority] if priority is not None else []
     argv += list(timing) if timing is not None else []
+    if cli_in_process(argv, dsn, capsys) != 0:
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
+    name=mostly(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True), names),
+    task=task_names,
+    schedule=mostly(
+        st.sampled_from([("--cron", "*/5 * * * *"), ("--every", "60"), ("--at", "2030-01-01T00:00:00+02:00")]),
+        st.tuples(st.sampled_from(["--cron", "--every", "--at"]), st.text(max_size=30))
+        | due.map(lambda t: ("--at", t.isoformat()))
+        | seconds.map(lambda s: ("--every", repr(s))),
+    ),
+    tz=st.none() | mostly(st.sampled_from(["UTC", "Europe/Berlin"]), names),
+    misfire=st.none() | mostly(st.sampled_from(["coalesce", "skip", "all"]), st.text(max_size=10)),
+    max_catchup=st.none() | mostly(st.integers(1, 1000).map(str), st.integers().map(str) | st.text(max_size=8)),
+    tenant=st.none() | mostly(st.sampled_from(["acme", "a.b:c-d_e"]), names),
+)
+def test_cli_jobs_add_refuses_in_one_error_line_or_the_beat_and_every_reader_use_the_job(
+    reader: psycopg.Connection,
+    dsn: str,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    task: str,
+    schedule: tuple[str, str],
+    **options: str | None,
+) -> None:
+    empty(reader)
+    argv = ["jobs", "add", name, "--task", task, *schedule]
+    for option, value in options.items():
+        argv += [f"--{option.replace('_', '-')}", value] if value is not None else []
+    if cli_in_process(argv, dsn, capsys) != 0:
+        assert scalar(reader, "SELECT count(*) FROM pgsched.jobs") == 0, "refused, yet written"
+    else:
+        assert scalar(reader, "SELECT count(*) FROM pgsched.jobs r WHERE pgsched.job_problems(r) IS NOT NULL") == 0
+
+    async def beat_rounds() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, context=READER_ADAPTERS) as conn:
+            for minutes in (0, 60 * 24 * 400):
+                await fire_due_jobs(
+                    conn, misfire_grace_s=5.0, now=datetime.now(timezone.utc) + timedelta(minutes=minutes)
+                )
+
+    asyncio.run(beat_rounds())
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
+    status=st.none() | mostly(st.sampled_from(["queued", "failed"]), st.text(max_size=12)),
+    queue=st.none() | queue_names,
+    task=st.none() | task_names,
+    job=st.none() | names,
+    created_after=st.none() | mostly(due.map(datetime.isoformat), st.text(max_size=30)),
+    finished_before=st.none() | mostly(due.map(datetime.isoformat), st.text(max_size=30)),
+    limit=st.none() | mostly(st.integers(1, 1000).map(str), st.integers().map(str) | st.text(max_size=8)),
+)
+def test_cli_runs_list_answers_or_refuses_in_one_error_line_whatever_the_filters(
+    reader: psycopg.Connection, dsn: str, capsys: pytest.CaptureFixture[str], **options: str | None
+) -> None:
+    argv = ["runs", "list", "--json"]
+    for option, value in options.items():
+        argv += [f"--{option.replace('_', '-')}", value] if value is not None else []
+    cli_in_process(argv, dsn, capsys)
+
+
+def cli_in_process(argv: list[str], dsn: str, capsys: pytest.CaptureFixture[str]) -> int:
+    """Run `pgsched ARGV --dsn DSN` in this process; its exit code. A refusal must be clean: one
+    line naming the problem (exit 1, pgsched's own) or click's usage error (exit 2, a value of
+    the wrong type), never a traceback."""
+    capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", argv)
+        patch.setattr(sys, "argv", ["pgsched", *argv, "--dsn", dsn])
         # Anything but SystemExit (an exception escaping the CLI) is a traceback for the user.
         with pytest.raises(SystemExit) as exited:
             cli_main()
+    code = int(exited.value.code or 0)
     stderr = capsys.readouterr().err
-    if exited.value.code == 0:
-        event("accepted")
-    else:
-        event("refused")
-        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    event("accepted" if code == 0 else "refused")
+    if code != 0:
         assert "Traceback" not in stderr
-        if exited.value.code == 1:  # pgsched's own refusal: one line naming the problem
+        if code == 1:
             lines = stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-        else:  # 2: click's usage error (a value of the wrong type for an option)
-            assert exited.value.code == 2 and "Error" in stderr, stderr
-    readers_still_work(reader)
+        else:
+            assert code == 2 and "Error" in stderr, stderr
+    return code
