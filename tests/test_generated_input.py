@@ -91,6 +91,22 @@ def readers_still_work(conn: psycopg.Connection) -> None:
     list_jobs(conn)
 
 
+def insert_or_refuse(conn: psycopg.Connection, table: str, fixed: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """INSERT one row of ``fixed`` and the given (not None) ``fields``; True if accepted. A
+    refusal must be a data exception (class 22) or a broken constraint (23): the value, named."""
+    row = fixed | {name: value for name, value in fields.items() if value is not None}
+    marks = ", ".join(f"%({name})s" for name in row)
+    try:
+        conn.execute(f"INSERT INTO pgsched.{table} ({', '.join(row)}) VALUES ({marks})".encode(), row)
+    except psycopg.Error as exc:
+        event("refused")
+        # A DataError without a SQLSTATE is psycopg refusing to send a NUL: nothing reached the server.
+        assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
+        return False
+    event("accepted")
+    return True
+
+
 def empty(conn: psycopg.Connection) -> None:
     conn.execute("TRUNCATE pgsched.runs, pgsched.jobs RESTART IDENTITY CASCADE")
 
@@ -176,15 +192,7 @@ def test_a_run_row_from_any_sql_insert_is_refused_or_is_one_every_reader_reads(
     reader: psycopg.Connection, **fields: Any
 ) -> None:
     empty(reader)
-    given_fields = {name: value for name, value in fields.items() if value is not None}
-    columns = ", ".join(["task", *given_fields])
-    marks = ", ".join(["'t'", *(f"%({name})s" for name in given_fields)])
-    try:
-        reader.execute(f"INSERT INTO pgsched.runs ({columns}) VALUES ({marks})".encode(), given_fields)
-        event("accepted")
-    except psycopg.Error as exc:
-        event("refused")
-        assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
+    if not insert_or_refuse(reader, "runs", {"task": "t"}, fields):
         assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
     # What was accepted breaks none of schema 0009's rules, and every reader reads it.
     assert scalar(reader, "SELECT count(*) FROM pgsched.runs r WHERE pgsched.run_problems(r) IS NOT NULL") == 0
@@ -204,15 +212,7 @@ def test_a_job_row_from_any_sql_insert_never_stops_a_beat_round(
 ) -> None:
     empty(reader)
     reader.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('healthy', 't', 60)")
-    given_fields = {name: value for name, value in fields.items() if value is not None}
-    columns = ", ".join(["name", "task", *given_fields])
-    marks = ", ".join(["'generated'", "'t'", *(f"%({name})s" for name in given_fields)])
-    try:
-        reader.execute(f"INSERT INTO pgsched.jobs ({columns}) VALUES ({marks})".encode(), given_fields)
-        event("accepted")
-    except psycopg.Error as exc:
-        event("refused")
-        assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
+    insert_or_refuse(reader, "jobs", {"name": "generated", "task": "t"}, fields)
     # Two rounds a minute apart: the healthy job fires in the second whatever the other row holds.
     now = datetime.now(timezone.utc)
 
