@@ -194,8 +194,6 @@ def _copy_escape(value: str) -> str:
 def _check_bulk(options: RunOptions) -> None:
     if options.unique_key is not None:
         raise InvalidInput("unique_key applies to single enqueues, not to enqueue_many")
-    if options.expires is not None:
-        raise InvalidInput("expires applies to single enqueues, not to enqueue_many")
 
 
 def insert_runs(conn: psycopg.Connection, task: str, all_args: list[str], options: RunOptions) -> list[int]:

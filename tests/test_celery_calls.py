@@ -16,7 +16,7 @@ from pgsched import App
 from pgsched.errors import InvalidArgs, InvalidInput, RunCancelled, RunFailed, RunNotFound, WaitInsideTask
 from pgsched.handles import RunHandle
 from pgsched.sql import queries
-from tests.support.db import empty_tables, scalar
+from tests.support.db import empty_tables, scalar, scalar_async
 from tests.support.inprocess import RunningWorker
 from tests.support.waiting import wait_until_async
 
@@ -32,11 +32,6 @@ def runs(conn: psycopg.Connection) -> int:
 
 def args_of(conn: psycopg.Connection, run_id: int) -> Any:
     return scalar(conn, "SELECT args FROM pgsched.runs WHERE id = %s", (run_id,))
-
-
-async def fetch_value(conn: psycopg.AsyncConnection, sql: Any, *params: Any) -> Any:
-    row = await (await conn.execute(sql, params)).fetchone()
-    return None if row is None else row[0]
 
 
 def with_worker(app: App, dsn: str, body: Any, **options: Any) -> Any:
@@ -328,7 +323,7 @@ def test_a_waiter_is_woken_by_the_notification_not_by_a_poll(app, dsn):
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
             watched = "SELECT awaited IS TRUE FROM pgsched.runs WHERE id = %s"
             await wait_until_async(
-                lambda: fetch_value(other, watched, run_id), 10, "the waiter to mark the run awaited", poll=0.01
+                lambda: scalar_async(other, watched, run_id), 10, "the waiter to mark the run awaited", poll=0.01
             )
             await other.execute(
                 "UPDATE pgsched.runs SET status = 'succeeded', result = '7', finished_at = now() WHERE id = %s",
