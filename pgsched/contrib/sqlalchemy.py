@@ -21,15 +21,15 @@ from pgsched.errors import ConfigError, InvalidInput
 
 def driver_connection(session_or_connection: Any) -> psycopg.Connection[Any]:
     """The psycopg connection under a SQLAlchemy 2 Session or Connection, in its transaction."""
-    connection = getattr(session_or_connection, "connection", None)
-    if connection is None:
+    attribute = getattr(session_or_connection, "connection", None)
+    if attribute is None:
         raise InvalidInput(
             "conn must be a psycopg connection, or a SQLAlchemy Session or Connection; "
             f"got {type(session_or_connection).__name__}"
         )
-    if callable(connection):  # Session.connection(): the Connection bound to its transaction
-        connection = connection()
-    pooled = getattr(connection, "connection", None)  # Connection.connection: the DBAPI connection's proxy
+    # Session.connection() is the Connection bound to its transaction; a Connection is one already.
+    connection = attribute() if callable(attribute) else session_or_connection
+    pooled = connection.connection  # Connection.connection: the pool's proxy of the DBAPI connection
     driver = getattr(pooled, "driver_connection", None)
     if not isinstance(driver, psycopg.Connection):
         raise ConfigError(
