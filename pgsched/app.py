@@ -713,8 +713,14 @@ class App:
             await pool.open()
         return pool
 
+    def default_connection(self) -> psycopg.Connection[Any] | None:
+        """The connection an enqueue without ``conn`` writes on; None: a pooled one. A framework's
+        App overrides it to join the framework's open transaction (``contrib.django.DjangoApp``)."""
+        return None
+
     @contextmanager
     def _connection(self, conn: Connectable | None) -> Iterator[psycopg.Connection]:
+        conn = self.default_connection() if conn is None else conn
         if isinstance(conn, psycopg.Connection):
             yield conn
         elif conn is not None:
