@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pgsched.errors import InvalidInput
+from pgsched.process_pool import ChildFailed, ProcessPool
+from pgsched.run_types import ClaimedRun
 from tests.support.db import empty_tables, scalar
 from tests.support.inprocess import finish
 
@@ -183,3 +185,20 @@ def _near_the_boundary(opts: dict[str, Any]) -> bool:
     expiry = expires if isinstance(expires, datetime) else now + timedelta(seconds=expires)
     due = (opts.get("eta") or now) + timedelta(seconds=opts.get("countdown") or 0)
     return abs((expiry - due).total_seconds()) < 1
+
+
+def test_autoretry_for_decides_in_a_process_pool_child_too():
+    async def main() -> dict[str, bool]:
+        pool = ProcessPool("tests.process_app:app", 1, frozenset({"raise_in_child"}))
+        await pool.start()
+        outcome = {}
+        try:
+            for kind in ("ConnectionError", "KeyError"):
+                with pytest.raises(ChildFailed) as failed:
+                    await pool.call(ClaimedRun(1, "raise_in_child", {"kind": kind}, 1, 3), {"kind": kind}, None)
+                outcome[failed.value.kind] = failed.value.retryable
+        finally:
+            await pool.close()
+        return outcome
+
+    assert asyncio.run(main()) == {"ConnectionError": True, "KeyError": False}
