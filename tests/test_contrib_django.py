@@ -151,3 +151,68 @@ def test_manage_py_pgsched_worker_names_an_app_that_does_not_import(dsn):
     assert worker.returncode == 1
     assert "CommandError: cannot import 'tests.django_project.nowhere' for --app" in stderr
     assert "Traceback" not in stderr
+
+
+# ---- Django's Tasks framework (the django-tasks backport) on PgschedBackend
+
+
+def test_a_django_task_is_a_run_with_its_priority_negated_and_its_queue(conn):
+    from pgsched.contrib.django import DJANGO_TASK
+    from tests.django_project.shop.tasks import add
+
+    result = add.enqueue(2, 3)
+    row = conn.execute("SELECT task, queue, priority, args, max_attempts FROM pgsched.runs").fetchone()
+    path = "tests.django_project.shop.tasks.add"
+    assert row == (DJANGO_TASK, "emails", -20, {"path": path, "args": [2, 3], "kwargs": {}}, 1)
+    assert result.id == str(scalar(conn, "SELECT id FROM pgsched.runs")) and result.status == "READY"
+
+
+def test_a_django_task_in_a_rolled_back_atomic_block_leaves_no_run(conn):
+    from django.db import transaction
+
+    from tests.django_project.shop.tasks import add
+
+    with transaction.atomic():
+        add.enqueue(1, 1)
+        transaction.set_rollback(True)
+    assert counts(conn) == (0, 0)
+
+
+def test_django_tasks_run_on_a_pgsched_worker_and_their_results_read_back(dsn):
+    import asyncio
+
+    from tests.django_project.shop.tasks import add, app, fail
+    from tests.support.inprocess import RunningWorker
+
+    added, failed = add.enqueue(20, 22), fail.enqueue("out of stock")
+
+    async def main() -> None:
+        async with RunningWorker(app, dsn, queues=["default", "emails"]):
+            for result in (added, failed):
+                await app.run(int(result.id)).wait(timeout=20, propagate=False)
+
+    asyncio.run(main())
+    added.refresh()
+    failed.refresh()
+    assert (added.status, added.return_value, added.attempts) == ("SUCCESSFUL", 42, 1)
+    assert failed.status == "FAILED" and failed.errors[0].exception_class is ValueError
+    assert "out of stock" in failed.errors[0].traceback
+
+
+def test_the_backend_refuses_what_it_cannot_run(conn):
+    import dataclasses
+
+    import django_tasks
+    from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
+
+    from tests.django_project.shop.tasks import add, greet
+
+    with pytest.raises(InvalidTaskError, match="pgsched does not pass a task context yet"):
+        dataclasses.replace(add, func=greet, takes_context=True)
+    with pytest.raises(InvalidTaskError, match="Queue 'nowhere' is not valid"):
+        add.using(queue_name="nowhere")
+    backend = django_tasks.task_backends["default"]
+    for missing in ("12345", "abc", str(backend.app.enqueue("other"))):
+        with pytest.raises(TaskResultDoesNotExist):
+            backend.get_result(missing)
+    assert counts(conn) == (0, 1)

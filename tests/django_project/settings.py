@@ -11,7 +11,7 @@ _db = conninfo_to_dict(os.environ["PGSCHED_TEST_DJANGO_DSN"])
 
 SECRET_KEY = "tests-only"
 USE_TZ = True
-INSTALLED_APPS = ["pgsched.contrib.django", "tests.django_project.shop"]
+INSTALLED_APPS = ["django_tasks", "pgsched.contrib.django", "tests.django_project.shop"]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
@@ -23,3 +23,10 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 PGSCHED_APP = "tests.django_project.shop.tasks:app"
+TASKS = {
+    "default": {
+        "BACKEND": "pgsched.contrib.django.tasks.PgschedBackend",
+        "QUEUES": ["default", "emails"],
+        "OPTIONS": {"APP": PGSCHED_APP},
+    }
+}

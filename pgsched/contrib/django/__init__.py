@@ -54,13 +54,26 @@ def django_dsn(using: str = "default") -> str:
     return make_conninfo("", **keywords)
 
 
+# The pgsched task that runs a task of Django's Tasks framework (pgsched.contrib.django.tasks).
+DJANGO_TASK = "pgsched.contrib.django.run_task"
+
+
+def run_task(path: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run the Django Tasks task at ``path`` (module.name of its module-level Task) with its args."""
+    from django.utils.module_loading import import_string
+
+    return import_string(path).call(*args, **kwargs)
+
+
 class DjangoApp(App):
     """An App on Django's database: inside ``transaction.atomic()`` its enqueues (``delay``,
-    ``apply_async``, ``enqueue`` without ``conn=``) join the atomic block's transaction."""
+    ``apply_async``, ``enqueue`` without ``conn=``) join the atomic block's transaction. It also
+    runs the tasks of Django's Tasks framework queued through ``PgschedBackend``."""
 
     def __init__(self, dsn: str | None = None, *, using: str = "default", **options: Any) -> None:
         super().__init__(dsn, **options)
         self.using = using
+        self.task(name=DJANGO_TASK)(run_task)
 
     @property
     def dsn(self) -> str:
