@@ -136,7 +136,7 @@ class Task(Generic[P, R]):
         *,
         run_at: datetime | None = None,
         delay: float | None = None,
-        conn: psycopg.Connection | None = None,
+        conn: Connectable | None = None,
         unique_key: str | None = None,
         **kwargs: Any,
     ) -> int:
@@ -308,7 +308,7 @@ class App:
         ``--pool`` decides (threads unless it says otherwise). ``timeout`` cancels an async
         task at the deadline and kills a process-pool task's process; a thread cannot be
         stopped, so in the thread pool it is not enforced. ``retry_backoff`` is the base delay
-        in seconds of the exponential backoff between attempts (default ``max_attempts``: 3).
+        in seconds of the exponential backoff between attempts; ``max_attempts`` defaults to 3.
 
         Celery's options, where they map cleanly: ``autoretry_for`` (only these exceptions are
         retried; any other fails the run at once), ``max_retries`` (``max_attempts - 1``),
