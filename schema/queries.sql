@@ -112,11 +112,14 @@ SELECT set_config('synchronous_commit', 'off', true);
 
 -- name: run_next_due
 -- Seconds until the earliest deferred run of these queues is due (the fetcher sleeps until
--- then). Runs due at creation need no timer: their insert's NOTIFY wakes the fetcher.
+-- then). Runs due at creation need no timer: their insert's NOTIFY wakes the fetcher. An
+-- expired run is no reason to wake: the claim would pass it over, and the fetcher would look
+-- again every LOCKED_BY_OTHERS_PAUSE_S until the sweep cancelled it.
 SELECT extract(epoch FROM min(n.run_at) - now())::float8
 FROM unnest(%(queues)s::text[]) AS q(name),
      LATERAL (SELECT run_at FROM pgsched.runs
               WHERE status = 'queued' AND queue = q.name AND run_at > created_at
+                AND (expires_at IS NULL OR expires_at > now())
               ORDER BY run_at LIMIT 1) AS n;
 
 -- name: run_complete_many

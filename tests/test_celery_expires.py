@@ -80,6 +80,18 @@ def test_expires_in_seconds_counts_from_the_enqueue_and_an_instant_is_kept_as_gi
     assert scalar(conn, "SELECT expires_at FROM pgsched.runs WHERE id = %s", (absolute,)) == instant
 
 
+def test_an_expired_deferred_run_does_not_wake_the_fetcher(app, conn):
+    expired = app.enqueue("t", delay=30, expires=60)
+    conn.execute(  # deferred (run_at after created_at), due a minute ago, expired now
+        "UPDATE pgsched.runs SET created_at = now() - interval '2 minutes', run_at = now() - interval '1 minute',"
+        " expires_at = now() WHERE id = %s",
+        (expired,),
+    )
+    assert scalar(conn, queries["run_next_due"], {"queues": ["default"]}) is None
+    app.enqueue("t", delay=30, expires=60)
+    assert 25 < scalar(conn, queries["run_next_due"], {"queues": ["default"]}) <= 30
+
+
 def test_a_retry_due_after_the_expiry_is_not_started_again(app, dsn, conn):
     run_id = app.enqueue("t", expires=60)
     conn.execute(
