@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pgsched.errors import InvalidInput
@@ -150,9 +150,11 @@ def test_generated_apply_async_options_are_refused_with_nothing_queued_or_queued
     try:
         handle = ping.apply_async((1,), **opts)
     except InvalidInput as exc:
+        event("refused")
         assert expected_refusal(opts) or _near_the_boundary(opts), (opts, exc)
         assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 0
         return
+    event("queued")
     assert not expected_refusal(opts) or _near_the_boundary(opts), opts
     row = conn.execute(
         "SELECT args, queue, priority, unique_key, run_at, created_at, expires_at FROM pgsched.runs WHERE id = %s",
