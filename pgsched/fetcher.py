@@ -65,9 +65,10 @@ CLAIM_CONNECTION: dict[str, Any] = {
     "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan",
 }
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
-# While a limited queue is at its limit (or another worker has its turn), look again this often:
-# a slot freed by another worker sends no notification (yet). A claim of a limited queue at its
-# limit costs ~0.3 ms (a row lock and a count of the running runs): 20 a second per worker.
+# While a limited queue is at its limit (or another worker has its turn), look again this often,
+# or as soon as this worker's own outcomes are written: a slot freed by another worker sends no
+# notification (yet). A claim that finds the queue at its limit costs ~0.5 ms (measured with 160
+# runs running: BEGIN, the row lock, the count, COMMIT): at most 20 a second per worker.
 HELD_BY_LIMIT_PAUSE_S = 0.05
 # The fetcher's connection is its own: waiting for it means the database is unreachable, and
 # the fetch loop (which notices a stop request between claims) retries with backoff anyway.
@@ -151,6 +152,12 @@ class Fetcher:
     def capacity_freed(self) -> None:
         """A slot, a child or room for outcomes freed up: wake if that is what we wait for."""
         if self._waiting_for_capacity:
+            self._wake.set()
+
+    def outcomes_written(self) -> None:
+        """The completer wrote outcomes: room for more, and in the database the slots of a
+        limited queue that its runs held (what a held claim waits for)."""
+        if self._waiting_for_capacity or self._held:
             self._wake.set()
 
     # ---- the loop: wake → claim → start

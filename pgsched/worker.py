@@ -366,7 +366,7 @@ class Worker:
                     outcome.run_id,
                     outcome.attempt,
                 )
-        self._fetcher.capacity_freed()
+        self._fetcher.outcomes_written()
 
     # ---- heartbeat and sweep
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgsched.app import App
+from pgsched.enqueue import RunOptions
 from pgsched.errors import InvalidInput
 from pgsched.queue_settings import KEEP, get_queue_settings, parse_max_running, set_queue_settings
 from tests.support.api import Api, ok
@@ -23,7 +24,7 @@ from tests.support.inprocess import RunningWorker
 from tests.test_generated_input import EXAMPLES
 
 BAD_MAX_RUNNING = ["0", "-1", str(10**12), "abc", "1.5", ""]
-BAD_NAMES = ["bad name!", ".starts-with-a-dot", "x" * 64, "tab\tname"]
+BAD_NAMES = ["bad name!", ".starts-with-a-dot", "x" * 64, "tab\tname", "trailing-newline\n"]
 
 
 def settings_rows(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
@@ -80,6 +81,11 @@ def test_settings_change_only_what_is_given_and_a_queue_never_set_has_the_defaul
     assert settings_rows(conn) == [("emails", True, None)]
     with pytest.raises(InvalidInput, match="nothing to change"):
         set_queue_settings(conn, "emails", paused=KEEP, max_running=KEEP)
+
+
+def test_a_queue_name_is_checked_whole_as_the_database_checks_it() -> None:
+    with pytest.raises(InvalidInput, match="is not a valid name"):
+        RunOptions(queue="emails\n")  # Python's $ matched before a trailing newline
 
 
 # ---- CLI
