@@ -75,3 +75,26 @@ def test_a_sigkilled_workers_slots_come_back_when_its_leases_expire(
     first_start = scalar(conn, "SELECT min(started_at) FROM pgsched.runs WHERE id = ANY(%s)", (waiting,))
     assert first_start >= leases_expire, "a run started while the dead worker's leases still held both slots"
     assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs WHERE id = ANY(%s)", (waiting,)) == 1
+
+
+def test_pausing_a_queue_under_load_stops_its_claims_at_once_and_resuming_drains_it(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
+    runs = 120
+    for _ in range(4):
+        workers.start("--queues", "limited,other", "--concurrency", "4")
+    for i in range(runs):
+        insert_run(conn, "slow", {"key": f"load-{i}", "seconds": 0.05}, queue="limited")
+    workers.wait_until(lambda: scalar(conn, SUCCEEDED_IN_LIMITED) >= 10, 30, "the drain to be under way")
+
+    set_queue_settings(conn, "limited", paused=True)
+    paused_at = scalar(conn, "SELECT clock_timestamp()")  # after the commit: every later claim sees it
+    workers.wait_until(lambda: scalar(conn, RUNNING_IN_LIMITED) == 0, 15, "the runs in flight to finish")
+    # The workers still claim (another queue's run starts), just not from the paused one.
+    workers.run_until("record", {"key": "other"}, "succeeded", 10, "a run of another queue", queue="other")
+    started_since = "SELECT count(*) FROM pgsched.runs WHERE queue = 'limited' AND started_at > %s"
+    assert scalar(conn, started_since, (paused_at,)) == 0
+    assert scalar(conn, SUCCEEDED_IN_LIMITED) < runs
+
+    set_queue_settings(conn, "limited", paused=False)
+    workers.wait_until(lambda: scalar(conn, SUCCEEDED_IN_LIMITED) == runs, 60, "the resumed queue to drain")
