@@ -55,7 +55,7 @@ class QueueController(Controller):
         cache.keep_queues(tenant, queues)
         return queues
 
-    @get("/{name:str}", operation_id="getQueueSettings", sync_to_thread=True, responses=error_responses(422))
+    @get("/{name:str}", operation_id="getQueueSettings", sync_to_thread=True, responses=error_responses(400, 422))
     def get_settings(self, name: QueueName, pool: Pool) -> QueueSettingsOut:
         """A queue's settings (a queue never set: not paused, no limit)."""
         with pool.connection() as conn:
@@ -79,7 +79,7 @@ class QueueController(Controller):
         sync_to_thread=True,
         status_code=200,
         opt=SHARED_SETTING,
-        responses=error_responses(403, 422),
+        responses=error_responses(400, 403, 422),
     )
     def pause(self, name: QueueName, pool: Pool) -> QueueSettingsOut:
         """Workers claim none of the queue's runs until it is resumed; enqueueing still works."""
@@ -91,7 +91,7 @@ class QueueController(Controller):
         sync_to_thread=True,
         status_code=200,
         opt=SHARED_SETTING,
-        responses=error_responses(403, 422),
+        responses=error_responses(400, 403, 422),
     )
     def resume(self, name: QueueName, pool: Pool) -> QueueSettingsOut:
         """Workers claim the queue's runs again."""
