@@ -133,16 +133,20 @@ FOR UPDATE SKIP LOCKED;
 -- run whose lease ran out counts no more, so a SIGKILLed worker's slots come back at its
 -- leases' expiry, before the sweep puts its runs back. The count reads the runs running in all
 -- queues (at most the workers' total concurrency), once per claim of a limited queue.
--- One row per claimed run, each with the headroom the limit left before this claim; no run
--- claimed: one row of NULLs with the headroom (so the fetcher knows whether the limit binds).
+-- next locks one run more than it claims, to tell whether due runs wait behind the limit
+-- (more_due): the fetcher then looks again soon; with none, it sleeps until woken.
+-- One row per claimed run, each with the headroom the limit left before this claim and
+-- more_due; no run claimed: one row with those two and NULLs.
 WITH running AS MATERIALIZED (
     SELECT count(*) AS n FROM pgsched.runs
     WHERE lease_expires_at > coalesce(%(now)s::timestamptz, now())
       AND status = 'running' AND queue = %(queue)s
 ), headroom AS MATERIALIZED (
-    SELECT greatest(0, %(max_running)s::integer - running.n)::integer AS n FROM running
+    SELECT greatest(0, %(max_running)s::integer - running.n)::integer AS n,
+           least(%(limit)s::integer, greatest(0, %(max_running)s::integer - running.n))::integer AS take
+    FROM running
 ), next AS MATERIALIZED (
-    SELECT id
+    SELECT id, priority, run_at
     FROM pgsched.runs
     WHERE status = 'queued' AND queue = %(queue)s
       AND run_at <= coalesce(%(now)s::timestamptz, now())
@@ -150,8 +154,10 @@ WITH running AS MATERIALIZED (
       AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
       AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
     ORDER BY priority, run_at, id
-    LIMIT (SELECT least(%(limit)s::integer, headroom.n) FROM headroom)
+    LIMIT (SELECT take + 1 FROM headroom)
     FOR UPDATE SKIP LOCKED
+), taken AS MATERIALIZED (
+    SELECT id FROM next ORDER BY priority, run_at, id LIMIT (SELECT take FROM headroom)
 ), claimed AS (
     UPDATE pgsched.runs AS r
     SET status = 'running',
@@ -159,11 +165,12 @@ WITH running AS MATERIALIZED (
         worker_id = %(worker_id)s,
         started_at = coalesce(%(now)s::timestamptz, now()),
         lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
-    FROM next
-    WHERE r.id = next.id
+    FROM taken
+    WHERE r.id = taken.id
     RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts
 )
-SELECT h.n AS headroom, c.id, c.task, c.args, c.attempt, c.max_attempts
+SELECT h.n AS headroom, (SELECT count(*) FROM next) > h.take AS more_due,
+       c.id, c.task, c.args, c.attempt, c.max_attempts
 FROM headroom AS h LEFT JOIN claimed AS c ON true;
 
 -- name: queue_settings_of_worker
