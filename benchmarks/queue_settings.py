@@ -8,7 +8,11 @@ temporary directory) draining a database it migrated itself; "after" is this che
 database with every migration, where the drained queue has no settings row and another queue
 is paused and limited (so the claim's settings probe finds rows to read). Each repetition
 drains N bulk-enqueued no-op runs with one `pgsched worker` process of each, alternately.
-The last line printed is one JSON object with every figure.
+
+On a shared machine the drains vary by ±40% from one to the next, so the claim statement is
+also timed alone: the before and after texts of `run_claim`, on one database with a backlog of
+100,000 runs, in alternating blocks of 50 claims of 50 (each rolled back, so every claim sees
+the same rows). The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from contextlib import ExitStack
 from io import BytesIO
 from pathlib import Path
@@ -29,6 +34,7 @@ import psycopg
 
 from benchmarks._server import fresh_database, server_dsn
 from benchmarks.throughput import ROOT, drain
+from pgsched.sql import parse_queries, queries
 
 OTHER_QUEUES_SETTINGS = "INSERT INTO pgsched.queues (name, paused, max_running) VALUES ('other', true, 5)"
 
@@ -58,6 +64,36 @@ def migrate_with(tree: Path, dsn: str) -> None:
     )
 
 
+def claim_ms(conn: psycopg.Connection, statement: str, claims: int = 50) -> float:
+    """Milliseconds per claim of 50 runs (BEGIN, claim, ROLLBACK), as the fetcher's connection runs it."""
+    params = {"queues": ["default"], "limit": 50, "worker_id": 1, "lease_s": 30.0, "now": None}
+    start = time.perf_counter()
+    for _ in range(claims):
+        conn.execute("BEGIN")
+        conn.execute(statement.encode(), {**params, "only_tasks": None, "skip_tasks": None}).fetchall()
+        conn.execute("ROLLBACK")
+    return (time.perf_counter() - start) / claims * 1000
+
+
+def claim_statements(server: str, before: Path, blocks: int = 40) -> dict[str, list[float]]:
+    """``run_claim`` of ``before``'s tree and of this checkout, timed alternately on one database."""
+    statements = {
+        "before": parse_queries((before / "pgsched" / "schema" / "queries.sql").read_text())["run_claim"],
+        "after": queries["run_claim"],
+    }
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    with fresh_database(server) as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO pgsched.runs (task) SELECT 'noop' FROM generate_series(1, 100000)")
+            conn.execute(OTHER_QUEUES_SETTINGS)
+            conn.execute("VACUUM ANALYZE pgsched.runs")
+        with psycopg.connect(dsn, autocommit=True, options="-c plan_cache_mode=force_generic_plan") as conn:
+            for block in range(blocks):
+                for side in ("before", "after") if block % 2 == 0 else ("after", "before"):
+                    times[side].append(claim_ms(conn, statements[side]))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20_000)
@@ -82,9 +118,20 @@ def main() -> None:
             for side in ("before", "after") if rep % 2 == 0 else ("after", "before"):
                 figures[side].append(drain(databases[side], options.runs, root=trees[side]))
             print(f"rep {rep + 1}: after/before {figures['after'][-1] / figures['before'][-1]:.2f}x", flush=True)
+        claims = claim_statements(server, trees["before"])
     before, after = (statistics.median(figures[side]) for side in ("before", "after"))
-    print(f"drain runs/s, median: before {before:,.0f}, after {after:,.0f}, after/before {after / before:.2f}x")
-    print(json.dumps({"runs": options.runs, "reps": options.reps, "before": options.before, "figures": figures}))
+    ratios = [a / b for a, b in zip(figures["after"], figures["before"])]
+    print(
+        f"drain runs/s, median: before {before:,.0f}, after {after:,.0f}, after/before {after / before:.2f}x"
+        f" (median of the repetitions' ratios {statistics.median(ratios):.2f}x)"
+    )
+    before_ms, after_ms = (statistics.median(claims[side][2:]) for side in ("before", "after"))
+    print(
+        f"run_claim of 50, median ms: before {before_ms:.3f}, after {after_ms:.3f},"
+        f" after/before {after_ms / before_ms:.2f}x"
+    )
+    summary = {"runs": options.runs, "reps": options.reps, "before": options.before, "figures": figures}
+    print(json.dumps({**summary, "claim_ms": claims}))
 
 
 if __name__ == "__main__":
