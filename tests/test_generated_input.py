@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from pgsched.api.metrics import render as render_metrics
@@ -26,14 +26,7 @@ from pgsched.queues import list_queues
 from pgsched.runs import get_run, list_runs
 from tests.support.cli import cli_in_process
 from tests.support.db import scalar
-
-# Each example runs a handful of statements; the database, not the generator, sets the pace.
-EXAMPLES = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+from tests.support.generated import EXAMPLES
 
 # Every offset a timezone can have, and instants from the far past to the far future.
 offsets = st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-14 * 60, 14 * 60))

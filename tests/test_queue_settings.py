@@ -20,8 +20,8 @@ from pgsched.queue_settings import KEEP, get_queue_settings, parse_max_running, 
 from tests.support.api import Api, ok
 from tests.support.cli import assert_one_error_line, cli_in_process, run_cli
 from tests.support.db import scalar
+from tests.support.generated import EXAMPLES
 from tests.support.inprocess import RunningWorker
-from tests.test_generated_input import EXAMPLES
 
 BAD_MAX_RUNNING = ["0", "-1", str(10**12), "abc", "1.5", ""]
 BAD_NAMES = ["bad name!", ".starts-with-a-dot", "x" * 64, "tab\tname", "trailing-newline\n"]
