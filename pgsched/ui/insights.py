@@ -1,0 +1,88 @@
+"""What the queues page draws and flags, from the per-minute rollup (``pgsched.run_rollup``):
+the last hour per queue as a chart, and the queue/task pairs far above their own baseline
+(the same hour over the last 7 days)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched.sql import queries
+
+CHART_MINUTES = 60
+# A figure is flagged when it is at least this many times its usual value...
+ANOMALY_FACTOR = 3.0
+# ...over at least this many runs (a single failure in a quiet hour is not news).
+ANOMALY_MIN_RUNS = 5
+
+
+@dataclass(frozen=True)
+class Minute:
+    succeeded: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    queue: str
+    task: str
+    what: str  # "failures" or "run time"
+    factor: float
+    now: str  # the figure now, in words
+    usual: str
+
+
+def last_hour(conn: psycopg.Connection, tenant: str | None, now: datetime | None = None) -> dict[str, list[Minute]]:
+    """Per queue, the last 60 minutes oldest first (minutes without runs are zeros)."""
+    end = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
+    start = end - timedelta(minutes=CHART_MINUTES - 1)
+    series: dict[str, list[Minute]] = {}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries["rollup_last_hour"], {"tenant": tenant, "now": now}).fetchall()
+    for row in rows:
+        minutes = series.setdefault(row["queue"], [Minute(0, 0)] * CHART_MINUTES)
+        index = int((row["minute"] - start).total_seconds() // 60)
+        if 0 <= index < CHART_MINUTES:
+            minutes[index] = Minute(row["succeeded"], row["failed"])
+    return series
+
+
+def anomalies(conn: psycopg.Connection, tenant: str | None, now: datetime | None = None) -> list[Anomaly]:
+    """Queue/task pairs whose failure ratio or mean run time this hour is far above the same
+    hour of the last 7 days."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries["rollup_against_baseline"], {"tenant": tenant, "now": now}).fetchall()
+    found = []
+    for row in rows:
+        found.extend(_flags(row))
+    return found
+
+
+def _flags(row: dict[str, Any]) -> list[Anomaly]:
+    if row["runs"] < ANOMALY_MIN_RUNS or row["usual_runs"] < ANOMALY_MIN_RUNS:
+        return []
+    flags = []
+    ratio = row["failed"] / row["runs"]
+    # A baseline of no failures at all counts as one failure in it: "14x" stays finite.
+    usual_ratio = max(row["usual_failed"], 1) / row["usual_runs"]
+    if row["failed"] >= ANOMALY_MIN_RUNS and ratio >= ANOMALY_FACTOR * usual_ratio:
+        flags.append(
+            Anomaly(
+                row["queue"],
+                row["task"],
+                "failures",
+                ratio / usual_ratio,
+                f"{ratio:.0%}",
+                f"{row['usual_failed'] / row['usual_runs']:.0%}",
+            )
+        )
+    mean, usual_mean = row["run_s"] / row["runs"], row["usual_run_s"] / row["usual_runs"]
+    if usual_mean > 0 and mean >= ANOMALY_FACTOR * usual_mean:
+        flags.append(
+            Anomaly(row["queue"], row["task"], "run time", mean / usual_mean, f"{mean:.2f}s", f"{usual_mean:.2f}s")
+        )
+    return flags
