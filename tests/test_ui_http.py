@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
+import subprocess
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
@@ -17,7 +20,8 @@ from pgsched.maintenance import refresh_rollup
 from pgsched.ui.db import page_connection
 from pgsched.ui.insights import anomalies, last_hour
 from pgsched.ui.sessions import create_sign_in_token
-from tests.support.api import make_keys
+from tests.support.api import make_keys, serving_api
+from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import scalar
 from tests.support.ui import alert_of, buttons_of, csrf_of, ui_client
 
@@ -323,3 +327,27 @@ def test_the_rollup_counts_finished_runs_per_minute_and_flags_a_task_far_above_i
     [flag] = anomalies(conn, None, now=now)
     assert (flag.queue, flag.task, flag.what, round(flag.factor)) == ("mail", "emails", "failures", 10)
     assert anomalies(conn, "acme", now=now) == [], "a tenant's rollup is its own"
+
+
+def test_pgsched_api_serves_https_itself_and_the_session_cookie_is_secure_there(dsn, conn, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    keys = make_keys(conn)
+    with serving_api("--dsn", dsn, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as (url, _):
+        assert url.startswith("https://")
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(cert))) as client:
+            response = client.post("/ui/login", data={"key": keys["admin"]}, follow_redirects=False)
+            assert response.status_code == 303 and "Secure" in response.headers["set-cookie"]
+            assert client.get("/ui").status_code == 200, "the Secure cookie comes back over https"
+
+
+def test_pgsched_api_wants_both_tls_files_or_neither(dsn, tmp_path):
+    result = run_cli(dsn, "api", "--ssl-certfile", str(tmp_path / "cert.pem"))
+    assert_one_error_line(result, "--ssl-certfile and --ssl-keyfile go together")
+    result = run_cli(dsn, "api", "--ssl-certfile", str(tmp_path / "no.pem"), "--ssl-keyfile", str(tmp_path / "no.key"))
+    assert_one_error_line(result, "--ssl-certfile: no such file")

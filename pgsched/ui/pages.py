@@ -4,6 +4,7 @@ confirmation of a bulk action. Thin: each reads through pgsched's own functions 
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from litestar import Controller, Request, get
@@ -72,7 +73,7 @@ class PageController(Controller):
             run = get_run(conn, parse_run_id(run_id), tenant=tenant)
             worker = reads.worker(conn, run["worker_id"])
             job = reads.job_name(conn, run["job_id"])
-        return page(request, "run.html", live="_run.html", run=run, worker=worker, job=job)
+        return page(request, "run.html", live="_run.html", run=run, worker=worker, job=job, timeline=timeline(run))
 
     @get("/failures", sync_to_thread=True)
     def failures(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
@@ -99,6 +100,29 @@ class PageController(Controller):
             rows = store.list_workers(conn)
             leader = leader_status(conn)
         return page(request, "workers.html", live="_workers.html", workers=rows, leader=leader)
+
+
+def timeline(run: dict[str, Any]) -> list[tuple[datetime, str]]:
+    """A run's life in order: created, each failed attempt (from its error), the last attempt's
+    start and how it ended."""
+    events = [(run["created_at"], "created")]
+    for error in run["errors"]:
+        at = _instant_of(error.get("at"))
+        if at is not None:
+            events.append((at, f"attempt {error.get('attempt', '?')} failed: {error.get('type', 'error')}"))
+    if run["started_at"] is not None:
+        events.append((run["started_at"], f"attempt {run['attempt']} started"))
+    if run["finished_at"] is not None:
+        events.append((run["finished_at"], run["status"]))
+    return sorted(events, key=lambda event: event[0])
+
+
+def _instant_of(text: Any) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return at if at is None or at.utcoffset() is not None else at.replace(tzinfo=timezone.utc)
 
 
 def bulk_action(text: str | None) -> str:
