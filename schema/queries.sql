@@ -598,20 +598,22 @@ ORDER BY queue, minute;
 
 -- name: rollup_against_baseline
 -- Per queue and task: the last hour's runs, failures and run seconds, and the same hour of each
--- of the 7 days before (the baseline the anomaly flags compare against).
-WITH bounds AS (SELECT coalesce(%(now)s::timestamptz, now()) AS now),
-recent AS (
+-- of the 7 days before (the baseline the anomaly flags compare against). Eight range scans of
+-- the primary key (minute first); now() stays in each WHERE so the planner can use it.
+WITH recent AS (
     SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s
-    FROM pgsched.run_rollup, bounds
-    WHERE minute > bounds.now - interval '1 hour' AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-    GROUP BY queue, task
-), usual AS (
-    SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s
-    FROM pgsched.run_rollup, bounds, generate_series(1, 7) AS d(days)
-    WHERE minute > bounds.now - make_interval(days => d.days) - interval '1 hour'
-      AND minute <= bounds.now - make_interval(days => d.days)
+    FROM pgsched.run_rollup
+    WHERE minute > coalesce(%(now)s::timestamptz, now()) - interval '1 hour'
       AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
     GROUP BY queue, task
+), usual AS (
+    SELECT r.queue, r.task, sum(r.succeeded + r.failed) AS runs, sum(r.failed) AS failed, sum(r.run_s_sum) AS run_s
+    FROM generate_series(1, 7) AS d(days),
+         LATERAL (SELECT queue, task, succeeded, failed, run_s_sum FROM pgsched.run_rollup
+                  WHERE minute > coalesce(%(now)s::timestamptz, now()) - make_interval(days => d.days, hours => 1)
+                    AND minute <= coalesce(%(now)s::timestamptz, now()) - make_interval(days => d.days)
+                    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)) AS r
+    GROUP BY r.queue, r.task
 )
 SELECT recent.queue, recent.task, recent.runs::bigint, recent.failed::bigint, recent.run_s,
        usual.runs::bigint AS usual_runs, usual.failed::bigint AS usual_failed, usual.run_s AS usual_run_s

@@ -4,12 +4,15 @@ screenshot under build/screenshots/ (docs/guides/dashboard.md shows some of them
 
 from __future__ import annotations
 
+import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import psycopg
 import pytest
 
+from pgsched.maintenance import refresh_rollup
 from tests.support.api import make_keys, serving_api
 from tests.support.db import scalar
 from tests.support.ui import CHROMIUM, chromium, screenshot
@@ -78,15 +81,35 @@ def test_sign_in_and_a_run_inserted_by_sql_appears_without_a_reload(browser, das
     screenshot(page, "runs-live")
 
 
-def test_the_queues_page_works_on_a_phone_in_dark_mode(browser, dashboard, keys, conn):
+def test_the_queues_page_charts_the_last_hour_and_works_on_a_phone_in_dark_mode(browser, dashboard, keys, conn):
     for _ in range(3):
         insert_run(conn, "record", {"key": "q"}, queue="emails")
-    page = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800}, color_scheme="dark")
-    assert page.get_by_role("row", name=re.compile("emails")).is_visible()
-    assert page.evaluate("document.documentElement.scrollWidth") <= 375, "the page itself does not scroll sideways"
-    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    # An hour of finished runs (a few failed), counted into the rollup as the beat leader does.
+    conn.execute(
+        "INSERT INTO pgsched.runs (task, queue, status, attempt, started_at, finished_at)"
+        " SELECT 'send', q, CASE WHEN m % 11 = 0 THEN 'failed' ELSE 'succeeded' END::pgsched.run_status, 1,"
+        "        now() - make_interval(mins => m) - interval '2 seconds', now() - make_interval(mins => m)"
+        " FROM generate_series(0, 59) AS m, generate_series(1, 1 + (60 - m) / 6) AS n,"
+        "      unnest(ARRAY['emails', 'reports']) AS q"
+    )
+    # In a thread of its own: Playwright's sync API runs an event loop in this one.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, rollup(conn.info.dsn)).result()
+    page = signed_in(browser, dashboard, keys["admin"], viewport={"width": 1280, "height": 600})
+    chart = page.get_by_role("img", name=re.compile(r"emails: \d+ succeeded and \d+ failed in the last hour"))
+    assert chart.is_visible()
+    screenshot(page, "queues")
+    phone = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800}, color_scheme="dark")
+    assert phone.get_by_role("row", name=re.compile("emails")).is_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375, "the page itself does not scroll sideways"
+    background = phone.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(20, 23, 29)", "dark colours when the system asks for them"
-    screenshot(page, "queues-phone-dark")
+    screenshot(phone, "queues-phone-dark")
+
+
+async def rollup(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await refresh_rollup(conn, minutes=60)
 
 
 def test_filters_narrow_the_runs_list(browser, dashboard, keys, conn):

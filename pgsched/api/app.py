@@ -35,6 +35,7 @@ from pgsched.api.settings import ApiSettings
 from pgsched.app import App
 from pgsched.instants import READER_ADAPTERS
 from pgsched.ui import UI_PATHS, template_config, ui_routes
+from pgsched.ui.insights import Insights
 
 logger = logging.getLogger("pgsched.api")
 
@@ -132,6 +133,8 @@ def create_app(settings: ApiSettings) -> Litestar:
                 "key_cache": KeyCache(settings.key_cache_s),
                 # The enqueue API (no tasks registered: the API queues runs by task name).
                 "pgsched": App(dsn=settings.dsn),
+                # The dashboard's charts and anomaly flags, kept a few seconds per process.
+                "insights": Insights(),
             }
         ),
         dependencies={**DEPENDENCIES, **CACHE_DEPENDENCY},

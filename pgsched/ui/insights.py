@@ -1,12 +1,18 @@
 """What the queues page draws and flags, from the per-minute rollup (``pgsched.run_rollup``):
 the last hour per queue as a chart, and the queue/task pairs far above their own baseline
-(the same hour over the last 7 days)."""
+(the same hour over the last 7 days).
+
+Both are kept in the process for a while (``Recent``): the rollup moves once per maintenance
+round (5 s) and the baseline is hourly, while the queues page polls every 2 s; recomputing
+them on every poll would make the chart the largest part of an open page's database cost."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -18,6 +24,9 @@ CHART_MINUTES = 60
 ANOMALY_FACTOR = 3.0
 # ...over at least this many runs (a single failure in a quiet hour is not news).
 ANOMALY_MIN_RUNS = 5
+CHART_KEPT_S = 10.0
+ANOMALIES_KEPT_S = 60.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,3 +95,39 @@ def _flags(row: dict[str, Any]) -> list[Anomaly]:
             Anomaly(row["queue"], row["task"], "run time", mean / usual_mean, f"{mean:.2f}s", f"{usual_mean:.2f}s")
         )
     return flags
+
+
+class Recent(Generic[T]):
+    """Values by tenant scope, each recomputed once it is ``kept_s`` seconds old."""
+
+    def __init__(self, kept_s: float) -> None:
+        self.kept_s = kept_s
+        self._values: dict[str | None, tuple[float, T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str | None, compute: Callable[[], T]) -> T:
+        now = time.monotonic()
+        with self._lock:
+            kept = self._values.get(tenant)
+        if kept is not None and now - kept[0] < self.kept_s:
+            return kept[1]
+        value = compute()
+        with self._lock:
+            if len(self._values) > 1000:  # bounded: one entry per tenant scope seen
+                self._values.clear()
+            self._values[tenant] = (now, value)
+        return value
+
+
+class Insights:
+    """One app's charts and anomaly flags, recomputed no more often than they can change."""
+
+    def __init__(self) -> None:
+        self._charts: Recent[dict[str, list[Minute]]] = Recent(CHART_KEPT_S)
+        self._anomalies: Recent[list[Anomaly]] = Recent(ANOMALIES_KEPT_S)
+
+    def charts(self, conn: psycopg.Connection, tenant: str | None) -> dict[str, list[Minute]]:
+        return self._charts.get(tenant, lambda: last_hour(conn, tenant))
+
+    def anomalies(self, conn: psycopg.Connection, tenant: str | None) -> list[Anomaly]:
+        return self._anomalies.get(tenant, lambda: anomalies(conn, tenant))

@@ -38,8 +38,9 @@ class PageController(Controller):
         """The landing page: per queue its figures, its last hour as a chart, and anomalies."""
         with page_connection(pool) as conn:
             queues = list_queues(conn, tenant=tenant)
-            charts = insights.last_hour(conn, tenant)
-            anomalies = insights.anomalies(conn, tenant)
+            kept: insights.Insights = request.app.state.insights
+            charts = kept.charts(conn, tenant)
+            anomalies = kept.anomalies(conn, tenant)
         peak = max((m.succeeded + m.failed for minutes in charts.values() for m in minutes), default=0)
         return page(
             request, "queues.html", live="_queues.html", queues=queues, charts=charts, peak=peak, anomalies=anomalies
