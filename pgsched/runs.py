@@ -19,6 +19,7 @@ from pgsched.sql import queries
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 1000
 COUNT_CAP = 10_000  # counts of matching runs stop here ("10,000+")
+FAILURE_GROUPS_SHOWN = 200
 
 
 def check_run_id(run_id: Any) -> int:
@@ -209,3 +210,14 @@ def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     raise RunStateConflict(f"cannot {verb} run {run_id}: it is {row[0]}; {rule}")
+
+
+def failure_groups(
+    conn: psycopg.Connection, *, tenant: str | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Runs that ended failed in the last week by task and the type of their last error, with
+    counts for the last hour, day and week; the most recently seen group first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            queries["run_failure_groups"], {"tenant": tenant, "limit": FAILURE_GROUPS_SHOWN, "now": now}
+        ).fetchall()

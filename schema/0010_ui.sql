@@ -1,5 +1,6 @@
--- The dashboard (/ui): browser sessions, one-time sign-in links, and a per-minute rollup of
--- finished runs for its charts and anomaly flags. Expand-only: three new tables.
+-- The dashboard (/ui): browser sessions, one-time sign-in links, a per-minute rollup of
+-- finished runs for its charts and anomaly flags, and an index for lists of failed runs.
+-- Expand-only: three new tables and an index (building it reads the runs table once).
 
 -- A browser session started with an API key. Only the SHA-256 of the session token is stored
 -- (the cookie holds the token), so a database dump cannot be replayed as a cookie. Every API
@@ -36,3 +37,9 @@ CREATE TABLE pgsched.run_rollup (
     run_s_sum   float8 NOT NULL DEFAULT 0,
     PRIMARY KEY (minute, queue, task, tenant)
 );
+
+-- The runs list narrowed to failed runs (a failure group's drill-down, the bulk retry of a
+-- task's failures, their capped count), newest first, without walking every run's id: small
+-- while failures are rare. Measured on 10^6 runs, 2% failed: a page of one task's failed runs
+-- read 100,000 rows of the primary key before it.
+CREATE INDEX runs_failed_id_idx ON pgsched.runs (id) WHERE status = 'failed';

@@ -166,6 +166,9 @@ CREATE INDEX runs_failed_idx ON pgsched.runs (queue) WHERE status = 'failed';
 -- A tenant's run list (newest first, keyset by id) without scanning other tenants' runs.
 -- Partial: installations without tenants (tenant always NULL) keep it empty (0003).
 CREATE INDEX runs_tenant_idx ON pgsched.runs (tenant, id) WHERE tenant IS NOT NULL;
+-- The runs list narrowed to failed runs, newest first (the dashboard's failure drill-downs
+-- and bulk retries), without walking every run's id (0010).
+CREATE INDEX runs_failed_id_idx ON pgsched.runs (id) WHERE status = 'failed';
 CREATE UNIQUE INDEX runs_unique_key_idx ON pgsched.runs (unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX runs_job_scheduled_for_idx ON pgsched.runs (job_id, scheduled_for)
     WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL;
@@ -397,7 +400,8 @@ CREATE TABLE pgsched.api_keys (
 
 -- ---------------------------------------------------------------------------------------------
 -- The dashboard (/ui): browser sessions, one-time sign-in links, and the per-minute rollup of
--- finished runs behind its charts and anomaly flags. (0010_ui)
+-- finished runs behind its charts and anomaly flags (0010_ui; its index on failed runs is
+-- with the runs table's).
 
 -- A browser session started with an API key. Only the SHA-256 of the session token is stored
 -- (the cookie holds the token), so a database dump cannot be replayed as a cookie. Every API

@@ -17,10 +17,11 @@ from psycopg_pool import ConnectionPool
 
 from pgsched.api.keys import revoke_key
 from pgsched.maintenance import refresh_rollup
+from pgsched.sql import queries
 from pgsched.ui.db import page_connection
 from pgsched.ui.insights import anomalies, last_hour
 from pgsched.ui.sessions import create_sign_in_token
-from tests.support.api import make_keys, serving_api
+from tests.support.api import make_keys, ok, serving_api
 from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import scalar
 from tests.support.ui import alert_of, buttons_of, csrf_of, ui_client
@@ -351,3 +352,35 @@ def test_pgsched_api_wants_both_tls_files_or_neither(dsn, tmp_path):
     assert_one_error_line(result, "--ssl-certfile and --ssl-keyfile go together")
     result = run_cli(dsn, "api", "--ssl-certfile", str(tmp_path / "no.pem"), "--ssl-keyfile", str(tmp_path / "no.key"))
     assert_one_error_line(result, "--ssl-certfile: no such file")
+
+
+# ---- what the REST API gained with the dashboard: failure groups, the rollup, bulk actions
+
+
+def test_the_rest_api_lists_failure_groups_and_the_last_hour_per_minute(api, conn):
+    failed_run(conn, task="send")
+    failed_run(conn, task="send")
+    failed_run(conn, task="bill", tenant="acme")
+    conn.execute(queries["rollup_refresh"], {"minutes": 5, "now": None})
+    groups = ok(api.get("/runs/failures"))["items"]
+    assert sorted((g["task"], g["error_type"], g["last_hour"], g["last_day"], g["last_week"]) for g in groups) == [
+        ("bill", "ValueError", 1, 1, 1),
+        ("send", "ValueError", 2, 2, 2),
+    ]
+    assert [g["task"] for g in ok(api.get("/runs/failures", as_="acme"))["items"]] == ["bill"]
+    minutes = ok(api.get("/queues/throughput"))["items"]
+    assert sum(m["failed"] for m in minutes) == 3 and {m["queue"] for m in minutes} == {"default"}
+    assert sum(m["failed"] for m in ok(api.get("/queues/throughput", as_="acme"))["items"]) == 1
+
+
+def test_the_rest_api_retries_and_cancels_runs_in_bulk_within_the_keys_tenant(api, conn):
+    failed = [failed_run(conn) for _ in range(2)]
+    queued = queued_run(conn)
+    other_tenant = failed_run(conn, tenant="beta")
+    assert ok(api.post("/runs/bulk-retry", json={"ids": [*failed, queued, other_tenant]}, as_="acme")) == {"ids": []}
+    assert sorted(ok(api.post("/runs/bulk-retry", json={"ids": [*failed, queued]}, as_="write"))["ids"]) == failed
+    cancelled = ok(api.post("/runs/bulk-cancel", json={"ids": [queued, *failed, other_tenant]}, as_="write"))["ids"]
+    assert sorted(cancelled) == sorted([queued, *failed]), "the beta run is failed: nothing to cancel"
+    assert {status_of(conn, i) for i in [*failed, queued]} == {"cancelled"}
+    assert api.post("/runs/bulk-retry", json={"ids": []}).status_code == 400
+    assert api.post("/runs/bulk-retry", json={"ids": [1]}, as_="read").status_code == 403

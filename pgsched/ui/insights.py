@@ -2,9 +2,10 @@
 the last hour per queue as a chart, and the queue/task pairs far above their own baseline
 (the same hour over the last 7 days).
 
-Both are kept in the process for a while (``Recent``): the rollup moves once per maintenance
-round (5 s) and the baseline is hourly, while the queues page polls every 2 s; recomputing
-them on every poll would make the chart the largest part of an open page's database cost."""
+Both are kept in the process for a while (``Recent``), as are the failures page's groups: the
+rollup moves once per maintenance round (5 s), the baseline is hourly and the failure counts
+span a week, while pages poll every 2 s; recomputing them on every poll would make them the
+largest part of an open page's database cost."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Any, Callable, Generic, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 
+from pgsched.queues import queue_throughput
+from pgsched.runs import failure_groups
 from pgsched.sql import queries
 
 CHART_MINUTES = 60
@@ -26,6 +29,8 @@ ANOMALY_FACTOR = 3.0
 ANOMALY_MIN_RUNS = 5
 CHART_KEPT_S = 10.0
 ANOMALIES_KEPT_S = 60.0
+# The failures page counts a week of failed runs: seconds matter less than its cost per poll.
+FAILURES_KEPT_S = 15.0
 T = TypeVar("T")
 
 
@@ -50,9 +55,7 @@ def last_hour(conn: psycopg.Connection, tenant: str | None, now: datetime | None
     end = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
     start = end - timedelta(minutes=CHART_MINUTES - 1)
     series: dict[str, list[Minute]] = {}
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(queries["rollup_last_hour"], {"tenant": tenant, "now": now}).fetchall()
-    for row in rows:
+    for row in queue_throughput(conn, tenant=tenant, now=now):
         minutes = series.setdefault(row["queue"], [Minute(0, 0)] * CHART_MINUTES)
         index = int((row["minute"] - start).total_seconds() // 60)
         if 0 <= index < CHART_MINUTES:
@@ -125,9 +128,13 @@ class Insights:
     def __init__(self) -> None:
         self._charts: Recent[dict[str, list[Minute]]] = Recent(CHART_KEPT_S)
         self._anomalies: Recent[list[Anomaly]] = Recent(ANOMALIES_KEPT_S)
+        self._failures: Recent[list[dict[str, Any]]] = Recent(FAILURES_KEPT_S)
 
     def charts(self, conn: psycopg.Connection, tenant: str | None) -> dict[str, list[Minute]]:
         return self._charts.get(tenant, lambda: last_hour(conn, tenant))
 
     def anomalies(self, conn: psycopg.Connection, tenant: str | None) -> list[Anomaly]:
         return self._anomalies.get(tenant, lambda: anomalies(conn, tenant))
+
+    def failure_groups(self, conn: psycopg.Connection, tenant: str | None) -> list[dict[str, Any]]:
+        return self._failures.get(tenant, lambda: failure_groups(conn, tenant=tenant))

@@ -79,8 +79,9 @@ class PageController(Controller):
     @get("/failures", sync_to_thread=True)
     def failures(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
         """Failed runs of the last week by task and error type."""
+        kept: insights.Insights = request.app.state.insights
         with page_connection(pool) as conn:
-            groups = reads.failure_groups(conn, tenant)
+            groups = kept.failure_groups(conn, tenant)
         return page(request, "failures.html", live="_failures.html", groups=groups)
 
     @get("/jobs", sync_to_thread=True)

@@ -1,5 +1,5 @@
-"""The dashboard's reads that neither the CLI nor the REST API had: failure groups, the last
-run of each job, a run's worker and job. Everything else comes from pgsched's own modules."""
+"""The dashboard's reads that neither the CLI nor the REST API had: the last run of each job,
+a run's worker and job. Everything else comes from pgsched's own modules."""
 
 from __future__ import annotations
 
@@ -9,16 +9,6 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgsched.sql import queries
-
-FAILURE_GROUPS_SHOWN = 200
-
-
-def failure_groups(conn: psycopg.Connection, tenant: str | None) -> list[dict[str, Any]]:
-    """Runs that ended failed in the last week by task and error type, most recent first."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            queries["run_failure_groups"], {"tenant": tenant, "limit": FAILURE_GROUPS_SHOWN, "now": None}
-        ).fetchall()
 
 
 def last_runs(conn: psycopg.Connection, job_ids: list[int]) -> dict[int, dict[str, Any]]:
