@@ -66,8 +66,8 @@ def fill(dsn: str, finished: int, queued: int) -> None:
         conn.execute(
             "INSERT INTO pgsched.runs (task, args, queue, status, attempt, errors, created_at, started_at, finished_at)"
             " SELECT 'task-' || (i %% 40), jsonb_build_object('customer', i %% 100000), 'queue-' || (i %% 8),"
-            "        CASE WHEN i %% 50 = 0 THEN 'failed' ELSE 'succeeded' END::pgsched.run_status, 1,"
-            "        CASE WHEN i %% 50 = 0 THEN jsonb_build_array(jsonb_build_object('attempt', 1, 'type',"
+            "        CASE WHEN (i / 40) %% 50 = 0 THEN 'failed' ELSE 'succeeded' END::pgsched.run_status, 1,"
+            "        CASE WHEN (i / 40) %% 50 = 0 THEN jsonb_build_array(jsonb_build_object('attempt', 1, 'type',"
             "             'Error' || (i %% 3), 'message', 'planned', 'traceback', 'Traceback ...')) ELSE '[]' END,"
             "        t - interval '2 seconds', t - interval '1 second', t"
             " FROM generate_series(1, %(n)s) AS i, LATERAL (SELECT now() - (i * interval '7 days' / %(n)s) AS t) AS at",

@@ -166,9 +166,9 @@ CREATE INDEX runs_failed_idx ON pgsched.runs (queue) WHERE status = 'failed';
 -- A tenant's run list (newest first, keyset by id) without scanning other tenants' runs.
 -- Partial: installations without tenants (tenant always NULL) keep it empty (0003).
 CREATE INDEX runs_tenant_idx ON pgsched.runs (tenant, id) WHERE tenant IS NOT NULL;
--- The runs list narrowed to failed runs, newest first (the dashboard's failure drill-downs
--- and bulk retries), without walking every run's id (0010).
-CREATE INDEX runs_failed_id_idx ON pgsched.runs (id) WHERE status = 'failed';
+-- The runs list narrowed to failed runs of a task, newest first (the dashboard's failure
+-- drill-downs and bulk retries), without walking every run's id (0010).
+CREATE INDEX runs_failed_task_idx ON pgsched.runs (task, id) WHERE status = 'failed';
 CREATE UNIQUE INDEX runs_unique_key_idx ON pgsched.runs (unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX runs_job_scheduled_for_idx ON pgsched.runs (job_id, scheduled_for)
     WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL;
