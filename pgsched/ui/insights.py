@@ -63,6 +63,23 @@ def last_hour(conn: psycopg.Connection, tenant: str | None, now: datetime | None
     return series
 
 
+def bars(minutes: list[Minute], peak: int, *, height: float = 30.0) -> tuple[str, str]:
+    """SVG path data for a chart of ``minutes`` (2 units wide each) scaled to ``peak``: the
+    succeeded part of each bar and the failed part on top of it. Two paths rather than a
+    rectangle per minute: a page of charts renders in a fraction of the time."""
+    ok, bad = [], []
+    for index, minute in enumerate(minutes):
+        if peak <= 0 or minute.succeeded + minute.failed == 0:
+            continue
+        top = height * (minute.succeeded + minute.failed) / peak
+        failed = height * minute.failed / peak
+        if top > failed:
+            ok.append(f"M{index * 2} {height - top:.2f}h1.6v{top - failed:.2f}h-1.6z")
+        if failed:
+            bad.append(f"M{index * 2} {height - failed:.2f}h1.6v{failed:.2f}h-1.6z")
+    return "".join(ok), "".join(bad)
+
+
 def anomalies(conn: psycopg.Connection, tenant: str | None, now: datetime | None = None) -> list[Anomaly]:
     """Queue/task pairs whose failure ratio or mean run time this hour is far above the same
     hour of the last 7 days."""

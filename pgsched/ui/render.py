@@ -15,6 +15,7 @@ from litestar.response import Template
 from litestar.template.config import TemplateConfig
 
 from pgsched.ui.access import viewer
+from pgsched.ui.insights import bars
 
 HERE = Path(__file__).parent
 LIVE_EVERY_S = 2  # live parts poll this often, and only while the tab is visible
@@ -43,7 +44,9 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 def _add_filters(engine: JinjaTemplateEngine) -> None:
-    engine.engine.filters.update({"when": when, "ago": ago, "seconds": seconds, "pretty": pretty, "count": count})
+    engine.engine.filters.update(
+        {"when": when, "ago": ago, "seconds": seconds, "pretty": pretty, "count": count, "bars": bars}
+    )
 
 
 def when(instant: datetime | None) -> str:
