@@ -1,6 +1,7 @@
 """The dashboard (``/ui``): server-rendered pages over the same Litestar app, pool, keys and
 library functions as the REST API. ``ui_routes()`` and ``template_config()`` are what the app
-factory adds; ``/`` redirects here. Assets (htmx, CSS) ship in ``static/``: no CDN.
+factory adds; ``/`` redirects here. Assets ship in ``static/``: no CDN (htmx 2.0.11, the
+minified file of npm's htmx.org package, 0BSD licence; the CSS and JS are pgsched's own).
 
 Modules: access (sessions on requests, CSRF, scopes), sessions (the tables), filters (the runs
 page's query string), pages (GET), actions (POST), signin, insights (rollup charts and
