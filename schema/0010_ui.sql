@@ -35,6 +35,8 @@ CREATE TABLE pgsched.run_rollup (
     failed      integer NOT NULL DEFAULT 0,
     -- Seconds from start to finish, summed over the runs counted (an average is sum / runs).
     run_s_sum   float8 NOT NULL DEFAULT 0,
+    -- Seconds each waited from due (or created, if later) to its last start, summed likewise.
+    wait_s_sum  float8 NOT NULL DEFAULT 0,
     PRIMARY KEY (minute, queue, task, tenant)
 );
 

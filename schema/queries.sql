@@ -572,17 +572,20 @@ SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM tokens);
 -- (runs_finished_idx): idempotent, so an overlapping or repeated round writes the same numbers.
 -- Only succeeded and failed runs count (a retried attempt is not an outcome). Rows with an
 -- infinite instant (a plain SQL INSERT can write one) have no duration and are left out.
-INSERT INTO pgsched.run_rollup AS r (minute, queue, task, tenant, succeeded, failed, run_s_sum)
+INSERT INTO pgsched.run_rollup AS r (minute, queue, task, tenant, succeeded, failed, run_s_sum, wait_s_sum)
 SELECT date_trunc('minute', finished_at), queue, task, coalesce(tenant, ''),
        count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
-       coalesce(sum(greatest(extract(epoch FROM finished_at - started_at)::float8, 0)), 0)
+       coalesce(sum(greatest(extract(epoch FROM finished_at - started_at)::float8, 0)), 0),
+       coalesce(sum(greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0)), 0)
 FROM pgsched.runs
 WHERE finished_at >= date_trunc('minute', coalesce(%(now)s::timestamptz, now())) - make_interval(mins => %(minutes)s)
   AND finished_at <= coalesce(%(now)s::timestamptz, now())
   AND status IN ('succeeded', 'failed') AND isfinite(finished_at) AND isfinite(coalesce(started_at, finished_at))
+  AND isfinite(run_at) AND isfinite(created_at)
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (minute, queue, task, tenant) DO UPDATE
-SET succeeded = excluded.succeeded, failed = excluded.failed, run_s_sum = excluded.run_s_sum;
+SET succeeded = excluded.succeeded, failed = excluded.failed, run_s_sum = excluded.run_s_sum,
+    wait_s_sum = excluded.wait_s_sum;
 
 -- name: rollup_prune
 DELETE FROM pgsched.run_rollup WHERE minute < coalesce(%(now)s::timestamptz, now()) - interval '8 days';
@@ -597,26 +600,29 @@ GROUP BY queue, minute
 ORDER BY queue, minute;
 
 -- name: rollup_against_baseline
--- Per queue and task: the last hour's runs, failures and run seconds, and the same hour of each
+-- Per queue and task: the last hour's runs, failures, run and wait seconds, and the same hour of each
 -- of the 7 days before (the baseline the anomaly flags compare against). Eight range scans of
 -- the primary key (minute first); now() stays in each WHERE so the planner can use it.
 WITH recent AS (
-    SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s
+    SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s,
+           sum(wait_s_sum) AS wait_s
     FROM pgsched.run_rollup
     WHERE minute > coalesce(%(now)s::timestamptz, now()) - interval '1 hour'
       AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
     GROUP BY queue, task
 ), usual AS (
-    SELECT r.queue, r.task, sum(r.succeeded + r.failed) AS runs, sum(r.failed) AS failed, sum(r.run_s_sum) AS run_s
+    SELECT r.queue, r.task, sum(r.succeeded + r.failed) AS runs, sum(r.failed) AS failed, sum(r.run_s_sum) AS run_s,
+           sum(r.wait_s_sum) AS wait_s
     FROM generate_series(1, 7) AS d(days),
-         LATERAL (SELECT queue, task, succeeded, failed, run_s_sum FROM pgsched.run_rollup
+         LATERAL (SELECT queue, task, succeeded, failed, run_s_sum, wait_s_sum FROM pgsched.run_rollup
                   WHERE minute > coalesce(%(now)s::timestamptz, now()) - make_interval(days => d.days, hours => 1)
                     AND minute <= coalesce(%(now)s::timestamptz, now()) - make_interval(days => d.days)
                     AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)) AS r
     GROUP BY r.queue, r.task
 )
-SELECT recent.queue, recent.task, recent.runs::bigint, recent.failed::bigint, recent.run_s,
-       usual.runs::bigint AS usual_runs, usual.failed::bigint AS usual_failed, usual.run_s AS usual_run_s
+SELECT recent.queue, recent.task, recent.runs::bigint, recent.failed::bigint, recent.run_s, recent.wait_s,
+       usual.runs::bigint AS usual_runs, usual.failed::bigint AS usual_failed, usual.run_s AS usual_run_s,
+       usual.wait_s AS usual_wait_s
 FROM recent JOIN usual USING (queue, task)
 ORDER BY recent.queue, recent.task;
 

@@ -302,18 +302,24 @@ def test_every_page_query_runs_under_a_statement_timeout(dsn):
             assert scalar(conn, "SHOW statement_timeout") == "0", "SET LOCAL: the pooled connection is left as it was"
 
 
-def test_the_rollup_counts_finished_runs_per_minute_and_flags_a_task_far_above_its_usual(conn):
+def test_the_rollup_counts_finished_runs_per_minute_and_flags_what_is_far_above_its_usual(conn):
     now = datetime(2030, 1, 8, 12, 30, tzinfo=timezone.utc)
-    rows = []
-    for days in range(1, 8):  # the usual: 1 failure in 20 runs at this hour on each of the last 7 days
+    rows = []  # (task, status, finished at, seconds waited before the start)
+    for days in range(1, 8):  # the usual at this hour: 1 failure in 20 emails; reports wait 1 s
         past = now - timedelta(days=days, minutes=10)
-        rows += [("emails", "failed" if i == 0 else "succeeded", past) for i in range(20)]
-    rows += [("emails", "failed" if i < 10 else "succeeded", now - timedelta(minutes=5)) for i in range(20)]
+        rows += [("emails", "failed" if i == 0 else "succeeded", past, 0) for i in range(20)]
+        rows += [("reports", "succeeded", past, 1) for _ in range(5)]
+    # This hour: half the emails fail, and reports wait 20 s.
+    rows += [("emails", "failed" if i < 10 else "succeeded", now - timedelta(minutes=5), 0) for i in range(20)]
+    rows += [("reports", "succeeded", now - timedelta(minutes=5), 20) for _ in range(5)]
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO pgsched.runs (task, queue, status, attempt, created_at, started_at, finished_at)"
-            " VALUES (%s, 'mail', %s, 1, %s, %s - interval '1 second', %s)",
-            [(task, status, at, at, at) for task, status, at in rows],
+            "INSERT INTO pgsched.runs (task, queue, status, attempt, run_at, created_at, started_at, finished_at)"
+            " VALUES (%s, 'mail', %s, 1, %s, %s, %s, %s)",
+            [
+                (task, status, at, at, at + timedelta(seconds=wait), at + timedelta(seconds=wait + 1))
+                for task, status, at, wait in rows
+            ],
         )
 
     async def refresh() -> None:
@@ -323,10 +329,15 @@ def test_the_rollup_counts_finished_runs_per_minute_and_flags_a_task_far_above_i
 
     asyncio.run(refresh())
     chart = last_hour(conn, None, now=now)["mail"]
-    assert sum(m.succeeded for m in chart) == 10 and sum(m.failed for m in chart) == 10
-    assert chart[-6] == chart[54] and chart[54].failed == 10, "the minute 5 minutes ago holds the runs"
-    [flag] = anomalies(conn, None, now=now)
-    assert (flag.queue, flag.task, flag.what, round(flag.factor)) == ("mail", "emails", "failures", 10)
+    assert sum(m.succeeded for m in chart) == 15 and sum(m.failed for m in chart) == 10
+    assert chart[54].failed == 10, "the minute 5 minutes ago holds the runs (oldest minute first)"
+    flags = {(a.task, a.what): a for a in anomalies(conn, None, now=now)}
+    assert set(flags) == {("emails", "failures"), ("reports", "wait before start")}
+    assert round(flags["emails", "failures"].factor) == 10
+    assert (round(flags["reports", "wait before start"].factor), flags["reports", "wait before start"].now) == (
+        20,
+        "20.00s",
+    )
     assert anomalies(conn, "acme", now=now) == [], "a tenant's rollup is its own"
 
 

@@ -27,6 +27,8 @@ CHART_MINUTES = 60
 ANOMALY_FACTOR = 3.0
 # ...over at least this many runs (a single failure in a quiet hour is not news).
 ANOMALY_MIN_RUNS = 5
+# Mean run and wait times below this are never flagged.
+MIN_FLAGGED_S = 1.0
 CHART_KEPT_S = 10.0
 ANOMALIES_KEPT_S = 60.0
 # The failures page counts a week of failed runs: seconds matter less than its cost per poll.
@@ -44,7 +46,7 @@ class Minute:
 class Anomaly:
     queue: str
     task: str
-    what: str  # "failures" or "run time"
+    what: str  # "failures", "run time" or "wait before start"
     factor: float
     now: str  # the figure now, in words
     usual: str
@@ -109,11 +111,12 @@ def _flags(row: dict[str, Any]) -> list[Anomaly]:
                 f"{row['usual_failed'] / row['usual_runs']:.0%}",
             )
         )
-    mean, usual_mean = row["run_s"] / row["runs"], row["usual_run_s"] / row["usual_runs"]
-    if usual_mean > 0 and mean >= ANOMALY_FACTOR * usual_mean:
-        flags.append(
-            Anomaly(row["queue"], row["task"], "run time", mean / usual_mean, f"{mean:.2f}s", f"{usual_mean:.2f}s")
-        )
+    for what, column in (("run time", "run_s"), ("wait before start", "wait_s")):
+        mean, usual_mean = row[column] / row["runs"], row[f"usual_{column}"] / row["usual_runs"]
+        # Sub-second means are noise (a run that took 3 ms instead of 1 is no news).
+        if mean >= MIN_FLAGGED_S and mean >= ANOMALY_FACTOR * max(usual_mean, MIN_FLAGGED_S / ANOMALY_FACTOR):
+            factor = mean / max(usual_mean, 0.01)
+            flags.append(Anomaly(row["queue"], row["task"], what, factor, f"{mean:.2f}s", f"{usual_mean:.2f}s"))
     return flags
 
 
