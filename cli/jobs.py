@@ -11,10 +11,17 @@ from pgsched.cli import render
 from pgsched.cli.options import DsnOption, connect, parse_args_json, parse_at
 from pgsched.jobs import JobSpec
 from pgsched.schedule import Schedule
+from pgsched.tenants import check_tenant
 
 jobs = typer.Typer(help="Scheduled jobs: cron, interval and one-off.", no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Job name")]
+# Job names are unique per tenant: --tenant says whose (without it, the job without a tenant,
+# else the only tenant's job of that name).
+TenantOption = Annotated[
+    Optional[str],
+    typer.Option("--tenant", help="The tenant whose job this is (names are unique per tenant)", callback=check_tenant),
+]
 LIST_COLUMNS = (
     "name",
     "task",
@@ -27,6 +34,7 @@ LIST_COLUMNS = (
     "enabled",
     "next_run_at",
     "last_error",
+    "tenant",
 )
 
 
@@ -50,6 +58,7 @@ def add(
         int, typer.Option(help="With --misfire all: at most this many missed runs")
     ] = JobSpec.max_catchup,
     paused: Annotated[bool, typer.Option("--paused", help="Create it paused")] = False,
+    tenant: TenantOption = None,
     dsn: DsnOption = None,
 ) -> None:
     """Create a job, or replace the definition of the job with this name."""
@@ -66,8 +75,8 @@ def add(
         enabled=not paused,
     )
     with connect(dsn) as conn:
-        created = job_store.upsert_job(conn, spec)
-        job = job_store.get_job(conn, name)
+        created = job_store.upsert_job(conn, spec, tenant=tenant)
+        job = job_store.get_job(conn, name, tenant=tenant)
     render.info(f"job {name!r} {'created' if created else 'updated'}; next runs:")
     _print_upcoming(job)
 
@@ -86,11 +95,12 @@ def list_jobs(
 def show(
     name: NameArg,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    tenant: TenantOption = None,
     dsn: DsnOption = None,
 ) -> None:
     """Show a job and its next 5 fire times."""
     with connect(dsn) as conn:
-        job = job_store.get_job(conn, name)
+        job = job_store.get_job(conn, name, tenant=tenant)
     if json_output:
         render.print_json(job)
         return
@@ -107,32 +117,32 @@ def _print_upcoming(job: dict[str, Any]) -> None:
 
 
 @jobs.command("pause")
-def pause(name: NameArg, dsn: DsnOption = None) -> None:
+def pause(name: NameArg, tenant: TenantOption = None, dsn: DsnOption = None) -> None:
     """Stop firing a job (its missed fire times follow its misfire policy on resume)."""
     with connect(dsn) as conn:
-        job_store.set_enabled(conn, name, False)
+        job_store.set_enabled(conn, name, False, tenant=tenant)
     render.info(f"job {name!r} paused")
 
 
 @jobs.command("resume")
-def resume(name: NameArg, dsn: DsnOption = None) -> None:
+def resume(name: NameArg, tenant: TenantOption = None, dsn: DsnOption = None) -> None:
     """Fire a paused job again."""
     with connect(dsn) as conn:
-        job_store.set_enabled(conn, name, True)
+        job_store.set_enabled(conn, name, True, tenant=tenant)
     render.info(f"job {name!r} resumed")
 
 
 @jobs.command("delete")
-def delete(name: NameArg, dsn: DsnOption = None) -> None:
+def delete(name: NameArg, tenant: TenantOption = None, dsn: DsnOption = None) -> None:
     """Delete a job (its past runs stay)."""
     with connect(dsn) as conn:
-        job_store.delete_job(conn, name)
+        job_store.delete_job(conn, name, tenant=tenant)
     render.info(f"job {name!r} deleted")
 
 
 @jobs.command("trigger")
-def trigger(name: NameArg, dsn: DsnOption = None) -> None:
+def trigger(name: NameArg, tenant: TenantOption = None, dsn: DsnOption = None) -> None:
     """Queue one run of a job now, outside its schedule; prints the run id."""
     with connect(dsn) as conn:
-        run_id = job_store.trigger_job(conn, name)
+        run_id = job_store.trigger_job(conn, name, tenant=tenant)
     render.info(str(run_id))

@@ -14,6 +14,7 @@ from pgsched.app import App
 from pgsched.cli import render
 from pgsched.cli.api import api as api_command
 from pgsched.cli.beat import MisfireGraceOption, RetentionOption, beat, beat_options
+from pgsched.cli.doctor import doctor
 from pgsched.cli.jobs import jobs
 from pgsched.cli.keys import keys
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
@@ -22,7 +23,7 @@ from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
 from pgsched.logs import LogFormat, configure_logging
 from pgsched.migrate import migrate as apply_migrations
-from pgsched.migrate import pending
+from pgsched.migrate import pending, repaired_by_migrations
 from pgsched.queues import list_queues
 from pgsched.worker import WorkerOptions
 
@@ -38,6 +39,7 @@ cli.add_typer(jobs, name="jobs")
 cli.add_typer(beat, name="beat")
 cli.add_typer(keys, name="keys")
 cli.command("api")(api_command)
+cli.command("doctor")(doctor)
 
 _debug = False
 
@@ -57,24 +59,44 @@ def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks fo
 @cli.command()
 def migrate(
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if a migration is pending; change nothing")] = False,
+    post_deploy: Annotated[
+        bool,
+        typer.Option(
+            "--post-deploy",
+            help="Also apply the migrations that remove what the previous release uses: run it once every "
+            "pgsched process (workers, beats, API) runs this release",
+        ),
+    ] = False,
     dsn: DsnOption = None,
 ) -> None:
     """Apply pending schema migrations (one transaction, safe to run concurrently)."""
     with connect(dsn) as conn:
         if check:
-            todo = pending(conn)
+            todo = pending(conn, post_deploy=post_deploy)
             if todo:
                 raise SchemaNotReady(
                     f"{len(todo)} migration(s) pending: " + ", ".join(f"{m.version}_{m.name}" for m in todo)
                 )
             render.info("schema is up to date")
             return
-        applied = apply_migrations(conn)
+        applied = apply_migrations(conn, post_deploy=post_deploy)
+        repairs = repaired_by_migrations(conn, applied)
+        waiting = pending(conn, post_deploy=True)
     render.info(
         f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.version}_{m.name}" for m in applied)
         if applied
         else "schema is up to date"
     )
+    for row in repairs:
+        render.info(
+            f"{row['repaired_by']} repaired {row['rows']} {row['table_name']} row(s) that broke its rules "
+            f"(first ids {row['first_ids']}): `pgsched doctor` lists them, pgsched.repaired_rows has the originals"
+        )
+    if waiting:
+        render.info(
+            "waiting for `pgsched migrate --post-deploy` once every pgsched process runs this release: "
+            + ", ".join(f"{m.version}_{m.name}" for m in waiting)
+        )
 
 
 def _worker_options(

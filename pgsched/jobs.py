@@ -3,7 +3,9 @@
 One function per operation, called by ``App.schedule``, the CLI's ``jobs`` commands and the
 API alike; the beat (``pgsched/beat.py``) fires what these define. Each takes an optional
 ``tenant``: given, it sees and changes only that tenant's jobs (another tenant's job is "not
-found"), and a job it creates belongs to the tenant.
+found"), and a job it creates belongs to the tenant. Names are unique within a tenant (schema
+0012/0013), so a tenant learns nothing of another's; without a tenant, a name means the job
+without one, else the only tenant's job of that name (several: JobNameAmbiguous).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pgsched.schedule import Schedule
 from pgsched.sql import queries
 
 MISFIRE_POLICIES = ("coalesce", "skip", "all")
-MAX_CATCHUP = 100_000
+MAX_CATCHUP = 100_000  # also a check on pgsched.jobs (schema 0009)
 UPCOMING_SHOWN = 5
 
 
@@ -30,7 +32,12 @@ class JobNotFound(PgschedError):
 
 
 class JobNameTaken(PgschedError):
-    """A job with that name belongs to another tenant."""
+    """A job with that name belongs to another tenant (until migration 0013 makes names
+    unique per tenant only)."""
+
+
+class JobNameAmbiguous(PgschedError):
+    """Several tenants have a job of that name, and none was given."""
 
 
 @dataclass(frozen=True)
@@ -75,29 +82,46 @@ def upsert_job(
     """
     now = now or datetime.now(timezone.utc)
     schedule = spec.schedule
-    row = conn.execute(
-        queries["job_upsert"],
-        {
-            "name": spec.name,
-            "task": spec.task,
-            "args": encode_args(spec.args),
-            "queue": spec.queue,
-            "priority": spec.priority,
-            "cron": schedule.cron,
-            "every_s": schedule.every_s,
-            "at": schedule.at,
-            "tz": schedule.tz,
-            "misfire": spec.misfire,
-            "max_catchup": spec.max_catchup,
-            "max_attempts": spec.max_attempts,
-            "enabled": spec.enabled,
-            "next_run_at": schedule.next_after(now),
-            "tenant": tenant,
-        },
-    ).fetchone()
-    if row is None:  # with a tenant, a conflicting row of another tenant is left alone
-        raise JobNameTaken(f"the job name {spec.name!r} is taken: choose another name")
+    try:
+        with conn.transaction():  # a savepoint in the caller's transaction: a refusal leaves it usable
+            row = conn.execute(
+                queries["job_upsert"],
+                {
+                    "name": spec.name,
+                    "task": spec.task,
+                    "args": encode_args(spec.args),
+                    "queue": spec.queue,
+                    "priority": spec.priority,
+                    "cron": schedule.cron,
+                    "every_s": schedule.every_s,
+                    "at": schedule.at,
+                    "tz": schedule.tz,
+                    "misfire": spec.misfire,
+                    "max_catchup": spec.max_catchup,
+                    "max_attempts": spec.max_attempts,
+                    "enabled": spec.enabled,
+                    "next_run_at": schedule.next_after(now),
+                    "tenant": tenant,
+                },
+            ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        # Before 0013 (post-deploy) names are also unique across tenants: another tenant's.
+        if exc.diag.constraint_name != "jobs_name_key":
+            raise
+        raise JobNameTaken(f"the job name {spec.name!r} is taken: choose another name") from None
+    assert row is not None
     return bool(row[1])
+
+
+def find_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> int:
+    """The id of the job ``name`` means: the tenant's (given one), else the job without a
+    tenant, else the only tenant's job of that name."""
+    rows = conn.execute(queries["job_find"], {"name": name, "tenant": tenant}).fetchall()
+    if not rows:
+        raise JobNotFound(f"no job named {name!r}")
+    if len(rows) > 1 and rows[0][1] is not None:
+        raise JobNameAmbiguous(f"several tenants have a job named {name!r}: say which tenant")
+    return int(rows[0][0])
 
 
 def schedule_of(job: Mapping[str, Any]) -> Schedule:
@@ -108,8 +132,8 @@ def schedule_of(job: Mapping[str, Any]) -> Schedule:
 def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> dict[str, Any]:
     """Every column of one job, plus its next fire times (``upcoming``)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        job = cur.execute(queries["job_get"], {"name": name, "tenant": tenant}).fetchone()
-    if job is None:
+        job = cur.execute(queries["job_get"], {"id": find_job(conn, name, tenant=tenant)}).fetchone()
+    if job is None:  # deleted since find_job
         raise JobNotFound(f"no job named {name!r}")
     job["upcoming"] = upcoming(job)
     return job
@@ -126,32 +150,41 @@ def upcoming(job: Mapping[str, Any]) -> list[datetime]:
 
 
 def list_jobs(
-    conn: psycopg.Connection, *, tenant: str | None = None, limit: int | None = None, after_name: str | None = None
+    conn: psycopg.Connection,
+    *,
+    tenant: str | None = None,
+    limit: int | None = None,
+    after: tuple[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Jobs by name: every one, or a page of at most ``limit`` after the name ``after_name``."""
+    """Jobs by name then tenant: every one, or a page of at most ``limit`` after the job
+    ``after`` (its name and tenant)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
+    after_name, after_tenant = after if after is not None else (None, None)
+    params = {"tenant": tenant, "limit": limit, "after_name": after_name, "after_tenant": after_tenant or ""}
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["job_list"], {"tenant": tenant, "limit": limit, "after_name": after_name}).fetchall()
+        return cur.execute(queries["job_list"], params).fetchall()
 
 
-def set_enabled(conn: psycopg.Connection, name: str, enabled: bool, *, tenant: str | None = None) -> None:
-    """Pause (False) or resume (True). On resume the beat applies the job's misfire policy
-    to the fire times the pause skipped."""
-    params = {"name": name, "enabled": enabled, "tenant": tenant}
-    if conn.execute(queries["job_set_enabled"], params).fetchone() is None:
-        raise JobNotFound(f"no job named {name!r}")
+def set_enabled(conn: psycopg.Connection, name: str, enabled: bool, *, tenant: str | None = None) -> str | None:
+    """Pause (False) or resume (True); returns the job's tenant. On resume the beat applies the
+    job's misfire policy to the fire times the pause skipped."""
+    return _change(conn, "job_set_enabled", name, tenant, enabled=enabled)[1]  # type: ignore[no-any-return]
 
 
-def delete_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> None:
-    """Delete the definition; its past runs stay (their job_id becomes NULL)."""
-    if conn.execute(queries["job_delete"], {"name": name, "tenant": tenant}).fetchone() is None:
-        raise JobNotFound(f"no job named {name!r}")
+def delete_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> str | None:
+    """Delete the definition (its past runs stay, their job_id becomes NULL); returns its tenant."""
+    return _change(conn, "job_delete", name, tenant)[1]  # type: ignore[no-any-return]
 
 
 def trigger_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -> int:
     """Queue one run of the job now, outside its schedule; returns the run id."""
-    row = conn.execute(queries["job_trigger"], {"name": name, "tenant": tenant}).fetchone()
-    if row is None:
+    return int(_change(conn, "job_trigger", name, tenant)[0])
+
+
+def _change(conn: psycopg.Connection, query: str, name: str, tenant: str | None, **params: Any) -> tuple[Any, ...]:
+    """Run ``query`` on the job ``name`` means; the row it returns."""
+    row = conn.execute(queries[query], {"id": find_job(conn, name, tenant=tenant), **params}).fetchone()
+    if row is None:  # deleted since find_job
         raise JobNotFound(f"no job named {name!r}")
-    return int(row[0])
+    return row

@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS pgsched.schema_migrations (
 -- name: migration_table_exists
 SELECT to_regclass('pgsched.schema_migrations') IS NOT NULL;
 
+-- name: migration_repairs_recorded
+SELECT to_regclass('pgsched.repaired_rows') IS NOT NULL;
+
 -- name: migration_applied
 SELECT version FROM pgsched.schema_migrations ORDER BY version;
 
@@ -293,15 +296,13 @@ FROM pgsched.queue_stats_for(%(tenant)s::text)
 ORDER BY queue;
 
 -- name: job_upsert
--- Create or replace a job definition by name. next_run_at is computed by the caller (or
--- left NULL for the beat to compute); a definition change clears last_error. With a tenant,
--- a new job is stamped with it and an existing one is replaced only if it is that tenant's
--- (no row back: the name belongs to someone else).
+-- Create or replace a job definition by tenant and name. next_run_at is computed by the caller
+-- (or left NULL for the beat to compute); a definition change clears last_error.
 INSERT INTO pgsched.jobs AS j (name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup,
                                max_attempts, enabled, next_run_at, tenant)
 VALUES (%(name)s, %(task)s, %(args)s, %(queue)s, %(priority)s, %(cron)s, %(every_s)s, %(at)s, %(tz)s,
         %(misfire)s, %(max_catchup)s, %(max_attempts)s, %(enabled)s, %(next_run_at)s, %(tenant)s)
-ON CONFLICT (name) DO UPDATE
+ON CONFLICT ((coalesce(tenant, '')), name) DO UPDATE
 SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority = excluded.priority,
     cron = excluded.cron, every_s = excluded.every_s, at = excluded.at, tz = excluded.tz,
     misfire = excluded.misfire, max_catchup = excluded.max_catchup, max_attempts = excluded.max_attempts,
@@ -311,34 +312,42 @@ SET task = excluded.task, args = excluded.args, queue = excluded.queue, priority
                             (excluded.cron, excluded.every_s, excluded.at, excluded.tz)
                        THEN coalesce(j.next_run_at, excluded.next_run_at)
                        ELSE excluded.next_run_at END
-WHERE %(tenant)s::text IS NULL OR j.tenant = %(tenant)s
 RETURNING j.id, (xmax = 0) AS created;
+
+-- name: job_find
+-- The job a name means: the given tenant's; without one, the job without a tenant, else the
+-- one tenant's job of that name. Two rows whose first has a tenant: the name is ambiguous.
+SELECT id, tenant FROM pgsched.jobs
+WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+ORDER BY tenant NULLS FIRST
+LIMIT 2;
 
 -- name: job_get
 SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
        enabled, next_run_at, last_scheduled_for, last_error, tenant, created_at, updated_at
-FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+FROM pgsched.jobs WHERE id = %(id)s;
 
 -- name: job_list
--- By name, keyset-paginated: %(after_name)s is the last name of the previous page (NULL: from
--- the start); %(limit)s NULL lists every job.
-SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error
+-- By name then tenant, keyset-paginated: %(after_name)s, %(after_tenant)s are the previous
+-- page's last (NULL: from the start; '' for no tenant); %(limit)s NULL lists every job.
+SELECT id, name, task, queue, cron, every_s, at, tz, misfire, enabled, next_run_at, last_scheduled_for, last_error,
+       tenant
 FROM pgsched.jobs
 WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-  AND (%(after_name)s::text IS NULL OR name > %(after_name)s)
-ORDER BY name
+  AND (%(after_name)s::text IS NULL OR (name, coalesce(tenant, '')) > (%(after_name)s, %(after_tenant)s::text))
+ORDER BY name, coalesce(tenant, '')
 LIMIT %(limit)s;
 
 -- name: job_set_enabled
-UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) RETURNING id;
+UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE id = %(id)s RETURNING id, tenant;
 
 -- name: job_delete
-DELETE FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s) RETURNING id;
+DELETE FROM pgsched.jobs WHERE id = %(id)s RETURNING id, tenant;
 
 -- name: job_trigger
 -- One run of the job now, outside its schedule (a tenant's job makes that tenant's run).
 INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, tenant)
-SELECT task, args, queue, priority, max_attempts, id, now(), tenant FROM pgsched.jobs WHERE name = %(name)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+SELECT task, args, queue, priority, max_attempts, id, now(), tenant FROM pgsched.jobs WHERE id = %(id)s
 RETURNING id;
 
 -- name: job_due
@@ -352,22 +361,22 @@ ORDER BY next_run_at NULLS FIRST
 LIMIT %(limit)s;
 
 -- name: job_disable_unreadable
--- Disable the jobs job_due would read whose instants no reader can hold (infinity, or beyond
--- the years 1..9999 a Python datetime spans, with a day's margin for any UTC offset): read,
--- one such row would fail the whole batch and stop every job from firing. Run before job_due.
+-- Disable the jobs job_due would read whose instants no reader can hold (pgsched.readable_instant,
+-- schema 0009, which refuses such rows since; one written before would fail the whole batch
+-- and stop every job from firing). Run before job_due. The instants move to the nearest
+-- readable ones, so the row passes 0009's checks; last_error keeps what they were.
 UPDATE pgsched.jobs
 SET enabled = false, updated_at = now(),
+    at = pgsched.readable_instant_near(at), next_run_at = pgsched.readable_instant_near(next_run_at),
+    last_scheduled_for = pgsched.readable_instant_near(last_scheduled_for),
     last_error = 'its ' || concat_ws(', ',
-        CASE WHEN NOT coalesce(at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true) THEN 'at ' || at END,
-        CASE WHEN NOT coalesce(next_run_at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
-             THEN 'next_run_at ' || next_run_at END,
-        CASE WHEN NOT coalesce(last_scheduled_for BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
-             THEN 'last_scheduled_for ' || last_scheduled_for END)
+        CASE WHEN NOT pgsched.readable_instant(at) THEN 'at ' || at END,
+        CASE WHEN NOT pgsched.readable_instant(next_run_at) THEN 'next_run_at ' || next_run_at END,
+        CASE WHEN NOT pgsched.readable_instant(last_scheduled_for) THEN 'last_scheduled_for ' || last_scheduled_for END)
         || ' cannot be read: instants must be finite and within the years 1 to 9999'
 WHERE enabled AND (next_run_at IS NULL OR next_run_at <= coalesce(%(now)s::timestamptz, now()))
-  AND NOT (coalesce(at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
-           AND coalesce(next_run_at BETWEEN '0001-01-02Z' AND '9999-12-30Z', true)
-           AND coalesce(last_scheduled_for BETWEEN '0001-01-02Z' AND '9999-12-30Z', true))
+  AND NOT (pgsched.readable_instant(at) AND pgsched.readable_instant(next_run_at)
+           AND pgsched.readable_instant(last_scheduled_for))
 RETURNING name, last_error;
 
 -- name: job_fire
@@ -523,6 +532,34 @@ RETURNING id, name, prefix, scope, tenant, created_at, revoked_at;
 -- name: api_key_authenticate
 -- The live key with this digest (one index lookup per request).
 SELECT id, scope, tenant FROM pgsched.api_keys WHERE key_hash = %(key_hash)s AND revoked_at IS NULL;
+
+-- name: doctor_rows_breaking_rules
+-- Rows that break schema 0009's rules now (a full scan of runs and jobs: for `pgsched doctor`,
+-- not for a timer). After 0009 only rows written between its two repair passes can.
+SELECT 'runs' AS table_name, count(*) AS rows, min(r.id) AS first_id, min(pgsched.run_problems(r)) AS example
+FROM pgsched.runs AS r WHERE pgsched.run_problems(r) IS NOT NULL
+UNION ALL
+SELECT 'jobs', count(*), min(j.id), min(pgsched.job_problems(j))
+FROM pgsched.jobs AS j WHERE pgsched.job_problems(j) IS NOT NULL;
+
+-- name: doctor_repaired_rows
+-- What repairs changed so far (the originals are in pgsched.repaired_rows.original).
+SELECT table_name, repaired_by, count(*) AS rows, max(repaired_at) AS last_repaired_at,
+       (array_agg(row_id ORDER BY id))[1:10] AS first_ids
+FROM pgsched.repaired_rows
+GROUP BY table_name, repaired_by
+ORDER BY table_name, repaired_by;
+
+-- name: doctor_unvalidated_constraints
+-- Constraints added NOT VALID by a migration: they hold for every write since, not yet for
+-- every old row.
+SELECT c.conrelid::regclass::text AS table_name, c.conname AS constraint_name
+FROM pg_constraint AS c
+WHERE c.connamespace = 'pgsched'::regnamespace AND NOT c.convalidated
+ORDER BY 1, 2;
+
+-- name: doctor_repair
+SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jobs('pgsched doctor --fix') AS jobs;
 
 -- ---- The dashboard (/ui, pgsched/ui/): sessions, sign-in links, the per-minute rollup, failure groups.
 

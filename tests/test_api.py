@@ -356,7 +356,8 @@ def test_get_workers_lists_live_workers_with_the_runs_they_hold(api: Api, conn: 
     ).fetchone()[0]
     run_id = ok(api.post("/runs", json={"task": "t"}), 201)["id"]
     conn.execute(
-        "UPDATE pgsched.runs SET status = 'running', worker_id = %s, lease_expires_at = now() + interval '1m'"
+        "UPDATE pgsched.runs SET status = 'running', worker_id = %s, started_at = now(),"
+        " lease_expires_at = now() + interval '1m'"
         " WHERE id = %s",
         (worker, run_id),
     )
@@ -468,12 +469,40 @@ def test_a_tenant_key_sees_only_its_tenants_runs_and_jobs_and_others_are_404(api
     ):
         response = api.call(method, path, as_="acme", json={"priority": 1} if method == "PATCH" else None)
         assert response.status_code == 404, (method, path, response.text)
-    taken = api.post("/jobs", json={"name": "beta-job", "task": "evil", "every": 1}, as_="acme")
-    assert taken.status_code == 409, taken.text
+    # Job names are unique per tenant: acme's "beta-job" is its own, and tells it nothing of beta's.
+    ok(api.post("/jobs", json={"name": "beta-job", "task": "mine", "every": 1}, as_="acme"), 201)
+    assert api.get("/jobs/beta-job", params={"tenant": "beta"}, as_="acme").status_code == 404
     # beta's run and job are untouched, and a key without a tenant sees both tenants.
     assert ok(api.get(f"/runs/{beta_run}", as_="beta"))["status"] == "queued"
     assert ok(api.get("/jobs/beta-job", as_="beta"))["task"] == "t"
     assert {r["id"] for r in ok(api.get("/runs", as_="read"))["items"]} == {acme_run, beta_run}
+
+
+def test_a_key_without_a_tenant_names_a_tenants_job_with_tenant_when_several_share_the_name(api: Api):
+    ok(api.post("/jobs", json={"name": "sync", "task": "a", "every": 60}, as_="acme"), 201)
+    # One job of that name: the name alone is enough (as before names were per tenant).
+    assert ok(api.get("/jobs/sync"))["tenant"] == "acme"
+    ok(api.post("/jobs", json={"name": "sync", "task": "b", "every": 60}, as_="beta"), 201)
+    ambiguous = api.get("/jobs/sync")
+    assert ambiguous.status_code == 409 and "say which tenant" in ambiguous.json()["detail"], ambiguous.text
+    assert ok(api.get("/jobs/sync", params={"tenant": "beta"}))["task"] == "b"
+    ok(api.post("/jobs/sync/pause", params={"tenant": "acme"}), 200)
+    assert [(j["name"], j["tenant"], j["enabled"]) for j in ok(api.get("/jobs"))["items"]] == [
+        ("sync", "acme", False),
+        ("sync", "beta", True),
+    ]
+    # A job without a tenant is the admin's own: the name alone means it.
+    ok(api.post("/jobs", json={"name": "sync", "task": "c", "every": 60}), 201)
+    assert ok(api.get("/jobs/sync"))["task"] == "c"
+    # Paging a page of one at a time visits each of the three once.
+    names, cursor = [], None
+    while True:
+        page = ok(api.get("/jobs", params={"limit": 1, **({"cursor": cursor} if cursor else {})}))
+        names += [(j["name"], j["tenant"]) for j in page["items"]]
+        if (cursor := page["next"]) is None:
+            break
+    assert names == [("sync", None), ("sync", "acme"), ("sync", "beta")]
+    assert api.get("/jobs/sync", params={"tenant": "bad tenant!"}).status_code == 400
 
 
 def test_two_tenants_can_use_the_same_idempotency_key(api: Api):

@@ -93,7 +93,7 @@ def test_queued_and_running_runs_are_never_cached(api: Api, conn: psycopg.Connec
 def test_a_job_and_the_queue_list_are_cached(api: Api, conn: psycopg.Connection, redis_server: RedisServer):
     job = ok(api.post("/jobs", json={"name": "nightly", "task": "t", "every": 60}), 201)
     shown = ok(api.get("/jobs/nightly"))
-    assert cached(redis_server, job_key("nightly")) == shown and shown["priority"] == job["priority"]
+    assert cached(redis_server, job_key(None, "nightly")) == shown and shown["priority"] == job["priority"]
     conn.execute("UPDATE pgsched.jobs SET priority = 7 WHERE name = 'nightly'")
     assert ok(api.get("/jobs/nightly")) == shown, "served from Redis"
 
@@ -123,9 +123,9 @@ def test_every_job_write_forgets_the_cached_job(api: Api, conn: psycopg.Connecti
         """Two reads: the second is the cached copy (a tombstone delays caching for a few seconds,
         so the key is cleared between writes to let each step cache again)."""
         with redis_server.client() as client:
-            client.delete(job_key("nightly"))
+            client.delete(job_key(None, "nightly"))
         shown = ok(api.get("/jobs/nightly", as_="read"))
-        assert cached(redis_server, job_key("nightly")) == shown
+        assert cached(redis_server, job_key(None, "nightly")) == shown
         return shown
 
     read_twice()
@@ -151,7 +151,7 @@ def test_a_read_that_raced_a_write_cannot_put_the_old_row_back(api: Api, redis_s
     ok(api.patch("/jobs/nightly", json={"priority": 5}))
     # A read that fetched the row before the PATCH committed stores it afterwards: refused.
     api.client.app.state.cache.keep_job(msgspec.json.decode(msgspec.json.encode(before), type=JobOut))
-    assert cached(redis_server, job_key("nightly")) is None
+    assert cached(redis_server, job_key(None, "nightly")) is None
     assert ok(api.get("/jobs/nightly"))["priority"] == 5
 
 
@@ -166,7 +166,7 @@ def test_a_cached_row_is_served_only_to_its_tenant_and_to_keys_without_a_tenant(
     seen_by_admin = ok(api.get(f"/runs/{run_id}", as_="read"))
     job_seen_by_acme = ok(api.get("/jobs/acme-job", as_="acme-read"))
     assert cached(redis_server, run_key(run_id))["tenant"] == "acme"
-    assert cached(redis_server, job_key("acme-job"))["tenant"] == "acme"
+    assert cached(redis_server, job_key("acme", "acme-job"))["tenant"] == "acme"
     set_result_behind_the_apis_back(conn, run_id, 2)
 
     assert api.get(f"/runs/{run_id}", as_="beta").status_code == 404

@@ -18,6 +18,7 @@ from pgsched.api.metrics import DURATION_BUCKETS_S, HISTOGRAM_WINDOW_S
 from pgsched.cli.main import cli
 from pgsched.errors import InvalidInput
 from tests.support.api import Api, ok
+from tests.support.db import insert_restored
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -28,7 +29,7 @@ def insert_run(conn: psycopg.Connection, **columns: Any) -> int:
     names = ", ".join(columns)
     values = ", ".join(f"%({name})s" for name in columns)
     sql = f"INSERT INTO pgsched.runs ({names}) VALUES ({values}) RETURNING id"
-    return conn.execute(sql.encode(), columns).fetchone()[0]  # type: ignore[index]
+    return insert_restored(conn, sql.encode(), columns).fetchone()[0]  # type: ignore[index]
 
 
 def run_ids(api: Api, as_: str = "read", **params: Any) -> list[int]:
@@ -167,7 +168,7 @@ def test_a_tenant_key_pages_through_its_own_jobs_only(api: Api):
     for name, key in (("a1", "acme"), ("b1", "beta"), ("a2", "acme"), ("b2", "beta"), ("a3", "acme")):
         ok(api.post("/jobs", json={"name": name, "task": "t", "every": 60}, as_=key), 201)
     first = ok(api.get("/jobs", params={"limit": 2}, as_="acme-read"))
-    assert [job["name"] for job in first["items"]] == ["a1", "a2"] and first["next"] == "a2"
+    assert [job["name"] for job in first["items"]] == ["a1", "a2"] and first["next"] is not None
     rest = ok(api.get("/jobs", params={"limit": 2, "cursor": first["next"]}, as_="acme-read"))
     assert [job["name"] for job in rest["items"]] == ["a3"] and rest["next"] is None
 

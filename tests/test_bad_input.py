@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from pgsched import App
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from tests.support.cli import assert_one_error_line, run_cli
-from tests.support.db import scratch_database
+from tests.support.db import insert_restored, scratch_database
 
 # Nothing here may change the database, so the tests share one (a fresh clone per test costs more
 # than the tests themselves); each checks that the whole runs table is as it was.
@@ -25,9 +25,10 @@ def shared_dsn(postgresql_proc) -> Iterator[str]:
     with scratch_database(postgresql_proc, "pgsched_bad_input") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO pgsched.runs (task) VALUES ('already-queued')")
-            conn.execute(
+            insert_restored(
+                conn,
                 "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
-                " VALUES ('already-done', 'succeeded', 1, now(), now(), '42')"
+                " VALUES ('already-done', 'succeeded', 1, now(), now(), '42')",
             )
         yield dsn
 
@@ -377,6 +378,60 @@ def test_plain_insert_of_a_bad_run_names_the_violated_rule(conn, unchanged, valu
     with pytest.raises(psycopg.errors.CheckViolation) as raised:
         conn.execute(f"INSERT INTO pgsched.runs (task, args, queue, priority) VALUES {values}")
     assert raised.value.diag.constraint_name == constraint
+    unchanged()
+
+
+# Rows no code path would write, each refused by schema 0009 (issue 11's examples).
+INSTANTS = "run_instants_must_be_within_years_1_to_9999"
+NO_READER_CAN_READ = {
+    "run-at-infinity": ("run_at", "'infinity'", INSTANTS),
+    "run-at-minus-infinity": ("run_at", "'-infinity'", INSTANTS),
+    "run-at-4000-bc": ("run_at", "'4000-01-01 BC'", INSTANTS),
+    "run-at-year-10000-in-utc": (
+        "run_at",
+        "'9999-12-31T23:59:59-14:00'",
+        INSTANTS,
+    ),
+    "run-at-1-bc-in-utc": ("run_at", "'0001-01-01T00:00:00+14:00'", INSTANTS),
+    "created-at-infinity": ("created_at", "'infinity'", INSTANTS),
+    "attempt-negative": ("attempt", "-5", "run_attempt_must_not_be_negative"),
+    "errors-not-an-array": ("errors", "'{}'", "run_errors_must_be_a_json_array"),
+    "tenant-bad": ("tenant", "'bad tenant!'", "run_tenant_must_match_a_z_0_9_dot_dash_underscore_colon_max_63"),
+    "running-without-lease": ("status", "'running'", "run_status_must_agree_with_its_times_and_lease"),
+    "succeeded-without-finished-at": ("status", "'succeeded'", "run_status_must_agree_with_its_times_and_lease"),
+    "queued-with-a-lease": ("lease_expires_at", "now()", "run_status_must_agree_with_its_times_and_lease"),
+    "running-with-lease": (
+        "status, started_at, lease_expires_at, worker_id",
+        "'running', now(), now() + interval '1 minute', 1",
+        "run_must_be_inserted_queued",
+    ),
+    "succeeded-consistent": ("status, finished_at", "'succeeded', now()", "run_must_be_inserted_queued"),
+    "queued-attempt-3": ("attempt", "3", "run_must_be_inserted_queued"),
+}
+
+
+@pytest.mark.parametrize(("columns", "values", "constraint"), NO_READER_CAN_READ.values(), ids=NO_READER_CAN_READ)
+def test_plain_insert_of_a_run_no_reader_could_read_is_refused_naming_the_rule(
+    conn, unchanged, columns, values, constraint
+):
+    with pytest.raises(psycopg.errors.CheckViolation) as raised:
+        conn.execute(f"INSERT INTO pgsched.runs (task, {columns}) VALUES ('t', {values})".encode())
+    assert raised.value.diag.constraint_name == constraint
+    unchanged()
+
+
+@pytest.mark.parametrize("run_at", ["infinity", "-infinity", "4000-01-01 BC"])
+def test_sql_enqueue_of_an_instant_no_reader_could_read_is_refused(conn, unchanged, run_at):
+    with pytest.raises(psycopg.errors.CheckViolation) as raised:
+        conn.execute("SELECT pgsched.enqueue('t', run_at => %s::timestamptz)", (run_at,))
+    assert raised.value.diag.constraint_name == INSTANTS
+    unchanged()
+
+
+def test_plain_update_to_a_state_no_reader_could_read_is_refused(conn, unchanged, queued_id):
+    for change in ("status = 'running'", "finished_at = 'infinity'", "attempt = -1", "errors = '\"x\"'"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(f"UPDATE pgsched.runs SET {change} WHERE id = %s".encode(), (queued_id,))
     unchanged()
 
 

@@ -1,6 +1,7 @@
 """The beat is isolated from its jobs: whatever one job's row holds (an instant no reader can
 hold, an overlong timezone, an interval below the floor) disables that job with the reason,
-and every other job fires. The leader steps down only for its own lock connection's errors,
+and every other job fires. Schema 0009 refuses such rows (tests/test_beat.py); these tests
+drop its rules first, for a row written before them. The leader steps down only for its own lock connection's errors,
 a hosted beat that fails is started again, and ``beat status`` shows only a live leader."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pgsched.schedule import InvalidSchedule, Schedule
 from pgsched.worker import Worker, WorkerOptions
 from tests.support.beat import fire, job_row
 from tests.support.cli import assert_one_error_line, run_cli
-from tests.support.db import scalar
+from tests.support.db import drop_the_rules_of_0009, scalar
 from tests.support.waiting import wait_until_async
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=timezone.utc)
@@ -55,6 +56,7 @@ UNREADABLE_ROWS = {
 def test_a_job_with_an_instant_no_reader_can_hold_is_disabled_and_the_others_fire(
     conn: psycopg.Connection, dsn: str, columns: str, values: str
 ) -> None:
+    drop_the_rules_of_0009(conn)
     conn.execute("INSERT INTO pgsched.jobs (name, task, cron) VALUES ('healthy', 'tick', '* * * * *')")
     conn.execute(f"INSERT INTO pgsched.jobs (name, task, {columns}) VALUES ('broken', 'tick', {values})")
     fire(dsn, T0)  # the healthy job gets its first fire time
@@ -66,6 +68,7 @@ def test_a_job_with_an_instant_no_reader_can_hold_is_disabled_and_the_others_fir
 
 
 def test_a_job_with_an_overlong_timezone_is_disabled_and_the_others_fire(conn: psycopg.Connection, dsn: str) -> None:
+    drop_the_rules_of_0009(conn)
     conn.execute("INSERT INTO pgsched.jobs (name, task, cron) VALUES ('healthy', 'tick', '* * * * *')")
     conn.execute(
         "INSERT INTO pgsched.jobs (name, task, cron, tz) VALUES ('broken', 'tick', '* * * * *', %s)",
@@ -86,6 +89,7 @@ def test_an_interval_below_one_second_is_refused(every_s: float) -> None:
 def test_an_sql_row_with_an_interval_below_the_floor_is_disabled_instead_of_flooding_the_queue(
     conn: psycopg.Connection, dsn: str
 ) -> None:
+    drop_the_rules_of_0009(conn)
     conn.execute(
         "INSERT INTO pgsched.jobs (name, task, every_s, next_run_at) VALUES ('flood', 'tick', 1e-300, %s)", (T0,)
     )
@@ -110,6 +114,7 @@ def test_cli_jobs_add_refuses_a_schedule_the_beat_cannot_fire_and_writes_nothing
 def test_a_leading_beat_fires_healthy_jobs_while_broken_rows_exist_and_never_steps_down(
     conn: psycopg.Connection, dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    drop_the_rules_of_0009(conn)
     conn.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('healthy', 'tick', 1)")
     conn.execute("INSERT INTO pgsched.jobs (name, task, at) VALUES ('infinite', 'tick', 'infinity')")
     conn.execute(

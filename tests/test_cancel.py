@@ -18,7 +18,7 @@ from pgsched import App, current_run
 from pgsched.errors import PgschedError, RunNotFound, RunStateConflict
 from pgsched.runs import cancel_run
 from pgsched.worker import Worker
-from tests.support.db import empty_tables
+from tests.support.db import empty_tables, insert_restored
 from tests.support.inprocess import RunningWorker, run_async
 
 pytestmark = pytest.mark.usefixtures("dsn")
@@ -125,8 +125,8 @@ def test_a_queued_run_is_cancelled_at_once_and_never_runs(app: App, dsn: str) ->
 
 def test_cancelling_a_finished_or_missing_run_is_refused_naming_why(app: App, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        done = conn.execute(
-            "INSERT INTO pgsched.runs (task, status, finished_at) VALUES ('t', 'succeeded', now()) RETURNING id"
+        done = insert_restored(
+            conn, "INSERT INTO pgsched.runs (task, status, finished_at) VALUES ('t', 'succeeded', now()) RETURNING id"
         ).fetchone()[0]
         with pytest.raises(RunStateConflict, match="it is succeeded; only queued or running runs can be cancelled"):
             cancel_run(conn, done)
@@ -139,9 +139,10 @@ def test_cancelling_a_finished_or_missing_run_is_refused_naming_why(app: App, ds
 
 def test_cli_cancel_of_a_running_run_says_its_worker_was_asked(app: App, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        run_id = conn.execute(
-            "INSERT INTO pgsched.runs (task, status, attempt, worker_id, lease_expires_at)"
-            " VALUES ('t', 'running', 1, 1, now() + interval '1 minute') RETURNING id"
+        run_id = insert_restored(
+            conn,
+            "INSERT INTO pgsched.runs (task, status, attempt, worker_id, started_at, lease_expires_at)"
+            " VALUES ('t', 'running', 1, 1, now(), now() + interval '1 minute') RETURNING id",
         ).fetchone()[0]
     result = subprocess.run(
         [sys.executable, "-m", "pgsched.cli.main", "runs", "cancel", str(run_id)],

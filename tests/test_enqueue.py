@@ -485,7 +485,7 @@ def test_the_wake_up_trigger_fires_once_per_statement_not_per_row(conn):
     # PostgreSQL folds identical notifications within one transaction, so the deliveries above
     # cannot tell a per-row trigger from a per-statement one; the catalog can.
     [(for_each_row,)] = conn.execute(
-        "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'runs_notify_queued'"
+        "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'runs_inserted'"
     ).fetchall()
     assert for_each_row is False
 

@@ -1,7 +1,8 @@
 """Bad input found by a machine, not by hand (issue #11): hypothesis generates values for every
-field of the Python API, the CLI's enqueue, the SQL function and a plain INSERT of a job, and each example must
-end one of two ways — refused with a clear error and nothing written, or accepted and every
-reader (run detail and list, queue figures, /metrics, a beat round) still works."""
+field of the Python API, the CLI (enqueue, jobs add, runs list), the SQL function and a plain
+INSERT of a run or a job, and each example must end one of two ways — refused with a clear
+error and nothing written, or accepted and every reader (run detail and list, queue figures,
+/metrics, a beat round) still works."""
 
 from __future__ import annotations
 
@@ -90,6 +91,22 @@ def readers_still_work(conn: psycopg.Connection) -> None:
     list_jobs(conn)
 
 
+def insert_or_refuse(conn: psycopg.Connection, table: str, fixed: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """INSERT one row of ``fixed`` and the given (not None) ``fields``; True if accepted. A
+    refusal must be a data exception (class 22) or a broken constraint (23): the value, named."""
+    row = fixed | {name: value for name, value in fields.items() if value is not None}
+    marks = ", ".join(f"%({name})s" for name in row)
+    try:
+        conn.execute(f"INSERT INTO pgsched.{table} ({', '.join(row)}) VALUES ({marks})".encode(), row)
+    except psycopg.Error as exc:
+        event("refused")
+        # A DataError without a SQLSTATE is psycopg refusing to send a NUL: nothing reached the server.
+        assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
+        return False
+    event("accepted")
+    return True
+
+
 def empty(conn: psycopg.Connection) -> None:
     conn.execute("TRUNCATE pgsched.runs, pgsched.jobs RESTART IDENTITY CASCADE")
 
@@ -161,6 +178,29 @@ def test_sql_enqueue_refuses_with_a_data_or_constraint_error_or_every_reader_rea
 
 @EXAMPLES
 @given(
+    status=st.none() | mostly(st.just("queued"), st.sampled_from(["running", "succeeded", "failed", "cancelled"])),
+    attempt=st.none() | mostly(st.just(0), st.integers(-(2**31), 2**31 - 1)),
+    run_at=st.none() | sql_instants,
+    created_at=st.none() | sql_instants,
+    started_at=st.none() | sql_instants,
+    finished_at=st.none() | sql_instants,
+    lease_expires_at=st.none() | sql_instants,
+    errors=st.none() | mostly(st.just("[]"), json_values.map(json.dumps)),
+    tenant=st.none() | mostly(st.sampled_from(["acme", "a.b:c-d_e"]), names),
+)
+def test_a_run_row_from_any_sql_insert_is_refused_or_is_one_every_reader_reads(
+    reader: psycopg.Connection, **fields: Any
+) -> None:
+    empty(reader)
+    if not insert_or_refuse(reader, "runs", {"task": "t"}, fields):
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    # What was accepted breaks none of schema 0009's rules, and every reader reads it.
+    assert scalar(reader, "SELECT count(*) FROM pgsched.runs r WHERE pgsched.run_problems(r) IS NOT NULL") == 0
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
     cron=st.none() | mostly(st.sampled_from(["* * * * *", "*/5 * * * * *", "0 9 * * 1-5"]), st.text(max_size=40)),
     every_s=st.none() | mostly(st.floats(1, 86400), st.floats()),
     at=st.none() | sql_instants,
@@ -172,15 +212,7 @@ def test_a_job_row_from_any_sql_insert_never_stops_a_beat_round(
 ) -> None:
     empty(reader)
     reader.execute("INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('healthy', 't', 60)")
-    given_fields = {name: value for name, value in fields.items() if value is not None}
-    columns = ", ".join(["name", "task", *given_fields])
-    marks = ", ".join(["'generated'", "'t'", *(f"%({name})s" for name in given_fields)])
-    try:
-        reader.execute(f"INSERT INTO pgsched.jobs ({columns}) VALUES ({marks})".encode(), given_fields)
-        event("accepted")
-    except psycopg.Error as exc:
-        event("refused")
-        assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
+    insert_or_refuse(reader, "jobs", {"name": "generated", "task": "t"}, fields)
     # Two rounds a minute apart: the healthy job fires in the second whatever the other row holds.
     now = datetime.now(timezone.utc)
 
@@ -215,25 +247,96 @@ def test_cli_enqueue_refuses_in_one_error_line_or_every_reader_reads_the_run(
     timing: tuple[str, str] | None,
 ) -> None:
     empty(reader)
-    argv = ["pgsched", "enqueue", task, "--args", args, "--dsn", dsn]
+    argv = ["enqueue", task, "--args", args]
     argv += ["--queue", queue] if queue is not None else []
     argv += ["--priority", priority] if priority is not None else []
     argv += list(timing) if timing is not None else []
+    if cli_in_process(argv, dsn, capsys) != 0:
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
+    name=mostly(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True), names),
+    task=task_names,
+    schedule=mostly(
+        st.sampled_from([("--cron", "*/5 * * * *"), ("--every", "60"), ("--at", "2030-01-01T00:00:00+02:00")]),
+        st.tuples(st.sampled_from(["--cron", "--every", "--at"]), st.text(max_size=30))
+        | due.map(lambda t: ("--at", t.isoformat()))
+        | seconds.map(lambda s: ("--every", repr(s))),
+    ),
+    tz=st.none() | mostly(st.sampled_from(["UTC", "Europe/Berlin"]), names),
+    misfire=st.none() | mostly(st.sampled_from(["coalesce", "skip", "all"]), st.text(max_size=10)),
+    max_catchup=st.none() | mostly(st.integers(1, 1000).map(str), st.integers().map(str) | st.text(max_size=8)),
+    tenant=st.none() | mostly(st.sampled_from(["acme", "a.b:c-d_e"]), names),
+)
+def test_cli_jobs_add_refuses_in_one_error_line_or_the_beat_and_every_reader_use_the_job(
+    reader: psycopg.Connection,
+    dsn: str,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    task: str,
+    schedule: tuple[str, str],
+    **options: str | None,
+) -> None:
+    empty(reader)
+    argv = ["jobs", "add", name, "--task", task, *schedule]
+    for option, value in options.items():
+        argv += [f"--{option.replace('_', '-')}", value] if value is not None else []
+    if cli_in_process(argv, dsn, capsys) != 0:
+        assert scalar(reader, "SELECT count(*) FROM pgsched.jobs") == 0, "refused, yet written"
+    else:
+        assert scalar(reader, "SELECT count(*) FROM pgsched.jobs r WHERE pgsched.job_problems(r) IS NOT NULL") == 0
+
+    async def beat_rounds() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, context=READER_ADAPTERS) as conn:
+            for minutes in (0, 60 * 24 * 400):
+                await fire_due_jobs(
+                    conn, misfire_grace_s=5.0, now=datetime.now(timezone.utc) + timedelta(minutes=minutes)
+                )
+
+    asyncio.run(beat_rounds())
+    readers_still_work(reader)
+
+
+@EXAMPLES
+@given(
+    status=st.none() | mostly(st.sampled_from(["queued", "failed"]), st.text(max_size=12)),
+    queue=st.none() | queue_names,
+    task=st.none() | task_names,
+    job=st.none() | names,
+    created_after=st.none() | mostly(due.map(datetime.isoformat), st.text(max_size=30)),
+    finished_before=st.none() | mostly(due.map(datetime.isoformat), st.text(max_size=30)),
+    limit=st.none() | mostly(st.integers(1, 1000).map(str), st.integers().map(str) | st.text(max_size=8)),
+)
+def test_cli_runs_list_answers_or_refuses_in_one_error_line_whatever_the_filters(
+    reader: psycopg.Connection, dsn: str, capsys: pytest.CaptureFixture[str], **options: str | None
+) -> None:
+    argv = ["runs", "list", "--json"]
+    for option, value in options.items():
+        argv += [f"--{option.replace('_', '-')}", value] if value is not None else []
+    cli_in_process(argv, dsn, capsys)
+
+
+def cli_in_process(argv: list[str], dsn: str, capsys: pytest.CaptureFixture[str]) -> int:
+    """Run `pgsched ARGV --dsn DSN` in this process; its exit code. A refusal must be clean: one
+    line naming the problem (exit 1, pgsched's own) or click's usage error (exit 2, a value of
+    the wrong type), never a traceback."""
+    capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", argv)
+        patch.setattr(sys, "argv", ["pgsched", *argv, "--dsn", dsn])
         # Anything but SystemExit (an exception escaping the CLI) is a traceback for the user.
         with pytest.raises(SystemExit) as exited:
             cli_main()
+    code = int(exited.value.code or 0)
     stderr = capsys.readouterr().err
-    if exited.value.code == 0:
-        event("accepted")
-    else:
-        event("refused")
-        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+    event("accepted" if code == 0 else "refused")
+    if code != 0:
         assert "Traceback" not in stderr
-        if exited.value.code == 1:  # pgsched's own refusal: one line naming the problem
+        if code == 1:
             lines = stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-        else:  # 2: click's usage error (a value of the wrong type for an option)
-            assert exited.value.code == 2 and "Error" in stderr, stderr
-    readers_still_work(reader)
+        else:
+            assert code == 2 and "Error" in stderr, stderr
+    return code

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from pgsched.migrate import MIGRATION_LOCK_KEY, available
 from pgsched.queues import list_queues
 from pgsched.sql import queries
-from tests.support.db import scalar
+from tests.support.db import insert_restored, scalar
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,7 +222,7 @@ def fixture_runs(conn: psycopg.Connection) -> dict[str, int]:
         names = ["task", "queue", "status", *columns]
         values = ["%s", "%s", "%s::pgsched.run_status", *columns.values()]
         sql = f"INSERT INTO pgsched.runs ({', '.join(names)}) VALUES ({', '.join(values)}) RETURNING id"
-        return name, conn.execute(sql.encode(), (name, queue, status)).fetchone()[0]
+        return name, insert_restored(conn, sql.encode(), (name, queue, status)).fetchone()[0]
 
     def errors(*entries: tuple[str, str]) -> str:
         items = ", ".join(
@@ -311,7 +311,9 @@ def test_queue_stats_counts_each_queue(conn, fixture_runs):
 def test_queue_stats_from_indexes_match_a_full_scan_and_skip_idle_queues(conn: psycopg.Connection) -> None:
     # queue_stats_for reads only what indexes isolate (0007); a plain aggregate over every run
     # must agree on each active queue, and a queue with nothing but old successes is left out.
-    conn.execute("""
+    insert_restored(
+        conn,
+        """
         INSERT INTO pgsched.runs (task, queue, status, attempt, run_at, started_at, finished_at, lease_expires_at,
                                   tenant)
         SELECT 't', 'q' || (g % 4),
@@ -322,10 +324,12 @@ def test_queue_stats_from_indexes_match_a_full_scan_and_skip_idle_queues(conn: p
                CASE WHEN g % 7 % 4 > 1 THEN now() - ((g % 130) || ' minutes')::interval END,
                CASE WHEN g % 7 % 4 = 1 THEN now() + interval '30 seconds' END,
                CASE WHEN g % 3 = 0 THEN 'acme' END
-        FROM generate_series(1, 2000) AS g""")
-    conn.execute(
+        FROM generate_series(1, 2000) AS g""",
+    )
+    insert_restored(
+        conn,
         "INSERT INTO pgsched.runs (task, queue, status, attempt, finished_at)"
-        " VALUES ('t', 'idle', 'succeeded', 1, now() - interval '2 hours')"
+        " VALUES ('t', 'idle', 'succeeded', 1, now() - interval '2 hours')",
     )
     full_scan = """
         SELECT queue, count(*) FILTER (WHERE status = 'queued'),

@@ -14,8 +14,8 @@ import pytest
 
 from pgsched.maintenance import refresh_rollup
 from tests.support.api import make_keys, serving_api
-from tests.support.db import scalar
-from tests.support.ui import CHROMIUM, chromium, screenshot
+from tests.support.db import insert_restored, scalar
+from tests.support.ui import CHROMIUM, chromium, finished_run, screenshot
 from tests.support.waiting import wait_until
 from tests.support.workers import Workers, insert_run, status_of
 
@@ -85,12 +85,13 @@ def test_the_queues_page_charts_the_last_hour_and_works_on_a_phone_in_dark_mode(
     for _ in range(3):
         insert_run(conn, "record", {"key": "q"}, queue="emails")
     # An hour of finished runs (a few failed), counted into the rollup as the beat leader does.
-    conn.execute(
+    insert_restored(  # as a restore writes them: 0009 lets SQL insert only queued runs
+        conn,
         "INSERT INTO pgsched.runs (task, queue, status, attempt, started_at, finished_at)"
         " SELECT 'send', q, CASE WHEN m % 11 = 0 THEN 'failed' ELSE 'succeeded' END::pgsched.run_status, 1,"
         "        now() - make_interval(mins => m) - interval '2 seconds', now() - make_interval(mins => m)"
         " FROM generate_series(0, 59) AS m, generate_series(1, 1 + (60 - m) / 6) AS n,"
-        "      unnest(ARRAY['emails', 'reports']) AS q"
+        "      unnest(ARRAY['emails', 'reports']) AS q",
     )
     # In a thread of its own: Playwright's sync API runs an event loop in this one.
     with ThreadPoolExecutor(1) as thread:
@@ -161,8 +162,8 @@ def test_cancel_a_running_run(browser, dashboard, keys, conn, workers: Workers):
 
 
 def test_bulk_retry_of_every_failed_run_of_one_task(browser, dashboard, keys, conn, workers: Workers):
-    failed = [insert_run(conn, "record", {"key": f"bulk-{i}"}, status="failed", attempt=1) for i in range(3)]
-    untouched = insert_run(conn, "slow", {"key": "other", "seconds": 0}, status="failed", attempt=1)
+    failed = [finished_run(conn, "record", {"key": f"bulk-{i}"}) for i in range(3)]
+    untouched = finished_run(conn, "slow", {"key": "other", "seconds": 0})
     page = signed_in(browser, dashboard, keys["write"])
     page.goto(f"{dashboard}/ui/runs?status=failed&task=record")
     page.get_by_role("link", name="Retry all matching…").click()
@@ -205,7 +206,7 @@ def test_a_tenant_key_sees_only_its_tenant(browser, dashboard, keys, conn):
 
 
 def test_a_read_key_sees_no_buttons_and_its_forged_post_is_refused(browser, dashboard, keys, conn):
-    run_id = insert_run(conn, "record", {"key": "r"}, status="failed", attempt=1)
+    run_id = finished_run(conn, "record", {"key": "r"})
     page = signed_in(browser, dashboard, keys["read"])
     page.goto(f"{dashboard}/ui/runs/{run_id}")
     assert [b.strip() for b in page.get_by_role("button").all_inner_texts()] == ["Log out"]
@@ -215,7 +216,7 @@ def test_a_read_key_sees_no_buttons_and_its_forged_post_is_refused(browser, dash
 
 
 def test_a_post_without_the_csrf_token_is_refused_and_log_out_ends_the_session(browser, dashboard, keys, conn):
-    run_id = insert_run(conn, "record", {"key": "c"}, status="failed", attempt=1)
+    run_id = finished_run(conn, "record", {"key": "c"})
     page = signed_in(browser, dashboard, keys["admin"])
     assert post_from_the_page(page, f"/ui/runs/{run_id}/retry", {}) == 403
     assert status_of(conn, run_id) == "failed"

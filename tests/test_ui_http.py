@@ -23,26 +23,12 @@ from pgsched.ui.insights import anomalies, last_hour
 from pgsched.ui.sessions import create_sign_in_token
 from tests.support.api import make_keys, ok, serving_api
 from tests.support.cli import assert_one_error_line, run_cli
-from tests.support.db import scalar
-from tests.support.ui import alert_of, buttons_of, csrf_of, ui_client
-
-TRACEBACK = 'Traceback (most recent call last):\n  File "tasks.py", line 3, in send\nValueError: no such address'
+from tests.support.db import insert_restored, scalar
+from tests.support.ui import alert_of, buttons_of, csrf_of, finished_run, ui_client
 
 
 def failed_run(conn: psycopg.Connection, task: str = "send", tenant: str | None = None, **args: object) -> int:
-    error = {
-        "attempt": 1,
-        "at": "2030-01-01T00:00:00+00:00",
-        "type": "ValueError",
-        "message": "no such address",
-        "traceback": TRACEBACK,
-    }
-    return scalar(
-        conn,
-        "INSERT INTO pgsched.runs (task, args, status, attempt, max_attempts, errors, started_at, finished_at, tenant)"
-        " VALUES (%s, %s, 'failed', 1, 1, %s, now() - interval '1 second', now(), %s) RETURNING id",
-        (task, Jsonb(args), Jsonb([error]), tenant),
-    )
+    return finished_run(conn, task, args, tenant=tenant)
 
 
 def queued_run(conn: psycopg.Connection, task: str = "send", tenant: str | None = None, **args: object) -> int:
@@ -312,14 +298,12 @@ def test_the_rollup_counts_finished_runs_per_minute_and_flags_what_is_far_above_
     # This hour: half the emails fail, and reports wait 20 s.
     rows += [("emails", "failed" if i < 10 else "succeeded", now - timedelta(minutes=5), 0) for i in range(20)]
     rows += [("reports", "succeeded", now - timedelta(minutes=5), 20) for _ in range(5)]
-    with conn.cursor() as cur:
-        cur.executemany(
+    for task, status, at, wait in rows:  # as a restore writes them: 0009 lets SQL insert only queued runs
+        insert_restored(
+            conn,
             "INSERT INTO pgsched.runs (task, queue, status, attempt, run_at, created_at, started_at, finished_at)"
             " VALUES (%s, 'mail', %s, 1, %s, %s, %s, %s)",
-            [
-                (task, status, at, at, at + timedelta(seconds=wait), at + timedelta(seconds=wait + 1))
-                for task, status, at, wait in rows
-            ],
+            (task, status, at, at, at + timedelta(seconds=wait), at + timedelta(seconds=wait + 1)),
         )
 
     async def refresh() -> None:

@@ -1,33 +1,52 @@
 """Upgrades of a running system: a database at the previous release's schema, a worker draining
 a backlog through it, and the migration applied while it works. Nothing fails, nothing stops,
-and what the migration fixes works afterwards."""
+and what the migration fixes works afterwards; what the previous release still uses goes only
+with `migrate --post-deploy`."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import psycopg
+import pytest
 
 from pgsched.app import App
-from pgsched.migrate import available, migrate, pending
+from pgsched.doctor import diagnose
+from pgsched.instants import READER_ADAPTERS
+from pgsched.jobs import JobNameTaken, JobSpec, list_jobs, upsert_job
+from pgsched.migrate import migrate, pending
 from pgsched.queues import list_queues
+from pgsched.runs import get_run, list_runs
+from pgsched.schedule import Schedule
+from tests.support.cli import run_cli
 from tests.support.db import scalar
 from tests.support.inprocess import RunningWorker
 from tests.support.waiting import wait_until_async
 
-PREVIOUS_RELEASE = "0007"
+PREVIOUS_RELEASE = "0008"
 BACKLOG = 3000
 
+# Rows the previous release let plain SQL write, none of which 0009 accepts any more.
+LEGACY_ROWS = (
+    "INSERT INTO pgsched.runs (task, queue, run_at) VALUES ('t', 'legacy', 'infinity'), ('t', 'legacy', '-infinity')",
+    "INSERT INTO pgsched.runs (task, queue, created_at) VALUES ('t', 'legacy', '4000-01-01 BC')",
+    "INSERT INTO pgsched.runs (task, queue, status) VALUES ('t', 'legacy', 'running'), ('t', 'legacy', 'succeeded')",
+    "INSERT INTO pgsched.runs (task, queue, attempt, errors, tenant) VALUES ('t', 'legacy', -5, '{}', 'bad tenant!')",
+    "INSERT INTO pgsched.jobs (name, task, at) VALUES ('never', 't', 'infinity')",
+    "INSERT INTO pgsched.jobs (name, task, every_s, tz) VALUES ('flood', 't', 1e-300, repeat('x', 300))",
+)
 
-def test_a_worker_drains_through_the_upgrade_from_0007_and_the_queue_figures_read_an_infinite_run_at(
+
+def test_a_worker_drains_through_the_upgrade_from_0008_which_repairs_the_rows_no_reader_could_read(
     empty_dsn: str,
 ) -> None:
-    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+    with psycopg.connect(empty_dsn, autocommit=True, context=READER_ADAPTERS) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
-        # 0008 and every later migration (0010's dashboard tables and index too) apply under load.
-        later = [m.version for m in available() if m.version > PREVIOUS_RELEASE]
-        assert [m.version for m in pending(conn)] == later and later[0] == "0008"
+        assert pending(conn)[0].version == "0009"
+        for statement in LEGACY_ROWS:
+            conn.execute(statement.encode())
         app = App(empty_dsn)
 
         @app.task()
@@ -37,7 +56,9 @@ def test_a_worker_drains_through_the_upgrade_from_0007_and_the_queue_figures_rea
         app.enqueue_many("noop", [{}] * BACKLOG)
 
         def succeeded() -> int:
-            return int(scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status = 'succeeded'"))
+            return int(
+                scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE queue = 'default' AND status = 'succeeded'")
+            )
 
         async def drain_through_the_migration() -> list[str]:
             async with RunningWorker(app, empty_dsn, concurrency=20) as w:
@@ -65,10 +86,66 @@ def test_a_worker_drains_through_the_upgrade_from_0007_and_the_queue_figures_rea
                 await wait_until_async(drained, 60, f"all {BACKLOG} runs to succeed")
                 return applied
 
-        assert asyncio.run(drain_through_the_migration()) == later
-        assert scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status <> 'succeeded'") == 0
-        # What 0008 fixes: a run due since -infinity (a plain INSERT can write one) no longer
-        # makes the queue figures fail.
-        conn.execute("INSERT INTO pgsched.runs (task, queue, run_at) VALUES ('t', 'ancient', '-infinity')")
-        ancient = next(row for row in list_queues(conn) if row["queue"] == "ancient")
-        assert ancient["due"] == 1 and ancient["oldest_queued_age_s"] > 60 * 365 * 24 * 3600
+        applied = asyncio.run(drain_through_the_migration())
+        assert applied[0] == "0009" and "0013" not in applied  # 0013 waits for --post-deploy
+        # Every legacy row was repaired and recorded with its original values; the readers read them.
+        repaired = conn.execute("SELECT table_name, count(*) FROM pgsched.repaired_rows GROUP BY 1 ORDER BY 1")
+        assert repaired.fetchall() == [("jobs", 2), ("runs", 6)]
+        assert scalar(conn, "SELECT original->>'run_at' FROM pgsched.repaired_rows WHERE row_id = 1") == "infinity"
+        for run in list_runs(conn, queue="legacy", limit=10):
+            get_run(conn, run["id"])
+        assert next(q for q in list_queues(conn) if q["queue"] == "legacy")["queued"] == 4
+        assert [job["enabled"] for job in list_jobs(conn)] == [False, False]
+        # doctor: nothing breaks the rules; --fix validates the constraints added NOT VALID.
+        assert diagnose(conn).healthy and diagnose(conn).unvalidated
+        assert diagnose(conn, fix=True).validated and not diagnose(conn).unvalidated
+
+
+def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empty_dsn: str) -> None:
+    every_minute = JobSpec(name="sync", task="t", schedule=Schedule(every_s=60))
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate(conn, up_to=PREVIOUS_RELEASE)
+        migrate(conn)
+        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013"]
+        assert upsert_job(conn, every_minute, tenant="acme") is True
+        # Until then the previous release's upsert (ON CONFLICT (name)) works, and so names stay
+        # unique across tenants.
+        conn.execute(
+            "INSERT INTO pgsched.jobs (name, task, every_s) VALUES ('old', 't', 60) ON CONFLICT (name) DO NOTHING"
+        )
+        with pytest.raises(JobNameTaken):
+            upsert_job(conn, every_minute, tenant="beta")
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013"]
+        assert upsert_job(conn, every_minute, tenant="beta") is True
+        assert upsert_job(conn, every_minute) is True  # the admin's own, without a tenant
+        assert [(job["name"], job["tenant"]) for job in list_jobs(conn) if job["name"] == "sync"] == [
+            ("sync", None),
+            ("sync", "acme"),
+            ("sync", "beta"),
+        ]
+
+
+def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate(conn, up_to=PREVIOUS_RELEASE)
+        for statement in LEGACY_ROWS:
+            conn.execute(statement.encode())
+    migrated = run_cli(empty_dsn, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    said = " ".join(migrated.stdout.split())  # rich wraps long lines
+    assert "migration 0009 repaired 6 runs row(s)" in said and "migration 0009 repaired 2 jobs row(s)" in said
+    assert "waiting for `pgsched migrate --post-deploy`" in said and "0013_job_names_per_tenant" in said
+    # Healthy (exit 0): nothing breaks the rules; the repairs and the unvalidated constraints are listed.
+    doctor = run_cli(empty_dsn, "doctor", "--json")
+    assert doctor.returncode == 0, doctor.stderr
+    report = json.loads(doctor.stdout)
+    assert report["healthy"] and report["waiting_post_deploy"] == ["0013_job_names_per_tenant"]
+    assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
+    assert len(report["unvalidated"]) == 10
+    fixed = run_cli(empty_dsn, "doctor", "--fix")
+    assert fixed.returncode == 0 and "validated run_status_must_agree_with_its_times_and_lease" in fixed.stdout
+    assert json.loads(run_cli(empty_dsn, "doctor", "--json").stdout)["unvalidated"] == []
+    # A pending migration is something to act on: exit 1.
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM pgsched.schema_migrations WHERE version = '0012'")
+    assert run_cli(empty_dsn, "doctor").returncode == 1

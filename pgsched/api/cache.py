@@ -51,8 +51,9 @@ def run_key(run_id: int) -> str:
     return f"{KEY_PREFIX}run:{run_id}"
 
 
-def job_key(name: str) -> str:
-    return f"{KEY_PREFIX}job:{name}"
+def job_key(tenant: str | None, name: str) -> str:
+    # Names are unique per tenant. '*' and '/' are in no tenant's name: no two jobs share a key.
+    return f"{KEY_PREFIX}job:{'*' if tenant is None else tenant}/{name}"
 
 
 def queues_key(tenant: str | None) -> str:
@@ -77,13 +78,14 @@ class ResponseCache:
         self._forget(run_key(run_id))
 
     def job(self, name: str, tenant: str | None) -> JobOut | None:
-        return self._visible(self._get(job_key(name), JobOut), tenant)
+        """The job ``name`` of ``tenant`` (None: the job without a tenant), if cached."""
+        return self._visible(self._get(job_key(tenant, name), JobOut), tenant)
 
     def keep_job(self, job: JobOut) -> None:
-        self._set(job_key(job.name), job, JOB_TTL_S)
+        self._set(job_key(job.tenant, job.name), job, JOB_TTL_S)
 
-    def forget_job(self, name: str) -> None:
-        self._forget(job_key(name))
+    def forget_job(self, tenant: str | None, name: str) -> None:
+        self._forget(job_key(tenant, name))
 
     def queues(self, tenant: str | None) -> QueueList | None:
         return self._get(queues_key(tenant), QueueList)

@@ -36,7 +36,7 @@ from pgsched.errors import (
     RunStateConflict,
     SchemaNotReady,
 )
-from pgsched.jobs import JobNameTaken, JobNotFound
+from pgsched.jobs import JobNameAmbiguous, JobNameTaken, JobNotFound
 
 logger = logging.getLogger("pgsched.api")
 
@@ -47,6 +47,7 @@ STATUS_BY_ERROR: dict[type[PgschedError], int] = {
     ApiKeyNotFound: HTTP_404_NOT_FOUND,
     RunStateConflict: HTTP_409_CONFLICT,
     JobNameTaken: HTTP_409_CONFLICT,
+    JobNameAmbiguous: HTTP_409_CONFLICT,
     IdempotencyKeyConflict: HTTP_409_CONFLICT,
     SchemaNotReady: HTTP_503_SERVICE_UNAVAILABLE,
     DatabaseUnavailable: HTTP_503_SERVICE_UNAVAILABLE,

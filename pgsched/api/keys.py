@@ -12,7 +12,6 @@ Scopes nest: ``read`` (GET requests) < ``write`` (enqueue, cancel, retry, job ch
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
@@ -22,12 +21,12 @@ from psycopg.rows import dict_row
 
 from pgsched.errors import InvalidInput, PgschedError
 from pgsched.sql import queries
+from pgsched.tenants import check_tenant
 
 Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 KEY_PREFIX = "pgs_"
 SHOWN_CHARACTERS = 12  # "pgs_" and 8 random characters: enough to tell keys apart, useless to guess
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 
 
 class ApiKeyNotFound(PgschedError):
@@ -54,15 +53,6 @@ def check_scope(scope: Any) -> Scope:
     if scope not in SCOPES:
         raise InvalidInput(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     return cast(Scope, scope)
-
-
-def check_tenant(tenant: Any) -> str | None:
-    if tenant is not None and (not isinstance(tenant, str) or not _TENANT.match(tenant)):
-        raise InvalidInput(
-            f"tenant {tenant!r} is not a valid name: 1-63 characters of A-Z a-z 0-9 _ . : -, "
-            "starting with a letter or digit"
-        )
-    return tenant
 
 
 def create_key(

@@ -186,6 +186,8 @@ class JobSummary(Struct, kw_only=True):
     next_run_at: datetime | None
     last_scheduled_for: datetime | None
     last_error: str | None
+    # Names are unique per tenant: with a key that sees every tenant, two jobs may share one.
+    tenant: str | None
 
 
 class JobPage(Struct, kw_only=True):

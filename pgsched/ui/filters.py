@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
-from pgsched.api.keys import check_tenant
 from pgsched.errors import InvalidInput
 from pgsched.runs import RUN_STATUSES, check_run_id
+from pgsched.tenants import check_tenant
 
 PAGE_SIZES = (25, 50, 100, 200)
 _TIMES = ("created_after", "created_before", "finished_after", "finished_before")

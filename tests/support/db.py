@@ -18,6 +18,29 @@ def scalar(conn: psycopg.Connection[Any], sql: Any, params: Any = None) -> Any:
     return None if row is None else row[0]
 
 
+def insert_restored(conn: psycopg.Connection[Any], sql: Any, params: Any = None) -> psycopg.Cursor[Any]:
+    """Run an INSERT of runs as a restore of a dump does, with triggers off: a run inserted
+    otherwise must be queued (schema 0009), and tests need finished and running ones. The
+    constraints still hold, so each row must be one a worker could have written."""
+    with conn.transaction():
+        conn.execute("SET LOCAL session_replication_role = replica")
+        return conn.execute(sql, params)
+
+
+def drop_the_rules_of_0009(conn: psycopg.Connection[Any]) -> None:
+    """Drop what schema 0009 added to refuse rows no reader can read (its checks, and the rule
+    that a run is inserted queued): a database as it was before, to show that readers cope with
+    a row written then."""
+    for table, prefix in (("runs", "run_"), ("jobs", "job_")):
+        for (name,) in conn.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c' AND conname LIKE %s"
+            " AND pg_get_constraintdef(oid) LIKE '%%NOT VALID%%'",
+            (f"pgsched.{table}", f"{prefix}%"),
+        ).fetchall():
+            conn.execute(f'ALTER TABLE pgsched.{table} DROP CONSTRAINT "{name}"'.encode())
+    conn.execute("ALTER TABLE pgsched.runs DISABLE TRIGGER runs_inserted")
+
+
 def reconnect(dsn: str, timeout: float = 30) -> psycopg.Connection[Any]:
     """An autocommit connection, retried while the server is still (re)starting."""
     return wait_until(

@@ -12,13 +12,41 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
+import psycopg
 from litestar.testing import TestClient
+from psycopg.types.json import Jsonb
 
 from pgsched.api import ApiSettings, create_app
 from tests.support.api import TEST_SETTINGS
+from tests.support.db import insert_restored
 
 CHROMIUM = os.environ.get("PGSCHED_TEST_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+
+
+TRACEBACK = 'Traceback (most recent call last):\n  File "tasks.py", line 3, in send\nValueError: no such address'
+
+
+def finished_run(
+    conn: psycopg.Connection[Any], task: str, args: dict[str, Any], *, status: str = "failed", tenant: str | None = None
+) -> int:
+    """A run as a worker leaves it after one attempt (a failed one carries a ValueError with its
+    traceback). Inserted as a restore does: schema 0009 lets SQL insert only queued runs."""
+    error = {
+        "attempt": 1,
+        "at": "2030-01-01T00:00:00+00:00",
+        "type": "ValueError",
+        "message": "no such address",
+        "traceback": TRACEBACK,
+    }
+    row = insert_restored(
+        conn,
+        "INSERT INTO pgsched.runs (task, args, status, attempt, max_attempts, errors, started_at, finished_at, tenant)"
+        " VALUES (%s, %s, %s, 1, 1, %s, now() - interval '1 second', now(), %s) RETURNING id",
+        (task, Jsonb(args), status, Jsonb([error] if status == "failed" else []), tenant),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 @contextmanager

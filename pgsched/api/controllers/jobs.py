@@ -4,9 +4,11 @@ pause, resume, and trigger one run now."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+import json
+from typing import Annotated, Any, Optional
 
 from litestar import Controller, Response, delete, get, patch, post
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import UNSET, structs
@@ -26,11 +28,32 @@ from pgsched.api.schemas import (
     error_responses,
     from_row,
 )
-from pgsched.jobs import JobSpec
+from pgsched.errors import InvalidInput
+from pgsched.jobs import JobNotFound, JobSpec
 from pgsched.runs import MAX_LIST_LIMIT, get_run
 from pgsched.schedule import Schedule
+from pgsched.tenants import TENANT_PATTERN
 
 JobName = Annotated[str, PathParameter(pattern=NO_NUL)]
+# Whose job a name means: the key's tenant; for a key without one, ?tenant= (else the job
+# without a tenant, or the only tenant's job of that name: pgsched.jobs.find_job).
+Owner = NamedDependency[Optional[str]]
+
+
+def provide_owner(
+    tenant: Tenant,
+    of_tenant: Annotated[
+        Optional[str],
+        QueryParameter(
+            name="tenant",
+            pattern=TENANT_PATTERN,
+            description="For a key without a tenant: the tenant whose job this is (job names are unique per tenant)",
+        ),
+    ] = None,
+) -> Optional[str]:
+    if tenant is not None and of_tenant is not None and of_tenant != tenant:
+        raise JobNotFound("no job of that name in this key's tenant")
+    return tenant if tenant is not None else of_tenant
 
 
 def _spec(name: str, fields: dict[str, Any]) -> JobSpec:
@@ -73,6 +96,7 @@ class JobController(Controller):
     path = "/jobs"
     tags = ["jobs"]
     guards = [require_scope]
+    dependencies = {"owner": Provide(provide_owner, sync_to_thread=False)}
 
     @post(
         "/",
@@ -90,7 +114,7 @@ class JobController(Controller):
             created = job_store.upsert_job(conn, spec, tenant=tenant)
             job = job_store.get_job(conn, data.name, tenant=tenant)
         if not created:
-            cache.forget_job(data.name)  # it replaced a definition that may be cached
+            cache.forget_job(tenant, data.name)  # it replaced a definition that may be cached
         return Response(from_row(JobOut, job), status_code=201 if created else 200)
 
     @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses(400, 422))
@@ -103,42 +127,42 @@ class JobController(Controller):
             str | None, QueryParameter(pattern=NO_NUL, description="The `next` of the previous page")
         ] = None,
     ) -> JobPage:
-        """Jobs by name, a page at a time: follow ``next`` until it is null."""
+        """Jobs by name (then tenant), a page at a time: follow ``next`` until it is null."""
         with pool.connection() as conn:
-            rows = job_store.list_jobs(conn, tenant=tenant, limit=limit, after_name=cursor)
+            rows = job_store.list_jobs(conn, tenant=tenant, limit=limit, after=_after(cursor))
         return JobPage(
-            items=[from_row(JobSummary, row) for row in rows], next=rows[-1]["name"] if len(rows) == limit else None
+            items=[from_row(JobSummary, row) for row in rows],
+            next=_cursor(rows[-1]) if len(rows) == limit else None,
         )
 
     @get("/{name:str}", operation_id="getJob", sync_to_thread=True, responses=error_responses(400, 404))
-    def show(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
+    def show(self, name: JobName, pool: Pool, owner: Owner, cache: Cache) -> JobOut:
         """One job and its next 5 fire times."""
-        cached = cache.job(name, tenant)
+        cached = cache.job(name, owner)
         if cached is not None:
             return cached
         with pool.connection() as conn:
-            job = from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+            job = from_row(JobOut, job_store.get_job(conn, name, tenant=owner))
         cache.keep_job(job)
         return job
 
     @patch(
         "/{name:str}", operation_id="updateJob", sync_to_thread=True, responses=error_responses(400, 404, 409, 413, 422)
     )
-    def update(self, name: JobName, data: JSONBody[JobPatch], pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
+    def update(self, name: JobName, data: JSONBody[JobPatch], pool: Pool, owner: Owner, cache: Cache) -> JobOut:
         """Change some fields of a job; the others keep their values."""
         with pool.connection() as conn, conn.transaction():
-            spec = _patched(job_store.get_job(conn, name, tenant=tenant), data)
-            job_store.upsert_job(conn, spec, tenant=tenant)
-            job = from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
-        cache.forget_job(name)  # after the commit: a read in between cannot re-cache the old row
+            current = job_store.get_job(conn, name, tenant=owner)
+            job_store.upsert_job(conn, _patched(current, data), tenant=current["tenant"])
+            job = from_row(JobOut, job_store.get_job(conn, name, tenant=current["tenant"]))
+        cache.forget_job(job.tenant, name)  # after the commit: a read in between cannot re-cache the old row
         return job
 
     @delete("/{name:str}", operation_id="deleteJob", sync_to_thread=True, responses=error_responses(400, 404))
-    def remove(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> None:
+    def remove(self, name: JobName, pool: Pool, owner: Owner, cache: Cache) -> None:
         """Delete a job; its past runs stay."""
         with pool.connection() as conn:
-            job_store.delete_job(conn, name, tenant=tenant)
-        cache.forget_job(name)
+            cache.forget_job(job_store.delete_job(conn, name, tenant=owner), name)
 
     @post(
         "/{name:str}/pause",
@@ -147,9 +171,9 @@ class JobController(Controller):
         status_code=200,
         responses=error_responses(400, 404),
     )
-    def pause(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
+    def pause(self, name: JobName, pool: Pool, owner: Owner, cache: Cache) -> JobOut:
         """Stop firing a job; on resume, its misfire policy decides what happens to the fire times it missed."""
-        return self._set_enabled(pool, cache, name, False, tenant)
+        return self._set_enabled(pool, cache, name, False, owner)
 
     @post(
         "/{name:str}/resume",
@@ -158,9 +182,9 @@ class JobController(Controller):
         status_code=200,
         responses=error_responses(400, 404),
     )
-    def resume(self, name: JobName, pool: Pool, tenant: Tenant, cache: Cache) -> JobOut:
+    def resume(self, name: JobName, pool: Pool, owner: Owner, cache: Cache) -> JobOut:
         """Fire a paused job again."""
-        return self._set_enabled(pool, cache, name, True, tenant)
+        return self._set_enabled(pool, cache, name, True, owner)
 
     @post(
         "/{name:str}/trigger",
@@ -169,15 +193,34 @@ class JobController(Controller):
         status_code=201,
         responses=error_responses(400, 404),
     )
-    def trigger(self, name: JobName, pool: Pool, tenant: Tenant) -> RunOut:
+    def trigger(self, name: JobName, pool: Pool, owner: Owner, tenant: Tenant) -> RunOut:
         """Queue one run of the job now, outside its schedule; returns the run."""
         with pool.connection() as conn, conn.transaction():
-            run_id = job_store.trigger_job(conn, name, tenant=tenant)
+            run_id = job_store.trigger_job(conn, name, tenant=owner)
             return from_row(RunOut, get_run(conn, run_id, tenant=tenant))
 
     @staticmethod
-    def _set_enabled(pool: Pool, cache: Cache, name: str, enabled: bool, tenant: Tenant) -> JobOut:
+    def _set_enabled(pool: Pool, cache: Cache, name: str, enabled: bool, owner: str | None) -> JobOut:
         with pool.connection() as conn, conn.transaction():
-            job_store.set_enabled(conn, name, enabled, tenant=tenant)
-            cache.forget_job(name)
-            return from_row(JobOut, job_store.get_job(conn, name, tenant=tenant))
+            job_tenant = job_store.set_enabled(conn, name, enabled, tenant=owner)
+            cache.forget_job(job_tenant, name)
+            return from_row(JobOut, job_store.get_job(conn, name, tenant=job_tenant))
+
+
+def _cursor(last: dict[str, Any]) -> str:
+    """The ``next`` of a page: its last job's name and tenant (JSON, so any name round-trips)."""
+    return json.dumps([last["name"], last["tenant"]])
+
+
+def _after(cursor: str | None) -> tuple[str, str | None] | None:
+    """The job a page starts after. A bare name is a cursor of the previous release's API
+    (names were unique then): it pages on from that name."""
+    if cursor is None:
+        return None
+    try:
+        name, tenant = json.loads(cursor)
+    except (ValueError, TypeError):
+        return cursor, None
+    if not isinstance(name, str) or not (tenant is None or isinstance(tenant, str)):
+        raise InvalidInput("cursor is not a `next` this API returned")
+    return name, tenant
