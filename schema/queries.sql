@@ -236,7 +236,8 @@ FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(
 -- name: run_list
 -- Newest first, keyset-paginated by id; every filter is optional. Time windows are half-open:
 -- *_after includes its instant, *_before excludes it, so adjacent windows neither overlap nor
--- leave a gap. job is the scheduled job's name (a job that does not exist matches no run).
+-- leave a gap. job is the scheduled job's name (a job that does not exist matches no run; names
+-- are unique per tenant since 0012, so a key without a tenant sees the runs of each tenant's job).
 -- args: containment (args @> '{"customer": 42}'); error_type: the type of the last attempt's error.
 SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        started_at, finished_at, created_at
@@ -244,7 +245,7 @@ FROM pgsched.runs
 WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
-  AND (%(job)s::text IS NULL OR job_id = (SELECT j.id FROM pgsched.jobs AS j WHERE j.name = %(job)s))
+  AND (%(job)s::text IS NULL OR job_id IN (SELECT j.id FROM pgsched.jobs AS j WHERE j.name = %(job)s))
   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
   AND (%(finished_after)s::timestamptz IS NULL OR finished_at >= %(finished_after)s)

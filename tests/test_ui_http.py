@@ -379,3 +379,29 @@ def test_the_rest_api_retries_and_cancels_runs_in_bulk_within_the_keys_tenant(ap
     assert {status_of(conn, i) for i in [*failed, queued]} == {"cancelled"}
     assert api.post("/runs/bulk-retry", json={"ids": []}).status_code == 400
     assert api.post("/runs/bulk-retry", json={"ids": [1]}, as_="read").status_code == 403
+
+
+def test_a_key_without_a_tenant_acts_on_the_tenants_job_its_button_names(dsn, conn):
+    conn.execute(
+        "INSERT INTO pgsched.jobs (name, task, every_s, tenant) VALUES ('nightly', 'send', 60, 'acme'),"
+        " ('nightly', 'send', 60, 'beta')"
+    )
+    keys = make_keys(conn)
+    with ui_client(dsn, keys["admin"]) as client:
+        jobs = client.get("/ui/jobs").text
+        assert 'action="/ui/jobs/nightly/pause?tenant=beta"' in jobs
+        paused = client.post("/ui/jobs/nightly/pause?tenant=beta", headers={"X-CSRF-Token": csrf_of(jobs)})
+        assert paused.status_code == 200, paused.text  # the redirect to the jobs page, followed
+        trigger = client.post("/ui/jobs/nightly/trigger?tenant=acme", headers={"X-CSRF-Token": csrf_of(jobs)})
+        assert trigger.status_code == 200 and "nightly" in trigger.text
+        bad = client.post("/ui/jobs/nightly/pause?tenant=a%2Fb", headers={"X-CSRF-Token": csrf_of(jobs)})
+        assert bad.status_code == 400 and "is not a valid name" in alert_of(bad.text)
+        runs = client.get("/ui/runs?job=nightly")
+        assert runs.status_code == 200, "two tenants' jobs of one name: the runs of each"
+    states = conn.execute("SELECT tenant, enabled FROM pgsched.jobs ORDER BY tenant").fetchall()
+    assert states == [("acme", True), ("beta", False)]
+    assert scalar(conn, "SELECT tenant FROM pgsched.runs") == "acme"
+    with ui_client(dsn, keys["acme"]) as client:  # a tenant key's own tenant wins over the URL's
+        csrf = csrf_of(client.get("/ui/jobs").text)
+        assert client.post("/ui/jobs/nightly/resume?tenant=beta", headers={"X-CSRF-Token": csrf}).status_code == 200
+    assert conn.execute("SELECT tenant, enabled FROM pgsched.jobs ORDER BY tenant").fetchall() == states

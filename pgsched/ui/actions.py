@@ -5,23 +5,26 @@ and calls the same library functions as the REST API."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import anyio.to_thread
 from litestar import Controller, Request, post
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Redirect, Template
 
 from pgsched import jobs as job_store
 from pgsched.api.deps import Pool, Tenant
 from pgsched.errors import InvalidInput
 from pgsched.runs import cancel_run, cancel_runs, list_runs, retry_run, retry_runs
+from pgsched.tenants import check_tenant
 from pgsched.ui.access import CSRF_FIELD, require_session
 from pgsched.ui.db import page_connection
 from pgsched.ui.filters import RunFilter, parse_run_filter, parse_run_id
 from pgsched.ui.pages import bulk_action
 from pgsched.ui.render import page
 
+# ?tenant= on a job's action: which tenant's job of that name a key without a tenant means.
+JobTenant = Annotated[Optional[str], QueryParameter(name="tenant", required=False)]
 BULK_BATCH = 500  # runs per statement (and per transaction) of a bulk action
 MAX_SELECTED = 1000
 _BULK_FIELDS = frozenset({"action", "all", "ids", CSRF_FIELD})
@@ -61,22 +64,28 @@ class ActionController(Controller):
         return page(request, "bulk_done.html", action=action, done=done)
 
     @post("/jobs/{name:str}/pause", sync_to_thread=True)
-    def pause(self, name: FromPath[str], pool: Pool, tenant: Tenant) -> Redirect:
+    def pause(self, name: FromPath[str], pool: Pool, tenant: Tenant, of: JobTenant = None) -> Redirect:
         with page_connection(pool) as conn:
-            job_store.set_enabled(conn, name, False, tenant=tenant)
+            job_store.set_enabled(conn, name, False, tenant=_job_tenant(tenant, of))
         return Redirect("/ui/jobs", status_code=303)
 
     @post("/jobs/{name:str}/resume", sync_to_thread=True)
-    def resume(self, name: FromPath[str], pool: Pool, tenant: Tenant) -> Redirect:
+    def resume(self, name: FromPath[str], pool: Pool, tenant: Tenant, of: JobTenant = None) -> Redirect:
         with page_connection(pool) as conn:
-            job_store.set_enabled(conn, name, True, tenant=tenant)
+            job_store.set_enabled(conn, name, True, tenant=_job_tenant(tenant, of))
         return Redirect("/ui/jobs", status_code=303)
 
     @post("/jobs/{name:str}/trigger", sync_to_thread=True)
-    def trigger(self, name: FromPath[str], pool: Pool, tenant: Tenant) -> Redirect:
+    def trigger(self, name: FromPath[str], pool: Pool, tenant: Tenant, of: JobTenant = None) -> Redirect:
         with page_connection(pool) as conn:
-            run_id = job_store.trigger_job(conn, name, tenant=tenant)
+            run_id = job_store.trigger_job(conn, name, tenant=_job_tenant(tenant, of))
         return Redirect(f"/ui/runs/{run_id}", status_code=303)
+
+
+def _job_tenant(key_tenant: str | None, chosen: str | None) -> str | None:
+    """Whose job a name means: a tenant key's own, whatever the form says; for a key without a
+    tenant, the tenant its button names (job names are unique per tenant)."""
+    return key_tenant if key_tenant is not None else check_tenant(chosen or None)
 
 
 async def _in_thread(fn: Any, *args: Any) -> int:
