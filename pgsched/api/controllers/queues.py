@@ -1,4 +1,5 @@
-"""``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per queue."""
+"""``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per
+queue; ``/queues/throughput``: the last hour per minute (the dashboard's charts)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from litestar import Controller, get
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
-from pgsched.api.schemas import QueueList, QueueOut, error_responses, from_row
-from pgsched.queues import list_queues
+from pgsched.api.schemas import QueueList, QueueMinute, QueueOut, QueueThroughput, error_responses, from_row
+from pgsched.queues import list_queues, queue_throughput
 
 
 class QueueController(Controller):
@@ -27,3 +28,11 @@ class QueueController(Controller):
         queues = QueueList(items=[from_row(QueueOut, row) for row in rows])
         cache.keep_queues(tenant, queues)
         return queues
+
+    @get("/throughput", operation_id="queueThroughput", sync_to_thread=True, responses=error_responses())
+    def throughput(self, pool: Pool, tenant: Tenant) -> QueueThroughput:
+        """Succeeded and failed runs per queue and minute over the last hour, from the per-minute
+        rollup the beat leader keeps (empty without a beat); minutes without runs are left out."""
+        with pool.connection() as conn:
+            rows = queue_throughput(conn, tenant=tenant)
+        return QueueThroughput(items=[from_row(QueueMinute, row) for row in rows])
