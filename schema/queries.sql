@@ -546,3 +546,50 @@ ORDER BY 1, 2;
 
 -- name: doctor_repair
 SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jobs('pgsched doctor --fix') AS jobs;
+
+-- ---- Vital signs of a deployment: read by /metrics at every scrape and by `pgsched doctor`,
+-- so each reads only what an index isolates or a small catalog view, never the run history.
+
+-- name: worker_live_by_queue
+-- Workers seen within %(live_s)s seconds, per queue they serve, with their largest concurrency.
+-- A worker that died keeps its row until a sweep removes it: last_seen_at, not the row, says alive.
+SELECT q.queue, count(*) AS workers, max(w.concurrency) AS concurrency
+FROM pgsched.workers AS w, unnest(w.queues) AS q(queue)
+WHERE w.last_seen_at > now() - make_interval(secs => %(live_s)s)
+GROUP BY q.queue
+ORDER BY q.queue;
+
+-- name: run_lease_expired_by_queue
+-- Running runs whose lease ran out and that nobody rescued yet, per queue (runs_lease_idx).
+SELECT queue, count(*) AS runs, extract(epoch FROM now() - min(lease_expires_at))::float8 AS oldest_s
+FROM pgsched.runs
+WHERE lease_expires_at < now() AND status = 'running'
+GROUP BY queue
+ORDER BY queue;
+
+-- name: queue_desired_workers
+-- pgsched.desired_workers (schema 0014) for each queue, each with its own runs per worker.
+SELECT q.queue, pgsched.desired_workers(q.queue, q.per_worker) AS workers
+FROM unnest(%(queues)s::text[], %(per_worker)s::int[]) AS q(queue, per_worker)
+ORDER BY q.queue;
+
+-- name: database_oldest_transaction
+-- The oldest open transaction of this database (or a replication connection, which can hold
+-- the horizon back for every database): its age in seconds and its xmin's age in transactions,
+-- and who holds it. Vacuum cannot remove a row version deleted after that xmin, so the claim
+-- index fills with dead entries. Prepared transactions pin the horizon too. Other roles'
+-- sessions show their xact_start only to a member of pg_read_all_stats (pg_monitor).
+WITH open AS (
+    SELECT now() - xact_start AS age, greatest(age(backend_xmin), age(backend_xid)) AS xmin_age,
+           'pid ' || pid || ' (' || concat_ws(', ', usename, nullif(application_name, ''), state) || ')' AS holder
+    FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
+      AND (datname = current_database() OR backend_type = 'walsender')
+    UNION ALL
+    SELECT now() - prepared, age(transaction), 'prepared transaction ' || quote_literal(gid)
+    FROM pg_prepared_xacts
+    WHERE database = current_database()
+)
+SELECT coalesce(extract(epoch FROM max(age)), 0)::float8 AS age_s, coalesce(max(xmin_age), 0) AS xmin_age,
+       (SELECT holder FROM open ORDER BY age DESC NULLS LAST LIMIT 1) AS holder
+FROM open;
