@@ -544,6 +544,40 @@ FROM pg_constraint AS c
 WHERE c.connamespace = 'pgsched'::regnamespace AND NOT c.convalidated
 ORDER BY 1, 2;
 
+-- name: doctor_autovacuum
+-- Whether autovacuum runs at all (it needs track_counts) and which pgsched tables turned it off.
+SELECT current_setting('autovacuum')::bool AS autovacuum, current_setting('track_counts')::bool AS track_counts,
+       coalesce(array_agg(c.relname::text ORDER BY c.relname) FILTER (WHERE EXISTS (
+           SELECT FROM pg_options_to_table(c.reloptions) AS o
+           WHERE o.option_name = 'autovacuum_enabled' AND NOT o.option_value::bool)), '{}') AS disabled_on
+FROM pg_class AS c
+WHERE c.relnamespace = 'pgsched'::regnamespace AND c.relkind IN ('r', 'p');
+
+-- name: doctor_settings
+-- Settings that hurt a queue: synchronous_commit as a new session of this role gets it (the
+-- configuration file, ALTER SYSTEM, ALTER DATABASE/ROLE), and the connections left to take.
+SELECT s.reset_val AS synchronous_commit, s.source AS synchronous_commit_source,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS reserved_connections,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections_in_use
+FROM pg_settings AS s
+WHERE s.name = 'synchronous_commit';
+
+-- name: doctor_server
+-- Which server this connection reached: the database, when its postmaster started (two DSNs
+-- reach the same server and database when both agree), and the port the server itself listens
+-- on (another port than the one connected to means something sits in between).
+SELECT current_database() AS database, pg_postmaster_start_time() AS started, inet_server_port() AS port;
+
+-- name: doctor_clock
+SELECT clock_timestamp() AS now;
+
+-- name: worker_heartbeat_ages
+-- Every worker row and how long since its last heartbeat (the database's clock on both ends).
+SELECT id, host, pid, queues, extract(epoch FROM now() - last_seen_at)::float8 AS silent_s
+FROM pgsched.workers
+ORDER BY id;
+
 -- name: doctor_repair
 SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jobs('pgsched doctor --fix') AS jobs;
 
