@@ -595,7 +595,10 @@ ORDER BY q.queue;
 
 -- name: run_lease_expired_by_queue
 -- Running runs whose lease ran out and that nobody rescued yet, per queue (runs_lease_idx).
-SELECT queue, count(*) AS runs, extract(epoch FROM now() - min(lease_expires_at))::float8 AS oldest_s
+-- A lease of -infinity (a row from before schema 0009's rules) counts from year 1, as
+-- queue_stats_for does: subtracting it would fail the whole scrape.
+SELECT queue, count(*) AS runs,
+       extract(epoch FROM now() - greatest(min(lease_expires_at), '0001-01-02 00:00:00+00'))::float8 AS oldest_s
 FROM pgsched.runs
 WHERE lease_expires_at < now() AND status = 'running'
 GROUP BY queue

@@ -8,6 +8,7 @@ import psycopg
 
 from tests.support.api import Api
 from tests.support.beat import a_beat_leading
+from tests.support.db import drop_the_rules_of_0009
 from tests.support.metrics import metric_samples, value_of
 
 
@@ -94,3 +95,13 @@ def test_a_transaction_held_open_shows_as_the_oldest_transaction(api: Api, dsn: 
         [(_, xmin_age)] = samples["pgsched_database_oldest_xmin_age"]
         assert age_s >= 1 and xmin_age >= 3
         holder.rollback()
+
+
+def test_a_lease_of_minus_infinity_from_before_the_rules_does_not_fail_the_scrape(api: Api, conn: psycopg.Connection):
+    drop_the_rules_of_0009(conn)
+    [run_id] = add_runs(conn, "legacy", 1)
+    start(conn, [run_id], "-1 hour")
+    conn.execute("UPDATE pgsched.runs SET lease_expires_at = '-infinity' WHERE id = %s", (run_id,))
+    samples = metric_samples(api)
+    assert value_of(samples, "pgsched_queue_lease_expired_runs", "legacy") == 1
+    assert value_of(samples, "pgsched_queue_lease_expired_seconds", "legacy") > 2000 * 365 * 86400
