@@ -621,7 +621,8 @@ WITH open AS (
            'pid ' || pid || ' (' || concat_ws(', ', usename, nullif(application_name, ''), state) || ')' AS holder
     FROM pg_stat_activity
     WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
-      AND (datname = current_database() OR backend_type = 'walsender')
+      -- Not autovacuum's workers: other vacuums ignore a vacuum's xmin (and it ends by itself).
+      AND ((datname = current_database() AND backend_type = 'client backend') OR backend_type = 'walsender')
     UNION ALL
     SELECT now() - prepared, age(transaction), 'prepared transaction ' || quote_literal(gid)
     FROM pg_prepared_xacts
