@@ -154,62 +154,69 @@ def _per_queue(name: str, help_text: str, queues: Iterable[str], values: dict[st
 
 
 def _vital_signs(conn: psycopg.Connection, known: list[str], queues: list[dict[str, Any]]) -> list[str]:
-    """What deploy/prometheus/alerts.yml and the autoscaler read: throughput per minute, live
-    workers, expired leases, the wanted workers per queue, the beat leader, the oldest transaction."""
-    live = health.live_workers_by_queue(conn)
+    """What deploy/prometheus/alerts.yml, the dashboard and an autoscaler read besides the counts."""
+    return _queue_vital_signs(conn, known, queues) + _cluster_vital_signs(conn)
+
+
+def _queue_vital_signs(conn: psycopg.Connection, known: list[str], queues: list[dict[str, Any]]) -> list[str]:
+    """Per queue: the last minute's outcomes, live workers, expired leases, wanted workers."""
+    live = health.live_workers_by_queue(conn)  # its queues are among ``known``: every worker row's are
     expired = health.expired_leases_by_queue(conn)
-    every = sorted({*known, *live})
-    wanted = health.desired_workers(conn, health.runs_per_worker(every, live))
-    oldest = health.oldest_transaction(conn)
+    wanted = health.desired_workers(conn, health.runs_per_worker(known, live))
     by_name = {row["queue"]: row for row in queues}
     lines: list[str] = []
-    for outcome in ("succeeded", "failed"):
+    for outcome, note in (("succeeded", "."), ("failed", " (attempts used up; a retried attempt is not counted).")):
         lines += _per_queue(
             f"pgsched_queue_{outcome}_last_minute",
-            f"Runs that ended {outcome} in the last minute, by queue"
-            + (" (attempts used up; a retried attempt is not counted)." if outcome == "failed" else "."),
-            every,
+            f"Runs that ended {outcome} in the last minute, by queue{note}",
+            known,
             {q: row[f"{outcome}_last_minute"] for q, row in by_name.items()},
         )
     lines += _per_queue(
         "pgsched_queue_live_workers",
         f"Workers serving the queue that heartbeated in the last {health.LIVE_WORKER_S:g} s.",
-        every,
+        known,
         {q: row["workers"] for q, row in live.items()},
     )
     lines += _per_queue(
         "pgsched_queue_lease_expired_runs",
         "Running runs whose lease ran out and that no sweep has rescued yet, by queue.",
-        every,
+        known,
         {q: row["runs"] for q, row in expired.items()},
     )
     lines += _per_queue(
         "pgsched_queue_lease_expired_seconds",
         "How long ago the oldest unrescued lease of the queue ran out (0: none).",
-        every,
+        known,
         {q: row["oldest_s"] for q, row in expired.items()},
     )
     lines += _per_queue(
         "pgsched_queue_desired_workers",
         "Workers the queue's backlog wants: pgsched.desired_workers(queue, per_worker), per_worker being "
-        "the largest concurrency of its live workers (else the default, "
-        f"{health.DEFAULT_RUNS_PER_WORKER}).",
-        every,
+        f"the largest concurrency of its live workers (else the default, {health.DEFAULT_RUNS_PER_WORKER}).",
+        known,
         {q: float(n) for q, n in wanted.items()},
     )
-    lines += _family(
-        "pgsched_beat_leader",
-        "1 while a beat holds the leader lock (it fires jobs and rescues expired leases), else 0.",
-        [({}, float(leader_status(conn) is not None))],
-    )
-    lines += _family(
-        "pgsched_database_oldest_transaction_seconds",
-        "Age of the database's oldest open transaction (prepared ones included); 0: none.",
-        [({}, oldest.age_s)],
-    )
-    lines += _family(
-        "pgsched_database_oldest_xmin_age",
-        "How many transactions back the oldest open transaction holds vacuum's horizon.",
-        [({}, float(oldest.xmin_age))],
-    )
     return lines
+
+
+def _cluster_vital_signs(conn: psycopg.Connection) -> list[str]:
+    """The beat leader and the oldest open transaction."""
+    oldest = health.oldest_transaction(conn)
+    return (
+        _family(
+            "pgsched_beat_leader",
+            "1 while a beat holds the leader lock (it fires jobs and rescues expired leases), else 0.",
+            [({}, float(leader_status(conn) is not None))],
+        )
+        + _family(
+            "pgsched_database_oldest_transaction_seconds",
+            "Age of the database's oldest open transaction (prepared ones included); 0: none.",
+            [({}, oldest.age_s)],
+        )
+        + _family(
+            "pgsched_database_oldest_xmin_age",
+            "How many transactions back the oldest open transaction holds vacuum's horizon.",
+            [({}, float(oldest.xmin_age))],
+        )
+    )
