@@ -140,3 +140,12 @@ def test_max_connections_too_low_for_the_live_workers_warns(conn: psycopg.Connec
     check = checks_of(conn)["max_connections"]
     assert check.status is Status.WARN and "40 live worker(s)" in check.found
     assert "raise max_connections above" in check.todo
+
+
+def test_a_pending_migration_fails_and_the_checks_that_need_the_schema_wait(dsn: str, conn: psycopg.Connection):
+    conn.execute("DELETE FROM pgsched.schema_migrations WHERE version = '0014'")
+    code, checks = doctor_json(dsn)
+    assert code == 1
+    assert checks["schema"]["status"] == "FAIL" and "0014_desired_workers" in checks["schema"]["found"]
+    assert checks["schema"]["todo"] == "run `pgsched migrate`"
+    assert list(checks) == ["schema", "rows"]
