@@ -32,9 +32,8 @@ def server_dsn(admin_dsn: str | None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fresh_database(server: str, *, with_schema: bool = True, up_to: str | None = None) -> Iterator[str]:
-    """Create a database on ``server``, migrate it (up to version ``up_to``: a previous
-    release's schema), yield its DSN, drop it afterwards."""
+def fresh_database(server: str, *, with_schema: bool = True) -> Iterator[str]:
+    """Create a database on ``server``, migrate it, yield its DSN, drop it afterwards."""
     name = f"pgsched_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -42,7 +41,7 @@ def fresh_database(server: str, *, with_schema: bool = True, up_to: str | None =
     try:
         if with_schema:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                migrate(conn, up_to=up_to)
+                migrate(conn)
         yield dsn
     finally:
         with psycopg.connect(server, autocommit=True) as admin:

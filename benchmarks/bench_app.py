@@ -23,3 +23,9 @@ def noop_sync() -> None:
 async def started_at() -> float:
     """Returns the wall-clock time the task began, for enqueue→start latency."""
     return time.time()
+
+
+@app.task
+async def finished_at() -> float:
+    """Returns the wall-clock time the task ended, for end→get() latency."""
+    return time.time()

@@ -1,4 +1,5 @@
-"""`pgsched beat`: run a beat (it leads when it holds the lock); `pgsched beat status`: who leads."""
+"""`pgsched beat`: run a beat (it leads when it holds the lock); `pgsched beat status`: who leads;
+`pgsched beat import-celery`: a Celery app's beat_schedule as pgsched jobs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pgsched.beat import BeatOptions, check_leader_lock_possible, leader_status, run_beat
+from pgsched.celery_import import import_entries, load_celery_app, read_beat_schedule
 from pgsched.cli import render
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_duration
 from pgsched.config import resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
@@ -70,3 +72,32 @@ def status(dsn: DsnOption = None) -> None:
         render.info("no beat leads")
         return
     render.print_record(leader, title="beat leader")
+
+
+IMPORT_COLUMNS = ("name", "task", "schedule", "args", "queue", "action")
+
+
+@beat.command("import-celery")
+def import_celery(
+    celery_app: Annotated[
+        str, typer.Argument(metavar="MODULE:CELERY_APP", help="The Celery app, e.g. proj.celery:app")
+    ],
+    app: Annotated[
+        Optional[str],
+        typer.Option("--app", help="Your pgsched App (module:attribute): its task signatures name positional args"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be created or updated; change nothing")
+    ] = False,
+    dsn: DsnOption = None,
+) -> None:
+    """Create or update a pgsched job for each entry of a Celery app's beat_schedule."""
+    entries = read_beat_schedule(load_celery_app(celery_app), load_app(app) if app else None)
+    with connect(dsn) as conn:
+        done = import_entries(conn, entries, dry_run=dry_run)
+    render.print_table(
+        [entry.row() for entry in done], IMPORT_COLUMNS, title="beat_schedule (dry run)" if dry_run else "beat_schedule"
+    )
+    skipped = sum(entry.spec is None for entry in done)
+    verb = "would import" if dry_run else "imported"
+    render.info(f"{verb} {len(done) - skipped} of {len(done)} entries; {skipped} skipped")

@@ -19,16 +19,30 @@ import threading
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable, Generic, Iterator, Mapping, ParamSpec, Sequence, TypeVar, overload
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Generic,
+    Iterator,
+    Mapping,
+    ParamSpec,
+    Protocol,
+    Sequence,
+    TypeVar,
+    overload,
+)
 
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from pgsched import calling
 from pgsched import enqueue as _enqueue
 from pgsched.config import connection_kwargs, resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
 from pgsched.enqueue import RunOptions, check_task_name, encode_args, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
+from pgsched.handles import RunHandle
 from pgsched.jobs import JobSpec, upsert_job
 from pgsched.schedule import Schedule
 
@@ -38,6 +52,18 @@ R = TypeVar("R")
 # Keyword names Task.enqueue keeps for itself; a task parameter with one of these names
 # can still be passed through app.enqueue(name, {...}).
 ENQUEUE_KEYWORDS = frozenset({"run_at", "delay", "conn", "unique_key"})
+
+
+class SqlAlchemyConnectable(Protocol):
+    """A SQLAlchemy 2 Session (its ``connection()`` method) or Connection (its ``connection``
+    attribute), on the psycopg driver: an enqueue on it joins its transaction."""
+
+    @property
+    def connection(self) -> Any: ...
+
+
+# What ``conn=`` takes: a psycopg connection, or a SQLAlchemy session or connection over one.
+Connectable = psycopg.Connection[Any] | SqlAlchemyConnectable
 
 # Where a sync task runs: "thread" (the worker's thread pool) or "process" (its process pool).
 POOLS = ("thread", "process")
@@ -56,6 +82,9 @@ class Task(Generic[P, R]):
     timeout: float | None = None
     retry_backoff: float = 1.0
     pool: str | None = None  # "thread" | "process" | None: the worker's --pool decides
+    # Celery's autoretry_for: only these exceptions are retried, any other fails the run at once
+    # (None: every exception is retried while attempts remain).
+    autoretry_for: tuple[type[BaseException], ...] | None = None
     is_async: bool = field(init=False)
     signature: inspect.Signature = field(init=False)
     # For plain signatures (named parameters only), the names accepted and those required:
@@ -87,6 +116,10 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
+    def retries_on(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised ``exc`` may be retried (``autoretry_for``)."""
+        return self.autoretry_for is None or isinstance(exc, self.autoretry_for)
+
     def check_args(self, args: Mapping[str, Any]) -> None:
         """Raise InvalidArgs unless ``fn(**args)`` would bind."""
         if self._names is not None:
@@ -103,7 +136,7 @@ class Task(Generic[P, R]):
         *,
         run_at: datetime | None = None,
         delay: float | None = None,
-        conn: psycopg.Connection | None = None,
+        conn: Connectable | None = None,
         unique_key: str | None = None,
         **kwargs: Any,
     ) -> int:
@@ -122,6 +155,45 @@ class Task(Generic[P, R]):
         """The asyncio twin of :meth:`enqueue`."""
         return await self.app.enqueue_async(
             self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key
+        )
+
+    # ---- the Celery way (pgsched/calling.py says what each option maps to)
+
+    def delay(self, *args: Any, **kwargs: Any) -> RunHandle:
+        """Queue one run, Celery style: positional args are bound to the task's parameters and
+        stored by name. A Celery option (``countdown=`` ...) is refused: use :meth:`apply_async`."""
+        calling.refuse_celery_options(self.name, self.signature, kwargs)
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        conn: Connectable | None = None,
+    ) -> RunHandle:
+        """Queue one run with Celery's options: ``countdown`` (seconds) or ``eta`` (an aware
+        datetime), ``expires`` (seconds or an aware datetime: not started by then, it never
+        starts), ``queue``, ``priority`` (lower runs first), ``task_id`` (idempotent: the same id
+        gives the same run). Returns the run's handle."""
+        named = calling.bind_by_name(self.name, self.signature, args, kwargs if kwargs is not None else {})
+        run_at, delay = calling.schedule_of(countdown, eta)
+        return self.app.apply(
+            self.name,
+            named,
+            task_id=calling.check_task_id(task_id),
+            run_at=run_at,
+            delay=delay,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            conn=conn,
         )
 
 
@@ -202,10 +274,14 @@ class App:
         name: str | None = None,
         queue: str = "default",
         priority: int = 0,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
         timeout: float | None = None,
         retry_backoff: float = 1.0,
         pool: str | None = None,
+        autoretry_for: Sequence[type[BaseException]] | type[BaseException] | None = None,
+        max_retries: int | None = None,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -216,10 +292,14 @@ class App:
         name: str | None = None,
         queue: str = "default",
         priority: int = 0,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
         timeout: float | None = None,
         retry_backoff: float = 1.0,
         pool: str | None = None,
+        autoretry_for: Sequence[type[BaseException]] | type[BaseException] | None = None,
+        max_retries: int | None = None,
+        time_limit: float | None = None,
+        rate_limit: str | None = None,
     ) -> Any:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -228,12 +308,17 @@ class App:
         ``--pool`` decides (threads unless it says otherwise). ``timeout`` cancels an async
         task at the deadline and kills a process-pool task's process; a thread cannot be
         stopped, so in the thread pool it is not enforced. ``retry_backoff`` is the base delay
-        in seconds of the exponential backoff between attempts.
+        in seconds of the exponential backoff between attempts; ``max_attempts`` defaults to 3.
+
+        Celery's options, where they map cleanly: ``autoretry_for`` (only these exceptions are
+        retried; any other fails the run at once), ``max_retries`` (``max_attempts - 1``),
+        ``time_limit`` (``timeout``). ``rate_limit`` is refused: pgsched cannot enforce it yet.
         """
 
         def register(fn: Callable[P, R]) -> Task[P, R]:
             task_name = fn.__name__ if name is None else name  # name="" is refused, not replaced
             check_task_name(task_name)
+            calling.refuse_rate_limit(task_name, rate_limit)
             if task_name in self.tasks:
                 raise DuplicateTask(f"a task named {task_name!r} is already registered ({self.tasks[task_name].fn!r})")
             task: Task[P, R] = Task(
@@ -242,10 +327,11 @@ class App:
                 task_name,
                 queue=queue,
                 priority=priority,
-                max_attempts=max_attempts,
-                timeout=timeout,
+                max_attempts=calling.attempts_of(task_name, max_attempts, max_retries),
+                timeout=calling.timeout_of(task_name, timeout, time_limit),
                 retry_backoff=retry_backoff,
                 pool=pool,
+                autoretry_for=calling.check_autoretry_for(task_name, autoretry_for),
             )
             self.tasks[task_name] = task
             return task
@@ -352,6 +438,7 @@ class App:
         delay: float | None,
         unique_key: str | None = None,
         tenant: str | None = None,
+        expires: float | datetime | None = None,
     ) -> RunOptions:
         """Validated run options; a known task lends its defaults."""
         check_task_name(task)
@@ -364,6 +451,7 @@ class App:
             delay=0.0 if delay is None else delay,
             unique_key=unique_key,
             tenant=tenant,
+            expires=expires,
         )
 
     def _encode(self, task: str, args: Mapping[str, Any] | None) -> Jsonb:
@@ -385,9 +473,13 @@ class App:
         delay: float | None = None,
         unique_key: str | None = None,
         tenant: str | None = None,
-        conn: psycopg.Connection | None = None,
+        expires: float | datetime | None = None,
+        conn: Connectable | None = None,
     ) -> int:
-        """Queue one run; returns its id. With ``conn``, the insert joins that connection's transaction.
+        """Queue one run; returns its id. With ``conn`` (a psycopg connection, or a SQLAlchemy 2
+        session or connection on the psycopg driver), the insert joins that connection's transaction.
+        ``expires`` (seconds from now, or an aware datetime): a run not started by then never
+        starts, and ends 'cancelled' with the reason 'expired'.
 
         ``unique_key`` makes the call idempotent: a second enqueue with the same key returns the
         first run's id and inserts nothing (:meth:`enqueue_unique` also says which happened).
@@ -402,6 +494,7 @@ class App:
             delay=delay,
             unique_key=unique_key,
             tenant=tenant,
+            expires=expires,
             conn=conn,
         )[0]
 
@@ -417,7 +510,8 @@ class App:
         run_at: datetime | None = None,
         delay: float | None = None,
         tenant: str | None = None,
-        conn: psycopg.Connection | None = None,
+        expires: float | datetime | None = None,
+        conn: Connectable | None = None,
     ) -> tuple[int, bool]:
         """Like :meth:`enqueue`, returning ``(run id, created)``: ``created`` is False when
         ``unique_key`` already belonged to a run, whose id is returned."""
@@ -430,6 +524,7 @@ class App:
             delay=delay,
             unique_key=unique_key,
             tenant=tenant,
+            expires=expires,
         )
         encoded = self._encode(task, args)
         with self._connection(conn) as c, _database_rejections():
@@ -447,6 +542,7 @@ class App:
         delay: float | None = None,
         unique_key: str | None = None,
         tenant: str | None = None,
+        expires: float | datetime | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> int:
         """The asyncio twin of :meth:`enqueue`."""
@@ -461,6 +557,7 @@ class App:
                 delay=delay,
                 unique_key=unique_key,
                 tenant=tenant,
+                expires=expires,
                 conn=conn,
             )
         )[0]
@@ -477,6 +574,7 @@ class App:
         run_at: datetime | None = None,
         delay: float | None = None,
         tenant: str | None = None,
+        expires: float | datetime | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> tuple[int, bool]:
         """The asyncio twin of :meth:`enqueue_unique`."""
@@ -489,11 +587,38 @@ class App:
             delay=delay,
             unique_key=unique_key,
             tenant=tenant,
+            expires=expires,
         )
         encoded = self._encode(task, args)
         async with self._async_connection(conn) as c:
             with _database_rejections():
                 return await _enqueue.insert_run_async(c, task, encoded, options)
+
+    def apply(
+        self,
+        task: str,
+        args: Mapping[str, Any],
+        *,
+        task_id: str | None,
+        conn: Connectable | None = None,
+        **options: Any,
+    ) -> RunHandle:
+        """:meth:`enqueue_unique` with ``task_id`` as the key, refusing a key another task's run
+        holds (Celery's task_id names one call of one task); returns the run's handle."""
+        with self._connection(conn) as c:
+            run_id, created = self.enqueue_unique(task, args, unique_key=task_id, conn=c, **options)
+            if not created:
+                holder = RunHandle(self, run_id).state_on(c)
+                if holder.task != task:
+                    raise InvalidInput(
+                        f"task_id {task_id!r} already belongs to run {run_id} of task {holder.task!r}, "
+                        f"not {task!r}: nothing was queued"
+                    )
+        return RunHandle(self, run_id)
+
+    def run(self, run_id: int) -> RunHandle:
+        """The handle of any run, by id (Celery's ``AsyncResult(id)``)."""
+        return RunHandle(self, run_id)
 
     def _encode_many(self, task: str, all_args: Sequence[Mapping[str, Any]]) -> list[str]:
         """Each args object as JSON text, checked like a single enqueue's."""
@@ -588,10 +713,20 @@ class App:
             await pool.open()
         return pool
 
+    def default_connection(self) -> psycopg.Connection[Any] | None:
+        """The connection an enqueue without ``conn`` writes on; None: a pooled one. A framework's
+        App overrides it to join the framework's open transaction (``contrib.django.DjangoApp``)."""
+        return None
+
     @contextmanager
-    def _connection(self, conn: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
-        if conn is not None:
+    def _connection(self, conn: Connectable | None) -> Iterator[psycopg.Connection]:
+        conn = self.default_connection() if conn is None else conn
+        if isinstance(conn, psycopg.Connection):
             yield conn
+        elif conn is not None:
+            from pgsched.contrib.sqlalchemy import driver_connection
+
+            yield driver_connection(conn)
         else:
             with self.pool.connection() as pooled:
                 yield pooled

@@ -34,3 +34,8 @@ def current_run() -> RunContext:
 
 def enter_run(context: RunContext) -> None:
     _current.set(context)
+
+
+def inside_task() -> bool:
+    """Whether this code runs inside a task a worker is executing (its thread or process too)."""
+    return _current.get(None) is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import psycopg
@@ -36,6 +36,8 @@ class RunOptions:
     delay: float = 0.0
     unique_key: str | None = None
     tenant: str | None = None
+    # Not started by then, the run never starts: an aware datetime, or seconds from now.
+    expires: float | datetime | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not _QUEUE_NAME.match(self.queue):
@@ -69,6 +71,28 @@ class RunOptions:
         ):
             raise InvalidInput(f"tenant must be a non-empty string of at most 200 characters, got {self.tenant!r}")
         check_no_nul("tenant", self.tenant)
+        if self.expires is not None:
+            check_expires(self.expires, self.run_at, self.delay)
+
+
+def check_expires(expires: Any, run_at: datetime | None, delay: float) -> None:
+    """``expires`` is an aware datetime or seconds from now, later than the run is due: a run
+    that expires before it is due would never start, which is surely not what was meant."""
+    now = datetime.now(timezone.utc)
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None:
+            raise InvalidInput(f"expires must be a timezone-aware datetime or seconds from now, got {expires!r}")
+        check_readable("expires", expires)
+        expiry = expires
+    elif isinstance(expires, bool) or not isinstance(expires, (int, float)) or not 0 < expires < 10**9:
+        raise InvalidInput(f"expires must be a timezone-aware datetime or seconds from now (> 0), got {expires!r}")
+    else:
+        expiry = now + timedelta(seconds=expires)
+    due = (run_at or now) + timedelta(seconds=delay)
+    if expiry <= due:
+        raise InvalidInput(
+            f"expires ({expiry.isoformat()}) is not after the run is due ({due.isoformat()}): it would never start"
+        )
 
 
 def check_task_name(task: str) -> None:
@@ -119,6 +143,8 @@ def _insert_params(task: str, args: Jsonb, options: RunOptions) -> dict[str, Any
         "max_attempts": options.max_attempts,
         "unique_key": options.unique_key,
         "tenant": options.tenant,
+        "expires_at": options.expires if isinstance(options.expires, datetime) else None,
+        "expires_in": None if isinstance(options.expires, datetime) else options.expires,
     }
 
 

@@ -54,6 +54,38 @@ class AppLoadError(PgschedError):
     """The app could not be loaded."""
 
 
+class WaitInsideTask(PgschedError):
+    """A task cannot wait for another run: its slot stays taken while it waits, and with every
+    slot waiting nothing runs (the deadlock Celery warns about). Chain the work instead."""
+
+
+class RunFailed(PgschedError):
+    """The run failed."""
+
+    def __init__(
+        self, run_id: int, error_type: str, message: str, remote_traceback: str | None = None, *, status: str = "failed"
+    ) -> None:
+        super().__init__(f"run {run_id} {status}: {error_type}: {message}")
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = message
+        # The traceback as the worker formatted it (None when nothing raised, e.g. an expiry).
+        self.remote_traceback = remote_traceback
+        self.status = status
+
+
+class RunCancelled(RunFailed):
+    """The run was cancelled."""
+
+    def __init__(self, run_id: int, error_type: str, message: str, remote_traceback: str | None = None) -> None:
+        super().__init__(run_id, error_type, message, remote_traceback, status="cancelled")
+
+    @property
+    def reason(self) -> str:
+        """'expired', 'cancelled by the task' or 'cancel requested' (as pgsched.recent_cancellations says)."""
+        return {"Expired": "expired", "Cancel": "cancelled by the task"}.get(self.error_type, "cancel requested")
+
+
 # Raised by tasks to steer their run; never by pgsched itself.
 
 

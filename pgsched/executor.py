@@ -144,6 +144,7 @@ async def execute(
             type(exc).__name__,
             str(exc) or repr(exc),
             traceback.format_exc(),
+            retryable=task.retries_on(exc),
             backoff_s=task.retry_backoff,
         )
 

@@ -18,12 +18,14 @@ logger = logging.getLogger("pgsched.maintenance")
 SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
 RESCUE_BATCH = 1000
 PRUNE_BATCH = 5000
+EXPIRE_BATCH = 1000
 
 
 async def rescue_expired(
     pool: AsyncConnectionPool, *, stale_worker_s: float, restart_grace_s: float = 30.0, now: datetime | None = None
 ) -> tuple[int, int]:
-    """Requeue (or fail) runs whose lease expired and forget workers not seen for a while.
+    """Requeue (or fail) runs whose lease expired, forget workers not seen for a while, and
+    cancel the queued runs whose ``expires_at`` passed (:func:`cancel_expired`).
 
     One sweeper at a time: the others find the advisory lock taken and skip. Returns
     (requeued, failed); (0, 0) when another sweeper holds the lock.
@@ -45,11 +47,26 @@ async def rescue_expired(
                 if batch_requeued + batch_failed < RESCUE_BATCH:
                     break
             await conn.execute(queries["worker_remove_stale"], {"now": now, "stale_s": stale_worker_s})
+            await cancel_expired(conn, now=now)
     if requeued or failed:
         logger.warning(
             "lease sweep: %d runs back to the queue, %d failed (their worker stopped heartbeating)", requeued, failed
         )
     return requeued, failed
+
+
+async def cancel_expired(conn: psycopg.AsyncConnection, *, now: datetime | None = None) -> int:
+    """End the queued runs whose ``expires_at`` passed as 'cancelled' (reason: expired), a batch
+    per statement. The claim already passes them over; this gives them their final status."""
+    cancelled = 0
+    while True:
+        cursor = await conn.execute(queries["run_cancel_expired"], {"now": now, "limit": EXPIRE_BATCH})
+        cancelled += cursor.rowcount
+        if cursor.rowcount < EXPIRE_BATCH:
+            break
+    if cancelled:
+        logger.info("%d runs expired before a worker started them: cancelled", cancelled)
+    return cancelled
 
 
 async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:

@@ -121,7 +121,9 @@ def run_request(tasks: dict[str, Any], request: dict[str, Any]) -> bytes:
     except Cancel as exc:
         return _raised("Cancel", str(exc), control="cancel")
     except BaseException as exc:  # noqa: BLE001 - SystemExit too: this child serves the next run
-        return _raised(type(exc).__name__, str(exc) or repr(exc), traceback.format_exc())
+        return _raised(
+            type(exc).__name__, str(exc) or repr(exc), traceback.format_exc(), retryable=task.retries_on(exc)
+        )
     try:
         return RESULT + json.dumps(value, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:

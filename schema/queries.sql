@@ -35,19 +35,22 @@ LISTEN pgsched_cancel;
 
 -- name: run_insert
 -- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
-INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant)
+-- expires: an instant (%(expires_at)s) or seconds from now (%(expires_in)s), or neither.
+INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant, expires_at)
 VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
-        %(max_attempts)s, %(tenant)s)
+        %(max_attempts)s, %(tenant)s,
+        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)))
 RETURNING id, true AS created;
 
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key.
 WITH inserted AS (
-    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant)
+    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at)
     VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
-            %(max_attempts)s, %(unique_key)s, %(tenant)s)
+            %(max_attempts)s, %(unique_key)s, %(tenant)s,
+            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)))
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
@@ -75,6 +78,8 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
 -- LIMIT applies before the UPDATE (a nested loop could otherwise update more rows).
 -- %(only_tasks)s / %(skip_tasks)s (NULL: any task) let a worker with a process pool claim
 -- its process-pool tasks apart from the others, up to the children it has free.
+-- An expired run is never started: the claim passes over it (one more test on a row it reads
+-- anyway) and the sweep (run_cancel_expired) ends it 'cancelled'.
 WITH next AS MATERIALIZED (
     SELECT c.id
     FROM unnest(%(queues)s::text[]) AS q(name),
@@ -83,6 +88,7 @@ WITH next AS MATERIALIZED (
              FROM pgsched.runs
              WHERE status = 'queued' AND queue = q.name
                AND run_at <= coalesce(%(now)s::timestamptz, now())
+               AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
                AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
                AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
              ORDER BY priority, run_at, id
@@ -109,11 +115,14 @@ SELECT set_config('synchronous_commit', 'off', true);
 
 -- name: run_next_due
 -- Seconds until the earliest deferred run of these queues is due (the fetcher sleeps until
--- then). Runs due at creation need no timer: their insert's NOTIFY wakes the fetcher.
+-- then). Runs due at creation need no timer: their insert's NOTIFY wakes the fetcher. An
+-- expired run is no reason to wake: the claim would pass it over, and the fetcher would look
+-- again every LOCKED_BY_OTHERS_PAUSE_S until the sweep cancelled it.
 SELECT extract(epoch FROM min(n.run_at) - now())::float8
 FROM unnest(%(queues)s::text[]) AS q(name),
      LATERAL (SELECT run_at FROM pgsched.runs
               WHERE status = 'queued' AND queue = q.name AND run_at > created_at
+                AND (expires_at IS NULL OR expires_at > now())
               ORDER BY run_at LIMIT 1) AS n;
 
 -- name: run_complete_many
@@ -185,6 +194,26 @@ SELECT (SELECT count(*) FROM rescued WHERE status = 'queued') AS requeued,
        (SELECT count(*) FROM rescued WHERE status = 'failed') AS failed,
        (SELECT count(*) FROM notified) AS queues;
 
+-- name: run_cancel_expired
+-- Queued runs whose expires_at has passed end 'cancelled', with an 'Expired' entry in errors
+-- (the reason the API, the CLI and pgsched.recent_cancellations show). Batched and SKIP
+-- LOCKED, through runs_expires_idx: never waits, and costs nothing while no run expires.
+WITH expired AS (
+    SELECT id FROM pgsched.runs
+    WHERE status = 'queued' AND expires_at <= coalesce(%(now)s::timestamptz, now())
+    ORDER BY expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE pgsched.runs AS r
+SET status = 'cancelled', finished_at = coalesce(%(now)s::timestamptz, now()),
+    errors = r.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', r.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'type', 'Expired',
+        'message', format('expired at %%s before a worker started it', r.expires_at)))
+FROM expired
+WHERE r.id = expired.id
+RETURNING r.id;
+
 -- name: run_rescue_try_lock
 -- One sweeper at a time across all workers, for the rest of the transaction.
 SELECT pg_try_advisory_xact_lock(%(key)s);
@@ -230,7 +259,7 @@ WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs 
 -- name: run_get
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
-       errors, unique_key, tenant, created_at
+       errors, unique_key, tenant, created_at, expires_at
 FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
@@ -273,6 +302,31 @@ SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::t
 
 -- name: run_status
 SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: run_listen_finished
+-- A waiter hears the ends of awaited runs (payload: the run id) on its own connection.
+LISTEN pgsched_finished;
+
+-- name: run_unlisten_finished
+-- Before a waiter's connection goes back to the pool.
+UNLISTEN pgsched_finished;
+
+-- name: run_watch
+-- Ask for a notification when this run ends (the runs_notify_finished trigger), unless it has
+-- ended already or someone asked before. A claim that met the row locked by this update
+-- skipped it: the NOTIFY on 'pgsched' wakes the fetchers again, so the run is not left
+-- waiting for their poll.
+WITH watched AS (
+    UPDATE pgsched.runs SET awaited = true
+    WHERE id = %(id)s AND status IN ('queued', 'running') AND awaited IS NOT TRUE
+    RETURNING queue, status
+)
+SELECT pg_notify('pgsched', queue) FROM watched WHERE status = 'queued';
+
+-- name: run_outcome
+-- What a waiter reads: the status, the result, and the last errors entry (the failure or the
+-- cancellation reason). No row: no such run.
+SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.runs WHERE id = %(id)s;
 
 -- name: queue_list_stats
 -- The queue_stats view's numbers (schema 0005), for every tenant or for one.

@@ -205,3 +205,9 @@ def in_child_does(what: str, seconds: float = 0.0) -> object:
     if what == "exit":
         os._exit(3)
     raise LookupError(f"in_child_does: unknown {what!r}")
+
+
+@app.task(pool="process", autoretry_for=(ConnectionError,))
+def raise_in_child(kind: str) -> None:
+    """Celery's autoretry_for, decided in the child: only ConnectionError may be retried."""
+    raise {"ConnectionError": ConnectionError, "KeyError": KeyError}[kind]("raised in the child")

@@ -361,6 +361,33 @@ def test_enqueue_async_enqueue_and_copy_enqueue_many_work_through_pgbouncer(
     assert db.scalar("SELECT count(DISTINCT args->>'key') FROM pgsched.runs") == 2080
 
 
+def test_waiting_on_a_run_through_pgbouncer_listens_on_the_direct_dsn(db: Db) -> None:
+    app = App(db.pooled, direct_dsn=db.direct)
+    record = app.task(name="record")(lambda key: key)
+    try:
+        handle = record.delay("through the pooler")
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            waiting = thread.submit(handle.get, 20)
+            wait_until(lambda: db.scalar("SELECT awaited FROM pgsched.runs"), 10, "the waiter to mark the run")
+            db.conn.execute(
+                "UPDATE pgsched.runs SET status = 'succeeded', result = '\"done\"', finished_at = now() WHERE id = %s",
+                (handle.id,),
+            )
+            assert waiting.result(timeout=20) == "done"
+    finally:
+        app.close()
+
+
+def test_waiting_through_pgbouncer_without_a_direct_dsn_is_refused(db: Db) -> None:
+    app = App(db.pooled, pgbouncer=True)
+    try:
+        run_id = app.enqueue("record", {"key": "k"})
+        with pytest.raises(ConfigError, match=r"waiting on a run needs LISTEN.*set a direct DSN"):
+            app.run(run_id).get(timeout=1)
+    finally:
+        app.close()
+
+
 def test_enqueue_many_in_the_callers_transaction_through_pgbouncer_commits_or_rolls_back(db: Db) -> None:
     app = App(db.pooled, pgbouncer=True)
     with psycopg.connect(db.pooled, prepare_threshold=None) as conn:

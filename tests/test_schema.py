@@ -171,7 +171,7 @@ def test_the_queries_that_cannot_be_prepared_are_the_utility_statements():
     assert {name: first_keyword(queries[name]) for name in NOT_PREPARABLE} == {
         name: first_keyword(queries[name])
         for name in NOT_PREPARABLE
-        if first_keyword(queries[name]) in ("CREATE", "COPY", "LISTEN")
+        if first_keyword(queries[name]) in ("CREATE", "COPY", "LISTEN", "UNLISTEN")
     }
 
 
@@ -200,7 +200,7 @@ def test_every_named_query_can_be_prepared_against_the_schema(conn):
 
 def test_the_utility_statements_run(conn):
     for name in NOT_PREPARABLE:
-        if first_keyword(queries[name]) == "LISTEN":
+        if first_keyword(queries[name]) in ("LISTEN", "UNLISTEN"):
             conn.execute(queries[name])
     conn.execute(queries["migration_bootstrap"])  # idempotent on a migrated database
     with conn.cursor().copy(queries["run_copy"]) as copy:

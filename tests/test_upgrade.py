@@ -1,25 +1,36 @@
 """Upgrades of a running system: a database at the previous release's schema, a worker draining
 a backlog through it, and the migration applied while it works. Nothing fails, nothing stops,
 and what the migration fixes works afterwards; what the previous release still uses goes only
-with `migrate --post-deploy`."""
+with `migrate --post-deploy`.
+
+The draining worker claims with the previous release's statement (tests/support/previous_release.sql):
+the current claim reads columns the migrations being applied add, as a worker of the new release,
+deployed after the migration, does."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import MappingProxyType
 
 import psycopg
 import pytest
 
+from pgsched import fetcher
 from pgsched.app import App
 from pgsched.doctor import diagnose
+from pgsched.errors import RunCancelled
 from pgsched.instants import READER_ADAPTERS
 from pgsched.jobs import JobNameTaken, JobSpec, list_jobs, upsert_job
+from pgsched.maintenance import cancel_expired
 from pgsched.migrate import migrate, pending
 from pgsched.queues import list_queues
 from pgsched.runs import get_run, list_runs
 from pgsched.schedule import Schedule
+from pgsched.sql import parse_queries, queries
 from tests.support.cli import run_cli
 from tests.support.db import scalar
 from tests.support.inprocess import RunningWorker
@@ -27,6 +38,60 @@ from tests.support.waiting import wait_until_async
 
 PREVIOUS_RELEASE = "0008"
 BACKLOG = 3000
+PREVIOUS_STATEMENTS = parse_queries((Path(__file__).parent / "support" / "previous_release.sql").read_text())
+
+
+@pytest.fixture
+def previous_release_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers started in this test claim as the previous release did."""
+    monkeypatch.setattr(fetcher, "queries", MappingProxyType({**queries, **PREVIOUS_STATEMENTS}))
+
+
+def drain_through_the_upgrade(dsn: str, conn: psycopg.Connection) -> list[str]:
+    """Queue a backlog, start a worker on it, apply every pending migration while it drains, and
+    wait until the whole backlog succeeded: the versions applied."""
+    app = App(dsn)
+
+    @app.task()
+    async def noop() -> None:
+        await asyncio.sleep(0)
+
+    app.enqueue_many("noop", [{}] * BACKLOG)
+
+    def succeeded() -> int:
+        return int(scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE queue = 'default' AND status = 'succeeded'"))
+
+    async def drain() -> list[str]:
+        async with RunningWorker(app, dsn, concurrency=20) as w:
+
+            async def started() -> bool:
+                w.still_running()
+                return succeeded() > 0
+
+            await wait_until_async(started, 20, "the worker to drain its first runs")
+            # The migration runs in another thread, on its own connection, while the worker claims.
+            applied: list[str] = []
+
+            def upgrade() -> None:
+                with psycopg.connect(dsn, autocommit=True) as migrator:
+                    applied.extend(m.version for m in migrate(migrator))
+
+            upgrading = threading.Thread(target=upgrade)
+            upgrading.start()
+            await asyncio.to_thread(upgrading.join, 30)
+
+            async def drained() -> bool:
+                w.still_running()
+                return succeeded() == BACKLOG
+
+            await wait_until_async(drained, 60, f"all {BACKLOG} runs to succeed")
+            return applied
+
+    try:
+        return asyncio.run(drain())
+    finally:
+        app.close()
+
 
 # Rows the previous release let plain SQL write, none of which 0009 accepts any more.
 LEGACY_ROWS = (
@@ -39,56 +104,19 @@ LEGACY_ROWS = (
 )
 
 
-def test_a_worker_drains_through_the_upgrade_from_0008_which_repairs_the_rows_no_reader_could_read(
-    empty_dsn: str,
+def test_a_worker_drains_through_the_upgrade_from_the_previous_release_which_repairs_rows_and_adds_expiry(
+    empty_dsn: str, previous_release_claims: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with psycopg.connect(empty_dsn, autocommit=True, context=READER_ADAPTERS) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
-        assert pending(conn)[0].version == "0009"
         for statement in LEGACY_ROWS:
             conn.execute(statement.encode())
-        app = App(empty_dsn)
+        expected = [m.version for m in pending(conn)]
+        assert expected[0] == "0009" and "0013" not in expected  # 0013 waits for --post-deploy
+        assert drain_through_the_upgrade(empty_dsn, conn) == expected
+        monkeypatch.undo()  # from here on, the new release
 
-        @app.task()
-        async def noop() -> None:
-            await asyncio.sleep(0)
-
-        app.enqueue_many("noop", [{}] * BACKLOG)
-
-        def succeeded() -> int:
-            return int(
-                scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE queue = 'default' AND status = 'succeeded'")
-            )
-
-        async def drain_through_the_migration() -> list[str]:
-            async with RunningWorker(app, empty_dsn, concurrency=20) as w:
-
-                async def started() -> bool:
-                    w.still_running()
-                    return succeeded() > 0
-
-                await wait_until_async(started, 20, "the worker to drain its first runs")
-                # The migration runs in another thread, on its own connection, while the worker claims.
-                applied: list[str] = []
-
-                def upgrade() -> None:
-                    with psycopg.connect(empty_dsn, autocommit=True) as migrator:
-                        applied.extend(m.version for m in migrate(migrator))
-
-                upgrading = threading.Thread(target=upgrade)
-                upgrading.start()
-                await asyncio.to_thread(upgrading.join, 30)
-
-                async def drained() -> bool:
-                    w.still_running()
-                    return succeeded() == BACKLOG
-
-                await wait_until_async(drained, 60, f"all {BACKLOG} runs to succeed")
-                return applied
-
-        applied = asyncio.run(drain_through_the_migration())
-        assert applied[0] == "0009" and "0013" not in applied  # 0013 waits for --post-deploy
-        # Every legacy row was repaired and recorded with its original values; the readers read them.
+        # 0009: every legacy row was repaired and recorded with its original values; the readers read them.
         repaired = conn.execute("SELECT table_name, count(*) FROM pgsched.repaired_rows GROUP BY 1 ORDER BY 1")
         assert repaired.fetchall() == [("jobs", 2), ("runs", 6)]
         assert scalar(conn, "SELECT original->>'run_at' FROM pgsched.repaired_rows WHERE row_id = 1") == "infinity"
@@ -99,6 +127,27 @@ def test_a_worker_drains_through_the_upgrade_from_0008_which_repairs_the_rows_no
         # doctor: nothing breaks the rules; --fix validates the constraints added NOT VALID.
         assert diagnose(conn).healthy and diagnose(conn).unvalidated
         assert diagnose(conn, fix=True).validated and not diagnose(conn).unvalidated
+
+    # 0011: runs expire, and a waiter is woken when its run finishes.
+    app = App(empty_dsn)
+
+    @app.task
+    async def square(x: int) -> int:
+        return x * x
+
+    expiring = square.apply_async((2,), expires=60)
+    asyncio.run(cancel_expired_later(empty_dsn, minutes=2))
+    with pytest.raises(RunCancelled) as cancelled:
+        expiring.get(timeout=5)
+    assert cancelled.value.reason == "expired"
+
+    async def wait_on_a_run() -> int:
+        async with RunningWorker(app, empty_dsn):
+            result: int = await square.delay(7).wait(timeout=10)
+            return result
+
+    assert asyncio.run(wait_on_a_run()) == 49
+    app.close()
 
 
 def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empty_dsn: str) -> None:
@@ -141,7 +190,7 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
     report = json.loads(doctor.stdout)
     assert report["healthy"] and report["waiting_post_deploy"] == ["0013_job_names_per_tenant"]
     assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
-    assert len(report["unvalidated"]) == 10
+    assert len(report["unvalidated"]) >= 10  # 0009's, and later migrations' for new columns
     fixed = run_cli(empty_dsn, "doctor", "--fix")
     assert fixed.returncode == 0 and "validated run_status_must_agree_with_its_times_and_lease" in fixed.stdout
     assert json.loads(run_cli(empty_dsn, "doctor", "--json").stdout)["unvalidated"] == []
@@ -149,3 +198,8 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM pgsched.schema_migrations WHERE version = '0012'")
     assert run_cli(empty_dsn, "doctor").returncode == 1
+
+
+async def cancel_expired_later(dsn: str, *, minutes: int) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await cancel_expired(conn, now=datetime.now(timezone.utc) + timedelta(minutes=minutes))

@@ -82,6 +82,10 @@ class RunOut(Struct, kw_only=True):
     unique_key: str | None
     tenant: str | None
     created_at: datetime
+    expires_at: Annotated[
+        datetime | None,
+        Meta(description="Not started by then, the run never starts: it ends cancelled, its last error 'Expired'"),
+    ] = None
 
 
 class RunSummary(Struct, kw_only=True):

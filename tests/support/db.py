@@ -80,3 +80,9 @@ def empty_tables(dsn: str) -> str:
         conn.execute("SET lock_timeout = '10s'")
         conn.execute("; ".join(f"DELETE FROM {table}" for table in tables).encode())
     return dsn
+
+
+async def scalar_async(conn: psycopg.AsyncConnection[Any], sql: Any, *params: Any) -> Any:
+    """``scalar`` on an asyncio connection."""
+    row = await (await conn.execute(sql, params or None)).fetchone()
+    return None if row is None else row[0]
