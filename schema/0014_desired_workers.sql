@@ -3,8 +3,9 @@
 --
 -- The backlog is what a worker slot would hold now: the queue's due queued runs (the claim
 -- index) plus its running runs (the lease index: a running run always holds a lease). Runs
--- deferred to later are not wanted yet. Both counts read only what an index isolates, never
--- the finished history, so a scaler may poll it every few seconds.
+-- deferred to later are not wanted yet, nor runs that expired (0011: never claimed). Both
+-- counts read only what an index isolates, never the finished history, so a scaler may poll
+-- it every few seconds.
 
 CREATE FUNCTION pgsched.desired_workers(queue text, per_worker integer) RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
@@ -21,7 +22,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT (SELECT count(*) FROM pgsched.runs AS r
-            WHERE r.status = 'queued' AND r.queue = desired_workers.queue AND r.run_at <= now())
+            WHERE r.status = 'queued' AND r.queue = desired_workers.queue AND r.run_at <= now()
+              AND (r.expires_at IS NULL OR r.expires_at > now()))
          + (SELECT count(*) FROM pgsched.runs AS r
             WHERE r.lease_expires_at IS NOT NULL AND r.status = 'running' AND r.queue = desired_workers.queue)
     INTO backlog;

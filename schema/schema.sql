@@ -414,7 +414,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT (SELECT count(*) FROM pgsched.runs AS r
-            WHERE r.status = 'queued' AND r.queue = desired_workers.queue AND r.run_at <= now())
+            WHERE r.status = 'queued' AND r.queue = desired_workers.queue AND r.run_at <= now()
+              AND (r.expires_at IS NULL OR r.expires_at > now()))
          + (SELECT count(*) FROM pgsched.runs AS r
             WHERE r.lease_expires_at IS NOT NULL AND r.status = 'running' AND r.queue = desired_workers.queue)
     INTO backlog;

@@ -83,3 +83,12 @@ def test_per_worker_below_one_is_refused_with_an_error_naming_it(conn: psycopg.C
 def test_a_null_queue_is_refused(conn: psycopg.Connection):
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="queue must be a queue name"):
         desired(conn, None, 10)  # type: ignore[arg-type]
+
+
+def test_runs_that_expired_want_no_worker(conn: psycopg.Connection):
+    add_runs(conn, "q", 4)
+    conn.execute(  # two of them expired before a worker took them: the claim passes over them
+        "UPDATE pgsched.runs SET expires_at = now() - interval '1 second'"
+        " WHERE id IN (SELECT id FROM pgsched.runs ORDER BY id LIMIT 2)"
+    )
+    assert desired(conn, "q", 1) == 2
