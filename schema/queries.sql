@@ -613,6 +613,40 @@ FROM pg_constraint AS c
 WHERE c.connamespace = 'pgsched'::regnamespace AND NOT c.convalidated
 ORDER BY 1, 2;
 
+-- name: doctor_autovacuum
+-- Whether autovacuum runs at all (it needs track_counts) and which pgsched tables turned it off.
+SELECT current_setting('autovacuum')::bool AS autovacuum, current_setting('track_counts')::bool AS track_counts,
+       coalesce(array_agg(c.relname::text ORDER BY c.relname) FILTER (WHERE EXISTS (
+           SELECT FROM pg_options_to_table(c.reloptions) AS o
+           WHERE o.option_name = 'autovacuum_enabled' AND NOT o.option_value::bool)), '{}') AS disabled_on
+FROM pg_class AS c
+WHERE c.relnamespace = 'pgsched'::regnamespace AND c.relkind IN ('r', 'p');
+
+-- name: doctor_settings
+-- Settings that hurt a queue: synchronous_commit as a new session of this role gets it (the
+-- configuration file, ALTER SYSTEM, ALTER DATABASE/ROLE), and the connections left to take.
+SELECT s.reset_val AS synchronous_commit, s.source AS synchronous_commit_source,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS reserved_connections,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections_in_use
+FROM pg_settings AS s
+WHERE s.name = 'synchronous_commit';
+
+-- name: doctor_server
+-- Which server this connection reached: the database, when its postmaster started (two DSNs
+-- reach the same server and database when both agree), and the port the server itself listens
+-- on (another port than the one connected to means something sits in between).
+SELECT current_database() AS database, pg_postmaster_start_time() AS started, inet_server_port() AS port;
+
+-- name: doctor_clock
+SELECT clock_timestamp() AS now;
+
+-- name: worker_heartbeat_ages
+-- Every worker row and how long since its last heartbeat (the database's clock on both ends).
+SELECT id, host, pid, queues, extract(epoch FROM now() - last_seen_at)::float8 AS silent_s
+FROM pgsched.workers
+ORDER BY id;
+
 -- name: doctor_repair
 SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jobs('pgsched doctor --fix') AS jobs;
 
@@ -745,3 +779,54 @@ SELECT name FROM pgsched.jobs WHERE id = %(id)s;
 
 -- name: worker_get
 SELECT id, host, pid, queues, concurrency, started_at, last_seen_at FROM pgsched.workers WHERE id = %(id)s;
+
+-- ---- Vital signs of a deployment: read by /metrics at every scrape and by `pgsched doctor`,
+-- so each reads only what an index isolates or a small catalog view, never the run history.
+
+-- name: worker_live_by_queue
+-- Workers seen within %(live_s)s seconds, per queue they serve, with their largest concurrency.
+-- A worker that died keeps its row until a sweep removes it: last_seen_at, not the row, says alive.
+SELECT q.queue, count(*) AS workers, max(w.concurrency) AS concurrency
+FROM pgsched.workers AS w, unnest(w.queues) AS q(queue)
+WHERE w.last_seen_at > now() - make_interval(secs => %(live_s)s)
+GROUP BY q.queue
+ORDER BY q.queue;
+
+-- name: run_lease_expired_by_queue
+-- Running runs whose lease ran out and that nobody rescued yet, per queue (runs_lease_idx).
+-- A lease of -infinity (a row from before schema 0009's rules) counts from year 1, as
+-- queue_stats_for does: subtracting it would fail the whole scrape.
+SELECT queue, count(*) AS runs,
+       extract(epoch FROM now() - greatest(min(lease_expires_at), '0001-01-02 00:00:00+00'))::float8 AS oldest_s
+FROM pgsched.runs
+WHERE lease_expires_at < now() AND status = 'running'
+GROUP BY queue
+ORDER BY queue;
+
+-- name: queue_desired_workers
+-- pgsched.desired_workers (schema 0014) for each queue, each with its own runs per worker.
+SELECT q.queue, pgsched.desired_workers(q.queue, q.per_worker) AS workers
+FROM unnest(%(queues)s::text[], %(per_worker)s::int[]) AS q(queue, per_worker)
+ORDER BY q.queue;
+
+-- name: database_oldest_transaction
+-- The oldest open transaction of this database (or a replication connection, which can hold
+-- the horizon back for every database): its age in seconds and its xmin's age in transactions,
+-- and who holds it. Vacuum cannot remove a row version deleted after that xmin, so the claim
+-- index fills with dead entries. Prepared transactions pin the horizon too. Other roles'
+-- sessions show their xact_start only to a member of pg_read_all_stats (pg_monitor).
+WITH open AS (
+    SELECT now() - xact_start AS age, greatest(age(backend_xmin), age(backend_xid)) AS xmin_age,
+           'pid ' || pid || ' (' || concat_ws(', ', usename, nullif(application_name, ''), state) || ')' AS holder
+    FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
+      -- Not autovacuum's workers: other vacuums ignore a vacuum's xmin (and it ends by itself).
+      AND ((datname = current_database() AND backend_type = 'client backend') OR backend_type = 'walsender')
+    UNION ALL
+    SELECT now() - prepared, age(transaction), 'prepared transaction ' || quote_literal(gid)
+    FROM pg_prepared_xacts
+    WHERE database = current_database()
+)
+SELECT coalesce(extract(epoch FROM max(age)), 0)::float8 AS age_s, coalesce(max(xmin_age), 0) AS xmin_age,
+       (SELECT holder FROM open ORDER BY age DESC NULLS LAST LIMIT 1) AS holder
+FROM open;

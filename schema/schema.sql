@@ -400,6 +400,33 @@ RETURNS TABLE (
     GROUP BY part.queue
 $$;
 
+-- How many workers a queue's backlog wants (0014): its due queued runs plus its running runs,
+-- divided by the runs one worker holds, rounded up. For KEDA's PostgreSQL scaler and /metrics.
+CREATE FUNCTION pgsched.desired_workers(queue text, per_worker integer) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    backlog bigint;
+BEGIN
+    IF per_worker IS NULL OR per_worker < 1 THEN
+        RAISE EXCEPTION 'pgsched.desired_workers: per_worker must be at least 1 (the runs one worker holds at once, its --concurrency), got %',
+            coalesce(per_worker::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF desired_workers.queue IS NULL THEN
+        RAISE EXCEPTION 'pgsched.desired_workers: queue must be a queue name, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT (SELECT count(*) FROM pgsched.runs AS r
+            WHERE r.status = 'queued' AND r.queue = desired_workers.queue AND r.run_at <= now()
+              AND (r.expires_at IS NULL OR r.expires_at > now()))
+         + (SELECT count(*) FROM pgsched.runs AS r
+            WHERE r.lease_expires_at IS NOT NULL AND r.status = 'running' AND r.queue = desired_workers.queue)
+    INTO backlog;
+    -- Ceiling division in integers: 1..per_worker runs want one worker, none want none.
+    RETURN (backlog + per_worker - 1) / per_worker;
+END
+$$;
+
 -- Views for people at a psql prompt.
 
 -- Every tenant's queues. The column order is 0001's view with 0005's columns appended (what
