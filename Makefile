@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Arguments for a benchmark: make bench ARGS='--runs 5000'
 ARGS ?=
 
-.PHONY: test test-fast lint types docs bench
+.PHONY: test test-fast lint types docs bench screenshots
 
 # The whole suite, as README's test command and CI run it (real PostgreSQL, PgBouncer, Redis, processes).
 test:
@@ -28,6 +28,14 @@ types:
 # The documentation site; --strict turns a broken link or a page missing from the nav into a failure.
 docs:
 	$(BIN)/mkdocs build --strict
+
+# The dashboard screenshots README and docs/guides/dashboard.md show: the browser tests take
+# them (build/screenshots/, a real Chromium on real processes), and these are the ones published.
+SHOWN_SCREENSHOTS := queues runs-live run-failed queues-phone-dark jobs
+screenshots:
+	$(BIN)/pytest tests/test_ui_browser.py -q
+	mkdir -p docs/images/dashboard
+	for name in $(SHOWN_SCREENSHOTS); do cp build/screenshots/$$name.png docs/images/dashboard/; done
 
 # Throughput against a raw-SQL baseline measured in the same run (a throwaway embedded PostgreSQL
 # unless ARGS='--dsn ...'). The other questions: make bench-api, bench-beat, bench-scale, bench-peers, bench-soak.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -49,9 +50,22 @@ def api(
             "gets 429 without a database lookup",
         ),
     ] = "30/60",
+    ssl_certfile: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--ssl-certfile",
+            show_default=False,
+            help="Serve https with this PEM certificate (chain) file, for deployments without a TLS proxy; "
+            "needs --ssl-keyfile",
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Optional[Path],
+        typer.Option("--ssl-keyfile", show_default=False, help="The certificate's PEM private key file"),
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
-    """Serve the REST API (OpenAPI document at /schema/openapi.json)."""
+    """Serve the REST API (OpenAPI document at /schema/openapi.json) and the dashboard (/ui)."""
     from pgsched.api.serve import serve
     from pgsched.api.settings import ApiSettings, RateLimit
 
@@ -59,6 +73,7 @@ def api(
         raise InvalidInput(f"--workers must be at least 1, got {workers}")
     if not 0 <= port <= 65535:
         raise InvalidInput(f"--port must be between 0 and 65535, got {port}")
+    tls = _tls_options(ssl_certfile, ssl_keyfile)
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise InvalidInput(f"--log-level must be debug, info, warning or error, got {log_level!r}")
     # Each uvicorn worker builds its app from the environment (ApiSettings.from_env).
@@ -85,7 +100,20 @@ def api(
         workers=workers,
         log_level=log_level.lower(),
         log_config=_log_config(log_level),
+        **tls,
     )
+
+
+def _tls_options(certfile: Path | None, keyfile: Path | None) -> dict[str, str]:
+    """uvicorn's TLS options: both files or neither (plain http), each one that exists."""
+    if (certfile is None) != (keyfile is None):
+        raise InvalidInput("--ssl-certfile and --ssl-keyfile go together: give both to serve https, or neither")
+    if certfile is None or keyfile is None:
+        return {}
+    for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if not path.is_file():
+            raise InvalidInput(f"{option}: no such file {str(path)!r}")
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -33,7 +33,8 @@ newest ``max_catchup`` of them). A row inserted by SQL without ``next_run_at`` g
 row whose schedule is invalid is disabled with the reason in ``last_error``.
 
 Maintenance (leader only, every ``maintenance_interval_s``): rescue runs whose lease
-expired, prune finished runs older than ``retention_s``, forget workers not seen for a while.
+expired, prune finished runs older than ``retention_s``, forget workers not seen for a while,
+recount the dashboard's per-minute rollup of the last few minutes.
 
 Behind PgBouncer (transaction mode): the lock connection and the LISTEN need a session of
 their own, so they use the direct DSN; firings and maintenance go through the pooler. With
@@ -59,7 +60,7 @@ from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
-from pgsched.maintenance import prune_finished, rescue_expired
+from pgsched.maintenance import prune_finished, refresh_rollup, rescue_expired
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
 
@@ -238,6 +239,7 @@ class Beat:
         )
         async with pool.connection() as conn:
             await prune_finished(conn, retention_s=self.options.retention_s)
+            await refresh_rollup(conn)
 
     async def _sleep(self, seconds: float) -> None:
         if self._stop.is_set():  # a stop during a round had its wake-up cleared by _lead

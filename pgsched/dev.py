@@ -1,5 +1,6 @@
 """`pgsched dev`: the quick start. Embedded PostgreSQL (unless a DSN is configured), schema
-applied, a worker hosting a beat, and the REST API with an admin key made for the session;
+applied, a worker hosting a beat, and the REST API and dashboard with an admin key made for the
+session (and a one-time dashboard sign-in link for it);
 with the example app, a producer that keeps runs flowing and a periodic job.
 
 The API runs in the worker's event loop (uvicorn as a task): one process to start and to stop.
@@ -47,10 +48,10 @@ def run_dev(app: App, options: WorkerOptions, *, run_for_s: float | None = None,
         with psycopg.connect(app.dsn, autocommit=True) as conn:
             applied = migrate(conn)
             app.sync_periodic_jobs(conn)
-            key, key_id = _session_key(conn) if listener is not None else (None, None)
+            key, key_id, sign_in = _session_key(conn) if listener is not None else (None, None, None)
         logger.info("schema ready (%d migrations applied now); database: %s", len(applied), app.dsn)
-        if listener is not None and key is not None:  # (the key exists when the API is served)
-            _announce_api(listener, key)
+        if listener is not None and key is not None and sign_in is not None:  # (they exist when the API is served)
+            _announce_api(listener, key, sign_in)
         asyncio.run(_work(app, options, run_for_s, listener))
     finally:
         if listener is not None:
@@ -88,13 +89,15 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _session_key(conn: psycopg.Connection) -> tuple[str, int]:
-    """A new admin key for this session, and its id (keys are stored as digests: an old one
-    cannot be shown again, so each session makes its own and revokes it at the end)."""
+def _session_key(conn: psycopg.Connection) -> tuple[str, int, str]:
+    """A new admin key for this session, its id, and a one-time dashboard sign-in token for it
+    (keys are stored as digests: an old one cannot be shown again, so each session makes its
+    own and revokes it at the end, which ends its dashboard sessions too)."""
     from pgsched.api.keys import create_key
+    from pgsched.ui.sessions import create_sign_in_token
 
     key, row = create_key(conn, "admin", name="pgsched dev")
-    return key, row["id"]
+    return key, row["id"], create_sign_in_token(conn, row["id"])
 
 
 def _revoke_session_key(dsn: str, key_id: int) -> None:
@@ -110,11 +113,12 @@ def _revoke_session_key(dsn: str, key_id: int) -> None:
         )
 
 
-def _announce_api(listener: socket.socket, key: str) -> None:
+def _announce_api(listener: socket.socket, key: str, sign_in: str) -> None:
     host, port = listener.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     # Printed, not logged: the quick start's output must show it whatever the log level.
     print(
+        f"Dashboard: {url}/ui/sign-in/{sign_in}  (a one-time link: it signs you in with this session's key)\n"
         f"REST API: {url}  (OpenAPI: {url}/schema/openapi.json)\n"
         f"admin API key for this session: {key}\n"
         f"  curl -s {url}/queues -H 'Authorization: Bearer {key}'",

@@ -135,13 +135,18 @@ def get_job(conn: psycopg.Connection, name: str, *, tenant: str | None = None) -
         job = cur.execute(queries["job_get"], {"id": find_job(conn, name, tenant=tenant)}).fetchone()
     if job is None:  # deleted since find_job
         raise JobNotFound(f"no job named {name!r}")
+    job["upcoming"] = upcoming(job)
+    return job
+
+
+def upcoming(job: Mapping[str, Any]) -> list[datetime]:
+    """A jobs row's next fire times (``UPCOMING_SHOWN`` of them; none for an invalid schedule)."""
     try:
         start = job["next_run_at"] or datetime.now(timezone.utc)
         first = [start] if job["next_run_at"] else []
-        job["upcoming"] = (first + schedule_of(job).upcoming(start, UPCOMING_SHOWN))[:UPCOMING_SHOWN]
+        return (first + schedule_of(job).upcoming(start, UPCOMING_SHOWN))[:UPCOMING_SHOWN]
     except InvalidInput:
-        job["upcoming"] = []
-    return job
+        return []
 
 
 def list_jobs(

@@ -1,6 +1,7 @@
 """Maintenance: idempotent, batched steps that keep the tables healthy. The beat's leader
 runs them all; workers also run the lease rescue, so at-least-once never depends on a beat
-being deployed (one sweeper at a time either way, under an advisory lock)."""
+being deployed (one sweeper at a time either way, under an advisory lock). The dashboard's
+per-minute rollup is written here too, off the workers' hot path."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
 RESCUE_BATCH = 1000
 PRUNE_BATCH = 5000
 EXPIRE_BATCH = 1000
+# Minutes the rollup recounts each round: the current one and a margin for runs that finished
+# while the leader was between rounds (or changing hands).
+ROLLUP_MINUTES = 3
 
 
 async def rescue_expired(
@@ -82,3 +86,14 @@ async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, n
     if pruned:
         logger.info("pruned %d finished runs older than %.0fs", pruned, retention_s)
     return pruned
+
+
+async def refresh_rollup(
+    conn: psycopg.AsyncConnection, *, minutes: int = ROLLUP_MINUTES, now: datetime | None = None
+) -> None:
+    """Recount the dashboard's per-minute rollup (``pgsched.run_rollup``) for the last
+    ``minutes`` minutes from the runs that finished in them, and forget rollup rows, sessions
+    and sign-in links past their time."""
+    await conn.execute(queries["rollup_refresh"], {"minutes": minutes, "now": now})
+    await conn.execute(queries["rollup_prune"], {"now": now})
+    await conn.execute(queries["ui_session_prune"], {"now": now})

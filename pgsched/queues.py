@@ -6,6 +6,7 @@ Given a ``tenant``, only that tenant's runs count.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -19,3 +20,12 @@ def list_queues(conn: psycopg.Connection, *, tenant: str | None = None) -> list[
     failed in the last minute, oldest due age (in seconds)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(queries["queue_list_stats"], {"tenant": tenant}).fetchall()
+
+
+def queue_throughput(
+    conn: psycopg.Connection, *, tenant: str | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Succeeded and failed runs per queue and minute over the last hour, from the per-minute
+    rollup the beat leader keeps (``pgsched.run_rollup``); minutes without runs are absent."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["rollup_last_hour"], {"tenant": tenant, "now": now}).fetchall()

@@ -7,16 +7,19 @@ Each takes an optional ``tenant``: given, the function sees and changes only tha
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from pgsched.errors import InvalidInput, RunNotFound, RunStateConflict
 from pgsched.sql import queries
 
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 1000
+COUNT_CAP = 10_000  # counts of matching runs stop here ("10,000+")
+FAILURE_GROUPS_SHOWN = 200
 
 
 def check_run_id(run_id: Any) -> int:
@@ -45,6 +48,9 @@ def list_runs(
     created_before: datetime | None = None,
     finished_after: datetime | None = None,
     finished_before: datetime | None = None,
+    run_id: int | None = None,
+    args: dict[str, Any] | None = None,
+    error_type: str | None = None,
     limit: int = 50,
     before_id: int | None = None,
     tenant: str | None = None,
@@ -52,14 +58,70 @@ def list_runs(
     """Runs newest first; pass the last id seen as ``before_id`` for the next page.
 
     ``job`` is a scheduled job's name. The time filters are half-open windows: ``*_after``
-    includes its instant, ``*_before`` excludes it; each must carry a timezone.
+    includes its instant, ``*_before`` excludes it; each must carry a timezone. ``args``
+    matches runs whose args contain it (``{"customer": 42}``); ``error_type`` the type of a
+    run's last error.
     """
-    if status is not None and status not in RUN_STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
-    if before_id is not None:
-        check_run_id(before_id)
+    params = _run_list_params(
+        status=status,
+        queue=queue,
+        task=task,
+        job=job,
+        created_after=created_after,
+        created_before=created_before,
+        finished_after=finished_after,
+        finished_before=finished_before,
+        run_id=run_id,
+        args=args,
+        error_type=error_type,
+        limit=limit,
+        before_id=before_id,
+        tenant=tenant,
+    )
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(queries["run_list"], params).fetchall()
+
+
+# run_list's matches, counted up to its LIMIT: the same filters, so the count cannot drift.
+_COUNT_LISTED: LiteralString = "SELECT count(*) FROM (" + queries["run_list"] + ") AS listed"
+
+
+def count_runs(conn: psycopg.Connection, *, cap: int = COUNT_CAP, **filters: Any) -> int:
+    """How many runs match ``filters`` (those of :func:`list_runs`), counted no further than
+    ``cap + 1``: a caller says "10,000+" past the cap, and no request counts the history."""
+    params = _run_list_params(**filters, limit=cap + 1, before_id=None)
+    row = conn.execute(_COUNT_LISTED, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _run_list_params(
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    task: str | None = None,
+    job: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    finished_after: datetime | None = None,
+    finished_before: datetime | None = None,
+    run_id: int | None = None,
+    args: dict[str, Any] | None = None,
+    error_type: str | None = None,
+    limit: int,
+    before_id: int | None,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """run_list's parameters, each checked."""
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+    for given in (before_id, run_id):
+        if given is not None:
+            check_run_id(given)
+    if args is not None and not isinstance(args, dict):
+        raise InvalidInput(f"args must be a JSON object to match runs' args against, got {args!r}")
     instants = {
         "created_after": created_after,
         "created_before": created_before,
@@ -68,20 +130,19 @@ def list_runs(
     }
     for name, instant in instants.items():
         _check_aware(name, instant)
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            queries["run_list"],
-            {
-                "status": status,
-                "queue": queue,
-                "task": task,
-                "job": job,
-                **instants,
-                "limit": limit,
-                "before_id": before_id,
-                "tenant": tenant,
-            },
-        ).fetchall()
+    return {
+        "status": status,
+        "queue": queue,
+        "task": task,
+        "job": job,
+        **instants,
+        "id": run_id,
+        "args": None if args is None else Jsonb(args),
+        "error_type": error_type,
+        "limit": limit,
+        "before_id": before_id,
+        "tenant": tenant,
+    }
 
 
 def parse_instant(name: str, text: str) -> datetime:
@@ -110,9 +171,22 @@ def _check_aware(name: str, instant: Any) -> None:
 
 def retry_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> None:
     """Queue a failed or cancelled run again, due now."""
-    params = {"id": check_run_id(run_id), "tenant": tenant}
-    if conn.execute(queries["run_retry"], params).fetchone() is None:
+    if not retry_runs(conn, [check_run_id(run_id)], tenant=tenant):
         _explain_refusal(conn, run_id, "retry", "only failed or cancelled runs can be retried", tenant)
+
+
+def retry_runs(conn: psycopg.Connection, run_ids: list[int], *, tenant: str | None = None) -> list[int]:
+    """Queue the failed and cancelled runs among ``run_ids`` again, due now; returns their ids
+    (runs in another state, or another tenant's, are left as they are)."""
+    rows = conn.execute(queries["run_retry_many"], {"ids": run_ids, "tenant": tenant}).fetchall()
+    return [row[0] for row in rows]
+
+
+def cancel_runs(conn: psycopg.Connection, run_ids: list[int], *, tenant: str | None = None) -> list[int]:
+    """Cancel the queued runs among ``run_ids`` and ask the workers of the running ones to stop
+    them; returns their ids (finished runs, or another tenant's, are left as they are)."""
+    rows = conn.execute(queries["run_cancel_many"], {"ids": run_ids, "tenant": tenant}).fetchall()
+    return [row[0] for row in rows]
 
 
 def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = None) -> str:
@@ -136,3 +210,14 @@ def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")
     raise RunStateConflict(f"cannot {verb} run {run_id}: it is {row[0]}; {rule}")
+
+
+def failure_groups(
+    conn: psycopg.Connection, *, tenant: str | None = None, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Runs that ended failed in the last week by task and the type of their last error, with
+    counts for the last hour, day and week; the most recently seen group first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            queries["run_failure_groups"], {"tenant": tenant, "limit": FAILURE_GROUPS_SHOWN, "now": now}
+        ).fetchall()

@@ -336,33 +336,41 @@ FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(
 -- name: run_list
 -- Newest first, keyset-paginated by id; every filter is optional. Time windows are half-open:
 -- *_after includes its instant, *_before excludes it, so adjacent windows neither overlap nor
--- leave a gap. job is the scheduled job's name (a job that does not exist matches no run).
+-- leave a gap. job is the scheduled job's name (a job that does not exist matches no run; names
+-- are unique per tenant since 0012, so a key without a tenant sees the runs of each tenant's job).
+-- args: containment (args @> '{"customer": 42}'); error_type: the type of the last attempt's error.
 SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        started_at, finished_at, created_at
 FROM pgsched.runs
 WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
-  AND (%(job)s::text IS NULL OR job_id = (SELECT j.id FROM pgsched.jobs AS j WHERE j.name = %(job)s))
+  AND (%(job)s::text IS NULL OR job_id IN (SELECT j.id FROM pgsched.jobs AS j WHERE j.name = %(job)s))
   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s)
   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
   AND (%(finished_after)s::timestamptz IS NULL OR finished_at >= %(finished_after)s)
   AND (%(finished_before)s::timestamptz IS NULL OR finished_at < %(finished_before)s)
+  AND (%(id)s::bigint IS NULL OR id = %(id)s)
+  AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
+  AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- name: run_retry
--- Run a failed or cancelled run again, now, with one more attempt if it used them all.
+-- name: run_retry_many
+-- Run failed or cancelled runs again, now, each with one more attempt if it used them all
+-- (one run: the UI's and the API's Retry; many: the dashboard's bulk retry, a batch at a time).
+-- Returns the ids retried; the others (another status, another tenant's) are left alone.
 WITH retried AS (
     UPDATE pgsched.runs
     SET status = 'queued', run_at = now(), finished_at = NULL, lease_expires_at = NULL,
         max_attempts = greatest(max_attempts, attempt + 1)
-    WHERE id = %(id)s AND status IN ('failed', 'cancelled') AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('failed', 'cancelled')
+      AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
     RETURNING id, queue
 ), notified AS (
-    SELECT pg_notify('pgsched', queue) FROM retried
+    SELECT pg_notify('pgsched', queue) FROM (SELECT DISTINCT queue FROM retried) AS q
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
@@ -370,6 +378,13 @@ SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 -- Cancel a queued run now, or ask the worker of a running one to stop it (schema 0004).
 -- No row: no such run (for this tenant).
 SELECT pgsched.cancel(id) FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: run_cancel_many
+-- The dashboard's bulk cancel, a batch at a time: the queued and running runs among these ids
+-- (pgsched.cancel decides each, as run_cancel does). Returns the ids it cancelled or asked to stop.
+SELECT id, pgsched.cancel(id) FROM pgsched.runs
+WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'running')
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_status
 SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
@@ -694,5 +709,220 @@ FROM pg_constraint AS c
 WHERE c.connamespace = 'pgsched'::regnamespace AND NOT c.convalidated
 ORDER BY 1, 2;
 
+-- name: doctor_autovacuum
+-- Whether autovacuum runs at all (it needs track_counts) and which pgsched tables turned it off.
+SELECT current_setting('autovacuum')::bool AS autovacuum, current_setting('track_counts')::bool AS track_counts,
+       coalesce(array_agg(c.relname::text ORDER BY c.relname) FILTER (WHERE EXISTS (
+           SELECT FROM pg_options_to_table(c.reloptions) AS o
+           WHERE o.option_name = 'autovacuum_enabled' AND NOT o.option_value::bool)), '{}') AS disabled_on
+FROM pg_class AS c
+WHERE c.relnamespace = 'pgsched'::regnamespace AND c.relkind IN ('r', 'p');
+
+-- name: doctor_settings
+-- Settings that hurt a queue: synchronous_commit as a new session of this role gets it (the
+-- configuration file, ALTER SYSTEM, ALTER DATABASE/ROLE), and the connections left to take.
+SELECT s.reset_val AS synchronous_commit, s.source AS synchronous_commit_source,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS reserved_connections,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections_in_use
+FROM pg_settings AS s
+WHERE s.name = 'synchronous_commit';
+
+-- name: doctor_server
+-- Which server this connection reached: the database, when its postmaster started (two DSNs
+-- reach the same server and database when both agree), and the port the server itself listens
+-- on (another port than the one connected to means something sits in between).
+SELECT current_database() AS database, pg_postmaster_start_time() AS started, inet_server_port() AS port;
+
+-- name: doctor_clock
+SELECT clock_timestamp() AS now;
+
+-- name: worker_heartbeat_ages
+-- Every worker row and how long since its last heartbeat (the database's clock on both ends).
+SELECT id, host, pid, queues, extract(epoch FROM now() - last_seen_at)::float8 AS silent_s
+FROM pgsched.workers
+ORDER BY id;
+
 -- name: doctor_repair
 SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jobs('pgsched doctor --fix') AS jobs;
+
+-- ---- The dashboard (/ui, pgsched/ui/): sessions, sign-in links, the per-minute rollup, failure groups.
+
+-- name: ui_statement_timeout
+-- Every dashboard query runs in a transaction that starts with this: a page never holds the
+-- database longer than %(ms)s milliseconds (SET LOCAL, as a function so it takes a parameter).
+SELECT set_config('statement_timeout', %(ms)s, true);
+
+-- name: ui_session_insert
+INSERT INTO pgsched.ui_sessions (token_hash, key_id, expires_at)
+VALUES (%(token_hash)s, %(key_id)s, coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(ttl_s)s));
+
+-- name: ui_session_key
+-- The live key behind a session token's digest: none once the session expired, was ended, or
+-- its key was revoked (one primary-key lookup and one on api_keys per page).
+SELECT k.id, k.scope, k.tenant
+FROM pgsched.ui_sessions AS s JOIN pgsched.api_keys AS k ON k.id = s.key_id
+WHERE s.token_hash = %(token_hash)s AND s.expires_at > coalesce(%(now)s::timestamptz, now()) AND k.revoked_at IS NULL;
+
+-- name: ui_session_delete
+DELETE FROM pgsched.ui_sessions WHERE token_hash = %(token_hash)s;
+
+-- name: ui_sign_in_insert
+INSERT INTO pgsched.ui_sign_in_tokens (token_hash, key_id, expires_at)
+VALUES (%(token_hash)s, %(key_id)s, now() + make_interval(secs => %(ttl_s)s));
+
+-- name: ui_sign_in_consume
+-- Use a one-time sign-in token: deleted whatever happens next, so it works at most once;
+-- returns its key's id while the token is fresh and the key live.
+WITH used AS (
+    DELETE FROM pgsched.ui_sign_in_tokens WHERE token_hash = %(token_hash)s RETURNING key_id, expires_at
+)
+SELECT k.id FROM used JOIN pgsched.api_keys AS k ON k.id = used.key_id
+WHERE used.expires_at > now() AND k.revoked_at IS NULL;
+
+-- name: ui_session_prune
+-- The leader's maintenance: forget expired sessions and sign-in tokens.
+WITH sessions AS (
+    DELETE FROM pgsched.ui_sessions WHERE expires_at < coalesce(%(now)s::timestamptz, now()) RETURNING 1
+), tokens AS (
+    DELETE FROM pgsched.ui_sign_in_tokens WHERE expires_at < coalesce(%(now)s::timestamptz, now()) RETURNING 1
+)
+SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM tokens);
+
+-- name: rollup_refresh
+-- Recount, whole, the minutes since %(minutes)s minutes ago from the runs that finished in them
+-- (runs_finished_idx): idempotent, so an overlapping or repeated round writes the same numbers.
+-- Only succeeded and failed runs count (a retried attempt is not an outcome). Rows with an
+-- infinite instant (a plain SQL INSERT can write one) have no duration and are left out.
+INSERT INTO pgsched.run_rollup AS r (minute, queue, task, tenant, succeeded, failed, run_s_sum, wait_s_sum)
+SELECT date_trunc('minute', finished_at), queue, task, coalesce(tenant, ''),
+       count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
+       coalesce(sum(greatest(extract(epoch FROM finished_at - started_at)::float8, 0)), 0),
+       coalesce(sum(greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0)), 0)
+FROM pgsched.runs
+WHERE finished_at >= date_trunc('minute', coalesce(%(now)s::timestamptz, now())) - make_interval(mins => %(minutes)s)
+  AND finished_at <= coalesce(%(now)s::timestamptz, now())
+  AND status IN ('succeeded', 'failed') AND isfinite(finished_at) AND isfinite(coalesce(started_at, finished_at))
+  AND isfinite(run_at) AND isfinite(created_at)
+GROUP BY 1, 2, 3, 4
+ON CONFLICT (minute, queue, task, tenant) DO UPDATE
+SET succeeded = excluded.succeeded, failed = excluded.failed, run_s_sum = excluded.run_s_sum,
+    wait_s_sum = excluded.wait_s_sum;
+
+-- name: rollup_prune
+DELETE FROM pgsched.run_rollup WHERE minute < coalesce(%(now)s::timestamptz, now()) - interval '8 days';
+
+-- name: rollup_last_hour
+-- Succeeded and failed runs per queue and minute over the last hour (the queues page's charts).
+SELECT queue, minute, sum(succeeded)::bigint AS succeeded, sum(failed)::bigint AS failed
+FROM pgsched.run_rollup
+WHERE minute >= date_trunc('minute', coalesce(%(now)s::timestamptz, now())) - interval '59 minutes'
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+GROUP BY queue, minute
+ORDER BY queue, minute;
+
+-- name: rollup_against_baseline
+-- Per queue and task: the last hour's runs, failures, run and wait seconds, and the same hour of each
+-- of the 7 days before (the baseline the anomaly flags compare against). Eight range scans of
+-- the primary key (minute first); now() stays in each WHERE so the planner can use it.
+WITH recent AS (
+    SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s,
+           sum(wait_s_sum) AS wait_s
+    FROM pgsched.run_rollup
+    WHERE minute > coalesce(%(now)s::timestamptz, now()) - interval '1 hour'
+      AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    GROUP BY queue, task
+), usual AS (
+    SELECT r.queue, r.task, sum(r.succeeded + r.failed) AS runs, sum(r.failed) AS failed, sum(r.run_s_sum) AS run_s,
+           sum(r.wait_s_sum) AS wait_s
+    FROM generate_series(1, 7) AS d(days),
+         LATERAL (SELECT queue, task, succeeded, failed, run_s_sum, wait_s_sum FROM pgsched.run_rollup
+                  WHERE minute > coalesce(%(now)s::timestamptz, now()) - make_interval(days => d.days, hours => 1)
+                    AND minute <= coalesce(%(now)s::timestamptz, now()) - make_interval(days => d.days)
+                    AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)) AS r
+    GROUP BY r.queue, r.task
+)
+SELECT recent.queue, recent.task, recent.runs::bigint, recent.failed::bigint, recent.run_s, recent.wait_s,
+       usual.runs::bigint AS usual_runs, usual.failed::bigint AS usual_failed, usual.run_s AS usual_run_s,
+       usual.wait_s AS usual_wait_s
+FROM recent JOIN usual USING (queue, task)
+ORDER BY recent.queue, recent.task;
+
+-- name: run_failure_groups
+-- Runs that ended failed in the last week, by task and the type of their last error, with the
+-- counts of the last hour, day and week (runs_failed_idx: small while failures are rare).
+SELECT task, coalesce(errors -> -1 ->> 'type', '') AS error_type,
+       count(*) FILTER (WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - interval '1 hour') AS last_hour,
+       count(*) FILTER (WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - interval '1 day') AS last_day,
+       count(*) AS last_week, max(finished_at) AS last_seen
+FROM pgsched.runs
+WHERE status = 'failed' AND finished_at > coalesce(%(now)s::timestamptz, now()) - interval '7 days'
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+GROUP BY 1, 2
+ORDER BY last_seen DESC
+LIMIT %(limit)s;
+
+-- name: run_last_of_jobs
+-- The newest run of each of these jobs (by fire time, through runs_job_scheduled_for_idx).
+SELECT j.id AS job_id, last.id, last.status::text AS status, last.scheduled_for
+FROM unnest(%(job_ids)s::bigint[]) AS j(id),
+     LATERAL (SELECT id, status, scheduled_for FROM pgsched.runs
+              WHERE job_id = j.id AND scheduled_for IS NOT NULL
+              ORDER BY scheduled_for DESC LIMIT 1) AS last;
+
+-- name: job_name_of
+SELECT name FROM pgsched.jobs WHERE id = %(id)s;
+
+-- name: worker_get
+SELECT id, host, pid, queues, concurrency, started_at, last_seen_at FROM pgsched.workers WHERE id = %(id)s;
+
+-- ---- Vital signs of a deployment: read by /metrics at every scrape and by `pgsched doctor`,
+-- so each reads only what an index isolates or a small catalog view, never the run history.
+
+-- name: worker_live_by_queue
+-- Workers seen within %(live_s)s seconds, per queue they serve, with their largest concurrency.
+-- A worker that died keeps its row until a sweep removes it: last_seen_at, not the row, says alive.
+SELECT q.queue, count(*) AS workers, max(w.concurrency) AS concurrency
+FROM pgsched.workers AS w, unnest(w.queues) AS q(queue)
+WHERE w.last_seen_at > now() - make_interval(secs => %(live_s)s)
+GROUP BY q.queue
+ORDER BY q.queue;
+
+-- name: run_lease_expired_by_queue
+-- Running runs whose lease ran out and that nobody rescued yet, per queue (runs_lease_idx).
+-- A lease of -infinity (a row from before schema 0009's rules) counts from year 1, as
+-- queue_stats_for does: subtracting it would fail the whole scrape.
+SELECT queue, count(*) AS runs,
+       extract(epoch FROM now() - greatest(min(lease_expires_at), '0001-01-02 00:00:00+00'))::float8 AS oldest_s
+FROM pgsched.runs
+WHERE lease_expires_at < now() AND status = 'running'
+GROUP BY queue
+ORDER BY queue;
+
+-- name: queue_desired_workers
+-- pgsched.desired_workers (schema 0014) for each queue, each with its own runs per worker.
+SELECT q.queue, pgsched.desired_workers(q.queue, q.per_worker) AS workers
+FROM unnest(%(queues)s::text[], %(per_worker)s::int[]) AS q(queue, per_worker)
+ORDER BY q.queue;
+
+-- name: database_oldest_transaction
+-- The oldest open transaction of this database (or a replication connection, which can hold
+-- the horizon back for every database): its age in seconds and its xmin's age in transactions,
+-- and who holds it. Vacuum cannot remove a row version deleted after that xmin, so the claim
+-- index fills with dead entries. Prepared transactions pin the horizon too. Other roles'
+-- sessions show their xact_start only to a member of pg_read_all_stats (pg_monitor).
+WITH open AS (
+    SELECT now() - xact_start AS age, greatest(age(backend_xmin), age(backend_xid)) AS xmin_age,
+           'pid ' || pid || ' (' || concat_ws(', ', usename, nullif(application_name, ''), state) || ')' AS holder
+    FROM pg_stat_activity
+    WHERE pid <> pg_backend_pid() AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
+      -- Not autovacuum's workers: other vacuums ignore a vacuum's xmin (and it ends by itself).
+      AND ((datname = current_database() AND backend_type = 'client backend') OR backend_type = 'walsender')
+    UNION ALL
+    SELECT now() - prepared, age(transaction), 'prepared transaction ' || quote_literal(gid)
+    FROM pg_prepared_xacts
+    WHERE database = current_database()
+)
+SELECT coalesce(extract(epoch FROM max(age)), 0)::float8 AS age_s, coalesce(max(xmin_age), 0) AS xmin_age,
+       (SELECT holder FROM open ORDER BY age DESC NULLS LAST LIMIT 1) AS holder
+FROM open;

@@ -178,6 +178,9 @@ CREATE INDEX runs_failed_idx ON pgsched.runs (queue) WHERE status = 'failed';
 CREATE INDEX runs_tenant_idx ON pgsched.runs (tenant, id) WHERE tenant IS NOT NULL;
 -- The sweep's "which queued runs have expired?": empty while nobody sets expires (0011).
 CREATE INDEX runs_expires_idx ON pgsched.runs (expires_at) WHERE status = 'queued' AND expires_at IS NOT NULL;
+-- The runs list narrowed to failed runs of a task, newest first (the dashboard's failure
+-- drill-downs and bulk retries), without walking every run's id (0010).
+CREATE INDEX runs_failed_task_idx ON pgsched.runs (task, id) WHERE status = 'failed';
 CREATE UNIQUE INDEX runs_unique_key_idx ON pgsched.runs (unique_key) WHERE unique_key IS NOT NULL;
 CREATE UNIQUE INDEX runs_job_scheduled_for_idx ON pgsched.runs (job_id, scheduled_for)
     WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL;
@@ -395,6 +398,33 @@ RETURNS TABLE (
         GROUP BY r.queue
     ) AS part
     GROUP BY part.queue
+$$;
+
+-- How many workers a queue's backlog wants (0014): its due queued runs plus its running runs,
+-- divided by the runs one worker holds, rounded up. For KEDA's PostgreSQL scaler and /metrics.
+CREATE FUNCTION pgsched.desired_workers(queue text, per_worker integer) RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    backlog bigint;
+BEGIN
+    IF per_worker IS NULL OR per_worker < 1 THEN
+        RAISE EXCEPTION 'pgsched.desired_workers: per_worker must be at least 1 (the runs one worker holds at once, its --concurrency), got %',
+            coalesce(per_worker::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF desired_workers.queue IS NULL THEN
+        RAISE EXCEPTION 'pgsched.desired_workers: queue must be a queue name, got NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT (SELECT count(*) FROM pgsched.runs AS r
+            WHERE r.status = 'queued' AND r.queue = desired_workers.queue AND r.run_at <= now()
+              AND (r.expires_at IS NULL OR r.expires_at > now()))
+         + (SELECT count(*) FROM pgsched.runs AS r
+            WHERE r.lease_expires_at IS NOT NULL AND r.status = 'running' AND r.queue = desired_workers.queue)
+    INTO backlog;
+    -- Ceiling division in integers: 1..per_worker runs want one worker, none want none.
+    RETURN (backlog + per_worker - 1) / per_worker;
+END
 $$;
 
 -- Views for people at a psql prompt.
@@ -717,3 +747,45 @@ ALTER TABLE pgsched.jobs
 -- An instant every reader can hold, as 0009 requires of the others (0011).
 ALTER TABLE pgsched.runs ADD CONSTRAINT run_expires_at_must_be_within_years_1_to_9999
     CHECK ('[0001-01-02 00:00:00+00,9999-12-30 00:00:00+00]'::tstzrange @> expires_at) NOT VALID;
+
+-- The dashboard (/ui): browser sessions, one-time sign-in links, and the per-minute rollup of
+-- finished runs behind its charts and anomaly flags (0010_ui; its index on failed runs is
+-- with the runs table's).
+
+-- A browser session started with an API key. Only the SHA-256 of the session token is stored
+-- (the cookie holds the token), so a database dump cannot be replayed as a cookie. Every API
+-- process reads sessions from here: a session started behind one process is honoured by all,
+-- and revoking the key (or deleting the row: Log out) ends it everywhere at the next request.
+CREATE TABLE pgsched.ui_sessions (
+    token_hash bytea PRIMARY KEY CONSTRAINT ui_session_hash_must_be_sha256 CHECK (length(token_hash) = 32),
+    key_id     bigint NOT NULL REFERENCES pgsched.api_keys (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    expires_at timestamptz NOT NULL
+);
+CREATE INDEX ui_sessions_expires_idx ON pgsched.ui_sessions (expires_at);
+
+-- A one-time sign-in link (`pgsched dev` prints one): consumed by its first use, which starts
+-- a session for its key. Stored as a digest, like keys and sessions.
+CREATE TABLE pgsched.ui_sign_in_tokens (
+    token_hash bytea PRIMARY KEY CONSTRAINT ui_sign_in_hash_must_be_sha256 CHECK (length(token_hash) = 32),
+    key_id     bigint NOT NULL REFERENCES pgsched.api_keys (id) ON DELETE CASCADE,
+    expires_at timestamptz NOT NULL
+);
+
+-- Finished runs per queue, task and minute, written by the beat leader's maintenance from the
+-- runs that finished in the last few minutes (runs_finished_idx), never by the worker's hot
+-- path. Each round recomputes those minutes whole, so a repeated or overlapping round writes
+-- the same numbers. Kept for 8 days: the anomaly baseline compares against the last 7.
+CREATE TABLE pgsched.run_rollup (
+    minute      timestamptz NOT NULL,
+    queue       text NOT NULL,
+    task        text NOT NULL,
+    tenant      text NOT NULL DEFAULT '',
+    succeeded   integer NOT NULL DEFAULT 0,
+    failed      integer NOT NULL DEFAULT 0,
+    -- Seconds from start to finish, summed over the runs counted (an average is sum / runs).
+    run_s_sum   float8 NOT NULL DEFAULT 0,
+    -- Seconds each waited from due (or created, if later) to its last start, summed likewise.
+    wait_s_sum  float8 NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, queue, task, tenant)
+);

@@ -88,6 +88,23 @@ async def exit_async(key: str) -> None:
     raise SystemExit(4)
 
 
+class FirstAttemptFails(ValueError):
+    """fail_first's planned failure."""
+
+
+@app.task
+async def fail_first(key: str) -> str:
+    """Fails (with a traceback) the first time it runs for ``key``, succeeds after that: a
+    failed run that a retry then completes (the dashboard's tests)."""
+    await _record(key, "run")
+    assert _async_conn is not None
+    cursor = await _async_conn.execute("SELECT count(*) FROM executions WHERE key = %s", (key,))
+    row = await cursor.fetchone()
+    if row is not None and row[0] == 1:
+        raise FirstAttemptFails(f"first attempt for {key} fails on purpose")
+    return key
+
+
 @app.task
 def block_sync(key: str, seconds: float) -> None:
     """A sync task that holds a thread for ``seconds`` (cannot be cancelled)."""

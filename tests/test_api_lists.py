@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from pgsched.api.metrics import DURATION_BUCKETS_S, HISTOGRAM_WINDOW_S
@@ -19,6 +18,7 @@ from pgsched.cli.main import cli
 from pgsched.errors import InvalidInput
 from tests.support.api import Api, ok
 from tests.support.db import insert_restored
+from tests.support.metrics import Samples, metric_samples, value_of
 
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 
@@ -224,25 +224,8 @@ def test_get_queues_reports_what_finished_in_the_last_minute(api: Api, conn: psy
 # ---- GET /metrics histograms
 
 
-def metric_samples(api: Api) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Every sample of /metrics by sample name, parsed by prometheus_client (which refuses
-    malformed exposition text)."""
-    response = api.get("/metrics")
-    assert response.status_code == 200, response.text
-    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def buckets_of(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, queue: str) -> dict[str, float]:
+def buckets_of(samples: Samples, name: str, queue: str) -> dict[str, float]:
     return {labels["le"]: value for labels, value in samples[f"{name}_bucket"] if labels["queue"] == queue}
-
-
-def value_of(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, queue: str) -> float:
-    [value] = [value for labels, value in samples[name] if labels["queue"] == queue]
-    return value
 
 
 def expected_buckets(durations: list[float]) -> dict[str, float]:

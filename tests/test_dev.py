@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -127,6 +128,13 @@ def test_dev_serves_the_api_and_prints_an_admin_key_that_works(dsn: str) -> None
             urllib.request.urlopen(f"{url}/queues", timeout=10)
         refused.value.close()
         assert refused.value.code == 401, "the API dev serves needs the key"
+        # The one-time dashboard link it printed signs a browser in, once.
+        link = re.search(r"Dashboard: (http://\S+/ui/sign-in/\S+)", output.output)
+        assert link, output.output
+        with httpx.Client() as browser:
+            assert browser.get(link[1], follow_redirects=False).status_code == 303
+            assert browser.get(f"{url}/ui", follow_redirects=False).status_code == 200
+            assert httpx.get(link[1], follow_redirects=False).status_code == 401, "a used link signs no one in"
         dev.send_signal(signal.SIGTERM)
         dev.wait(timeout=30)
     finally:

@@ -1,6 +1,7 @@
-"""The app factory: ``create_app(settings)`` assembles controllers, the connection pool (opened
-in the lifespan, kept on ``app.state``), dependencies, authentication, error handlers and the
-OpenAPI document. It holds no logic of its own.
+"""The app factory: ``create_app(settings)`` assembles controllers, the dashboard's routes
+(pgsched.ui, under /ui), the connection pool (opened in the lifespan, kept on ``app.state``),
+dependencies, authentication, error handlers and the OpenAPI document. It holds no logic of
+its own.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pgsched.api.redis_tier import RedisTier
 from pgsched.api.settings import ApiSettings
 from pgsched.app import App
 from pgsched.instants import READER_ADAPTERS
+from pgsched.ui import UI_PATHS, template_config, ui_routes
+from pgsched.ui.insights import Insights
 
 logger = logging.getLogger("pgsched.api")
 
@@ -116,11 +119,13 @@ def create_app(settings: ApiSettings) -> Litestar:
     """The REST API over the database ``settings.dsn``."""
     middleware: list[Any] = []
     if settings.auth:
-        middleware.append(DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS))
+        # The dashboard's pages authenticate by session cookie instead (pgsched.ui.access).
+        middleware.append(DefineMiddleware(ApiKeyAuthentication, exclude=[*PUBLIC_PATHS, *UI_PATHS]))
     if settings.rate_limit is not None:
         middleware.append(RateLimitMiddleware())  # after authentication: it counts per key
     app = Litestar(
-        route_handlers=CONTROLLERS,
+        route_handlers=[*CONTROLLERS, *ui_routes()],
+        template_config=template_config(),
         lifespan=[database_pool, redis_tier],
         state=State(
             {
@@ -128,6 +133,8 @@ def create_app(settings: ApiSettings) -> Litestar:
                 "key_cache": KeyCache(settings.key_cache_s),
                 # The enqueue API (no tasks registered: the API queues runs by task name).
                 "pgsched": App(dsn=settings.dsn),
+                # The dashboard's charts and anomaly flags, kept a few seconds per process.
+                "insights": Insights(),
             }
         ),
         dependencies={**DEPENDENCIES, **CACHE_DEPENDENCY},

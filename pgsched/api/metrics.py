@@ -9,7 +9,9 @@ from typing import Any, Iterable
 
 import psycopg
 
+from pgsched import health
 from pgsched.api import store
+from pgsched.beat import leader_status
 from pgsched.queues import list_queues
 from pgsched.runs import RUN_STATUSES
 
@@ -139,4 +141,82 @@ def render(conn: psycopg.Connection) -> str:
         "pgsched_worker_running_runs", "Runs the live workers hold now.", [({}, sum(w["running"] for w in workers))]
     )
     lines += _duration_histograms(conn, by_queue)
+    # Every queue a run or a worker row names, so a queue whose workers all died keeps its series.
+    known = {*by_queue, *(row["queue"] for row in queues), *(queue for w in workers for queue in w["queues"])}
+    lines += _vital_signs(conn, sorted(known), queues)
     return "\n".join(lines) + "\n"
+
+
+def _per_queue(name: str, help_text: str, queues: Iterable[str], values: dict[str, float]) -> list[str]:
+    """A gauge with a series for every queue (zero where ``values`` has none), so an alert on it
+    sees a queue that has gone quiet rather than a series that vanished."""
+    return _family(name, help_text, (({"queue": queue}, values.get(queue, 0)) for queue in queues))
+
+
+def _vital_signs(conn: psycopg.Connection, known: list[str], queues: list[dict[str, Any]]) -> list[str]:
+    """What deploy/prometheus/alerts.yml, the dashboard and an autoscaler read besides the counts."""
+    return _queue_vital_signs(conn, known, queues) + _cluster_vital_signs(conn)
+
+
+def _queue_vital_signs(conn: psycopg.Connection, known: list[str], queues: list[dict[str, Any]]) -> list[str]:
+    """Per queue: the last minute's outcomes, live workers, expired leases, wanted workers."""
+    live = health.live_workers_by_queue(conn)  # its queues are among ``known``: every worker row's are
+    expired = health.expired_leases_by_queue(conn)
+    wanted = health.desired_workers(conn, health.runs_per_worker(known, live))
+    by_name = {row["queue"]: row for row in queues}
+    lines: list[str] = []
+    for outcome, note in (("succeeded", "."), ("failed", " (attempts used up; a retried attempt is not counted).")):
+        lines += _per_queue(
+            f"pgsched_queue_{outcome}_last_minute",
+            f"Runs that ended {outcome} in the last minute, by queue{note}",
+            known,
+            {q: row[f"{outcome}_last_minute"] for q, row in by_name.items()},
+        )
+    lines += _per_queue(
+        "pgsched_queue_live_workers",
+        f"Workers serving the queue that heartbeated in the last {health.LIVE_WORKER_S:g} s.",
+        known,
+        {q: row["workers"] for q, row in live.items()},
+    )
+    lines += _per_queue(
+        "pgsched_queue_lease_expired_runs",
+        "Running runs whose lease ran out and that no sweep has rescued yet, by queue.",
+        known,
+        {q: row["runs"] for q, row in expired.items()},
+    )
+    lines += _per_queue(
+        "pgsched_queue_lease_expired_seconds",
+        "How long ago the oldest unrescued lease of the queue ran out (0: none).",
+        known,
+        {q: row["oldest_s"] for q, row in expired.items()},
+    )
+    lines += _per_queue(
+        "pgsched_queue_desired_workers",
+        "Workers the queue's backlog wants: pgsched.desired_workers(queue, per_worker), per_worker being "
+        f"the largest concurrency of its live workers (else the default, {health.DEFAULT_RUNS_PER_WORKER}).",
+        known,
+        {q: float(n) for q, n in wanted.items()},
+    )
+    return lines
+
+
+def _cluster_vital_signs(conn: psycopg.Connection) -> list[str]:
+    """The beat leader and the oldest open transaction."""
+    oldest = health.oldest_transaction(conn)
+    return (
+        _family(
+            "pgsched_beat_leader",
+            "1 while a beat holds the leader lock (it fires jobs and rescues expired leases), else 0.",
+            [({}, float(leader_status(conn) is not None))],
+        )
+        + _family(
+            "pgsched_database_oldest_transaction_seconds",
+            "Age of the database's oldest open transaction (prepared ones included); 0: none.",
+            [({}, oldest.age_s)],
+        )
+        + _family(
+            "pgsched_database_oldest_xmin_age",
+            "How many transactions back the oldest open transaction holds vacuum's horizon.",
+            [({}, float(oldest.xmin_age))],
+        )
+    )

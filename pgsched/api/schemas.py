@@ -240,6 +240,41 @@ class QueueSettingsPatch(Request):
     max_running: MaxRunning | UnsetType | None = UNSET
 
 
+class QueueMinute(Struct, kw_only=True):
+    queue: str
+    minute: Annotated[datetime, Meta(description="The minute's start")]
+    succeeded: int
+    failed: Annotated[int, Meta(description="Runs that failed for good (attempts used up) in that minute")]
+
+
+class QueueThroughput(Struct, kw_only=True):
+    items: list[QueueMinute]
+
+
+class FailureGroup(Struct, kw_only=True):
+    task: str
+    error_type: Annotated[str, Meta(description="The type of the last attempt's error ('' when it has none)")]
+    last_hour: int
+    last_day: int
+    last_week: int
+    last_seen: datetime
+
+
+class FailureGroupList(Struct, kw_only=True):
+    items: list[FailureGroup]
+
+
+RunId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
+
+
+class RunIds(Request):
+    ids: Annotated[list[RunId], Meta(min_length=1, max_length=1000, description="Run ids, at most 1,000")]
+
+
+class RunIdsOut(Struct, kw_only=True):
+    ids: Annotated[list[int], Meta(description="The runs the request changed (the others were left as they are)")]
+
+
 class WorkerOut(Struct, kw_only=True):
     id: int
     host: str

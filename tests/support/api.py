@@ -85,7 +85,7 @@ def serving_api(*args: str) -> Iterator[tuple[str, bytes]]:
         try:
             # uvicorn's "running on" line names the port it got.
             match = processes.wait_until(
-                lambda: re.search(r"running on (http://127\.0\.0\.1:\d+)", api.log()),
+                lambda: re.search(r"running on (https?://127\.0\.0\.1:\d+)", api.log()),
                 30,
                 "pgsched api to say where it listens",
             )

@@ -1,16 +1,20 @@
 """The beat's rounds driven by a test: one round per simulated instant (the clock injected as
-``now``, so no test sleeps for a schedule), and a job's row to look at afterwards."""
+``now``, so no test sleeps for a schedule), a job's row to look at afterwards, and a leading
+beat's lock and row held for a block."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 import psycopg
 from psycopg.rows import dict_row
 
 from pgsched.beat import fire_due_jobs
+from pgsched.sql import queries
+from tests.support.db import scalar
 
 GRACE = 5.0  # the beat's default misfire grace
 
@@ -37,3 +41,12 @@ def job_row(conn: psycopg.Connection[Any], name: str, columns: str = "*") -> dic
         row = cur.execute(f"SELECT {columns} FROM pgsched.jobs WHERE name = %s".encode(), (name,)).fetchone()
     assert row is not None, f"no job {name}"
     return row
+
+
+@contextmanager
+def a_beat_leading(dsn: str) -> Iterator[None]:
+    """A beat's leader row and lock, as a leading beat holds them, for the ``with`` block."""
+    with psycopg.connect(dsn, autocommit=True) as lock_holder:
+        assert scalar(lock_holder, queries["leader_try_lock"])
+        lock_holder.execute(queries["leader_record"], {"host": "beat-host", "pid": 4242})
+        yield

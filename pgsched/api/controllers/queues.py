@@ -1,5 +1,6 @@
-"""``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per queue;
-and each queue's settings (``/queues/{name}``: paused, max_running).
+"""``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per
+queue; ``/queues/throughput``: the last hour per minute (the dashboard's charts); and each
+queue's settings (``/queues/{name}``: paused, max_running).
 
 Queues are shared by every tenant, so their settings describe the whole installation: any key
 may read them, only a key without a tenant (scope write or admin) may change them.
@@ -19,13 +20,15 @@ from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
 from pgsched.api.schemas import (
     QueueList,
+    QueueMinute,
     QueueOut,
     QueueSettingsOut,
     QueueSettingsPatch,
+    QueueThroughput,
     error_responses,
     from_row,
 )
-from pgsched.queues import list_queues
+from pgsched.queues import list_queues, queue_throughput
 
 # Checked by queue_settings (422 naming the rule), as a queue name is everywhere.
 QueueName = Annotated[str, PathParameter(description="The queue")]
@@ -54,6 +57,14 @@ class QueueController(Controller):
         queues = QueueList(items=[from_row(QueueOut, row) for row in rows])
         cache.keep_queues(tenant, queues)
         return queues
+
+    @get("/throughput", operation_id="queueThroughput", sync_to_thread=True, responses=error_responses())
+    def throughput(self, pool: Pool, tenant: Tenant) -> QueueThroughput:
+        """Succeeded and failed runs per queue and minute over the last hour, from the per-minute
+        rollup the beat leader keeps (empty without a beat); minutes without runs are left out."""
+        with pool.connection() as conn:
+            rows = queue_throughput(conn, tenant=tenant)
+        return QueueThroughput(items=[from_row(QueueMinute, row) for row in rows])
 
     @get("/{name:str}", operation_id="getQueueSettings", sync_to_thread=True, responses=error_responses(400, 422))
     def get_settings(self, name: QueueName, pool: Pool) -> QueueSettingsOut:

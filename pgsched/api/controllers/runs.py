@@ -17,9 +17,13 @@ from pgsched.api.cache import Cache
 from pgsched.api.deps import Pgsched, Pool, Settings, Tenant
 from pgsched.api.schemas import (
     NO_NUL,
+    FailureGroup,
+    FailureGroupList,
     RunBatchCreate,
     RunBatchOut,
     RunCreate,
+    RunIds,
+    RunIdsOut,
     RunOut,
     RunPage,
     RunStatus,
@@ -28,7 +32,17 @@ from pgsched.api.schemas import (
     from_row,
 )
 from pgsched.errors import InvalidInput
-from pgsched.runs import MAX_LIST_LIMIT, cancel_run, get_run, list_runs, parse_instant, retry_run
+from pgsched.runs import (
+    MAX_LIST_LIMIT,
+    cancel_run,
+    cancel_runs,
+    failure_groups,
+    get_run,
+    list_runs,
+    parse_instant,
+    retry_run,
+    retry_runs,
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -181,6 +195,42 @@ class RunController(Controller):
         return RunPage(
             items=[from_row(RunSummary, row) for row in rows], next=str(rows[-1]["id"]) if len(rows) == limit else None
         )
+
+    @get("/failures", operation_id="listFailureGroups", sync_to_thread=True, responses=error_responses())
+    def failure_groups(self, pool: Pool, tenant: Tenant) -> FailureGroupList:
+        """Runs that ended failed in the last week, grouped by task and the type of their last
+        error, with counts for the last hour, day and week (the 200 most recently seen groups)."""
+        with pool.connection() as conn:
+            rows = failure_groups(conn, tenant=tenant)
+        return FailureGroupList(items=[from_row(FailureGroup, row) for row in rows])
+
+    @post(
+        "/bulk-retry",
+        operation_id="retryRuns",
+        sync_to_thread=True,
+        status_code=200,
+        responses=error_responses(400, 422),
+    )
+    def retry_many(self, data: JSONBody[RunIds], pool: Pool, tenant: Tenant, cache: Cache) -> RunIdsOut:
+        """Queue the failed and cancelled runs among ``ids`` again, due now; returns those it queued."""
+        with pool.connection() as conn, conn.transaction():
+            ids = retry_runs(conn, data.ids, tenant=tenant)
+        for run_id in ids:
+            cache.forget_run(run_id)
+        return RunIdsOut(ids=ids)
+
+    @post(
+        "/bulk-cancel",
+        operation_id="cancelRuns",
+        sync_to_thread=True,
+        status_code=200,
+        responses=error_responses(400, 422),
+    )
+    def cancel_many(self, data: JSONBody[RunIds], pool: Pool, tenant: Tenant) -> RunIdsOut:
+        """Cancel the queued runs among ``ids`` and ask the workers of the running ones to stop
+        them; returns the runs it cancelled or asked to stop."""
+        with pool.connection() as conn, conn.transaction():
+            return RunIdsOut(ids=cancel_runs(conn, data.ids, tenant=tenant))
 
     @get("/{run_id:int}", operation_id="getRun", sync_to_thread=True, responses=error_responses(400, 404, 422))
     def show(self, run_id: FromPath[int], pool: Pool, tenant: Tenant, cache: Cache) -> RunOut:

@@ -1,0 +1,71 @@
+"""A deployment's vital signs, read from the database: live workers per queue, runs stuck past
+their lease, the oldest open transaction, and how many workers each queue's backlog wants.
+
+One home for each question, so ``/metrics`` (at every scrape) and ``pgsched doctor`` (by hand)
+give the same answer. Every query reads only what an index isolates or a small catalog view:
+cheap enough for a scrape every few seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import psycopg
+from psycopg.rows import dict_row
+
+from pgsched.sql import queries
+from pgsched.worker import WorkerOptions
+
+# A worker heartbeats every third of its lease (10 s by default): one not seen for two default
+# leases has missed six heartbeats and is taken for dead, whatever its row still says.
+LIVE_WORKER_S = 2 * WorkerOptions.lease_s
+# The runs one worker holds when no live worker of the queue says otherwise.
+DEFAULT_RUNS_PER_WORKER = WorkerOptions.concurrency
+
+
+@dataclass(frozen=True, slots=True)
+class OldestTransaction:
+    """The oldest open transaction of the database: its age, its xmin's age in transactions
+    (how far back it holds vacuum's horizon) and who holds it (None: no transaction open)."""
+
+    age_s: float
+    xmin_age: int
+    holder: str | None
+
+
+def live_workers_by_queue(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
+    """Per queue: ``{"workers": live workers serving it, "concurrency": the largest of theirs}``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries["worker_live_by_queue"], {"live_s": LIVE_WORKER_S}).fetchall()
+    return {row["queue"]: {"workers": row["workers"], "concurrency": row["concurrency"]} for row in rows}
+
+
+def expired_leases_by_queue(conn: psycopg.Connection[Any]) -> dict[str, dict[str, float]]:
+    """Per queue with any: ``{"runs": running runs past their lease, "oldest_s": how long past}``."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(queries["run_lease_expired_by_queue"]).fetchall()
+    return {row["queue"]: {"runs": row["runs"], "oldest_s": row["oldest_s"]} for row in rows}
+
+
+def oldest_transaction(conn: psycopg.Connection[Any]) -> OldestTransaction:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(queries["database_oldest_transaction"]).fetchone()
+    assert row is not None  # an aggregate always answers
+    return OldestTransaction(row["age_s"], int(row["xmin_age"]), row["holder"])
+
+
+def desired_workers(conn: psycopg.Connection[Any], per_worker: dict[str, int]) -> dict[str, int]:
+    """``pgsched.desired_workers(queue, per_worker[queue])`` for each queue given."""
+    queues = sorted(per_worker)
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            queries["queue_desired_workers"], {"queues": queues, "per_worker": [per_worker[q] for q in queues]}
+        ).fetchall()
+    return {row["queue"]: int(row["workers"]) for row in rows}
+
+
+def runs_per_worker(queues: Iterable[str], live: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The runs one more worker of a queue would hold: the largest concurrency among the live
+    workers serving it (workers like the ones you run), else the worker's default."""
+    return {q: live[q]["concurrency"] if q in live else DEFAULT_RUNS_PER_WORKER for q in queues}

@@ -1,0 +1,133 @@
+"""The dashboard's pages (GET): queues, runs, one run, failures, jobs, workers, and the
+confirmation of a bulk action. Thin: each reads through pgsched's own functions inside
+``page_connection`` (a statement_timeout) and renders a template."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.params import FromPath
+from litestar.response import Template
+
+from pgsched import jobs as job_store
+from pgsched.api import store
+from pgsched.api.deps import Pool, Tenant
+from pgsched.beat import leader_status
+from pgsched.errors import InvalidInput
+from pgsched.queues import list_queues
+from pgsched.runs import COUNT_CAP, count_runs, get_run, list_runs
+from pgsched.ui import insights, reads
+from pgsched.ui.access import require_session
+from pgsched.ui.db import page_connection
+from pgsched.ui.filters import parse_cursor, parse_run_filter, parse_run_id
+from pgsched.ui.render import page
+
+BULK_ACTIONS = ("retry", "cancel")
+JOBS_SHOWN = 500
+
+
+class PageController(Controller):
+    path = "/ui"
+    guards = [require_session]
+    include_in_schema = False
+
+    @get("/", sync_to_thread=True)
+    def queues(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+        """The landing page: per queue its figures, its last hour as a chart, and anomalies."""
+        with page_connection(pool) as conn:
+            queues = list_queues(conn, tenant=tenant)
+            kept: insights.Insights = request.app.state.insights
+            charts = kept.charts(conn, tenant)
+            anomalies = kept.anomalies(conn, tenant)
+        peak = max((m.succeeded + m.failed for minutes in charts.values() for m in minutes), default=0)
+        return page(
+            request, "queues.html", live="_queues.html", queues=queues, charts=charts, peak=peak, anomalies=anomalies
+        )
+
+    @get("/runs", sync_to_thread=True)
+    def runs(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+        """Runs newest first, filtered, a keyset page at a time."""
+        params = dict(request.query_params)
+        chosen = parse_run_filter(params)
+        cursor = parse_cursor(params.get("cursor"))
+        with page_connection(pool) as conn:
+            rows = list_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
+        older = str(rows[-1]["id"]) if len(rows) == chosen.limit else None
+        return page(request, "runs.html", live="_runs.html", runs=rows, filter=chosen, cursor=cursor, older=older)
+
+    @get("/runs/bulk", sync_to_thread=True)
+    def confirm_bulk(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+        """How many runs a bulk action on every run matching the filter would touch, and a button."""
+        params = dict(request.query_params)
+        action = bulk_action(params.get("action"))
+        chosen = parse_run_filter(params, extra=frozenset({"action"}))
+        with page_connection(pool) as conn:
+            matching = count_runs(conn, **chosen.list_runs_kwargs(tenant), cap=COUNT_CAP)
+        return page(request, "bulk_confirm.html", action=action, filter=chosen, matching=matching, cap=COUNT_CAP)
+
+    @get("/runs/{run_id:str}", sync_to_thread=True)
+    def run(self, request: Request[Any, Any, Any], run_id: FromPath[str], pool: Pool, tenant: Tenant) -> Template:
+        """One run: args, result, every attempt's error, its timeline, worker and job."""
+        with page_connection(pool) as conn:
+            run = get_run(conn, parse_run_id(run_id), tenant=tenant)
+            worker = reads.worker(conn, run["worker_id"])
+            job = reads.job_name(conn, run["job_id"])
+        return page(request, "run.html", live="_run.html", run=run, worker=worker, job=job, timeline=timeline(run))
+
+    @get("/failures", sync_to_thread=True)
+    def failures(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+        """Failed runs of the last week by task and error type."""
+        kept: insights.Insights = request.app.state.insights
+        with page_connection(pool) as conn:
+            groups = kept.failure_groups(conn, tenant)
+        return page(request, "failures.html", live="_failures.html", groups=groups)
+
+    @get("/jobs", sync_to_thread=True)
+    def jobs(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+        """Every scheduled job (the first 500 by name) with its next fire times and last run."""
+        with page_connection(pool) as conn:
+            rows = job_store.list_jobs(conn, tenant=tenant, limit=JOBS_SHOWN)
+            last = reads.last_runs(conn, [row["id"] for row in rows])
+        for row in rows:
+            row["upcoming"] = job_store.upcoming(row)
+            row["last_run"] = last.get(row["id"])
+        return page(request, "jobs.html", live="_jobs.html", jobs=rows, more=len(rows) == JOBS_SHOWN)
+
+    @get("/workers", sync_to_thread=True, opt={"cluster_wide": True})
+    def workers(self, request: Request[Any, Any, Any], pool: Pool) -> Template:
+        """Live workers and the beat's leader (the whole installation: keys without a tenant)."""
+        with page_connection(pool) as conn:
+            rows = store.list_workers(conn)
+            leader = leader_status(conn)
+        return page(request, "workers.html", live="_workers.html", workers=rows, leader=leader)
+
+
+def timeline(run: dict[str, Any]) -> list[tuple[datetime, str]]:
+    """A run's life in order: created, each failed attempt (from its error), the last attempt's
+    start and how it ended."""
+    events = [(run["created_at"], "created")]
+    for error in run["errors"]:
+        at = _instant_of(error.get("at"))
+        if at is not None:
+            events.append((at, f"attempt {error.get('attempt', '?')} failed: {error.get('type', 'error')}"))
+    if run["started_at"] is not None:
+        events.append((run["started_at"], f"attempt {run['attempt']} started"))
+    if run["finished_at"] is not None:
+        events.append((run["finished_at"], run["status"]))
+    return sorted(events, key=lambda event: event[0])
+
+
+def _instant_of(text: Any) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return at if at is None or at.utcoffset() is not None else at.replace(tzinfo=timezone.utc)
+
+
+def bulk_action(text: str | None) -> str:
+    if text not in BULK_ACTIONS:
+        raise InvalidInput(f"action must be one of {', '.join(BULK_ACTIONS)}, got {text!r}")
+    return text
