@@ -344,10 +344,11 @@ SELECT pg_notify('pgsched', queue) FROM watched WHERE status = 'queued';
 SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.runs WHERE id = %(id)s;
 
 -- name: queue_list_stats
--- The queue_stats view's numbers (schema 0005), for every tenant or for one.
+-- The queue_stats view's numbers (schema 0005), for every tenant or for one; without the last
+-- hour (succeeded_last_hour NULL, schema 0017) for what refreshes every few seconds.
 SELECT queue, queued, due, running, failed, succeeded_last_hour, succeeded_last_minute, failed_last_minute,
        extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
-FROM pgsched.queue_stats_for(%(tenant)s::text)
+FROM pgsched.queue_stats_v2(%(tenant)s::text, %(last_hour)s)
 ORDER BY queue;
 
 -- name: job_upsert

@@ -103,7 +103,7 @@ CREATE TRIGGER jobs_notify_changed
 -- later run_at; 'failed' means the attempts are used up (the dead-letter state).
 -- (0001_core, 0003_api_keys, 0004_cancel_running, 0005_queue_throughput, 0006_cheaper_queue_check,
 -- 0007_queue_stats_by_index, 0008_queue_stats_infinite_run_at, 0009_rows_every_reader_can_read,
--- 0011_celery)
+-- 0011_celery, 0017_queue_stats_without_last_hour)
 
 CREATE TYPE pgsched.run_status AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
 
@@ -352,7 +352,11 @@ $$;
 -- always holds a lease), finished in the last hour (the finished index) and failed (the
 -- failed index). A queue shows up while it has runs queued, running or failed, or finished
 -- in the last hour; an idle queue with only older successes does not.
-CREATE FUNCTION pgsched.queue_stats_for(of_tenant text)
+--
+-- queue_stats_v2 holds the aggregate; with_last_hour => false reads only the last minute's
+-- finished runs, for what refreshes every few seconds (the dashboard, 0017). queue_stats_for
+-- is the same with the last hour.
+CREATE FUNCTION pgsched.queue_stats_v2(of_tenant text, with_last_hour boolean)
 RETURNS TABLE (
     queue                 text,
     queued                bigint,
@@ -365,10 +369,11 @@ RETURNS TABLE (
     failed_last_minute    bigint
 ) LANGUAGE sql STABLE AS $$
     -- of_tenant NULL: every tenant's runs. failed_last_minute counts runs that ended failed
-    -- (attempts used up), not attempts that will be retried.
+    -- (attempts used up), not attempts that will be retried. Without the last hour, only the
+    -- last minute's finished runs are read and succeeded_last_hour is NULL.
     SELECT part.queue,
            sum(part.queued)::bigint, sum(part.due)::bigint, sum(part.running)::bigint, sum(part.failed)::bigint,
-           sum(part.succeeded_last_hour)::bigint, now() - CASE WHEN min(part.oldest_due_run_at) = '-infinity' THEN '0001-01-02 00:00:00+00'
+           CASE WHEN with_last_hour THEN sum(part.succeeded_last_hour)::bigint END, now() - CASE WHEN min(part.oldest_due_run_at) = '-infinity' THEN '0001-01-02 00:00:00+00'
                               ELSE min(part.oldest_due_run_at) END,
            sum(part.succeeded_last_minute)::bigint, sum(part.failed_last_minute)::bigint
     FROM (
@@ -394,10 +399,26 @@ RETURNS TABLE (
                count(*) FILTER (WHERE r.status = 'succeeded' AND r.finished_at > now() - interval '1 minute'),
                count(*) FILTER (WHERE r.status = 'failed' AND r.finished_at > now() - interval '1 minute')
         FROM pgsched.runs AS r
-        WHERE r.finished_at > now() - interval '1 hour' AND (of_tenant IS NULL OR r.tenant = of_tenant)
+        WHERE r.finished_at > now() - CASE WHEN with_last_hour THEN interval '1 hour' ELSE interval '1 minute' END
+          AND (of_tenant IS NULL OR r.tenant = of_tenant)
         GROUP BY r.queue
     ) AS part
     GROUP BY part.queue
+$$;
+
+CREATE FUNCTION pgsched.queue_stats_for(of_tenant text)
+RETURNS TABLE (
+    queue                 text,
+    queued                bigint,
+    due                   bigint,
+    running               bigint,
+    failed                bigint,
+    succeeded_last_hour   bigint,
+    oldest_queued_age     interval,
+    succeeded_last_minute bigint,
+    failed_last_minute    bigint
+) LANGUAGE sql STABLE AS $$
+    SELECT * FROM pgsched.queue_stats_v2(of_tenant, true)
 $$;
 
 -- How many workers a queue's backlog wants (0014): its due queued runs plus its running runs,
