@@ -5,14 +5,15 @@
 Drains N queued no-op runs with one worker process, in these variants, interleaved round by
 round (the machine is shared: each round's ratios compare drains minutes apart at most):
 
-    base       the worker never imports OpenTelemetry (the reference)
+    base       the worker never imports OpenTelemetry; runs without a trace context (the reference)
+    base+ctx   the same worker, every run queued inside a caller's span (its context stored)
     api        OpenTelemetry's API imported in the worker, no SDK; runs without a trace context
-    api+ctx    the same, every run queued inside a caller's span (its context stored)
+    api+ctx    the same, runs with a context: compare with base+ctx
     sdk+ctx    the SDK, a batch span processor and an exporter that drops every span
     json-logs  the base worker with --log-format json
 
-The last line printed is one JSON object: each variant's drain rates and its median ratio to
-the same round's base.
+The last line printed is one JSON object: each variant's drain rates, and its median ratio to the
+same round's base and base+ctx.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from benchmarks.throughput import BENCH_APP, drain
 # variant: (worker app, worker options, whether runs are queued inside a caller's span)
 VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "base": (BENCH_APP, (), False),
+    "base+ctx": (BENCH_APP, (), True),
     "api": ("benchmarks.bench_app_otel:app", (), False),
     "api+ctx": ("benchmarks.bench_app_otel:app", (), True),
     "sdk+ctx": ("benchmarks.bench_app_otel_sdk:app", (), True),
@@ -63,20 +65,24 @@ def main() -> None:
             for name in order:
                 app, options, traced = VARIANTS[name]
                 with callers_span(traced):
-                    rates[name].append(drain(dsn, args.runs, *options, app=app))
+                    rates[name].append(drain(dsn, args.runs, *options, worker_app=app))
             line = ", ".join(f"{name} {rates[name][-1]:,.0f}/s" for name in VARIANTS)
             print(f"round {round_number + 1}: {line}", flush=True)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("TRUNCATE pgsched.runs")
 
     ratios = {
-        name: statistics.median(r / b for r, b in zip(rates[name], rates["base"]))
-        for name in VARIANTS
-        if name != "base"
+        reference: {
+            name: statistics.median(r / b for r, b in zip(rates[name], rates[reference]))
+            for name in VARIANTS
+            if name != reference
+        }
+        for reference in ("base", "base+ctx")
     }
-    for name, ratio in ratios.items():
-        print(f"{name}: median {ratio:.3f}x base (per-round ratios)", flush=True)
-    print(json.dumps({"runs": args.runs, "rates": rates, "median_ratio_to_base": ratios}))
+    for reference, against in ratios.items():
+        line = ", ".join(f"{name} {ratio:.3f}x" for name, ratio in against.items())
+        print(f"median per-round ratio to {reference}: {line}", flush=True)
+    print(json.dumps({"runs": args.runs, "rates": rates, "median_ratio": ratios}))
 
 
 if __name__ == "__main__":

@@ -9,17 +9,19 @@ request that queued the run, which may have ended hours ago).
 
 OpenTelemetry is imported only once the process has imported it: code that never did has no
 span to continue and no SDK to record one, so the hot path then pays a dict lookup. With the
-API and no SDK, a run's span is a non-recording one carrying its parent's context (what
-OpenTelemetry does itself), so runs it queues still join the trace.
+API and no SDK the worker makes no span at all (nothing would record it), and runs a task
+queues still continue its run's stored context, as a non-recording span would have passed on.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Iterator
 
 from pgsched.context import Origin, enter_origin, leave_origin, origin
@@ -84,7 +86,7 @@ def continued(request_id: str | None, traceparent: str | None) -> Iterator[None]
 
 
 class RunSpan:
-    """One attempt's span (None inside when OpenTelemetry is not loaded) and how it ends."""
+    """One attempt's span (None inside when no SDK records spans here) and how it ends."""
 
     __slots__ = ("span",)
 
@@ -100,13 +102,22 @@ class RunSpan:
             _record_error(self.span, outcome.error)
 
 
-@contextmanager
-def run_span(run: ClaimedRun, worker_id: int) -> Iterator[RunSpan]:
+# Reusable: entering and leaving a nullcontext costs a tenth of a generator's context manager.
+_UNRECORDED = nullcontext(RunSpan(None))
+
+
+def run_span(run: ClaimedRun, worker_id: int) -> AbstractContextManager[RunSpan]:
     """The span an attempt of ``run`` executes in, current inside (sync tasks in threads and
     runs the task queues see it)."""
-    if _OTEL not in sys.modules:
-        yield RunSpan(None)
-        return
+    if _OTEL not in sys.modules or not _recording():
+        # Nothing would record the span. The run's own context still reaches the runs it queues:
+        # enter_run made it the Origin's, as a non-recording span would have passed it on.
+        return _UNRECORDED
+    return _recorded_span(run, worker_id)
+
+
+@contextmanager
+def _recorded_span(run: ClaimedRun, worker_id: int) -> Iterator[RunSpan]:
     from opentelemetry import context as otel_context
     from opentelemetry import trace
 
@@ -190,6 +201,28 @@ def _record_error(span: Span, error_json: str) -> None:
             "exception.stacktrace": entry.get("traceback") or "",
         },
     )
+
+
+_sdk_seen = False
+_sdk_checked_at = -math.inf
+SDK_CHECK_INTERVAL_S = 1.0
+
+
+def _recording() -> bool:
+    """Whether an SDK records spans here: a tracer provider other than the API's placeholders.
+    A provider is set once per process, so a yes is kept; a no is checked again after
+    SDK_CHECK_INTERVAL_S (get_tracer_provider reads os.environ: ~3 us, a twentieth of a run)."""
+    global _sdk_seen, _sdk_checked_at
+    if _sdk_seen:
+        return True
+    now = time.monotonic()
+    if now - _sdk_checked_at < SDK_CHECK_INTERVAL_S:
+        return False
+    _sdk_checked_at = now
+    from opentelemetry import trace
+
+    _sdk_seen = not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return _sdk_seen
 
 
 @functools.cache
