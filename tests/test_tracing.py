@@ -22,6 +22,7 @@ from pgsched import App
 from pgsched.context import Origin, RunContext, enter_origin, leave_origin
 from pgsched.logs import TEXT_FORMAT, CorrelationFilter, JsonFormatter, about
 from tests.support.api import Api, ok, serving_api
+from tests.support.cli import run_cli
 from tests.support.db import scalar
 from tests.support.workers import Workers, status_of
 
@@ -179,9 +180,11 @@ def test_the_sql_function_takes_a_trace_context_and_refuses_a_malformed_one(conn
         conn.execute("INSERT INTO pgsched.runs (task, request_id) VALUES ('noop', E'a\\nb')")
 
 
-def test_the_api_takes_or_makes_a_request_id_returns_it_and_its_runs_keep_it(api: Api) -> None:
+def test_the_api_takes_or_makes_a_request_id_returns_it_and_its_runs_keep_it(api: Api, dsn: str) -> None:
     given = api.post("/runs", json={"task": "noop"}, headers={"X-Request-ID": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123" and ok(given, 201)["request_id"] == "abc-123"
+    shown = run_cli(dsn, "runs", "show", str(given.json()["id"]), "--json")
+    assert json.loads(shown.stdout)["request_id"] == "abc-123", shown.stderr
     made = api.post("/runs", json={"task": "noop"})
     request_id = made.headers["x-request-id"]
     assert len(request_id) == 32 and ok(made, 201)["request_id"] == request_id
