@@ -66,10 +66,10 @@ def enqueue_single(dsn: str, n: int) -> float:
         app.close()
 
 
-def start_worker(dsn: str, *extra: str) -> subprocess.Popen[bytes]:
+def start_worker(dsn: str, *extra: str, app: str = BENCH_APP) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PGSCHED_DSN": dsn}
     return subprocess.Popen(
-        [sys.executable, "-m", "pgsched.cli.main", "worker", "--app", BENCH_APP, "--dsn", dsn, *extra],
+        [sys.executable, "-m", "pgsched.cli.main", "worker", "--app", app, "--dsn", dsn, *extra],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -93,8 +93,9 @@ def wait_until(conn: psycopg.Connection, query: str, timeout_s: float, interval_
         time.sleep(interval_s)
 
 
-def drain(dsn: str, n: int) -> float:
-    """Runs/s from the first claim to the last completion, by the database's clock."""
+def drain(dsn: str, n: int, *extra: str, worker_app: str = BENCH_APP) -> float:
+    """Runs/s from the first claim to the last completion, by the database's clock, of one
+    worker of ``worker_app`` started with ``extra`` options."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgsched.runs")
         from benchmarks.bench_app import app
@@ -102,7 +103,7 @@ def drain(dsn: str, n: int) -> float:
         app.use_dsn(dsn)
         app.enqueue_many("noop", [{}] * n)
         app.close()
-        worker = start_worker(dsn)
+        worker = start_worker(dsn, *extra, app=worker_app)
         try:
             wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs WHERE status IN ('queued', 'running')", 300)
         finally:

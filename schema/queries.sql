@@ -36,21 +36,26 @@ LISTEN pgsched_cancel;
 -- name: run_insert
 -- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
 -- expires: an instant (%(expires_at)s) or seconds from now (%(expires_in)s), or neither.
-INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant, expires_at)
+-- trace_context: the caller's W3C traceparent; request_id: the API request's X-Request-ID.
+INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant, expires_at,
+                          trace_context, request_id)
 VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
         %(max_attempts)s, %(tenant)s,
-        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)))
+        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+        %(trace_context)s, %(request_id)s)
 RETURNING id, true AS created;
 
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key.
 WITH inserted AS (
-    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at)
+    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at,
+                              trace_context, request_id)
     VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
             %(max_attempts)s, %(unique_key)s, %(tenant)s,
-            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)))
+            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+            %(trace_context)s, %(request_id)s)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
@@ -69,7 +74,7 @@ SELECT array_agg(nextval(runs_ids.seq)) AS ids,
 FROM runs_ids, generate_series(1, %(n)s);
 
 -- name: run_copy
-COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant) FROM STDIN;
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id) FROM STDIN;
 
 -- name: run_claim
 -- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
@@ -106,7 +111,7 @@ SET status = 'running',
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
 FROM next
 WHERE r.id = next.id
-RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
+RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id;
 
 -- name: run_claim_skip_flush
 -- This transaction commits without waiting for the WAL flush (SET LOCAL): what the direct
@@ -259,7 +264,7 @@ WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs 
 -- name: run_get
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
-       errors, unique_key, tenant, created_at, expires_at
+       errors, unique_key, tenant, created_at, expires_at, trace_context, request_id
 FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
