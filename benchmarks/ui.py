@@ -141,7 +141,10 @@ def live_db_cpu_ms_per_s(dsn: str, key_id: int, repeats: int) -> dict[str, float
         params = {"token_hash": digest(token), "key_id": key_id, "ttl_s": 3600, "now": None}
         conn.execute(queries["ui_session_insert"], params)
     parts: dict[str, Callable[[psycopg.Connection], object]] = {
-        "session and queue figures": lambda conn: (session_key(conn, token), list_queues(conn, tenant=None)),
+        "session and queue figures": lambda conn: (
+            session_key(conn, token),
+            list_queues(conn, tenant=None, last_hour=False),  # as the queues page reads them (0017)
+        ),
         "chart": lambda conn: insights.last_hour(conn, None),
         "anomaly baseline": lambda conn: insights.anomalies(conn, None),
     }

@@ -125,4 +125,10 @@ def _log_config(level: str) -> dict[str, Any]:
     config["root"] = {"handlers": ["default"], "level": level.upper()}
     # The pool logs every reconnect attempt at INFO; its warnings say what matters.
     config["loggers"]["psycopg.pool"] = {"level": "WARNING"}
+    # Every line a request logs, its access line included, ends with its X-Request-ID (and the
+    # run's ids for a line about a run): pgsched.logs.CorrelationFilter.
+    config["filters"] = {"correlation": {"()": "pgsched.logs.CorrelationFilter"}}
+    for name in ("default", "access"):
+        config["handlers"][name]["filters"] = ["correlation"]
+        config["formatters"][name]["fmt"] += "%(correlation)s"
     return config

@@ -2,7 +2,8 @@
 ``pgsched.runs``; the table's AFTER INSERT trigger sends the NOTIFY that wakes workers.
 
 Every function takes the connection to write on. Pass your own (in a transaction) and the
-run exists if and only if your transaction commits.
+run exists if and only if your transaction commits. Each run keeps where it came from: the
+caller's trace context and the API request's id (:func:`origin_params`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any, Mapping
 import psycopg
 from psycopg.types.json import Jsonb
 
+from pgsched.context import origin
 from pgsched.errors import InvalidInput
 from pgsched.instants import check_readable
 from pgsched.sql import queries
+from pgsched.tracing import current_traceparent
 
 MAX_ARGS_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 1000
@@ -151,7 +154,13 @@ def _insert_params(task: str, args: Jsonb, options: RunOptions) -> dict[str, Any
         "tenant": options.tenant,
         "expires_at": options.expires if isinstance(options.expires, datetime) else None,
         "expires_in": None if isinstance(options.expires, datetime) else options.expires,
+        **origin_params(),
     }
+
+
+def origin_params() -> dict[str, str | None]:
+    """Where a run queued here comes from: the caller's trace context and API request id."""
+    return {"trace_context": current_traceparent(), "request_id": origin().request_id}
 
 
 def _insert_query(options: RunOptions) -> str:
@@ -185,12 +194,19 @@ def _copy_text(task: str, ids: list[int], all_args: list[str], options: RunOptio
     """COPY text-format rows, built as one string: write_row's per-value adaptation was the
     largest cost of a bulk enqueue (~18 us a row). JSON from the encoder is printable ASCII,
     so a backslash is the only character COPY needs escaped; the queue name is validated."""
-    tenant = "\\N" if options.tenant is None else _copy_escape(options.tenant)
-    fixed = f"\t{options.queue}\t{options.priority}\t{run_at.isoformat()}\t{options.max_attempts}\t{tenant}\n"
+    came_from = "\t".join(_copy_value(value) for value in origin_params().values())
+    fixed = (
+        f"\t{options.queue}\t{options.priority}\t{run_at.isoformat()}\t{options.max_attempts}"
+        f"\t{_copy_value(options.tenant)}\t{came_from}\n"
+    )
     name = _copy_escape(task)
     return "".join(
         f"{run_id}\t{name}\t{args.replace(chr(92), chr(92) * 2)}{fixed}" for run_id, args in zip(ids, all_args)
     ).encode()
+
+
+def _copy_value(value: str | None) -> str:
+    return "\\N" if value is None else _copy_escape(value)
 
 
 def _copy_escape(value: str) -> str:

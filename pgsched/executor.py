@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from pgsched.app import Task
-from pgsched.context import RunContext, enter_run
 from pgsched.errors import Cancel, InvalidArgs, Retry
 from pgsched.process_pool import ChildFailed, ProcessPool
 from pgsched.run_types import ClaimedRun, Outcome
@@ -94,13 +93,12 @@ async def execute(
     tasks: Mapping[str, Task[Any, Any]],
     threads: TaskThreads,
     worker_id: int,
-    context: RunContext,
     processes: ProcessPool | None = None,
 ) -> Outcome:
     """Run the task of ``run`` and report the outcome. Never raises, except CancelledError.
 
-    ``context`` is what the task sees as ``pgsched.current_run()``. Tasks ``processes``
-    handles run in its child processes.
+    The caller has entered the run (:func:`pgsched.context.enter_run`): what the task sees as
+    ``pgsched.current_run()``. Tasks ``processes`` handles run in its child processes.
     """
     task = tasks.get(run.task)
     if task is None:
@@ -113,7 +111,6 @@ async def execute(
     except InvalidArgs as exc:
         return _failure(run, worker_id, "InvalidArgs", str(exc), retryable=False)
 
-    enter_run(context)  # this run's own asyncio task: the setting stays with it
     value: Any = None
     result: str | None = None  # the value as JSON text, when a child process encoded it already
     try:

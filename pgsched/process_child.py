@@ -6,7 +6,9 @@ imports the user's App by its ``module:attribute`` path (functions never cross t
 boundary), says it is ready, then answers one request per run until its pipe closes.
 
 The pipe carries bytes, never pickles. A request is the JSON object
-``{"id", "task", "attempt", "max_attempts", "args"}``; a reply is one tag byte and a payload:
+``{"id", "task", "attempt", "max_attempts", "args", "queue", "worker_id", "request_id",
+"traceparent"}`` (the last: the worker's span for the run, which the task continues); a reply
+is one tag byte and a payload:
 
     READY          the app is imported; the child takes requests
     LOAD_FAILED    + message: the app cannot be imported here (the child then exits)
@@ -33,6 +35,7 @@ from typing import Any
 
 from pgsched.context import RunContext, enter_run
 from pgsched.errors import Cancel, Retry
+from pgsched.tracing import span_continued
 
 READY = b"+"
 LOAD_FAILED = b"!"
@@ -113,9 +116,10 @@ def run_request(tasks: dict[str, Any], request: dict[str, Any]) -> bytes:
         return _raised("TaskNotFound", f"unknown task {name!r} in the child process's copy of the app", retryable=False)
     # current_run() works here; its ``cancelled`` flag never turns True, since a cancel kills
     # the process instead.
-    enter_run(RunContext(request["id"], name, request["attempt"], request["max_attempts"]))
+    enter_run(_run_context(request), request["traceparent"])
     try:
-        value = task.fn(**request["args"])
+        with span_continued(request["traceparent"]):
+            value = task.fn(**request["args"])
     except Retry as exc:
         return _raised("Retry", str(exc), control="retry", after=exc.after)
     except Cancel as exc:
@@ -130,6 +134,18 @@ def run_request(tasks: dict[str, Any], request: dict[str, Any]) -> bytes:
         return _raised(
             "ResultNotSerialisable", f"the task returned a value that is not JSON-serialisable: {exc}", retryable=False
         )
+
+
+def _run_context(request: dict[str, Any]) -> RunContext:
+    return RunContext(
+        request["id"],
+        request["task"],
+        request["attempt"],
+        request["max_attempts"],
+        queue=request["queue"],
+        worker_id=request["worker_id"],
+        request_id=request["request_id"],
+    )
 
 
 def _raised(

@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Mapping
 
+from pgsched.context import running
 from pgsched.errors import AppLoadError, Cancel, ConfigError, Retry
 from pgsched.process_child import LOAD_FAILED, RAISED, READY, RESULT, child_main, parent_logging
+from pgsched.tracing import current_traceparent
 
 if TYPE_CHECKING:
     from multiprocessing.context import SpawnProcess
@@ -244,9 +246,7 @@ class ProcessPool:
         got the run, not from the wait for a free one), Retry or Cancel (raised by the task),
         ChildFailed (another exception, or the process died). A cancelled call kills its child.
         """
-        request = json.dumps(
-            {"id": run.id, "task": run.task, "attempt": run.attempt, "max_attempts": run.max_attempts, "args": args}
-        ).encode()
+        request = json.dumps(_request(run, args)).encode()
         child = await self._dispatch(request)
         try:
             async with asyncio.timeout(timeout_s):
@@ -346,6 +346,23 @@ class ProcessPool:
                 f"{message.removeprefix(LOAD_FAILED).decode(errors='replace')}"
             )
         return child
+
+
+def _request(run: ClaimedRun, args: Mapping[str, Any]) -> dict[str, Any]:
+    """What a child needs to run ``run`` as the worker would: its task and args, and what the
+    task and log lines see of the run; ``traceparent`` is the worker's span for it."""
+    worker_run = running()
+    return {
+        "id": run.id,
+        "task": run.task,
+        "attempt": run.attempt,
+        "max_attempts": run.max_attempts,
+        "args": args,
+        "queue": run.queue,
+        "worker_id": worker_run.worker_id if worker_run is not None else None,
+        "request_id": run.request_id,
+        "traceparent": current_traceparent(),
+    }
 
 
 def _decode(reply: bytes) -> str:

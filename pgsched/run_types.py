@@ -19,6 +19,9 @@ class ClaimedRun:
     args: Any
     attempt: int
     max_attempts: int
+    queue: str = "default"
+    trace_context: str | None = None  # the W3C traceparent of the code that queued it
+    request_id: str | None = None  # the X-Request-ID of the API request that queued it
 
 
 @dataclass(slots=True)

@@ -38,15 +38,17 @@ from pgsched.app import POOLS, App
 from pgsched.beat import Beat, BeatOptions, check_leader_lock_possible
 from pgsched.completer import Completer
 from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
-from pgsched.context import RunContext
+from pgsched.context import RunContext, enter_run
 from pgsched.executor import cancelled_on_request, execute
 from pgsched.fetcher import Capacity, Fetcher, FetchSettings, claim_pool
 from pgsched.listener import Listener
+from pgsched.logs import about
 from pgsched.maintenance import rescue_expired
 from pgsched.process_pool import ProcessPool
 from pgsched.run_types import ClaimedRun, Outcome
 from pgsched.sql import queries
 from pgsched.threads import TaskThreads
+from pgsched.tracing import run_span
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -271,7 +273,16 @@ class Worker:
         return self._completer.unwritten >= self._max_unwritten
 
     def _start(self, run: ClaimedRun) -> None:
-        execution = _Execution(run, RunContext(run.id, run.task, run.attempt, run.max_attempts))
+        context = RunContext(
+            run.id,
+            run.task,
+            run.attempt,
+            run.max_attempts,
+            queue=run.queue,
+            worker_id=self.worker_id,
+            request_id=run.request_id,
+        )
+        execution = _Execution(run, context)
         if self._processes is not None and self._processes.handles(run.task):
             execution.in_process = True
             self._process_runs += 1
@@ -289,19 +300,21 @@ class Worker:
 
     async def _execute(self, execution: _Execution) -> None:
         run = execution.run
-        # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is
-        # a large share of the worker's CPU.
-        logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
-        started = time.perf_counter()
-        try:
-            outcome = await execute(
-                run, self.app.tasks, self._threads, self.worker_id or 0, execution.context, self._processes
-            )
-        except asyncio.CancelledError:
-            if not execution.context.cancelled:
-                return  # released back to the queue by the shutdown
-            outcome = cancelled_on_request(run, self.worker_id or 0)
-        _log_outcome(run, outcome, time.perf_counter() - started)
+        # This run's own asyncio task: what enter_run sets stays with it (log lines, current_run()).
+        enter_run(execution.context, run.trace_context)
+        with run_span(run, self.worker_id or 0) as span:
+            # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is
+            # a large share of the worker's CPU.
+            logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
+            started = time.perf_counter()
+            try:
+                outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, self._processes)
+            except asyncio.CancelledError:
+                if not execution.context.cancelled:
+                    return  # released back to the queue by the shutdown
+                outcome = cancelled_on_request(run, self.worker_id or 0)
+            span.record(outcome)
+            _log_outcome(run, outcome, time.perf_counter() - started)
         if outcome.status == "succeeded":
             self._succeeded += 1
         self._completer.add(outcome)
@@ -338,7 +351,7 @@ class Worker:
         execution = self._state.executing.get(run_id)
         if execution is None:
             return
-        logger.info("run %d %s: cancel requested", run_id, execution.run.task)
+        logger.info("run %d %s: cancel requested", run_id, execution.run.task, extra=about(execution.context))
         execution.context.cancelled = True
         if execution.task is not None and self._stoppable(execution):
             execution.task.cancel()
@@ -453,7 +466,7 @@ class Worker:
                     done_or_forced, timeout=deadline - time.monotonic(), return_when=asyncio.FIRST_COMPLETED
                 )
                 done_or_forced[0].cancel()
-        leftover = [execution.run for execution in executing.values()]
+        leftover = [execution.context for execution in executing.values()]
         self._abandoned_threads = any(
             e.run.task in self.app.tasks and not self._stoppable(e) for e in executing.values()
         )
@@ -464,7 +477,7 @@ class Worker:
             await self._release(pool, leftover)
         await self._drain(completer, deadline)
 
-    async def _release(self, pool: AsyncConnectionPool, runs: list[ClaimedRun]) -> None:
+    async def _release(self, pool: AsyncConnectionPool, runs: list[RunContext]) -> None:
         try:
             # Bounds the statement too: a connection cut off without a reset would hang it.
             async with asyncio.timeout(SHUTDOWN_WRITE_TIMEOUT_S), pool.connection() as conn:
@@ -478,7 +491,7 @@ class Worker:
             )
             return
         for run in runs:
-            logger.info("run %d %s released back to the queue (worker stopping)", run.id, run.task)
+            logger.info("run %d %s released back to the queue (worker stopping)", run.id, run.task, extra=about(run))
 
     async def _drain(self, completer: Completer, deadline: float) -> None:
         """Wait for the outcomes not yet written, until the grace ends (a blip of at least

@@ -37,21 +37,26 @@ LISTEN pgsched_queues;
 -- name: run_insert
 -- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
 -- expires: an instant (%(expires_at)s) or seconds from now (%(expires_in)s), or neither.
-INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant, expires_at)
+-- trace_context: the caller's W3C traceparent; request_id: the API request's X-Request-ID.
+INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant, expires_at,
+                          trace_context, request_id)
 VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
         %(max_attempts)s, %(tenant)s,
-        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)))
+        coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+        %(trace_context)s, %(request_id)s)
 RETURNING id, true AS created;
 
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key.
 WITH inserted AS (
-    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at)
+    INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at,
+                              trace_context, request_id)
     VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
             %(max_attempts)s, %(unique_key)s, %(tenant)s,
-            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)))
+            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+            %(trace_context)s, %(request_id)s)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
@@ -70,7 +75,7 @@ SELECT array_agg(nextval(runs_ids.seq)) AS ids,
 FROM runs_ids, generate_series(1, %(n)s);
 
 -- name: run_copy
-COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant) FROM STDIN;
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id) FROM STDIN;
 
 -- name: run_claim
 -- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
@@ -113,7 +118,7 @@ SET status = 'running',
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
 FROM next
 WHERE r.id = next.id
-RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
+RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id;
 
 -- name: queue_lock_for_claim
 -- First statement of a limited queue's claim transaction: lock its settings row, so the claims
@@ -167,10 +172,10 @@ WITH running AS MATERIALIZED (
         lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
     FROM taken
     WHERE r.id = taken.id
-    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts
+    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
 )
 SELECT h.n AS headroom, (SELECT count(*) FROM next) > h.take AS more_due,
-       c.id, c.task, c.args, c.attempt, c.max_attempts
+       c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id
 FROM headroom AS h LEFT JOIN claimed AS c ON true;
 
 -- name: queue_settings_of_worker
@@ -330,7 +335,7 @@ WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs 
 -- name: run_get
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
-       errors, unique_key, tenant, created_at, expires_at
+       errors, unique_key, tenant, created_at, expires_at, trace_context, request_id
 FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
@@ -415,10 +420,11 @@ SELECT pg_notify('pgsched', queue) FROM watched WHERE status = 'queued';
 SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.runs WHERE id = %(id)s;
 
 -- name: queue_list_stats
--- The queue_stats view's numbers (schema 0005), for every tenant or for one.
+-- The queue_stats view's numbers (schema 0005), for every tenant or for one; without the last
+-- hour (succeeded_last_hour NULL, schema 0017) for what refreshes every few seconds.
 SELECT queue, queued, due, running, failed, succeeded_last_hour, succeeded_last_minute, failed_last_minute,
        extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
-FROM pgsched.queue_stats_for(%(tenant)s::text)
+FROM pgsched.queue_stats_v2(%(tenant)s::text, %(last_hour)s)
 ORDER BY queue;
 
 -- name: queue_settings_get

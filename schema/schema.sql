@@ -103,7 +103,7 @@ CREATE TRIGGER jobs_notify_changed
 -- later run_at; 'failed' means the attempts are used up (the dead-letter state).
 -- (0001_core, 0003_api_keys, 0004_cancel_running, 0005_queue_throughput, 0006_cheaper_queue_check,
 -- 0007_queue_stats_by_index, 0008_queue_stats_infinite_run_at, 0009_rows_every_reader_can_read,
--- 0011_celery)
+-- 0011_celery, 0015_trace_context, 0017_queue_stats_without_last_hour)
 
 CREATE TYPE pgsched.run_status AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
 
@@ -143,6 +143,11 @@ CREATE TABLE pgsched.runs (
     expires_at          timestamptz,
     -- Someone waits on this run: its end is notified on pgsched_finished (0011).
     awaited             boolean,
+    -- The W3C traceparent of the code that queued the run: the worker's span continues that
+    -- trace (0015). NULL: a new trace (a beat fire, or a caller without tracing).
+    trace_context       text,
+    -- The X-Request-ID of the API request that queued the run (0015).
+    request_id          text,
     CONSTRAINT task_must_not_be_empty CHECK (task ~ '\S' AND length(task) <= 200),
     CONSTRAINT args_must_be_a_json_object CHECK (jsonb_typeof(args) = 'object'),
     CONSTRAINT args_must_be_at_most_1_mb CHECK (pg_column_size(args) <= 1048576),
@@ -269,17 +274,19 @@ BEGIN
 END;
 $$;
 
--- pgsched.enqueue with expires_at: a run not started by then is cancelled (reason: expired).
+-- pgsched.enqueue with expires_at (0011) and trace_context (0015): a run not started by then is
+-- cancelled (reason: expired); a service in another language passes its span's W3C traceparent.
 -- A new version beside the old one, which callers of the previous release keep using.
 CREATE FUNCTION pgsched.enqueue_v2(
-    task         text,
-    args         jsonb DEFAULT '{}',
-    queue        text DEFAULT 'default',
-    priority     integer DEFAULT 0,
-    run_at       timestamptz DEFAULT now(),
-    max_attempts integer DEFAULT 3,
-    unique_key   text DEFAULT NULL,
-    expires_at   timestamptz DEFAULT NULL
+    task          text,
+    args          jsonb DEFAULT '{}',
+    queue         text DEFAULT 'default',
+    priority      integer DEFAULT 0,
+    run_at        timestamptz DEFAULT now(),
+    max_attempts  integer DEFAULT 3,
+    unique_key    text DEFAULT NULL,
+    expires_at    timestamptz DEFAULT NULL,
+    trace_context text DEFAULT NULL
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -304,9 +311,14 @@ BEGIN
         RAISE EXCEPTION 'pgsched.enqueue_v2: expires_at (%) must be after run_at (%): the run would never start',
             expires_at, coalesce(run_at, now()) USING ERRCODE = '22023';
     END IF;
-    INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key, expires_at)
+    IF trace_context !~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$' THEN
+        RAISE EXCEPTION 'pgsched.enqueue_v2: trace_context must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>), got %',
+            quote_literal(left(trace_context, 80)) USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key, expires_at, trace_context)
     VALUES (enqueue_v2.task, enqueue_v2.args, coalesce(enqueue_v2.queue, 'default'), enqueue_v2.priority,
-            coalesce(enqueue_v2.run_at, now()), enqueue_v2.max_attempts, enqueue_v2.unique_key, enqueue_v2.expires_at)
+            coalesce(enqueue_v2.run_at, now()), enqueue_v2.max_attempts, enqueue_v2.unique_key, enqueue_v2.expires_at,
+            enqueue_v2.trace_context)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING r.id INTO new_id;
     IF new_id IS NULL THEN
@@ -352,7 +364,11 @@ $$;
 -- always holds a lease), finished in the last hour (the finished index) and failed (the
 -- failed index). A queue shows up while it has runs queued, running or failed, or finished
 -- in the last hour; an idle queue with only older successes does not.
-CREATE FUNCTION pgsched.queue_stats_for(of_tenant text)
+--
+-- queue_stats_v2 holds the aggregate; with_last_hour => false reads only the last minute's
+-- finished runs, for what refreshes every few seconds (the dashboard, 0017). queue_stats_for
+-- is the same with the last hour.
+CREATE FUNCTION pgsched.queue_stats_v2(of_tenant text, with_last_hour boolean)
 RETURNS TABLE (
     queue                 text,
     queued                bigint,
@@ -365,10 +381,11 @@ RETURNS TABLE (
     failed_last_minute    bigint
 ) LANGUAGE sql STABLE AS $$
     -- of_tenant NULL: every tenant's runs. failed_last_minute counts runs that ended failed
-    -- (attempts used up), not attempts that will be retried.
+    -- (attempts used up), not attempts that will be retried. Without the last hour, only the
+    -- last minute's finished runs are read and succeeded_last_hour is NULL.
     SELECT part.queue,
            sum(part.queued)::bigint, sum(part.due)::bigint, sum(part.running)::bigint, sum(part.failed)::bigint,
-           sum(part.succeeded_last_hour)::bigint, now() - CASE WHEN min(part.oldest_due_run_at) = '-infinity' THEN '0001-01-02 00:00:00+00'
+           CASE WHEN with_last_hour THEN sum(part.succeeded_last_hour)::bigint END, now() - CASE WHEN min(part.oldest_due_run_at) = '-infinity' THEN '0001-01-02 00:00:00+00'
                               ELSE min(part.oldest_due_run_at) END,
            sum(part.succeeded_last_minute)::bigint, sum(part.failed_last_minute)::bigint
     FROM (
@@ -394,10 +411,26 @@ RETURNS TABLE (
                count(*) FILTER (WHERE r.status = 'succeeded' AND r.finished_at > now() - interval '1 minute'),
                count(*) FILTER (WHERE r.status = 'failed' AND r.finished_at > now() - interval '1 minute')
         FROM pgsched.runs AS r
-        WHERE r.finished_at > now() - interval '1 hour' AND (of_tenant IS NULL OR r.tenant = of_tenant)
+        WHERE r.finished_at > now() - CASE WHEN with_last_hour THEN interval '1 hour' ELSE interval '1 minute' END
+          AND (of_tenant IS NULL OR r.tenant = of_tenant)
         GROUP BY r.queue
     ) AS part
     GROUP BY part.queue
+$$;
+
+CREATE FUNCTION pgsched.queue_stats_for(of_tenant text)
+RETURNS TABLE (
+    queue                 text,
+    queued                bigint,
+    due                   bigint,
+    running               bigint,
+    failed                bigint,
+    succeeded_last_hour   bigint,
+    oldest_queued_age     interval,
+    succeeded_last_minute bigint,
+    failed_last_minute    bigint
+) LANGUAGE sql STABLE AS $$
+    SELECT * FROM pgsched.queue_stats_v2(of_tenant, true)
 $$;
 
 -- How many workers a queue's backlog wants (0014): its due queued runs plus its running runs,
@@ -789,3 +822,12 @@ CREATE TABLE pgsched.run_rollup (
     wait_s_sum  float8 NOT NULL DEFAULT 0,
     PRIMARY KEY (minute, queue, task, tenant)
 );
+
+-- A run's trace context and request id, as readable as every other column (0015).
+ALTER TABLE pgsched.runs
+    ADD CONSTRAINT run_trace_context_must_be_a_w3c_traceparent
+        CHECK (length(trace_context) = 55 AND trace_context ~ '^[0-9a-f-]*$'
+               AND substr(trace_context, 3, 1) = '-' AND substr(trace_context, 36, 1) = '-'
+               AND substr(trace_context, 53, 1) = '-') NOT VALID,
+    ADD CONSTRAINT run_request_id_must_be_1_to_128_visible_ascii_characters
+        CHECK (request_id ~ '^[!-~]+$' AND length(request_id) <= 128) NOT VALID;

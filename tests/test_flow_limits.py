@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from pgsched.queue_settings import set_queue_settings
+from pgsched.sql import queries
 from tests.support.db import scalar
 from tests.support.workers import Workers, insert_run
 
@@ -98,3 +99,17 @@ def test_pausing_a_queue_under_load_stops_its_claims_at_once_and_resuming_drains
 
     set_queue_settings(conn, "limited", paused=False)
     workers.wait_until(lambda: scalar(conn, SUCCEEDED_IN_LIMITED) == runs, 60, "the resumed queue to drain")
+
+
+def test_the_limited_claim_returns_a_run_as_run_claim_does(conn: psycopg.Connection[Any]) -> None:
+    """Both feed ClaimedRun: a column run_claim gains (queue, trace context, ...) must come from
+    run_claim_limited too, or runs of a limited queue would start without it."""
+    set_queue_settings(conn, "limited", max_running=5)
+    for queue in ("limited", "open"):
+        insert_run(conn, "record", {"key": queue}, queue=queue)
+    params = {"limit": 5, "worker_id": 1, "lease_s": 30.0, "now": None, "only_tasks": None, "skip_tasks": None}
+    open_claim = conn.execute(queries["run_claim"], {**params, "queues": ["open"]})
+    limited_claim = conn.execute(queries["run_claim_limited"], {**params, "queue": "limited", "max_running": 5})
+    open_columns = [column.name for column in open_claim.description or ()]
+    assert [column.name for column in limited_claim.description or ()][2:] == open_columns
+    assert limited_claim.fetchall()[0][2 + open_columns.index("queue")] == "limited"

@@ -204,7 +204,7 @@ def test_the_utility_statements_run(conn):
             conn.execute(queries[name])
     conn.execute(queries["migration_bootstrap"])  # idempotent on a migrated database
     with conn.cursor().copy(queries["run_copy"]) as copy:
-        copy.write_row((10**9, "copied", "{}", "default", 0, "2030-01-01T00:00:00Z", 3, None))
+        copy.write_row((10**9, "copied", "{}", "default", 0, "2030-01-01T00:00:00Z", 3, None, None, None))
     assert conn.execute("SELECT task FROM pgsched.runs WHERE id = %s", (10**9,)).fetchone()[0] == "copied"
 
 
@@ -443,3 +443,20 @@ def test_the_wheel_installs_pgsched_with_its_cli_and_schema_and_migrates(tmp_pat
     assert specs == "None None", "a top-level cli or schema module was installed"
     assert int(count) == len(queries)
     assert not (Path(site_packages) / "cli").exists() and not (Path(site_packages) / "schema").exists()
+
+
+def test_queue_stats_without_the_last_hour_read_only_the_last_minute(conn: psycopg.Connection) -> None:
+    # What the dashboard polls every 2 s (0017): the last minute's finished runs, not the hour's.
+    insert_restored(
+        conn,
+        "INSERT INTO pgsched.runs (task, queue, status, attempt, started_at, finished_at) VALUES"
+        " ('t', 'half-hour-ago', 'succeeded', 1, now() - interval '31 minutes', now() - interval '30 minutes'),"
+        " ('t', 'just-now', 'succeeded', 1, now() - interval '11 seconds', now() - interval '10 seconds'),"
+        " ('t', 'just-now', 'failed', 1, now() - interval '6 seconds', now() - interval '5 seconds')",
+    )
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'waiting')")
+    columns = "queue, queued, succeeded_last_hour, succeeded_last_minute, failed_last_minute"
+    live = conn.execute(f"SELECT {columns} FROM pgsched.queue_stats_v2(NULL, false) ORDER BY 1".encode()).fetchall()
+    assert live == [("just-now", 0, None, 1, 1), ("waiting", 1, None, 0, 0)]
+    hour = conn.execute(f"SELECT {columns} FROM pgsched.queue_stats_for(NULL) ORDER BY 1".encode()).fetchall()
+    assert hour == [("half-hour-ago", 0, 1, 0, 0), ("just-now", 0, 1, 1, 1), ("waiting", 1, 0, 0, 0)]

@@ -561,10 +561,10 @@ def test_an_outcome_from_a_worker_that_lost_its_lease_changes_nothing(app, dsn, 
             async with pool.connection() as c:
                 first = await register_worker(c, pid=1)
                 second = await register_worker(c, pid=2)
-                [(_, _, _, attempt_1, _)] = await claim(c, first, ["default"])
+                [(_, _, _, attempt_1, *_)] = await claim(c, first, ["default"])
                 later = datetime.now(timezone.utc) + timedelta(hours=1)
                 assert await rescue_expired(pool, stale_worker_s=3600 * 24, now=later) == (1, 0)
-                [(_, _, _, attempt_2, _)] = await claim(c, second, ["default"], now=later)
+                [(_, _, _, attempt_2, *_)] = await claim(c, second, ["default"], now=later)
 
             # The first worker finishes late, through its completer: the write is fenced off.
             written: list[set[int]] = []

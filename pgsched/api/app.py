@@ -27,6 +27,7 @@ from pgsched.api.controllers.jobs import JobController
 from pgsched.api.controllers.queues import QueueController
 from pgsched.api.controllers.runs import RunController
 from pgsched.api.controllers.workers import WorkerController
+from pgsched.api.correlation import correlation_middleware
 from pgsched.api.deps import DEPENDENCIES
 from pgsched.api.errors import EXCEPTION_HANDLERS
 from pgsched.api.ratelimit import RateLimiter, RateLimitMiddleware
@@ -117,7 +118,7 @@ def openapi_config() -> OpenAPIConfig:
 
 def create_app(settings: ApiSettings) -> Litestar:
     """The REST API over the database ``settings.dsn``."""
-    middleware: list[Any] = []
+    middleware: list[Any] = [correlation_middleware]  # first: outermost, every request gets its id
     if settings.auth:
         # The dashboard's pages authenticate by session cookie instead (pgsched.ui.access).
         middleware.append(DefineMiddleware(ApiKeyAuthentication, exclude=[*PUBLIC_PATHS, *UI_PATHS]))

@@ -86,6 +86,13 @@ class RunOut(Struct, kw_only=True):
         datetime | None,
         Meta(description="Not started by then, the run never starts: it ends cancelled, its last error 'Expired'"),
     ] = None
+    trace_context: Annotated[
+        str | None,
+        Meta(description="The W3C traceparent of the code that queued the run: the worker's span continues it"),
+    ] = None
+    request_id: Annotated[str | None, Meta(description="The X-Request-ID of the API request that queued the run")] = (
+        None
+    )
 
 
 class RunSummary(Struct, kw_only=True):

@@ -65,6 +65,27 @@ def last_hour(conn: psycopg.Connection, tenant: str | None, now: datetime | None
     return series
 
 
+def with_charted_queues(live: list[dict[str, Any]], charts: dict[str, list[Minute]]) -> list[dict[str, Any]]:
+    """The live queue figures, plus a row of zeros for each queue only the last hour's chart
+    knows of (its runs finished more than a minute ago), by queue name."""
+    known = {row["queue"] for row in live}
+    idle = [
+        {
+            "queue": queue,
+            "queued": 0,
+            "due": 0,
+            "running": 0,
+            "failed": 0,
+            "oldest_queued_age_s": None,
+            "succeeded_last_minute": 0,
+            "failed_last_minute": 0,
+        }
+        for queue in charts
+        if queue not in known
+    ]
+    return sorted(live + idle, key=lambda row: row["queue"])
+
+
 def bars(minutes: list[Minute], peak: int, *, height: float = 30.0) -> tuple[str, str]:
     """SVG path data for a chart of ``minutes`` (2 units wide each) scaled to ``peak``: the
     succeeded part of each bar and the failed part on top of it. Two paths rather than a

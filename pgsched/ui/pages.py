@@ -37,10 +37,13 @@ class PageController(Controller):
     def queues(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
         """The landing page: per queue its figures, its last hour as a chart, and anomalies."""
         with page_connection(pool) as conn:
-            queues = list_queues(conn, tenant=tenant)
+            # Without the last hour's finished runs (7 ms of a 2 s poll on 10^6 runs): the chart
+            # has the hour, from the rollup, and lists the queues only it knows of.
+            live = list_queues(conn, tenant=tenant, last_hour=False)
             kept: insights.Insights = request.app.state.insights
             charts = kept.charts(conn, tenant)
             anomalies = kept.anomalies(conn, tenant)
+        queues = insights.with_charted_queues(live, charts)
         peak = max((m.succeeded + m.failed for minutes in charts.values() for m in minutes), default=0)
         return page(
             request, "queues.html", live="_queues.html", queues=queues, charts=charts, peak=peak, anomalies=anomalies

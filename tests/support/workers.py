@@ -5,7 +5,7 @@ side table ``executions``; and the queries the tests read the outcome with."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -27,19 +27,26 @@ class Workers(Processes):
         super().__init__(tmp_path, conn)
         self.dsn = dsn
 
-    def start(self, *options: str, log_format: str = "text", register: bool = True) -> Process:  # type: ignore[override]
-        """A worker; unless ``register=False``, once its row is in pgsched.workers."""
+    def start(  # type: ignore[override]
+        self,
+        *options: str,
+        log_format: str = "text",
+        register: bool = True,
+        app: str = APP,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """A worker of ``app``; unless ``register=False``, once its row is in pgsched.workers."""
         worker = super().start(
             "worker",
             "--app",
-            APP,
+            app,
             "--dsn",
             self.dsn,
             "--log-format",
             log_format,
             *options,
             kind="worker",
-            env={"PGSCHED_DSN": self.dsn},
+            env={"PGSCHED_DSN": self.dsn, **(env or {})},
         )
         if register:
             worker.worker_id = self.wait_until(
