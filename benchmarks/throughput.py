@@ -66,11 +66,12 @@ def enqueue_single(dsn: str, n: int) -> float:
         app.close()
 
 
-def start_worker(dsn: str, *extra: str, app: str = BENCH_APP) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PGSCHED_DSN": dsn}
+def start_worker(dsn: str, *extra: str, app: str = BENCH_APP, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """A `pgsched worker` of ``app``, of the code under ``root`` (another tree: an A/B of two versions)."""
+    env = {**os.environ, "PGSCHED_DSN": dsn, "PYTHONPATH": str(root)}
     return subprocess.Popen(
         [sys.executable, "-m", "pgsched.cli.main", "worker", "--app", app, "--dsn", dsn, *extra],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -93,9 +94,9 @@ def wait_until(conn: psycopg.Connection, query: str, timeout_s: float, interval_
         time.sleep(interval_s)
 
 
-def drain(dsn: str, n: int, *extra: str, worker_app: str = BENCH_APP) -> float:
+def drain(dsn: str, n: int, *extra: str, worker_app: str = BENCH_APP, root: Path = ROOT) -> float:
     """Runs/s from the first claim to the last completion, by the database's clock, of one
-    worker of ``worker_app`` started with ``extra`` options."""
+    worker of ``worker_app`` started with ``extra`` options, of the code under ``root``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgsched.runs")
         from benchmarks.bench_app import app
@@ -103,7 +104,7 @@ def drain(dsn: str, n: int, *extra: str, worker_app: str = BENCH_APP) -> float:
         app.use_dsn(dsn)
         app.enqueue_many("noop", [{}] * n)
         app.close()
-        worker = start_worker(dsn, *extra, app=worker_app)
+        worker = start_worker(dsn, *extra, app=worker_app, root=root)
         try:
             wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs WHERE status IN ('queued', 'running')", 300)
         finally:

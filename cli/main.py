@@ -18,6 +18,7 @@ from pgsched.cli.doctor import doctor
 from pgsched.cli.jobs import jobs
 from pgsched.cli.keys import keys
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
+from pgsched.cli.queues import queues
 from pgsched.cli.runs import runs
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
@@ -38,6 +39,7 @@ cli.add_typer(runs, name="runs")
 cli.add_typer(jobs, name="jobs")
 cli.add_typer(beat, name="beat")
 cli.add_typer(keys, name="keys")
+cli.add_typer(queues, name="queues")
 cli.command("api")(api_command)
 cli.command("doctor")(doctor)
 

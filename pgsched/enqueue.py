@@ -25,7 +25,17 @@ from pgsched.tracing import current_traceparent
 
 MAX_ARGS_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 1000
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
+
+
+def check_queue_name(queue: Any) -> str:
+    """``queue`` if it is a valid queue name (runs' and queues' check in SQL); else InvalidInput."""
+    if not isinstance(queue, str) or not _QUEUE_NAME.fullmatch(queue):
+        raise InvalidInput(
+            f"queue {queue!r} is not a valid name: 1-63 characters of A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or digit"
+        )
+    return queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +53,7 @@ class RunOptions:
     expires: float | datetime | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.queue, str) or not _QUEUE_NAME.match(self.queue):
-            raise InvalidInput(
-                f"queue {self.queue!r} is not a valid name: 1-63 characters of A-Z a-z 0-9 _ . : -, "
-                "starting with a letter or digit"
-            )
+        check_queue_name(self.queue)
         if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not -100 <= self.priority <= 100:
             raise InvalidInput(f"priority must be an integer between -100 and 100, got {self.priority!r}")
         if (

@@ -322,6 +322,8 @@ class Worker:
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == "pgsched":
             self._fetcher.notify_enqueued(payload)
+        elif channel == "pgsched_queues":
+            self._fetcher.queue_settings_changed(payload)
         elif channel == "pgsched_cancel" and payload.isdigit():
             self._cancel(int(payload))
 
@@ -377,7 +379,7 @@ class Worker:
                     outcome.run_id,
                     outcome.attempt,
                 )
-        self._fetcher.capacity_freed()
+        self._fetcher.outcomes_written()
 
     # ---- heartbeat and sweep
 

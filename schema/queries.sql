@@ -28,10 +28,11 @@ SELECT version FROM pgsched.schema_migrations ORDER BY version;
 INSERT INTO pgsched.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: worker_listen
--- Workers wake on pgsched (payload: a queue name) and hear cancel requests on pgsched_cancel
--- (payload: a run id).
+-- Workers wake on pgsched (payload: a queue name), hear cancel requests on pgsched_cancel
+-- (payload: a run id), and reload a queue's settings on pgsched_queues (payload: its name).
 LISTEN pgsched;
 LISTEN pgsched_cancel;
+LISTEN pgsched_queues;
 
 -- name: run_insert
 -- One run; the AFTER INSERT trigger sends the NOTIFY in the same transaction.
@@ -85,9 +86,14 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
 -- its process-pool tasks apart from the others, up to the children it has free.
 -- An expired run is never started: the claim passes over it (one more test on a row it reads
 -- anyway) and the sweep (run_cancel_expired) ends it 'cancelled'.
+-- Only queues with no settings row, or one neither paused nor limited: a limited queue is
+-- claimed by run_claim_limited under its row lock, a paused one not at all. Read here, in the
+-- claim's own snapshot, so a worker whose copy of the settings is stale still never claims
+-- from a queue that was just paused or limited (one primary-key probe per queue per claim).
 WITH next AS MATERIALIZED (
     SELECT c.id
-    FROM unnest(%(queues)s::text[]) AS q(name),
+    FROM unnest(%(queues)s::text[]) AS q(name)
+         LEFT JOIN pgsched.queues AS s ON s.name = q.name,
          LATERAL (
              SELECT id, priority, run_at
              FROM pgsched.runs
@@ -100,6 +106,7 @@ WITH next AS MATERIALIZED (
              LIMIT %(limit)s
              FOR UPDATE SKIP LOCKED
          ) AS c
+    WHERE s.name IS NULL OR (NOT s.paused AND s.max_running IS NULL)
     ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
 )
@@ -112,6 +119,70 @@ SET status = 'running',
 FROM next
 WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id;
+
+-- name: queue_lock_for_claim
+-- First statement of a limited queue's claim transaction: lock its settings row, so the claims
+-- of that queue (by any worker) take turns, and read its limit as it is now. SKIP LOCKED: a
+-- worker never waits for another's claim (or for someone's open UPDATE of the settings): it
+-- skips the queue and looks again shortly. No row: the queue is paused or no longer limited.
+SELECT max_running FROM pgsched.queues
+WHERE name = %(queue)s AND NOT paused AND max_running IS NOT NULL
+FOR UPDATE SKIP LOCKED;
+
+-- name: run_claim_limited
+-- Second statement of that transaction: claim up to %(limit)s due runs of one queue, and no
+-- more than %(max_running)s less the runs of it running now. A statement of its own, so its
+-- snapshot, taken after the row lock, sees every claim committed by the worker that held the
+-- lock before (in the lock's statement it would not: READ COMMITTED takes the snapshot first).
+-- Running is counted from the rows, through runs_lease_idx (every running run has a lease): a
+-- run whose lease ran out counts no more, so a SIGKILLed worker's slots come back at its
+-- leases' expiry, before the sweep puts its runs back. The count reads the runs running in all
+-- queues (at most the workers' total concurrency), once per claim of a limited queue.
+-- next locks one run more than it claims, to tell whether due runs wait behind the limit
+-- (more_due): the fetcher then looks again soon; with none, it sleeps until woken.
+-- One row per claimed run, each with the headroom the limit left before this claim and
+-- more_due; no run claimed: one row with those two and NULLs.
+WITH running AS MATERIALIZED (
+    SELECT count(*) AS n FROM pgsched.runs
+    WHERE lease_expires_at > coalesce(%(now)s::timestamptz, now())
+      AND status = 'running' AND queue = %(queue)s
+), headroom AS MATERIALIZED (
+    SELECT greatest(0, %(max_running)s::integer - running.n)::integer AS n,
+           least(%(limit)s::integer, greatest(0, %(max_running)s::integer - running.n))::integer AS take
+    FROM running
+), next AS MATERIALIZED (
+    SELECT id, priority, run_at
+    FROM pgsched.runs
+    WHERE status = 'queued' AND queue = %(queue)s
+      AND run_at <= coalesce(%(now)s::timestamptz, now())
+      AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
+      AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
+      AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
+    ORDER BY priority, run_at, id
+    LIMIT (SELECT take + 1 FROM headroom)
+    FOR UPDATE SKIP LOCKED
+), taken AS MATERIALIZED (
+    SELECT id FROM next ORDER BY priority, run_at, id LIMIT (SELECT take FROM headroom)
+), claimed AS (
+    UPDATE pgsched.runs AS r
+    SET status = 'running',
+        attempt = r.attempt + 1,
+        worker_id = %(worker_id)s,
+        started_at = coalesce(%(now)s::timestamptz, now()),
+        lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
+    FROM taken
+    WHERE r.id = taken.id
+    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
+)
+SELECT h.n AS headroom, (SELECT count(*) FROM next) > h.take AS more_due,
+       c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id
+FROM headroom AS h LEFT JOIN claimed AS c ON true;
+
+-- name: queue_settings_of_worker
+-- The settings of a worker's queues that change how it claims (at start, on a pgsched_queues
+-- notification and at every poll): which are paused, which limited.
+SELECT name, paused, max_running FROM pgsched.queues
+WHERE name = ANY (%(queues)s::text[]) AND (paused OR max_running IS NOT NULL);
 
 -- name: run_claim_skip_flush
 -- This transaction commits without waiting for the WAL flush (SET LOCAL): what the direct
@@ -355,6 +426,31 @@ SELECT queue, queued, due, running, failed, succeeded_last_hour, succeeded_last_
        extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
 FROM pgsched.queue_stats_v2(%(tenant)s::text, %(last_hour)s)
 ORDER BY queue;
+
+-- name: queue_settings_get
+-- One queue's settings; a queue without a row has the defaults (not paused, no limit).
+SELECT %(name)s::text AS name, coalesce(s.paused, false) AS paused, s.max_running, s.updated_at
+FROM (SELECT) AS one LEFT JOIN pgsched.queues AS s ON s.name = %(name)s;
+
+-- name: queue_settings_list
+-- Every queue that has runs (queue_stats_for's, as `pgsched stats` reads them) or settings:
+-- its settings beside its queued and running runs.
+SELECT coalesce(s.name, q.queue) AS name, coalesce(s.paused, false) AS paused, s.max_running,
+       coalesce(q.queued, 0) AS queued, coalesce(q.running, 0) AS running, s.updated_at
+FROM pgsched.queues AS s
+     FULL JOIN pgsched.queue_stats_for(NULL) AS q ON q.queue = s.name
+ORDER BY 1;
+
+-- name: queue_settings_set
+-- Change the settings given (%(set_paused)s / %(set_max_running)s say which), creating the
+-- row if the queue has none; the trigger tells the workers.
+INSERT INTO pgsched.queues AS s (name, paused, max_running)
+VALUES (%(name)s, coalesce(%(paused)s::boolean, false), %(max_running)s::integer)
+ON CONFLICT (name) DO UPDATE
+SET paused = CASE WHEN %(set_paused)s THEN EXCLUDED.paused ELSE s.paused END,
+    max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE s.max_running END,
+    updated_at = now()
+RETURNING s.name, s.paused, s.max_running, s.updated_at;
 
 -- name: job_upsert
 -- Create or replace a job definition by tenant and name. next_run_at is computed by the caller

@@ -535,6 +535,36 @@ FROM pgsched.beat_leader;
 
 
 -- ---------------------------------------------------------------------------------------------
+-- queues: settings per queue, read by every worker's claim (0016_queue_settings). paused: no
+-- worker claims its runs (enqueueing still works); max_running: at most that many of its runs
+-- running at once over all workers (NULL: no limit). A queue without a row has neither.
+
+CREATE TABLE pgsched.queues (
+    name        text PRIMARY KEY,
+    paused      boolean NOT NULL DEFAULT false,
+    max_running integer,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- Written out as runs' queue check is (0006, 0009): no function calls in a check.
+    CONSTRAINT queue_name_must_match_a_z_0_9_dot_dash_underscore_colon_max_63
+        CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]*$' AND length(name) <= 63),
+    CONSTRAINT queue_max_running_must_be_at_least_1 CHECK (max_running >= 1)
+);
+
+-- A change wakes every worker (channel pgsched_queues, payload the queue's name).
+CREATE FUNCTION pgsched.notify_queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgsched_queues', coalesce(NEW.name, OLD.name));
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER queues_notify_changed
+    AFTER INSERT OR UPDATE OR DELETE ON pgsched.queues
+    FOR EACH ROW
+    EXECUTE FUNCTION pgsched.notify_queue_changed();
+
+
+-- ---------------------------------------------------------------------------------------------
 -- api_keys: the REST API's keys: who may call it, with which scope, on behalf of which
 -- tenant. Only a SHA-256 digest of each key is stored; the key itself is shown once, at
 -- creation. (0003_api_keys)

@@ -8,33 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from pgsched.api.metrics import render as render_metrics
 from pgsched.app import App
 from pgsched.beat import fire_due_jobs
-from pgsched.cli.main import main as cli_main
 from pgsched.errors import PgschedError
 from pgsched.instants import READER_ADAPTERS
 from pgsched.jobs import list_jobs
 from pgsched.queues import list_queues
 from pgsched.runs import get_run, list_runs
+from tests.support.cli import cli_in_process
 from tests.support.db import scalar
-
-# Each example runs a handful of statements; the database, not the generator, sets the pace.
-EXAMPLES = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+from tests.support.generated import EXAMPLES
 
 # Every offset a timezone can have, and instants from the far past to the far future.
 offsets = st.builds(lambda minutes: timezone(timedelta(minutes=minutes)), st.integers(-14 * 60, 14 * 60))
@@ -317,26 +309,3 @@ def test_cli_runs_list_answers_or_refuses_in_one_error_line_whatever_the_filters
     for option, value in options.items():
         argv += [f"--{option.replace('_', '-')}", value] if value is not None else []
     cli_in_process(argv, dsn, capsys)
-
-
-def cli_in_process(argv: list[str], dsn: str, capsys: pytest.CaptureFixture[str]) -> int:
-    """Run `pgsched ARGV --dsn DSN` in this process; its exit code. A refusal must be clean: one
-    line naming the problem (exit 1, pgsched's own) or click's usage error (exit 2, a value of
-    the wrong type), never a traceback."""
-    capsys.readouterr()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["pgsched", *argv, "--dsn", dsn])
-        # Anything but SystemExit (an exception escaping the CLI) is a traceback for the user.
-        with pytest.raises(SystemExit) as exited:
-            cli_main()
-    code = int(exited.value.code or 0)
-    stderr = capsys.readouterr().err
-    event("accepted" if code == 0 else "refused")
-    if code != 0:
-        assert "Traceback" not in stderr
-        if code == 1:
-            lines = stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-        else:
-            assert code == 2 and "Error" in stderr, stderr
-    return code

@@ -32,6 +32,7 @@ import psycopg
 import pytest
 from litestar.testing import TestClient
 from psycopg.conninfo import make_conninfo
+from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
 from pgsched import App
@@ -462,6 +463,29 @@ def test_worker_through_pgbouncer_with_a_direct_dsn_drains_runs_and_wakes_on_not
     log = assert_clean_exit(worker)
     assert "no LISTEN" not in log
     assert db.scalar("SELECT count(*) FROM pgsched.workers") == 0
+
+
+def test_a_queues_max_running_holds_for_workers_claiming_through_pgbouncer(db: Db, processes: PooledProcesses) -> None:
+    # The limited claim is a transaction (its row lock lasts until the claim commits), which
+    # transaction pooling keeps on one server connection.
+    db.conn.execute("INSERT INTO pgsched.queues (name, max_running) VALUES ('default', 2)")
+    env = {"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct}
+    pair = [processes.worker("--concurrency", "4", env=env) for _ in range(2)]
+    for worker in pair:
+        registered_worker(db, processes, worker)
+    for i in range(16):
+        args = {"key": f"limited-{i}", "seconds": 0.1}
+        db.conn.execute("INSERT INTO pgsched.runs (task, args) VALUES ('slow', %s)", (Jsonb(args),))
+    samples: list[int] = []
+
+    def drained() -> bool:
+        samples.append(db.count_runs("running"))
+        return db.count_runs("succeeded") == 16
+
+    processes.wait_until(drained, 60, "16 runs of a queue limited to 2 to succeed", poll=0.005)
+    assert max(samples) == 2, f"running counts sampled: max {max(samples)}"
+    for worker in pair:
+        assert_clean_exit(worker)
 
 
 @pytest.mark.slow

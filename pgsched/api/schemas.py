@@ -227,6 +227,26 @@ class QueueList(Struct, kw_only=True):
     items: list[QueueOut]
 
 
+# A queue's max_running: the column's integer range, 1 at least (NULL clears the limit).
+MaxRunning = Annotated[int, Meta(ge=1, le=2**31 - 1, description="At most this many of its runs running at once")]
+
+
+class QueueSettingsOut(Struct, kw_only=True):
+    """A queue's settings (a queue never set has the defaults, and updated_at null)."""
+
+    name: str
+    paused: Annotated[bool, Meta(description="Workers claim none of its runs; enqueueing still works")]
+    max_running: Annotated[int | None, Meta(description="At most this many running at once, over all workers")]
+    updated_at: datetime | None
+
+
+class QueueSettingsPatch(Request):
+    """Settings to change; the others stay. max_running null clears the limit."""
+
+    paused: bool | UnsetType = UNSET
+    max_running: MaxRunning | UnsetType | None = UNSET
+
+
 class QueueMinute(Struct, kw_only=True):
     queue: str
     minute: Annotated[datetime, Meta(description="The minute's start")]

@@ -8,6 +8,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+import pytest
+from hypothesis import event
+
+from pgsched.cli.main import main as cli_main
+
 
 def run_cli(
     dsn: str | None, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
@@ -37,3 +42,26 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], *fragments: 
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def cli_in_process(argv: list[str], dsn: str, capsys: pytest.CaptureFixture[str]) -> int:
+    """Run `pgsched ARGV --dsn DSN` in this process; its exit code. A refusal must be clean: one
+    line naming the problem (exit 1, pgsched's own) or click's usage error (exit 2, a value of
+    the wrong type), never a traceback."""
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["pgsched", *argv, "--dsn", dsn])
+        # Anything but SystemExit (an exception escaping the CLI) is a traceback for the user.
+        with pytest.raises(SystemExit) as exited:
+            cli_main()
+    code = int(exited.value.code or 0)
+    stderr = capsys.readouterr().err
+    event("accepted" if code == 0 else "refused")
+    if code != 0:
+        assert "Traceback" not in stderr
+        if code == 1:
+            lines = stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+        else:
+            assert code == 2 and "Error" in stderr, stderr
+    return code

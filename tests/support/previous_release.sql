@@ -35,3 +35,8 @@ SET status = 'running',
 FROM next
 WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
+
+-- name: queue_settings_of_worker
+-- The previous release read no queue settings (pgsched.queues came with 0016): none are paused
+-- or limited, and it claims from every queue with run_claim above.
+SELECT NULL::text AS name, false AS paused, NULL::integer AS max_running WHERE false;
