@@ -1,5 +1,5 @@
 """``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per
-queue; ``/queues/throughput``: the last hour per minute (the dashboard's charts); and each
+queue; ``/queues/-/throughput``: the last hour per minute (the dashboard's charts); and each
 queue's settings (``/queues/{name}``: paused, max_running).
 
 Queues are shared by every tenant, so their settings describe the whole installation: any key
@@ -58,7 +58,8 @@ class QueueController(Controller):
         cache.keep_queues(tenant, queues)
         return queues
 
-    @get("/throughput", operation_id="queueThroughput", sync_to_thread=True, responses=error_responses())
+    # "-" starts no queue's name, so this path never hides a queue's own (/queues/{name}).
+    @get("/-/throughput", operation_id="queueThroughput", sync_to_thread=True, responses=error_responses())
     def throughput(self, pool: Pool, tenant: Tenant) -> QueueThroughput:
         """Succeeded and failed runs per queue and minute over the last hour, from the per-minute
         rollup the beat leader keeps (empty without a beat); minutes without runs are left out."""
