@@ -70,7 +70,10 @@ def claim_ms(conn: psycopg.Connection, statement: str, claims: int = 50) -> floa
     start = time.perf_counter()
     for _ in range(claims):
         conn.execute("BEGIN")
-        conn.execute(statement.encode(), {**params, "only_tasks": None, "skip_tasks": None}).fetchall()
+        conn.execute(
+            statement.encode(),
+            {**params, "only_tasks": None, "skip_tasks": None, "from_priority": None, "from_run_at": None},
+        ).fetchall()
         conn.execute("ROLLBACK")
     return (time.perf_counter() - start) / claims * 1000
 

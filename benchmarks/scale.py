@@ -61,6 +61,8 @@ def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
                     "now": None,
                     "only_tasks": None,
                     "skip_tasks": None,
+                    "from_priority": None,
+                    "from_run_at": None,
                 },
             ).fetchall()
             samples.append((time.perf_counter() - start) * 1000)

@@ -188,6 +188,8 @@ def _baseline_claim50(conn: psycopg.Connection, n: int) -> float:
                 "now": None,
                 "only_tasks": None,
                 "skip_tasks": None,
+                "from_priority": None,
+                "from_run_at": None,
             },
         ).fetchall()
         if not rows:

@@ -33,6 +33,8 @@ def claim(conn: psycopg.Connection, now: datetime) -> list[int]:
             "now": now,
             "only_tasks": None,
             "skip_tasks": None,
+            "from_priority": None,
+            "from_run_at": None,
         },
     ).fetchall()
     return [row[0] for row in rows]

@@ -32,6 +32,8 @@ def test_the_heartbeat_skips_a_run_row_another_transaction_holds_instead_of_wait
                 "now": None,
                 "only_tasks": None,
                 "skip_tasks": None,
+                "from_priority": None,
+                "from_run_at": None,
             },
         )
     )

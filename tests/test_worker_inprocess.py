@@ -458,6 +458,8 @@ async def claim(
             "now": now,
             "only_tasks": None,
             "skip_tasks": None,
+            "from_priority": None,
+            "from_run_at": None,
         },
     )
     return await cursor.fetchall()

@@ -53,6 +53,8 @@ def worker(dsn: str) -> None:
         "now": None,
         "only_tasks": None,
         "skip_tasks": None,
+        "from_priority": None,
+        "from_run_at": None,
     }
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute(f"LISTEN {CHANNEL}")
