@@ -91,7 +91,7 @@ def drain(dsn: str, statement: str, with_cursor: bool, stop: threading.Event, ph
     with psycopg.connect(dsn, **CLAIM_CONNECTION) as conn:
         while not stop.is_set():
             params = {**base, **(cursors.params(["default"]) if with_cursor else {})}
-            full = not with_cursor or params["from_priority"] == [None]
+            full = not with_cursor or params["after_id"] == [None]
             started = time.perf_counter()
             rows = conn.execute(statement.encode(), params).fetchall()
             elapsed_ms = (time.perf_counter() - started) * 1000

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from pgsched.run_types import ClaimedRun
 
@@ -50,10 +51,16 @@ SLACK_S = 1.0
 FULL_PASS_S = 1.0
 
 
+Key = tuple[int, datetime, int]  # (priority, run_at, id): the claim index's order within a queue
+
+
+# run_claim's cursor parameters for a claim from the start of every queue (a full pass).
+FROM_THE_START: dict[str, None] = {"after_priority": None, "after_run_at": None, "after_id": None, "from_run_at": None}
+
+
 @dataclass(slots=True)
 class _Cursor:
-    priority: int | None = None  # None: no run claimed since the last full pass
-    run_at: datetime | None = None
+    last: Key | None = None  # the last run claimed; None: none yet
     full_pass_at: float = float("-inf")  # clock time of the last full pass
 
 
@@ -68,33 +75,36 @@ class ClaimCursors:
     _cursors: dict[tuple[str, str], _Cursor] = field(default_factory=dict)
     _full_pass: set[tuple[str, str]] = field(default_factory=set)  # keys whose claim now is a full pass
 
-    def params(self, queues: Sequence[str], kind: str = "") -> dict[str, list[int | None] | list[datetime | None]]:
-        """``from_priority`` / ``from_run_at`` for ``run_claim`` over ``queues`` (NULL elements:
-        a full pass of that queue, due every ``full_pass_s``)."""
+    def params(self, queues: Sequence[str], kind: str = "") -> dict[str, list[Any]]:
+        """``after_priority``, ``after_run_at``, ``after_id`` (the last run claimed) and
+        ``from_run_at`` (``slack_s`` before it) for ``run_claim`` over ``queues``; NULL
+        elements: a full pass of that queue, due every ``full_pass_s``."""
         now = self.clock()
-        priorities: list[int | None] = []
-        run_ats: list[datetime | None] = []
+        starts: list[Key | None] = []
         for queue in queues:
             cursor = self._cursors.setdefault((queue, kind), _Cursor())
-            if cursor.priority is None or cursor.run_at is None or now - cursor.full_pass_at >= self.full_pass_s:
+            if cursor.last is None or now - cursor.full_pass_at >= self.full_pass_s:
                 self._full_pass.add((queue, kind))
-                priorities.append(None)
-                run_ats.append(None)
+                starts.append(None)
             else:
                 self._full_pass.discard((queue, kind))
-                priorities.append(cursor.priority)
-                run_ats.append(_minus(cursor.run_at, self.slack_s))
-        return {"from_priority": priorities, "from_run_at": run_ats}
+                starts.append(cursor.last)
+        return {
+            "after_priority": [start and start[0] for start in starts],
+            "after_run_at": [start and start[1] for start in starts],
+            "after_id": [start and start[2] for start in starts],
+            "from_run_at": [start and _minus(start[1], self.slack_s) for start in starts],
+        }
 
     def advance(self, queues: Sequence[str], claimed: Iterable[ClaimedRun], kind: str = "") -> None:
         """After the claim ``params`` was given for: each queue's cursor moves to the last run
         claimed in it. A full pass that claimed some sets it (it may move back: the pass found
         runs behind it); one that claimed none leaves it (nothing is due anywhere before it)."""
-        last: dict[str, tuple[int, datetime]] = {}
+        last: dict[str, Key] = {}
         for run in claimed:
             if run.run_at is None:
                 continue
-            key = (run.priority, run.run_at)
+            key = (run.priority, run.run_at, run.id)
             if run.queue not in last or key > last[run.queue]:
                 last[run.queue] = key
         now = self.clock()
@@ -104,20 +114,15 @@ class ClaimCursors:
                 self._full_pass.discard((queue, kind))
                 cursor.full_pass_at = now
                 if queue in last:  # none: nothing due in the whole queue, the old start still serves
-                    cursor.priority, cursor.run_at = last[queue]
-            elif queue in last and (cursor.priority is None or cursor.run_at is None or _before(cursor, last[queue])):
-                cursor.priority, cursor.run_at = last[queue]
+                    cursor.last = last[queue]
+            elif queue in last and (cursor.last is None or cursor.last < last[queue]):
+                cursor.last = last[queue]
 
     def rewind(self) -> None:
         """The next claim of every queue is a full pass (a due run was left unclaimed: it may
         sort behind a cursor)."""
         for cursor in self._cursors.values():
             cursor.full_pass_at = float("-inf")
-
-
-def _before(cursor: _Cursor, key: tuple[int, datetime]) -> bool:
-    assert cursor.priority is not None and cursor.run_at is not None
-    return (cursor.priority, cursor.run_at) < key
 
 
 def _minus(instant: datetime, seconds: float) -> datetime:

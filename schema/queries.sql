@@ -90,30 +90,54 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
 -- claimed by run_claim_limited under its row lock, a paused one not at all. Read here, in the
 -- claim's own snapshot, so a worker whose copy of the settings is stale still never claims
 -- from a queue that was just paused or limited (one primary-key probe per queue per claim).
--- %(from_priority)s / %(from_run_at)s (arrays aligned with %(queues)s; NULL, or a NULL element:
--- from the start) are where each queue's walk starts in the claim index (an index condition,
--- so the scan descends straight there): just behind the last run this worker claimed in it
--- (pgsched.claim_cursor). While a transaction holds vacuum's horizon back, every run claimed
--- since leaves a dead entry at the front of the index that no scan can kill, and a walk from
--- the start visits them all (issue 13: 16 KB -> 3 MB of index and 0.9 -> 9.7 ms a claim in
--- 150 s at 400 runs/s). A run that sorts before the start is found by the next full pass.
+-- %(after_priority)s / %(after_run_at)s / %(after_id)s and %(from_run_at)s: arrays aligned with
+-- %(queues)s (NULL, or NULL elements: a full pass from the start) saying where each queue's walk
+-- of the claim index starts (pgsched.claim_cursor): strictly after the last run this fetcher
+-- claimed there (ahead; from the start on a full pass), plus the runs of that priority due from
+-- %(from_run_at)s (a second before it) up to it (behind: enqueues that committed late; none on a
+-- full pass). Both are index conditions, so each scan descends straight to its start; behind's
+-- bounds are plain column bounds, which end its scan (PostgreSQL 15's btree ends a scan on a
+-- row comparison only when its first column decides it). Why: while a transaction holds vacuum's horizon
+-- back, every run claimed since leaves a dead entry at the front of the index that no scan can
+-- kill, and a walk from the start visits them all (issue 13: 16 KB -> 3 MB of index and 0.9 ->
+-- 9.7 ms a claim in 150 s at 400 runs/s). A run that sorts before the start waits for the next
+-- full pass. Two scans, not one range with slack, so a claim within a bulk enqueue (one run_at
+-- for all its runs) starts at the last id, not at the batch's first run.
 WITH next AS MATERIALIZED (
     SELECT c.id
-    FROM unnest(%(queues)s::text[], %(from_priority)s::smallint[], %(from_run_at)s::timestamptz[])
-             AS q(name, from_priority, from_run_at)
+    FROM unnest(%(queues)s::text[], %(after_priority)s::smallint[], %(after_run_at)s::timestamptz[],
+                %(after_id)s::bigint[], %(from_run_at)s::timestamptz[])
+             AS q(name, after_priority, after_run_at, after_id, from_run_at)
          LEFT JOIN pgsched.queues AS s ON s.name = q.name,
          LATERAL (
-             SELECT id, priority, run_at
-             FROM pgsched.runs
-             WHERE status = 'queued' AND queue = q.name
-               AND (priority, run_at) >= (coalesce(q.from_priority, -32768), coalesce(q.from_run_at, '-infinity'))
-               AND run_at <= coalesce(%(now)s::timestamptz, now())
-               AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
-               AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
-               AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
-             ORDER BY priority, run_at, id
-             LIMIT %(limit)s
-             FOR UPDATE SKIP LOCKED
+             SELECT * FROM (
+                 SELECT id, priority, run_at
+                 FROM pgsched.runs
+                 WHERE status = 'queued' AND queue = q.name
+                   AND priority = q.after_priority AND run_at >= q.from_run_at AND run_at < q.after_run_at
+                   AND run_at <= coalesce(%(now)s::timestamptz, now())
+                   AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
+                   AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
+                   AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
+                 ORDER BY priority, run_at, id
+                 LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED
+             ) AS behind
+             UNION ALL
+             SELECT * FROM (
+                 SELECT id, priority, run_at
+                 FROM pgsched.runs
+                 WHERE status = 'queued' AND queue = q.name
+                   AND (priority, run_at, id) > (coalesce(q.after_priority, -32768), coalesce(q.after_run_at, '-infinity'),
+                                                 coalesce(q.after_id, 0))
+                   AND run_at <= coalesce(%(now)s::timestamptz, now())
+                   AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
+                   AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
+                   AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
+                 ORDER BY priority, run_at, id
+                 LIMIT %(limit)s
+                 FOR UPDATE SKIP LOCKED
+             ) AS ahead
          ) AS c
     WHERE s.name IS NULL OR (NOT s.paused AND s.max_running IS NULL)
     ORDER BY c.priority, c.run_at, c.id
