@@ -13,10 +13,12 @@ pgsched.claim_cursor's full pass every second) it runs twice on a fresh database
 other transaction, then with one REPEATABLE READ transaction that took its snapshot at the
 start and stays open to the end (an analytics query, a forgotten psql session).
 
-Every ``--every`` seconds it prints the claims' p50/p99 over that window, the claim index's
-size, the runs table's dead tuples (pg_stat_user_tables) and the backlog (queued runs); at the
-end, per phase, the claim p50/p99 of the last window and of the whole phase, and the ratio
-of the pinned run's p99 to the free one's. ``--full`` runs each phase 15 minutes. The last
+Every ``--every`` seconds it prints the claims' p50/p99 over that window (client time: on a
+shared machine its p99 is mostly the scheduler), the server's time and buffers for one claim
+(EXPLAIN ANALYZE of the drainer's next claim, rolled back), the claim index's size, the runs
+table's dead tuples (pg_stat_user_tables) and the backlog (queued runs); at the end, per
+phase, the claim p50/p99 of the last window and of the whole phase, and the ratio of the
+pinned run's p99 to the free one's. ``--full`` runs each phase 15 minutes. The last
 line printed is one JSON object with every figure.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import threading
@@ -59,6 +62,10 @@ class Phase:
     windows: list[dict[str, Any]] = field(default_factory=list)
     claims_ms: list[float] = field(default_factory=list)
     full_pass_ms: list[float] = field(default_factory=list)
+    # The server's side of one claim per sample (EXPLAIN ANALYZE, rolled back): its execution
+    # time and the buffers it touched, figures the machine's load does not blur.
+    probe: threading.Event = field(default_factory=threading.Event)
+    probes: list[tuple[float, int]] = field(default_factory=list)
     produced: int = 0
     completed: int = 0
 
@@ -92,6 +99,9 @@ def drain(dsn: str, statement: str, with_cursor: bool, stop: threading.Event, ph
         while not stop.is_set():
             params = {**base, **(cursors.params(["default"]) if with_cursor else {})}
             full = not with_cursor or params["after_id"] == [None]
+            if phase.probe.is_set():
+                phase.probes.append(explain(conn, statement, params))
+                phase.probe.clear()
             started = time.perf_counter()
             rows = conn.execute(statement.encode(), params).fetchall()
             elapsed_ms = (time.perf_counter() - started) * 1000
@@ -118,7 +128,26 @@ def drain(dsn: str, statement: str, with_cursor: bool, stop: threading.Event, ph
             phase.completed += len(rows)
 
 
+def explain(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> tuple[float, int]:
+    """Server milliseconds and buffers (hit + read) of one claim with ``params``, rolled back."""
+    conn.execute("BEGIN")
+    try:
+        plan = "\n".join(row[0] for row in conn.execute(b"EXPLAIN (ANALYZE, BUFFERS) " + statement.encode(), params))
+    finally:
+        conn.execute("ROLLBACK")
+    buffers = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan)
+    execution = re.search(r"Execution Time: ([\d.]+) ms", plan)
+    assert buffers and execution, plan
+    return float(execution[1]), int(buffers[1]) + int(buffers[2] or 0)
+
+
 def sample(conn: psycopg.Connection, phase: Phase, started: float, seen: int) -> int:
+    probed = len(phase.probes)
+    phase.probe.set()
+    deadline = time.perf_counter() + 2.0
+    while len(phase.probes) == probed and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    server_ms, buffers = phase.probes[-1] if len(phase.probes) > probed else (float("nan"), 0)
     row = conn.execute(SAMPLE_SQL).fetchone()
     assert row is not None
     window = phase.claims_ms[seen:]
@@ -128,6 +157,8 @@ def sample(conn: psycopg.Connection, phase: Phase, started: float, seen: int) ->
             "claims": len(window),
             "p50_ms": round(_quantile(window, 0.5), 3),
             "p99_ms": round(_quantile(window, 0.99), 3),
+            "server_ms": round(server_ms, 3),
+            "buffers": buffers,
             "claim_index_kb": row[0] // 1024,
             "dead_tuples": row[1],
             "backlog": row[2],
@@ -136,6 +167,7 @@ def sample(conn: psycopg.Connection, phase: Phase, started: float, seen: int) ->
     w = phase.windows[-1]
     print(
         f"  {w['t_s']:>5} s  claims {w['claims']:>6}  p50 {w['p50_ms']:>7.3f} ms  p99 {w['p99_ms']:>7.3f} ms"
+        f"  server {w['server_ms']:>7.3f} ms {w['buffers']:>5} buffers"
         f"  claim index {w['claim_index_kb']:>6} KB  dead tuples {w['dead_tuples']:>8}  backlog {w['backlog']:>6}",
         flush=True,
     )
@@ -183,6 +215,8 @@ def summary(phase: Phase) -> dict[str, Any]:
         "last_window_p99_ms": last.get("p99_ms"),
         "full_passes": len(phase.full_pass_ms),
         "full_pass_p50_ms": round(statistics.median(phase.full_pass_ms), 3) if phase.full_pass_ms else None,
+        "last_server_ms": last.get("server_ms"),
+        "last_buffers": last.get("buffers"),
         "claim_index_kb": last.get("claim_index_kb"),
         "max_backlog": max((w["backlog"] for w in phase.windows), default=None),
         "produced": phase.produced,
@@ -222,6 +256,7 @@ def main() -> None:
             f"  p50 {result['p50_ms']:.3f} ms  p99 {result['p99_ms']:.3f} ms"
             f"  (last window p50 {result['last_window_p50_ms']} p99 {result['last_window_p99_ms']})"
             f"  p99 vs free {result['p99_ms'] / free['p99_ms']:.2f}x"
+            f"  last probe {result['last_server_ms']} ms {result['last_buffers']} buffers"
             f"  claim index {result['claim_index_kb']} KB  max backlog {result['max_backlog']}"
             + (
                 f"  full passes {result['full_passes']} p50 {result['full_pass_p50_ms']} ms"

@@ -657,11 +657,24 @@ LISTEN pgsched_jobs;
 -- tenant), so no query has a per-tenant copy.
 
 -- name: run_count_by_queue_status
--- The /metrics gauge: runs per queue and status (a full scan: scrape it every few seconds, not faster).
-SELECT queue, status::text AS status, count(*) AS runs
-FROM pgsched.runs
-GROUP BY queue, status
-ORDER BY queue, status;
+-- The /metrics gauge, without reading the history at each scrape (issue 13): unfinished runs
+-- per queue and status counted exactly from their rows (queued: the claim index; running:
+-- runs_lease_idx, every running run has a lease), finished ones (succeeded, failed, cancelled)
+-- over the last hour from the per-minute rollup (recounted by the beat leader each round).
+SELECT queue, 'queued' AS status, count(*) AS runs
+FROM pgsched.runs WHERE status = 'queued'
+GROUP BY queue
+UNION ALL
+SELECT queue, 'running', count(*)
+FROM pgsched.runs WHERE lease_expires_at IS NOT NULL AND status = 'running'
+GROUP BY queue
+UNION ALL
+SELECT r.queue, f.status, sum(f.runs)::bigint
+FROM pgsched.run_rollup AS r,
+     LATERAL (VALUES ('succeeded', r.succeeded), ('failed', r.failed), ('cancelled', r.cancelled)) AS f(status, runs)
+WHERE r.minute >= date_trunc('minute', coalesce(%(now)s::timestamptz, now())) - interval '59 minutes'
+GROUP BY r.queue, f.status
+ORDER BY 1, 2;
 
 -- name: run_duration_buckets
 -- The /metrics histograms: how long the runs that finished in the last %(window_s)s seconds
@@ -833,22 +846,26 @@ SELECT (SELECT count(*) FROM sessions) + (SELECT count(*) FROM tokens);
 -- name: rollup_refresh
 -- Recount, whole, the minutes since %(minutes)s minutes ago from the runs that finished in them
 -- (runs_finished_idx): idempotent, so an overlapping or repeated round writes the same numbers.
--- Only succeeded and failed runs count (a retried attempt is not an outcome). Rows with an
+-- Succeeded, failed and cancelled runs count (a retried attempt is not an outcome); the
+-- durations only of the first two (the dashboard's averages divide by them). Rows with an
 -- infinite instant (a plain SQL INSERT can write one) have no duration and are left out.
-INSERT INTO pgsched.run_rollup AS r (minute, queue, task, tenant, succeeded, failed, run_s_sum, wait_s_sum)
+INSERT INTO pgsched.run_rollup AS r (minute, queue, task, tenant, succeeded, failed, run_s_sum, wait_s_sum, cancelled)
 SELECT date_trunc('minute', finished_at), queue, task, coalesce(tenant, ''),
        count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed'),
-       coalesce(sum(greatest(extract(epoch FROM finished_at - started_at)::float8, 0)), 0),
-       coalesce(sum(greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0)), 0)
+       coalesce(sum(greatest(extract(epoch FROM finished_at - started_at)::float8, 0))
+                    FILTER (WHERE status <> 'cancelled'), 0),
+       coalesce(sum(greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0))
+                    FILTER (WHERE status <> 'cancelled'), 0),
+       count(*) FILTER (WHERE status = 'cancelled')
 FROM pgsched.runs
 WHERE finished_at >= date_trunc('minute', coalesce(%(now)s::timestamptz, now())) - make_interval(mins => %(minutes)s)
   AND finished_at <= coalesce(%(now)s::timestamptz, now())
-  AND status IN ('succeeded', 'failed') AND isfinite(finished_at) AND isfinite(coalesce(started_at, finished_at))
-  AND isfinite(run_at) AND isfinite(created_at)
+  AND status IN ('succeeded', 'failed', 'cancelled') AND isfinite(finished_at)
+  AND isfinite(coalesce(started_at, finished_at)) AND isfinite(run_at) AND isfinite(created_at)
 GROUP BY 1, 2, 3, 4
 ON CONFLICT (minute, queue, task, tenant) DO UPDATE
 SET succeeded = excluded.succeeded, failed = excluded.failed, run_s_sum = excluded.run_s_sum,
-    wait_s_sum = excluded.wait_s_sum;
+    wait_s_sum = excluded.wait_s_sum, cancelled = excluded.cancelled;
 
 -- name: rollup_prune
 DELETE FROM pgsched.run_rollup WHERE minute < coalesce(%(now)s::timestamptz, now()) - interval '8 days';
@@ -963,7 +980,23 @@ WITH open AS (
     SELECT now() - prepared, age(transaction), 'prepared transaction ' || quote_literal(gid)
     FROM pg_prepared_xacts
     WHERE database = current_database()
+    UNION ALL
+    -- A replication slot's xmin (a standby with hot_standby_feedback, connected or not) holds
+    -- the horizon of every database with no session open: it has no age in seconds, only in
+    -- transactions. A logical slot's catalog_xmin holds back only the system catalogs.
+    SELECT NULL, age(xmin), 'replication slot ' || quote_literal(slot_name)
+    FROM pg_replication_slots
+    WHERE xmin IS NOT NULL
 )
 SELECT coalesce(extract(epoch FROM max(age)), 0)::float8 AS age_s, coalesce(max(xmin_age), 0) AS xmin_age,
-       (SELECT holder FROM open ORDER BY age DESC NULLS LAST LIMIT 1) AS holder
+       (SELECT holder FROM open ORDER BY age DESC NULLS LAST, xmin_age DESC NULLS LAST LIMIT 1) AS holder
 FROM open;
+
+-- name: run_table_vacuum_state
+-- The runs table's dead row versions (pg_stat_user_tables: an estimate the statistics collector
+-- keeps, no scan) and its claim index's size: both grow while a transaction holds vacuum's
+-- horizon back, and shrink (the index: stops growing) once vacuum can do its work.
+SELECT coalesce(s.n_dead_tup, 0) AS dead_tuples, coalesce(s.n_live_tup, 0) AS live_tuples,
+       pg_relation_size('pgsched.runs_claim_idx') AS claim_index_bytes
+FROM pg_stat_user_tables AS s
+WHERE s.relid = 'pgsched.runs'::regclass;
