@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -235,6 +237,9 @@ def main() -> None:
     parser.add_argument("--claims", default="before,after", help="Which claims to run: before, after or both")
     parser.add_argument("--dsn", help="A server to create the databases on (default: an embedded one)")
     options = parser.parse_args()
+    # A kill stops the embedded server and drops the databases (the finally blocks run), rather
+    # than leaving a postmaster behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     duration = 900.0 if options.full else options.duration
     old = subprocess.run(
         ["git", "show", f"{options.before}:schema/queries.sql"], cwd=ROOT, capture_output=True, text=True, check=True

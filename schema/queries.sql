@@ -992,6 +992,16 @@ SELECT coalesce(extract(epoch FROM max(age)), 0)::float8 AS age_s, coalesce(max(
        (SELECT holder FROM open ORDER BY age DESC NULLS LAST, xmin_age DESC NULLS LAST LIMIT 1) AS holder
 FROM open;
 
+-- name: replica_lag
+-- On the read replica (PGSCHED_READ_DSN): whether it is a standby, whether a WAL receiver runs
+-- (none: its upstream is gone, and what it lacks is unknown), and how many seconds of the
+-- primary's commits it has received but not replayed (0 when replay has caught up with what
+-- arrived: an idle primary commits nothing, and the last replayed commit's age says nothing).
+SELECT pg_is_in_recovery() AS in_recovery,
+       EXISTS (SELECT FROM pg_stat_wal_receiver) AS receiving,
+       CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+            ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8 AS lag_s;
+
 -- name: run_table_vacuum_state
 -- The runs table's dead row versions (pg_stat_user_tables: an estimate the statistics collector
 -- keeps, no scan) and its claim index's size: both grow while a transaction holds vacuum's

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from pgsched.api import store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
-from pgsched.api.deps import Pgsched, Pool, Settings, Tenant
+from pgsched.api.deps import Pgsched, Pool, Reads, Settings, Tenant
 from pgsched.api.schemas import (
     NO_NUL,
     FailureGroup,
@@ -156,7 +156,7 @@ class RunController(Controller):
     @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
     def list_runs(
         self,
-        pool: Pool,
+        reads: Reads,
         tenant: Tenant,
         status: FromQuery[RunStatus | None] = None,
         queue: TextQuery = None,
@@ -177,8 +177,8 @@ class RunController(Controller):
         created = _instant("created_after", created_after), _instant("created_before", created_before)
         finished = _instant("finished_after", finished_after), _instant("finished_before", finished_before)
         before_id = _cursor(cursor)
-        with pool.connection() as conn:
-            rows = list_runs(
+        rows = reads(
+            lambda conn: list_runs(
                 conn,
                 status=status,
                 queue=queue,
@@ -192,16 +192,16 @@ class RunController(Controller):
                 finished_after=finished[0],
                 finished_before=finished[1],
             )
+        )
         return RunPage(
             items=[from_row(RunSummary, row) for row in rows], next=str(rows[-1]["id"]) if len(rows) == limit else None
         )
 
     @get("/failures", operation_id="listFailureGroups", sync_to_thread=True, responses=error_responses())
-    def failure_groups(self, pool: Pool, tenant: Tenant) -> FailureGroupList:
+    def failure_groups(self, reads: Reads, tenant: Tenant) -> FailureGroupList:
         """Runs that ended failed in the last week, grouped by task and the type of their last
         error, with counts for the last hour, day and week (the 200 most recently seen groups)."""
-        with pool.connection() as conn:
-            rows = failure_groups(conn, tenant=tenant)
+        rows = reads(lambda conn: failure_groups(conn, tenant=tenant))
         return FailureGroupList(items=[from_row(FailureGroup, row) for row in rows])
 
     @post(
