@@ -17,6 +17,7 @@ from litestar.testing import TestClient
 from pgsched.api import ApiSettings, create_app
 from pgsched.errors import ConfigError
 from tests.support.api import TEST_SETTINGS, Api, make_keys, ok
+from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.replica import Replica, streaming_replica
 from tests.support.ui import sign_in
 from tests.support.waiting import wait_until
@@ -134,3 +135,9 @@ def test_a_blank_read_dsn_or_a_bound_of_zero_is_refused() -> None:
         ApiSettings(dsn="dbname=x", read_dsn=" ")
     with pytest.raises(ConfigError, match="read_max_lag_s"):
         ApiSettings(dsn="dbname=x", read_max_lag_s=0)
+
+
+@pytest.mark.parametrize("bound", ["0", "-1", "nan"])
+def test_pgsched_api_refuses_a_read_lag_bound_that_is_not_positive(dsn: str, bound: str) -> None:
+    result = run_cli(dsn, "api", "--read-dsn", dsn, "--read-max-lag-s", bound, "--port", "0")
+    assert_one_error_line(result, "--read-max-lag-s", "must be > 0")

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from pgsched.claim_cursor import FROM_THE_START, FULL_PASS_S, SLACK_S, ClaimCursors
+from pgsched.claim_cursor import BEHIND_EVERY_S, FROM_THE_START, FULL_PASS_S, SLACK_S, ClaimCursors
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries
 from tests.support.db import scalar
@@ -88,10 +88,13 @@ def test_a_claim_after_the_first_starts_behind_the_last_run_claimed() -> None:
     assert cursors.params(["default"]) == FULL_PASS
     at = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
     cursors.advance(["default"], [ClaimedRun(9, "t", {}, 1, 3, "default", None, None, 3, at)])
-    clock.now += 0.1
+    clock.now += BEHIND_EVERY_S
     after = {"after_priority": [3], "after_run_at": [at], "after_id": [9]}
     assert cursors.params(["default"]) == {**after, "from_run_at": [at - timedelta(seconds=SLACK_S)]}
     cursors.advance(["default"], [])  # nothing found: the start stays
+    clock.now += BEHIND_EVERY_S / 2  # too soon to look behind again: an empty range there
+    assert cursors.params(["default"]) == {**after, "from_run_at": [at]}
+    cursors.advance(["default"], [])
     clock.now += FULL_PASS_S
     assert cursors.params(["default"]) == FULL_PASS  # the full pass is due
 
@@ -143,8 +146,8 @@ def test_a_run_due_earlier_than_the_slack_behind_the_cursor_is_claimed_by_the_fu
     assert len(claim(conn, cursors)) == 3
     [late] = insert(conn, run_at=datetime.now(timezone.utc) - timedelta(minutes=1))
     [recent] = insert(conn, run_at=datetime.now(timezone.utc) - timedelta(seconds=SLACK_S / 4))
-    clock.now += 0.1
-    assert claim(conn, cursors) == [recent]  # within the slack: found at once
+    clock.now += BEHIND_EVERY_S
+    assert claim(conn, cursors) == [recent]  # within the slack: found by the next look behind
     clock.now += FULL_PASS_S
     assert claim(conn, cursors) == [late]
 

@@ -99,7 +99,9 @@ class ApiSettings:
         if self.read_dsn is not None and (not isinstance(self.read_dsn, str) or not self.read_dsn.strip()):
             raise ConfigError("the read replica's DSN (PGSCHED_READ_DSN, --read-dsn) is empty")
         if not self.read_max_lag_s > 0:
-            raise ConfigError(f"read_max_lag_s must be > 0, got {self.read_max_lag_s!r}")
+            raise ConfigError(
+                f"read_max_lag_s (PGSCHED_READ_MAX_LAG_S, --read-max-lag-s) must be > 0, got {self.read_max_lag_s!r}"
+            )
 
     def _check_redis(self) -> None:
         if self.redis_url is not None:
