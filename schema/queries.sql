@@ -344,6 +344,8 @@ FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(
 -- leave a gap. job is the scheduled job's name (a job that does not exist matches no run; names
 -- are unique per tenant since 0012, so a key without a tenant sees the runs of each tenant's job).
 -- args: containment (args @> '{"customer": 42}'); error_type: the type of the last attempt's error.
+-- scan_floor: read no run below this id (an args search reads a window of ids a page; no index
+-- serves containment, see runs.page_runs).
 SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        started_at, finished_at, created_at
 FROM pgsched.runs
@@ -359,9 +361,15 @@ WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.ru
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
   AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(scan_floor)s::bigint IS NULL OR id >= %(scan_floor)s)
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: run_id_range
+-- The lowest and highest run id (two probes of the primary key): where an args search's
+-- window of ids starts, and whether anything is left below it.
+SELECT min(id) AS lowest, max(id) AS highest FROM pgsched.runs;
 
 -- name: run_retry_many
 -- Run failed or cancelled runs again, now, each with one more attempt if it used them all

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from pgsched.api.keys import revoke_key
 from pgsched.maintenance import refresh_rollup
+from pgsched.runs import ARGS_SCAN_WINDOW
 from pgsched.sql import queries
 from pgsched.ui.db import page_connection
 from pgsched.ui.insights import anomalies, last_hour
@@ -152,6 +153,35 @@ def test_the_runs_list_pages_by_keyset_with_an_older_link(dsn, conn):
         second = client.get(f"/ui/runs?limit=25&cursor={ids[5]}").text
     assert f'href="/ui/runs/{ids[4]}"' in second and f'href="/ui/runs/{ids[5]}"' not in second
     assert "hx-trigger" not in second, "only the newest page updates live"
+
+
+def test_an_args_search_reads_a_window_a_page_and_its_bulk_action_reaches_every_match(dsn, conn):
+    """No index serves args containment: a page reads ARGS_SCAN_WINDOW ids and offers to search
+    older; "all matching" walks every window, so it reaches runs far below the first."""
+
+    def run_with_id(run_id: int, customer: int) -> int:
+        sql = "INSERT INTO pgsched.runs (id, task, args) VALUES (%s, 'send', %s) RETURNING id"
+        return scalar(conn, sql, (run_id, Jsonb({"customer": customer})))
+
+    old, newest = run_with_id(10, 42), run_with_id(10 + 2 * ARGS_SCAN_WINDOW + 6, 42)
+    other = run_with_id(10 + 2 * ARGS_SCAN_WINDOW + 5, 7)
+    search = "args=%7B%22customer%22%3A+42%7D"
+    with ui_client(dsn, make_keys(conn)["admin"]) as client:
+        first = client.get(f"/ui/runs?{search}").text
+        assert f'href="/ui/runs/{newest}"' in first and "Args searched down to run" in first
+        shown, page = [], first
+        while (link := re.search(r'href="(/ui/runs\?[^"]*cursor=\d+[^"]*)">Search older', page)) is not None:
+            page = client.get(link[1].replace("&amp;", "&")).text
+            shown += [int(i) for i in re.findall(r'<a href="/ui/runs/(\d+)">', page)]
+        assert shown == [old], "the older pages end at the oldest match, and then offer no more"
+        confirm = client.get(f"/ui/runs/bulk?action=cancel&{search}").text
+        assert "2 runs match this filter" in confirm
+        done = client.post(
+            "/ui/runs/bulk",
+            data={"csrf_token": csrf_of(confirm), "action": "cancel", "all": "1", "args": '{"customer": 42}'},
+        )
+        assert "Cancelled 2 runs." in done.text, done.text
+    assert [status_of(conn, i) for i in (old, newest, other)] == ["cancelled", "cancelled", "queued"]
 
 
 def test_a_post_without_the_csrf_token_or_from_another_site_is_refused(dsn, conn):

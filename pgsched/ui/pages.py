@@ -17,7 +17,7 @@ from pgsched.api.deps import Pool, Tenant
 from pgsched.beat import leader_status
 from pgsched.errors import InvalidInput
 from pgsched.queues import list_queues
-from pgsched.runs import COUNT_CAP, count_runs, get_run, list_runs
+from pgsched.runs import COUNT_CAP, count_runs, get_run, page_runs
 from pgsched.ui import insights, reads
 from pgsched.ui.access import require_session
 from pgsched.ui.db import page_connection
@@ -56,9 +56,18 @@ class PageController(Controller):
         chosen = parse_run_filter(params)
         cursor = parse_cursor(params.get("cursor"))
         with page_connection(pool) as conn:
-            rows = list_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
-        older = str(rows[-1]["id"]) if len(rows) == chosen.limit else None
-        return page(request, "runs.html", live="_runs.html", runs=rows, filter=chosen, cursor=cursor, older=older)
+            found = page_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
+        older = None if found.older is None else str(found.older)
+        return page(
+            request,
+            "runs.html",
+            live="_runs.html",
+            runs=found.runs,
+            filter=chosen,
+            cursor=cursor,
+            older=older,
+            searched_from=found.searched_from if len(found.runs) < chosen.limit else None,
+        )
 
     @get("/runs/bulk", sync_to_thread=True)
     def confirm_bulk(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
