@@ -206,10 +206,12 @@ FROM unnest(%(queues)s::text[]) AS q(name),
 -- at this attempt change, so a worker that lost its lease cannot overwrite a rescue.
 -- status 'queued' is a retry: run_at moves by retry_delay_s. A run whose cancel was requested
 -- ends 'cancelled' whatever its task did (the request may have raced the worker).
+-- An error records when its attempt started: started_at holds only the last attempt's.
 UPDATE pgsched.runs AS r
 SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE o.status END::pgsched.run_status,
     result = o.result::jsonb,
-    errors = CASE WHEN o.error IS NULL THEN r.errors ELSE r.errors || jsonb_build_array(o.error::jsonb) END,
+    errors = CASE WHEN o.error IS NULL THEN r.errors
+                  ELSE r.errors || jsonb_build_array(o.error::jsonb || jsonb_build_object('started_at', r.started_at)) END,
     run_at = CASE WHEN o.status = 'queued' AND r.cancel_requested_at IS NULL
                   THEN now() + make_interval(secs => o.retry_delay_s) ELSE r.run_at END,
     finished_at = CASE WHEN o.status = 'queued' AND r.cancel_requested_at IS NULL THEN NULL ELSE now() END,
@@ -258,7 +260,7 @@ WITH expired AS (
         lease_expires_at = NULL,
         errors = r.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'worker_id', r.worker_id,
-            'type', 'LeaseExpired',
+            'started_at', r.started_at, 'type', 'LeaseExpired',
             'message', format('worker %%s stopped heartbeating: lease expired at %%s', r.worker_id, r.lease_expires_at)))
     FROM expired
     WHERE r.id = expired.id

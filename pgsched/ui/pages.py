@@ -117,13 +117,17 @@ class PageController(Controller):
 
 
 def timeline(run: dict[str, Any]) -> list[tuple[datetime, str]]:
-    """A run's life in order: created, each failed attempt (from its error), the last attempt's
-    start and how it ended."""
+    """A run's life in order: created, each failed attempt's start and end (from its error;
+    errors written before this release record only the end), the last attempt's start and
+    how it ended."""
     events = [(run["created_at"], "created")]
     for error in run["errors"]:
-        at = _instant_of(error.get("at"))
+        attempt = error.get("attempt", "?")
+        started, at = _instant_of(error.get("started_at")), _instant_of(error.get("at"))
+        if started is not None and attempt != run["attempt"]:
+            events.append((started, f"attempt {attempt} started"))
         if at is not None:
-            events.append((at, f"attempt {error.get('attempt', '?')} failed: {error.get('type', 'error')}"))
+            events.append((at, f"attempt {attempt} failed: {error.get('type', 'error')}"))
     if run["started_at"] is not None:
         events.append((run["started_at"], f"attempt {run['attempt']} started"))
     if run["finished_at"] is not None:
