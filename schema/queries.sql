@@ -839,7 +839,9 @@ ORDER BY queue, minute;
 
 -- name: rollup_against_baseline
 -- Per queue and task: the last hour's runs, failures, run and wait seconds, and the same hour of each
--- of the 7 days before (the baseline the anomaly flags compare against). Eight range scans of
+-- of the 7 days before (the baseline the anomaly flags compare against). Every pair with a
+-- baseline, ran this hour or not: a queue whose runs are stuck finishes none, and its usual
+-- wait is what its oldest due run's age is held against. Eight range scans of
 -- the primary key (minute first); now() stays in each WHERE so the planner can use it.
 WITH recent AS (
     SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s,
@@ -858,11 +860,12 @@ WITH recent AS (
                     AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)) AS r
     GROUP BY r.queue, r.task
 )
-SELECT recent.queue, recent.task, recent.runs::bigint, recent.failed::bigint, recent.run_s, recent.wait_s,
+SELECT usual.queue, usual.task, coalesce(recent.runs, 0)::bigint AS runs, coalesce(recent.failed, 0)::bigint AS failed,
+       coalesce(recent.run_s, 0) AS run_s, coalesce(recent.wait_s, 0) AS wait_s,
        usual.runs::bigint AS usual_runs, usual.failed::bigint AS usual_failed, usual.run_s AS usual_run_s,
        usual.wait_s AS usual_wait_s
-FROM recent JOIN usual USING (queue, task)
-ORDER BY recent.queue, recent.task;
+FROM usual LEFT JOIN recent USING (queue, task)
+ORDER BY usual.queue, usual.task;
 
 -- name: run_failure_groups
 -- Runs that ended failed in the last week, by task and the type of their last error, with the

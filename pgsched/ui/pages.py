@@ -42,7 +42,7 @@ class PageController(Controller):
             live = list_queues(conn, tenant=tenant, last_hour=False)
             kept: insights.Insights = request.app.state.insights
             charts = kept.charts(conn, tenant)
-            anomalies = kept.anomalies(conn, tenant)
+            anomalies = kept.anomalies(conn, tenant, live)
         queues = insights.with_charted_queues(live, charts)
         peak = max((m.succeeded + m.failed for minutes in charts.values() for m in minutes), default=0)
         return page(
