@@ -146,7 +146,7 @@ def live_db_cpu_ms_per_s(dsn: str, key_id: int, repeats: int) -> dict[str, float
             list_queues(conn, tenant=None, last_hour=False),  # as the queues page reads them (0017)
         ),
         "chart": lambda conn: insights.last_hour(conn, None),
-        "anomaly baseline": lambda conn: insights.anomalies(conn, None),
+        "anomaly baseline": lambda conn: insights.baseline(conn, None),
     }
     every_s = {
         "session and queue figures": POLL_S,

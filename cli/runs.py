@@ -8,7 +8,7 @@ import typer
 
 from pgsched.cli import render
 from pgsched.cli.options import DsnOption, connect, parse_at
-from pgsched.runs import cancel_run, get_run, list_runs, retry_run
+from pgsched.runs import cancel_run, get_run, list_runs, parse_args_filter, retry_run
 
 runs = typer.Typer(help="Inspect and steer runs.", no_args_is_help=True)
 
@@ -25,6 +25,11 @@ def list_(
     created_before: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; exclusive")] = None,
     finished_after: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; inclusive")] = None,
     finished_before: Annotated[Optional[str], typer.Option(help="ISO 8601 with timezone; exclusive")] = None,
+    error_type: Annotated[Optional[str], typer.Option(help="The type of the last error, e.g. TimeoutError")] = None,
+    args: Annotated[
+        Optional[str],
+        typer.Option("--args", help="Runs whose args contain this JSON object, e.g. '{\"customer\": 42}'"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first")] = 50,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     dsn: DsnOption = None,
@@ -44,6 +49,8 @@ def list_(
             created_before=created[1],
             finished_after=finished[0],
             finished_before=finished[1],
+            error_type=error_type,
+            args=None if args is None else parse_args_filter(args),
         )
     if json_output:
         render.print_json(rows)

@@ -241,10 +241,12 @@ FROM unnest(%(queues)s::text[]) AS q(name),
 -- at this attempt change, so a worker that lost its lease cannot overwrite a rescue.
 -- status 'queued' is a retry: run_at moves by retry_delay_s. A run whose cancel was requested
 -- ends 'cancelled' whatever its task did (the request may have raced the worker).
+-- An error records when its attempt started: started_at holds only the last attempt's.
 UPDATE pgsched.runs AS r
 SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE o.status END::pgsched.run_status,
     result = o.result::jsonb,
-    errors = CASE WHEN o.error IS NULL THEN r.errors ELSE r.errors || jsonb_build_array(o.error::jsonb) END,
+    errors = CASE WHEN o.error IS NULL THEN r.errors
+                  ELSE r.errors || jsonb_build_array(o.error::jsonb || jsonb_build_object('started_at', r.started_at)) END,
     run_at = CASE WHEN o.status = 'queued' AND r.cancel_requested_at IS NULL
                   THEN now() + make_interval(secs => o.retry_delay_s) ELSE r.run_at END,
     finished_at = CASE WHEN o.status = 'queued' AND r.cancel_requested_at IS NULL THEN NULL ELSE now() END,
@@ -293,7 +295,7 @@ WITH expired AS (
         lease_expires_at = NULL,
         errors = r.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'at', coalesce(%(now)s::timestamptz, now()), 'worker_id', r.worker_id,
-            'type', 'LeaseExpired',
+            'started_at', r.started_at, 'type', 'LeaseExpired',
             'message', format('worker %%s stopped heartbeating: lease expired at %%s', r.worker_id, r.lease_expires_at)))
     FROM expired
     WHERE r.id = expired.id
@@ -379,6 +381,8 @@ FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(
 -- leave a gap. job is the scheduled job's name (a job that does not exist matches no run; names
 -- are unique per tenant since 0012, so a key without a tenant sees the runs of each tenant's job).
 -- args: containment (args @> '{"customer": 42}'); error_type: the type of the last attempt's error.
+-- scan_floor: read no run below this id (an args search reads a window of ids a page; no index
+-- serves containment, see runs.page_runs).
 SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        started_at, finished_at, created_at
 FROM pgsched.runs
@@ -394,9 +398,15 @@ WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.ru
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
   AND (%(error_type)s::text IS NULL OR errors -> -1 ->> 'type' = %(error_type)s)
   AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(scan_floor)s::bigint IS NULL OR id >= %(scan_floor)s)
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: run_id_range
+-- The lowest and highest run id (two probes of the primary key): where an args search's
+-- window of ids starts, and whether anything is left below it.
+SELECT min(id) AS lowest, max(id) AS highest FROM pgsched.runs;
 
 -- name: run_retry_many
 -- Run failed or cancelled runs again, now, each with one more attempt if it used them all
@@ -881,7 +891,9 @@ ORDER BY queue, minute;
 
 -- name: rollup_against_baseline
 -- Per queue and task: the last hour's runs, failures, run and wait seconds, and the same hour of each
--- of the 7 days before (the baseline the anomaly flags compare against). Eight range scans of
+-- of the 7 days before (the baseline the anomaly flags compare against). Every pair with a
+-- baseline, ran this hour or not: a queue whose runs are stuck finishes none, and its usual
+-- wait is what its oldest due run's age is held against. Eight range scans of
 -- the primary key (minute first); now() stays in each WHERE so the planner can use it.
 WITH recent AS (
     SELECT queue, task, sum(succeeded + failed) AS runs, sum(failed) AS failed, sum(run_s_sum) AS run_s,
@@ -900,11 +912,12 @@ WITH recent AS (
                     AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)) AS r
     GROUP BY r.queue, r.task
 )
-SELECT recent.queue, recent.task, recent.runs::bigint, recent.failed::bigint, recent.run_s, recent.wait_s,
+SELECT usual.queue, usual.task, coalesce(recent.runs, 0)::bigint AS runs, coalesce(recent.failed, 0)::bigint AS failed,
+       coalesce(recent.run_s, 0) AS run_s, coalesce(recent.wait_s, 0) AS wait_s,
        usual.runs::bigint AS usual_runs, usual.failed::bigint AS usual_failed, usual.run_s AS usual_run_s,
        usual.wait_s AS usual_wait_s
-FROM recent JOIN usual USING (queue, task)
-ORDER BY recent.queue, recent.task;
+FROM usual LEFT JOIN recent USING (queue, task)
+ORDER BY usual.queue, usual.task;
 
 -- name: run_failure_groups
 -- Runs that ended failed in the last week, by task and the type of their last error, with the

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from pgsched.api.metrics import DURATION_BUCKETS_S, HISTOGRAM_WINDOW_S
 from pgsched.cli.main import cli
 from pgsched.errors import InvalidInput
+from pgsched.runs import ARGS_SCAN_WINDOW
 from tests.support.api import Api, ok
 from tests.support.db import insert_restored
 from tests.support.metrics import Samples, metric_samples, value_of
@@ -115,12 +116,46 @@ def test_a_tenant_key_filters_only_among_its_own_runs(api: Api, conn: psycopg.Co
     assert run_ids(api, as_="beta", job="acme-job") == []
 
 
+def test_get_runs_filters_by_args_containment_and_the_last_errors_type(api: Api, conn: psycopg.Connection):
+    timeout = {"type": "TimeoutError", "message": "slow", "traceback": "", "attempt": 1}
+    wanted = insert_run(conn, args=json.dumps({"customer": 42, "plan": "pro"}))
+    insert_run(conn, args=json.dumps({"customer": 7}))
+    failed = insert_run(
+        conn, args="{}", status="failed", attempt=1, errors=json.dumps([timeout]), started_at=T0, finished_at=T0
+    )
+    assert run_ids(api, args='{"customer": 42}') == [wanted]
+    assert run_ids(api, args='{"customer": 42, "plan": "free"}') == []
+    assert run_ids(api, error_type="TimeoutError") == [failed]
+    assert run_ids(api, error_type="ValueError") == []
+
+
+def test_an_args_search_reads_a_window_of_ids_a_page_and_goes_on_below_it(api: Api, conn: psycopg.Connection):
+    """No index serves containment: a page reads at most ARGS_SCAN_WINDOW ids, so a search over
+    a long history comes back in short (even empty) pages whose `next` goes on further down."""
+    old = insert_run(conn, id=10, args=json.dumps({"customer": 42}))
+    insert_run(conn, id=10 + 2 * ARGS_SCAN_WINDOW + 5, args=json.dumps({"customer": 7}))
+    newest = insert_run(conn, id=10 + 2 * ARGS_SCAN_WINDOW + 6, args=json.dumps({"customer": 42}))
+    pages, cursor = [], None
+    while True:
+        page = ok(api.get("/runs", params={"args": '{"customer": 42}', **({"cursor": cursor} if cursor else {})}))
+        pages.append([item["id"] for item in page["items"]])
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert pages == [[newest], [], [old]], "the window's page, one with nothing in it, the oldest run's"
+    unfiltered = ok(api.get("/runs"))
+    assert [item["id"] for item in unfiltered["items"]][-1] == old and unfiltered["next"] is None
+
+
 BAD_FILTERS = [  # (query, status, parameter named)
     ("created_after=yesterday", 400, "created_after"),
     ("finished_before=2030-13-01T00:00:00Z", 400, "finished_before"),
     ("created_before=2030-01-01T00:00:00", 400, "created_before"),  # no timezone: the same 400 as garbage
     ("finished_after=2030-01-01T00:00:00+01:00", 400, "finished_after"),  # '+' not URL-encoded: a space
     ("job=a%00b", 400, "job"),
+    ("args=%5B1%5D", 400, "args"),  # a JSON array, not an object
+    ("args=%7Bcustomer", 400, "args"),  # not JSON
+    ("args=%7B%22a%22%3A%22%5Cu0000%22%7D", 400, "args"),  # {"a": "\u0000"}: jsonb has no NUL
 ]
 
 
@@ -140,6 +175,12 @@ def test_runs_list_on_the_command_line_takes_the_same_filters(dsn: str, conn: ps
     )
     assert listed.exit_code == 0, listed.output
     assert [run["id"] for run in json.loads(listed.stdout)] == [new] and old != new
+    customer = insert_run(conn, args=json.dumps({"customer": 42}))
+    listed = runner.invoke(cli, ["runs", "list", "--args", '{"customer": 42}', "--json", "--dsn", dsn])
+    assert listed.exit_code == 0, listed.output
+    assert [run["id"] for run in json.loads(listed.stdout)] == [customer]
+    not_json = runner.invoke(cli, ["runs", "list", "--args", "customer=42", "--dsn", dsn])
+    assert isinstance(not_json.exception, InvalidInput) and "args must be a JSON object" in str(not_json.exception)
     naive = runner.invoke(cli, ["runs", "list", "--finished-before", "2030-01-01", "--dsn", dsn])
     assert isinstance(naive.exception, InvalidInput) and "--finished-before needs a timezone" in str(naive.exception)
 

@@ -103,6 +103,10 @@ def test_the_queues_page_charts_the_last_hour_and_works_on_a_phone_in_dark_mode(
     phone = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800}, color_scheme="dark")
     assert phone.get_by_role("row", name=re.compile("emails")).is_visible()
     assert phone.evaluate("document.documentElement.scrollWidth") <= 375, "the page itself does not scroll sideways"
+    phone_chart = phone.get_by_role("img", name=re.compile(r"emails: \d+ succeeded"))
+    box = phone_chart.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, f"the chart is on screen: {box}"
+    assert phone.get_by_text("Oldest due run waits").first.is_visible(), "each figure keeps its words on a phone"
     background = phone.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(20, 23, 29)", "dark colours when the system asks for them"
     screenshot(phone, "queues-phone-dark")
@@ -165,7 +169,13 @@ def test_bulk_retry_of_every_failed_run_of_one_task(browser, dashboard, keys, co
     failed = [finished_run(conn, "record", {"key": f"bulk-{i}"}) for i in range(3)]
     untouched = finished_run(conn, "slow", {"key": "other", "seconds": 0})
     page = signed_in(browser, dashboard, keys["write"])
-    page.goto(f"{dashboard}/ui/runs?status=failed&task=record")
+    page.goto(f"{dashboard}/ui/failures")  # the group of record's failures drills down to its runs
+    group = page.get_by_role("row", name=re.compile(r"^record "))
+    assert group.get_by_role("cell").all_inner_texts()[:2] == ["ValueError", "3"], "error type, last hour"
+    screenshot(page, "failures")
+    group.get_by_role("link", name="record").click()
+    page.wait_for_url(re.compile(r"/ui/runs\?.*task=record"))
+    assert re.search(r"status=failed.*error_type=ValueError|error_type=ValueError.*status=failed", page.url)
     page.get_by_role("link", name="Retry all matching…").click()
     assert "3 runs match this filter" in page.locator("p.confirm").inner_text()
     page.get_by_role("button", name="Retry 3 runs").click()

@@ -17,9 +17,10 @@ from psycopg_pool import ConnectionPool
 
 from pgsched.api.keys import revoke_key
 from pgsched.maintenance import refresh_rollup
+from pgsched.runs import ARGS_SCAN_WINDOW
 from pgsched.sql import queries
 from pgsched.ui.db import page_connection
-from pgsched.ui.insights import anomalies, last_hour
+from pgsched.ui.insights import anomalies, baseline, last_hour, oldest_due_flags
 from pgsched.ui.sessions import create_sign_in_token
 from tests.support.api import make_keys, ok, serving_api
 from tests.support.cli import assert_one_error_line, run_cli
@@ -42,7 +43,8 @@ def queued_run(conn: psycopg.Connection, task: str = "send", tenant: str | None 
 def queue_figures(page: str, queue: str) -> list[int]:
     """The whole-number figures of a queue's row on the queues page, left to right."""
     row = page.split(f'<th scope="row"><a href="/ui/runs?queue={queue}">{queue}</a></th>')[1].split("</tr>")[0]
-    return [int(n.replace(",", "")) for n in re.findall(r'<td class="n">(?:<a [^>]*>)?([\d,]+)(?:</a>)?</td>', row)]
+    figures = re.findall(r'<td class="n"[^>]*>(?:<a [^>]*>)?([\d,]+)(?:</a>)?</td>', row)
+    return [int(n.replace(",", "")) for n in figures]
 
 
 def status_of(conn: psycopg.Connection, run_id: int) -> str:
@@ -152,6 +154,35 @@ def test_the_runs_list_pages_by_keyset_with_an_older_link(dsn, conn):
         second = client.get(f"/ui/runs?limit=25&cursor={ids[5]}").text
     assert f'href="/ui/runs/{ids[4]}"' in second and f'href="/ui/runs/{ids[5]}"' not in second
     assert "hx-trigger" not in second, "only the newest page updates live"
+
+
+def test_an_args_search_reads_a_window_a_page_and_its_bulk_action_reaches_every_match(dsn, conn):
+    """No index serves args containment: a page reads ARGS_SCAN_WINDOW ids and offers to search
+    older; "all matching" walks every window, so it reaches runs far below the first."""
+
+    def run_with_id(run_id: int, customer: int) -> int:
+        sql = "INSERT INTO pgsched.runs (id, task, args) VALUES (%s, 'send', %s) RETURNING id"
+        return scalar(conn, sql, (run_id, Jsonb({"customer": customer})))
+
+    old, newest = run_with_id(10, 42), run_with_id(10 + 2 * ARGS_SCAN_WINDOW + 6, 42)
+    other = run_with_id(10 + 2 * ARGS_SCAN_WINDOW + 5, 7)
+    search = "args=%7B%22customer%22%3A+42%7D"
+    with ui_client(dsn, make_keys(conn)["admin"]) as client:
+        first = client.get(f"/ui/runs?{search}").text
+        assert f'href="/ui/runs/{newest}"' in first and "Args searched down to run" in first
+        shown, page = [], first
+        while (link := re.search(r'href="(/ui/runs\?[^"]*cursor=\d+[^"]*)">Search older', page)) is not None:
+            page = client.get(link[1].replace("&amp;", "&")).text
+            shown += [int(i) for i in re.findall(r'<a href="/ui/runs/(\d+)">', page)]
+        assert shown == [old], "the older pages end at the oldest match, and then offer no more"
+        confirm = client.get(f"/ui/runs/bulk?action=cancel&{search}").text
+        assert "2 runs match this filter" in confirm
+        done = client.post(
+            "/ui/runs/bulk",
+            data={"csrf_token": csrf_of(confirm), "action": "cancel", "all": "1", "args": '{"customer": 42}'},
+        )
+        assert "Cancelled 2 runs." in done.text, done.text
+    assert [status_of(conn, i) for i in (old, newest, other)] == ["cancelled", "cancelled", "queued"]
 
 
 def test_a_post_without_the_csrf_token_or_from_another_site_is_refused(dsn, conn):
@@ -323,6 +354,30 @@ def test_the_rollup_counts_finished_runs_per_minute_and_flags_what_is_far_above_
         "20.00s",
     )
     assert anomalies(conn, "acme", now=now) == [], "a tenant's rollup is its own"
+    usual = baseline(conn, None, now=now).usual_wait_s
+    assert usual == {"mail": pytest.approx(0.2)}, "5 s waited over 25 runs a day, at this hour"
+    ages = [{"queue": "mail", "oldest_queued_age_s": age} for age in (20.0, 40.0)]
+    assert oldest_due_flags(ages[:1], usual) == [], "younger than 30 s: a burst, not news"
+    [stuck] = oldest_due_flags([*ages[1:], {"queue": "other", "oldest_queued_age_s": 900.0}], usual)
+    assert (stuck.queue, stuck.what, round(stuck.factor), stuck.span) == ("mail", "oldest due run waits", 200, "now")
+
+
+def test_the_queues_page_flags_a_queue_whose_oldest_due_run_waits_far_longer_than_usual(dsn, conn):
+    """A stuck queue finishes nothing, so no rollup of this hour shows it: its oldest due run's
+    age, live, is held against how long its runs usually wait at this hour."""
+    conn.execute(
+        "INSERT INTO pgsched.run_rollup (minute, queue, task, succeeded, wait_s_sum)"
+        " SELECT date_trunc('minute', now()) - make_interval(days => d, mins => 10), 'emails', 'send', 10, 5"
+        " FROM generate_series(1, 7) AS d"
+    )
+    conn.execute(
+        "INSERT INTO pgsched.runs (task, queue, run_at) VALUES ('send', 'emails', now() - interval '10 minutes')"
+    )
+    with ui_client(dsn, make_keys(conn)["read"]) as client:
+        page = client.get("/ui").text
+    assert re.search(
+        r"<strong>emails</strong>: oldest due run waits \d+\u00d7 their usual\s+\(60\d+s now, usually 0.50s", page
+    )
 
 
 def test_pgsched_api_serves_https_itself_and_the_session_cookie_is_secure_there(dsn, conn, tmp_path):

@@ -26,6 +26,7 @@ from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
 from pgsched.run_types import Outcome
 from pgsched.sql import queries
+from pgsched.ui.pages import timeline
 from pgsched.worker import rescue_expired
 from tests.support.db import empty_tables
 from tests.support.inprocess import RunningWorker, finish, run_async
@@ -231,6 +232,32 @@ def test_retry_runs_the_task_again_and_counts_as_an_attempt(app, dsn):
     assert [e["type"] for e in again_row["errors"]] == ["Retry"]
     assert (used_up_row["status"], used_up_row["attempt"]) == ("failed", 1)
     assert used_up_row["errors"][-1]["message"] == "retry requested by the task"
+
+
+def test_each_failed_attempt_records_when_it_started_for_the_runs_timeline(app, dsn):
+    calls = []
+
+    @app.task(max_attempts=3, retry_backoff=0.01)
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ValueError(f"attempt {len(calls)} breaks")
+        return "done"
+
+    [row] = finish(app, dsn, app.enqueue("flaky", {}))
+    assert (row["status"], row["attempt"]) == ("succeeded", 3)
+    first, second = row["errors"]
+    starts = [datetime.fromisoformat(error["started_at"]) for error in (first, second)]
+    assert row["created_at"] <= starts[0] < datetime.fromisoformat(first["at"]) <= starts[1] < row["started_at"]
+    assert [what for _, what in timeline(row)] == [
+        "created",
+        "attempt 1 started",
+        "attempt 1 failed: ValueError",
+        "attempt 2 started",
+        "attempt 2 failed: ValueError",
+        "attempt 3 started",
+        "succeeded",
+    ]
 
 
 def test_cancel_ends_the_run_as_cancelled_without_retries(app, dsn):

@@ -15,7 +15,7 @@ from litestar.response import Redirect, Template
 from pgsched import jobs as job_store
 from pgsched.api.deps import Pool, Tenant
 from pgsched.errors import InvalidInput
-from pgsched.runs import cancel_run, cancel_runs, list_runs, retry_run, retry_runs
+from pgsched.runs import cancel_run, cancel_runs, page_runs, retry_run, retry_runs
 from pgsched.tenants import check_tenant
 from pgsched.ui.access import CSRF_FIELD, require_session
 from pgsched.ui.db import page_connection
@@ -104,8 +104,9 @@ def _apply_to_matching(pool: Pool, action: str, chosen: RunFilter, tenant: str |
     done, before_id = 0, None
     while True:
         with page_connection(pool) as conn:
-            rows = list_runs(conn, **chosen.list_runs_kwargs(tenant), limit=BULK_BATCH, before_id=before_id)
-        if not rows:
+            found = page_runs(conn, **chosen.list_runs_kwargs(tenant), limit=BULK_BATCH, before_id=before_id)
+        if found.runs:
+            done += _apply(pool, action, [row["id"] for row in found.runs], tenant)
+        if found.older is None:
             return done
-        done += _apply(pool, action, [row["id"] for row in rows], tenant)
-        before_id = rows[-1]["id"]
+        before_id = found.older

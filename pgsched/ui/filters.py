@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from urllib.parse import urlencode
 
 from pgsched.errors import InvalidInput
-from pgsched.runs import RUN_STATUSES, check_run_id
+from pgsched.runs import RUN_STATUSES, check_run_id, parse_args_filter
 from pgsched.tenants import check_tenant
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -110,14 +110,8 @@ def _run_id(text: str | None) -> int | None:
 
 
 def _args(text: str | None) -> str | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidInput(f'args must be a JSON object such as {{"customer": 42}}: {exc}') from None
-    if not isinstance(value, dict):
-        raise InvalidInput(f'args must be a JSON object such as {{"customer": 42}}, got {text[:40]!r}')
+    if text is not None:
+        parse_args_filter(text)
     return text
 
 

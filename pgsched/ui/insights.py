@@ -29,6 +29,8 @@ ANOMALY_FACTOR = 3.0
 ANOMALY_MIN_RUNS = 5
 # Mean run and wait times below this are never flagged.
 MIN_FLAGGED_S = 1.0
+# Nor an oldest due run younger than this: a burst of enqueues makes waits of a few seconds.
+MIN_FLAGGED_AGE_S = 30.0
 CHART_KEPT_S = 10.0
 ANOMALIES_KEPT_S = 60.0
 # The failures page counts a week of failed runs: seconds matter less than its cost per poll.
@@ -46,10 +48,20 @@ class Minute:
 class Anomaly:
     queue: str
     task: str
-    what: str  # "failures", "run time" or "wait before start"
+    what: str  # "failures", "run time", "wait before start" or "oldest due run waits"
     factor: float
     now: str  # the figure now, in words
     usual: str
+    span: str = "this hour"  # what "now" covers
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the rollup says against its own history: the flagged queue/task pairs, and per
+    queue the mean wait from due to start at this hour over the last 7 days."""
+
+    flagged: list[Anomaly]
+    usual_wait_s: dict[str, float]
 
 
 def last_hour(conn: psycopg.Connection, tenant: str | None, now: datetime | None = None) -> dict[str, list[Minute]]:
@@ -104,14 +116,38 @@ def bars(minutes: list[Minute], peak: int, *, height: float = 30.0) -> tuple[str
 
 
 def anomalies(conn: psycopg.Connection, tenant: str | None, now: datetime | None = None) -> list[Anomaly]:
-    """Queue/task pairs whose failure ratio or mean run time this hour is far above the same
-    hour of the last 7 days."""
+    """Queue/task pairs whose failure ratio, mean run time or mean wait before start this hour
+    is far above the same hour of the last 7 days."""
+    return baseline(conn, tenant, now).flagged
+
+
+def baseline(conn: psycopg.Connection, tenant: str | None, now: datetime | None = None) -> Baseline:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(queries["rollup_against_baseline"], {"tenant": tenant, "now": now}).fetchall()
-    found = []
+    flagged = [flag for row in rows for flag in _flags(row)]
+    waits: dict[str, tuple[float, int]] = {}
     for row in rows:
-        found.extend(_flags(row))
-    return found
+        wait_s, runs = waits.get(row["queue"], (0.0, 0))
+        waits[row["queue"]] = (wait_s + row["usual_wait_s"], runs + row["usual_runs"])
+    usual = {queue: wait_s / runs for queue, (wait_s, runs) in waits.items() if runs >= ANOMALY_MIN_RUNS}
+    return Baseline(flagged, usual)
+
+
+def oldest_due_flags(live: list[dict[str, Any]], usual_wait_s: dict[str, float]) -> list[Anomaly]:
+    """Queues whose oldest due run has waited far longer than their runs usually wait before
+    they start (at this hour over the last 7 days): a stuck or starved queue, which finishes
+    nothing and so shows in no rollup of this hour."""
+    flags = []
+    for row in live:
+        age, usual = row.get("oldest_queued_age_s"), usual_wait_s.get(row["queue"])
+        if age is None or usual is None or age < MIN_FLAGGED_AGE_S:
+            continue
+        if age >= ANOMALY_FACTOR * max(usual, MIN_FLAGGED_S):
+            factor = age / max(usual, 0.01)
+            flags.append(
+                Anomaly(row["queue"], "", "oldest due run waits", factor, f"{age:.0f}s", f"{usual:.2f}s", "now")
+            )
+    return flags
 
 
 def _flags(row: dict[str, Any]) -> list[Anomaly]:
@@ -168,14 +204,17 @@ class Insights:
 
     def __init__(self) -> None:
         self._charts: Recent[dict[str, list[Minute]]] = Recent(CHART_KEPT_S)
-        self._anomalies: Recent[list[Anomaly]] = Recent(ANOMALIES_KEPT_S)
+        self._baselines: Recent[Baseline] = Recent(ANOMALIES_KEPT_S)
         self._failures: Recent[list[dict[str, Any]]] = Recent(FAILURES_KEPT_S)
 
     def charts(self, conn: psycopg.Connection, tenant: str | None) -> dict[str, list[Minute]]:
         return self._charts.get(tenant, lambda: last_hour(conn, tenant))
 
-    def anomalies(self, conn: psycopg.Connection, tenant: str | None) -> list[Anomaly]:
-        return self._anomalies.get(tenant, lambda: anomalies(conn, tenant))
+    def anomalies(self, conn: psycopg.Connection, tenant: str | None, live: list[dict[str, Any]]) -> list[Anomaly]:
+        """The baseline's flags (recomputed once a minute) and the oldest due runs of ``live``,
+        the queue figures of this poll, against it."""
+        known = self._baselines.get(tenant, lambda: baseline(conn, tenant))
+        return known.flagged + oldest_due_flags(live, known.usual_wait_s)
 
     def failure_groups(self, conn: psycopg.Connection, tenant: str | None) -> list[dict[str, Any]]:
         return self._failures.get(tenant, lambda: failure_groups(conn, tenant=tenant))

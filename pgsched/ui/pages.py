@@ -20,7 +20,7 @@ from pgsched.api.deps import Pool, Reads, Tenant
 from pgsched.beat import leader_status
 from pgsched.errors import InvalidInput
 from pgsched.queues import list_queues
-from pgsched.runs import COUNT_CAP, count_runs, get_run, list_runs
+from pgsched.runs import COUNT_CAP, count_runs, get_run, page_runs
 from pgsched.ui import insights
 from pgsched.ui import reads as ui_reads
 from pgsched.ui.access import require_session
@@ -46,7 +46,7 @@ class PageController(Controller):
             # Without the last hour's finished runs (7 ms of a 2 s poll on 10^6 runs): the chart
             # has the hour, from the rollup, and lists the queues only it knows of.
             live = list_queues(conn, tenant=tenant, last_hour=False)
-            return live, kept.charts(conn, tenant), kept.anomalies(conn, tenant)
+            return live, kept.charts(conn, tenant), kept.anomalies(conn, tenant, live)
 
         live, charts, anomalies = read_page(reads, figures)
         queues = insights.with_charted_queues(live, charts)
@@ -61,11 +61,20 @@ class PageController(Controller):
         params = dict(request.query_params)
         chosen = parse_run_filter(params)
         cursor = parse_cursor(params.get("cursor"))
-        rows = read_page(
-            reads, lambda conn: list_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
+        found = read_page(
+            reads, lambda conn: page_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
         )
-        older = str(rows[-1]["id"]) if len(rows) == chosen.limit else None
-        return page(request, "runs.html", live="_runs.html", runs=rows, filter=chosen, cursor=cursor, older=older)
+        older = None if found.older is None else str(found.older)
+        return page(
+            request,
+            "runs.html",
+            live="_runs.html",
+            runs=found.runs,
+            filter=chosen,
+            cursor=cursor,
+            older=older,
+            searched_from=found.searched_from if len(found.runs) < chosen.limit else None,
+        )
 
     @get("/runs/bulk", sync_to_thread=True)
     def confirm_bulk(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
@@ -117,13 +126,17 @@ class PageController(Controller):
 
 
 def timeline(run: dict[str, Any]) -> list[tuple[datetime, str]]:
-    """A run's life in order: created, each failed attempt (from its error), the last attempt's
-    start and how it ended."""
+    """A run's life in order: created, each failed attempt's start and end (from its error;
+    errors written before this release record only the end), the last attempt's start and
+    how it ended."""
     events = [(run["created_at"], "created")]
     for error in run["errors"]:
-        at = _instant_of(error.get("at"))
+        attempt = error.get("attempt", "?")
+        started, at = _instant_of(error.get("started_at")), _instant_of(error.get("at"))
+        if started is not None and attempt != run["attempt"]:
+            events.append((started, f"attempt {attempt} started"))
         if at is not None:
-            events.append((at, f"attempt {error.get('attempt', '?')} failed: {error.get('type', 'error')}"))
+            events.append((at, f"attempt {attempt} failed: {error.get('type', 'error')}"))
     if run["started_at"] is not None:
         events.append((run["started_at"], f"attempt {run['attempt']} started"))
     if run["finished_at"] is not None:
