@@ -34,6 +34,7 @@ import psycopg
 
 from benchmarks._server import fresh_database, server_dsn
 from benchmarks.throughput import ROOT, drain
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.sql import parse_queries, queries
 
 OTHER_QUEUES_SETTINGS = "INSERT INTO pgsched.queues (name, paused, max_running) VALUES ('other', true, 5)"
@@ -70,7 +71,10 @@ def claim_ms(conn: psycopg.Connection, statement: str, claims: int = 50) -> floa
     start = time.perf_counter()
     for _ in range(claims):
         conn.execute("BEGIN")
-        conn.execute(statement.encode(), {**params, "only_tasks": None, "skip_tasks": None}).fetchall()
+        conn.execute(
+            statement.encode(),
+            {**params, "only_tasks": None, "skip_tasks": None, **FROM_THE_START},
+        ).fetchall()
         conn.execute("ROLLBACK")
     return (time.perf_counter() - start) / claims * 1000
 

@@ -23,6 +23,7 @@ import psycopg
 from benchmarks._server import fresh_database, server_dsn
 from benchmarks.throughput import start_worker, stop_worker, wait_until
 from pgsched import App
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.sql import queries
 
 CLAIMS = 200
@@ -61,6 +62,7 @@ def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
                     "now": None,
                     "only_tasks": None,
                     "skip_tasks": None,
+                    **FROM_THE_START,
                 },
             ).fetchall()
             samples.append((time.perf_counter() - start) * 1000)

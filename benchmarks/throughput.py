@@ -26,6 +26,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from benchmarks._server import fresh_database, server_dsn
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.sql import queries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,7 @@ def _baseline_claim50(conn: psycopg.Connection, n: int) -> float:
                 "now": None,
                 "only_tasks": None,
                 "skip_tasks": None,
+                **FROM_THE_START,
             },
         ).fetchall()
         if not rows:

@@ -50,6 +50,25 @@ def api(
             "gets 429 without a database lookup",
         ),
     ] = "30/60",
+    read_dsn: Annotated[
+        Optional[str],
+        typer.Option(
+            "--read-dsn",
+            envvar="PGSCHED_READ_DSN",
+            show_default=False,
+            help="A streaming replica for the lists and statistics (runs, queues, jobs, workers, the dashboard's "
+            "lists); writes and single reads stay on the primary, and reads go there too while the replica is "
+            "down or lags",
+        ),
+    ] = None,
+    read_max_lag_s: Annotated[
+        float,
+        typer.Option(
+            "--read-max-lag-s",
+            envvar="PGSCHED_READ_MAX_LAG_S",
+            help="Past this many seconds of replay lag, reads go to the primary",
+        ),
+    ] = 5.0,
     ssl_certfile: Annotated[
         Optional[Path],
         typer.Option(
@@ -83,6 +102,9 @@ def api(
         os.environ["PGSCHED_REDIS_URL"] = redis_url
     if rate_limit:
         os.environ["PGSCHED_API_RATE_LIMIT"] = str(RateLimit.parse(rate_limit, source="--rate-limit"))
+    if read_dsn:
+        os.environ["PGSCHED_READ_DSN"] = read_dsn
+    os.environ["PGSCHED_READ_MAX_LAG_S"] = repr(read_max_lag_s)
     os.environ["PGSCHED_API_AUTH_FAILURE_LIMIT"] = str(
         RateLimit.parse(auth_failure_limit, source="--auth-failure-limit")
     )

@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 
+from pgsched import health
 from pgsched.app import App
+from pgsched.checks import Thresholds
 from pgsched.cli import render
 from pgsched.cli.api import api as api_command
 from pgsched.cli.beat import MisfireGraceOption, RetentionOption, beat, beat_options
@@ -268,13 +270,20 @@ STATS_COLUMNS = (
 def stats(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    horizon_warning_s: Annotated[
+        float, typer.Option(help="Warn when a transaction has been open this many seconds (it holds vacuum back)")
+    ] = Thresholds().transaction_warn_s,
     dsn: DsnOption = None,
 ) -> None:
-    """Queue depth, running and failed runs, throughput and age per queue."""
+    """Queue depth, running and failed runs, throughput and age per queue; a warning (on stderr)
+    when a transaction holds vacuum's horizon back."""
+    if not horizon_warning_s >= 0:
+        raise InvalidInput(f"--horizon-warning-s must be 0 or more, got {horizon_warning_s:g}")
     with connect(dsn) as conn:
         if not watch:
             rows = list_queues(conn)
             render.print_json(rows) if json_output else render.print_table(rows, STATS_COLUMNS, title="queues")
+            _warn_of_a_pinned_horizon(conn, horizon_warning_s)
             return
         from rich.live import Live
 
@@ -282,6 +291,20 @@ def stats(
             while True:
                 time.sleep(1)
                 live.update(render.table(list_queues(conn), STATS_COLUMNS, "queues"))
+
+
+def _warn_of_a_pinned_horizon(conn: psycopg.Connection, after_s: float) -> None:
+    """Say it before it hurts: while a transaction is open, vacuum cannot remove the runs
+    claimed and finished since, and the table and its indexes grow (docs/operations/autovacuum.md)."""
+    oldest = health.oldest_transaction(conn)
+    if oldest.holder is None or oldest.age_s < after_s:
+        return
+    vacuum = health.run_table_vacuum_state(conn)
+    render.warning(
+        f"a transaction open for {oldest.age_s:.0f} s holds vacuum's horizon back ({oldest.holder}): "
+        f"{vacuum.dead_tuples} dead runs wait for vacuum, the claim index is {vacuum.claim_index_bytes // 1024} KB. "
+        "End it (pg_terminate_backend) if it is not yours to keep; see `pgsched doctor`."
+    )
 
 
 @cli.command()

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console()
@@ -15,6 +16,10 @@ err = Console(stderr=True)
 
 def error(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+
+def warning(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
 def info(message: str) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from pgsched.claim_cursor import ClaimCursors
 from pgsched.config import connection_kwargs
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries
@@ -129,6 +130,7 @@ class Fetcher:
         self._settings_stale = True  # reload the queue settings before the next claim
         self._settings_loaded_at = 0.0  # loop time of the last load
         self._held = False  # the last claim left due runs of a limited queue behind its limit
+        self._cursors = ClaimCursors()  # where each open queue's next claim starts in the claim index
 
     # ---- wake-ups
 
@@ -275,10 +277,17 @@ class Fetcher:
         only_tasks: list[str] | None,
         skip_tasks: list[str] | None,
     ) -> list[ClaimedRun]:
+        kind = "only" if only_tasks is not None else "skip" if skip_tasks is not None else ""
+        params = {
+            "queues": queues,
+            **self._cursors.params(queues, kind),
+            **self._claim_params(limit, only_tasks, skip_tasks),
+        }
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn, self._claim_transaction(conn):
-            params = {"queues": queues, **self._claim_params(limit, only_tasks, skip_tasks)}
             cursor = await conn.execute(queries["run_claim"], params)
-            return [ClaimedRun(*row) for row in await cursor.fetchall()]
+            runs = [ClaimedRun(*row) for row in await cursor.fetchall()]
+        self._cursors.advance(queues, runs, kind)
+        return runs
 
     async def _claim_limited(
         self,
@@ -339,8 +348,11 @@ class Fetcher:
         if due_in is None:
             return poll_s
         if due_in <= 0:
-            # Due runs we could not claim are locked by another worker's claim right now:
-            # they are taken. Look again shortly rather than spinning on them.
+            # Due runs we did not claim: locked by another worker's claim right now (they are
+            # taken: look again shortly rather than spinning on them), or sorting behind where
+            # our claims start (a deferred run of a lower priority number came due): the next
+            # claim walks from the start.
+            self._cursors.rewind()
             return min(LOCKED_BY_OTHERS_PAUSE_S, poll_s)
         return min(float(due_in), poll_s)
 

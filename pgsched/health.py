@@ -1,5 +1,6 @@
 """A deployment's vital signs, read from the database: live workers per queue, runs stuck past
-their lease, the oldest open transaction, and how many workers each queue's backlog wants.
+their lease, the oldest open transaction (and what it leaves for vacuum: the runs table's dead
+rows, the claim index's size), and how many workers each queue's backlog wants.
 
 One home for each question, so ``/metrics`` (at every scrape) and ``pgsched doctor`` (by hand)
 give the same answer. Every query reads only what an index isolates or a small catalog view:
@@ -34,6 +35,16 @@ class OldestTransaction:
     holder: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RunTableVacuumState:
+    """The runs table as vacuum left it: dead and live row versions (the statistics
+    collector's estimates) and the claim index's size in bytes."""
+
+    dead_tuples: int
+    live_tuples: int
+    claim_index_bytes: int
+
+
 def live_workers_by_queue(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
     """Per queue: ``{"workers": live workers serving it, "concurrency": the largest of theirs}``."""
     with conn.cursor(row_factory=dict_row) as cur:
@@ -53,6 +64,14 @@ def oldest_transaction(conn: psycopg.Connection[Any]) -> OldestTransaction:
         row = cur.execute(queries["database_oldest_transaction"]).fetchone()
     assert row is not None  # an aggregate always answers
     return OldestTransaction(row["age_s"], int(row["xmin_age"]), row["holder"])
+
+
+def run_table_vacuum_state(conn: psycopg.Connection[Any]) -> RunTableVacuumState:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(queries["run_table_vacuum_state"]).fetchone()
+    if row is None:  # no statistics row: track_counts is off (pgsched doctor says so)
+        return RunTableVacuumState(0, 0, 0)
+    return RunTableVacuumState(int(row["dead_tuples"]), int(row["live_tuples"]), int(row["claim_index_bytes"]))
 
 
 def desired_workers(conn: psycopg.Connection[Any], per_worker: dict[str, int]) -> dict[str, int]:

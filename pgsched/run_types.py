@@ -7,6 +7,7 @@ This module imports nothing else of pgsched, so the hops that pass these values 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -22,6 +23,10 @@ class ClaimedRun:
     queue: str = "default"
     trace_context: str | None = None  # the W3C traceparent of the code that queued it
     request_id: str | None = None  # the X-Request-ID of the API request that queued it
+    # Where it stood in claim order (the claim index's key after its queue): the fetcher's next
+    # claim of its queue starts near there (pgsched.claim_cursor).
+    priority: int = 0
+    run_at: datetime | None = None
 
 
 @dataclass(slots=True)

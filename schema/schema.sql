@@ -820,6 +820,8 @@ CREATE TABLE pgsched.run_rollup (
     run_s_sum   float8 NOT NULL DEFAULT 0,
     -- Seconds each waited from due (or created, if later) to its last start, summed likewise.
     wait_s_sum  float8 NOT NULL DEFAULT 0,
+    -- Runs that ended cancelled: /metrics' pgsched_runs gauge reads finished runs here (0022).
+    cancelled   integer NOT NULL DEFAULT 0,
     PRIMARY KEY (minute, queue, task, tenant)
 );
 

@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.errors import InvalidInput, RunCancelled
 from pgsched.maintenance import cancel_expired
 from pgsched.sql import queries
@@ -33,6 +34,7 @@ def claim(conn: psycopg.Connection, now: datetime) -> list[int]:
             "now": now,
             "only_tasks": None,
             "skip_tasks": None,
+            **FROM_THE_START,
         },
     ).fetchall()
     return [row[0] for row in rows]

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.queue_settings import set_queue_settings
 from pgsched.sql import queries
 from tests.support.db import scalar
@@ -108,7 +109,7 @@ def test_the_limited_claim_returns_a_run_as_run_claim_does(conn: psycopg.Connect
     for queue in ("limited", "open"):
         insert_run(conn, "record", {"key": queue}, queue=queue)
     params = {"limit": 5, "worker_id": 1, "lease_s": 30.0, "now": None, "only_tasks": None, "skip_tasks": None}
-    open_claim = conn.execute(queries["run_claim"], {**params, "queues": ["open"]})
+    open_claim = conn.execute(queries["run_claim"], {**params, "queues": ["open"], **FROM_THE_START})
     limited_claim = conn.execute(queries["run_claim_limited"], {**params, "queue": "limited", "max_running": 5})
     open_columns = [column.name for column in open_claim.description or ()]
     assert [column.name for column in limited_claim.description or ()][2:] == open_columns

@@ -8,6 +8,7 @@ import socket
 import psycopg
 
 from pgsched.app import App
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.sql import queries
 
 
@@ -32,6 +33,7 @@ def test_the_heartbeat_skips_a_run_row_another_transaction_holds_instead_of_wait
                 "now": None,
                 "only_tasks": None,
                 "skip_tasks": None,
+                **FROM_THE_START,
             },
         )
     )

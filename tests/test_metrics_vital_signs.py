@@ -8,6 +8,7 @@ import psycopg
 
 from tests.support.api import Api
 from tests.support.beat import a_beat_leading
+from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import drop_the_rules_of_0009
 from tests.support.metrics import metric_samples, value_of
 
@@ -109,3 +110,60 @@ def test_a_lease_of_minus_infinity_from_before_the_rules_does_not_fail_the_scrap
     samples = metric_samples(api)
     assert value_of(samples, "pgsched_queue_lease_expired_runs", "legacy") == 1
     assert value_of(samples, "pgsched_queue_lease_expired_seconds", "legacy") > 2000 * 365 * 86400
+
+
+def test_runs_claimed_under_a_held_horizon_show_as_dead_tuples_and_a_growing_claim_index(
+    api: Api, dsn: str, conn: psycopg.Connection
+):
+    def vacuum_state() -> tuple[float, float]:
+        samples = metric_samples(api)
+        [(_, dead)] = samples["pgsched_runs_dead_tuples"]
+        [(_, index_bytes)] = samples["pgsched_runs_claim_index_bytes"]
+        return dead, index_bytes
+
+    conn.execute("VACUUM pgsched.runs")
+    _, index_before = vacuum_state()
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT txid_current()")
+        ids = add_runs(conn, "default", 5000)
+        start(conn, ids, "30 seconds")
+        conn.execute("SELECT pg_stat_force_next_flush()")  # this backend's counts reach pg_stat now
+        dead, index_bytes = vacuum_state()
+        holder.rollback()
+    assert dead >= 5000  # each start left the queued version behind
+    assert index_bytes > index_before
+
+
+def test_the_runs_gauge_counts_finished_runs_from_the_last_hour_of_the_rollup(api: Api, conn: psycopg.Connection):
+    """Queued and running from the rows; finished from the rollup (the beat's maintenance writes
+    it), so a run that finished long ago, still retained, is no longer read at each scrape."""
+    start(conn, add_runs(conn, "mail", 2), "30 seconds")
+    add_runs(conn, "mail", 3)
+    conn.execute(
+        "INSERT INTO pgsched.run_rollup (minute, queue, task, succeeded, failed, cancelled) VALUES"
+        " (date_trunc('minute', now()) - interval '5 minutes', 'mail', 't', 7, 2, 1),"
+        " (date_trunc('minute', now()) - interval '2 hours', 'mail', 't', 100, 100, 100)"
+    )
+    runs = {
+        labels["status"]: value for labels, value in metric_samples(api)["pgsched_runs"] if labels["queue"] == "mail"
+    }
+    assert runs == {"queued": 3, "running": 2, "succeeded": 7, "failed": 2, "cancelled": 1}
+
+
+def test_pgsched_stats_warns_while_a_transaction_holds_the_horizon(dsn: str):
+    quiet = run_cli(dsn, "stats", "--horizon-warning-s", "0")
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr, quiet.stderr
+    with psycopg.connect(dsn, application_name="forgotten-psql") as holder:
+        holder.execute("SELECT txid_current()")
+        warned = run_cli(dsn, "stats", "--horizon-warning-s", "0")
+        default = run_cli(dsn, "stats")  # open for less than a minute: no warning yet
+        holder.rollback()
+    assert warned.returncode == 0
+    [line] = [line for line in warned.stderr.splitlines() if line.strip()]
+    assert line.startswith("warning: a transaction open for") and "forgotten-psql" in line, line
+    assert "dead runs wait for vacuum" in line
+    assert "warning" not in default.stderr
+
+
+def test_pgsched_stats_refuses_a_negative_warning_threshold(dsn: str):
+    assert_one_error_line(run_cli(dsn, "stats", "--horizon-warning-s", "-1"), "--horizon-warning-s")

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched import App
+from pgsched.claim_cursor import FROM_THE_START
 from pgsched.completer import Completer
 from pgsched.errors import Cancel, Retry
 from pgsched.run_types import Outcome
@@ -485,6 +486,7 @@ async def claim(
             "now": now,
             "only_tasks": None,
             "skip_tasks": None,
+            **FROM_THE_START,
         },
     )
     return await cursor.fetchall()

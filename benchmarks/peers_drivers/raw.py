@@ -35,6 +35,7 @@ def worker_argv(python: str, index: int, dsn: str) -> list[str]:
 def worker(dsn: str) -> None:
     import psycopg
 
+    from pgsched.claim_cursor import FROM_THE_START
     from pgsched.sql import queries
 
     stopping = False
@@ -53,6 +54,7 @@ def worker(dsn: str) -> None:
         "now": None,
         "only_tasks": None,
         "skip_tasks": None,
+        **FROM_THE_START,
     }
     with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as listen:
         listen.execute(f"LISTEN {CHANNEL}")

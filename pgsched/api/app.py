@@ -1,5 +1,6 @@
 """The app factory: ``create_app(settings)`` assembles controllers, the dashboard's routes
-(pgsched.ui, under /ui), the connection pool (opened in the lifespan, kept on ``app.state``),
+(pgsched.ui, under /ui), the connection pool (opened in the lifespan, kept on ``app.state``,
+with the read replica's when there is one: pgsched.api.replica),
 dependencies, authentication, error handlers and the OpenAPI document. It holds no logic of
 its own.
 """
@@ -32,6 +33,7 @@ from pgsched.api.deps import DEPENDENCIES
 from pgsched.api.errors import EXCEPTION_HANDLERS
 from pgsched.api.ratelimit import RateLimiter, RateLimitMiddleware
 from pgsched.api.redis_tier import RedisTier
+from pgsched.api.replica import ReadReplica, Reads
 from pgsched.api.settings import ApiSettings
 from pgsched.app import App
 from pgsched.instants import READER_ADAPTERS
@@ -73,10 +75,31 @@ async def database_pool(app: Litestar) -> AsyncIterator[None]:
     )
     pool.open(wait=False)
     app.state.pool = pool
+    replica = _read_replica(settings)
+    app.state.reads = Reads(pool, replica)
     try:
         yield
     finally:
         await anyio.to_thread.run_sync(pool.close)
+        if replica is not None:
+            await anyio.to_thread.run_sync(replica.pool.close)
+
+
+def _read_replica(settings: ApiSettings) -> ReadReplica | None:
+    """The replica's pool (PGSCHED_READ_DSN), opened without waiting: a replica that is down
+    at start only sends reads to the primary until it is up."""
+    if settings.read_dsn is None:
+        return None
+    pool = ConnectionPool(
+        settings.read_dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        kwargs=API_CONNECTION,
+        open=False,
+        name="pgsched-api-replica",
+    )
+    pool.open(wait=False)
+    return ReadReplica(pool, max_lag_s=settings.read_max_lag_s)
 
 
 @asynccontextmanager

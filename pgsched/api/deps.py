@@ -1,4 +1,5 @@
-"""What handlers receive by name: the pool, the settings, the enqueue API and the caller's tenant.
+"""What handlers receive by name: the pool, the reads (the replica's, when there is one), the
+settings, the enqueue API and the caller's tenant.
 
 A handler declares ``pool: Pool`` (etc.) and Litestar injects it; the providers below read
 ``app.state``, where the factory and the lifespan put them.
@@ -14,10 +15,13 @@ from litestar.di import NamedDependency, Provide
 from psycopg_pool import ConnectionPool
 
 from pgsched.api.keys import ApiKey
+from pgsched.api.replica import Reads as ReadRouter
 from pgsched.api.settings import ApiSettings
 from pgsched.app import App
 
 Pool = NamedDependency[ConnectionPool]
+# Reads a handler may take from the read replica: ``reads(lambda conn: ...)`` (pgsched.api.replica).
+Reads = NamedDependency[ReadRouter]
 Settings = NamedDependency[ApiSettings]
 Pgsched = NamedDependency[App]
 # The caller's tenant; None: the key sees every tenant (or auth is off).
@@ -26,6 +30,10 @@ Tenant = NamedDependency[Optional[str]]
 
 def provide_pool(state: State) -> ConnectionPool:
     return state.pool  # type: ignore[no-any-return]
+
+
+def provide_reads(state: State) -> ReadRouter:
+    return state.reads  # type: ignore[no-any-return]
 
 
 def provide_settings(state: State) -> ApiSettings:
@@ -43,6 +51,7 @@ def provide_tenant(request: Request[Any, Any, Any]) -> Optional[str]:
 
 DEPENDENCIES = {
     "pool": Provide(provide_pool, sync_to_thread=False),
+    "reads": Provide(provide_reads, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "pgsched": Provide(provide_pgsched, sync_to_thread=False),
     "tenant": Provide(provide_tenant, sync_to_thread=False),

@@ -109,7 +109,10 @@ def render(conn: psycopg.Connection) -> str:
         by_queue.setdefault(row["queue"], dict.fromkeys(RUN_STATUSES, 0))[row["status"]] = row["runs"]
     lines = _family(
         "pgsched_runs",
-        "Runs by queue and status (every status listed, zeros included).",
+        "Runs by queue and status (every status listed, zeros included): queued and running, the runs "
+        "there are now; succeeded, failed and cancelled, the runs that ended so in the last hour (from the "
+        "per-minute rollup the beat leader recounts each maintenance round, so up to a round behind). No "
+        "scrape counts the run history.",
         (
             ({"queue": queue, "status": status}, value)
             for queue, statuses in sorted(by_queue.items())
@@ -201,8 +204,9 @@ def _queue_vital_signs(conn: psycopg.Connection, known: list[str], queues: list[
 
 
 def _cluster_vital_signs(conn: psycopg.Connection) -> list[str]:
-    """The beat leader and the oldest open transaction."""
+    """The beat leader, the oldest open transaction and what it leaves for vacuum."""
     oldest = health.oldest_transaction(conn)
+    vacuum = health.run_table_vacuum_state(conn)
     return (
         _family(
             "pgsched_beat_leader",
@@ -216,7 +220,19 @@ def _cluster_vital_signs(conn: psycopg.Connection) -> list[str]:
         )
         + _family(
             "pgsched_database_oldest_xmin_age",
-            "How many transactions back the oldest open transaction holds vacuum's horizon.",
+            "How many transactions back the oldest open transaction (or a replication slot) holds vacuum's horizon.",
             [({}, float(oldest.xmin_age))],
+        )
+        + _family(
+            "pgsched_runs_dead_tuples",
+            "Dead row versions in pgsched.runs (pg_stat_user_tables' estimate): they pile up while a transaction "
+            "holds vacuum's horizon back.",
+            [({}, float(vacuum.dead_tuples))],
+        )
+        + _family(
+            "pgsched_runs_claim_index_bytes",
+            "Size of the claim index (runs_claim_idx): a few pages while vacuum keeps up; it grows with every "
+            "run claimed while the horizon is held back.",
+            [({}, float(vacuum.claim_index_bytes))],
         )
     )

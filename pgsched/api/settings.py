@@ -78,6 +78,10 @@ class ApiSettings:
     # Requests with an unknown or revoked key per client address per window. Past it the address
     # gets 429 without a database lookup, so a flood of made-up keys cannot load PostgreSQL.
     auth_failure_limit: RateLimit = RateLimit(30, 60)
+    # A streaming replica for the lists and statistics (pgsched.api.replica); None: the primary.
+    # Past read_max_lag_s seconds behind, or down, reads go to the primary.
+    read_dsn: str | None = None
+    read_max_lag_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.dsn, str) or not self.dsn.strip():
@@ -92,6 +96,12 @@ class ApiSettings:
         if self.max_body_bytes < 1024 or self.max_batch < 1:
             raise ConfigError("max_body_bytes must be >= 1024 and max_batch >= 1")
         self._check_redis()
+        if self.read_dsn is not None and (not isinstance(self.read_dsn, str) or not self.read_dsn.strip()):
+            raise ConfigError("the read replica's DSN (PGSCHED_READ_DSN, --read-dsn) is empty")
+        if not self.read_max_lag_s > 0:
+            raise ConfigError(
+                f"read_max_lag_s (PGSCHED_READ_MAX_LAG_S, --read-max-lag-s) must be > 0, got {self.read_max_lag_s!r}"
+            )
 
     def _check_redis(self) -> None:
         if self.redis_url is not None:
@@ -130,6 +140,8 @@ class ApiSettings:
                     env.get("PGSCHED_API_AUTH_FAILURE_LIMIT", str(cls.auth_failure_limit)),
                     source="PGSCHED_API_AUTH_FAILURE_LIMIT",
                 ),
+                read_dsn=env.get("PGSCHED_READ_DSN") or None,
+                read_max_lag_s=float(env.get("PGSCHED_READ_MAX_LAG_S", cls.read_max_lag_s)),
             )
         except ValueError as exc:
             raise ConfigError(f"a PGSCHED_API_* variable is not a number: {exc}") from None

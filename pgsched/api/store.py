@@ -100,10 +100,10 @@ def list_workers(conn: psycopg.Connection) -> list[dict[str, Any]]:
         return cur.execute(queries["worker_list"]).fetchall()
 
 
-def run_counts(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Runs per queue and status."""
+def run_counts(conn: psycopg.Connection, *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Runs per queue and status: queued and running now, the others finished in the last hour."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(queries["run_count_by_queue_status"]).fetchall()
+        return cur.execute(queries["run_count_by_queue_status"], {"now": now}).fetchall()
 
 
 def run_duration_buckets(

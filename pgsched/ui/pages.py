@@ -1,6 +1,9 @@
 """The dashboard's pages (GET): queues, runs, one run, failures, jobs, workers, and the
 confirmation of a bulk action. Thin: each reads through pgsched's own functions inside
-``page_connection`` (a statement_timeout) and renders a template."""
+``page_connection`` (a statement_timeout) and renders a template. The lists (queues, runs,
+failures, jobs) read through ``read_page``: from the read replica when there is one; one run,
+a bulk action's count and the workers with the beat's leader (a lock only the primary holds)
+from the primary."""
 
 from __future__ import annotations
 
@@ -13,14 +16,15 @@ from litestar.response import Template
 
 from pgsched import jobs as job_store
 from pgsched.api import store
-from pgsched.api.deps import Pool, Tenant
+from pgsched.api.deps import Pool, Reads, Tenant
 from pgsched.beat import leader_status
 from pgsched.errors import InvalidInput
 from pgsched.queues import list_queues
 from pgsched.runs import COUNT_CAP, count_runs, get_run, page_runs
-from pgsched.ui import insights, reads
+from pgsched.ui import insights
+from pgsched.ui import reads as ui_reads
 from pgsched.ui.access import require_session
-from pgsched.ui.db import page_connection
+from pgsched.ui.db import page_connection, read_page
 from pgsched.ui.filters import parse_cursor, parse_run_filter, parse_run_id
 from pgsched.ui.render import page
 
@@ -34,15 +38,17 @@ class PageController(Controller):
     include_in_schema = False
 
     @get("/", sync_to_thread=True)
-    def queues(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+    def queues(self, request: Request[Any, Any, Any], reads: Reads, tenant: Tenant) -> Template:
         """The landing page: per queue its figures, its last hour as a chart, and anomalies."""
-        with page_connection(pool) as conn:
+        kept: insights.Insights = request.app.state.insights
+
+        def figures(conn: Any) -> tuple[Any, Any, Any]:
             # Without the last hour's finished runs (7 ms of a 2 s poll on 10^6 runs): the chart
             # has the hour, from the rollup, and lists the queues only it knows of.
             live = list_queues(conn, tenant=tenant, last_hour=False)
-            kept: insights.Insights = request.app.state.insights
-            charts = kept.charts(conn, tenant)
-            anomalies = kept.anomalies(conn, tenant, live)
+            return live, kept.charts(conn, tenant), kept.anomalies(conn, tenant, live)
+
+        live, charts, anomalies = read_page(reads, figures)
         queues = insights.with_charted_queues(live, charts)
         peak = max((m.succeeded + m.failed for minutes in charts.values() for m in minutes), default=0)
         return page(
@@ -50,13 +56,14 @@ class PageController(Controller):
         )
 
     @get("/runs", sync_to_thread=True)
-    def runs(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+    def runs(self, request: Request[Any, Any, Any], reads: Reads, tenant: Tenant) -> Template:
         """Runs newest first, filtered, a keyset page at a time."""
         params = dict(request.query_params)
         chosen = parse_run_filter(params)
         cursor = parse_cursor(params.get("cursor"))
-        with page_connection(pool) as conn:
-            found = page_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
+        found = read_page(
+            reads, lambda conn: page_runs(conn, **chosen.list_runs_kwargs(tenant), limit=chosen.limit, before_id=cursor)
+        )
         older = None if found.older is None else str(found.older)
         return page(
             request,
@@ -84,24 +91,26 @@ class PageController(Controller):
         """One run: args, result, every attempt's error, its timeline, worker and job."""
         with page_connection(pool) as conn:
             run = get_run(conn, parse_run_id(run_id), tenant=tenant)
-            worker = reads.worker(conn, run["worker_id"])
-            job = reads.job_name(conn, run["job_id"])
+            worker = ui_reads.worker(conn, run["worker_id"])
+            job = ui_reads.job_name(conn, run["job_id"])
         return page(request, "run.html", live="_run.html", run=run, worker=worker, job=job, timeline=timeline(run))
 
     @get("/failures", sync_to_thread=True)
-    def failures(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+    def failures(self, request: Request[Any, Any, Any], reads: Reads, tenant: Tenant) -> Template:
         """Failed runs of the last week by task and error type."""
         kept: insights.Insights = request.app.state.insights
-        with page_connection(pool) as conn:
-            groups = kept.failure_groups(conn, tenant)
+        groups = read_page(reads, lambda conn: kept.failure_groups(conn, tenant))
         return page(request, "failures.html", live="_failures.html", groups=groups)
 
     @get("/jobs", sync_to_thread=True)
-    def jobs(self, request: Request[Any, Any, Any], pool: Pool, tenant: Tenant) -> Template:
+    def jobs(self, request: Request[Any, Any, Any], reads: Reads, tenant: Tenant) -> Template:
         """Every scheduled job (the first 500 by name) with its next fire times and last run."""
-        with page_connection(pool) as conn:
+
+        def jobs_and_last_runs(conn: Any) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
             rows = job_store.list_jobs(conn, tenant=tenant, limit=JOBS_SHOWN)
-            last = reads.last_runs(conn, [row["id"] for row in rows])
+            return rows, ui_reads.last_runs(conn, [row["id"] for row in rows])
+
+        rows, last = read_page(reads, jobs_and_last_runs)
         for row in rows:
             row["upcoming"] = job_store.upcoming(row)
             row["last_run"] = last.get(row["id"])

@@ -16,7 +16,7 @@ from msgspec import UNSET, structs
 from pgsched import jobs as job_store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
-from pgsched.api.deps import Pool, Tenant
+from pgsched.api.deps import Pool, Reads, Tenant
 from pgsched.api.schemas import (
     NO_NUL,
     JobCreate,
@@ -120,7 +120,7 @@ class JobController(Controller):
     @get("/", operation_id="listJobs", sync_to_thread=True, responses=error_responses(400, 422))
     def list_jobs(
         self,
-        pool: Pool,
+        reads: Reads,
         tenant: Tenant,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIST_LIMIT)] = 50,
         cursor: Annotated[
@@ -128,8 +128,8 @@ class JobController(Controller):
         ] = None,
     ) -> JobPage:
         """Jobs by name (then tenant), a page at a time: follow ``next`` until it is null."""
-        with pool.connection() as conn:
-            rows = job_store.list_jobs(conn, tenant=tenant, limit=limit, after=_after(cursor))
+        after = _after(cursor)
+        rows = reads(lambda conn: job_store.list_jobs(conn, tenant=tenant, limit=limit, after=after))
         return JobPage(
             items=[from_row(JobSummary, row) for row in rows],
             next=_cursor(rows[-1]) if len(rows) == limit else None,

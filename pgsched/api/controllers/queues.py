@@ -17,7 +17,7 @@ from msgspec import UNSET
 from pgsched import queue_settings
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
-from pgsched.api.deps import Pool, Tenant
+from pgsched.api.deps import Pool, Reads, Tenant
 from pgsched.api.schemas import (
     QueueList,
     QueueMinute,
@@ -47,24 +47,22 @@ class QueueController(Controller):
     guards = [require_scope]
 
     @get("/", operation_id="listQueues", sync_to_thread=True, responses=error_responses())
-    def list_queues(self, pool: Pool, tenant: Tenant, cache: Cache) -> QueueList:
+    def list_queues(self, reads: Reads, tenant: Tenant, cache: Cache) -> QueueList:
         """Every queue that holds runs (a tenant key: its own runs only)."""
         cached = cache.queues(tenant)
         if cached is not None:
             return cached
-        with pool.connection() as conn:
-            rows = list_queues(conn, tenant=tenant)
+        rows = reads(lambda conn: list_queues(conn, tenant=tenant))
         queues = QueueList(items=[from_row(QueueOut, row) for row in rows])
         cache.keep_queues(tenant, queues)
         return queues
 
     # "-" starts no queue's name, so this path never hides a queue's own (/queues/{name}).
     @get("/-/throughput", operation_id="queueThroughput", sync_to_thread=True, responses=error_responses())
-    def throughput(self, pool: Pool, tenant: Tenant) -> QueueThroughput:
+    def throughput(self, reads: Reads, tenant: Tenant) -> QueueThroughput:
         """Succeeded and failed runs per queue and minute over the last hour, from the per-minute
         rollup the beat leader keeps (empty without a beat); minutes without runs are left out."""
-        with pool.connection() as conn:
-            rows = queue_throughput(conn, tenant=tenant)
+        rows = reads(lambda conn: queue_throughput(conn, tenant=tenant))
         return QueueThroughput(items=[from_row(QueueMinute, row) for row in rows])
 
     @get("/{name:str}", operation_id="getQueueSettings", sync_to_thread=True, responses=error_responses(400, 422))

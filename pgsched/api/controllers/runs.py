@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from pgsched.api import store
 from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
-from pgsched.api.deps import Pgsched, Pool, Settings, Tenant
+from pgsched.api.deps import Pgsched, Pool, Reads, Settings, Tenant
 from pgsched.api.schemas import (
     NO_NUL,
     FailureGroup,
@@ -168,7 +168,7 @@ class RunController(Controller):
     @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
     def list_runs(
         self,
-        pool: Pool,
+        reads: Reads,
         tenant: Tenant,
         status: FromQuery[RunStatus | None] = None,
         queue: TextQuery = None,
@@ -201,8 +201,8 @@ class RunController(Controller):
         finished = _instant("finished_after", finished_after), _instant("finished_before", finished_before)
         before_id = _cursor(cursor)
         contained = _contained_args(args)
-        with pool.connection() as conn:
-            found = page_runs(
+        found = reads(
+            lambda conn: page_runs(
                 conn,
                 status=status,
                 queue=queue,
@@ -218,17 +218,17 @@ class RunController(Controller):
                 error_type=error_type,
                 args=contained,
             )
+        )
         return RunPage(
             items=[from_row(RunSummary, row) for row in found.runs],
             next=None if found.older is None else str(found.older),
         )
 
     @get("/failures", operation_id="listFailureGroups", sync_to_thread=True, responses=error_responses())
-    def failure_groups(self, pool: Pool, tenant: Tenant) -> FailureGroupList:
+    def failure_groups(self, reads: Reads, tenant: Tenant) -> FailureGroupList:
         """Runs that ended failed in the last week, grouped by task and the type of their last
         error, with counts for the last hour, day and week (the 200 most recently seen groups)."""
-        with pool.connection() as conn:
-            rows = failure_groups(conn, tenant=tenant)
+        rows = reads(lambda conn: failure_groups(conn, tenant=tenant))
         return FailureGroupList(items=[from_row(FailureGroup, row) for row in rows])
 
     @post(

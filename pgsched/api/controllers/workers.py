@@ -6,7 +6,7 @@ from litestar import Controller, get
 
 from pgsched.api import store
 from pgsched.api.auth import require_scope
-from pgsched.api.deps import Pool
+from pgsched.api.deps import Reads
 from pgsched.api.schemas import WorkerList, WorkerOut, error_responses, from_row
 
 
@@ -16,8 +16,7 @@ class WorkerController(Controller):
     guards = [require_scope]
 
     @get("/", operation_id="listWorkers", sync_to_thread=True, opt={"cluster_wide": True}, responses=error_responses())
-    def list_workers(self, pool: Pool) -> WorkerList:
+    def list_workers(self, reads: Reads) -> WorkerList:
         """Live workers, oldest first (shared by every tenant: needs a key without a tenant)."""
-        with pool.connection() as conn:
-            rows = store.list_workers(conn)
+        rows = reads(store.list_workers)
         return WorkerList(items=[from_row(WorkerOut, row) for row in rows])
