@@ -239,9 +239,11 @@ class Beat:
             pool, stale_worker_s=self.options.stale_worker_s, restart_grace_s=self.options.restart_grace_s
         )
         async with pool.connection() as conn:
-            await fold_usage(conn)  # before the prune: every finished run is folded long before it goes
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
+            # Last, so a fold that fails never holds up the prune; it reads runs finished since
+            # its last round, which a retention of minutes or more leaves in place.
+            await fold_usage(conn)
 
     async def _sleep(self, seconds: float) -> None:
         if self._stop.is_set():  # a stop during a round had its wake-up cleared by _lead
