@@ -158,9 +158,12 @@ async def fold_usage(conn: psycopg.AsyncConnection, *, lag_s: float = USAGE_LAG_
     """Fold the created-runs log and the tenant runs finished since the last fold into
     ``pgsched.tenant_usage`` (one transaction), and forget usage past 400 days. Returns the
     (tenant, day) rows written."""
+    rows = 0
     async with conn.transaction():
-        await conn.execute(queries["tenant_usage_fold_lock"])
-        cursor = await conn.execute(queries["tenant_usage_fold"], {"lag_s": lag_s, "now": now})
-        rows, _ = await cursor.fetchone()  # type: ignore[misc]
+        cursor = await conn.execute(queries["tenant_usage_fold_lock"], {"lag_s": lag_s, "now": now})
+        bounds = await cursor.fetchone()
+        if bounds is not None:  # None: the watermark row was only just created
+            cursor = await conn.execute(queries["tenant_usage_fold"], {"since": bounds[0], "up_to": bounds[1]})
+            rows = (await cursor.fetchone())[0]  # type: ignore[index]
         await conn.execute(queries["tenant_usage_prune"], {"now": now})
     return int(rows)

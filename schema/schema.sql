@@ -935,7 +935,11 @@ BEGIN
                 UNION ALL
                 SELECT created FROM pgsched.tenant_usage_log WHERE tenant = q.name AND day = today
             ) AS before;
-            INSERT INTO pgsched.tenant_days (tenant, day, created) VALUES (q.name, today, total);
+            -- ON CONFLICT: a REPEATABLE READ enqueuer that cannot see a row another committed
+            -- fails to serialize here (retryable), where a plain INSERT would be a unique violation.
+            INSERT INTO pgsched.tenant_days AS d (tenant, day, created) VALUES (q.name, today, total)
+            ON CONFLICT (tenant, day) DO UPDATE SET created = d.created + q.adding
+            RETURNING d.created INTO total;
         END IF;
         IF total > q.runs_per_day THEN
             RAISE EXCEPTION 'tenant % is over its quota runs_per_day = %: % runs created today (UTC), this statement adds %; nothing was inserted',

@@ -432,3 +432,33 @@ def test_cli_usage_prints_the_days_figures(dsn: str, conn: psycopg.Connection) -
     insert_runs(conn, "acme", 3)
     listed = run_cli(dsn, "usage", "--tenant", "acme", "--since", date.today().replace(day=1).isoformat(), "--json")
     assert listed.returncode == 0 and '"created": 3' in listed.stdout, listed
+
+
+def test_two_leaders_folding_at_once_count_each_run_once(conn: psycopg.Connection) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    conn.execute("UPDATE pgsched.tenant_usage_fold SET finished_until = %s", (start,))
+    finish(conn, "acme", "succeeded", 20, start + timedelta(minutes=1))
+
+    async def both() -> None:
+        async with (
+            await psycopg.AsyncConnection.connect(conn.info.dsn, autocommit=True) as a,
+            await psycopg.AsyncConnection.connect(conn.info.dsn, autocommit=True) as b,
+        ):
+            await asyncio.gather(fold_usage(a), fold_usage(b))
+
+    asyncio.run(both())
+    (acme,) = list_usage(conn, since=start.date())
+    assert (acme["created"], acme["started"], acme["succeeded"]) == (20, 20, 20)
+
+
+def test_a_repeatable_read_enqueuer_racing_another_fails_to_serialize_rather_than_exceed(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        set_tenant(setup, "acme", max_queued=1)
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn, autocommit=True) as second:
+        first.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        first.execute("SELECT 1")  # its snapshot is taken: the other's run is not in it
+        insert_runs(second, "acme", 1)
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            insert_runs(first, "acme", 1)
+        first.rollback()
+        assert runs_of(second, "acme") == 1
