@@ -462,3 +462,22 @@ def test_a_repeatable_read_enqueuer_racing_another_fails_to_serialize_rather_tha
             insert_runs(first, "acme", 1)
         first.rollback()
         assert runs_of(second, "acme") == 1
+
+
+def test_the_beat_leaders_maintenance_round_folds_the_usage(dsn: str, conn: psycopg.Connection) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from pgsched.beat import Beat
+
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    conn.execute("UPDATE pgsched.tenant_usage_fold SET finished_until = %s", (start,))
+    finish(conn, "acme", "failed", 2, start + timedelta(minutes=1), attempts=3)
+
+    async def one_round() -> None:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+            await Beat(dsn)._maintain(pool)
+
+    asyncio.run(one_round())
+    assert scalar(conn, "SELECT count(*) FROM pgsched.tenant_usage_log") == 0  # folded
+    figures = conn.execute("SELECT created, started, failed FROM pgsched.tenant_usage WHERE tenant = 'acme'")
+    assert figures.fetchall() == [(2, 6, 2)]
