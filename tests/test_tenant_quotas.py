@@ -25,6 +25,7 @@ from tests.support.beat import fire, job_row
 from tests.support.cli import assert_one_error_line, cli_in_process, run_cli
 from tests.support.db import scalar
 from tests.support.generated import EXAMPLES
+from tests.support.inprocess import finish as finish_all
 
 UTC = timezone.utc
 BAD_QUOTAS = ["-1", "abc", "1.5", "", str(2**31), "0x10"]
@@ -481,3 +482,35 @@ def test_the_beat_leaders_maintenance_round_folds_the_usage(dsn: str, conn: psyc
     assert scalar(conn, "SELECT count(*) FROM pgsched.tenant_usage_log") == 0  # folded
     figures = conn.execute("SELECT created, started, failed FROM pgsched.tenant_usage WHERE tenant = 'acme'")
     assert figures.fetchall() == [(2, 6, 2)]
+
+
+def test_usage_of_runs_a_real_worker_ran_matches_a_count_from_the_runs(
+    app: App, dsn: str, conn: psycopg.Connection
+) -> None:
+    @app.task
+    async def quick() -> None:
+        await asyncio.sleep(0.05)
+
+    @app.task(max_attempts=2, retry_backoff=0.05)
+    async def flaky() -> None:
+        await asyncio.sleep(0.02)
+        raise RuntimeError("boom")
+
+    conn.execute("UPDATE pgsched.tenant_usage_fold SET finished_until = now() - interval '1 minute'")
+    ids = app.enqueue_many("quick", [{}] * 3, tenant="acme") + app.enqueue_many("flaky", [{}] * 2, tenant="acme")
+    finish_all(app, dsn, *ids, concurrency=5)
+    later = scalar(conn, "SELECT now() + interval '2 minutes'")  # every finish is past the fold's lag
+
+    async def fold() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            await fold_usage(aconn, now=later)
+
+    asyncio.run(fold())
+    (acme,) = list_usage(conn, tenant="acme", since=datetime.now(UTC).date())
+    counted = conn.execute(
+        "SELECT count(*), sum(attempt), count(*) FILTER (WHERE status = 'succeeded'),"
+        " count(*) FILTER (WHERE status = 'failed') FROM pgsched.runs WHERE tenant = 'acme'"
+    ).fetchone()
+    assert (acme["created"], acme["started"], acme["succeeded"], acme["failed"]) == tuple(counted) == (5, 7, 3, 2)
+    # 3 x 50 ms and 4 x 20 ms of sleeping, and each attempt's bookkeeping on top (well under 1 s each).
+    assert 3 * 0.05 + 4 * 0.02 <= acme["task_s"] < 3 * 0.05 + 4 * 0.02 + 7 * 1.0
