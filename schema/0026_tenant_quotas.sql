@@ -7,7 +7,8 @@
 -- Expand only: new tables, a new trigger beside 0009's runs_inserted (which stays as it is),
 -- and a partial index. The previous release's code inserts runs the same way; its inserts meet
 -- the quotas too, which is the point. Building the index reads the runs table once under a
--- SHARE lock (writes wait for it; reads and the claim's SELECT do not), as 0010's index did.
+-- SHARE lock: every write to runs (enqueue, claim, completion) waits for it, reads do not; 210 ms
+-- for 10^6 runs here. 0010's index was built the same way.
 
 CREATE TABLE pgsched.tenants (
     name         text PRIMARY KEY,
