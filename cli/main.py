@@ -22,6 +22,7 @@ from pgsched.cli.keys import keys
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
 from pgsched.cli.queues import queues
 from pgsched.cli.runs import runs
+from pgsched.cli.tenants import tenants, usage
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
 from pgsched.logs import LogFormat, configure_logging
@@ -42,8 +43,10 @@ cli.add_typer(jobs, name="jobs")
 cli.add_typer(beat, name="beat")
 cli.add_typer(keys, name="keys")
 cli.add_typer(queues, name="queues")
+cli.add_typer(tenants, name="tenants")
 cli.command("api")(api_command)
 cli.command("doctor")(doctor)
+cli.command("usage")(usage)
 
 _debug = False
 
@@ -226,6 +229,7 @@ def enqueue(
     at: Annotated[Optional[str], typer.Option("--at", help="ISO 8601 time with timezone")] = None,
     max_attempts: Annotated[Optional[int], typer.Option()] = None,
     unique_key: Annotated[Optional[str], typer.Option(help="Idempotency key")] = None,
+    tenant: Annotated[Optional[str], typer.Option(help="The tenant the run belongs to (its quotas apply)")] = None,
     app: Annotated[
         Optional[str], typer.Option("--app", help="module:attribute, to check args against the task")
     ] = None,
@@ -248,6 +252,7 @@ def enqueue(
             run_at=run_at,
             max_attempts=max_attempts,
             unique_key=unique_key,
+            tenant=tenant,
             conn=conn,
         )
     render.info(str(run_id))

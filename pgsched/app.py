@@ -44,6 +44,7 @@ from pgsched.enqueue import RunOptions, check_task_name, encode_args, encode_arg
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from pgsched.handles import RunHandle
 from pgsched.jobs import JobSpec, upsert_job
+from pgsched.quotas import quota_error
 from pgsched.schedule import Schedule
 
 P = ParamSpec("P")
@@ -753,9 +754,15 @@ class App:
 
 @contextmanager
 def _database_rejections() -> Iterator[None]:
-    """A row the schema's constraints reject is bad input, named by its constraint."""
+    """A row the schema's constraints reject is bad input, named by its constraint; a tenant over
+    a quota is :class:`QuotaExceeded`."""
     try:
         yield
+    except psycopg.ProgrammingError as exc:  # a tenant quota's SQLSTATE PS429 arrives as one
+        over_quota = quota_error(exc)
+        if over_quota is None:
+            raise
+        raise over_quota from None
     except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation, psycopg.DataError) as exc:
         # DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.
         detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)

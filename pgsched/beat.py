@@ -61,6 +61,7 @@ from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
 from pgsched.maintenance import prune_finished, refresh_rollup, rescue_expired
+from pgsched.quotas import fold_usage, quota_error
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
 
@@ -240,6 +241,9 @@ class Beat:
         async with pool.connection() as conn:
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
+            # Last, so a fold that fails never holds up the prune; it reads runs finished since
+            # its last round, which a retention of minutes or more leaves in place.
+            await fold_usage(conn)
 
     async def _sleep(self, seconds: float) -> None:
         if self._stop.is_set():  # a stop during a round had its wake-up cleared by _lead
@@ -358,6 +362,10 @@ async def write_firing(conn: psycopg.AsyncConnection, firing: Firing) -> int:
             },
         )
     except psycopg.Error as exc:
+        over_quota = quota_error(exc)
+        if over_quota is not None:
+            await _skip(conn, firing, str(over_quota))
+            return 0
         if not _belongs_to_the_job(exc):
             raise
         await _disable(conn, job, f"its runs are refused: {str(exc).strip().splitlines()[0]}")
@@ -372,6 +380,25 @@ def _belongs_to_the_job(exc: psycopg.Error) -> bool:
     """An error the job's own values caused (a constraint, a value out of range, a row too
     large), not the connection's or the server's: retrying would fail the same way."""
     return exc.sqlstate is not None and exc.sqlstate[:2] in {"22", "23", "54", "P0"}
+
+
+async def _skip(conn: psycopg.AsyncConnection, firing: Firing, reason: str) -> None:
+    """A firing its tenant's quota refused: the fire times pass without runs, the job stays
+    enabled (a quota is a state of the tenant, not a fault of the job)."""
+    job = firing.job
+    logger.warning("job %r: %d fire time(s) skipped: %s", job["name"], len(firing.times), reason)
+    cursor = await conn.execute(
+        queries["job_skip_firing"],
+        {
+            "id": job["id"],
+            "seen_next_run_at": job["next_run_at"],
+            "next_run_at": firing.next_run_at,
+            "last_scheduled_for": firing.times[-1] if firing.times else None,
+            "error": f"fire time(s) skipped at {job['now'].isoformat()}: {reason}",
+        },
+    )
+    if cursor.rowcount and firing.next_run_at is None:
+        await conn.execute(queries["job_finish"], {"id": job["id"]})
 
 
 async def _disable(conn: psycopg.AsyncConnection, job: dict[str, Any], reason: str) -> None:

@@ -42,6 +42,18 @@ class InvalidArgs(InvalidInput):
     """The arguments do not fit the task's signature."""
 
 
+class QuotaExceeded(PgschedError):
+    """The tenant is over a quota: nothing was inserted."""
+
+    def __init__(self, message: str, *, tenant: str, quota: str, limit: int, count: int, adding: int) -> None:
+        super().__init__(message)
+        self.tenant = tenant
+        self.quota = quota  # "max_queued" or "runs_per_day"
+        self.limit = limit
+        self.count = count  # queued (max_queued) or created today (runs_per_day), without the refused runs
+        self.adding = adding  # runs the refused statement held for this tenant
+
+
 class RunNotFound(PgschedError):
     """No run with that id."""
 

@@ -27,6 +27,7 @@ from pgsched.api.controllers.health import HealthController
 from pgsched.api.controllers.jobs import JobController
 from pgsched.api.controllers.queues import QueueController
 from pgsched.api.controllers.runs import RunController
+from pgsched.api.controllers.tenants import TenantController, UsageController
 from pgsched.api.controllers.workers import WorkerController
 from pgsched.api.correlation import correlation_middleware
 from pgsched.api.deps import DEPENDENCIES
@@ -42,7 +43,15 @@ from pgsched.ui.insights import Insights
 
 logger = logging.getLogger("pgsched.api")
 
-CONTROLLERS = [HealthController, RunController, JobController, QueueController, WorkerController]
+CONTROLLERS = [
+    HealthController,
+    RunController,
+    JobController,
+    QueueController,
+    TenantController,
+    UsageController,
+    WorkerController,
+]
 
 
 # Never server-side prepared (psycopg prepares a query run 5 times on a connection): the list

@@ -3,7 +3,8 @@
 The body is always ``{"status_code", "detail", "errors": [{"field", "message", "source"}]}``:
 a validation failure names the field (body), query parameter, path parameter or header at
 fault. pgsched's own errors map by class: bad input 422, not found 404, state conflicts 409,
-an unreachable or unmigrated database 503. Nothing a client sends should produce a 500; one
+an unreachable or unmigrated database 503, a tenant over a quota 429 with Retry-After (its
+error's field is the quota: max_queued or runs_per_day). Nothing a client sends should produce a 500; one
 that does is a bug, logged with its traceback.
 """
 
@@ -21,6 +22,7 @@ from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
@@ -32,16 +34,19 @@ from pgsched.errors import (
     DatabaseUnavailable,
     InvalidInput,
     PgschedError,
+    QuotaExceeded,
     RunNotFound,
     RunStateConflict,
     SchemaNotReady,
 )
 from pgsched.jobs import JobNameAmbiguous, JobNameTaken, JobNotFound
+from pgsched.quotas import retry_after_s
 
 logger = logging.getLogger("pgsched.api")
 
 STATUS_BY_ERROR: dict[type[PgschedError], int] = {
     InvalidInput: HTTP_422_UNPROCESSABLE_ENTITY,
+    QuotaExceeded: HTTP_429_TOO_MANY_REQUESTS,
     RunNotFound: HTTP_404_NOT_FOUND,
     JobNotFound: HTTP_404_NOT_FOUND,
     ApiKeyNotFound: HTTP_404_NOT_FOUND,
@@ -143,6 +148,9 @@ def on_pgsched_error(request: Request[Any, Any, Any], exc: PgschedError) -> Resp
     if isinstance(exc, InvalidInput):
         field, source = _locate(field_of(message), request)
         errors = [FieldError(field=field, message=message, source=source)]  # type: ignore[arg-type]
+    if isinstance(exc, QuotaExceeded):  # the quota is the "field": max_queued or runs_per_day
+        headers = {"Retry-After": str(retry_after_s(exc))}
+        return error_response(status, message, [FieldError(field=exc.quota, message=message)], headers=headers)
     return error_response(status, message, errors)
 
 

@@ -6,7 +6,7 @@ timezone) are the library's: these models check only shapes and types.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, Mapping, TypeVar
 
 import msgspec
@@ -247,6 +247,50 @@ class QueueSettingsPatch(Request):
     max_running: MaxRunning | UnsetType | None = UNSET
 
 
+# ---- tenants
+
+Quota = Annotated[int, Meta(ge=0, le=2**31 - 1, description="The quota (0: none admitted)")]
+
+
+class TenantOut(Struct, kw_only=True):
+    """A tenant's quotas (null: no quota; a tenant never set has none, and updated_at null)."""
+
+    name: str
+    max_queued: Annotated[int | None, Meta(description="At most this many of its runs queued at once")]
+    runs_per_day: Annotated[int | None, Meta(description="At most this many runs created per UTC day")]
+    updated_at: datetime | None
+    queued: Annotated[int, Meta(description="Its runs queued now")]
+    created_today: Annotated[int, Meta(description="Runs it created today (UTC), as runs_per_day counts them")]
+
+
+class TenantList(Struct, kw_only=True):
+    items: list[TenantOut]
+
+
+class TenantPatch(Request):
+    """Quotas to change; the others stay. null clears a quota."""
+
+    max_queued: Quota | UnsetType | None = UNSET
+    runs_per_day: Quota | UnsetType | None = UNSET
+
+
+class UsageDay(Struct, kw_only=True):
+    """One tenant's usage on one UTC day (see the tenant quotas guide for each figure)."""
+
+    tenant: str
+    day: date
+    created: Annotated[int, Meta(description="Runs inserted that day")]
+    started: Annotated[int, Meta(description="Attempts started by the runs that finished that day")]
+    succeeded: Annotated[int, Meta(description="Runs that finished succeeded that day")]
+    failed: Annotated[int, Meta(description="Runs that failed for good that day")]
+    cancelled: Annotated[int, Meta(description="Runs cancelled (or expired) that day")]
+    task_s: Annotated[float, Meta(description="Seconds of all attempts of the runs that finished that day")]
+
+
+class UsageList(Struct, kw_only=True):
+    items: list[UsageDay]
+
+
 class QueueMinute(Struct, kw_only=True):
     queue: str
     minute: Annotated[datetime, Meta(description="The minute's start")]
@@ -327,8 +371,9 @@ _ERROR_DESCRIPTIONS = {
     409: "The run or job is not in a state (or the name not free) for this",
     413: "The body is larger than this API accepts",
     422: "A value pgsched refuses: the errors name the field",
-    429: "Too many requests: over the API key's rate limit, or too many unknown keys from this client "
-    "address; Retry-After says when to try again",
+    429: "Too many requests: over the API key's rate limit, too many unknown keys from this client "
+    "address, or (enqueue) the tenant over a quota, named as the error's field; Retry-After says when "
+    "to try again",
     503: "The database is unreachable or its schema needs `pgsched migrate`",
 }
 # The errors every protected route can answer; add the ones a route adds.
