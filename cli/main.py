@@ -18,7 +18,7 @@ from pgsched.cli.doctor import doctor
 from pgsched.cli.jobs import jobs
 from pgsched.cli.keys import keys
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
-from pgsched.cli.queues import queues
+from pgsched.cli.queues import queues, tasks
 from pgsched.cli.runs import runs
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
@@ -40,6 +40,7 @@ cli.add_typer(jobs, name="jobs")
 cli.add_typer(beat, name="beat")
 cli.add_typer(keys, name="keys")
 cli.add_typer(queues, name="queues")
+cli.add_typer(tasks, name="tasks")
 cli.command("api")(api_command)
 cli.command("doctor")(doctor)
 
@@ -261,6 +262,10 @@ STATS_COLUMNS = (
     "failed_last_minute",
     "succeeded_last_hour",
     "oldest_queued_age_s",
+    "paused",
+    "max_running",
+    "rate",
+    "held_back",
 )
 
 

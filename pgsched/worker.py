@@ -178,6 +178,7 @@ class Worker:
             await pool.open(wait=True)
             await claims.open(wait=True)
             self.worker_id = await self._register(pool)
+            await self._declare_task_rates(pool)
             logger.info(
                 "worker %s started: queues=%s concurrency=%d pid=%d",
                 self.worker_id,
@@ -442,6 +443,17 @@ class Worker:
             row = await cursor.fetchone()
             assert row is not None
             return int(row[0])
+
+    async def _declare_task_rates(self, pool: AsyncConnectionPool) -> None:
+        """Write the rates the app's tasks declare (``rate_limit=``) to their settings, where
+        every worker's claim reads them: a rate is global, not this process's."""
+        declared = {name: task.rate_limit for name, task in self.app.tasks.items() if task.rate_limit is not None}
+        if not declared:
+            return
+        async with pool.connection() as conn:
+            await conn.execute(
+                queries["task_settings_declare"], {"tasks": list(declared), "rates": list(declared.values())}
+            )
 
     async def _deregister(self, pool: AsyncConnectionPool) -> None:
         try:

@@ -103,7 +103,8 @@ CREATE TRIGGER jobs_notify_changed
 -- later run_at; 'failed' means the attempts are used up (the dead-letter state).
 -- (0001_core, 0003_api_keys, 0004_cancel_running, 0005_queue_throughput, 0006_cheaper_queue_check,
 -- 0007_queue_stats_by_index, 0008_queue_stats_infinite_run_at, 0009_rows_every_reader_can_read,
--- 0011_celery, 0015_trace_context, 0017_queue_stats_without_last_hour)
+-- 0011_celery, 0015_trace_context, 0017_queue_stats_without_last_hour,
+-- 0020_rates_task_limits_concurrency_keys)
 
 CREATE TYPE pgsched.run_status AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
 
@@ -148,6 +149,8 @@ CREATE TABLE pgsched.runs (
     trace_context       text,
     -- The X-Request-ID of the API request that queued the run (0015).
     request_id          text,
+    -- With the queue's key_max_running, at most that many runs of one key run at once (0020).
+    concurrency_key     text,
     CONSTRAINT task_must_not_be_empty CHECK (task ~ '\S' AND length(task) <= 200),
     CONSTRAINT args_must_be_a_json_object CHECK (jsonb_typeof(args) = 'object'),
     CONSTRAINT args_must_be_at_most_1_mb CHECK (pg_column_size(args) <= 1048576),
@@ -535,22 +538,38 @@ FROM pgsched.beat_leader;
 
 
 -- ---------------------------------------------------------------------------------------------
--- queues: settings per queue, read by every worker's claim (0016_queue_settings). paused: no
--- worker claims its runs (enqueueing still works); max_running: at most that many of its runs
--- running at once over all workers (NULL: no limit). A queue without a row has neither.
+-- queues: settings per queue, read by every worker's claim (0016_queue_settings,
+-- 0020_rates_task_limits_concurrency_keys). paused: no worker claims its runs (enqueueing still
+-- works); max_running: at most that many of its runs running at once over all workers (NULL: no
+-- limit); rate + burst: a token bucket of run starts ('100/m'), held here so it is global;
+-- key_max_running: at most that many runs of one concurrency key running at once. A queue
+-- without a row has none of them.
 
 CREATE TABLE pgsched.queues (
-    name        text PRIMARY KEY,
-    paused      boolean NOT NULL DEFAULT false,
-    max_running integer,
-    updated_at  timestamptz NOT NULL DEFAULT now(),
+    name            text PRIMARY KEY,
+    paused          boolean NOT NULL DEFAULT false,
+    max_running     integer,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- '100/m': 100 run starts a minute (s, m or h); burst: how many at once (NULL: 1).
+    rate            text,
+    burst           integer,
+    key_max_running integer,
+    -- The bucket as the last claim left it (NULL: full), refilled by the next claim.
+    tokens          float8,
+    tokens_at       timestamptz,
     -- Written out as runs' queue check is (0006, 0009): no function calls in a check.
     CONSTRAINT queue_name_must_match_a_z_0_9_dot_dash_underscore_colon_max_63
         CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]*$' AND length(name) <= 63),
-    CONSTRAINT queue_max_running_must_be_at_least_1 CHECK (max_running >= 1)
+    CONSTRAINT queue_max_running_must_be_at_least_1 CHECK (max_running >= 1),
+    CONSTRAINT queue_rate_must_be_1_to_7_digits_per_s_m_or_h
+        CHECK (rate ~ '^[1-9][0-9]*/[smh]$' AND length(rate) <= 9),
+    CONSTRAINT queue_burst_must_be_1_to_1000000 CHECK (burst BETWEEN 1 AND 1000000),
+    CONSTRAINT queue_burst_needs_a_rate CHECK (burst IS NULL OR rate IS NOT NULL),
+    CONSTRAINT queue_key_max_running_must_be_at_least_1 CHECK (key_max_running >= 1)
 );
 
--- A change wakes every worker (channel pgsched_queues, payload the queue's name).
+-- A change wakes every worker (channel pgsched_queues, payload the queue's name). Only a
+-- change of the settings: the claim's writes of the bucket's tokens wake nobody.
 CREATE FUNCTION pgsched.notify_queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgsched_queues', coalesce(NEW.name, OLD.name));
@@ -559,9 +578,58 @@ END;
 $$;
 
 CREATE TRIGGER queues_notify_changed
-    AFTER INSERT OR UPDATE OR DELETE ON pgsched.queues
+    AFTER INSERT OR DELETE OR UPDATE OF name, paused, max_running, rate, burst, key_max_running ON pgsched.queues
     FOR EACH ROW
     EXECUTE FUNCTION pgsched.notify_queue_changed();
+
+-- task_settings: the same settings per task, over every queue its runs are in (0020).
+CREATE TABLE pgsched.task_settings (
+    task        text PRIMARY KEY,
+    paused      boolean NOT NULL DEFAULT false,
+    max_running integer,
+    rate        text,
+    burst       integer,
+    tokens      float8,
+    tokens_at   timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT task_must_not_be_empty CHECK (task ~ '\S' AND length(task) <= 200),
+    CONSTRAINT task_max_running_must_be_at_least_1 CHECK (max_running >= 1),
+    CONSTRAINT task_rate_must_be_1_to_7_digits_per_s_m_or_h
+        CHECK (rate ~ '^[1-9][0-9]*/[smh]$' AND length(rate) <= 9),
+    CONSTRAINT task_burst_must_be_1_to_1000000 CHECK (burst BETWEEN 1 AND 1000000),
+    CONSTRAINT task_burst_needs_a_rate CHECK (burst IS NULL OR rate IS NOT NULL)
+);
+
+-- A change wakes every worker on the queues' channel, payload 'task:' and the task's name.
+CREATE FUNCTION pgsched.notify_task_settings_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgsched_queues', 'task:' || left(coalesce(NEW.task, OLD.task), 200));
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER task_settings_notify_changed
+    AFTER INSERT OR DELETE OR UPDATE OF task, paused, max_running, rate, burst ON pgsched.task_settings
+    FOR EACH ROW
+    EXECUTE FUNCTION pgsched.notify_task_settings_changed();
+
+-- Run starts a second a rate allows ('100/m' -> 1.667). The checks guarantee the shape.
+CREATE FUNCTION pgsched.rate_per_s(rate text) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT split_part(rate, '/', 1)::float8
+           / CASE split_part(rate, '/', 2) WHEN 's' THEN 1 WHEN 'm' THEN 60 ELSE 3600 END
+$$;
+
+-- A bucket's tokens at instant `at`: what the last claim left, refilled at the rate since,
+-- never more than the burst; a clock read earlier than tokens_at refills nothing.
+CREATE FUNCTION pgsched.tokens_at(rate text, burst integer, tokens float8, tokens_at timestamptz, at timestamptz)
+RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN rate IS NOT NULL THEN
+        least(coalesce(burst, 1)::float8,
+              coalesce(tokens + greatest(0, extract(epoch FROM at - tokens_at)::float8) * pgsched.rate_per_s(rate),
+                       coalesce(burst, 1)::float8))
+    END
+$$;
 
 
 -- ---------------------------------------------------------------------------------------------
@@ -831,3 +899,8 @@ ALTER TABLE pgsched.runs
                AND substr(trace_context, 53, 1) = '-') NOT VALID,
     ADD CONSTRAINT run_request_id_must_be_1_to_128_visible_ascii_characters
         CHECK (request_id ~ '^[!-~]+$' AND length(request_id) <= 128) NOT VALID;
+
+-- A run's concurrency key, 1-200 characters, not only blanks (0020).
+ALTER TABLE pgsched.runs
+    ADD CONSTRAINT run_concurrency_key_must_be_1_to_200_characters
+        CHECK (concurrency_key ~ '\S' AND length(concurrency_key) <= 200) NOT VALID;
