@@ -164,7 +164,7 @@ FOR UPDATE SKIP LOCKED;
 -- * key_max_running (%(key_max_running)s): runs of one concurrency key, counting those
 --   running, at most that many. The key's runs are ranked among the next due runs; the window
 --   looks KEY_WINDOW (100) runs past the take, so a backlog of one key holds back other keys'
---   runs only when it is longer than that.
+--   runs only when it is longer than that. (A key limit is per queue: its unit has one queue.)
 -- next locks one run more than it claims, to tell whether due runs wait behind a limit
 -- (more_due): the fetcher then looks again soon (or when the next token is due); with none, it
 -- sleeps until woken. One row per claimed run, each with the headroom the limits left before
@@ -193,6 +193,8 @@ WITH running AS MATERIALIZED (
       AND queue = ANY (%(queues)s::text[]) AND concurrency_key IS NOT NULL
     GROUP BY concurrency_key
 ), next AS MATERIALIZED (
+    -- Without a key limit: the take and one more, locked (SKIP LOCKED: a run another claim
+    -- holds is passed over).
     SELECT c.id, c.priority, c.run_at, c.concurrency_key
     FROM unnest(%(queues)s::text[]) AS q(name)
          LEFT JOIN pgsched.queues AS s ON s.name = q.name,
@@ -206,14 +208,33 @@ WITH running AS MATERIALIZED (
                AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
                AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
              ORDER BY priority, run_at, id
-             LIMIT (SELECT n + 1 + CASE WHEN %(key_max_running)s::integer IS NULL THEN 0 ELSE 100 END FROM take)
+             LIMIT (SELECT n + 1 FROM take)
              FOR UPDATE SKIP LOCKED
          ) AS c
     -- A limited task's claim over open queues: as run_claim, none just paused or limited.
-    WHERE %(queue_locked)s OR s.name IS NULL
-       OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL)
-    ORDER BY c.priority, c.run_at, c.id
-    LIMIT (SELECT n + 1 + CASE WHEN %(key_max_running)s::integer IS NULL THEN 0 ELSE 100 END FROM take)
+    WHERE %(key_max_running)s::integer IS NULL
+      AND (%(queue_locked)s OR s.name IS NULL
+           OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL))
+    UNION ALL
+    -- With one: KEY_WINDOW (100) runs more, to rank by key, read but not locked (locking them
+    -- all made each claim write 100 rows: a drain with a key limit that never bound ran at
+    -- 0.83x). The queue's row lock keeps every other limited claim of the queue away; the
+    -- UPDATE below takes only the runs still queued when it locks them.
+    SELECT c.id, c.priority, c.run_at, c.concurrency_key
+    FROM unnest(%(queues)s::text[]) AS q(name),
+         LATERAL (
+             SELECT id, priority, run_at, concurrency_key
+             FROM pgsched.runs
+             WHERE status = 'queued' AND queue = q.name
+               AND run_at <= coalesce(%(now)s::timestamptz, now())
+               AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
+               AND (%(task)s::text IS NULL OR task = %(task)s::text)
+               AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
+               AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
+             ORDER BY priority, run_at, id
+             LIMIT (SELECT n + 101 FROM take)
+         ) AS c
+    WHERE %(key_max_running)s::integer IS NOT NULL
 ), allowed AS MATERIALIZED (
     SELECT next.id, next.priority, next.run_at
     FROM (SELECT *, row_number() OVER (PARTITION BY concurrency_key ORDER BY priority, run_at, id) AS nth
@@ -231,7 +252,7 @@ WITH running AS MATERIALIZED (
         started_at = coalesce(%(now)s::timestamptz, now()),
         lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
     FROM taken
-    WHERE r.id = taken.id
+    WHERE r.id = taken.id AND r.status = 'queued'
     RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
 ), queue_spent AS (
     UPDATE pgsched.queues
