@@ -166,6 +166,11 @@ class Fetcher:
         if self._waiting_for_capacity or self._held:
             self._wake.set()
 
+    def limits_hold(self, queue: str, task: str) -> bool:
+        """Whether a limit of ``queue`` or ``task`` counts a run of them (as last loaded): its
+        end frees a slot other workers may be waiting for."""
+        return queue in self._limits.limited_queues or task in self._limits.limited_tasks
+
     # ---- the loop: wake → claim → start
 
     async def run(self, pool: AsyncConnectionPool, worker_id: int) -> None:
@@ -312,11 +317,9 @@ class Fetcher:
     ) -> list[ClaimedRun]:
         """Up to ``limit`` runs of ``unit``, within its limits; notes when to look again if
         limits hold back due runs (a rate: not before the next token is due)."""
-        async with (
-            pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn,
-            self._claim_transaction(conn, always=True),
-        ):
-            claim = await claim_limited(conn, unit, self._limits, self._claim_params(limit, only_tasks, skip_tasks))
+        async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
+            params = self._claim_params(limit, only_tasks, skip_tasks)
+            claim = await claim_limited(conn, unit, self._limits, params, pgbouncer=self._settings.pgbouncer)
         self._token_due.pop(unit, None)
         if not claim.runs and claim.retry_in is None:
             self._empty.add((unit, only_tasks is not None))
@@ -330,18 +333,16 @@ class Fetcher:
         return claim.runs
 
     @asynccontextmanager
-    async def _claim_transaction(self, conn: psycopg.AsyncConnection, *, always: bool = False) -> AsyncIterator[None]:
-        """Direct: nothing unless ``always``, the claim commits on its own (its connection skips
-        the flush from the start). Through a pooler: a transaction that skips the flush for
-        itself, since a session setting would stay behind on a server connection other clients
-        then use. A limited queue's claim is always a transaction: its row lock must be held
-        until its claim commits."""
-        if not self._settings.pgbouncer and not always:
+    async def _claim_transaction(self, conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+        """Direct: nothing, the claim commits on its own (its connection skips the flush from
+        the start). Through a pooler: a transaction that skips the flush for itself, since a
+        session setting would stay behind on a server connection other clients then use. (A
+        limited claim makes its own transaction: :func:`pgsched.limited_claim.claim_limited`.)"""
+        if not self._settings.pgbouncer:
             yield
             return
         async with conn.transaction():
-            if self._settings.pgbouncer:
-                await conn.execute(queries["run_claim_skip_flush"])
+            await conn.execute(queries["run_claim_skip_flush"])
             yield
 
     async def _seconds_until_due(self, pool: AsyncConnectionPool) -> float:

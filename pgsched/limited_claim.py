@@ -127,58 +127,82 @@ async def claim_limited(
     unit: Unit,
     limits: Limits,
     params: dict[str, Any],
+    *,
+    pgbouncer: bool = False,
 ) -> LimitedClaim:
-    """Claim up to ``params["limit"]`` runs of ``unit`` within its limits, in the transaction
-    the caller opened on ``conn``. ``params``: run_claim's (limit, worker_id, lease_s, now,
-    only_tasks, skip_tasks)."""
-    # No row: another worker's turn (or paused, or no longer limited: a reload follows). Under a
-    # rate, that worker is taking the token this one woke for: a lost race.
-    skipped = (
-        LimitedClaim([], RACE_LOST_PAUSE_S, by_rate=True)
-        if limits.rate_applies(unit)
-        else LimitedClaim([], HELD_BY_LIMIT_PAUSE_S)
-    )
+    """Claim up to ``params["limit"]`` runs of ``unit`` within its limits, in a transaction of
+    its own on ``conn`` (autocommit). ``params``: run_claim's (limit, worker_id, lease_s, now,
+    only_tasks, skip_tasks). Through a transaction-mode pooler (``pgbouncer``) the transaction
+    skips the WAL flush by itself, as the plain claim's does.
+
+    Pipelined, two round trips: BEGIN with the row locks (their results decide the claim's
+    parameters), then the claim with COMMIT. Four round trips, one per statement, cost a drain
+    with limits that never bind about 6% (300 claims a second, ~100 us each)."""
+    async with conn.pipeline():
+        async with conn.transaction():
+            if pgbouncer:
+                await conn.execute(queries["run_claim_skip_flush"])
+            locked = await _lock_rows(conn, unit, params["now"])
+            if locked is None:
+                # Another worker's turn (or paused, or no longer limited: a reload follows).
+                # Under a rate, that worker is taking the token this one woke for: a lost race.
+                if limits.rate_applies(unit):
+                    return LimitedClaim([], RACE_LOST_PAUSE_S, by_rate=True)
+                return LimitedClaim([], HELD_BY_LIMIT_PAUSE_S)
+            queue_row, task_row = locked
+            skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
+            cursor = await conn.execute(
+                queries["run_claim_limited"],
+                {
+                    **params,
+                    "skip_tasks": skip,
+                    "queues": list(unit.queues),
+                    "task": unit.task,
+                    "queue_locked": unit.queue_limited,
+                    "queue_max_running": queue_row[0],
+                    "key_max_running": queue_row[1],
+                    "queue_tokens": queue_row[2],
+                    "task_max_running": task_row[0],
+                    "task_tokens": task_row[1],
+                },
+            )
+    rows = await cursor.fetchall()  # sent with the COMMIT, read once both came back
+    return _outcome(rows, params["limit"], (queue_row[2], queue_row[3]), (task_row[1], task_row[2]))
+
+
+async def _lock_rows(
+    conn: psycopg.AsyncConnection[Any], unit: Unit, now: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """The queue's and the task's settings rows that apply, locked: (max_running,
+    key_max_running, tokens, per_s) and (max_running, tokens, per_s), NULLs where none applies;
+    None if a row could not be locked."""
     queue_row: tuple[Any, ...] = (None, None, None, None)
     if unit.queue_limited:
-        cursor = await conn.execute(queries["queue_lock_for_claim"], {"queue": unit.queues[0], "now": params["now"]})
+        cursor = await conn.execute(queries["queue_lock_for_claim"], {"queue": unit.queues[0], "now": now})
         locked = await cursor.fetchone()
         if locked is None:
-            return skipped
+            return None
         queue_row = tuple(locked)
     task_row: tuple[Any, ...] = (None, None, None)
     if unit.task is not None:
-        cursor = await conn.execute(queries["task_lock_for_claim"], {"task": unit.task, "now": params["now"]})
+        cursor = await conn.execute(queries["task_lock_for_claim"], {"task": unit.task, "now": now})
         locked = await cursor.fetchone()
         if locked is None:
-            return skipped
+            return None
         task_row = tuple(locked)
-    queue_max, key_max, queue_tokens, queue_per_s = queue_row
-    task_max, task_tokens, task_per_s = task_row
-    skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
-    cursor = await conn.execute(
-        queries["run_claim_limited"],
-        {
-            **params,
-            "skip_tasks": skip,
-            "queues": list(unit.queues),
-            "task": unit.task,
-            "queue_locked": unit.queue_limited,
-            "queue_max_running": queue_max,
-            "task_max_running": task_max,
-            "queue_tokens": queue_tokens,
-            "task_tokens": task_tokens,
-            "key_max_running": key_max,
-        },
-    )
-    rows = await cursor.fetchall()
+    return queue_row, task_row
+
+
+def _outcome(rows: list[tuple[Any, ...]], limit: int, *buckets: tuple[float | None, float | None]) -> LimitedClaim:
+    """The claim's runs and when to look again: ``buckets`` are (tokens, per_s) before it."""
     more_due, held_by_key = rows[0][1], rows[0][2]
     runs = [ClaimedRun(*row[3:]) for row in rows if row[3] is not None]
-    if len(runs) >= params["limit"] or not (more_due or held_by_key):
+    if len(runs) >= limit or not (more_due or held_by_key):
         return LimitedClaim(runs, None)
     token_waits = [
         (1 - (tokens - len(runs))) / per_s
-        for tokens, per_s in ((queue_tokens, queue_per_s), (task_tokens, task_per_s))
-        if tokens is not None and tokens - len(runs) < 1
+        for tokens, per_s in buckets
+        if tokens is not None and per_s is not None and tokens - len(runs) < 1
     ]
     if more_due and token_waits:
         wait = max(token_waits) + TOKEN_MARGIN_S

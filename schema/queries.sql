@@ -285,6 +285,11 @@ SELECT 'task', task, paused, max_running IS NOT NULL OR rate IS NOT NULL, rate I
 FROM pgsched.task_settings
 WHERE paused OR max_running IS NOT NULL OR rate IS NOT NULL;
 
+-- name: queue_notify_slots_freed
+-- Runs a limit counted have ended on this worker: wake the workers of their queues on the
+-- enqueue channel, as new runs would (a slot they may be waiting for is free).
+SELECT pg_notify('pgsched', q) FROM unnest(%(queues)s::text[]) AS q;
+
 -- name: run_claim_skip_flush
 -- This transaction commits without waiting for the WAL flush (SET LOCAL): what the direct
 -- fetcher connection sets at connect, for a claim through a transaction-mode pooler.

@@ -60,8 +60,7 @@ def claim(dsn: str, unit: Unit, at: float, limit: int = 100, limits: Limits = LI
 
     async def claimed() -> LimitedClaim:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            async with conn.transaction():
-                return await claim_limited(conn, unit, limits, params)
+            return await claim_limited(conn, unit, limits, params)
 
     return asyncio.run(claimed())
 
