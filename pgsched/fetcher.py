@@ -171,6 +171,12 @@ class Fetcher:
         end frees a slot other workers may be waiting for."""
         return queue in self._limits.limited_queues or task in self._limits.limited_tasks
 
+    @property
+    def held(self) -> bool:
+        """Whether the last claim left due runs behind max_running or a key's limit: then
+        other workers likely wait for slots too (a limit that never binds sends no wake-ups)."""
+        return self._held
+
     # ---- the loop: wake → claim → start
 
     async def run(self, pool: AsyncConnectionPool, worker_id: int) -> None:

@@ -390,15 +390,15 @@ class Worker:
                 )
         self._fetcher.outcomes_written()
         freed = {self._limited_runs.pop(o.run_id) for o in batch if o.run_id in self._limited_runs}
-        if freed and self._pool is not None:
+        if freed and self._fetcher.held and self._pool is not None:
             task = asyncio.create_task(self._notify_slots_freed(self._pool, sorted(freed)))
             self._background_notifies.add(task)
             task.add_done_callback(self._background_notifies.discard)
 
     async def _notify_slots_freed(self, pool: AsyncConnectionPool, queues: list[str]) -> None:
-        """Runs of limited queues or tasks ended: wake the workers of their queues (a slot another
-        worker waits for is free; without this, it would look again only after 50 ms). Best
-        effort: a worker that misses it looks again anyway."""
+        """Runs of limited queues or tasks ended while their limits bind: wake the workers of
+        their queues (a slot another worker waits for is free; without this, it would look
+        again only after 50 ms). Best effort: a worker that misses it looks again anyway."""
         try:
             async with pool.connection() as conn:
                 await conn.execute(queries["queue_notify_slots_freed"], {"queues": queues})

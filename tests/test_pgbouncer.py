@@ -491,8 +491,8 @@ def test_a_queues_max_running_holds_for_workers_claiming_through_pgbouncer(db: D
 def test_a_rate_a_task_limit_and_a_key_limit_hold_for_workers_claiming_through_pgbouncer(
     db: Db, processes: PooledProcesses
 ) -> None:
-    # The bucket is spent in the limited claim's transaction (pipelined: BEGIN with the row
-    # locks, then the claim with COMMIT), which transaction pooling keeps on one connection.
+    # The bucket is spent in the limited claim's transaction (the row locks, then the claim),
+    # which transaction pooling keeps on one server connection.
     db.conn.execute("INSERT INTO pgsched.queues (name, rate, burst, key_max_running) VALUES ('default', '10/s', 2, 1)")
     db.conn.execute("INSERT INTO pgsched.task_settings (task, max_running) VALUES ('slow', 3)")
     env = {"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct}
