@@ -10,10 +10,11 @@ tokens and claims no more than every limit leaves. The counts come from the runs
 leases, never from a counter, so a SIGKILLed worker's slots come back when its leases expire.
 
 What the fetcher learns besides the runs is when to look again (:attr:`LimitedClaim.retry_in`):
-soon while a limit holds due runs back (a slot freed by another worker sends no notification),
-or when the next token is due while a rate holds them back: a worker waiting for a token
-makes no claim before it, and one that lost a token to another worker waits a little longer
-(RACE_LOST_PAUSE_S), so idle claims stay at a few a second per worker.
+soon while a limit holds due runs back (or when another worker's counted runs end: it sends a
+notification then, see ``Worker._notify_slots_freed``), or when the next token is due while a
+rate holds them back: a worker waiting for a token makes no claim before it, and one that lost
+a token to another worker waits a little longer (RACE_LOST_PAUSE_S), so idle claims stay at a
+few a second per worker.
 """
 
 from __future__ import annotations
