@@ -3,10 +3,10 @@
 
 A *unit* is what one such claim covers: one limited queue (all its tasks but the limited ones),
 one limited task in one limited queue, or one limited task over the worker's open queues. Its
-claim is one transaction: lock the settings rows that apply (``queue_lock_for_claim``,
-``task_lock_for_claim``: SKIP LOCKED, so the claims of every worker for the same limit take
-turns and never wait), then ``run_claim_limited`` counts what runs, spends the buckets' whole
-tokens and claims no more than every limit leaves. The counts come from the runs' rows and
+claim is one statement (``run_claim_limited``, the function ``pgsched.run_claim_limited_v1``):
+lock the settings rows that apply (SKIP LOCKED, so the claims of every worker for the same
+limit take turns and never wait), then, in a statement of its own, count what runs, spend the
+buckets' whole tokens and claim no more than every limit leaves. The counts come from the runs' rows and
 leases, never from a counter, so a SIGKILLed worker's slots come back when its leases expire.
 
 What the fetcher learns besides the runs is when to look again (:attr:`LimitedClaim.retry_in`):
@@ -131,73 +131,41 @@ async def claim_limited(
     *,
     pgbouncer: bool = False,
 ) -> LimitedClaim:
-    """Claim up to ``params["limit"]`` runs of ``unit`` within its limits, in a transaction of
-    its own on ``conn`` (autocommit). ``params``: run_claim's (limit, worker_id, lease_s, now,
-    only_tasks, skip_tasks). Through a transaction-mode pooler (``pgbouncer``) the transaction
-    skips the WAL flush by itself, as the plain claim's does.
+    """Claim up to ``params["limit"]`` runs of ``unit`` within its limits, in one statement on
+    ``conn`` (autocommit: it is its own transaction, and the row locks last until it commits).
+    ``params``: run_claim's (limit, worker_id, lease_s, now, only_tasks, skip_tasks). Through a
+    transaction-mode pooler (``pgbouncer``) it skips the WAL flush by itself.
 
-    Four round trips (BEGIN, the locks, the claim, COMMIT). Pipelined into two they cost the
-    worker more: psycopg's pipeline bookkeeping took more CPU per claim than the two round
-    trips on a local server (a drain with limits that never bind: 0.70-0.76x pipelined,
-    0.89-0.91x not, one run each)."""
-    async with conn.transaction():
-        if pgbouncer:
-            await conn.execute(queries["run_claim_skip_flush"])
-        locked = await _lock_rows(conn, unit, params["now"])
-        if locked is None:
-            # Another worker's turn (or paused, or no longer limited: a reload follows).
-            # Under a rate, that worker is taking the token this one woke for: a lost race.
-            if limits.rate_applies(unit):
-                return LimitedClaim([], RACE_LOST_PAUSE_S, by_rate=True)
-            return LimitedClaim([], HELD_BY_LIMIT_PAUSE_S)
-        queue_row, task_row = locked
-        skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
-        cursor = await conn.execute(
-            queries["run_claim_limited"],
-            {
-                **params,
-                "skip_tasks": skip,
-                "queues": list(unit.queues),
-                "task": unit.task,
-                "queue_locked": unit.queue_limited,
-                "queue_max_running": queue_row[0],
-                "key_max_running": queue_row[1],
-                "queue_tokens": queue_row[2],
-                "task_max_running": task_row[0],
-                "task_tokens": task_row[1],
-            },
-        )
-        rows = await cursor.fetchall()
-    return _outcome(rows, params["limit"], (queue_row[2], queue_row[3]), (task_row[1], task_row[2]))
+    One round trip: 0020's claim took four (BEGIN, the locks, the claim, COMMIT), and limits
+    that never bind cost a drain 0.77x; pipelining them into two cost the worker more CPU than
+    it saved (0.70-0.76x)."""
+    skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
+    cursor = await conn.execute(
+        queries["run_claim_limited"],
+        {
+            **params,
+            "skip_tasks": skip,
+            "queues": list(unit.queues),
+            "task": unit.task,
+            "queue_locked": unit.queue_limited,
+            "skip_flush": pgbouncer,
+        },
+    )
+    rows = await cursor.fetchall()
+    if not rows[0][0]:
+        # A row not locked: another worker's turn (or paused, or no longer limited: a reload
+        # follows). Under a rate, that worker is taking the token this one woke for.
+        if limits.rate_applies(unit):
+            return LimitedClaim([], RACE_LOST_PAUSE_S, by_rate=True)
+        return LimitedClaim([], HELD_BY_LIMIT_PAUSE_S)
+    return _outcome(rows, params["limit"])
 
 
-async def _lock_rows(
-    conn: psycopg.AsyncConnection[Any], unit: Unit, now: Any
-) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
-    """The queue's and the task's settings rows that apply, locked: (max_running,
-    key_max_running, tokens, per_s) and (max_running, tokens, per_s), NULLs where none applies;
-    None if a row could not be locked."""
-    queue_row: tuple[Any, ...] = (None, None, None, None)
-    if unit.queue_limited:
-        cursor = await conn.execute(queries["queue_lock_for_claim"], {"queue": unit.queues[0], "now": now})
-        locked = await cursor.fetchone()
-        if locked is None:
-            return None
-        queue_row = tuple(locked)
-    task_row: tuple[Any, ...] = (None, None, None)
-    if unit.task is not None:
-        cursor = await conn.execute(queries["task_lock_for_claim"], {"task": unit.task, "now": now})
-        locked = await cursor.fetchone()
-        if locked is None:
-            return None
-        task_row = tuple(locked)
-    return queue_row, task_row
-
-
-def _outcome(rows: list[tuple[Any, ...]], limit: int, *buckets: tuple[float | None, float | None]) -> LimitedClaim:
-    """The claim's runs and when to look again: ``buckets`` are (tokens, per_s) before it."""
-    more_due, held_by_key = rows[0][1], rows[0][2]
-    runs = [ClaimedRun(*row[3:]) for row in rows if row[3] is not None]
+def _outcome(rows: list[tuple[Any, ...]], limit: int) -> LimitedClaim:
+    """The claim's runs and when to look again, from run_claim_limited's rows."""
+    more_due, held_by_key = rows[0][2], rows[0][3]
+    buckets = ((rows[0][4], rows[0][5]), (rows[0][6], rows[0][7]))  # (tokens before, per second)
+    runs = [ClaimedRun(*row[8:]) for row in rows if row[8] is not None]
     if len(runs) >= limit or not (more_due or held_by_key):
         return LimitedClaim(runs, None)
     token_waits = [

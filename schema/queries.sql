@@ -122,153 +122,32 @@ FROM next
 WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id;
 
--- name: queue_lock_for_claim
--- First statement of a limited queue's claim transaction (a limit: max_running, rate or
--- key_max_running): lock its settings row, so the claims of that queue (by any worker) take
--- turns, and read its limits as they are now. SKIP LOCKED: a worker never waits for another's
--- claim (or for someone's open UPDATE of the settings): it skips the queue and looks again
--- shortly. No row: the queue is paused or no longer limited. FOR UPDATE returns the row as the
--- last holder committed it (its tokens too), whatever this statement's snapshot.
--- tokens: the bucket refilled to now (NULL: no rate); per_s: the rate in starts a second.
-SELECT max_running, key_max_running,
-       pgsched.tokens_at(rate, burst, tokens, tokens_at, coalesce(%(now)s::timestamptz, now())) AS tokens,
-       pgsched.rate_per_s(rate) AS per_s
-FROM pgsched.queues
-WHERE name = %(queue)s AND NOT paused
-  AND (max_running IS NOT NULL OR rate IS NOT NULL OR key_max_running IS NOT NULL)
-FOR UPDATE SKIP LOCKED;
-
--- name: task_lock_for_claim
--- The same for a limited task (max_running or rate), locked after its queue's row if that is
--- limited too. No row: locked by another worker's claim, or paused or no longer limited.
-SELECT max_running,
-       pgsched.tokens_at(rate, burst, tokens, tokens_at, coalesce(%(now)s::timestamptz, now())) AS tokens,
-       pgsched.rate_per_s(rate) AS per_s
-FROM pgsched.task_settings
-WHERE task = %(task)s AND NOT paused AND (max_running IS NOT NULL OR rate IS NOT NULL)
-FOR UPDATE SKIP LOCKED;
-
 -- name: run_claim_limited
--- The claim under the locked rows: up to %(limit)s due runs of %(queues)s (one queue when it is
--- limited; the worker's open queues for a limited task's claim), of %(task)s only (NULL: any
--- task but %(skip_tasks)s), and no more than each limit leaves:
--- * max_running of the queue (%(queue_max_running)s) and of the task (%(task_max_running)s),
---   less their runs running now. A statement of its own, so its snapshot, taken after the row
---   locks, sees every claim committed by the worker that held them before. Running is counted
---   from the rows through runs_lease_idx (every running run has a lease): a run whose lease ran
---   out counts no more, so a SIGKILLed worker's slots come back at its leases' expiry;
--- * the buckets' whole tokens (%(queue_tokens)s, %(task_tokens)s, refilled by the lock
---   statements); what the claim spends is written back to the rows here, with the instant.
---   A claim that spends nothing writes nothing: the refill from the older instant comes to the
---   same tokens (capped at the burst either way), and an idle claim stays a read;
--- * key_max_running (%(key_max_running)s): runs of one concurrency key, counting those
---   running, at most that many. The key's runs are ranked among the next due runs; the window
---   looks KEY_WINDOW (100) runs past the take, so a backlog of one key holds back other keys'
---   runs only when it is longer than that. (A key limit is per queue: its unit has one queue.)
--- next locks one run more than it claims, to tell whether due runs wait behind a limit
--- (more_due): the fetcher then looks again soon (or when the next token is due); with none, it
--- sleeps until woken. One row per claimed run, each with the headroom the limits left before
--- this claim and more_due; no run claimed: one row with those two and NULLs.
-WITH running AS MATERIALIZED (
-    SELECT count(*) FILTER (WHERE queue = ANY (%(queues)s::text[])) AS in_queue,
-           count(*) FILTER (WHERE task = %(task)s::text) AS of_task
-    FROM pgsched.runs
-    WHERE lease_expires_at > coalesce(%(now)s::timestamptz, now()) AND status = 'running'
-      AND (%(queue_max_running)s::integer IS NOT NULL OR %(task_max_running)s::integer IS NOT NULL)
-), headroom AS MATERIALIZED (
-    SELECT greatest(0, least(
-               2147483647,
-               %(queue_max_running)s::integer - running.in_queue,
-               %(task_max_running)s::integer - running.of_task,
-               floor(%(queue_tokens)s::float8),
-               floor(%(task_tokens)s::float8)))::integer AS n
-    FROM running
-), take AS MATERIALIZED (
-    SELECT least(%(limit)s::integer, headroom.n) AS n FROM headroom
-), key_running AS MATERIALIZED (
-    SELECT concurrency_key AS key, count(*) AS n
-    FROM pgsched.runs
-    WHERE %(key_max_running)s::integer IS NOT NULL
-      AND lease_expires_at > coalesce(%(now)s::timestamptz, now()) AND status = 'running'
-      AND queue = ANY (%(queues)s::text[]) AND concurrency_key IS NOT NULL
-    GROUP BY concurrency_key
-), next AS MATERIALIZED (
-    -- Without a key limit: the take and one more, locked (SKIP LOCKED: a run another claim
-    -- holds is passed over).
-    SELECT c.id, c.priority, c.run_at, c.concurrency_key
-    FROM unnest(%(queues)s::text[]) AS q(name)
-         LEFT JOIN pgsched.queues AS s ON s.name = q.name,
-         LATERAL (
-             SELECT id, priority, run_at, concurrency_key
-             FROM pgsched.runs
-             WHERE status = 'queued' AND queue = q.name
-               AND run_at <= coalesce(%(now)s::timestamptz, now())
-               AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
-               AND (%(task)s::text IS NULL OR task = %(task)s::text)
-               AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
-               AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
-             ORDER BY priority, run_at, id
-             LIMIT (SELECT n + 1 FROM take)
-             FOR UPDATE SKIP LOCKED
-         ) AS c
-    -- A limited task's claim over open queues: as run_claim, none just paused or limited.
-    WHERE %(key_max_running)s::integer IS NULL
-      AND (%(queue_locked)s OR s.name IS NULL
-           OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL))
-    UNION ALL
-    -- With one: KEY_WINDOW (100) runs more, to rank by key, read but not locked (locking them
-    -- all made each claim write 100 rows: a drain with a key limit that never bound ran at
-    -- 0.83x). The queue's row lock keeps every other limited claim of the queue away; the
-    -- UPDATE below takes only the runs still queued when it locks them.
-    SELECT c.id, c.priority, c.run_at, c.concurrency_key
-    FROM unnest(%(queues)s::text[]) AS q(name),
-         LATERAL (
-             SELECT id, priority, run_at, concurrency_key
-             FROM pgsched.runs
-             WHERE status = 'queued' AND queue = q.name
-               AND run_at <= coalesce(%(now)s::timestamptz, now())
-               AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
-               AND (%(task)s::text IS NULL OR task = %(task)s::text)
-               AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
-               AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
-             ORDER BY priority, run_at, id
-             LIMIT (SELECT n + 101 FROM take)
-         ) AS c
-    WHERE %(key_max_running)s::integer IS NOT NULL
-), allowed AS MATERIALIZED (
-    SELECT next.id, next.priority, next.run_at
-    FROM (SELECT *, row_number() OVER (PARTITION BY concurrency_key ORDER BY priority, run_at, id) AS nth
-          FROM next) AS next
-         LEFT JOIN key_running AS k ON k.key = next.concurrency_key
-    WHERE %(key_max_running)s::integer IS NULL OR next.concurrency_key IS NULL
-       OR coalesce(k.n, 0) + next.nth <= %(key_max_running)s::integer
-), taken AS MATERIALIZED (
-    SELECT id FROM allowed ORDER BY priority, run_at, id LIMIT (SELECT n FROM take)
-), claimed AS (
-    UPDATE pgsched.runs AS r
-    SET status = 'running',
-        attempt = r.attempt + 1,
-        worker_id = %(worker_id)s,
-        started_at = coalesce(%(now)s::timestamptz, now()),
-        lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
-    FROM taken
-    WHERE r.id = taken.id AND r.status = 'queued'
-    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
-), queue_spent AS (
-    UPDATE pgsched.queues
-    SET tokens = %(queue_tokens)s::float8 - (SELECT count(*) FROM claimed),
-        tokens_at = greatest(tokens_at, coalesce(%(now)s::timestamptz, now()))
-    WHERE %(queue_tokens)s::float8 IS NOT NULL AND name = (%(queues)s::text[])[1] AND EXISTS (SELECT FROM claimed)
-), task_spent AS (
-    UPDATE pgsched.task_settings
-    SET tokens = %(task_tokens)s::float8 - (SELECT count(*) FROM claimed),
-        tokens_at = greatest(tokens_at, coalesce(%(now)s::timestamptz, now()))
-    WHERE %(task_tokens)s::float8 IS NOT NULL AND task = %(task)s::text AND EXISTS (SELECT FROM claimed)
-)
-SELECT h.n AS headroom, (SELECT count(*) FROM allowed) > t.n AS more_due,
-       (SELECT count(*) FROM next) > (SELECT count(*) FROM allowed) AS held_by_key,
-       c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id
-FROM headroom AS h CROSS JOIN take AS t LEFT JOIN claimed AS c ON true;
+-- The claim of runs behind limits (pgsched.run_claim_limited_v1, schema 0021), one round trip:
+-- up to %(limit)s due runs of %(queues)s (one queue when it is limited; the worker's open
+-- queues for a limited task's claim), of %(task)s only (NULL: any task but %(skip_tasks)s),
+-- and no more than each limit leaves:
+-- * first the settings rows that apply are locked (the queue's if %(queue_locked)s, the task's
+--   if %(task)s), FOR UPDATE SKIP LOCKED: the claims of every worker for one limit take turns,
+--   and none waits. A row not locked (another worker's turn, or paused, or no longer limited):
+--   one row with locked false, and nothing claimed;
+-- * then, in a statement of its own (a snapshot taken after the locks, that sees every claim
+--   the previous holder committed): max_running of the queue and of the task less their runs
+--   running now, counted from the rows through runs_lease_idx (every running run has a lease:
+--   a run whose lease ran out counts no more, so a SIGKILLed worker's slots come back at its
+--   leases' expiry); the buckets' whole tokens (refilled by pgsched.tokens_at, written back
+--   less what the claim spends; a claim that spends nothing writes nothing); key_max_running:
+--   runs of one concurrency key, counting those running, ranked among the next due runs, with
+--   a window of KEY_WINDOW (100) runs past the take, read but not locked (locking them made
+--   each claim write 100 rows: a drain with a key limit that never bound ran at 0.83x).
+-- One row per claimed run, each with locked, the headroom the limits left before this claim,
+-- more_due (due runs wait behind a limit: the fetcher looks again soon, or when the next token
+-- is due), held_by_key, and the buckets' tokens before the claim and rates; no run claimed: one
+-- row with those and NULLs. %(skip_flush)s: through a transaction-mode pooler, the claim's
+-- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
+SELECT * FROM pgsched.run_claim_limited_v1(
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean);
 
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and

@@ -109,17 +109,9 @@ def test_the_limited_claim_returns_a_run_as_run_claim_does(conn: psycopg.Connect
         insert_run(conn, "record", {"key": queue}, queue=queue)
     params = {"limit": 5, "worker_id": 1, "lease_s": 30.0, "now": None, "only_tasks": None, "skip_tasks": None}
     open_claim = conn.execute(queries["run_claim"], {**params, "queues": ["open"]})
-    limits = {
-        "queues": ["limited"],
-        "task": None,
-        "queue_locked": True,
-        "queue_max_running": 5,
-        "task_max_running": None,
-        "queue_tokens": None,
-        "task_tokens": None,
-        "key_max_running": None,
-    }
+    limits = {"queues": ["limited"], "task": None, "queue_locked": True, "skip_flush": False}
     limited_claim = conn.execute(queries["run_claim_limited"], {**params, **limits})
     open_columns = [column.name for column in open_claim.description or ()]
-    assert [column.name for column in limited_claim.description or ()][3:] == open_columns
-    assert limited_claim.fetchall()[0][3 + open_columns.index("queue")] == "limited"
+    limited_columns = [column.name for column in limited_claim.description or ()][8:]
+    assert limited_columns == [f"run_{name}" for name in open_columns]
+    assert limited_claim.fetchall()[0][8 + open_columns.index("queue")] == "limited"
