@@ -63,7 +63,9 @@ def test_a_sigkilled_workers_slots_come_back_when_its_leases_expire(
     leases_expire = scalar(conn, "SELECT max(lease_expires_at) FROM pgsched.runs WHERE id = ANY(%s)", (held,))
 
     survivor = workers.start("--queues", "limited", "--concurrency", "4")
-    waiting = [insert_run(conn, "record", {"key": f"waiting-{i}"}, queue="limited") for i in range(2)]
+    # Ahead of the victim's runs in claim order: the survivor's sweep may put those back in the
+    # queue (run_at now) before these are inserted, and they would take both slots for 60 s.
+    waiting = [insert_run(conn, "record", {"key": f"waiting-{i}"}, queue="limited", priority=-1) for i in range(2)]
     workers.wait_until(
         lambda: (
             scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (waiting,))
