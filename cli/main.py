@@ -20,7 +20,7 @@ from pgsched.cli.doctor import doctor
 from pgsched.cli.jobs import jobs
 from pgsched.cli.keys import keys
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
-from pgsched.cli.queues import queues
+from pgsched.cli.queues import queues, tasks
 from pgsched.cli.runs import runs
 from pgsched.cli.tenants import tenants, usage
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
@@ -44,6 +44,7 @@ cli.add_typer(beat, name="beat")
 cli.add_typer(keys, name="keys")
 cli.add_typer(queues, name="queues")
 cli.add_typer(tenants, name="tenants")
+cli.add_typer(tasks, name="tasks")
 cli.command("api")(api_command)
 cli.command("doctor")(doctor)
 cli.command("usage")(usage)
@@ -268,6 +269,10 @@ STATS_COLUMNS = (
     "failed_last_minute",
     "succeeded_last_hour",
     "oldest_queued_age_s",
+    "paused",
+    "max_running",
+    "rate",
+    "held_back",
 )
 
 

@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from pgsched import calling
 from pgsched import enqueue as _enqueue
 from pgsched.config import connection_kwargs, resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
-from pgsched.enqueue import RunOptions, check_task_name, encode_args, encode_args_text
+from pgsched.enqueue import RunOptions, check_concurrency_key, check_task_name, encode_args, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from pgsched.handles import RunHandle
 from pgsched.jobs import JobSpec, upsert_job
@@ -86,11 +86,17 @@ class Task(Generic[P, R]):
     # Celery's autoretry_for: only these exceptions are retried, any other fails the run at once
     # (None: every exception is retried while attempts remain).
     autoretry_for: tuple[type[BaseException], ...] | None = None
+    # At most this many run starts per s, m or h over all workers ("10/s"): written to the
+    # task's settings (pgsched.task_settings) when a worker with this app starts.
+    rate_limit: str | None = None
+    # The run's concurrency key, from its args: a format string ("customer:{customer_id}").
+    concurrency_key: str | None = None
     is_async: bool = field(init=False)
     signature: inspect.Signature = field(init=False)
     # For plain signatures (named parameters only), the names accepted and those required:
     # checking args is then two set operations instead of Signature.bind, on every run.
     _names: tuple[frozenset[str], frozenset[str]] | None = field(init=False, repr=False)
+    _key_fields: tuple[str, ...] = field(init=False, repr=False)  # concurrency_key's {fields}
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
@@ -102,6 +108,19 @@ class Task(Generic[P, R]):
         if not (isinstance(self.retry_backoff, (int, float)) and self.retry_backoff >= 0):
             raise InvalidInput(f"retry_backoff must be a number of seconds >= 0, got {self.retry_backoff!r}")
         self._check_pool()
+        self._key_fields = calling.concurrency_key_fields(self.name, self.concurrency_key, self.signature)
+
+    def key_for(self, args: Mapping[str, Any] | None) -> str | None:
+        """The concurrency key of a run with ``args`` (None: the task derives none)."""
+        if self.concurrency_key is None:
+            return None
+        given = args or {}
+        values = {
+            name: given[name] if name in given else self.signature.parameters[name].default
+            for name in self._key_fields
+            if name in given or self.signature.parameters[name].default is not inspect.Parameter.empty
+        }
+        return calling.concurrency_key_of(self.name, self.concurrency_key, self._key_fields, values)
 
     def _check_pool(self) -> None:
         if self.pool is None:
@@ -139,10 +158,19 @@ class Task(Generic[P, R]):
         delay: float | None = None,
         conn: Connectable | None = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> int:
         """Queue one run of this task with ``kwargs`` as its args; returns the run id."""
-        return self.app.enqueue(self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key)
+        return self.app.enqueue(
+            self.name,
+            kwargs,
+            run_at=run_at,
+            delay=delay,
+            conn=conn,
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
+        )
 
     async def enqueue_async(
         self,
@@ -151,11 +179,18 @@ class Task(Generic[P, R]):
         delay: float | None = None,
         conn: psycopg.AsyncConnection | None = None,
         unique_key: str | None = None,
+        concurrency_key: str | None = None,
         **kwargs: Any,
     ) -> int:
         """The asyncio twin of :meth:`enqueue`."""
         return await self.app.enqueue_async(
-            self.name, kwargs, run_at=run_at, delay=delay, conn=conn, unique_key=unique_key
+            self.name,
+            kwargs,
+            run_at=run_at,
+            delay=delay,
+            conn=conn,
+            unique_key=unique_key,
+            concurrency_key=concurrency_key,
         )
 
     # ---- the Celery way (pgsched/calling.py says what each option maps to)
@@ -282,7 +317,8 @@ class App:
         autoretry_for: Sequence[type[BaseException]] | type[BaseException] | None = None,
         max_retries: int | None = None,
         time_limit: float | None = None,
-        rate_limit: str | None = None,
+        rate_limit: str | int | None = None,
+        concurrency_key: str | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -300,7 +336,8 @@ class App:
         autoretry_for: Sequence[type[BaseException]] | type[BaseException] | None = None,
         max_retries: int | None = None,
         time_limit: float | None = None,
-        rate_limit: str | None = None,
+        rate_limit: str | int | None = None,
+        concurrency_key: str | None = None,
     ) -> Any:
         """Register a function (sync or async) as a task; usable bare or with options.
 
@@ -313,13 +350,20 @@ class App:
 
         Celery's options, where they map cleanly: ``autoretry_for`` (only these exceptions are
         retried; any other fails the run at once), ``max_retries`` (``max_attempts - 1``),
-        ``time_limit`` (``timeout``). ``rate_limit`` is refused: pgsched cannot enforce it yet.
+        ``time_limit`` (``timeout``), ``rate_limit`` ("10/s", "100/m", "5/h"; a number is per
+        second): at most that many of the task's runs start per second, minute or hour, over
+        all workers together (Celery's is per worker process). A worker with this app writes
+        it to the task's settings when it starts (``pgsched tasks list`` shows it).
+
+        ``concurrency_key`` derives each run's concurrency key from its args, as a format
+        string: ``"customer:{customer_id}"``. With the queue's ``key_max_running`` set, runs of
+        one key never run more at once than that, anywhere.
         """
 
         def register(fn: Callable[P, R]) -> Task[P, R]:
             task_name = fn.__name__ if name is None else name  # name="" is refused, not replaced
             check_task_name(task_name)
-            calling.refuse_rate_limit(task_name, rate_limit)
+            rate = calling.rate_limit_of(task_name, rate_limit)
             if task_name in self.tasks:
                 raise DuplicateTask(f"a task named {task_name!r} is already registered ({self.tasks[task_name].fn!r})")
             task: Task[P, R] = Task(
@@ -333,6 +377,8 @@ class App:
                 retry_backoff=retry_backoff,
                 pool=pool,
                 autoretry_for=calling.check_autoretry_for(task_name, autoretry_for),
+                rate_limit=rate,
+                concurrency_key=concurrency_key,
             )
             self.tasks[task_name] = task
             return task
@@ -440,8 +486,11 @@ class App:
         unique_key: str | None = None,
         tenant: str | None = None,
         expires: float | datetime | None = None,
+        concurrency_key: str | None = None,
+        args: Mapping[str, Any] | None = None,
     ) -> RunOptions:
-        """Validated run options; a known task lends its defaults."""
+        """Validated run options; a known task lends its defaults (and derives the concurrency
+        key from a single run's ``args`` when it declares one and none is given)."""
         check_task_name(task)
         known = self.tasks.get(task)
         return RunOptions(
@@ -453,6 +502,11 @@ class App:
             unique_key=unique_key,
             tenant=tenant,
             expires=expires,
+            concurrency_key=(
+                known.key_for(args)
+                if concurrency_key is None and known is not None and isinstance(args, Mapping)
+                else concurrency_key
+            ),
         )
 
     def _encode(self, task: str, args: Mapping[str, Any] | None) -> Jsonb:
@@ -475,6 +529,7 @@ class App:
         unique_key: str | None = None,
         tenant: str | None = None,
         expires: float | datetime | None = None,
+        concurrency_key: str | None = None,
         conn: Connectable | None = None,
     ) -> int:
         """Queue one run; returns its id. With ``conn`` (a psycopg connection, or a SQLAlchemy 2
@@ -484,6 +539,8 @@ class App:
 
         ``unique_key`` makes the call idempotent: a second enqueue with the same key returns the
         first run's id and inserts nothing (:meth:`enqueue_unique` also says which happened).
+        ``concurrency_key`` (default: what the task's ``concurrency_key`` derives from ``args``):
+        with the queue's ``key_max_running``, runs of one key never run more at once than that.
         """
         return self.enqueue_unique(
             task,
@@ -496,6 +553,7 @@ class App:
             unique_key=unique_key,
             tenant=tenant,
             expires=expires,
+            concurrency_key=concurrency_key,
             conn=conn,
         )[0]
 
@@ -512,6 +570,7 @@ class App:
         delay: float | None = None,
         tenant: str | None = None,
         expires: float | datetime | None = None,
+        concurrency_key: str | None = None,
         conn: Connectable | None = None,
     ) -> tuple[int, bool]:
         """Like :meth:`enqueue`, returning ``(run id, created)``: ``created`` is False when
@@ -526,6 +585,8 @@ class App:
             unique_key=unique_key,
             tenant=tenant,
             expires=expires,
+            concurrency_key=concurrency_key,
+            args={} if args is None else args,
         )
         encoded = self._encode(task, args)
         with self._connection(conn) as c, _database_rejections():
@@ -544,6 +605,7 @@ class App:
         unique_key: str | None = None,
         tenant: str | None = None,
         expires: float | datetime | None = None,
+        concurrency_key: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> int:
         """The asyncio twin of :meth:`enqueue`."""
@@ -559,6 +621,7 @@ class App:
                 unique_key=unique_key,
                 tenant=tenant,
                 expires=expires,
+                concurrency_key=concurrency_key,
                 conn=conn,
             )
         )[0]
@@ -576,6 +639,7 @@ class App:
         delay: float | None = None,
         tenant: str | None = None,
         expires: float | datetime | None = None,
+        concurrency_key: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> tuple[int, bool]:
         """The asyncio twin of :meth:`enqueue_unique`."""
@@ -589,6 +653,8 @@ class App:
             unique_key=unique_key,
             tenant=tenant,
             expires=expires,
+            concurrency_key=concurrency_key,
+            args={} if args is None else args,
         )
         encoded = self._encode(task, args)
         async with self._async_connection(conn) as c:
@@ -637,6 +703,23 @@ class App:
                 raise type(exc)(f"args[{index}]: {exc}") from None
         return encoded
 
+    def _keys_many(
+        self, task: str, all_args: Sequence[Mapping[str, Any]], concurrency_key: str | None
+    ) -> list[str | None] | None:
+        """Each run's derived concurrency key (None: every run has the options' key)."""
+        known = self.tasks.get(task)
+        if concurrency_key is not None or known is None or known.concurrency_key is None:
+            return None
+        keys: list[str | None] = []
+        for index, args in enumerate(all_args):
+            try:
+                key = known.key_for(args)
+                check_concurrency_key(key)
+            except InvalidInput as exc:
+                raise type(exc)(f"args[{index}]: {exc}") from None
+            keys.append(key)
+        return keys
+
     def enqueue_many(
         self,
         task: str,
@@ -648,15 +731,25 @@ class App:
         run_at: datetime | None = None,
         delay: float | None = None,
         tenant: str | None = None,
+        concurrency_key: str | None = None,
         conn: psycopg.Connection | None = None,
     ) -> list[int]:
-        """Queue one run per args object with COPY, all or none; returns the ids in order."""
+        """Queue one run per args object with COPY, all or none; returns the ids in order.
+        ``concurrency_key`` is every run's; without one, a task that derives keys derives each."""
         options = self._options(
-            task, queue=queue, priority=priority, max_attempts=max_attempts, run_at=run_at, delay=delay, tenant=tenant
+            task,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay=delay,
+            tenant=tenant,
+            concurrency_key=concurrency_key,
         )
         encoded = self._encode_many(task, all_args)
+        keys = self._keys_many(task, all_args, concurrency_key)
         with self._connection(conn) as c, _database_rejections():
-            return _enqueue.insert_runs(c, task, encoded, options)
+            return _enqueue.insert_runs(c, task, encoded, options, keys)
 
     async def enqueue_many_async(
         self,
@@ -669,16 +762,25 @@ class App:
         run_at: datetime | None = None,
         delay: float | None = None,
         tenant: str | None = None,
+        concurrency_key: str | None = None,
         conn: psycopg.AsyncConnection | None = None,
     ) -> list[int]:
         """The asyncio twin of :meth:`enqueue_many`."""
         options = self._options(
-            task, queue=queue, priority=priority, max_attempts=max_attempts, run_at=run_at, delay=delay, tenant=tenant
+            task,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay=delay,
+            tenant=tenant,
+            concurrency_key=concurrency_key,
         )
         encoded = self._encode_many(task, all_args)
+        keys = self._keys_many(task, all_args, concurrency_key)
         async with self._async_connection(conn) as c:
             with _database_rejections():
-                return await _enqueue.insert_runs_async(c, task, encoded, options)
+                return await _enqueue.insert_runs_async(c, task, encoded, options, keys)
 
     # ---- connections
 

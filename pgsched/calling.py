@@ -12,10 +12,12 @@ asyncio alike) and the beat_schedule importer share it.
 from __future__ import annotations
 
 import inspect
+import string
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
 from pgsched.errors import InvalidArgs, InvalidInput
+from pgsched.queue_settings import check_rate
 
 # apply_async's options, and the Celery ones pgsched has no counterpart for: passed to delay()
 # they would silently become task arguments in Celery (countdown=60 as an argument).
@@ -131,12 +133,43 @@ def timeout_of(task: str, timeout: float | None, time_limit: float | None) -> fl
     return time_limit if time_limit is not None else timeout
 
 
-def refuse_rate_limit(task: str, rate_limit: Any) -> None:
-    if rate_limit is not None:
+def rate_limit_of(task: str, rate_limit: Any) -> str | None:
+    """Celery's ``rate_limit`` ("10/s", "100/m", "5/h", or a number: per second) as the task's
+    rate, enforced over all workers (not per worker process as Celery's is)."""
+    try:
+        return check_rate(rate_limit)
+    except InvalidInput as exc:
+        raise InvalidInput(f"task {task!r}: rate_limit: {exc}") from None
+
+
+def concurrency_key_fields(task: str, template: Any, signature: inspect.Signature) -> tuple[str, ...]:
+    """The args a ``concurrency_key`` format string names ("customer:{customer_id}"), each a
+    parameter of the task; a template naming none, or a parameter the task lacks, is refused."""
+    if template is None:
+        return ()
+    if not isinstance(template, str):
+        raise InvalidInput(f"task {task!r}: concurrency_key must be a format string, got {template!r}")
+    try:
+        fields = tuple(name for _, name, spec, conv in string.Formatter().parse(template) if name is not None)
+    except ValueError as exc:
+        raise InvalidInput(f"task {task!r}: concurrency_key {template!r} is not a format string: {exc}") from None
+    if not fields or any(not name.isidentifier() for name in fields):
         raise InvalidInput(
-            f"task {task!r}: rate_limit is not supported yet: pgsched has no flow control to enforce it, "
-            "and accepting it would only pretend to limit anything"
+            f"task {task!r}: concurrency_key {template!r} must name the task's arguments in braces, "
+            "e.g. 'customer:{customer_id}'"
         )
+    unknown = [name for name in fields if name not in signature.parameters]
+    if unknown:
+        raise InvalidInput(f"task {task!r}: concurrency_key names {unknown[0]!r}, not a parameter of the task")
+    return fields
+
+
+def concurrency_key_of(task: str, template: str, fields: tuple[str, ...], args: Mapping[str, Any]) -> str:
+    """A run's key from its args; an argument the key needs and the run lacks is refused."""
+    missing = [name for name in fields if name not in args]
+    if missing:
+        raise InvalidArgs(f"task {task!r}: its concurrency_key {template!r} needs the argument {missing[0]!r}")
+    return template.format_map({name: args[name] for name in fields})
 
 
 def check_autoretry_for(task: str, autoretry_for: Any) -> tuple[type[BaseException], ...] | None:

@@ -25,6 +25,7 @@ from pgsched.tracing import current_traceparent
 
 MAX_ARGS_BYTES = 1024 * 1024
 MAX_ATTEMPTS = 1000
+MAX_KEY_CHARS = 200
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 
 
@@ -51,6 +52,8 @@ class RunOptions:
     tenant: str | None = None
     # Not started by then, the run never starts: an aware datetime, or seconds from now.
     expires: float | datetime | None = None
+    # With the queue's key_max_running, at most that many runs of one key run at once.
+    concurrency_key: str | None = None
 
     def __post_init__(self) -> None:
         check_queue_name(self.queue)
@@ -82,6 +85,16 @@ class RunOptions:
         check_no_nul("tenant", self.tenant)
         if self.expires is not None:
             check_expires(self.expires, self.run_at, self.delay)
+        check_concurrency_key(self.concurrency_key)
+
+
+def check_concurrency_key(key: Any) -> None:
+    """1-200 characters, not only blanks, no NUL: the column's check (0020), said here first."""
+    if key is not None and (not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY_CHARS):
+        raise InvalidInput(
+            f"concurrency_key must be a non-empty string of at most {MAX_KEY_CHARS} characters, got {key!r}"
+        )
+    check_no_nul("concurrency_key", key)
 
 
 def check_expires(expires: Any, run_at: datetime | None, delay: float) -> None:
@@ -154,6 +167,7 @@ def _insert_params(task: str, args: Jsonb, options: RunOptions) -> dict[str, Any
         "tenant": options.tenant,
         "expires_at": options.expires if isinstance(options.expires, datetime) else None,
         "expires_in": None if isinstance(options.expires, datetime) else options.expires,
+        "concurrency_key": options.concurrency_key,
         **origin_params(),
     }
 
@@ -190,16 +204,24 @@ async def insert_run_async(
     return int(row[0]), bool(row[1])
 
 
-def _copy_text(task: str, ids: list[int], all_args: list[str], options: RunOptions, run_at: datetime) -> bytes:
+def _copy_text(
+    task: str, ids: list[int], all_args: list[str], options: RunOptions, run_at: datetime, keys: list[str | None] | None
+) -> bytes:
     """COPY text-format rows, built as one string: write_row's per-value adaptation was the
     largest cost of a bulk enqueue (~18 us a row). JSON from the encoder is printable ASCII,
     so a backslash is the only character COPY needs escaped; the queue name is validated."""
     came_from = "\t".join(_copy_value(value) for value in origin_params().values())
     fixed = (
         f"\t{options.queue}\t{options.priority}\t{run_at.isoformat()}\t{options.max_attempts}"
-        f"\t{_copy_value(options.tenant)}\t{came_from}\n"
+        f"\t{_copy_value(options.tenant)}\t{came_from}\t{_copy_value(options.concurrency_key)}\n"
     )
     name = _copy_escape(task)
+    if keys is not None:  # a key per run (the task derives them): the row's last column differs
+        fixed = fixed[: fixed.rindex("\t") + 1]
+        return "".join(
+            f"{run_id}\t{name}\t{args.replace(chr(92), chr(92) * 2)}{fixed}{_copy_value(key)}\n"
+            for run_id, args, key in zip(ids, all_args, keys)
+        ).encode()
     return "".join(
         f"{run_id}\t{name}\t{args.replace(chr(92), chr(92) * 2)}{fixed}" for run_id, args in zip(ids, all_args)
     ).encode()
@@ -218,8 +240,15 @@ def _check_bulk(options: RunOptions) -> None:
         raise InvalidInput("unique_key applies to single enqueues, not to enqueue_many")
 
 
-def insert_runs(conn: psycopg.Connection, task: str, all_args: list[str], options: RunOptions) -> list[int]:
-    """Bulk enqueue with COPY (one NOTIFY for the whole batch); returns the new ids in order."""
+def insert_runs(
+    conn: psycopg.Connection,
+    task: str,
+    all_args: list[str],
+    options: RunOptions,
+    keys: list[str | None] | None = None,
+) -> list[int]:
+    """Bulk enqueue with COPY (one NOTIFY for the whole batch); returns the new ids in order.
+    ``keys``: each run's concurrency key (None: the options' for all)."""
     _check_bulk(options)
     if not all_args:
         return []
@@ -230,12 +259,16 @@ def insert_runs(conn: psycopg.Connection, task: str, all_args: list[str], option
     ).fetchone()  # type: ignore[misc]
     with conn.transaction():
         with conn.cursor().copy(queries["run_copy"]) as copy:
-            copy.write(_copy_text(task, ids, all_args, options, run_at))
+            copy.write(_copy_text(task, ids, all_args, options, run_at, keys))
     return list(ids)
 
 
 async def insert_runs_async(
-    conn: psycopg.AsyncConnection, task: str, all_args: list[str], options: RunOptions
+    conn: psycopg.AsyncConnection,
+    task: str,
+    all_args: list[str],
+    options: RunOptions,
+    keys: list[str | None] | None = None,
 ) -> list[int]:
     """The asyncio twin of :func:`insert_runs`."""
     _check_bulk(options)
@@ -247,5 +280,5 @@ async def insert_runs_async(
     ids, run_at = await cursor.fetchone()  # type: ignore[misc]
     async with conn.transaction():
         async with conn.cursor().copy(queries["run_copy"]) as copy:
-            await copy.write(_copy_text(task, ids, all_args, options, run_at))
+            await copy.write(_copy_text(task, ids, all_args, options, run_at, keys))
     return list(ids)

@@ -10,16 +10,18 @@ a slow database slows the claims instead of filling memory. The poll interval is
 notifications normally wake it, and when only deferred runs are queued it sleeps until the
 earliest one is due.
 
-Queue settings (:mod:`pgsched.queue_settings`): the fetcher keeps which of its queues are
-paused or limited, reloaded on a ``pgsched_queues`` notification, after a reconnect and once
-per poll interval. The copy only decides which claims to make: the claims themselves read the
-settings as they are in the database, so a stale copy can delay runs, never break a setting.
-A paused queue is not claimed from. A limited queue (``max_running``) is claimed first, in a
-transaction of its own that locks its settings row (``queue_lock_for_claim``) so the claims of
-every worker for that queue take turns, then counts its running runs and claims no more than
-the limit leaves (``run_claim_limited``); the other queues take the remaining slots
-(``run_claim``, which passes over paused and limited queues). A queue without settings pays
-one primary-key probe per claim.
+Queue and task settings (:mod:`pgsched.queue_settings`): the fetcher keeps which of its queues
+and which tasks are paused or limited (:class:`~pgsched.limited_claim.Limits`), reloaded on a
+``pgsched_queues`` notification, after a reconnect and once per poll interval. The copy only
+decides which claims to make: the claims themselves read the settings as they are in the
+database, so a stale copy can delay runs, never break a queue's setting (a task's limit set a
+moment ago applies once the notification is heard, within milliseconds). Paused queues and
+tasks are not claimed from. Runs behind a limit (max_running, rate, key_max_running) are
+claimed first, by :mod:`pgsched.limited_claim`, one transaction per limited queue or task that
+locks its settings rows so every worker's claims for it take turns; the other runs take the
+remaining slots (``run_claim``, which passes over paused and limited queues, and over paused
+and limited tasks when there are any). A queue without settings pays one primary-key probe per
+claim. A unit held back by a rate is not claimed again before its next token is due.
 
 Process pool: runs of the process-pool tasks are claimed apart, no more than the idle children
 could start (a run waiting here for a child is a run another worker could be executing); the
@@ -44,6 +46,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pgsched.claim_cursor import ClaimCursors
 from pgsched.config import connection_kwargs
+from pgsched.limited_claim import Limits, Unit, claim_limited, takes
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries
 
@@ -66,11 +69,6 @@ CLAIM_CONNECTION: dict[str, Any] = {
     "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan",
 }
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
-# While a limited queue is at its limit (or another worker has its turn), look again this often,
-# or as soon as this worker's own outcomes are written: a slot freed by another worker sends no
-# notification (yet). A claim that finds the queue at its limit costs 0.5-0.9 ms (measured with 160
-# runs running: BEGIN, the row lock, the count, COMMIT): at most 20 a second per worker.
-HELD_BY_LIMIT_PAUSE_S = 0.05
 # The fetcher's connection is its own: waiting for it means the database is unreachable, and
 # the fetch loop (which notices a stop request between claims) retries with backoff anyway.
 FETCHER_CONNECTION_WAIT_S = 1.0
@@ -125,12 +123,19 @@ class Fetcher:
         self._wake = asyncio.Event()
         self._backlog = False  # the last claim filled every free slot
         self._waiting_for_capacity = False  # asleep until a slot, a child or the completer frees up
-        self._paused: frozenset[str] = frozenset()  # of our queues, as last loaded
-        self._limited: tuple[str, ...] = ()  # of our queues, with max_running set (and not paused)
+        self._limits = Limits()  # which queues and tasks are paused or limited, as last loaded
         self._settings_stale = True  # reload the queue settings before the next claim
         self._settings_loaded_at = 0.0  # loop time of the last load
-        self._held = False  # the last claim left due runs of a limited queue behind its limit
+        self._held = False  # the last claim left due runs behind max_running or a key's limit
         self._cursors = ClaimCursors()  # where each open queue's next claim starts in the claim index
+        self._retry_at: float | None = None  # loop time to claim again for runs held back
+        self._token_due: dict[Unit, float] = {}  # a unit held by a rate: not claimed before then
+        # Units whose last claim found no due run: a round the retry timer starts (for another
+        # unit held by a limit) passes them over; any other round (a notification, a run coming
+        # due, the poll) tries them again. A limited task in a limited queue where it has no runs
+        # then costs no claim per token of the queue's rate.
+        self._empty: set[tuple[Unit, bool]] = set()  # (unit, for the process pool's tasks only)
+        self._retry_round = False
 
     # ---- wake-ups
 
@@ -141,8 +146,9 @@ class Fetcher:
         self._wake.set()
 
     def queue_settings_changed(self, queue: str) -> None:
-        """A notification: ``queue``'s settings changed (paused, resumed, limit set or cleared)."""
-        if queue in self._queue_set:
+        """A notification: ``queue``'s settings changed (paused, resumed, limit set or cleared),
+        or a task's (payload ``task:NAME``: its runs may be in any of our queues)."""
+        if queue in self._queue_set or queue.startswith("task:"):
             self._settings_stale = True
             self._wake.set()
 
@@ -161,6 +167,17 @@ class Fetcher:
         limited queue that its runs held (what a held claim waits for)."""
         if self._waiting_for_capacity or self._held:
             self._wake.set()
+
+    def limits_hold(self, queue: str, task: str) -> bool:
+        """Whether a limit of ``queue`` or ``task`` counts a run of them (as last loaded): its
+        end frees a slot other workers may be waiting for."""
+        return queue in self._limits.limited_queues or task in self._limits.limited_tasks
+
+    @property
+    def held(self) -> bool:
+        """Whether the last claim left due runs behind max_running or a key's limit: then
+        other workers likely wait for slots too (a limit that never binds sends no wake-ups)."""
+        return self._held
 
     # ---- the loop: wake → claim → start
 
@@ -196,8 +213,10 @@ class Fetcher:
             self._backlog = len(runs) == free
             if self._backlog:
                 continue
-            if self._held:
-                await self._sleep_until_woken(min(HELD_BY_LIMIT_PAUSE_S, self._settings.poll_interval_s))
+            if self._retry_at is not None:
+                retry_in = max(0.0, self._retry_at - asyncio.get_running_loop().time())
+                woken = await self._sleep_until_woken(min(retry_in, self._settings.poll_interval_s))
+                self._retry_round = not woken and retry_in < self._settings.poll_interval_s
             elif self._process_tasks and capacity.free_children() == 0:
                 # Due runs may be waiting for a child: a child freeing up wakes us (as a slot
                 # does), new runs notify; the poll interval catches deferred runs coming due.
@@ -216,14 +235,10 @@ class Fetcher:
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
             cursor = await conn.execute(queries["queue_settings_of_worker"], {"queues": self._settings.queues})
             rows = await cursor.fetchall()
-        self._paused = frozenset(name for name, paused, _ in rows if paused)
-        self._limited = tuple(name for name, paused, max_running in rows if not paused and max_running is not None)
+        self._limits = Limits.from_rows(rows)
+        self._token_due.clear()  # a rate may have changed: ask the bucket again
         self._settings_stale = False
         self._settings_loaded_at = now
-
-    def _open_queues(self) -> list[str]:
-        """Our queues neither paused nor limited, as last loaded (``run_claim`` checks again)."""
-        return [q for q in self._settings.queues if q not in self._paused and q not in self._limited]
 
     # ---- claims
 
@@ -231,6 +246,10 @@ class Fetcher:
         """Up to ``limit`` due runs. With a process pool, runs of its tasks only as many as it
         has children not yet taken, then the other tasks' runs for the remaining slots."""
         self._held = False
+        self._retry_at = None
+        if not self._retry_round:
+            self._empty.clear()
+        self._retry_round = False
         if not self._process_tasks:
             return await self._claim_runs(pool, limit)
         children = min(limit, self._capacity.free_children())
@@ -247,17 +266,31 @@ class Fetcher:
         only_tasks: list[str] | None = None,
         skip_tasks: list[str] | None = None,
     ) -> list[ClaimedRun]:
-        """Limited queues first (each takes at most what its limit leaves, so a backlog in an
-        open queue cannot starve them), then the open queues for the remaining slots."""
+        """Runs behind limits first (each unit takes at most what its limits leave, so a
+        backlog in an open queue cannot starve them), then the open queues for the remaining
+        slots."""
         runs: list[ClaimedRun] = []
-        for queue in self._limited:
+        for unit in self._limits.units(self._settings.queues):
             if len(runs) >= limit:
                 break
-            runs += await self._claim_limited(pool, queue, limit - len(runs), only_tasks, skip_tasks)
-        open_queues = self._open_queues()
+            if not takes(unit, only_tasks, skip_tasks) or (unit, only_tasks is not None) in self._empty:
+                continue
+            token_due = self._token_due.get(unit)
+            if token_due is not None and token_due > self._now():
+                self._note_retry(token_due)  # no claim before the token: nothing could start
+                continue
+            runs += await self._claim_limited(pool, unit, limit - len(runs), only_tasks, skip_tasks)
+        open_queues = self._limits.open_queues(self._settings.queues)
         if len(runs) < limit and open_queues:
-            runs += await self._claim_open(pool, open_queues, limit - len(runs), only_tasks, skip_tasks)
+            skipped = self._limits.skipped_tasks(skip_tasks)
+            runs += await self._claim_open(pool, open_queues, limit - len(runs), only_tasks, skipped)
         return runs
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _note_retry(self, retry_at: float) -> None:
+        self._retry_at = retry_at if self._retry_at is None else min(self._retry_at, retry_at)
 
     def _claim_params(self, limit: int, only_tasks: list[str] | None, skip_tasks: list[str] | None) -> dict[str, Any]:
         return {
@@ -292,46 +325,39 @@ class Fetcher:
     async def _claim_limited(
         self,
         pool: AsyncConnectionPool,
-        queue: str,
+        unit: Unit,
         limit: int,
         only_tasks: list[str] | None,
         skip_tasks: list[str] | None,
     ) -> list[ClaimedRun]:
-        """Up to ``limit`` runs of ``queue``, within its max_running; sets ``_held`` when the
-        limit (or another worker's turn) holds back due runs."""
-        async with (
-            pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn,
-            self._claim_transaction(conn, always=True),
-        ):
-            cursor = await conn.execute(queries["queue_lock_for_claim"], {"queue": queue})
-            locked = await cursor.fetchone()
-            if locked is None:
-                # Another worker is claiming for this queue now (or it was paused or its
-                # limit cleared: the notification reloads the settings). Look again shortly.
+        """Up to ``limit`` runs of ``unit``, within its limits; notes when to look again if
+        limits hold back due runs (a rate: not before the next token is due)."""
+        async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
+            params = self._claim_params(limit, only_tasks, skip_tasks)
+            claim = await claim_limited(conn, unit, self._limits, params, pgbouncer=self._settings.pgbouncer)
+        self._token_due.pop(unit, None)
+        if not claim.runs and claim.retry_in is None:
+            self._empty.add((unit, only_tasks is not None))
+        if claim.retry_in is not None:
+            retry_at = self._now() + claim.retry_in
+            if claim.by_rate:
+                self._token_due[unit] = retry_at
+            else:
                 self._held = True
-                return []
-            params = {"queue": queue, "max_running": locked[0], **self._claim_params(limit, only_tasks, skip_tasks)}
-            cursor = await conn.execute(queries["run_claim_limited"], params)
-            rows = await cursor.fetchall()
-        headroom, more_due = rows[0][0], rows[0][1]  # before this claim; due runs left behind
-        runs = [ClaimedRun(*row[2:]) for row in rows if row[2] is not None]
-        if more_due and len(runs) == headroom < limit:
-            self._held = True  # at the limit now, with due runs waiting behind it
-        return runs
+            self._note_retry(retry_at)
+        return claim.runs
 
     @asynccontextmanager
-    async def _claim_transaction(self, conn: psycopg.AsyncConnection, *, always: bool = False) -> AsyncIterator[None]:
-        """Direct: nothing unless ``always``, the claim commits on its own (its connection skips
-        the flush from the start). Through a pooler: a transaction that skips the flush for
-        itself, since a session setting would stay behind on a server connection other clients
-        then use. A limited queue's claim is always a transaction: its row lock must be held
-        until its claim commits."""
-        if not self._settings.pgbouncer and not always:
+    async def _claim_transaction(self, conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+        """Direct: nothing, the claim commits on its own (its connection skips the flush from
+        the start). Through a pooler: a transaction that skips the flush for itself, since a
+        session setting would stay behind on a server connection other clients then use. (A
+        limited claim makes its own transaction: :func:`pgsched.limited_claim.claim_limited`.)"""
+        if not self._settings.pgbouncer:
             yield
             return
         async with conn.transaction():
-            if self._settings.pgbouncer:
-                await conn.execute(queries["run_claim_skip_flush"])
+            await conn.execute(queries["run_claim_skip_flush"])
             yield
 
     async def _seconds_until_due(self, pool: AsyncConnectionPool) -> float:
@@ -339,7 +365,7 @@ class Fetcher:
         poll_s = self._settings.poll_interval_s
         try:
             async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
-                queues = [q for q in self._settings.queues if q not in self._paused]
+                queues = [q for q in self._settings.queues if q not in self._limits.paused_queues]
                 cursor = await conn.execute(queries["run_next_due"], {"queues": queues})
                 row = await cursor.fetchone()
         except psycopg.OperationalError:
@@ -356,9 +382,11 @@ class Fetcher:
             return min(LOCKED_BY_OTHERS_PAUSE_S, poll_s)
         return min(float(due_in), poll_s)
 
-    async def _sleep_until_woken(self, timeout: float | None) -> None:
+    async def _sleep_until_woken(self, timeout: float | None) -> bool:
+        """Whether woken (False: the timeout passed)."""
         try:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
         except TimeoutError:
-            pass
+            return False
+        return True

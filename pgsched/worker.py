@@ -118,6 +118,11 @@ class Worker:
         self.queues = sorted(set(self.options.queues or {"default", *(t.queue for t in app.tasks.values())}))
         self.worker_id: int | None = None
         self._state = _State()
+        self._pool: AsyncConnectionPool | None = None  # the worker's pool, once open
+        # Runs started here that a limit counts (by id: their queue), and the notifications
+        # sent when they end (kept so they are not collected while in flight).
+        self._limited_runs: dict[int, str] = {}
+        self._background_notifies: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._threads = TaskThreads(max_threads=self.options.concurrency)
@@ -178,6 +183,8 @@ class Worker:
             await pool.open(wait=True)
             await claims.open(wait=True)
             self.worker_id = await self._register(pool)
+            self._pool = pool
+            await self._declare_task_rates(pool)
             logger.info(
                 "worker %s started: queues=%s concurrency=%d pid=%d",
                 self.worker_id,
@@ -287,6 +294,8 @@ class Worker:
             execution.in_process = True
             self._process_runs += 1
         self._state.executing[run.id] = execution
+        if self._fetcher.limits_hold(run.queue, run.task):
+            self._limited_runs[run.id] = run.queue
         execution.task = asyncio.create_task(self._execute(execution))
         execution.task.add_done_callback(functools.partial(self._execution_done, execution))
 
@@ -380,6 +389,21 @@ class Worker:
                     outcome.attempt,
                 )
         self._fetcher.outcomes_written()
+        freed = {self._limited_runs.pop(o.run_id) for o in batch if o.run_id in self._limited_runs}
+        if freed and self._fetcher.held and self._pool is not None:
+            task = asyncio.create_task(self._notify_slots_freed(self._pool, sorted(freed)))
+            self._background_notifies.add(task)
+            task.add_done_callback(self._background_notifies.discard)
+
+    async def _notify_slots_freed(self, pool: AsyncConnectionPool, queues: list[str]) -> None:
+        """Runs of limited queues or tasks ended while their limits bind: wake the workers of
+        their queues (a slot another worker waits for is free; without this, it would look
+        again only after 50 ms). Best effort: a worker that misses it looks again anyway."""
+        try:
+            async with pool.connection() as conn:
+                await conn.execute(queries["queue_notify_slots_freed"], {"queues": queues})
+        except psycopg.OperationalError as exc:
+            logger.debug("slot-freed notification failed (%s)", exc)
 
     # ---- heartbeat and sweep
 
@@ -442,6 +466,17 @@ class Worker:
             row = await cursor.fetchone()
             assert row is not None
             return int(row[0])
+
+    async def _declare_task_rates(self, pool: AsyncConnectionPool) -> None:
+        """Write the rates the app's tasks declare (``rate_limit=``) to their settings, where
+        every worker's claim reads them: a rate is global, not this process's."""
+        declared = {name: task.rate_limit for name, task in self.app.tasks.items() if task.rate_limit is not None}
+        if not declared:
+            return
+        async with pool.connection() as conn:
+            await conn.execute(
+                queries["task_settings_declare"], {"tasks": list(declared), "rates": list(declared.values())}
+            )
 
     async def _deregister(self, pool: AsyncConnectionPool) -> None:
         try:

@@ -39,24 +39,24 @@ LISTEN pgsched_queues;
 -- expires: an instant (%(expires_at)s) or seconds from now (%(expires_in)s), or neither.
 -- trace_context: the caller's W3C traceparent; request_id: the API request's X-Request-ID.
 INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, tenant, expires_at,
-                          trace_context, request_id)
+                          trace_context, request_id, concurrency_key)
 VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
         coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
         %(max_attempts)s, %(tenant)s,
         coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
-        %(trace_context)s, %(request_id)s)
+        %(trace_context)s, %(request_id)s, %(concurrency_key)s)
 RETURNING id, true AS created;
 
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key.
 WITH inserted AS (
     INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at,
-                              trace_context, request_id)
+                              trace_context, request_id, concurrency_key)
     VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
             coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
             %(max_attempts)s, %(unique_key)s, %(tenant)s,
             coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
-            %(trace_context)s, %(request_id)s)
+            %(trace_context)s, %(request_id)s, %(concurrency_key)s)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
@@ -75,7 +75,8 @@ SELECT array_agg(nextval(runs_ids.seq)) AS ids,
 FROM runs_ids, generate_series(1, %(n)s);
 
 -- name: run_copy
-COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id) FROM STDIN;
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id,
+                   concurrency_key) FROM STDIN;
 
 -- name: run_claim
 -- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
@@ -139,7 +140,8 @@ WITH next AS MATERIALIZED (
                  FOR UPDATE SKIP LOCKED
              ) AS ahead
          ) AS c
-    WHERE s.name IS NULL OR (NOT s.paused AND s.max_running IS NULL)
+    WHERE s.name IS NULL
+       OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL)
     ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
 )
@@ -153,71 +155,52 @@ FROM next
 WHERE r.id = next.id
 RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id, r.priority, r.run_at;
 
--- name: queue_lock_for_claim
--- First statement of a limited queue's claim transaction: lock its settings row, so the claims
--- of that queue (by any worker) take turns, and read its limit as it is now. SKIP LOCKED: a
--- worker never waits for another's claim (or for someone's open UPDATE of the settings): it
--- skips the queue and looks again shortly. No row: the queue is paused or no longer limited.
-SELECT max_running FROM pgsched.queues
-WHERE name = %(queue)s AND NOT paused AND max_running IS NOT NULL
-FOR UPDATE SKIP LOCKED;
-
 -- name: run_claim_limited
--- Second statement of that transaction: claim up to %(limit)s due runs of one queue, and no
--- more than %(max_running)s less the runs of it running now. A statement of its own, so its
--- snapshot, taken after the row lock, sees every claim committed by the worker that held the
--- lock before (in the lock's statement it would not: READ COMMITTED takes the snapshot first).
--- Running is counted from the rows, through runs_lease_idx (every running run has a lease): a
--- run whose lease ran out counts no more, so a SIGKILLed worker's slots come back at its
--- leases' expiry, before the sweep puts its runs back. The count reads the runs running in all
--- queues (at most the workers' total concurrency), once per claim of a limited queue.
--- next locks one run more than it claims, to tell whether due runs wait behind the limit
--- (more_due): the fetcher then looks again soon; with none, it sleeps until woken.
--- One row per claimed run, each with the headroom the limit left before this claim and
--- more_due; no run claimed: one row with those two and NULLs.
-WITH running AS MATERIALIZED (
-    SELECT count(*) AS n FROM pgsched.runs
-    WHERE lease_expires_at > coalesce(%(now)s::timestamptz, now())
-      AND status = 'running' AND queue = %(queue)s
-), headroom AS MATERIALIZED (
-    SELECT greatest(0, %(max_running)s::integer - running.n)::integer AS n,
-           least(%(limit)s::integer, greatest(0, %(max_running)s::integer - running.n))::integer AS take
-    FROM running
-), next AS MATERIALIZED (
-    SELECT id, priority, run_at
-    FROM pgsched.runs
-    WHERE status = 'queued' AND queue = %(queue)s
-      AND run_at <= coalesce(%(now)s::timestamptz, now())
-      AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
-      AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
-      AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
-    ORDER BY priority, run_at, id
-    LIMIT (SELECT take + 1 FROM headroom)
-    FOR UPDATE SKIP LOCKED
-), taken AS MATERIALIZED (
-    SELECT id FROM next ORDER BY priority, run_at, id LIMIT (SELECT take FROM headroom)
-), claimed AS (
-    UPDATE pgsched.runs AS r
-    SET status = 'running',
-        attempt = r.attempt + 1,
-        worker_id = %(worker_id)s,
-        started_at = coalesce(%(now)s::timestamptz, now()),
-        lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
-    FROM taken
-    WHERE r.id = taken.id
-    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id,
-              r.priority, r.run_at
-)
-SELECT h.n AS headroom, (SELECT count(*) FROM next) > h.take AS more_due,
-       c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id,
-       c.priority, c.run_at
-FROM headroom AS h LEFT JOIN claimed AS c ON true;
+-- The claim of runs behind limits (pgsched.run_claim_limited_v1, schema 0021), one round trip:
+-- up to %(limit)s due runs of %(queues)s (one queue when it is limited; the worker's open
+-- queues for a limited task's claim), of %(task)s only (NULL: any task but %(skip_tasks)s),
+-- and no more than each limit leaves:
+-- * first the settings rows that apply are locked (the queue's if %(queue_locked)s, the task's
+--   if %(task)s), FOR UPDATE SKIP LOCKED: the claims of every worker for one limit take turns,
+--   and none waits. A row not locked (another worker's turn, or paused, or no longer limited):
+--   one row with locked false, and nothing claimed;
+-- * then, in a statement of its own (a snapshot taken after the locks, that sees every claim
+--   the previous holder committed): max_running of the queue and of the task less their runs
+--   running now, counted from the rows through runs_lease_idx (every running run has a lease:
+--   a run whose lease ran out counts no more, so a SIGKILLed worker's slots come back at its
+--   leases' expiry); the buckets' whole tokens (refilled by pgsched.tokens_at, written back
+--   less what the claim spends; a claim that spends nothing writes nothing); key_max_running:
+--   runs of one concurrency key, counting those running, ranked among the next due runs, with
+--   a window of KEY_WINDOW (100) runs past the take, read but not locked (locking them made
+--   each claim write 100 rows: a drain with a key limit that never bound ran at 0.83x).
+-- One row per claimed run, each with locked, the headroom the limits left before this claim,
+-- more_due (due runs wait behind a limit: the fetcher looks again soon, or when the next token
+-- is due), held_by_key, and the buckets' tokens before the claim and rates; no run claimed: one
+-- row with those and NULLs. %(skip_flush)s: through a transaction-mode pooler, the claim's
+-- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
+SELECT * FROM pgsched.run_claim_limited_v1(
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean);
 
 -- name: queue_settings_of_worker
--- The settings of a worker's queues that change how it claims (at start, on a pgsched_queues
--- notification and at every poll): which are paused, which limited.
-SELECT name, paused, max_running FROM pgsched.queues
-WHERE name = ANY (%(queues)s::text[]) AND (paused OR max_running IS NOT NULL);
+-- The settings that change how a worker claims (at start, on a pgsched_queues notification and
+-- at every poll): which of its queues are paused or limited, which tasks are, and which of
+-- those have a rate.
+SELECT 'queue' AS scope, name, paused,
+       max_running IS NOT NULL OR rate IS NOT NULL OR key_max_running IS NOT NULL AS limited,
+       rate IS NOT NULL AS rated
+FROM pgsched.queues
+WHERE name = ANY (%(queues)s::text[]) AND (paused OR max_running IS NOT NULL OR rate IS NOT NULL
+                                          OR key_max_running IS NOT NULL)
+UNION ALL
+SELECT 'task', task, paused, max_running IS NOT NULL OR rate IS NOT NULL, rate IS NOT NULL
+FROM pgsched.task_settings
+WHERE paused OR max_running IS NOT NULL OR rate IS NOT NULL;
+
+-- name: queue_notify_slots_freed
+-- Runs a limit counted have ended on this worker: wake the workers of their queues on the
+-- enqueue channel, as new runs would (a slot they may be waiting for is free).
+SELECT pg_notify('pgsched', q) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: run_claim_skip_flush
 -- This transaction commits without waiting for the WAL flush (SET LOCAL): what the direct
@@ -372,7 +355,7 @@ WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs 
 -- name: run_get
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
-       errors, unique_key, tenant, created_at, expires_at, trace_context, request_id
+       errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key
 FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
@@ -467,35 +450,115 @@ SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.runs 
 -- name: queue_list_stats
 -- The queue_stats view's numbers (schema 0005), for every tenant or for one; without the last
 -- hour (succeeded_last_hour NULL, schema 0017) for what refreshes every few seconds.
-SELECT queue, queued, due, running, failed, succeeded_last_hour, succeeded_last_minute, failed_last_minute,
-       extract(epoch FROM oldest_queued_age)::float8 AS oldest_queued_age_s
-FROM pgsched.queue_stats_v2(%(tenant)s::text, %(last_hour)s)
-ORDER BY queue;
+-- Beside them, each queue's settings (0016, 0020) and held_back: its due runs its limits do not
+-- let start now, from the figures at hand and the settings row (no scan; queue_settings_list
+-- says how). For a tenant's key, of that tenant's due runs against the queue's limits.
+SELECT q.queue, q.queued, q.due, q.running, q.failed, q.succeeded_last_hour, q.succeeded_last_minute,
+       q.failed_last_minute, extract(epoch FROM q.oldest_queued_age)::float8 AS oldest_queued_age_s,
+       coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst, s.key_max_running,
+       pgsched.rate_per_s(s.rate) AS rate_per_s,
+       CASE WHEN s.paused THEN q.due
+            ELSE greatest(0, q.due - least(
+                q.due,
+                greatest(0, s.max_running - q.running),
+                floor(pgsched.tokens_at(s.rate, s.burst, s.tokens, s.tokens_at, now()))::bigint))
+       END AS held_back
+FROM pgsched.queue_stats_v2(%(tenant)s::text, %(last_hour)s) AS q
+     LEFT JOIN pgsched.queues AS s ON s.name = q.queue
+ORDER BY q.queue;
 
 -- name: queue_settings_get
 -- One queue's settings; a queue without a row has the defaults (not paused, no limit).
-SELECT %(name)s::text AS name, coalesce(s.paused, false) AS paused, s.max_running, s.updated_at
+SELECT %(name)s::text AS name, coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst,
+       s.key_max_running, s.updated_at
 FROM (SELECT) AS one LEFT JOIN pgsched.queues AS s ON s.name = %(name)s;
 
 -- name: queue_settings_list
 -- Every queue that has runs (queue_stats_for's, as `pgsched stats` reads them) or settings:
--- its settings beside its queued and running runs.
-SELECT coalesce(s.name, q.queue) AS name, coalesce(s.paused, false) AS paused, s.max_running,
-       coalesce(q.queued, 0) AS queued, coalesce(q.running, 0) AS running, s.updated_at
+-- its settings beside its queued and running runs, and held_back: its due runs that its
+-- limits do not let start now (all of them while paused; beyond what max_running less the
+-- running and the bucket's whole tokens allow). Read from the figures the stats have anyway
+-- plus the settings row: no scan. Runs waiting only for their key's turn are not counted.
+SELECT coalesce(s.name, q.queue) AS name, coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst,
+       s.key_max_running, coalesce(q.queued, 0) AS queued, coalesce(q.running, 0) AS running,
+       CASE WHEN s.paused THEN coalesce(q.due, 0)
+            ELSE greatest(0, coalesce(q.due, 0) - least(
+                coalesce(q.due, 0),
+                greatest(0, s.max_running - coalesce(q.running, 0)),
+                floor(pgsched.tokens_at(s.rate, s.burst, s.tokens, s.tokens_at, now()))::bigint))
+       END AS held_back,
+       s.updated_at
 FROM pgsched.queues AS s
      FULL JOIN pgsched.queue_stats_for(NULL) AS q ON q.queue = s.name
 ORDER BY 1;
 
 -- name: queue_settings_set
--- Change the settings given (%(set_paused)s / %(set_max_running)s say which), creating the
--- row if the queue has none; the trigger tells the workers.
-INSERT INTO pgsched.queues AS s (name, paused, max_running)
-VALUES (%(name)s, coalesce(%(paused)s::boolean, false), %(max_running)s::integer)
+-- Change the settings given (%(set_paused)s, %(set_max_running)s, ... say which), creating the
+-- row if the queue has none; the trigger tells the workers. A new rate starts a full bucket.
+INSERT INTO pgsched.queues AS s (name, paused, max_running, rate, burst, key_max_running)
+VALUES (%(name)s, coalesce(%(paused)s::boolean, false), %(max_running)s::integer, %(rate)s::text,
+        %(burst)s::integer, %(key_max_running)s::integer)
 ON CONFLICT (name) DO UPDATE
 SET paused = CASE WHEN %(set_paused)s THEN EXCLUDED.paused ELSE s.paused END,
     max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE s.max_running END,
+    rate = CASE WHEN %(set_rate)s THEN EXCLUDED.rate ELSE s.rate END,
+    burst = CASE WHEN %(set_burst)s THEN EXCLUDED.burst WHEN %(set_rate)s AND EXCLUDED.rate IS NULL THEN NULL
+                 ELSE s.burst END,
+    key_max_running = CASE WHEN %(set_key_max_running)s THEN EXCLUDED.key_max_running ELSE s.key_max_running END,
+    tokens = CASE WHEN %(set_rate)s OR %(set_burst)s THEN NULL ELSE s.tokens END,
     updated_at = now()
-RETURNING s.name, s.paused, s.max_running, s.updated_at;
+RETURNING s.name, s.paused, s.max_running, s.rate, s.burst, s.key_max_running, s.updated_at;
+
+-- name: task_settings_get
+-- One task's settings; a task without a row has the defaults (not paused, no limit).
+SELECT %(task)s::text AS name, coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst, s.updated_at
+FROM (SELECT) AS one LEFT JOIN pgsched.task_settings AS s ON s.task = %(task)s;
+
+-- name: task_settings_list
+-- Every task with settings, with its queued (due) and running runs and held_back as for a
+-- queue. Counted over the unfinished runs of these tasks only (a few tasks: a scan of the
+-- runs not finished, through the claim and lease indexes' predicates).
+SELECT s.task AS name, s.paused, s.max_running, s.rate, s.burst,
+       coalesce(n.queued, 0) AS queued, coalesce(n.running, 0) AS running,
+       CASE WHEN s.paused THEN coalesce(n.due, 0)
+            ELSE greatest(0, coalesce(n.due, 0) - least(
+                coalesce(n.due, 0),
+                greatest(0, s.max_running - coalesce(n.running, 0)),
+                floor(pgsched.tokens_at(s.rate, s.burst, s.tokens, s.tokens_at, now()))::bigint))
+       END AS held_back,
+       s.updated_at
+FROM pgsched.task_settings AS s
+     LEFT JOIN LATERAL (
+         SELECT count(*) FILTER (WHERE status = 'queued') AS queued,
+                count(*) FILTER (WHERE status = 'queued' AND run_at <= now()) AS due,
+                count(*) FILTER (WHERE status = 'running') AS running
+         FROM pgsched.runs WHERE task = s.task AND status IN ('queued', 'running')
+     ) AS n ON true
+ORDER BY 1;
+
+-- name: task_settings_set
+-- Change the settings given of a task, creating its row; the trigger tells the workers.
+INSERT INTO pgsched.task_settings AS s (task, paused, max_running, rate, burst)
+VALUES (%(name)s, coalesce(%(paused)s::boolean, false), %(max_running)s::integer, %(rate)s::text, %(burst)s::integer)
+ON CONFLICT (task) DO UPDATE
+SET paused = CASE WHEN %(set_paused)s THEN EXCLUDED.paused ELSE s.paused END,
+    max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE s.max_running END,
+    rate = CASE WHEN %(set_rate)s THEN EXCLUDED.rate ELSE s.rate END,
+    burst = CASE WHEN %(set_burst)s THEN EXCLUDED.burst WHEN %(set_rate)s AND EXCLUDED.rate IS NULL THEN NULL
+                 ELSE s.burst END,
+    tokens = CASE WHEN %(set_rate)s OR %(set_burst)s THEN NULL ELSE s.tokens END,
+    updated_at = now()
+RETURNING s.task AS name, s.paused, s.max_running, s.rate, s.burst, s.updated_at;
+
+-- name: task_settings_declare
+-- A worker's start: the rates its app's tasks declare (@app.task(rate_limit=...)), written
+-- over what the table holds for those tasks (the code is where a declared rate is changed).
+-- Rows whose rate is already that one stay untouched: a restart wakes nobody.
+INSERT INTO pgsched.task_settings AS s (task, rate)
+SELECT * FROM unnest(%(tasks)s::text[], %(rates)s::text[])
+ON CONFLICT (task) DO UPDATE
+SET rate = EXCLUDED.rate, burst = NULL, tokens = NULL, updated_at = now()
+WHERE s.rate IS DISTINCT FROM EXCLUDED.rate;
 
 -- name: job_upsert
 -- Create or replace a job definition by tenant and name. next_run_at is computed by the caller

@@ -103,7 +103,8 @@ CREATE TRIGGER jobs_notify_changed
 -- later run_at; 'failed' means the attempts are used up (the dead-letter state).
 -- (0001_core, 0003_api_keys, 0004_cancel_running, 0005_queue_throughput, 0006_cheaper_queue_check,
 -- 0007_queue_stats_by_index, 0008_queue_stats_infinite_run_at, 0009_rows_every_reader_can_read,
--- 0011_celery, 0015_trace_context, 0017_queue_stats_without_last_hour)
+-- 0011_celery, 0015_trace_context, 0017_queue_stats_without_last_hour,
+-- 0020_rates_task_limits_concurrency_keys)
 
 CREATE TYPE pgsched.run_status AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
 
@@ -148,6 +149,8 @@ CREATE TABLE pgsched.runs (
     trace_context       text,
     -- The X-Request-ID of the API request that queued the run (0015).
     request_id          text,
+    -- With the queue's key_max_running, at most that many runs of one key run at once (0020).
+    concurrency_key     text,
     CONSTRAINT task_must_not_be_empty CHECK (task ~ '\S' AND length(task) <= 200),
     CONSTRAINT args_must_be_a_json_object CHECK (jsonb_typeof(args) = 'object'),
     CONSTRAINT args_must_be_at_most_1_mb CHECK (pg_column_size(args) <= 1048576),
@@ -535,22 +538,38 @@ FROM pgsched.beat_leader;
 
 
 -- ---------------------------------------------------------------------------------------------
--- queues: settings per queue, read by every worker's claim (0016_queue_settings). paused: no
--- worker claims its runs (enqueueing still works); max_running: at most that many of its runs
--- running at once over all workers (NULL: no limit). A queue without a row has neither.
+-- queues: settings per queue, read by every worker's claim (0016_queue_settings,
+-- 0020_rates_task_limits_concurrency_keys). paused: no worker claims its runs (enqueueing still
+-- works); max_running: at most that many of its runs running at once over all workers (NULL: no
+-- limit); rate + burst: a token bucket of run starts ('100/m'), held here so it is global;
+-- key_max_running: at most that many runs of one concurrency key running at once. A queue
+-- without a row has none of them.
 
 CREATE TABLE pgsched.queues (
-    name        text PRIMARY KEY,
-    paused      boolean NOT NULL DEFAULT false,
-    max_running integer,
-    updated_at  timestamptz NOT NULL DEFAULT now(),
+    name            text PRIMARY KEY,
+    paused          boolean NOT NULL DEFAULT false,
+    max_running     integer,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- '100/m': 100 run starts a minute (s, m or h); burst: how many at once (NULL: 1).
+    rate            text,
+    burst           integer,
+    key_max_running integer,
+    -- The bucket as the last claim left it (NULL: full), refilled by the next claim.
+    tokens          float8,
+    tokens_at       timestamptz,
     -- Written out as runs' queue check is (0006, 0009): no function calls in a check.
     CONSTRAINT queue_name_must_match_a_z_0_9_dot_dash_underscore_colon_max_63
         CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]*$' AND length(name) <= 63),
-    CONSTRAINT queue_max_running_must_be_at_least_1 CHECK (max_running >= 1)
+    CONSTRAINT queue_max_running_must_be_at_least_1 CHECK (max_running >= 1),
+    CONSTRAINT queue_rate_must_be_1_to_7_digits_per_s_m_or_h
+        CHECK (rate ~ '^[1-9][0-9]*/[smh]$' AND length(rate) <= 9),
+    CONSTRAINT queue_burst_must_be_1_to_1000000 CHECK (burst BETWEEN 1 AND 1000000),
+    CONSTRAINT queue_burst_needs_a_rate CHECK (burst IS NULL OR rate IS NOT NULL),
+    CONSTRAINT queue_key_max_running_must_be_at_least_1 CHECK (key_max_running >= 1)
 );
 
--- A change wakes every worker (channel pgsched_queues, payload the queue's name).
+-- A change wakes every worker (channel pgsched_queues, payload the queue's name). Only a
+-- change of the settings: the claim's writes of the bucket's tokens wake nobody.
 CREATE FUNCTION pgsched.notify_queue_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('pgsched_queues', coalesce(NEW.name, OLD.name));
@@ -559,10 +578,239 @@ END;
 $$;
 
 CREATE TRIGGER queues_notify_changed
-    AFTER INSERT OR UPDATE OR DELETE ON pgsched.queues
+    AFTER INSERT OR DELETE OR UPDATE OF name, paused, max_running, rate, burst, key_max_running ON pgsched.queues
     FOR EACH ROW
     EXECUTE FUNCTION pgsched.notify_queue_changed();
 
+-- task_settings: the same settings per task, over every queue its runs are in (0020).
+CREATE TABLE pgsched.task_settings (
+    task        text PRIMARY KEY,
+    paused      boolean NOT NULL DEFAULT false,
+    max_running integer,
+    rate        text,
+    burst       integer,
+    tokens      float8,
+    tokens_at   timestamptz,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT task_must_not_be_empty CHECK (task ~ '\S' AND length(task) <= 200),
+    CONSTRAINT task_max_running_must_be_at_least_1 CHECK (max_running >= 1),
+    CONSTRAINT task_rate_must_be_1_to_7_digits_per_s_m_or_h
+        CHECK (rate ~ '^[1-9][0-9]*/[smh]$' AND length(rate) <= 9),
+    CONSTRAINT task_burst_must_be_1_to_1000000 CHECK (burst BETWEEN 1 AND 1000000),
+    CONSTRAINT task_burst_needs_a_rate CHECK (burst IS NULL OR rate IS NOT NULL)
+);
+
+-- A change wakes every worker on the queues' channel, payload 'task:' and the task's name.
+CREATE FUNCTION pgsched.notify_task_settings_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pgsched_queues', 'task:' || left(coalesce(NEW.task, OLD.task), 200));
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER task_settings_notify_changed
+    AFTER INSERT OR DELETE OR UPDATE OF task, paused, max_running, rate, burst ON pgsched.task_settings
+    FOR EACH ROW
+    EXECUTE FUNCTION pgsched.notify_task_settings_changed();
+
+-- Run starts a second a rate allows ('100/m' -> 1.667). The checks guarantee the shape.
+CREATE FUNCTION pgsched.rate_per_s(rate text) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT split_part(rate, '/', 1)::float8
+           / CASE split_part(rate, '/', 2) WHEN 's' THEN 1 WHEN 'm' THEN 60 ELSE 3600 END
+$$;
+
+-- A bucket's tokens at instant `at`: what the last claim left, refilled at the rate since,
+-- never more than the burst; a clock read earlier than tokens_at refills nothing.
+CREATE FUNCTION pgsched.tokens_at(rate text, burst integer, tokens float8, tokens_at timestamptz, at timestamptz)
+RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN rate IS NOT NULL THEN
+        least(coalesce(burst, 1)::float8,
+              coalesce(tokens + greatest(0, extract(epoch FROM at - tokens_at)::float8) * pgsched.rate_per_s(rate),
+                       coalesce(burst, 1)::float8))
+    END
+$$;
+
+-- The claim of runs behind limits, in one round trip: the row locks, then the claim in a
+-- statement (and snapshot) of its own (0021).
+CREATE FUNCTION pgsched.run_claim_limited_v1(
+    p_queues       text[],
+    p_task         text,
+    p_queue_locked boolean,
+    p_limit        integer,
+    p_worker_id    bigint,
+    p_lease_s      float8,
+    p_now          timestamptz,
+    p_only_tasks   text[],
+    p_skip_tasks   text[],
+    p_skip_flush   boolean
+) RETURNS TABLE (
+    locked            boolean,
+    headroom          integer,
+    more_due          boolean,
+    held_by_key       boolean,
+    queue_tokens      float8,
+    queue_per_s       float8,
+    task_tokens       float8,
+    task_per_s        float8,
+    run_id            bigint,
+    run_task          text,
+    run_args          jsonb,
+    run_attempt       integer,
+    run_max_attempts  integer,
+    run_queue         text,
+    run_trace_context text,
+    run_request_id    text
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_now    timestamptz := coalesce(p_now, now());
+    q_max    integer;
+    q_key    integer;
+    q_tokens float8;
+    q_per_s  float8;
+    t_max    integer;
+    t_tokens float8;
+    t_per_s  float8;
+BEGIN
+    IF p_skip_flush THEN  -- through a transaction-mode pooler: this transaction only
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+    -- The rows that apply, locked (SKIP LOCKED: another worker's turn is no wait). FOR UPDATE
+    -- returns each as the last holder committed it, tokens included. Not locked: no claim.
+    IF p_queue_locked THEN
+        SELECT s.max_running, s.key_max_running, pgsched.tokens_at(s.rate, s.burst, s.tokens, s.tokens_at, v_now),
+               pgsched.rate_per_s(s.rate)
+        INTO q_max, q_key, q_tokens, q_per_s
+        FROM pgsched.queues AS s
+        WHERE s.name = p_queues[1] AND NOT s.paused
+          AND (s.max_running IS NOT NULL OR s.rate IS NOT NULL OR s.key_max_running IS NOT NULL)
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT false, 0, false, false, NULL::float8, NULL::float8, NULL::float8, NULL::float8,
+                                NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text,
+                                NULL::text, NULL::text;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_task IS NOT NULL THEN
+        SELECT s.max_running, pgsched.tokens_at(s.rate, s.burst, s.tokens, s.tokens_at, v_now), pgsched.rate_per_s(s.rate)
+        INTO t_max, t_tokens, t_per_s
+        FROM pgsched.task_settings AS s
+        WHERE s.task = p_task AND NOT s.paused AND (s.max_running IS NOT NULL OR s.rate IS NOT NULL)
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT false, 0, false, false, NULL::float8, NULL::float8, NULL::float8, NULL::float8,
+                                NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text,
+                                NULL::text, NULL::text;
+            RETURN;
+        END IF;
+    END IF;
+    -- A statement of its own, so a snapshot of its own, taken after the locks: it sees every
+    -- claim the previous holder committed.
+    RETURN QUERY
+    WITH running AS MATERIALIZED (
+        SELECT count(*) FILTER (WHERE queue = ANY (p_queues)) AS in_queue,
+               count(*) FILTER (WHERE task = p_task) AS of_task
+        FROM pgsched.runs
+        WHERE lease_expires_at > v_now AND status = 'running'
+          AND (q_max IS NOT NULL OR t_max IS NOT NULL)
+    ), headroom AS MATERIALIZED (
+        SELECT greatest(0, least(
+                   2147483647,
+                   q_max - running.in_queue,
+                   t_max - running.of_task,
+                   floor(q_tokens),
+                   floor(t_tokens)))::integer AS n
+        FROM running
+    ), take AS MATERIALIZED (
+        SELECT least(p_limit, headroom.n) AS n FROM headroom
+    ), key_running AS MATERIALIZED (
+        SELECT concurrency_key AS key, count(*) AS n
+        FROM pgsched.runs
+        WHERE q_key IS NOT NULL
+          AND lease_expires_at > v_now AND status = 'running'
+          AND queue = ANY (p_queues) AND concurrency_key IS NOT NULL
+        GROUP BY concurrency_key
+    ), next AS MATERIALIZED (
+        -- Without a key limit: the take and one more, locked (SKIP LOCKED: a run another claim
+        -- holds is passed over).
+        SELECT c.id, c.priority, c.run_at, c.concurrency_key
+        FROM unnest(p_queues) AS q(name)
+             LEFT JOIN pgsched.queues AS s ON s.name = q.name,
+             LATERAL (
+                 SELECT id, priority, run_at, concurrency_key
+                 FROM pgsched.runs
+                 WHERE status = 'queued' AND queue = q.name
+                   AND run_at <= v_now
+                   AND (expires_at IS NULL OR expires_at > v_now)
+                   AND (p_task IS NULL OR task = p_task)
+                   AND (p_only_tasks IS NULL OR task = ANY (p_only_tasks))
+                   AND (p_skip_tasks IS NULL OR task <> ALL (p_skip_tasks))
+                 ORDER BY priority, run_at, id
+                 LIMIT (SELECT n + 1 FROM take)
+                 FOR UPDATE SKIP LOCKED
+             ) AS c
+        -- A limited task's claim over open queues: as run_claim, none just paused or limited.
+        WHERE q_key IS NULL
+          AND (p_queue_locked OR s.name IS NULL
+               OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL))
+        UNION ALL
+        -- With one: KEY_WINDOW (100) runs more, to rank by key, read but not locked (locking them
+        -- all made each claim write 100 rows: a drain with a key limit that never bound ran at
+        -- 0.83x). The queue's row lock keeps every other limited claim of the queue away; the
+        -- UPDATE below takes only the runs still queued when it locks them.
+        SELECT c.id, c.priority, c.run_at, c.concurrency_key
+        FROM unnest(p_queues) AS q(name),
+             LATERAL (
+                 SELECT id, priority, run_at, concurrency_key
+                 FROM pgsched.runs
+                 WHERE status = 'queued' AND queue = q.name
+                   AND run_at <= v_now
+                   AND (expires_at IS NULL OR expires_at > v_now)
+                   AND (p_task IS NULL OR task = p_task)
+                   AND (p_only_tasks IS NULL OR task = ANY (p_only_tasks))
+                   AND (p_skip_tasks IS NULL OR task <> ALL (p_skip_tasks))
+                 ORDER BY priority, run_at, id
+                 LIMIT (SELECT n + 101 FROM take)
+             ) AS c
+        WHERE q_key IS NOT NULL
+    ), allowed AS MATERIALIZED (
+        SELECT next.id, next.priority, next.run_at
+        FROM (SELECT *, row_number() OVER (PARTITION BY concurrency_key ORDER BY priority, run_at, id) AS nth
+              FROM next) AS next
+             LEFT JOIN key_running AS k ON k.key = next.concurrency_key
+        WHERE q_key IS NULL OR next.concurrency_key IS NULL
+           OR coalesce(k.n, 0) + next.nth <= q_key
+    ), taken AS MATERIALIZED (
+        SELECT id FROM allowed ORDER BY priority, run_at, id LIMIT (SELECT n FROM take)
+    ), claimed AS (
+        UPDATE pgsched.runs AS r
+        SET status = 'running',
+            attempt = r.attempt + 1,
+            worker_id = p_worker_id,
+            started_at = v_now,
+            lease_expires_at = v_now + make_interval(secs => p_lease_s)
+        FROM taken
+        WHERE r.id = taken.id AND r.status = 'queued'
+        RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
+    ), queue_spent AS (
+        UPDATE pgsched.queues
+        SET tokens = q_tokens - (SELECT count(*) FROM claimed),
+            tokens_at = greatest(tokens_at, v_now)
+        WHERE q_tokens IS NOT NULL AND name = (p_queues)[1] AND EXISTS (SELECT FROM claimed)
+    ), task_spent AS (
+        UPDATE pgsched.task_settings
+        SET tokens = t_tokens - (SELECT count(*) FROM claimed),
+            tokens_at = greatest(tokens_at, v_now)
+        WHERE t_tokens IS NOT NULL AND task = p_task AND EXISTS (SELECT FROM claimed)
+    )
+    SELECT true, h.n, (SELECT count(*) FROM allowed) > t.n, (SELECT count(*) FROM next) > (SELECT count(*) FROM allowed),
+               q_tokens, q_per_s, t_tokens, t_per_s,
+               c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id
+        FROM headroom AS h CROSS JOIN take AS t LEFT JOIN claimed AS c ON true;
+END;
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- api_keys: the REST API's keys: who may call it, with which scope, on behalf of which
@@ -833,6 +1081,11 @@ ALTER TABLE pgsched.runs
                AND substr(trace_context, 53, 1) = '-') NOT VALID,
     ADD CONSTRAINT run_request_id_must_be_1_to_128_visible_ascii_characters
         CHECK (request_id ~ '^[!-~]+$' AND length(request_id) <= 128) NOT VALID;
+
+-- A run's concurrency key, 1-200 characters, not only blanks (0020).
+ALTER TABLE pgsched.runs
+    ADD CONSTRAINT run_concurrency_key_must_be_1_to_200_characters
+        CHECK (concurrency_key ~ '\S' AND length(concurrency_key) <= 200) NOT VALID;
 
 -- Tenant quotas and usage (0026): see that migration for the why.
 CREATE TABLE pgsched.tenants (

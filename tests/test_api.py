@@ -140,6 +140,11 @@ def test_the_openapi_document_is_public_and_every_operation_has_an_id(readonly_a
         "pauseJob",
         "resumeJob",
         "triggerJob",
+        "listTaskSettings",
+        "getTaskSettings",
+        "updateTaskSettings",
+        "pauseTask",
+        "resumeTask",
         "listQueues",
         "getQueueSettings",
         "updateQueueSettings",
@@ -412,7 +417,7 @@ def test_every_route_except_health_ready_and_the_schema_needs_a_key(readonly_api
             expected = 401 if path not in ("/health", "/ready") else 200
             assert response.status_code == expected, (method, path, response.text)
             checked += 1
-    assert checked == 31
+    assert checked == 36
 
 
 def test_a_read_key_reads_but_cannot_change_anything(api: Api):
@@ -538,8 +543,11 @@ def test_the_queue_stats_view_and_the_apis_per_tenant_stats_have_one_definition(
         view = [column.name for column in cur.description]
         cur.execute(queries["queue_list_stats"], {"tenant": "acme", "last_hour": True})
         api = [column.name for column in cur.description]
-    # The same columns; the API gives the age in seconds, the view as an interval.
-    assert sorted(api) == sorted(column if column != "oldest_queued_age" else "oldest_queued_age_s" for column in view)
+    # The same columns, and the queue's flow-control settings beside them (schema 0020); the API
+    # gives the age in seconds, the view as an interval.
+    settings = ["paused", "max_running", "rate", "burst", "key_max_running", "rate_per_s", "held_back"]
+    stats = [column if column != "oldest_queued_age" else "oldest_queued_age_s" for column in view]
+    assert sorted(api) == sorted(stats + settings)
 
 
 # ---- bad input: a 4xx JSON body naming the field, never a 500, and nothing written

@@ -1,6 +1,7 @@
 """The task options Celery users reach for (issue #16), where they map cleanly onto pgsched's:
 ``autoretry_for`` (only those exceptions retry), ``max_retries`` (attempts - 1), ``time_limit``
-(the timeout); ``rate_limit`` is refused rather than pretended. Plus generated apply_async
+(the timeout), ``rate_limit`` (the task's rate over all workers: tests/test_rate_limits.py; a
+bad one is refused here). Plus generated apply_async
 options: each is refused naming the problem with nothing queued, or queued as documented."""
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def test_time_limit_is_the_timeout(app, dsn):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"rate_limit": "10/m"}, "rate_limit is not supported yet"),
+        ({"rate_limit": "10/d"}, "rate_limit: a rate is N/s, N/m or N/h"),
+        ({"rate_limit": 0}, "rate_limit: a rate is N/s, N/m or N/h"),
         ({"max_retries": 2, "max_attempts": 5}, "max_retries=2 and max_attempts=5 disagree"),
         ({"max_retries": -1}, "max_retries must be an integer >= 0"),
         ({"time_limit": 5, "timeout": 10}, "time_limit and timeout are the same setting"),

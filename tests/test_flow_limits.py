@@ -64,7 +64,9 @@ def test_a_sigkilled_workers_slots_come_back_when_its_leases_expire(
     leases_expire = scalar(conn, "SELECT max(lease_expires_at) FROM pgsched.runs WHERE id = ANY(%s)", (held,))
 
     survivor = workers.start("--queues", "limited", "--concurrency", "4")
-    waiting = [insert_run(conn, "record", {"key": f"waiting-{i}"}, queue="limited") for i in range(2)]
+    # Ahead of the victim's runs in claim order: the survivor's sweep may put those back in the
+    # queue (run_at now) before these are inserted, and they would take both slots for 60 s.
+    waiting = [insert_run(conn, "record", {"key": f"waiting-{i}"}, queue="limited", priority=-1) for i in range(2)]
     workers.wait_until(
         lambda: (
             scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (waiting,))
@@ -110,7 +112,9 @@ def test_the_limited_claim_returns_a_run_as_run_claim_does(conn: psycopg.Connect
         insert_run(conn, "record", {"key": queue}, queue=queue)
     params = {"limit": 5, "worker_id": 1, "lease_s": 30.0, "now": None, "only_tasks": None, "skip_tasks": None}
     open_claim = conn.execute(queries["run_claim"], {**params, "queues": ["open"], **FROM_THE_START})
-    limited_claim = conn.execute(queries["run_claim_limited"], {**params, "queue": "limited", "max_running": 5})
+    limits = {"queues": ["limited"], "task": None, "queue_locked": True, "skip_flush": False}
+    limited_claim = conn.execute(queries["run_claim_limited"], {**params, **limits})
     open_columns = [column.name for column in open_claim.description or ()]
-    assert [column.name for column in limited_claim.description or ()][2:] == open_columns
-    assert limited_claim.fetchall()[0][2 + open_columns.index("queue")] == "limited"
+    limited_columns = [column.name for column in limited_claim.description or ()][8:]
+    assert limited_columns == [f"run_{name}" for name in open_columns]
+    assert limited_claim.fetchall()[0][8 + open_columns.index("queue")] == "limited"

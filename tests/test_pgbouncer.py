@@ -488,6 +488,43 @@ def test_a_queues_max_running_holds_for_workers_claiming_through_pgbouncer(db: D
         assert_clean_exit(worker)
 
 
+def test_a_rate_a_task_limit_and_a_key_limit_hold_for_workers_claiming_through_pgbouncer(
+    db: Db, processes: PooledProcesses
+) -> None:
+    # The bucket is spent in the limited claim's transaction (the row locks, then the claim),
+    # which transaction pooling keeps on one server connection.
+    db.conn.execute("INSERT INTO pgsched.queues (name, rate, burst, key_max_running) VALUES ('default', '10/s', 2, 1)")
+    db.conn.execute("INSERT INTO pgsched.task_settings (task, max_running) VALUES ('slow', 3)")
+    env = {"PGSCHED_DSN": db.pooled, "PGSCHED_DIRECT_DSN": db.direct}
+    pair = [processes.worker("--concurrency", "4", env=env) for _ in range(2)]
+    for worker in pair:
+        registered_worker(db, processes, worker)
+    for i in range(20):
+        args = {"key": f"rated-{i}", "seconds": 0.05}
+        db.conn.execute(
+            "INSERT INTO pgsched.runs (task, args, concurrency_key) VALUES ('slow', %s, %s)",
+            (Jsonb(args), f"k{i % 4}"),
+        )
+    samples: list[int] = []
+
+    def drained() -> bool:
+        samples.append(db.count_runs("running"))
+        return db.count_runs("succeeded") == 20
+
+    processes.wait_until(drained, 60, "20 rated runs to succeed", poll=0.005)
+    assert max(samples) <= 3, f"running counts sampled: max {max(samples)}"
+    span = db.scalar("SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM pgsched.runs")
+    assert span >= (20 - 2) / 10 * 0.97, span  # the burst, then one start per token
+    # key_max_running 1: a key's next run starts only after its previous one has finished.
+    overlapping = db.scalar(
+        "SELECT count(*) FROM pgsched.runs a JOIN pgsched.runs b ON a.concurrency_key = b.concurrency_key"
+        " AND a.id < b.id AND a.started_at < b.finished_at AND b.started_at < a.finished_at"
+    )
+    assert overlapping == 0
+    for worker in pair:
+        assert_clean_exit(worker)
+
+
 @pytest.mark.slow
 def test_worker_through_pgbouncer_without_a_direct_dsn_polls_and_warns_once(db: Db, processes: PooledProcesses) -> None:
     # --poll-interval 30 is capped by the fallback poll interval (default 0.5 s) without LISTEN.

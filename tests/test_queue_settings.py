@@ -5,6 +5,7 @@ the workers by notification; a paused queue's runs wait while enqueueing still w
 from __future__ import annotations
 
 import asyncio
+import re
 import select
 from typing import Any
 
@@ -72,6 +73,9 @@ def test_settings_change_only_what_is_given_and_a_queue_never_set_has_the_defaul
         "name": "emails",
         "paused": False,
         "max_running": None,
+        "rate": None,
+        "burst": None,
+        "key_max_running": None,
         "updated_at": None,
     }
     set_queue_settings(conn, "emails", max_running=5)
@@ -145,7 +149,15 @@ def test_api_reads_patches_pauses_and_resumes_a_queue(api: Api, conn: psycopg.Co
         (("PATCH", "/queues/emails", {"max_running": 10**12}), 400),
         (("PATCH", "/queues/emails", {"max_running": "abc"}), 400),
         (("PATCH", "/queues/emails", {"paused": "yes"}), 400),
-        (("PATCH", "/queues/emails", {"max_running": 5, "rate": "10/s"}), 400),  # unknown field
+        (("PATCH", "/queues/emails", {"max_running": 5, "speed": "10/s"}), 400),  # unknown field
+        (("PATCH", "/queues/emails", {"rate": "0/s"}), 422),
+        (("PATCH", "/queues/emails", {"rate": "abc"}), 422),
+        (("PATCH", "/queues/emails", {"rate": "-1/s"}), 422),
+        (("PATCH", "/queues/emails", {"rate": "10/d"}), 422),
+        (("PATCH", "/queues/emails", {"rate": 10}), 400),
+        (("PATCH", "/queues/emails", {"rate": "10/s", "burst": 0}), 400),
+        (("PATCH", "/queues/emails", {"burst": 5}), 422),  # a burst without a rate
+        (("PATCH", "/queues/emails", {"key_max_running": 0}), 400),
         (("PATCH", "/queues/emails", {}), 422),  # nothing to change
         (("PATCH", "/queues/bad%20name!", {"max_running": 5}), 422),
         (("POST", "/queues/" + "x" * 64 + "/pause", None), 422),
@@ -200,7 +212,18 @@ def test_cli_set_max_running_stores_exactly_the_number_given_or_refuses_in_one_l
         assert expected is None or str(expected) == text.strip()
 
 
-json_values = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8)
+def valid_rate(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[1-9][0-9]{0,6}/[smh]|[1-9][0-9]{0,6}", value) is not None
+
+
+json_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)  # JSON has neither
+    | st.text(max_size=8)
+    | st.sampled_from(["10/s", "100/m", "5/h", "0/s", "7", "1.5/s", "10/d", "9999999/s", "10000000/s"])
+)
 
 
 @EXAMPLES
@@ -211,9 +234,10 @@ def test_api_patch_stores_exactly_what_is_valid_or_refuses_with_4xx(
     conn.execute("DELETE FROM pgsched.queues")
     valid = (
         bool(body)
-        and set(body) <= {"paused", "max_running"}
+        and set(body) <= {"paused", "max_running", "rate"}
         and ("paused" not in body or isinstance(body["paused"], bool))
         and ("max_running" not in body or body["max_running"] is None or valid_max_running(body["max_running"]))
+        and ("rate" not in body or body["rate"] is None or valid_rate(body["rate"]))
     )
     response = api.patch("/queues/emails", json=body)
     if not valid:

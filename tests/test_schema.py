@@ -204,7 +204,7 @@ def test_the_utility_statements_run(conn):
             conn.execute(queries[name])
     conn.execute(queries["migration_bootstrap"])  # idempotent on a migrated database
     with conn.cursor().copy(queries["run_copy"]) as copy:
-        copy.write_row((10**9, "copied", "{}", "default", 0, "2030-01-01T00:00:00Z", 3, None, None, None))
+        copy.write_row((10**9, "copied", "{}", "default", 0, "2030-01-01T00:00:00Z", 3, None, None, None, None))
     assert conn.execute("SELECT task FROM pgsched.runs WHERE id = %s", (10**9,)).fetchone()[0] == "copied"
 
 

@@ -27,6 +27,7 @@ from pgsched.api.controllers.health import HealthController
 from pgsched.api.controllers.jobs import JobController
 from pgsched.api.controllers.queues import QueueController
 from pgsched.api.controllers.runs import RunController
+from pgsched.api.controllers.tasks import TaskController
 from pgsched.api.controllers.tenants import TenantController, UsageController
 from pgsched.api.controllers.workers import WorkerController
 from pgsched.api.correlation import correlation_middleware
@@ -48,6 +49,7 @@ CONTROLLERS = [
     RunController,
     JobController,
     QueueController,
+    TaskController,
     TenantController,
     UsageController,
     WorkerController,

@@ -99,6 +99,28 @@ def _duration_histograms(conn: psycopg.Connection, queues: Iterable[str]) -> lis
     return lines
 
 
+def _limit_families(queues: list[dict[str, Any]]) -> list[str]:
+    """Each queue's flow control: paused, its limits (a queue without one has no series), and
+    the due runs they hold back now."""
+    lines = _family(
+        "pgsched_queue_paused",
+        "1 while the queue is paused, by queue.",
+        (({"queue": r["queue"]}, int(r["paused"])) for r in queues),
+    )
+    lines += _family(
+        "pgsched_queue_held_back_runs",
+        "Due runs the queue's limits (pause, max_running, rate) do not let start now, by queue.",
+        (({"queue": r["queue"]}, r["held_back"]) for r in queues),
+    )
+    for column, name, help_text in (
+        ("max_running", "pgsched_queue_max_running", "The queue's max_running, where set."),
+        ("rate_per_s", "pgsched_queue_rate_per_second", "The queue's rate in run starts a second, where set."),
+        ("key_max_running", "pgsched_queue_key_max_running", "The queue's key_max_running, where set."),
+    ):
+        lines += _family(name, help_text, (({"queue": r["queue"]}, r[column]) for r in queues if r[column] is not None))
+    return lines
+
+
 def render(conn: psycopg.Connection) -> str:
     """Every metric, as one exposition-format document."""
     counts = store.run_counts(conn)
@@ -134,6 +156,7 @@ def render(conn: psycopg.Connection) -> str:
         "Runs that succeeded in the last hour, by queue.",
         (({"queue": row["queue"]}, row["succeeded_last_hour"]) for row in queues),
     )
+    lines += _limit_families(queues)
     lines += _family("pgsched_workers", "Live workers.", [({}, len(workers))])
     lines += _family(
         "pgsched_worker_slots",

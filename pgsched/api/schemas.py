@@ -37,6 +37,12 @@ class Request(Struct, kw_only=True, forbid_unknown_fields=True):
 # ---- runs
 
 
+# Checked by the library (422 naming the rule: 1-200 characters, not only blanks).
+CONCURRENCY_KEY = Meta(
+    description="With the queue's key_max_running, runs of one key never run more at once than that, anywhere"
+)
+
+
 class RunCreate(Request):
     """One run to queue. Unset options take the task's defaults (queue 'default', priority 0, 3 attempts)."""
 
@@ -47,6 +53,7 @@ class RunCreate(Request):
     max_attempts: Int32 | None = None
     run_at: Annotated[datetime | None, Meta(description="When it is due, with a timezone (default: now)")] = None
     delay: Annotated[float | None, Meta(description="Seconds from now (instead of run_at)")] = None
+    concurrency_key: Annotated[str | None, CONCURRENCY_KEY] = None
 
 
 class RunBatchCreate(Request):
@@ -59,6 +66,7 @@ class RunBatchCreate(Request):
     max_attempts: Int32 | None = None
     run_at: datetime | None = None
     delay: float | None = None
+    concurrency_key: Annotated[str | None, CONCURRENCY_KEY] = None
 
 
 class RunOut(Struct, kw_only=True):
@@ -93,6 +101,7 @@ class RunOut(Struct, kw_only=True):
     request_id: Annotated[str | None, Meta(description="The X-Request-ID of the API request that queued the run")] = (
         None
     )
+    concurrency_key: Annotated[str | None, CONCURRENCY_KEY] = None
 
 
 class RunSummary(Struct, kw_only=True):
@@ -221,6 +230,12 @@ class QueueOut(Struct, kw_only=True):
         int, Meta(description="Runs that failed for good (attempts used up) in the last 60 seconds")
     ]
     oldest_queued_age_s: Annotated[float | None, Meta(description="Age of the oldest due run, in seconds")]
+    paused: Annotated[bool, Meta(description="Workers claim none of its runs; enqueueing still works")] = False
+    max_running: Annotated[int | None, Meta(description="At most this many running at once, over all workers")] = None
+    rate: Annotated[str | None, Meta(description="At most this many run starts per s, m or h (a token bucket)")] = None
+    burst: Annotated[int | None, Meta(description="How many may start at once after a quiet spell")] = None
+    key_max_running: Annotated[int | None, Meta(description="At most this many runs of one key at once")] = None
+    held_back: Annotated[int, Meta(description="Due runs its limits do not let start now (all while paused)")] = 0
 
 
 class QueueList(Struct, kw_only=True):
@@ -231,20 +246,69 @@ class QueueList(Struct, kw_only=True):
 MaxRunning = Annotated[int, Meta(ge=1, le=2**31 - 1, description="At most this many of its runs running at once")]
 
 
+# A rate as the database keeps it ("100/m"); the library refuses any other shape with a 422
+# naming the rule (a pattern here would give a 400 that does not say what a rate looks like).
+Rate = Annotated[str, Meta(description="Run starts per second, minute or hour: N/s, N/m or N/h (e.g. 100/m)")]
+Burst = Annotated[int, Meta(ge=1, le=1_000_000, description="How many may start at once after a quiet spell")]
+RATE_OUT = Meta(description="At most this many run starts per s, m or h, over all workers (a token bucket)")
+BURST_OUT = Meta(description="How many may start at once after a quiet spell (null with a rate: 1)")
+
+
 class QueueSettingsOut(Struct, kw_only=True):
     """A queue's settings (a queue never set has the defaults, and updated_at null)."""
 
     name: str
     paused: Annotated[bool, Meta(description="Workers claim none of its runs; enqueueing still works")]
     max_running: Annotated[int | None, Meta(description="At most this many running at once, over all workers")]
+    rate: Annotated[str | None, RATE_OUT] = None
+    burst: Annotated[int | None, BURST_OUT] = None
+    key_max_running: Annotated[
+        int | None, Meta(description="At most this many runs of one concurrency key running at once")
+    ] = None
     updated_at: datetime | None
 
 
 class QueueSettingsPatch(Request):
-    """Settings to change; the others stay. max_running null clears the limit."""
+    """Settings to change; the others stay. null clears a limit (a null rate clears the burst too)."""
 
     paused: bool | UnsetType = UNSET
     max_running: MaxRunning | UnsetType | None = UNSET
+    rate: Rate | UnsetType | None = UNSET
+    burst: Burst | UnsetType | None = UNSET
+    key_max_running: MaxRunning | UnsetType | None = UNSET
+
+
+class TaskSettingsOut(Struct, kw_only=True):
+    """A task's settings, over every queue its runs are in (a task never set: the defaults)."""
+
+    name: Annotated[str, Meta(description="The task")]
+    paused: Annotated[bool, Meta(description="Workers claim none of its runs; enqueueing still works")]
+    max_running: Annotated[int | None, Meta(description="At most this many running at once, over all workers")]
+    rate: Annotated[str | None, RATE_OUT] = None
+    burst: Annotated[int | None, BURST_OUT] = None
+    updated_at: datetime | None
+
+
+HELD_BACK = Meta(description="Due runs its limits do not let start now (all of them while paused)")
+
+
+class TaskSettingsListed(TaskSettingsOut, kw_only=True):
+    queued: int
+    running: int
+    held_back: Annotated[int, HELD_BACK]
+
+
+class TaskSettingsList(Struct, kw_only=True):
+    items: list[TaskSettingsListed]
+
+
+class TaskSettingsPatch(Request):
+    """Settings to change; the others stay. null clears a limit (a null rate clears the burst too)."""
+
+    paused: bool | UnsetType = UNSET
+    max_running: MaxRunning | UnsetType | None = UNSET
+    rate: Rate | UnsetType | None = UNSET
+    burst: Burst | UnsetType | None = UNSET
 
 
 # ---- tenants

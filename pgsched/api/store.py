@@ -31,6 +31,7 @@ class RunRequest:
     max_attempts: int | None = None
     run_at: datetime | None = None
     delay: float | None = None
+    concurrency_key: str | None = None
 
 
 def tenant_unique_key(idempotency_key: str | None, tenant: str | None) -> str | None:
@@ -60,6 +61,7 @@ def enqueue_one(
         max_attempts=request.max_attempts,
         run_at=request.run_at,
         delay=request.delay,
+        concurrency_key=request.concurrency_key,
         unique_key=tenant_unique_key(idempotency_key, tenant),
         tenant=tenant,
         conn=conn,
@@ -89,6 +91,7 @@ def enqueue_batch(
         max_attempts=request.max_attempts,
         run_at=request.run_at,
         delay=request.delay,
+        concurrency_key=request.concurrency_key,
         tenant=tenant,
         conn=conn,
     )

@@ -1,6 +1,6 @@
 """``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per
 queue; ``/queues/-/throughput``: the last hour per minute (the dashboard's charts); and each
-queue's settings (``/queues/{name}``: paused, max_running).
+queue's settings (``/queues/{name}``: paused, max_running, rate and burst, key_max_running).
 
 Queues are shared by every tenant, so their settings describe the whole installation: any key
 may read them, only a key without a tenant (scope write or admin) may change them.
@@ -34,6 +34,7 @@ from pgsched.queues import list_queues, queue_throughput
 QueueName = Annotated[str, PathParameter(description="The queue")]
 # Changing a queue's settings changes every tenant's runs: keys without a tenant only.
 SHARED_SETTING = {"cluster_wide": True}
+SETTINGS = ("paused", "max_running", "rate", "burst", "key_max_running")
 
 
 def _changed(pool: Pool, name: str, **changes: Any) -> QueueSettingsOut:
@@ -80,7 +81,7 @@ class QueueController(Controller):
     )
     def update_settings(self, name: QueueName, data: JSONBody[QueueSettingsPatch], pool: Pool) -> QueueSettingsOut:
         """Change some settings of a queue; the others stay. Workers apply them within a second."""
-        changes = {key: getattr(data, key) for key in ("paused", "max_running") if getattr(data, key) is not UNSET}
+        changes = {key: getattr(data, key) for key in SETTINGS if getattr(data, key) is not UNSET}
         return _changed(pool, name, **changes)
 
     @post(

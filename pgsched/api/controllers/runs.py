@@ -78,6 +78,7 @@ def _run_request(data: RunCreate | RunBatchCreate) -> store.RunRequest:
         max_attempts=data.max_attempts,
         run_at=data.run_at,
         delay=data.delay,
+        concurrency_key=data.concurrency_key,
     )
 
 
