@@ -34,13 +34,12 @@ from typing import (
 )
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched import calling
 from pgsched import enqueue as _enqueue
 from pgsched.config import connection_kwargs, resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
-from pgsched.enqueue import RunOptions, check_task_name, encode_args, encode_args_text
+from pgsched.enqueue import RunOptions, check_task_name, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from pgsched.handles import RunHandle
 from pgsched.jobs import JobSpec, upsert_job
@@ -454,12 +453,12 @@ class App:
             expires=expires,
         )
 
-    def _encode(self, task: str, args: Mapping[str, Any] | None) -> Jsonb:
-        """Args as jsonb, checked against the task's signature when the task is known here."""
+    def _encode(self, task: str, args: Mapping[str, Any] | None) -> str:
+        """Args as JSON text, checked against the task's signature when the task is known here."""
         known = self.tasks.get(task)
-        if known is not None and isinstance(args, Mapping):
+        if known is not None and (type(args) is dict or isinstance(args, Mapping)):
             known.check_args(args)
-        return encode_args(args)
+        return encode_args_text(args)
 
     def enqueue(
         self,
@@ -527,8 +526,23 @@ class App:
             expires=expires,
         )
         encoded = self._encode(task, args)
+        if conn is None and self.default_connection() is None:
+            return self._insert_pooled(task, encoded, options)
         with self._connection(conn) as c, _database_rejections():
             return _enqueue.insert_run(c, task, encoded, options)
+
+    def _insert_pooled(self, task: str, encoded: str, options: RunOptions) -> tuple[int, bool]:
+        """:func:`insert_run` on a pooled connection, checked out without the context managers
+        of ``pool.connection()`` and :meth:`_connection` (autocommit: there is no transaction to
+        end): ~10 us of a call's ~60 us of Python."""
+        pool = self.pool
+        conn = pool.getconn()
+        try:
+            return _enqueue.insert_run(conn, task, encoded, options)
+        except _REJECTED as exc:
+            raise _rejection(exc) from None
+        finally:
+            pool.putconn(conn)
 
     async def enqueue_async(
         self,
@@ -590,9 +604,21 @@ class App:
             expires=expires,
         )
         encoded = self._encode(task, args)
-        async with self._async_connection(conn) as c:
-            with _database_rejections():
-                return await _enqueue.insert_run_async(c, task, encoded, options)
+        if conn is None:
+            return await self._insert_pooled_async(task, encoded, options)
+        with _database_rejections():
+            return await _enqueue.insert_run_async(conn, task, encoded, options)
+
+    async def _insert_pooled_async(self, task: str, encoded: str, options: RunOptions) -> tuple[int, bool]:
+        """The asyncio twin of :meth:`_insert_pooled`."""
+        pool = await self.async_pool()
+        conn = await pool.getconn()
+        try:
+            return await _enqueue.insert_run_async(conn, task, encoded, options)
+        except _REJECTED as exc:
+            raise _rejection(exc) from None
+        finally:
+            await pool.putconn(conn)
 
     def apply(
         self,
@@ -751,14 +777,22 @@ class App:
             await pool.close()
 
 
+# DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.
+_REJECTED = (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation, psycopg.DataError)
+
+
+def _rejection(exc: psycopg.Error) -> InvalidInput:
+    """A row the schema's constraints reject is bad input, named by its constraint."""
+    detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)
+    if exc.diag.message_detail:
+        detail += f" ({exc.diag.message_detail})"
+    return InvalidInput(f"the database rejected the run: {detail}")
+
+
 @contextmanager
 def _database_rejections() -> Iterator[None]:
-    """A row the schema's constraints reject is bad input, named by its constraint."""
+    """:func:`_rejection` for the statements in the block."""
     try:
         yield
-    except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation, psycopg.DataError) as exc:
-        # DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.
-        detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)
-        if exc.diag.message_detail:
-            detail += f" ({exc.diag.message_detail})"
-        raise InvalidInput(f"the database rejected the run: {detail}") from None
+    except _REJECTED as exc:
+        raise _rejection(exc) from None

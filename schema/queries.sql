@@ -47,6 +47,13 @@ VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
         %(trace_context)s, %(request_id)s)
 RETURNING id, true AS created;
 
+-- name: run_insert_now
+-- run_insert for the common case, due now with no key and no expiry: 8 parameters instead of
+-- 12, no interval arithmetic (run_at and created_at are the column default, now()).
+INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, tenant, trace_context, request_id)
+VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s, %(tenant)s, %(trace_context)s, %(request_id)s)
+RETURNING id, true AS created;
+
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key.
 WITH inserted AS (
