@@ -620,6 +620,28 @@ class App:
         finally:
             await pool.putconn(conn)
 
+    async def enqueue_returning_async(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        tenant: str | None = None,
+        conn: psycopg.AsyncConnection,
+    ) -> dict[str, Any]:
+        """Queue one run and return its row (the columns :func:`pgsched.runs.get_run` reads) from
+        the same statement: the REST API's POST /runs, which answers with the run."""
+        options = self._options(
+            task, queue=queue, priority=priority, max_attempts=max_attempts, run_at=run_at, delay=delay, tenant=tenant
+        )
+        encoded = self._encode(task, args)
+        with _database_rejections():
+            return await _enqueue.insert_run_returning_async(conn, task, encoded, options)
+
     def apply(
         self,
         task: str,

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgsched.context import origin
@@ -207,6 +208,23 @@ async def insert_run_async(
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0]), bool(row[1])
+
+
+async def insert_run_returning_async(
+    conn: psycopg.AsyncConnection, task: str, args: Jsonb | str, options: RunOptions
+) -> dict[str, Any]:
+    """INSERT one run without a unique_key and return its row, every column :func:`pgsched.runs.get_run`
+    reads, in the same statement (what the REST API answers with)."""
+    if options.unique_key is not None:
+        raise InvalidInput("insert_run_returning_async takes no unique_key: use insert_run_async")
+    params = _insert_params(task, args, options)
+    if _is_plain(options):  # run_insert's parameters, the plain case's defaults
+        params.update(run_at=None, delay=0.0, expires_at=None, expires_in=None)
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["run_insert_returning"], params)
+        row = await cursor.fetchone()
+    assert row is not None
+    return row
 
 
 def _copy_text(task: str, ids: list[int], all_args: list[str], options: RunOptions, run_at: datetime) -> bytes:

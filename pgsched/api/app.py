@@ -16,7 +16,7 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pgsched
 from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
@@ -73,9 +73,23 @@ async def database_pool(app: Litestar) -> AsyncIterator[None]:
     )
     pool.open(wait=False)
     app.state.pool = pool
+    # The event loop's own pool, for the enqueue handlers (POST /runs, /runs/batch): a sync pool
+    # driven from a worker thread cost a thread hop per request and ~0.1 ms of the API's CPU.
+    async_pool = AsyncConnectionPool(
+        settings.dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_s,
+        kwargs=API_CONNECTION,
+        open=False,
+        name="pgsched-api-async",
+    )
+    await async_pool.open(wait=False)
+    app.state.async_pool = async_pool
     try:
         yield
     finally:
+        await async_pool.close()
         await anyio.to_thread.run_sync(pool.close)
 
 
