@@ -19,7 +19,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pgsched
-from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
+from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache, scope_middleware
 from pgsched.api.cache import CACHE_DEPENDENCY, ResponseCache
 from pgsched.api.contract import correct_allow_header, document_strict_request_bodies, enforce_the_document
 from pgsched.api.controllers.health import HealthController
@@ -138,6 +138,8 @@ def create_app(settings: ApiSettings) -> Litestar:
         middleware.append(DefineMiddleware(ApiKeyAuthentication, exclude=[*PUBLIC_PATHS, *UI_PATHS]))
     if settings.rate_limit is not None:
         middleware.append(RateLimitMiddleware())  # after authentication: it counts per key
+    if settings.auth:
+        middleware.append(scope_middleware)  # the key's scope, once the request has counted
     app = Litestar(
         route_handlers=[*CONTROLLERS, *ui_routes()],
         template_config=template_config(),

@@ -15,7 +15,6 @@ from litestar.params import JSONBody, PathParameter
 from msgspec import UNSET
 
 from pgsched import queue_settings
-from pgsched.api.auth import scope_guard
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant
 from pgsched.api.schemas import (
@@ -44,7 +43,6 @@ def _changed(pool: Pool, name: str, **changes: Any) -> QueueSettingsOut:
 class QueueController(Controller):
     path = "/queues"
     tags = ["queues"]
-    guards = [scope_guard]
 
     @get("/", operation_id="listQueues", sync_to_thread=True, responses=error_responses())
     def list_queues(self, pool: Pool, tenant: Tenant, cache: Cache) -> QueueList:

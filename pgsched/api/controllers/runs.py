@@ -15,7 +15,6 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from psycopg_pool import ConnectionPool
 
 from pgsched.api import store
-from pgsched.api.auth import scope_guard
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Tenant, provide_tenant
 from pgsched.api.schemas import (
@@ -124,7 +123,6 @@ def _cursor(cursor: str | None) -> int | None:
 class RunController(Controller):
     path = "/runs"
     tags = ["runs"]
-    guards = [scope_guard]
 
     @post(
         "/",
