@@ -155,8 +155,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api(dsn: str, port: int, processes: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT}
+def start_api(dsn: str, port: int, processes: int, log: IO[bytes], root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`pgsched api` of the code under ``root`` (another tree: the before of a before/after)."""
+    env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT} | {"PYTHONPATH": str(root)}
     return subprocess.Popen(
         [
             sys.executable,
@@ -174,7 +175,7 @@ def start_api(dsn: str, port: int, processes: int, log: IO[bytes]) -> subprocess
             "--dsn",
             dsn,
         ],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -207,12 +208,12 @@ class ApiServer:
 
 
 @contextlib.contextmanager
-def api_server(dsn: str, processes: int) -> Iterator[ApiServer]:
+def api_server(dsn: str, processes: int, root: Path = ROOT) -> Iterator[ApiServer]:
     """A running `pgsched api` with ``processes`` workers. Its output goes to a file, not a
     pipe: a pipe nobody reads would stall the server once full."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        proc = start_api(dsn, port, processes, log)
+        proc = start_api(dsn, port, processes, log, root)
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_until_ready(proc, base_url, log)
@@ -293,7 +294,9 @@ def make_key(dsn: str) -> str:
 class WrkSide:
     """POST /runs from wrk against one server: throughput and API CPU per request, per round."""
 
+    label: str
     processes: int
+    server: ApiServer
     per_s: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
 
@@ -311,7 +314,7 @@ def measure_round(
     key: str,
     servers: dict[int, ApiServer],
     sides: dict[str, Side],
-    wrk_sides: dict[int, WrkSide],
+    wrk_sides: dict[str, WrkSide],
     args: argparse.Namespace,
 ) -> None:
     clients, requests = args.clients, args.requests
@@ -323,11 +326,11 @@ def measure_round(
         empty_runs(dsn)
         sides[f"api_{processes}"].add(requests, *asyncio.run(post_runs(server.base_url, key, clients, requests)))
         check_all_queued(dsn, expected, f"POST /runs, {processes} process(es)")
-        if processes in wrk_sides:
-            empty_runs(dsn)
-            done, wall_s, cpu_s = wrk_posts(server, key, clients, args.wrk_seconds)
-            wrk_sides[processes].per_s.append(done / wall_s)
-            wrk_sides[processes].cpu_ms.append(cpu_s / done * 1000)
+    for side in wrk_sides.values():
+        empty_runs(dsn)
+        done, wall_s, cpu_s = wrk_posts(side.server, key, clients, args.wrk_seconds)
+        side.per_s.append(done / wall_s)
+        side.cpu_ms.append(cpu_s / done * 1000)
 
 
 # ---- report
@@ -366,13 +369,14 @@ def results_table(sides: dict[str, Side], clients: int, requests: int, rounds: i
     return table
 
 
-def wrk_table(wrk_sides: dict[int, WrkSide], direct_per_s: float, clients: int, seconds: float) -> Table:
+def wrk_table(wrk_sides: dict[str, WrkSide], direct_per_s: float, clients: int, seconds: float) -> Table:
     table = Table(title=f"wrk: POST /runs from {clients} connections, {seconds:g} s a round (medians)")
-    for column in ("procs", "runs/s", "vs direct", "API CPU ms/request", "rounds"):
+    for column in ("server", "procs", "runs/s", "vs direct", "API CPU ms/request", "rounds"):
         table.add_column(column, justify="right")
-    for processes, side in wrk_sides.items():
+    for label, side in wrk_sides.items():
         table.add_row(
-            str(processes),
+            label,
+            str(side.processes),
             f"{statistics.median(side.per_s):,.0f}",
             f"{statistics.median(side.per_s) / direct_per_s:.2f}x",
             f"{statistics.median(side.cpu_ms):.3f}",
@@ -408,6 +412,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--api-workers", default="1,2", help="API worker process counts, comma-separated")
     parser.add_argument("--wrk-seconds", type=float, help="wrk's run per server and round (default 10; --quick 3)")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/base main`): its `pgsched api` is measured by wrk too",
+    )
     parser.add_argument("--quick", action="store_true", help="a smaller run, to check the benchmark works")
     parser.add_argument(
         "--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)"
@@ -431,21 +440,27 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     sides = {DIRECT: Side("App.enqueue", 1)} | {f"api_{n}": Side("POST /runs", n) for n in args.api_workers}
-    wrk_sides = {n: WrkSide(n) for n in args.api_workers} if shutil.which("wrk") else {}
-    if not wrk_sides:
+    wrk_sides: dict[str, WrkSide] = {}
+    if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk): no API CPU per request", flush=True)
     with server_dsn(args.dsn) as server, fresh_database(server) as dsn, contextlib.ExitStack() as servers_open:
         print(server_description(server), flush=True)
         key = make_key(dsn)
         servers = {n: servers_open.enter_context(api_server(dsn, n)) for n in args.api_workers}
+        if shutil.which("wrk"):
+            wrk_sides = {f"api_{n}": WrkSide(f"api_{n}", n, server) for n, server in servers.items()}
+            if args.baseline_tree:
+                for n in args.api_workers:
+                    base = servers_open.enter_context(api_server(dsn, n, args.baseline_tree.resolve()))
+                    wrk_sides[f"baseline_api_{n}"] = WrkSide(f"baseline_api_{n}", n, base)
         for round_number in range(1, args.rounds + 1):
             measure_round(dsn, key, servers, sides, wrk_sides, args)
             print(
                 f"round {round_number}/{args.rounds}: "
                 + ", ".join(f"{name} {side.per_s[-1]:,.0f} runs/s" for name, side in sides.items())
                 + "".join(
-                    f", wrk {n} proc {side.per_s[-1]:,.0f} runs/s {side.cpu_ms[-1]:.3f} ms CPU/request"
-                    for n, side in wrk_sides.items()
+                    f", wrk {label} {side.per_s[-1]:,.0f} runs/s {side.cpu_ms[-1]:.3f} ms CPU/request"
+                    for label, side in wrk_sides.items()
                 ),
                 flush=True,
             )
@@ -454,9 +469,9 @@ def main() -> None:
     if wrk_sides:
         direct_per_s = sides[DIRECT].median_per_s
         Console().print(wrk_table(wrk_sides, direct_per_s, args.clients, args.wrk_seconds))
-        result["wrk"] = {f"api_{n}": side.summary() for n, side in wrk_sides.items()}
-        for n, side in wrk_sides.items():
-            result["ratios"][f"wrk_api_{n}_vs_direct"] = round(statistics.median(side.per_s) / direct_per_s, 3)  # type: ignore[index]
+        result["wrk"] = {label: side.summary() for label, side in wrk_sides.items()}
+        for label, side in wrk_sides.items():
+            result["ratios"][f"wrk_{label}_vs_direct"] = round(statistics.median(side.per_s) / direct_per_s, 3)  # type: ignore[index]
     print(json.dumps(result), flush=True)
 
 

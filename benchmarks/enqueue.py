@@ -8,7 +8,9 @@ makes it. Paths: ``App.enqueue``, ``Task.enqueue`` and their asyncio twins
 them), and the raw baseline of benchmarks/peers.py: psycopg's one-row ``INSERT ... RETURNING
 id`` on one held connection, on pgsched's table without its trigger (in a database of its own
 on the same server). Per path: the wall time of a call and the client's CPU time per call
-(``time.process_time``: it holds on a shared machine, where the wall clock is noise).
+(``time.process_time``: it holds on a shared machine, where the wall clock is noise). The raw
+statement also runs on pgsched's own table, with its trigger (the insert check and the
+NOTIFY): the difference is what the database adds to every enqueue, whatever the client.
 
 ``--baseline-tree`` (a checkout of another commit, e.g. ``git worktree add /tmp/base main``)
 runs the same pgsched paths with that tree's pgsched, in the same run: before/after.
@@ -33,6 +35,9 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("App.enqueue", "Task.enqueue", "App.enqueue_async", "Task.enqueue_async")
 RAW = "raw INSERT + commit"
+# The same statement on pgsched's table with its trigger (the check and the NOTIFY): what
+# the database adds, apart from pgsched's Python.
+RAW_TRIGGER = "raw INSERT + commit, with trigger"
 RAW_SQL = "INSERT INTO pgsched.runs (task, args) VALUES (%s, %s) RETURNING id"
 WARMUP = 50
 
@@ -55,6 +60,7 @@ class Client:
 
         self.noop = noop
         self.raw = psycopg.connect(raw_dsn, autocommit=True)
+        self.raw_trigger = psycopg.connect(dsn, autocommit=True)
         self.jsonb = Jsonb
         self.loop = asyncio.new_event_loop()
 
@@ -62,6 +68,7 @@ class Client:
         self.loop.run_until_complete(self.app.aclose())
         self.app.close()
         self.raw.close()
+        self.raw_trigger.close()
 
     def hello(self) -> dict[str, Any]:
         import pgsched
@@ -75,6 +82,7 @@ class Client:
             "App.enqueue": lambda: self.app.enqueue("noop", {}),
             "Task.enqueue": lambda: self.noop.enqueue(),
             RAW: lambda: self.raw.execute(RAW_SQL, ("noop", self.jsonb({}))).fetchone(),
+            RAW_TRIGGER: lambda: self.raw_trigger.execute(RAW_SQL, ("noop", self.jsonb({}))).fetchone(),
         }[path]
         for _ in range(WARMUP):
             call()
@@ -162,12 +170,12 @@ def main() -> None:
         try:
             for name, client in clients.items():
                 print(f"{name}: pgsched from {client.call('hello')['pgsched']}", flush=True)
-            sides = [("after", RAW)] + [(name, path) for name in clients for path in PATHS]
+            sides = [("after", RAW), ("after", RAW_TRIGGER)] + [(name, path) for name in clients for path in PATHS]
             for round_number in range(args.rounds):
                 order = sides[round_number % len(sides) :] + sides[: round_number % len(sides)]
                 for name, path in order:
                     answer = clients[name].call("measure", path=path, n=args.calls)
-                    label = path if path == RAW else f"{path} ({name})"
+                    label = path if path.startswith(RAW) else f"{path} ({name})"
                     samples.setdefault(label, []).append(answer)
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("TRUNCATE pgsched.runs")
