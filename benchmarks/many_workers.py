@@ -7,11 +7,13 @@ Per shape and round: a fresh backlog of ``--runs`` no-op runs (one COPY), vacuum
 analyzed, drained by the worker processes; the rate is by the database's clock (first start
 to last finish). Claims are counted from the rows: every run a claim takes gets that claim's
 worker id and its transaction's now() as started_at, so one (worker_id, started_at) group is
-one claim. A claim that takes fewer runs than a worker's concurrency while the backlog still
-had runs to give ("short") came back short because SKIP LOCKED passed over rows another
-worker's claim held, or because the worker had fewer slots free; the count bounds the work lost
-to workers colliding at the head of the queue. Shapes alternate within each round; figures
-are medians over rounds. The last line is one JSON object.
+one claim ("short": fewer runs than the worker's concurrency before the last claim). SKIP
+LOCKED fills its LIMIT past rows another claim holds, so a collision shows not as a short
+claim but as index entries read and passed over: ``entries/run`` is the claim index's
+``idx_tup_read`` (pg_stat_user_indexes, read after the workers' backends have exited) per run
+claimed. 1.0 would be a claim that reads only what it takes; the excess is rows locked by
+another worker's claim at that moment and dead entries of runs already claimed. Shapes
+alternate within each round; figures are medians over rounds. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 import psycopg
 
@@ -33,6 +36,9 @@ WITH claims AS (
 SELECT count(*), count(*) FILTER (WHERE runs < %(concurrency)s AND started_at < (SELECT max(started_at) FROM claims))
 FROM claims
 """
+INDEX_READS_SQL = """
+SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = 'pgsched' AND indexrelname = 'runs_claim_idx'
+"""
 RATE_SQL = "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at)) FROM pgsched.runs"
 
 
@@ -43,16 +49,32 @@ def drain(dsn: str, runs: int, processes: int, concurrency: int) -> dict[str, fl
         app.enqueue_many("noop", [{}] * runs)
         app.close()
         conn.execute("VACUUM ANALYZE pgsched.runs")
+        scans_before, reads_before = index_reads(conn)
         procs = [start_worker(dsn, "--concurrency", str(concurrency)) for _ in range(processes)]
         try:
             wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs WHERE status IN ('queued', 'running')", 900)
         finally:
             for proc in procs:
                 stop_worker(proc)
+        time.sleep(1.5)  # the workers' backends flush their statistics as they exit
+        scans, reads = (after - before for after, before in zip(index_reads(conn), (scans_before, reads_before)))
         done, seconds = conn.execute(RATE_SQL).fetchone()  # type: ignore[misc]
         claims, short = conn.execute(CLAIMS_SQL, {"concurrency": concurrency}).fetchone()  # type: ignore[misc]
     assert done == runs, f"{done} of {runs} runs finished"
-    return {"per_s": runs / float(seconds), "claims": claims, "short_claims": short, "runs_per_claim": runs / claims}
+    return {
+        "per_s": runs / float(seconds),
+        "claims": claims,
+        "short_claims": short,
+        "runs_per_claim": runs / claims,
+        "claim_index_scans": scans,
+        "entries_read_per_run": reads / runs,
+    }
+
+
+def index_reads(conn: psycopg.Connection) -> tuple[int, int]:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    scans, reads = conn.execute(INDEX_READS_SQL).fetchone()  # type: ignore[misc]
+    return int(scans), int(reads)
 
 
 def main() -> None:
@@ -76,12 +98,15 @@ def main() -> None:
         for shape, rows in samples.items()
     }
     first = next(iter(medians))
-    print(f"\n{'shape':8s} {'runs/s':>9s} {'vs ' + first:>9s} {'claims':>7s} {'short':>6s} {'runs/claim':>10s}")
+    print(
+        f"\n{'shape':8s} {'runs/s':>9s} {'vs ' + first:>9s} {'claims':>7s} {'short':>6s} {'runs/claim':>10s}"
+        f" {'entries/run':>11s}"
+    )
     for shape, m in medians.items():
         m["vs_first"] = round(m["per_s"] / medians[first]["per_s"], 3)
         print(
             f"{shape:8s} {m['per_s']:9,.0f} {m['vs_first']:9.2f} {m['claims']:7,.0f} {m['short_claims']:6,.0f}"
-            f" {m['runs_per_claim']:10.1f}"
+            f" {m['runs_per_claim']:10.1f} {m['entries_read_per_run']:11.2f}"
         )
     print(json.dumps({"benchmark": "many_workers", "runs": args.runs, "rounds": args.rounds, "shapes": medians}))
 
