@@ -534,7 +534,7 @@ class App:
     def _insert_pooled(self, task: str, encoded: str, options: RunOptions) -> tuple[int, bool]:
         """:func:`insert_run` on a pooled connection, checked out without the context managers
         of ``pool.connection()`` and :meth:`_connection` (autocommit: there is no transaction to
-        end): ~10 us of a call's ~60 us of Python."""
+        end): 3.1 us instead of 6.5, and no 1.4 us for :func:`_database_rejections`."""
         pool = self.pool
         conn = pool.getconn()
         try:
