@@ -10,6 +10,11 @@ callers, into the same database (emptied before every measurement):
 (b) API: ``--clients`` concurrent ``httpx.AsyncClient`` requests (keep-alive) to a real
     `pgsched api` (uvicorn) subprocess with 1 and with 2 worker processes, authenticated with a
     write key made by ``pgsched.api.keys``. Every response must be a 201.
+(c) where ``wrk`` is installed (Debian's package: a C load generator, so the client costs the
+    cores almost nothing): ``--clients`` keep-alive connections POSTing for ``--wrk-seconds``
+    against the same servers, and the API processes' CPU time per request (utime + stime of
+    the server and its worker processes, from /proc): issue 18's "API CPU per POST".
+The servers log as deployed (``--log-level info``: the access log is on, to a file).
 Measurements are interleaved (direct, then each API, once per round) so that load from other
 programs drifting over the run hits every side alike; a side's runs/s is its median round.
 A POST also reads the new run back for its response body (one more statement than an
@@ -28,6 +33,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -149,8 +155,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api(dsn: str, port: int, processes: int, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT}
+def start_api(dsn: str, port: int, processes: int, log: IO[bytes], root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`pgsched api` of the code under ``root`` (another tree: the before of a before/after)."""
+    env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT} | {"PYTHONPATH": str(root)}
     return subprocess.Popen(
         [
             sys.executable,
@@ -164,11 +171,11 @@ def start_api(dsn: str, port: int, processes: int, log: IO[bytes]) -> subprocess
             "--workers",
             str(processes),
             "--log-level",
-            "warning",
+            "info",  # as deployed: the access log on
             "--dsn",
             dsn,
         ],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -194,19 +201,71 @@ def wait_until_ready(proc: subprocess.Popen[bytes], base_url: str, log: IO[bytes
         time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class ApiServer:
+    base_url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def api_server(dsn: str, processes: int) -> Iterator[str]:
-    """A running `pgsched api` with ``processes`` workers; yields its base URL. Its output goes
-    to a file, not a pipe: a pipe nobody reads would stall the server once full."""
+def api_server(dsn: str, processes: int, root: Path = ROOT) -> Iterator[ApiServer]:
+    """A running `pgsched api` with ``processes`` workers. Its output goes to a file, not a
+    pipe: a pipe nobody reads would stall the server once full."""
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        proc = start_api(dsn, port, processes, log)
+        proc = start_api(dsn, port, processes, log, root)
         try:
             base_url = f"http://127.0.0.1:{port}"
             wait_until_ready(proc, base_url, log)
-            yield base_url
+            yield ApiServer(base_url, proc.pid)
         finally:
             stop_worker(proc)  # terminate, then kill after 30 s: the same for any pgsched process
+
+
+# ---- (c) wrk: POST /runs from a C client, and the API processes' CPU per request
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"task": "noop", "args": {}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer KEY"
+done = function(summary, latency, requests)
+  io.write(string.format("WRK %d %d %d\\n", summary.requests, summary.errors.status, summary.duration))
+end
+"""
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children: uvicorn's supervisor and workers."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def wrk_posts(server: ApiServer, key: str, clients: int, seconds: float) -> tuple[int, float, float]:
+    """POST /runs from ``clients`` wrk connections for ``seconds``: (requests, wall s, API CPU s)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(WRK_SCRIPT.replace("KEY", key))
+        script.flush()
+        argv = ["wrk", "-t1", f"-c{clients}", "-s", script.name, f"{server.base_url}/runs"]
+        subprocess.run([*argv[:-1], "-d1s", argv[-1]], check=True, capture_output=True)  # warm-up
+        cpu = tree_cpu_s(server.pid)
+        output = subprocess.run([*argv[:-1], f"-d{seconds:g}s", argv[-1]], check=True, capture_output=True, text=True)
+        cpu = tree_cpu_s(server.pid) - cpu
+    line = next(x for x in output.stdout.splitlines() if x.startswith("WRK "))
+    requests, bad_status, duration_us = (int(x) for x in line.split()[1:])
+    if bad_status:
+        raise RuntimeError(f"wrk: {bad_status} of {requests} POST /runs did not answer 2xx")
+    return requests, duration_us / 1e6, cpu
 
 
 async def post_runs(base_url: str, key: str, clients: int, requests: int) -> tuple[float, list[float]]:
@@ -231,17 +290,47 @@ def make_key(dsn: str) -> str:
 # ---- one round: every side once, each from an empty table
 
 
+@dataclass
+class WrkSide:
+    """POST /runs from wrk against one server: throughput and API CPU per request, per round."""
+
+    label: str
+    processes: int
+    server: ApiServer
+    per_s: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "per_s": round(statistics.median(self.per_s)),
+            "per_s_rounds": [round(x) for x in self.per_s],
+            "api_cpu_ms_per_request": round(statistics.median(self.cpu_ms), 3),
+            "api_cpu_ms_rounds": [round(x, 3) for x in self.cpu_ms],
+        }
+
+
 def measure_round(
-    dsn: str, key: str, servers: dict[int, str], sides: dict[str, Side], clients: int, requests: int
+    dsn: str,
+    key: str,
+    servers: dict[int, ApiServer],
+    sides: dict[str, Side],
+    wrk_sides: dict[str, WrkSide],
+    args: argparse.Namespace,
 ) -> None:
+    clients, requests = args.clients, args.requests
     expected = requests + clients * WARMUP_PER_CLIENT
     empty_runs(dsn)
     sides[DIRECT].add(requests, *measure_direct(dsn, clients, requests))
     check_all_queued(dsn, expected, "App.enqueue")
-    for processes, base_url in servers.items():
+    for processes, server in servers.items():
         empty_runs(dsn)
-        sides[f"api_{processes}"].add(requests, *asyncio.run(post_runs(base_url, key, clients, requests)))
+        sides[f"api_{processes}"].add(requests, *asyncio.run(post_runs(server.base_url, key, clients, requests)))
         check_all_queued(dsn, expected, f"POST /runs, {processes} process(es)")
+    for side in wrk_sides.values():
+        empty_runs(dsn)
+        done, wall_s, cpu_s = wrk_posts(side.server, key, clients, args.wrk_seconds)
+        side.per_s.append(done / wall_s)
+        side.cpu_ms.append(cpu_s / done * 1000)
 
 
 # ---- report
@@ -280,6 +369,22 @@ def results_table(sides: dict[str, Side], clients: int, requests: int, rounds: i
     return table
 
 
+def wrk_table(wrk_sides: dict[str, WrkSide], direct_per_s: float, clients: int, seconds: float) -> Table:
+    table = Table(title=f"wrk: POST /runs from {clients} connections, {seconds:g} s a round (medians)")
+    for column in ("server", "procs", "runs/s", "vs direct", "API CPU ms/request", "rounds"):
+        table.add_column(column, justify="right")
+    for label, side in wrk_sides.items():
+        table.add_row(
+            label,
+            str(side.processes),
+            f"{statistics.median(side.per_s):,.0f}",
+            f"{statistics.median(side.per_s) / direct_per_s:.2f}x",
+            f"{statistics.median(side.cpu_ms):.3f}",
+            " ".join(f"{x:.3f}" for x in side.cpu_ms),
+        )
+    return table
+
+
 def figures(sides: dict[str, Side], clients: int, requests: int, rounds: int) -> dict[str, object]:
     direct = sides[DIRECT]
     api = {name: side for name, side in sides.items() if name != DIRECT}
@@ -306,6 +411,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="calls measured per side and round (default 5000; --quick 1000)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick 1)")
     parser.add_argument("--api-workers", default="1,2", help="API worker process counts, comma-separated")
+    parser.add_argument("--wrk-seconds", type=float, help="wrk's run per server and round (default 10; --quick 3)")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/base main`): its `pgsched api` is measured by wrk too",
+    )
     parser.add_argument("--quick", action="store_true", help="a smaller run, to check the benchmark works")
     parser.add_argument(
         "--dsn", help="a server to create the benchmark database on (default: a throwaway embedded one)"
@@ -314,6 +425,7 @@ def parse_args() -> argparse.Namespace:
     args.clients = args.clients or (8 if args.quick else 16)
     args.requests = args.requests or (1000 if args.quick else 5000)
     args.rounds = args.rounds or (1 if args.quick else 3)
+    args.wrk_seconds = args.wrk_seconds or (3 if args.quick else 10)
     try:
         args.api_workers = [int(n) for n in args.api_workers.split(",")]
     except ValueError:
@@ -328,19 +440,39 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     sides = {DIRECT: Side("App.enqueue", 1)} | {f"api_{n}": Side("POST /runs", n) for n in args.api_workers}
+    wrk_sides: dict[str, WrkSide] = {}
+    if not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk): no API CPU per request", flush=True)
     with server_dsn(args.dsn) as server, fresh_database(server) as dsn, contextlib.ExitStack() as servers_open:
         print(server_description(server), flush=True)
         key = make_key(dsn)
         servers = {n: servers_open.enter_context(api_server(dsn, n)) for n in args.api_workers}
+        if shutil.which("wrk"):
+            wrk_sides = {f"api_{n}": WrkSide(f"api_{n}", n, server) for n, server in servers.items()}
+            if args.baseline_tree:
+                for n in args.api_workers:
+                    base = servers_open.enter_context(api_server(dsn, n, args.baseline_tree.resolve()))
+                    wrk_sides[f"baseline_api_{n}"] = WrkSide(f"baseline_api_{n}", n, base)
         for round_number in range(1, args.rounds + 1):
-            measure_round(dsn, key, servers, sides, args.clients, args.requests)
+            measure_round(dsn, key, servers, sides, wrk_sides, args)
             print(
                 f"round {round_number}/{args.rounds}: "
-                + ", ".join(f"{name} {side.per_s[-1]:,.0f} runs/s" for name, side in sides.items()),
+                + ", ".join(f"{name} {side.per_s[-1]:,.0f} runs/s" for name, side in sides.items())
+                + "".join(
+                    f", wrk {label} {side.per_s[-1]:,.0f} runs/s {side.cpu_ms[-1]:.3f} ms CPU/request"
+                    for label, side in wrk_sides.items()
+                ),
                 flush=True,
             )
     Console().print(results_table(sides, args.clients, args.requests, args.rounds))
-    print(json.dumps(figures(sides, args.clients, args.requests, args.rounds)), flush=True)
+    result = figures(sides, args.clients, args.requests, args.rounds)
+    if wrk_sides:
+        direct_per_s = sides[DIRECT].median_per_s
+        Console().print(wrk_table(wrk_sides, direct_per_s, args.clients, args.wrk_seconds))
+        result["wrk"] = {label: side.summary() for label, side in wrk_sides.items()}
+        for label, side in wrk_sides.items():
+            result["ratios"][f"wrk_{label}_vs_direct"] = round(statistics.median(side.per_s) / direct_per_s, 3)  # type: ignore[index]
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def latency(dsn: str, n: int) -> list[float]:
 
 def baseline(server: str, n: int) -> dict[str, float]:
     with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TRIGGER runs_notify_queued ON pgsched.runs")
+        conn.execute("DROP TRIGGER runs_inserted ON pgsched.runs")
         copy_rate = _baseline_copy(conn, n)
         conn.execute("TRUNCATE pgsched.runs")
         single_rate = _baseline_single_insert(conn, min(n, 2000))
@@ -195,7 +195,8 @@ def _baseline_claim50(conn: psycopg.Connection, n: int) -> float:
         if not rows:
             break
         conn.execute(
-            "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)",
+            "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL "
+            "WHERE id = ANY(%s)",
             ([r[0] for r in rows],),
         )
         done += len(rows)

@@ -150,6 +150,7 @@ def _log_config(level: str) -> dict[str, Any]:
     # Every line a request logs, its access line included, ends with its X-Request-ID (and the
     # run's ids for a line about a run): pgsched.logs.CorrelationFilter.
     config["filters"] = {"correlation": {"()": "pgsched.logs.CorrelationFilter"}}
+    config["formatters"]["access"]["()"] = "pgsched.api.serve.LeanAccessFormatter"
     for name in ("default", "access"):
         config["handlers"][name]["filters"] = ["correlation"]
         config["formatters"][name]["fmt"] += "%(correlation)s"

@@ -34,13 +34,12 @@ from typing import (
 )
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched import calling
 from pgsched import enqueue as _enqueue
 from pgsched.config import connection_kwargs, resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
-from pgsched.enqueue import RunOptions, check_concurrency_key, check_task_name, encode_args, encode_args_text
+from pgsched.enqueue import RunOptions, check_concurrency_key, check_task_name, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
 from pgsched.handles import RunHandle
 from pgsched.jobs import JobSpec, upsert_job
@@ -509,12 +508,12 @@ class App:
             ),
         )
 
-    def _encode(self, task: str, args: Mapping[str, Any] | None) -> Jsonb:
-        """Args as jsonb, checked against the task's signature when the task is known here."""
+    def _encode(self, task: str, args: Mapping[str, Any] | None) -> str:
+        """Args as JSON text, checked against the task's signature when the task is known here."""
         known = self.tasks.get(task)
-        if known is not None and isinstance(args, Mapping):
+        if known is not None and (type(args) is dict or isinstance(args, Mapping)):
             known.check_args(args)
-        return encode_args(args)
+        return encode_args_text(args)
 
     def enqueue(
         self,
@@ -589,8 +588,23 @@ class App:
             args={} if args is None else args,
         )
         encoded = self._encode(task, args)
+        if conn is None and self.default_connection() is None:
+            return self._insert_pooled(task, encoded, options)
         with self._connection(conn) as c, _database_rejections():
             return _enqueue.insert_run(c, task, encoded, options)
+
+    def _insert_pooled(self, task: str, encoded: str, options: RunOptions) -> tuple[int, bool]:
+        """:func:`insert_run` on a pooled connection, checked out without the context managers
+        of ``pool.connection()`` and :meth:`_connection` (autocommit: there is no transaction to
+        end): 3.1 us instead of 6.5, and no 1.4 us for :func:`_database_rejections`."""
+        pool = self.pool
+        conn = pool.getconn()
+        try:
+            return _enqueue.insert_run(conn, task, encoded, options)
+        except _REJECTED as exc:
+            raise _rejection(exc) from None
+        finally:
+            pool.putconn(conn)
 
     async def enqueue_async(
         self,
@@ -657,9 +671,52 @@ class App:
             args={} if args is None else args,
         )
         encoded = self._encode(task, args)
-        async with self._async_connection(conn) as c:
-            with _database_rejections():
-                return await _enqueue.insert_run_async(c, task, encoded, options)
+        if conn is None:
+            return await self._insert_pooled_async(task, encoded, options)
+        with _database_rejections():
+            return await _enqueue.insert_run_async(conn, task, encoded, options)
+
+    async def _insert_pooled_async(self, task: str, encoded: str, options: RunOptions) -> tuple[int, bool]:
+        """The asyncio twin of :meth:`_insert_pooled`."""
+        pool = await self.async_pool()
+        conn = await pool.getconn()
+        try:
+            return await _enqueue.insert_run_async(conn, task, encoded, options)
+        except _REJECTED as exc:
+            raise _rejection(exc) from None
+        finally:
+            await pool.putconn(conn)
+
+    async def enqueue_returning_async(
+        self,
+        task: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | None = None,
+        tenant: str | None = None,
+        concurrency_key: str | None = None,
+        conn: psycopg.AsyncConnection,
+    ) -> dict[str, Any]:
+        """Queue one run and return its row (the columns :func:`pgsched.runs.get_run` reads) from
+        the same statement: the REST API's POST /runs, which answers with the run."""
+        options = self._options(
+            task,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            delay=delay,
+            tenant=tenant,
+            concurrency_key=concurrency_key,
+            args=args,
+        )
+        encoded = self._encode(task, args)
+        with _database_rejections():
+            return await _enqueue.insert_run_returning_async(conn, task, encoded, options)
 
     def apply(
         self,
@@ -854,20 +911,35 @@ class App:
             await pool.close()
 
 
+# DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.
+# ProgrammingError: a tenant quota's SQLSTATE PS429 arrives as one (psycopg knows no class for it).
+_REJECTED = (
+    psycopg.errors.CheckViolation,
+    psycopg.errors.NotNullViolation,
+    psycopg.DataError,
+    psycopg.ProgrammingError,
+)
+
+
+def _rejection(exc: psycopg.Error) -> Exception:
+    """What a refused insert is to its caller: a tenant over a quota is :class:`QuotaExceeded`,
+    a row the schema's constraints reject is bad input named by its constraint, and any other
+    programming error stays itself."""
+    over_quota = quota_error(exc)
+    if over_quota is not None:
+        return over_quota
+    if isinstance(exc, psycopg.ProgrammingError):
+        return exc
+    detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)
+    if exc.diag.message_detail:
+        detail += f" ({exc.diag.message_detail})"
+    return InvalidInput(f"the database rejected the run: {detail}")
+
+
 @contextmanager
 def _database_rejections() -> Iterator[None]:
-    """A row the schema's constraints reject is bad input, named by its constraint; a tenant over
-    a quota is :class:`QuotaExceeded`."""
+    """:func:`_rejection` for the statements in the block."""
     try:
         yield
-    except psycopg.ProgrammingError as exc:  # a tenant quota's SQLSTATE PS429 arrives as one
-        over_quota = quota_error(exc)
-        if over_quota is None:
-            raise
-        raise over_quota from None
-    except (psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation, psycopg.DataError) as exc:
-        # DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.
-        detail = exc.diag.constraint_name or exc.diag.message_primary or str(exc)
-        if exc.diag.message_detail:
-            detail += f" ({exc.diag.message_detail})"
-        raise InvalidInput(f"the database rejected the run: {detail}") from None
+    except _REJECTED as exc:
+        raise _rejection(exc) from None

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgsched.context import origin
@@ -136,8 +137,8 @@ _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 def encode_args_text(args: Mapping[str, Any] | None) -> str:
     """Args as JSON text, checked to be a JSON object of at most 1 MB."""
-    if args is None:
-        return "{}"
+    if args is None or (type(args) is dict and not args):
+        return "{}"  # a no-argument task's args, the commonest of all: nothing to encode
     if type(args) is not dict and not isinstance(args, Mapping):
         raise InvalidInput(f"args must be a JSON object (a dict), got {type(args).__name__}")
     try:
@@ -154,7 +155,19 @@ def encode_args(args: Mapping[str, Any] | None) -> Jsonb:
     return Jsonb(encode_args_text(args), dumps=str)  # already JSON: passed through as is
 
 
-def _insert_params(task: str, args: Jsonb, options: RunOptions) -> dict[str, Any]:
+def _insert_params(task: str, args: Jsonb | str, options: RunOptions) -> dict[str, Any]:
+    if _is_plain(options):  # run_insert_now's parameters only: each one more costs its dump
+        return {
+            "task": task,
+            "args": args,
+            "queue": options.queue,
+            "priority": options.priority,
+            "max_attempts": options.max_attempts,
+            "tenant": options.tenant,
+            "trace_context": current_traceparent(),
+            "request_id": origin().request_id,
+            "concurrency_key": options.concurrency_key,
+        }
     return {
         "task": task,
         "args": args,
@@ -177,13 +190,21 @@ def origin_params() -> dict[str, str | None]:
     return {"trace_context": current_traceparent(), "request_id": origin().request_id}
 
 
+def _is_plain(options: RunOptions) -> bool:
+    """Due now, no idempotency key, no expiry: most enqueues, which run_insert_now serves."""
+    return options.unique_key is None and options.run_at is None and not options.delay and options.expires is None
+
+
 def _insert_query(options: RunOptions) -> str:
-    return queries["run_insert_unique"] if options.unique_key else queries["run_insert"]
+    if options.unique_key:
+        return queries["run_insert_unique"]
+    return queries["run_insert_now"] if _is_plain(options) else queries["run_insert"]
 
 
-def insert_run(conn: psycopg.Connection, task: str, args: Jsonb, options: RunOptions) -> tuple[int, bool]:
+def insert_run(conn: psycopg.Connection, task: str, args: Jsonb | str, options: RunOptions) -> tuple[int, bool]:
     """INSERT one run (one round trip): (its id, True); with a unique_key that is already
-    taken, (the existing run's id, False)."""
+    taken, (the existing run's id, False). ``args``: a Jsonb, or JSON text from
+    :func:`encode_args_text` (cheaper to send: a plain string the server reads as jsonb)."""
     row = conn.execute(_insert_query(options), _insert_params(task, args, options)).fetchone()
     if row is None:  # the key's holder committed after our statement's snapshot: read it now
         row = conn.execute(_insert_query(options), _insert_params(task, args, options)).fetchone()
@@ -192,7 +213,7 @@ def insert_run(conn: psycopg.Connection, task: str, args: Jsonb, options: RunOpt
 
 
 async def insert_run_async(
-    conn: psycopg.AsyncConnection, task: str, args: Jsonb, options: RunOptions
+    conn: psycopg.AsyncConnection, task: str, args: Jsonb | str, options: RunOptions
 ) -> tuple[int, bool]:
     """The asyncio twin of :func:`insert_run`."""
     cursor = await conn.execute(_insert_query(options), _insert_params(task, args, options))
@@ -202,6 +223,23 @@ async def insert_run_async(
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0]), bool(row[1])
+
+
+async def insert_run_returning_async(
+    conn: psycopg.AsyncConnection, task: str, args: Jsonb | str, options: RunOptions
+) -> dict[str, Any]:
+    """INSERT one run without a unique_key and return its row, every column :func:`pgsched.runs.get_run`
+    reads, in the same statement (what the REST API answers with)."""
+    if options.unique_key is not None:
+        raise InvalidInput("insert_run_returning_async takes no unique_key: use insert_run_async")
+    params = _insert_params(task, args, options)
+    if _is_plain(options):  # run_insert's parameters, the plain case's defaults
+        params.update(run_at=None, delay=0.0, expires_at=None, expires_in=None)
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["run_insert_returning"], params)
+        row = await cursor.fetchone()
+    assert row is not None
+    return row
 
 
 def _copy_text(

@@ -660,7 +660,9 @@ CREATE FUNCTION pgsched.run_claim_limited_v1(
     run_max_attempts  integer,
     run_queue         text,
     run_trace_context text,
-    run_request_id    text
+    run_request_id    text,
+    run_priority      smallint,
+    run_run_at        timestamptz
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -689,7 +691,7 @@ BEGIN
         IF NOT FOUND THEN
             RETURN QUERY SELECT false, 0, false, false, NULL::float8, NULL::float8, NULL::float8, NULL::float8,
                                 NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text,
-                                NULL::text, NULL::text;
+                                NULL::text, NULL::text, NULL::smallint, NULL::timestamptz;
             RETURN;
         END IF;
     END IF;
@@ -702,7 +704,7 @@ BEGIN
         IF NOT FOUND THEN
             RETURN QUERY SELECT false, 0, false, false, NULL::float8, NULL::float8, NULL::float8, NULL::float8,
                                 NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text,
-                                NULL::text, NULL::text;
+                                NULL::text, NULL::text, NULL::smallint, NULL::timestamptz;
             RETURN;
         END IF;
     END IF;
@@ -793,7 +795,8 @@ BEGIN
             lease_expires_at = v_now + make_interval(secs => p_lease_s)
         FROM taken
         WHERE r.id = taken.id AND r.status = 'queued'
-        RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
+        RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id,
+                  r.priority, r.run_at
     ), queue_spent AS (
         UPDATE pgsched.queues
         SET tokens = q_tokens - (SELECT count(*) FROM claimed),
@@ -807,7 +810,8 @@ BEGIN
     )
     SELECT true, h.n, (SELECT count(*) FROM allowed) > t.n, (SELECT count(*) FROM next) > (SELECT count(*) FROM allowed),
                q_tokens, q_per_s, t_tokens, t_per_s,
-               c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id
+               c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id,
+               c.priority, c.run_at
         FROM headroom AS h CROSS JOIN take AS t LEFT JOIN claimed AS c ON true;
 END;
 $$;

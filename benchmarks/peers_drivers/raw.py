@@ -1,5 +1,5 @@
 """The raw-SQL ceiling: psycopg and no framework, on pgsched's table without its NOTIFY
-trigger (as benchmarks/throughput.py's baseline). Bulk enqueue is COPY (an unnest INSERT is
+trigger runs_inserted (as benchmarks/throughput.py's baseline). Bulk enqueue is COPY (an unnest INSERT is
 measured too), single enqueue a one-row INSERT + commit, and a worker is one process running
 a claim-50 + complete loop (pgsched's claim query, a plain UPDATE to finish) with no task
 machinery; when the queue is empty it waits on LISTEN, which the latency enqueue NOTIFYs."""
@@ -25,7 +25,9 @@ PENDING_SQL = "SELECT count(*) FROM pgsched.runs WHERE status IN ('queued', 'run
 RESET_SQL = "TRUNCATE pgsched.runs"
 CHANNEL = "peers_raw"
 CLAIM_BATCH = 50
-COMPLETE_SQL = "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now() WHERE id = ANY(%s)"
+COMPLETE_SQL = (
+    "UPDATE pgsched.runs SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL WHERE id = ANY(%s)"
+)
 
 
 def worker_argv(python: str, index: int, dsn: str) -> list[str]:
@@ -87,7 +89,7 @@ class Client:
 
         self.conn = psycopg.connect(self.dsn, autocommit=True)
         migrate(self.conn)
-        self.conn.execute("DROP TRIGGER runs_notify_queued ON pgsched.runs")
+        self.conn.execute("DROP TRIGGER runs_inserted ON pgsched.runs")
         self.reset()
 
     def reset(self) -> None:

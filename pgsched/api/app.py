@@ -17,10 +17,10 @@ from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pgsched
-from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache
+from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache, scope_middleware
 from pgsched.api.cache import CACHE_DEPENDENCY, ResponseCache
 from pgsched.api.contract import correct_allow_header, document_strict_request_bodies, enforce_the_document
 from pgsched.api.controllers.health import HealthController
@@ -88,9 +88,23 @@ async def database_pool(app: Litestar) -> AsyncIterator[None]:
     app.state.pool = pool
     replica = _read_replica(settings)
     app.state.reads = Reads(pool, replica)
+    # The event loop's own pool, for the enqueue handlers (POST /runs, /runs/batch): a sync pool
+    # driven from a worker thread cost a thread hop per request and ~0.1 ms of the API's CPU.
+    async_pool = AsyncConnectionPool(
+        settings.dsn,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout_s,
+        kwargs=API_CONNECTION,
+        open=False,
+        name="pgsched-api-async",
+    )
+    await async_pool.open(wait=False)
+    app.state.async_pool = async_pool
     try:
         yield
     finally:
+        await async_pool.close()
         await anyio.to_thread.run_sync(pool.close)
         if replica is not None:
             await anyio.to_thread.run_sync(replica.pool.close)
@@ -158,6 +172,8 @@ def create_app(settings: ApiSettings) -> Litestar:
         middleware.append(DefineMiddleware(ApiKeyAuthentication, exclude=[*PUBLIC_PATHS, *UI_PATHS]))
     if settings.rate_limit is not None:
         middleware.append(RateLimitMiddleware())  # after authentication: it counts per key
+    if settings.auth:
+        middleware.append(scope_middleware)  # the key's scope, once the request has counted
     app = Litestar(
         route_handlers=[*CONTROLLERS, *ui_routes()],
         template_config=template_config(),

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched.api.keys import ApiKey
 from pgsched.api.replica import Reads as ReadRouter
@@ -22,6 +22,8 @@ from pgsched.app import App
 Pool = NamedDependency[ConnectionPool]
 # Reads a handler may take from the read replica: ``reads(lambda conn: ...)`` (pgsched.api.replica).
 Reads = NamedDependency[ReadRouter]
+# The event loop's pool, for async handlers (the enqueues).
+AsyncPool = NamedDependency[AsyncConnectionPool]
 Settings = NamedDependency[ApiSettings]
 Pgsched = NamedDependency[App]
 # The caller's tenant; None: the key sees every tenant (or auth is off).
@@ -34,6 +36,10 @@ def provide_pool(state: State) -> ConnectionPool:
 
 def provide_reads(state: State) -> ReadRouter:
     return state.reads  # type: ignore[no-any-return]
+
+
+def provide_async_pool(state: State) -> AsyncConnectionPool:
+    return state.async_pool  # type: ignore[no-any-return]
 
 
 def provide_settings(state: State) -> ApiSettings:
@@ -52,6 +58,7 @@ def provide_tenant(request: Request[Any, Any, Any]) -> Optional[str]:
 DEPENDENCIES = {
     "pool": Provide(provide_pool, sync_to_thread=False),
     "reads": Provide(provide_reads, sync_to_thread=False),
+    "async_pool": Provide(provide_async_pool, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "pgsched": Provide(provide_pgsched, sync_to_thread=False),
     "tenant": Provide(provide_tenant, sync_to_thread=False),

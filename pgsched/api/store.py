@@ -74,6 +74,52 @@ def enqueue_one(
         ) from None
 
 
+async def enqueue_returning(
+    conn: psycopg.AsyncConnection,
+    app: App,
+    request: RunRequest,
+    args: Mapping[str, Any] | None,
+    *,
+    tenant: str | None = None,
+) -> dict[str, Any]:
+    """Queue one run for the caller's tenant (no Idempotency-Key): the new run's row."""
+    return await app.enqueue_returning_async(
+        request.task,
+        args,
+        queue=request.queue,
+        priority=request.priority,
+        max_attempts=request.max_attempts,
+        run_at=request.run_at,
+        delay=request.delay,
+        concurrency_key=request.concurrency_key,
+        tenant=tenant,
+        conn=conn,
+    )
+
+
+async def enqueue_batch_async(
+    conn: psycopg.AsyncConnection,
+    app: App,
+    request: RunRequest,
+    all_args: Sequence[Mapping[str, Any]],
+    *,
+    tenant: str | None = None,
+) -> list[int]:
+    """The asyncio twin of :func:`enqueue_batch`."""
+    return await app.enqueue_many_async(
+        request.task,
+        all_args,
+        queue=request.queue,
+        priority=request.priority,
+        max_attempts=request.max_attempts,
+        run_at=request.run_at,
+        delay=request.delay,
+        concurrency_key=request.concurrency_key,
+        tenant=tenant,
+        conn=conn,
+    )
+
+
 def enqueue_batch(
     conn: psycopg.Connection,
     app: App,

@@ -9,7 +9,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 
 from pgsched.api import metrics
-from pgsched.api.auth import require_scope
 from pgsched.api.deps import Pool, Settings
 from pgsched.api.schemas import Health, Readiness, error_responses
 from pgsched.migrate import pending
@@ -64,7 +63,6 @@ class HealthController(Controller):
         operation_id="metrics",
         sync_to_thread=True,
         media_type=metrics.CONTENT_TYPE,
-        guards=[require_scope],
         opt={"cluster_wide": True},
         responses=error_responses(),
     )

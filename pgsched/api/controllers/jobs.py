@@ -14,7 +14,6 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import UNSET, structs
 
 from pgsched import jobs as job_store
-from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Reads, Tenant
 from pgsched.api.schemas import (
@@ -95,7 +94,6 @@ def _patched(current: dict[str, Any], patch: JobPatch) -> JobSpec:
 class JobController(Controller):
     path = "/jobs"
     tags = ["jobs"]
-    guards = [require_scope]
     dependencies = {"owner": Provide(provide_owner, sync_to_thread=False)}
 
     @post(

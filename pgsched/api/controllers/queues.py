@@ -15,7 +15,6 @@ from litestar.params import JSONBody, PathParameter
 from msgspec import UNSET
 
 from pgsched import queue_settings
-from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
 from pgsched.api.deps import Pool, Reads, Tenant
 from pgsched.api.schemas import (
@@ -45,7 +44,6 @@ def _changed(pool: Pool, name: str, **changes: Any) -> QueueSettingsOut:
 class QueueController(Controller):
     path = "/queues"
     tags = ["queues"]
-    guards = [require_scope]
 
     @get("/", operation_id="listQueues", sync_to_thread=True, responses=error_responses())
     def list_queues(self, reads: Reads, tenant: Tenant, cache: Cache) -> QueueList:

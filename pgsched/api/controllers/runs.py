@@ -5,16 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Callable, TypeVar
 
-from litestar import Controller, Response, get, post
+import anyio.to_thread
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from psycopg_pool import ConnectionPool
 
 from pgsched.api import store
-from pgsched.api.auth import require_scope
 from pgsched.api.cache import Cache
-from pgsched.api.deps import Pgsched, Pool, Reads, Settings, Tenant
+from pgsched.api.deps import Pool, Reads, Tenant, provide_tenant
 from pgsched.api.schemas import (
     NO_NUL,
     FailureGroup,
@@ -31,6 +33,7 @@ from pgsched.api.schemas import (
     error_responses,
     from_row,
 )
+from pgsched.app import App
 from pgsched.errors import InvalidInput
 from pgsched.runs import (
     MAX_LIST_LIMIT,
@@ -82,6 +85,23 @@ def _run_request(data: RunCreate | RunBatchCreate) -> store.RunRequest:
     )
 
 
+HttpRequest = Request[Any, Any, Any]
+
+
+def _enqueue_idempotent(
+    pool: ConnectionPool,
+    pgsched: App,
+    request: store.RunRequest,
+    args: dict[str, Any],
+    idempotency_key: str,
+    tenant: str | None,
+) -> tuple[dict[str, Any], bool]:
+    # One transaction for the write and the read-back: a failure after the insert rolls it
+    # back, so an error status never answers a committed run (a retry would duplicate it).
+    with pool.connection() as conn, conn.transaction():
+        return store.enqueue_one(conn, pgsched, request, args, idempotency_key=idempotency_key, tenant=tenant)
+
+
 def _instant(name: str, text: str | None) -> datetime | None:
     """A time filter's value: ISO 8601 with a timezone; anything else is a 400 naming the
     parameter (unparseable and naive alike)."""
@@ -116,12 +136,10 @@ def _cursor(cursor: str | None) -> int | None:
 class RunController(Controller):
     path = "/runs"
     tags = ["runs"]
-    guards = [require_scope]
 
     @post(
         "/",
         operation_id="createRun",
-        sync_to_thread=True,
         status_code=201,
         responses=error_responses(
             400,
@@ -131,40 +149,38 @@ class RunController(Controller):
             _200=ResponseSpec(RunOut, description="A repeat: the run that holds this Idempotency-Key"),
         ),
     )
-    def create(
-        self,
-        data: JSONBody[RunCreate],
-        pool: Pool,
-        pgsched: Pgsched,
-        tenant: Tenant,
-        idempotency_key: IdempotencyKey = None,
+    async def create(
+        self, data: JSONBody[RunCreate], state: State, request: HttpRequest, idempotency_key: IdempotencyKey = None
     ) -> Response[RunOut]:
         """Queue one run (201), or return the run an earlier request with the same Idempotency-Key queued (200)."""
-        request = _run_request(data)
-        # One transaction for the write and the read-back: a failure after the insert rolls it
-        # back, so an error status never answers a committed run (a retry would duplicate it).
-        with pool.connection() as conn, conn.transaction():
-            run, created = store.enqueue_one(
-                conn, pgsched, request, data.args, idempotency_key=idempotency_key, tenant=tenant
+        # The pools, the App and the tenant are read here, not injected: Litestar resolves a
+        # handler's several dependencies in an anyio task group, a task each, on every request.
+        wanted, tenant = _run_request(data), provide_tenant(request)
+        if idempotency_key is not None:
+            run, created = await anyio.to_thread.run_sync(
+                _enqueue_idempotent, state.pool, state.pgsched, wanted, data.args, idempotency_key, tenant
             )
-        return Response(from_row(RunOut, run), status_code=201 if created else 200)
+            return Response(from_row(RunOut, run), status_code=201 if created else 200)
+        # One statement inserts the run and returns it (autocommit): the answer is the committed
+        # row, which every reader can read (the schema's rules), so no error can follow the write.
+        async with state.async_pool.connection() as conn:
+            run = await store.enqueue_returning(conn, state.pgsched, wanted, data.args, tenant=tenant)
+        return Response(from_row(RunOut, run), status_code=201)
 
     @post(
         "/batch",
         operation_id="createRuns",
-        sync_to_thread=True,
         status_code=201,
         responses=error_responses(400, 413, 422),
     )
-    def create_many(
-        self, data: JSONBody[RunBatchCreate], pool: Pool, pgsched: Pgsched, tenant: Tenant, settings: Settings
-    ) -> RunBatchOut:
+    async def create_many(self, data: JSONBody[RunBatchCreate], state: State, request: HttpRequest) -> RunBatchOut:
         """Queue one run of ``task`` per object in ``args`` (up to 10,000), all or none; returns their ids in order."""
-        if len(data.args) > settings.max_batch:
-            raise InvalidInput(f"args has {len(data.args)} objects; a batch holds at most {settings.max_batch}")
-        request = _run_request(data)
-        with pool.connection() as conn, conn.transaction():
-            return RunBatchOut(ids=store.enqueue_batch(conn, pgsched, request, data.args, tenant=tenant))
+        if len(data.args) > state.settings.max_batch:
+            raise InvalidInput(f"args has {len(data.args)} objects; a batch holds at most {state.settings.max_batch}")
+        wanted, tenant = _run_request(data), provide_tenant(request)  # read, not injected: see create
+        async with state.async_pool.connection() as conn:
+            ids = await store.enqueue_batch_async(conn, state.pgsched, wanted, data.args, tenant=tenant)
+        return RunBatchOut(ids=ids)
 
     @get("/", operation_id="listRuns", sync_to_thread=True, responses=error_responses(400, 422))
     def list_runs(

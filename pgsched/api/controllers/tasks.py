@@ -15,7 +15,6 @@ from litestar.params import JSONBody, PathParameter
 from msgspec import UNSET
 
 from pgsched import queue_settings
-from pgsched.api.auth import require_scope
 from pgsched.api.controllers.queues import SHARED_SETTING
 from pgsched.api.deps import Pool
 from pgsched.api.schemas import (
@@ -40,7 +39,6 @@ def _changed(pool: Pool, name: str, **changes: Any) -> TaskSettingsOut:
 class TaskController(Controller):
     path = "/tasks"
     tags = ["tasks"]
-    guards = [require_scope]
 
     @get("/", operation_id="listTaskSettings", sync_to_thread=True, responses=error_responses())
     def list_settings(self, pool: Pool) -> TaskSettingsList:

@@ -15,7 +15,6 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from msgspec import UNSET
 
 from pgsched import quotas
-from pgsched.api.auth import require_scope
 from pgsched.api.deps import Pool, Tenant
 from pgsched.api.schemas import TenantList, TenantOut, TenantPatch, UsageDay, UsageList, error_responses, from_row
 
@@ -39,7 +38,6 @@ def _is_admin(request: Request[Any, Any, Any]) -> bool:
 class TenantController(Controller):
     path = "/tenants"
     tags = ["tenants"]
-    guards = [require_scope]
 
     @get("/", operation_id="listTenants", sync_to_thread=True, opt=ADMIN_ONLY, responses=error_responses())
     def list_tenants(self, pool: Pool) -> TenantList:
@@ -72,7 +70,6 @@ class TenantController(Controller):
 class UsageController(Controller):
     path = "/usage"
     tags = ["tenants"]
-    guards = [require_scope]
 
     @get("/", operation_id="getUsage", sync_to_thread=True, responses=error_responses(400, 422))
     def usage(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from litestar import Controller, get
 
 from pgsched.api import store
-from pgsched.api.auth import require_scope
 from pgsched.api.deps import Reads
 from pgsched.api.schemas import WorkerList, WorkerOut, error_responses, from_row
 
@@ -13,7 +12,6 @@ from pgsched.api.schemas import WorkerList, WorkerOut, error_responses, from_row
 class WorkerController(Controller):
     path = "/workers"
     tags = ["workers"]
-    guards = [require_scope]
 
     @get("/", operation_id="listWorkers", sync_to_thread=True, opt={"cluster_wide": True}, responses=error_responses())
     def list_workers(self, reads: Reads) -> WorkerList:
