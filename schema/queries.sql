@@ -6,6 +6,14 @@
 -- Serialises concurrent `pgsched migrate` runs for the rest of the transaction.
 SELECT pg_advisory_xact_lock(%(key)s);
 
+-- name: migration_lock_session
+-- Held across the transactions of one `pgsched migrate` (a file that adds an enum value ends
+-- one, see migrate.py): a concurrent migrate waits for the whole run, not just its first part.
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: migration_unlock_session
+SELECT pg_advisory_unlock(%(key)s);
+
 -- name: migration_bootstrap
 -- The bookkeeping table every later migration is recorded in.
 CREATE SCHEMA IF NOT EXISTS pgsched;
