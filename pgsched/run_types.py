@@ -22,6 +22,7 @@ class ClaimedRun:
     queue: str = "default"
     trace_context: str | None = None  # the W3C traceparent of the code that queued it
     request_id: str | None = None  # the X-Request-ID of the API request that queued it
+    has_parents: bool = False  # a workflow step: its parents' results are read before it runs
 
 
 @dataclass(slots=True)

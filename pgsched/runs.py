@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from pgsched.errors import InvalidInput, RunNotFound, RunStateConflict
 from pgsched.sql import queries
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 1000
 COUNT_CAP = 10_000  # counts of matching runs stop here ("10,000+")
 FAILURE_GROUPS_SHOWN = 200

@@ -86,7 +86,8 @@ FROM runs_ids, generate_series(1, %(n)s);
 COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id) FROM STDIN;
 
 -- name: run_claim
--- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
+-- Claim up to %(limit)s due runs (never more than the worker's free slots). has_parents: a
+-- workflow step whose worker reads its parents' results (run_parent_results) before running it. The lateral
 -- subquery walks the claim index once per queue, in claim order, and locks with SKIP LOCKED
 -- so concurrent workers never wait on each other; MATERIALIZED fences the planner so the
 -- LIMIT applies before the UPDATE (a nested loop could otherwise update more rows).
@@ -126,7 +127,8 @@ SET status = 'running',
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
 FROM next
 WHERE r.id = next.id
-RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id;
+RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id,
+          r.parents_pending IS NOT NULL AS has_parents;
 
 -- name: queue_lock_for_claim
 -- First statement of a limited queue's claim transaction: lock its settings row, so the claims
@@ -180,10 +182,11 @@ WITH running AS MATERIALIZED (
         lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
     FROM taken
     WHERE r.id = taken.id
-    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id
+    RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id,
+              r.parents_pending IS NOT NULL AS has_parents
 )
 SELECT h.n AS headroom, (SELECT count(*) FROM next) > h.take AS more_due,
-       c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id
+       c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id, c.has_parents
 FROM headroom AS h LEFT JOIN claimed AS c ON true;
 
 -- name: queue_settings_of_worker
@@ -208,6 +211,13 @@ FROM unnest(%(queues)s::text[]) AS q(name),
               WHERE status = 'queued' AND queue = q.name AND run_at > created_at
                 AND (expires_at IS NULL OR expires_at > now())
               ORDER BY run_at LIMIT 1) AS n;
+
+-- name: run_parent_results
+-- A workflow step's parents' results, in the order of its edges (a chord callback's: its
+-- header's order). Read by the worker before it runs a step with parents.
+SELECT p.result FROM pgsched.run_edges AS e JOIN pgsched.runs AS p ON p.id = e.parent
+WHERE e.child = %(id)s
+ORDER BY e.position, e.parent;
 
 -- name: run_complete_many
 -- Write a batch of outcomes in one statement. Fenced: only rows still held by this worker
@@ -940,3 +950,67 @@ WITH open AS (
 SELECT coalesce(extract(epoch FROM max(age)), 0)::float8 AS age_s, coalesce(max(xmin_age), 0) AS xmin_age,
        (SELECT holder FROM open ORDER BY age DESC NULLS LAST LIMIT 1) AS holder
 FROM open;
+
+-- ---- Workflows (schema 0019): chains, groups, chords and DAGs of runs.
+
+-- name: workflow_insert
+-- A workflow's row, counted with all its steps unfinished (its runs follow in the same transaction).
+INSERT INTO pgsched.workflows (name, tenant, steps, unfinished)
+VALUES (%(name)s, %(tenant)s, %(steps)s, %(steps)s)
+RETURNING id;
+
+-- name: workflow_run_copy
+-- A workflow's runs: steps with parents 'waiting' (parents_pending set: no deferred check), the others 'queued'.
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id,
+                   status, workflow_id, parents_pending) FROM STDIN;
+
+-- name: workflow_edge_copy
+-- Their edges; the run_edges_inserted trigger checks them and counts what each step waits for.
+COPY pgsched.run_edges (child, parent, condition, position) FROM STDIN;
+
+-- name: workflow_list
+-- Newest first, keyset-paginated by id; for one tenant or all.
+SELECT id, name, tenant, status, steps, unfinished, created_at, finished_at, cancel_requested_at
+FROM pgsched.workflows
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
+  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: workflow_get
+SELECT id, name, tenant, status, steps, unfinished, created_at, finished_at, cancel_requested_at
+FROM pgsched.workflows
+WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: workflow_steps
+-- Each step with its parents (in order) and conditions, and why it was cancelled (runs_workflow_idx).
+SELECT r.id, r.task, r.status::text AS status, r.attempt, r.max_attempts, r.parents_pending,
+       r.started_at, r.finished_at,
+       coalesce((SELECT array_agg(e.parent ORDER BY e.position, e.parent) FROM pgsched.run_edges AS e
+                 WHERE e.child = r.id), '{}') AS parents,
+       coalesce((SELECT array_agg(e.condition ORDER BY e.position, e.parent) FROM pgsched.run_edges AS e
+                 WHERE e.child = r.id), '{}') AS conditions,
+       CASE WHEN r.status = 'cancelled' THEN r.errors -> -1 ->> 'message' END AS cancel_reason
+FROM pgsched.runs AS r
+WHERE r.workflow_id = %(id)s
+ORDER BY r.id
+LIMIT %(limit)s;
+
+-- name: workflow_cancel
+-- Cancel every step not yet ended (schema 0019's pgsched.workflow_cancel). No row: no such
+-- workflow (for this tenant).
+SELECT pgsched.workflow_cancel(id) FROM pgsched.workflows
+WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: workflow_status
+SELECT status FROM pgsched.workflows WHERE id = %(id)s;
+
+-- name: run_workflow_of
+-- The workflow a run is a step of (NULL: none), for the run's detail page.
+SELECT workflow_id FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: workflow_repair
+-- The leader's maintenance: release or cancel what was left waiting, settle finished workflows
+-- (schema 0019's pgsched.workflow_repair; finds nothing on a healthy system).
+SELECT pgsched.workflow_repair(make_interval(secs => %(min_age_s)s), %(limit)s);

@@ -1338,8 +1338,7 @@ $$;
 CREATE FUNCTION pgsched.workflow_cancel(workflow bigint) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     step record;
-    n bigint := 0;
-    waiting_cancelled bigint;
+    n bigint;
 BEGIN
     UPDATE pgsched.workflows SET cancel_requested_at = coalesce(cancel_requested_at, now())
     WHERE id = workflow AND status = 'running';
@@ -1349,23 +1348,20 @@ BEGIN
         END IF;
         RETURN 0;
     END IF;
+    SELECT count(*) INTO n FROM pgsched.runs WHERE workflow_id = workflow AND status IN ('waiting', 'queued', 'running');
     FOR step IN
         SELECT id FROM pgsched.runs WHERE workflow_id = workflow AND status IN ('queued', 'running') ORDER BY id
     LOOP
         PERFORM pgsched.cancel(step.id);
-        n := n + 1;
     END LOOP;
-    WITH cancelled AS (
-        UPDATE pgsched.runs AS r
-        SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
-            errors = r.errors || jsonb_build_array(jsonb_build_object(
-                'attempt', r.attempt, 'at', now(), 'type', 'Cancelled',
-                'message', format('workflow %s was cancelled', workflow)))
-        WHERE r.workflow_id = workflow AND r.status = 'waiting'
-        RETURNING 1
-    )
-    SELECT count(*) INTO waiting_cancelled FROM cancelled;
-    RETURN n + waiting_cancelled;
+    -- What the queued ones' ends have not cancelled already (as upstream of it).
+    UPDATE pgsched.runs AS r
+    SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
+        errors = r.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', r.attempt, 'at', now(), 'type', 'Cancelled',
+            'message', format('workflow %s was cancelled', workflow)))
+    WHERE r.workflow_id = workflow AND r.status = 'waiting';
+    RETURN n;
 END;
 $$;
 
