@@ -20,6 +20,7 @@ from pgsched.cli.keys import keys
 from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, connect, parse_args_json, parse_at
 from pgsched.cli.queues import queues
 from pgsched.cli.runs import runs
+from pgsched.cli.workflows import workflows
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
 from pgsched.logs import LogFormat, configure_logging
@@ -40,6 +41,7 @@ cli.add_typer(jobs, name="jobs")
 cli.add_typer(beat, name="beat")
 cli.add_typer(keys, name="keys")
 cli.add_typer(queues, name="queues")
+cli.add_typer(workflows, name="workflows")
 cli.command("api")(api_command)
 cli.command("doctor")(doctor)
 

@@ -60,7 +60,7 @@ from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
-from pgsched.maintenance import prune_finished, refresh_rollup, rescue_expired
+from pgsched.maintenance import prune_finished, refresh_rollup, repair_workflows, rescue_expired
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
 
@@ -240,6 +240,7 @@ class Beat:
         async with pool.connection() as conn:
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
+            await repair_workflows(conn)
 
     async def _sleep(self, seconds: float) -> None:
         if self._stop.is_set():  # a stop during a round had its wake-up cleared by _lead

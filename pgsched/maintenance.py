@@ -1,7 +1,8 @@
 """Maintenance: idempotent, batched steps that keep the tables healthy. The beat's leader
 runs them all; workers also run the lease rescue, so at-least-once never depends on a beat
 being deployed (one sweeper at a time either way, under an advisory lock). The dashboard's
-per-minute rollup is written here too, off the workers' hot path."""
+per-minute rollup is written here too, off the workers' hot path, and the workflow repair that
+releases or cancels what a lost trigger (or a plain UPDATE) left waiting."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ EXPIRE_BATCH = 1000
 # Minutes the rollup recounts each round: the current one and a margin for runs that finished
 # while the leader was between rounds (or changing hands).
 ROLLUP_MINUTES = 3
+# Workflow repair: only runs waiting this long are looked at (a healthy release takes
+# milliseconds), at most this many per round.
+REPAIR_MIN_AGE_S = 60.0
+REPAIR_BATCH = 1000
 
 
 async def rescue_expired(
@@ -97,3 +102,17 @@ async def refresh_rollup(
     await conn.execute(queries["rollup_refresh"], {"minutes": minutes, "now": now})
     await conn.execute(queries["rollup_prune"], {"now": now})
     await conn.execute(queries["ui_session_prune"], {"now": now})
+
+
+async def repair_workflows(
+    conn: psycopg.AsyncConnection, *, min_age_s: float = REPAIR_MIN_AGE_S, limit: int = REPAIR_BATCH
+) -> int:
+    """Recompute, from their edges, the workflow steps left waiting longer than ``min_age_s``
+    whose parents have all ended (or one ended against its condition), and settle workflows
+    whose steps have all ended (schema 0019's pgsched.workflow_repair). On a healthy system it
+    finds nothing: the statement that ends a parent releases or cancels its dependents."""
+    cursor = await conn.execute(queries["workflow_repair"], {"min_age_s": min_age_s, "limit": limit})
+    repaired = int((await cursor.fetchone())[0])  # type: ignore[index]
+    if repaired:
+        logger.warning("workflow repair: %d waiting runs or workflows recomputed from their edges", repaired)
+    return repaired

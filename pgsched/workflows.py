@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from pgsched.app import _database_rejections
 from pgsched.canvas import Workflow, run_at_of
 from pgsched.enqueue import _copy_escape, _copy_value, origin_params
-from pgsched.errors import InvalidInput, PgschedError
+from pgsched.errors import InvalidInput, WorkflowNotFound
 from pgsched.sql import queries
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 WORKFLOW_STATUSES = ("running", "succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 1000
 MAX_STEPS_SHOWN = 10_000
-
-
-class WorkflowNotFound(PgschedError):
-    """No workflow with that id."""
 
 
 @dataclass(frozen=True)

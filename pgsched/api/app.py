@@ -27,6 +27,7 @@ from pgsched.api.controllers.jobs import JobController
 from pgsched.api.controllers.queues import QueueController
 from pgsched.api.controllers.runs import RunController
 from pgsched.api.controllers.workers import WorkerController
+from pgsched.api.controllers.workflows import WorkflowController
 from pgsched.api.correlation import correlation_middleware
 from pgsched.api.deps import DEPENDENCIES
 from pgsched.api.errors import EXCEPTION_HANDLERS
@@ -40,7 +41,7 @@ from pgsched.ui.insights import Insights
 
 logger = logging.getLogger("pgsched.api")
 
-CONTROLLERS = [HealthController, RunController, JobController, QueueController, WorkerController]
+CONTROLLERS = [HealthController, RunController, JobController, QueueController, WorkerController, WorkflowController]
 
 
 # Never server-side prepared (psycopg prepares a query run 5 times on a connection): the list

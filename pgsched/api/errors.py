@@ -35,6 +35,7 @@ from pgsched.errors import (
     RunNotFound,
     RunStateConflict,
     SchemaNotReady,
+    WorkflowNotFound,
 )
 from pgsched.jobs import JobNameAmbiguous, JobNameTaken, JobNotFound
 
@@ -43,6 +44,7 @@ logger = logging.getLogger("pgsched.api")
 STATUS_BY_ERROR: dict[type[PgschedError], int] = {
     InvalidInput: HTTP_422_UNPROCESSABLE_ENTITY,
     RunNotFound: HTTP_404_NOT_FOUND,
+    WorkflowNotFound: HTTP_404_NOT_FOUND,
     JobNotFound: HTTP_404_NOT_FOUND,
     ApiKeyNotFound: HTTP_404_NOT_FOUND,
     RunStateConflict: HTTP_409_CONFLICT,
