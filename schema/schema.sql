@@ -956,15 +956,18 @@ $$;
 -- have all ended as wanted, cancel those a parent has failed, set parents_pending for the rest.
 -- The parents that could still end are locked first (FOR SHARE, in id order, before any child:
 -- a completion locks parent then child, so this order cannot deadlock with it): a parent that
--- ends after this reads it is counted by its own trigger, which then sees these edges.
+-- ends after this reads it is counted by its own trigger, which then sees these edges. Rows
+-- this transaction wrote need no lock (no one else can see, let alone end, them): a workflow
+-- enqueued from Python locks nothing (the lock took 0.4 s of a 10,000-step chain's 0.6 s).
 CREATE FUNCTION pgsched.runs_recount_waiting(children bigint[]) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     dead record;
     woken bigint;
+    mine bigint := txid_current() % 4294967296;
 BEGIN
     PERFORM 1 FROM pgsched.runs AS p
-    WHERE p.id IN (SELECT e.parent FROM pgsched.run_edges AS e WHERE e.child = ANY (children))
-      AND p.status IN ('waiting', 'queued', 'running')
+    WHERE p.id IN (SELECT e.parent FROM unnest(children) AS k(child) JOIN pgsched.run_edges AS e ON e.child = k.child)
+      AND p.status IN ('waiting', 'queued', 'running') AND p.xmin::text::bigint <> mine
     ORDER BY p.id
     FOR SHARE OF p;
     WITH agg AS (
@@ -972,8 +975,8 @@ BEGIN
                count(*) FILTER (WHERE p.status IN ('waiting', 'queued', 'running'))::integer AS pending,
                min(p.id) FILTER (WHERE p.status IN ('succeeded', 'failed', 'cancelled')
                                    AND NOT pgsched.edge_holds(e.condition, p.status)) AS culprit
-        FROM pgsched.run_edges AS e JOIN pgsched.runs AS p ON p.id = e.parent
-        WHERE e.child = ANY (children)
+        FROM unnest(children) AS k(child) JOIN pgsched.run_edges AS e ON e.child = k.child
+             JOIN pgsched.runs AS p ON p.id = e.parent
         GROUP BY e.child
     ), released AS (
         UPDATE pgsched.runs AS c
@@ -987,18 +990,19 @@ BEGIN
     )
     SELECT count(pg_notify('pgsched', queue)) INTO woken
     FROM (SELECT DISTINCT queue FROM released WHERE status = 'queued') AS q;
+    -- Those a parent has failed (usually none: the inner query filters before it groups).
     FOR dead IN
-        SELECT agg.culprit, p.status, array_agg(agg.child ORDER BY agg.child) AS kids
-        FROM (SELECT e.child,
-                     min(p.id) FILTER (WHERE p.status IN ('succeeded', 'failed', 'cancelled')
-                                         AND NOT pgsched.edge_holds(e.condition, p.status)) AS culprit
-              FROM pgsched.run_edges AS e JOIN pgsched.runs AS p ON p.id = e.parent
-              WHERE e.child = ANY (children)
-              GROUP BY e.child) AS agg
-             JOIN pgsched.runs AS p ON p.id = agg.culprit
-             JOIN pgsched.runs AS c ON c.id = agg.child AND c.status = 'waiting'
-        GROUP BY agg.culprit, p.status
-        ORDER BY agg.culprit
+        SELECT x.culprit, p.status, array_agg(x.child ORDER BY x.child) AS kids
+        FROM (SELECT e.child, min(p.id) AS culprit
+              FROM unnest(children) AS k(child) JOIN pgsched.run_edges AS e ON e.child = k.child
+                   JOIN pgsched.runs AS p ON p.id = e.parent
+              WHERE p.status IN ('succeeded', 'failed', 'cancelled') AND NOT pgsched.edge_holds(e.condition, p.status)
+              GROUP BY e.child) AS x
+             JOIN pgsched.runs AS p ON p.id = x.culprit
+             JOIN pgsched.runs AS c ON c.id = x.child
+        WHERE c.status = 'waiting'
+        GROUP BY x.culprit, p.status
+        ORDER BY x.culprit
     LOOP
         PERFORM pgsched.runs_cancel_downstream(dead.culprit, dead.status, dead.kids);
     END LOOP;
