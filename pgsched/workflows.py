@@ -195,3 +195,67 @@ def step_tree(steps: list[dict[str, Any]]) -> list[TreeLine]:
         lines.append(TreeLine(depth, step, [p for p in step["parents"][1:] if p in by_id]))
         stack.extend((depth + 1, child) for child in reversed(children.get(step["id"], [])))
     return lines
+
+
+# ---- the dashboard's graph
+
+GRAPH_MAX_STEPS = 400  # beyond this the page lists the steps as a tree (an SVG of 10,000 boxes helps no one)
+_COLUMN_PX, _ROW_PX, _BOX_W, _BOX_H, _MARGIN = 190, 46, 160, 30, 12
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    id: int
+    task: str
+    status: str
+    x: int
+    y: int
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    condition: str
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A workflow drawn left to right: each step in the column after its deepest parent."""
+
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    width: int
+    height: int
+
+
+def step_graph(steps: list[dict[str, Any]]) -> Graph | None:
+    """Boxes and arrows for the dashboard's SVG (steps in id order: parents first); None past
+    GRAPH_MAX_STEPS."""
+    if len(steps) > GRAPH_MAX_STEPS:
+        return None
+    column: dict[int, int] = {}
+    rows_used: dict[int, int] = {}
+    place: dict[int, tuple[int, int]] = {}
+    nodes = []
+    for step in steps:
+        depth = 1 + max((column[p] for p in step["parents"] if p in column), default=-1)
+        column[step["id"]] = depth
+        row = rows_used.get(depth, 0)
+        rows_used[depth] = row + 1
+        x, y = _MARGIN + depth * _COLUMN_PX, _MARGIN + row * _ROW_PX
+        place[step["id"]] = (x, y)
+        nodes.append(GraphNode(step["id"], step["task"], step["status"], x, y))
+    edges = [
+        GraphEdge(
+            place[p][0] + _BOX_W, place[p][1] + _BOX_H // 2, place[s["id"]][0], place[s["id"]][1] + _BOX_H // 2, c
+        )
+        for s in steps
+        for p, c in zip(s["parents"], s["conditions"])
+        if p in place
+    ]
+    width = _MARGIN * 2 + (max(column.values(), default=0) + 1) * _COLUMN_PX
+    height = _MARGIN * 2 + max(rows_used.values(), default=1) * _ROW_PX
+    return Graph(nodes, edges, width, height)

@@ -19,10 +19,10 @@ CREATE TABLE pgsched.workflows (
     status              text NOT NULL DEFAULT 'running',
     created_at          timestamptz NOT NULL DEFAULT now(),
     finished_at         timestamptz,
-    -- Its runs, and how many of them have not finished: a hint kept by the steps' trigger and
-    -- checked against the runs when it reaches 0 (a plain INSERT may not have counted a step).
+    -- How many runs it has. Not how many are open: a counter here, updated as each step
+    -- ends, made every step's end write this one row (a 10,000-step chord: 10,000 updates of
+    -- it); a step's end looks for open steps only when it leaves none of its own waiting.
     steps               integer NOT NULL DEFAULT 0,
-    unfinished          integer NOT NULL DEFAULT 0,
     -- When pgsched.workflow_cancel() was called: the workflow ends 'cancelled'.
     cancel_requested_at timestamptz,
     CONSTRAINT workflow_name_must_be_1_to_200_characters CHECK (name ~ '\S' AND length(name) <= 200),
@@ -138,7 +138,10 @@ DECLARE
         WHEN 'succeeded' THEN format('upstream run %s succeeded; this step runs only if it fails', upstream)
         ELSE format('upstream run %s was cancelled', upstream) END;
     n bigint;
+    wf bigint;
 BEGIN
+    -- The cancelled runs' own triggers skip the look for the workflow's end: done once below.
+    PERFORM set_config('pgsched.cascading', 'on', true);
     WITH RECURSIVE down(id) AS (
         SELECT unnest(first)
         UNION
@@ -155,6 +158,11 @@ BEGIN
         RETURNING r.id
     )
     SELECT count(*) INTO n FROM cancelled;
+    PERFORM set_config('pgsched.cascading', '', true);
+    SELECT workflow_id INTO wf FROM pgsched.runs WHERE id = upstream;
+    IF wf IS NOT NULL THEN
+        PERFORM pgsched.workflow_end_if_done(wf, upstream);
+    END IF;
     RETURN n;
 END;
 $$;
@@ -216,10 +224,10 @@ BEGIN
 END;
 $$;
 
--- The workflow's status from its steps, once none is left unfinished (else the count is fixed).
+-- The workflow's status from its steps, once none is open (else nothing changes).
 CREATE FUNCTION pgsched.workflow_settle(wf bigint) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    open_steps integer;
+    open_steps bigint;
     outcome text;
 BEGIN
     SELECT count(*) FILTER (WHERE status IN ('waiting', 'queued', 'running')),
@@ -229,13 +237,27 @@ BEGIN
                 ELSE 'succeeded' END
     INTO open_steps, outcome
     FROM pgsched.runs WHERE workflow_id = wf;
-    IF open_steps > 0 THEN
-        UPDATE pgsched.workflows SET unfinished = open_steps, status = 'running', finished_at = NULL WHERE id = wf;
-    ELSE
+    IF open_steps = 0 THEN
         UPDATE pgsched.workflows
-        SET unfinished = 0, finished_at = coalesce(finished_at, now()),
+        SET finished_at = coalesce(finished_at, now()),
             status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE outcome END
-        WHERE id = wf;
+        WHERE id = wf AND status = 'running';
+    END IF;
+END;
+$$;
+
+-- Settle the workflow if none of its steps is open: looked for after step `after` first (steps
+-- mostly end in id order, so the look usually stops at the next entry), under the workflow's
+-- row lock, so that of two last steps ending at once in two transactions the second sees the first.
+CREATE FUNCTION pgsched.workflow_end_if_done(wf bigint, after bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM pgsched.workflows WHERE id = wf AND status = 'running' FOR UPDATE;
+    IF FOUND
+       AND NOT EXISTS (SELECT FROM pgsched.runs WHERE workflow_id = wf AND id > after
+                                                AND status IN ('waiting', 'queued', 'running'))
+       AND NOT EXISTS (SELECT FROM pgsched.runs WHERE workflow_id = wf AND id <= after
+                                                AND status IN ('waiting', 'queued', 'running')) THEN
+        PERFORM pgsched.workflow_settle(wf);
     END IF;
 END;
 $$;
@@ -247,43 +269,44 @@ DECLARE
     was_done boolean := OLD.status IN ('succeeded', 'failed', 'cancelled');
     now_done boolean := NEW.status IN ('succeeded', 'failed', 'cancelled');
     blocked bigint[];
+    waiting_kids bigint;
     rearmed bigint[];
-    left_open integer;
     woken bigint;
 BEGIN
     IF now_done AND NOT was_done THEN
-        -- One parent fewer for each dependent whose condition this outcome meets; the last
-        -- one releases it (and wakes the workers of its queue).
-        WITH ready AS (
+        -- One parent fewer for each waiting dependent whose condition this outcome meets; the
+        -- last one releases it (and wakes the workers of its queue). The others can never run.
+        WITH kids AS MATERIALIZED (
+            SELECT e.child, pgsched.edge_holds(e.condition, NEW.status) AS holds
+            FROM pgsched.run_edges AS e JOIN pgsched.runs AS c ON c.id = e.child
+            WHERE e.parent = NEW.id AND c.status = 'waiting'
+        ), ready AS (
             UPDATE pgsched.runs AS c
             SET parents_pending = c.parents_pending - 1,
                 status = CASE WHEN c.parents_pending <= 1 THEN 'queued' ELSE 'waiting' END::pgsched.run_status,
                 run_at = CASE WHEN c.parents_pending <= 1 THEN greatest(c.run_at, now()) ELSE c.run_at END
-            FROM pgsched.run_edges AS e
-            WHERE e.parent = NEW.id AND c.id = e.child AND c.status = 'waiting'
-              AND pgsched.edge_holds(e.condition, NEW.status)
+            FROM kids
+            WHERE c.id = kids.child AND kids.holds AND c.status = 'waiting'
             RETURNING c.queue, c.status
         )
-        SELECT count(pg_notify('pgsched', queue)) INTO woken
-        FROM (SELECT DISTINCT queue FROM ready WHERE status = 'queued') AS q;
-        -- The dependents whose condition it can no longer meet, and theirs.
-        SELECT array_agg(e.child ORDER BY e.child) INTO blocked
-        FROM pgsched.run_edges AS e JOIN pgsched.runs AS c ON c.id = e.child
-        WHERE e.parent = NEW.id AND c.status = 'waiting' AND NOT pgsched.edge_holds(e.condition, NEW.status);
+        SELECT (SELECT count(pg_notify('pgsched', q.queue)) FROM (SELECT DISTINCT queue FROM ready WHERE status = 'queued') AS q),
+               (SELECT array_agg(child ORDER BY child) FROM kids WHERE NOT holds),
+               (SELECT count(*) FROM kids)
+        INTO woken, blocked, waiting_kids;
         IF blocked IS NOT NULL THEN
             PERFORM pgsched.runs_cancel_downstream(NEW.id, NEW.status, blocked);
         END IF;
-        UPDATE pgsched.workflows SET unfinished = unfinished - 1 WHERE id = NEW.workflow_id
-        RETURNING unfinished INTO left_open;
-        IF left_open <= 0 THEN
-            PERFORM pgsched.workflow_settle(NEW.workflow_id);
+        -- A step that leaves nothing of its own waiting may be the workflow's last (the runs a
+        -- cancel cascade ends leave that to the cascade: one look, not one per run).
+        IF waiting_kids = 0 AND coalesce(current_setting('pgsched.cascading', true), '') = '' THEN
+            PERFORM pgsched.workflow_end_if_done(NEW.workflow_id, NEW.id);
         END IF;
     ELSIF was_done AND NOT now_done THEN
         -- Run again (runs retry): the workflow is open again, and the runs this one's end
         -- cancelled wait again for their parents.
         UPDATE pgsched.workflows
-        SET unfinished = unfinished + 1, status = 'running', finished_at = NULL, cancel_requested_at = NULL
-        WHERE id = NEW.workflow_id;
+        SET status = 'running', finished_at = NULL, cancel_requested_at = NULL
+        WHERE id = NEW.workflow_id AND status <> 'running';
         WITH RECURSIVE down(id) AS (
             SELECT e.child FROM pgsched.run_edges AS e JOIN pgsched.runs AS c ON c.id = e.child
             WHERE e.parent = NEW.id AND c.status = 'cancelled' AND c.errors -> -1 ->> 'upstream_run' = NEW.id::text
@@ -327,7 +350,6 @@ DECLARE
     wfs bigint[];
     wf bigint;
     attached integer;
-    attached_open integer;
 BEGIN
     SELECT e.child, e.parent, c.id IS NULL AS no_child, p.id IS NULL AS no_parent, c.status,
            c.tenant AS child_tenant, p.tenant AS parent_tenant, c.workflow_id AS child_wf, p.workflow_id AS parent_wf
@@ -374,13 +396,9 @@ BEGIN
               AND (id = kid.child OR id IN (SELECT e.parent FROM pgsched.run_edges AS e WHERE e.child = kid.child))
             RETURNING status
         )
-        SELECT count(*), count(*) FILTER (WHERE status IN ('waiting', 'queued', 'running'))
-        INTO attached, attached_open FROM joined;
-        UPDATE pgsched.workflows
-        SET steps = steps + attached, unfinished = unfinished + attached_open,
-            status = CASE WHEN attached_open > 0 THEN 'running' ELSE status END,
-            finished_at = CASE WHEN attached_open > 0 THEN NULL ELSE finished_at END
-        WHERE id = wf;
+        SELECT count(*) INTO attached FROM joined;
+        -- The child is open: so is its workflow.
+        UPDATE pgsched.workflows SET steps = steps + attached, status = 'running', finished_at = NULL WHERE id = wf;
     END LOOP;
     PERFORM pgsched.runs_recount_waiting(ARRAY(SELECT DISTINCT child FROM new_edges));
     RETURN NULL;
@@ -439,7 +457,6 @@ DECLARE
     wfs bigint[];
     wf bigint;
     attached integer := 0;
-    attached_open integer := 0;
 BEGIN
     IF task IS NULL OR task !~ '\S' THEN
         RAISE EXCEPTION 'pgsched.enqueue_v3: task must be a non-empty name' USING ERRCODE = '22023';
@@ -521,11 +538,9 @@ BEGIN
         UPDATE pgsched.runs AS p SET workflow_id = wf WHERE p.id = ANY (parents) AND p.workflow_id IS NULL
         RETURNING p.status
     )
-    SELECT count(*), count(*) FILTER (WHERE status IN ('waiting', 'queued', 'running'))
-    INTO attached, attached_open FROM joined;
-    -- Counted before the edges go in: they may end the new run at once (a parent already failed).
+    SELECT count(*) INTO attached FROM joined;
     UPDATE pgsched.workflows AS w
-    SET steps = w.steps + attached + 1, unfinished = w.unfinished + attached_open + 1, status = 'running', finished_at = NULL
+    SET steps = w.steps + attached + 1, status = 'running', finished_at = NULL
     WHERE w.id = wf;
     -- The run, waiting; its edges' trigger counts its parents.
     INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key, expires_at,
@@ -565,13 +580,17 @@ BEGIN
     LOOP
         PERFORM pgsched.cancel(step.id);
     END LOOP;
-    -- What the queued ones' ends have not cancelled already (as upstream of it).
+    -- What the queued ones' ends have not cancelled already (as upstream of it); one look for
+    -- the workflow's end afterwards, not one per run.
+    PERFORM set_config('pgsched.cascading', 'on', true);
     UPDATE pgsched.runs AS r
     SET status = 'cancelled', finished_at = now(), cancel_requested_at = now(),
         errors = r.errors || jsonb_build_array(jsonb_build_object(
             'attempt', r.attempt, 'at', now(), 'type', 'Cancelled',
             'message', format('workflow %s was cancelled', workflow)))
     WHERE r.workflow_id = workflow AND r.status = 'waiting';
+    PERFORM set_config('pgsched.cascading', '', true);
+    PERFORM pgsched.workflow_end_if_done(workflow, 0);
     RETURN n;
 END;
 $$;

@@ -954,9 +954,9 @@ FROM open;
 -- ---- Workflows (schema 0019): chains, groups, chords and DAGs of runs.
 
 -- name: workflow_insert
--- A workflow's row, counted with all its steps unfinished (its runs follow in the same transaction).
-INSERT INTO pgsched.workflows (name, tenant, steps, unfinished)
-VALUES (%(name)s, %(tenant)s, %(steps)s, %(steps)s)
+-- A workflow's row (its runs follow in the same transaction).
+INSERT INTO pgsched.workflows (name, tenant, steps)
+VALUES (%(name)s, %(tenant)s, %(steps)s)
 RETURNING id;
 
 -- name: workflow_run_copy
@@ -969,19 +969,26 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
 COPY pgsched.run_edges (child, parent, condition, position) FROM STDIN;
 
 -- name: workflow_list
--- Newest first, keyset-paginated by id; for one tenant or all.
-SELECT id, name, tenant, status, steps, unfinished, created_at, finished_at, cancel_requested_at
-FROM pgsched.workflows
-WHERE (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(before_id)s::bigint IS NULL OR id < %(before_id)s)
-  AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-ORDER BY id DESC
+-- Newest first, keyset-paginated by id; for one tenant or all. unfinished: its steps not
+-- ended, counted for running workflows only (runs_workflow_idx).
+SELECT w.id, w.name, w.tenant, w.status, w.steps, CASE WHEN w.status = 'running' THEN (SELECT count(*) FROM pgsched.runs AS r
+                                             WHERE r.workflow_id = w.id AND r.status IN ('waiting', 'queued', 'running'))
+            ELSE 0 END AS unfinished,
+       w.created_at, w.finished_at, w.cancel_requested_at
+FROM pgsched.workflows AS w
+WHERE (%(status)s::text IS NULL OR w.status = %(status)s)
+  AND (%(before_id)s::bigint IS NULL OR w.id < %(before_id)s)
+  AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s)
+ORDER BY w.id DESC
 LIMIT %(limit)s;
 
 -- name: workflow_get
-SELECT id, name, tenant, status, steps, unfinished, created_at, finished_at, cancel_requested_at
-FROM pgsched.workflows
-WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+SELECT w.id, w.name, w.tenant, w.status, w.steps, CASE WHEN w.status = 'running' THEN (SELECT count(*) FROM pgsched.runs AS r
+                                             WHERE r.workflow_id = w.id AND r.status IN ('waiting', 'queued', 'running'))
+            ELSE 0 END AS unfinished,
+       w.created_at, w.finished_at, w.cancel_requested_at
+FROM pgsched.workflows AS w
+WHERE w.id = %(id)s AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s);
 
 -- name: workflow_steps
 -- Each step with its parents (in order) and conditions, and why it was cancelled (runs_workflow_idx).

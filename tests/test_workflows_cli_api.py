@@ -85,3 +85,28 @@ def test_rest_refuses_bad_input_with_4xx(api: Api) -> None:
     assert api.get("/workflows", params={"limit": 0}).status_code == 400
     assert api.get("/workflows", params={"cursor": "x"}).status_code == 422
     assert api.post("/workflows/1/cancel", as_="read").status_code == 403
+
+
+# ---- the dashboard
+
+
+def test_the_dashboard_draws_a_workflow_and_links_it_from_each_runs_page(
+    app: App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    from tests.support.api import make_keys
+    from tests.support.ui import ui_client
+
+    keys = make_keys(conn)
+    ours = build(app, tenant="acme")
+    with ui_client(dsn, keys["admin"]) as client:
+        run_page = client.get(f"/ui/runs/{ours.run_ids[3]}").text
+        assert f'<a href="/ui/workflows/{ours.id}">workflow {ours.id}</a>' in run_page
+        page = client.get(f"/ui/workflows/{ours.id}")
+        assert page.status_code == 200
+        assert page.text.count('<g class="step queued">') == 3 and page.text.count('<g class="step waiting">') == 1
+        assert page.text.count('<line class="edge succeeded"') == 3
+        assert f'<a href="/ui/runs/{ours.run_ids[0]}">' in page.text
+        assert client.get("/ui/workflows/424242").status_code == 404
+        assert client.get("/ui/workflows/x").status_code in (400, 422)
+    with ui_client(dsn, keys["beta"]) as client:
+        assert client.get(f"/ui/workflows/{ours.id}").status_code == 404

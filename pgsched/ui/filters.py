@@ -99,9 +99,9 @@ def parse_cursor(text: str | None) -> int | None:
     return int(text)
 
 
-def parse_run_id(text: str) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise InvalidInput(f"a run id is a positive integer, got {text[:40]!r}")
+def parse_run_id(text: str, what: str = "run id") -> int:
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 2**63:
+        raise InvalidInput(f"a {what} is a positive integer, got {text[:40]!r}")
     return check_run_id(int(text))
 
 
