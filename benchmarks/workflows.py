@@ -127,21 +127,32 @@ def enqueue_times(dsn: str, steps: int, reps: int) -> dict[str, list[float]]:
     return times
 
 
-def completion_ms(dsn: str, batch: int = 100, blocks: int = 30) -> list[float]:
-    """Server milliseconds of run_complete_many for ``batch`` running runs (each rolled back)."""
+def completion_ms(dsn: str, batch: int = 100, blocks: int = 30, *, chord_header: bool = False) -> list[float]:
+    """Server milliseconds of run_complete_many for ``batch`` running runs (each rolled back):
+    plain runs, or (``chord_header``) header steps of one chord of 20 x ``batch``."""
     explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {queries['run_complete_many']}".encode()
     samples = []
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgsched.runs")
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "INSERT INTO pgsched.runs (task) SELECT 'noop' FROM generate_series(1, %s) RETURNING id", (batch,)
-            )
-        ]
+        if chord_header:
+            from pgsched import chord
+
+            conn.execute("TRUNCATE pgsched.run_edges, pgsched.workflows")
+            app = _app(dsn)
+            handle = chord([app.tasks["noop"].s() for _ in range(20 * batch)], app.tasks["collect"].s()).enqueue()
+            app.close()
+            ids = handle.run_ids[:batch]
+        else:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "INSERT INTO pgsched.runs (task) SELECT 'noop' FROM generate_series(1, %s) RETURNING id", (batch,)
+                )
+            ]
         conn.execute(
             "UPDATE pgsched.runs SET status = 'running', attempt = 1, worker_id = 1, started_at = now(),"
-            " lease_expires_at = now() + interval '1 hour'"
+            " lease_expires_at = now() + interval '1 hour' WHERE id = ANY(%s)",
+            (ids,),
         )
         conn.execute("VACUUM ANALYZE pgsched.runs")
         params = {
@@ -192,6 +203,12 @@ def main() -> None:
         ratios = [p / c for p, c in zip(plain_rates, chord_rates)]
         out["chord"] = {"chord_per_s": chord_rates, "plain_per_s": plain_rates, "time_ratio": ratios}
         print(f"(a) chord of {options.steps:,}: takes {statistics.median(ratios):.2f}x a plain drain (target <= 1.3x)")
+        header, plain = completion_ms(after_db, chord_header=True), completion_ms(after_db)
+        out["chord"]["complete_many_ms"] = {"header": header, "plain": plain}
+        print(
+            f"(a) run_complete_many of 100, server ms median: chord header steps {statistics.median(header):.3f},"
+            f" plain runs {statistics.median(plain):.3f}: {statistics.median(header) / statistics.median(plain):.2f}x"
+        )
 
         # (b) chain latency
         latencies = chain_latency(after_db, options.chain)

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from pgsched import calling
-from pgsched.enqueue import RunOptions, check_task_name, encode_args_text
+from pgsched.enqueue import RunOptions, encode_args_text
 from pgsched.errors import InvalidArgs, InvalidInput
 from pgsched.tenants import check_tenant
 from pgsched.workflow_results import ALL_RESULTS, ONE_RESULT, marker
@@ -289,10 +289,9 @@ class Workflow:
         args = dict(sig.args)
         if bind is not None and not sig.immutable:
             args[_unbound_parameter(sig.task, args, label)] = marker(bind)
-        try:
-            check_task_name(sig.task.name)
+        try:  # the task's name was checked when it was registered
             sig.task.check_args(args)
-            args_json = encode_args_text(args)
+            args_json = encode_args_text(args) if args else "{}"
             options = self._options(sig)
         except InvalidInput as exc:
             raise type(exc)(f"{label}: {exc}") from None

@@ -1119,14 +1119,19 @@ BEGIN
     END IF;
     PERFORM set_config('pgsched.steps_ended', '', true);  -- the statements below note their own
     ended := string_to_array(noted, ',')::bigint[];
-    WITH kids AS MATERIALIZED (
-        SELECT e.child, count(*)::integer AS met,
-               min(p.id) FILTER (WHERE NOT pgsched.edge_holds(e.condition, p.status)) AS culprit
-        FROM unnest(ended) AS x(id) JOIN pgsched.runs AS p ON p.id = x.id
-             JOIN pgsched.run_edges AS e ON e.parent = p.id
-             JOIN pgsched.runs AS c ON c.id = e.child
+    -- Each CTE below starts from the ended parents' edges (MATERIALIZED: planned from the
+    -- callback's side, a chord's statement read all of the callback's edges, every batch).
+    WITH parents AS MATERIALIZED (
+        SELECT p.id, p.status FROM unnest(ended) AS x(id) JOIN pgsched.runs AS p ON p.id = x.id
+    ), edges AS MATERIALIZED (
+        SELECT e.child, e.condition, parents.id AS parent, parents.status
+        FROM parents JOIN pgsched.run_edges AS e ON e.parent = parents.id
+    ), kids AS MATERIALIZED (
+        SELECT edges.child, count(*)::integer AS met,
+               min(edges.parent) FILTER (WHERE NOT pgsched.edge_holds(edges.condition, edges.status)) AS culprit
+        FROM edges JOIN pgsched.runs AS c ON c.id = edges.child
         WHERE c.status = 'waiting'
-        GROUP BY e.child
+        GROUP BY edges.child
     ), ready AS (
         UPDATE pgsched.runs AS c
         SET parents_pending = c.parents_pending - kids.met,
@@ -1139,13 +1144,17 @@ BEGIN
     SELECT count(pg_notify('pgsched', q.queue)) INTO woken
     FROM (SELECT DISTINCT queue FROM ready WHERE status = 'queued') AS q;
     FOR dead IN
+        WITH parents AS MATERIALIZED (
+            SELECT p.id, p.status FROM unnest(ended) AS y(id) JOIN pgsched.runs AS p ON p.id = y.id
+        ), edges AS MATERIALIZED (
+            SELECT e.child, parents.id AS parent, parents.status
+            FROM parents JOIN pgsched.run_edges AS e ON e.parent = parents.id
+            WHERE NOT pgsched.edge_holds(e.condition, parents.status)
+        ), x AS MATERIALIZED (
+            SELECT child, min(parent) AS culprit FROM edges GROUP BY child
+        )
         SELECT x.culprit, p.status, array_agg(x.child ORDER BY x.child) AS kids
-        FROM (SELECT e.child, min(p.id) AS culprit
-              FROM unnest(ended) AS y(id) JOIN pgsched.runs AS p ON p.id = y.id
-                   JOIN pgsched.run_edges AS e ON e.parent = p.id
-              WHERE NOT pgsched.edge_holds(e.condition, p.status)
-              GROUP BY e.child) AS x
-             JOIN pgsched.runs AS p ON p.id = x.culprit
+        FROM x JOIN pgsched.runs AS p ON p.id = x.culprit
              JOIN pgsched.runs AS c ON c.id = x.child
         WHERE c.status = 'waiting'
         GROUP BY x.culprit, p.status
@@ -1155,13 +1164,19 @@ BEGIN
     END LOOP;
     -- Steps that leave nothing of their own waiting may be their workflow's last: one look per workflow.
     FOR frontier IN
-        SELECT p.workflow_id, max(p.id) AS last
-        FROM unnest(ended) AS z(id) JOIN pgsched.runs AS p ON p.id = z.id
-        WHERE p.workflow_id IS NOT NULL
-          AND NOT EXISTS (SELECT FROM pgsched.run_edges AS e JOIN pgsched.runs AS c ON c.id = e.child
-                          WHERE e.parent = p.id AND c.status = 'waiting')
-        GROUP BY p.workflow_id
-        ORDER BY p.workflow_id
+        WITH parents AS MATERIALIZED (
+            SELECT p.id, p.workflow_id FROM unnest(ended) AS z(id) JOIN pgsched.runs AS p ON p.id = z.id
+        ), edges AS MATERIALIZED (
+            SELECT e.parent, e.child FROM parents JOIN pgsched.run_edges AS e ON e.parent = parents.id
+        ), still_waited_on AS MATERIALIZED (
+            SELECT DISTINCT edges.parent FROM edges JOIN pgsched.runs AS c ON c.id = edges.child
+            WHERE c.status = 'waiting'
+        )
+        SELECT parents.workflow_id, max(parents.id) AS last
+        FROM parents
+        WHERE parents.workflow_id IS NOT NULL AND parents.id NOT IN (SELECT parent FROM still_waited_on)
+        GROUP BY parents.workflow_id
+        ORDER BY parents.workflow_id
     LOOP
         PERFORM pgsched.workflow_end_if_done(frontier.workflow_id, frontier.last);
     END LOOP;
