@@ -339,6 +339,7 @@ BEGIN
         FROM edges JOIN pgsched.runs AS c ON c.id = edges.child
         WHERE c.status = 'waiting'
         GROUP BY edges.child
+        ORDER BY edges.child  -- children locked in id order, as by every other batch: no deadlock
     ), ready AS (
         UPDATE pgsched.runs AS c
         SET parents_pending = c.parents_pending - kids.met,
