@@ -370,7 +370,8 @@ BEGIN
     LOOP
         PERFORM pgsched.runs_cancel_downstream(dead.culprit, dead.status, dead.kids);
     END LOOP;
-    -- Steps that leave nothing of their own waiting may be their workflow's last: one look per workflow.
+    -- Steps none of whose dependents is open (none, or all ended) may be their workflow's last:
+    -- one look per workflow. A chain's step released its child: no look, no workflow row lock.
     FOR frontier IN
         WITH parents AS MATERIALIZED (
             SELECT p.id, p.workflow_id FROM unnest(ended) AS z(id) JOIN pgsched.runs AS p ON p.id = z.id
@@ -378,7 +379,7 @@ BEGIN
             SELECT e.parent, e.child FROM parents JOIN pgsched.run_edges AS e ON e.parent = parents.id
         ), still_waited_on AS MATERIALIZED (
             SELECT DISTINCT edges.parent FROM edges JOIN pgsched.runs AS c ON c.id = edges.child
-            WHERE c.status = 'waiting'
+            WHERE c.status IN ('waiting', 'queued', 'running')
         )
         SELECT parents.workflow_id, max(parents.id) AS last
         FROM parents
