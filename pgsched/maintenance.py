@@ -20,6 +20,7 @@ logger = logging.getLogger("pgsched.maintenance")
 SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
 RESCUE_BATCH = 1000
 PRUNE_BATCH = 5000
+WORKFLOW_PRUNE_BATCH = 100  # workflows (of up to 100,000 steps each: their edges go too)
 EXPIRE_BATCH = 1000
 # Minutes the rollup recounts each round: the current one and a margin for runs that finished
 # while the leader was between rounds (or changing hands).
@@ -79,7 +80,9 @@ async def cancel_expired(conn: psycopg.AsyncConnection, *, now: datetime | None 
 
 
 async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:
-    """Delete finished runs older than the retention, a batch per statement (short locks)."""
+    """Delete finished runs older than the retention, a batch per statement (short locks);
+    first the workflows that ended before it, with their steps' edges (:func:`prune_workflows`)."""
+    await prune_workflows(conn, retention_s=retention_s, now=now)
     pruned = 0
     while True:
         cursor = await conn.execute(
@@ -91,6 +94,19 @@ async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, n
     if pruned:
         logger.info("pruned %d finished runs older than %.0fs", pruned, retention_s)
     return pruned
+
+
+async def prune_workflows(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:
+    """Forget workflows that ended before the retention and their steps' edges, a batch per statement."""
+    pruned = 0
+    while True:
+        cursor = await conn.execute(
+            queries["workflow_prune"], {"now": now, "retention_s": retention_s, "limit": WORKFLOW_PRUNE_BATCH}
+        )
+        batch = int((await cursor.fetchone())[0])  # type: ignore[index]
+        pruned += batch
+        if batch < WORKFLOW_PRUNE_BATCH:
+            return pruned
 
 
 async def refresh_rollup(

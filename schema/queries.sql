@@ -1017,6 +1017,24 @@ SELECT status FROM pgsched.workflows WHERE id = %(id)s;
 -- The workflow a run is a step of (NULL: none), for the run's detail page.
 SELECT workflow_id FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
+-- name: workflow_prune
+-- The leader's maintenance, before run_prune_finished: forget up to %(limit)s workflows that
+-- ended before the retention, with the edges of their steps (runs_workflow_idx finds them while
+-- the runs are still there). Their runs go with the runs' own pruning.
+WITH old AS (
+    SELECT id FROM pgsched.workflows
+    WHERE status <> 'running' AND finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+), edges AS (
+    DELETE FROM pgsched.run_edges AS e
+    USING pgsched.runs AS r, old
+    WHERE r.workflow_id = old.id AND e.child = r.id
+), gone AS (
+    DELETE FROM pgsched.workflows AS w USING old WHERE w.id = old.id RETURNING w.id
+)
+SELECT count(*) FROM gone;
+
 -- name: workflow_repair
 -- The leader's maintenance: release or cancel what was left waiting, settle finished workflows
 -- (schema 0019's pgsched.workflow_repair; finds nothing on a healthy system).

@@ -417,3 +417,23 @@ def test_any_other_when_is_refused(etl: App, when: str) -> None:
     with pytest.raises(InvalidInput, match="when must be one of"):
         wf.add(etl.tasks["note"], tag="b", after=[a], when=when)
     assert len(wf.steps) == 1
+
+
+def test_pruning_forgets_ended_workflows_with_their_edges_then_their_runs(etl: App, conn, dsn: str) -> None:
+    import asyncio
+
+    from pgsched.maintenance import prune_finished
+
+    t = etl.tasks
+    ended = chain(t["note"].s(tag="a"), t["note"].s()).enqueue()
+    finish(etl, dsn, *ended.run_ids)
+    running = chain(t["note"].s(tag="b"), t["note"].s()).enqueue()
+
+    async def prune() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as own:
+            await prune_finished(own, retention_s=0.0)
+
+    asyncio.run(prune())
+    assert [r[0] for r in conn.execute("SELECT id FROM pgsched.workflows")] == [running.id]
+    assert conn.execute("SELECT count(*) FROM pgsched.run_edges").fetchone() == (1,)
+    assert [r["id"] for r in run_rows(conn, ended.run_ids + running.run_ids)] == running.run_ids
