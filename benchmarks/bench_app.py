@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pgsched import App
 
@@ -29,3 +30,9 @@ async def started_at() -> float:
 async def finished_at() -> float:
     """Returns the wall-clock time the task ended, for end→get() latency."""
     return time.time()
+
+
+@app.task
+async def collect(values: list[Any]) -> int:
+    """A chord's callback: how many results it got (benchmarks/workflows.py)."""
+    return len(values)

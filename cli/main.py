@@ -23,6 +23,7 @@ from pgsched.cli.options import DirectDsnOption, DsnOption, PgbouncerOption, con
 from pgsched.cli.queues import queues, tasks
 from pgsched.cli.runs import runs
 from pgsched.cli.tenants import tenants, usage
+from pgsched.cli.workflows import workflows
 from pgsched.errors import InvalidInput, PgschedError, SchemaNotReady
 from pgsched.loader import EXAMPLE_APP, load_app
 from pgsched.logs import LogFormat, configure_logging
@@ -45,6 +46,7 @@ cli.add_typer(keys, name="keys")
 cli.add_typer(queues, name="queues")
 cli.add_typer(tenants, name="tenants")
 cli.add_typer(tasks, name="tasks")
+cli.add_typer(workflows, name="workflows")
 cli.command("api")(api_command)
 cli.command("doctor")(doctor)
 cli.command("usage")(usage)

@@ -17,7 +17,9 @@ LIST_COLUMNS = ("id", "task", "queue", "status", "attempt", "max_attempts", "run
 
 @runs.command("list")
 def list_(
-    status: Annotated[Optional[str], typer.Option(help="queued, running, succeeded, failed or cancelled")] = None,
+    status: Annotated[
+        Optional[str], typer.Option(help="waiting, queued, running, succeeded, failed or cancelled")
+    ] = None,
     queue: Annotated[Optional[str], typer.Option()] = None,
     task: Annotated[Optional[str], typer.Option()] = None,
     job: Annotated[Optional[str], typer.Option(help="Runs of the scheduled job with this name")] = None,

@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncIterator,
     Callable,
@@ -45,6 +46,9 @@ from pgsched.handles import RunHandle
 from pgsched.jobs import JobSpec, upsert_job
 from pgsched.quotas import quota_error
 from pgsched.schedule import Schedule
+
+if TYPE_CHECKING:
+    from pgsched.canvas import Signature, Workflow
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -193,6 +197,19 @@ class Task(Generic[P, R]):
         )
 
     # ---- the Celery way (pgsched/calling.py says what each option maps to)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A step not yet enqueued, for chain/group/chord or ``app.workflow(...).add`` (Celery's
+        signature). Positional args are bound by name, as in :meth:`delay`."""
+        from pgsched.canvas import signature_of
+
+        return signature_of(self, args, kwargs, immutable=False)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable step: a chain or chord passes it no results (Celery's ``si``)."""
+        from pgsched.canvas import signature_of
+
+        return signature_of(self, args, kwargs, immutable=True)
 
     def delay(self, *args: Any, **kwargs: Any) -> RunHandle:
         """Queue one run, Celery style: positional args are bound to the task's parameters and
@@ -739,6 +756,12 @@ class App:
                         f"not {task!r}: nothing was queued"
                     )
         return RunHandle(self, run_id)
+
+    def workflow(self, name: str, *, tenant: str | None = None) -> Workflow:
+        """A new workflow to build with ``add`` and write with ``enqueue`` (pgsched/canvas.py)."""
+        from pgsched.canvas import Workflow
+
+        return Workflow(self, name, tenant=tenant)
 
     def run(self, run_id: int) -> RunHandle:
         """The handle of any run, by id (Celery's ``AsyncResult(id)``)."""

@@ -60,7 +60,7 @@ from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
-from pgsched.maintenance import prune_finished, refresh_rollup, rescue_expired
+from pgsched.maintenance import prune_finished, refresh_rollup, repair_workflows, rescue_expired
 from pgsched.quotas import fold_usage, quota_error
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
@@ -241,6 +241,7 @@ class Beat:
         async with pool.connection() as conn:
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
+            await repair_workflows(conn)
             # Last, so a fold that fails never holds up the prune; it reads runs finished since
             # its last round, which a retention of minutes or more leaves in place.
             await fold_usage(conn)

@@ -53,16 +53,17 @@ _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONL
 
 
 def bind_by_name(
-    task: str, signature: inspect.Signature, args: Sequence[Any], kwargs: Mapping[str, Any]
+    task: str, signature: inspect.Signature, args: Sequence[Any], kwargs: Mapping[str, Any], *, partial: bool = False
 ) -> dict[str, Any]:
     """``args`` and ``kwargs`` as one mapping of parameter name to value, the way a run stores
-    them; InvalidArgs if they do not fit, or fit only a parameter a name cannot reach."""
+    them; InvalidArgs if they do not fit, or fit only a parameter a name cannot reach.
+    ``partial``: some may be missing (a workflow step's, which its parents' results complete)."""
     if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
         raise InvalidArgs(f"args must be a tuple or list of positional arguments, got {type(args).__name__}")
     if not isinstance(kwargs, Mapping):
         raise InvalidArgs(f"kwargs must be a dict, got {type(kwargs).__name__}")
     try:
-        bound = signature.bind(*args, **kwargs)
+        bound = signature.bind_partial(*args, **kwargs) if partial else signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise InvalidArgs(f"args do not fit {task}{signature}: {exc}") from None
     named: dict[str, Any] = {}

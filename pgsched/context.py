@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pgsched.errors import InvalidInput, PgschedError
 
@@ -35,6 +36,9 @@ class RunContext:
     worker_id: int | None = None
     # The X-Request-ID of the API request that queued the run (runs it queues keep it too).
     request_id: str | None = None
+    # A workflow step's parents' results, in the order of its ``after`` (a chord callback's: its
+    # header's order); empty for a run without parents.
+    parent_results: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,10 @@ class RunNotFound(PgschedError):
     """No run with that id."""
 
 
+class WorkflowNotFound(PgschedError):
+    """No workflow with that id."""
+
+
 class RunStateConflict(PgschedError):
     """The run is not in a state that allows this."""
 

@@ -1,7 +1,8 @@
 """Maintenance: idempotent, batched steps that keep the tables healthy. The beat's leader
 runs them all; workers also run the lease rescue, so at-least-once never depends on a beat
 being deployed (one sweeper at a time either way, under an advisory lock). The dashboard's
-per-minute rollup is written here too, off the workers' hot path."""
+per-minute rollup is written here too, off the workers' hot path, and the workflow repair that
+releases or cancels what a lost trigger (or a plain UPDATE) left waiting."""
 
 from __future__ import annotations
 
@@ -19,10 +20,15 @@ logger = logging.getLogger("pgsched.maintenance")
 SWEEP_LOCK_KEY = 0x70677363_73776570 & 0x7FFF_FFFF_FFFF_FFFF
 RESCUE_BATCH = 1000
 PRUNE_BATCH = 5000
+WORKFLOW_PRUNE_BATCH = 100  # workflows (of up to 100,000 steps each: their edges go too)
 EXPIRE_BATCH = 1000
 # Minutes the rollup recounts each round: the current one and a margin for runs that finished
 # while the leader was between rounds (or changing hands).
 ROLLUP_MINUTES = 3
+# Workflow repair: only runs waiting this long are looked at (a healthy release takes
+# milliseconds), at most this many per round.
+REPAIR_MIN_AGE_S = 60.0
+REPAIR_BATCH = 1000
 
 
 async def rescue_expired(
@@ -74,7 +80,9 @@ async def cancel_expired(conn: psycopg.AsyncConnection, *, now: datetime | None 
 
 
 async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:
-    """Delete finished runs older than the retention, a batch per statement (short locks)."""
+    """Delete finished runs older than the retention, a batch per statement (short locks);
+    first the workflows that ended before it, with their steps' edges (:func:`prune_workflows`)."""
+    await prune_workflows(conn, retention_s=retention_s, now=now)
     pruned = 0
     while True:
         cursor = await conn.execute(
@@ -88,6 +96,19 @@ async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, n
     return pruned
 
 
+async def prune_workflows(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:
+    """Forget workflows that ended before the retention and their steps' edges, a batch per statement."""
+    pruned = 0
+    while True:
+        cursor = await conn.execute(
+            queries["workflow_prune"], {"now": now, "retention_s": retention_s, "limit": WORKFLOW_PRUNE_BATCH}
+        )
+        batch = int((await cursor.fetchone())[0])  # type: ignore[index]
+        pruned += batch
+        if batch < WORKFLOW_PRUNE_BATCH:
+            return pruned
+
+
 async def refresh_rollup(
     conn: psycopg.AsyncConnection, *, minutes: int = ROLLUP_MINUTES, now: datetime | None = None
 ) -> None:
@@ -97,3 +118,17 @@ async def refresh_rollup(
     await conn.execute(queries["rollup_refresh"], {"minutes": minutes, "now": now})
     await conn.execute(queries["rollup_prune"], {"now": now})
     await conn.execute(queries["ui_session_prune"], {"now": now})
+
+
+async def repair_workflows(
+    conn: psycopg.AsyncConnection, *, min_age_s: float = REPAIR_MIN_AGE_S, limit: int = REPAIR_BATCH
+) -> int:
+    """Recompute, from their edges, the workflow steps left waiting longer than ``min_age_s``
+    whose parents have all ended (or one ended against its condition), and settle workflows
+    whose steps have all ended (schema 0019's pgsched.workflow_repair). On a healthy system it
+    finds nothing: the statement that ends a parent releases or cancels its dependents."""
+    cursor = await conn.execute(queries["workflow_repair"], {"min_age_s": min_age_s, "limit": limit})
+    repaired = int((await cursor.fetchone())[0])  # type: ignore[index]
+    if repaired:
+        logger.warning("workflow repair: %d waiting runs or workflows recomputed from their edges", repaired)
+    return repaired

@@ -2,7 +2,10 @@
 
 All pending files are applied in one transaction under an advisory lock, so two concurrent
 ``pgsched migrate`` runs are safe (the second waits, then finds nothing to do) and a failing
-file leaves the database as it was.
+file leaves the database as it was. One exception: a file that adds a value to an enum
+(``ALTER TYPE ... ADD VALUE``) ends its transaction, because PostgreSQL refuses to use the new
+value (in a check, an index predicate, a function body) before the transaction that added it
+commits; the files after it run in the next one. Such a file should hold nothing else.
 
 Upgrades are expand-then-contract. A file named ``NNNN_name.post-deploy.sql`` contracts: it
 removes what the previous release still uses (say, a constraint its queries name), so it waits
@@ -26,6 +29,7 @@ from pgsched.sql import queries, schema_files
 logger = logging.getLogger("pgsched.migrate")
 
 _MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)(\.post-deploy)?\.sql$")
+_ADDS_ENUM_VALUE = re.compile(r"^\s*ALTER\s+TYPE\s+\S+\s+ADD\s+VALUE", re.IGNORECASE | re.MULTILINE)
 # An arbitrary constant: the advisory-lock key only pgsched's migrate takes.
 MIGRATION_LOCK_KEY = 0x70677363_6D696772 & 0x7FFF_FFFF_FFFF_FFFF
 
@@ -36,6 +40,11 @@ class Migration:
     name: str
     sql: str
     post_deploy: bool = False
+
+    @property
+    def adds_enum_value(self) -> bool:
+        """Whether the next migration must run in a new transaction (see the module's docstring)."""
+        return _ADDS_ENUM_VALUE.search(self.sql) is not None
 
 
 def available() -> list[Migration]:
@@ -63,9 +72,30 @@ def _applied(conn: psycopg.Connection) -> set[str]:
 
 
 def migrate(conn: psycopg.Connection, *, up_to: str | None = None, post_deploy: bool = False) -> list[Migration]:
-    """Apply every pending migration (up to version ``up_to``, say "0007") in one transaction;
+    """Apply every pending migration (up to version ``up_to``, say "0007") in one transaction
+    (two around a file that adds an enum value: see the module's docstring);
     return what was applied. ``up_to`` builds a previous release's schema, to test upgrades;
     ``post_deploy`` applies the contracting files too (see the module's docstring)."""
+    applied: list[Migration] = []
+    with conn.transaction():  # committed at once: a session lock outlives the transaction
+        conn.execute(queries["migration_lock_session"], {"key": MIGRATION_LOCK_KEY})
+    try:
+        while True:
+            # A fresh database gets the contracting files too, in whichever transaction they fall.
+            fresh = bool(applied) and applied[0].version == available()[0].version
+            batch = _apply_until_enum_value(conn, up_to=up_to, post_deploy=post_deploy or fresh)
+            applied.extend(batch)
+            if not batch or not batch[-1].adds_enum_value:
+                return applied
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            with conn.transaction():
+                conn.execute(queries["migration_unlock_session"], {"key": MIGRATION_LOCK_KEY})
+
+
+def _apply_until_enum_value(conn: psycopg.Connection, *, up_to: str | None, post_deploy: bool) -> list[Migration]:
+    """One transaction: the pending migrations up to the first that adds an enum value."""
+    done: list[Migration] = []
     with conn.transaction():
         conn.execute(queries["migration_lock"], {"key": MIGRATION_LOCK_KEY})
         conn.execute(queries["migration_bootstrap"])
@@ -74,7 +104,10 @@ def migrate(conn: psycopg.Connection, *, up_to: str | None = None, post_deploy: 
             logger.info("applying migration %s_%s", migration.version, migration.name)
             conn.execute(migration.sql.encode())  # plain SQL files: no parameters
             conn.execute(queries["migration_record"], {"version": migration.version, "name": migration.name})
-    return todo
+            done.append(migration)
+            if migration.adds_enum_value:
+                break
+    return done
 
 
 def repaired_by_migrations(conn: psycopg.Connection, applied: list[Migration]) -> list[dict[str, Any]]:

@@ -145,6 +145,7 @@ def _run_context(request: dict[str, Any]) -> RunContext:
         queue=request["queue"],
         worker_id=request["worker_id"],
         request_id=request["request_id"],
+        parent_results=request.get("parent_results", []),
     )
 
 

@@ -362,6 +362,7 @@ def _request(run: ClaimedRun, args: Mapping[str, Any]) -> dict[str, Any]:
         "worker_id": worker_run.worker_id if worker_run is not None else None,
         "request_id": run.request_id,
         "traceparent": current_traceparent(),
+        "parent_results": worker_run.parent_results if worker_run is not None else [],
     }
 
 

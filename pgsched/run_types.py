@@ -27,6 +27,7 @@ class ClaimedRun:
     # claim of its queue starts near there (pgsched.claim_cursor).
     priority: int = 0
     run_at: datetime | None = None
+    has_parents: bool = False  # a workflow step: its parents' results are read before it runs
 
 
 @dataclass(slots=True)

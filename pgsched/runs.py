@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 from pgsched.errors import InvalidInput, RunNotFound, RunStateConflict
 from pgsched.sql import queries
 
-RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+RUN_STATUSES = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
 MAX_LIST_LIMIT = 1000
 COUNT_CAP = 10_000  # counts of matching runs stop here ("10,000+")
 # Ids an args search reads a page: containment costs ~0.3 µs a row (10^6 runs in 250-320 ms,
@@ -259,7 +259,7 @@ def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = No
     except psycopg.errors.NoDataFound:
         raise RunNotFound(f"no run with id {run_id}") from None
     except psycopg.errors.ObjectNotInPrerequisiteState:
-        _explain_refusal(conn, run_id, "cancel", "only queued or running runs can be cancelled", tenant)
+        _explain_refusal(conn, run_id, "cancel", "only waiting, queued or running runs can be cancelled", tenant)
     if row is None:  # no such run, or another tenant's
         raise RunNotFound(f"no run with id {run_id}")
     return str(row[0])

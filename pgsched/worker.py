@@ -49,6 +49,7 @@ from pgsched.run_types import ClaimedRun, Outcome
 from pgsched.sql import queries
 from pgsched.threads import TaskThreads
 from pgsched.tracing import run_span
+from pgsched.workflow_results import bind_parent_results, read_parent_results
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -182,8 +183,8 @@ class Worker:
         ):
             await pool.open(wait=True)
             await claims.open(wait=True)
-            self.worker_id = await self._register(pool)
             self._pool = pool
+            self.worker_id = await self._register(pool)
             await self._declare_task_rates(pool)
             logger.info(
                 "worker %s started: queues=%s concurrency=%d pid=%d",
@@ -317,6 +318,8 @@ class Worker:
             logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
             started = time.perf_counter()
             try:
+                if run.has_parents:
+                    await self._read_parent_results(execution)
                 outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, self._processes)
             except asyncio.CancelledError:
                 if not execution.context.cancelled:
@@ -327,6 +330,14 @@ class Worker:
         if outcome.status == "succeeded":
             self._succeeded += 1
         self._completer.add(outcome)
+
+    async def _read_parent_results(self, execution: _Execution) -> None:
+        """A workflow step's parents' results: its ``current_run().parent_results``, and its
+        args' markers replaced (see :mod:`pgsched.workflow_results`)."""
+        assert self._pool is not None  # runs execute only while the worker's pool is open
+        results = await read_parent_results(self._pool, execution.run.id)
+        execution.context.parent_results = results
+        execution.run.args = bind_parent_results(execution.run.args, results)
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == "pgsched":

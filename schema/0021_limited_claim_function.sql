@@ -36,7 +36,8 @@ CREATE FUNCTION pgsched.run_claim_limited_v1(
     run_trace_context text,
     run_request_id    text,
     run_priority      smallint,
-    run_run_at        timestamptz
+    run_run_at        timestamptz,
+    run_has_parents   boolean
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -65,7 +66,7 @@ BEGIN
         IF NOT FOUND THEN
             RETURN QUERY SELECT false, 0, false, false, NULL::float8, NULL::float8, NULL::float8, NULL::float8,
                                 NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text,
-                                NULL::text, NULL::text, NULL::smallint, NULL::timestamptz;
+                                NULL::text, NULL::text, NULL::smallint, NULL::timestamptz, NULL::boolean;
             RETURN;
         END IF;
     END IF;
@@ -78,7 +79,7 @@ BEGIN
         IF NOT FOUND THEN
             RETURN QUERY SELECT false, 0, false, false, NULL::float8, NULL::float8, NULL::float8, NULL::float8,
                                 NULL::bigint, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text,
-                                NULL::text, NULL::text, NULL::smallint, NULL::timestamptz;
+                                NULL::text, NULL::text, NULL::smallint, NULL::timestamptz, NULL::boolean;
             RETURN;
         END IF;
     END IF;
@@ -170,7 +171,7 @@ BEGIN
         FROM taken
         WHERE r.id = taken.id AND r.status = 'queued'
         RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id,
-                  r.priority, r.run_at
+                  r.priority, r.run_at, r.parents_pending IS NOT NULL AS has_parents
     ), queue_spent AS (
         UPDATE pgsched.queues
         SET tokens = q_tokens - (SELECT count(*) FROM claimed),
@@ -185,7 +186,7 @@ BEGIN
     SELECT true, h.n, (SELECT count(*) FROM allowed) > t.n, (SELECT count(*) FROM next) > (SELECT count(*) FROM allowed),
                q_tokens, q_per_s, t_tokens, t_per_s,
                c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id,
-               c.priority, c.run_at
+               c.priority, c.run_at, c.has_parents
         FROM headroom AS h CROSS JOIN take AS t LEFT JOIN claimed AS c ON true;
 END;
 $$;

@@ -6,6 +6,14 @@
 -- Serialises concurrent `pgsched migrate` runs for the rest of the transaction.
 SELECT pg_advisory_xact_lock(%(key)s);
 
+-- name: migration_lock_session
+-- Held across the transactions of one `pgsched migrate` (a file that adds an enum value ends
+-- one, see migrate.py): a concurrent migrate waits for the whole run, not just its first part.
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: migration_unlock_session
+SELECT pg_advisory_unlock(%(key)s);
+
 -- name: migration_bootstrap
 -- The bookkeeping table every later migration is recorded in.
 CREATE SCHEMA IF NOT EXISTS pgsched;
@@ -102,7 +110,8 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
                    concurrency_key) FROM STDIN;
 
 -- name: run_claim
--- Claim up to %(limit)s due runs (never more than the worker's free slots). The lateral
+-- Claim up to %(limit)s due runs (never more than the worker's free slots). has_parents: a
+-- workflow step whose worker reads its parents' results (run_parent_results) before running it. The lateral
 -- subquery walks the claim index once per queue, in claim order, and locks with SKIP LOCKED
 -- so concurrent workers never wait on each other; MATERIALIZED fences the planner so the
 -- LIMIT applies before the UPDATE (a nested loop could otherwise update more rows).
@@ -176,7 +185,8 @@ SET status = 'running',
     lease_expires_at = coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_s)s)
 FROM next
 WHERE r.id = next.id
-RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id, r.priority, r.run_at;
+RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id, r.priority, r.run_at,
+          r.parents_pending IS NOT NULL AS has_parents;
 
 -- name: run_claim_limited
 -- The claim of runs behind limits (pgsched.run_claim_limited_v1, schema 0021), one round trip:
@@ -241,6 +251,13 @@ FROM unnest(%(queues)s::text[]) AS q(name),
               WHERE status = 'queued' AND queue = q.name AND run_at > created_at
                 AND (expires_at IS NULL OR expires_at > now())
               ORDER BY run_at LIMIT 1) AS n;
+
+-- name: run_parent_results
+-- A workflow step's parents' results, in the order of its edges (a chord callback's: its
+-- header's order). Read by the worker before it runs a step with parents.
+SELECT p.result FROM pgsched.run_edges AS e JOIN pgsched.runs AS p ON p.id = e.parent
+WHERE e.child = %(id)s
+ORDER BY e.position, e.parent;
 
 -- name: run_complete_many
 -- Write a batch of outcomes in one statement. Fenced: only rows still held by this worker
@@ -755,7 +772,7 @@ LISTEN pgsched_jobs;
 -- name: run_count_by_queue_status
 -- The /metrics gauge, without reading the history at each scrape (issue 13): unfinished runs
 -- per queue and status counted exactly from their rows (queued: the claim index; running:
--- runs_lease_idx, every running run has a lease), finished ones (succeeded, failed, cancelled)
+-- runs_lease_idx, every running run has a lease; waiting: runs_waiting_idx), finished ones (succeeded, failed, cancelled)
 -- over the last hour from the per-minute rollup (recounted by the beat leader each round).
 SELECT queue, 'queued' AS status, count(*) AS runs
 FROM pgsched.runs WHERE status = 'queued'
@@ -763,6 +780,10 @@ GROUP BY queue
 UNION ALL
 SELECT queue, 'running', count(*)
 FROM pgsched.runs WHERE lease_expires_at IS NOT NULL AND status = 'running'
+GROUP BY queue
+UNION ALL
+SELECT queue, 'waiting', count(*)  -- workflow steps (runs_waiting_idx)
+FROM pgsched.runs WHERE status = 'waiting'
 GROUP BY queue
 UNION ALL
 SELECT r.queue, f.status, sum(f.runs)::bigint
@@ -1230,3 +1251,92 @@ SET next_run_at = %(next_run_at)s, last_error = %(error)s,
     last_scheduled_for = coalesce(%(last_scheduled_for)s, last_scheduled_for)
 WHERE id = %(id)s AND enabled AND next_run_at IS NOT DISTINCT FROM %(seen_next_run_at)s
 RETURNING id;
+
+-- ---- Workflows (schema 0019): chains, groups, chords and DAGs of runs.
+
+-- name: workflow_insert
+-- A workflow's row (its runs follow in the same transaction).
+INSERT INTO pgsched.workflows (name, tenant, steps)
+VALUES (%(name)s, %(tenant)s, %(steps)s)
+RETURNING id;
+
+-- name: workflow_run_copy
+-- A workflow's runs: steps with parents 'waiting' (parents_pending set: no deferred check), the others 'queued'.
+COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id,
+                   status, workflow_id, parents_pending) FROM STDIN;
+
+-- name: workflow_edge_copy
+-- Their edges; the run_edges_inserted trigger checks them and counts what each step waits for.
+COPY pgsched.run_edges (child, parent, condition, position) FROM STDIN;
+
+-- name: workflow_list
+-- Newest first, keyset-paginated by id; for one tenant or all. unfinished: its steps not
+-- ended, counted for running workflows only (runs_workflow_idx).
+SELECT w.id, w.name, w.tenant, w.status, w.steps, CASE WHEN w.status = 'running' THEN (SELECT count(*) FROM pgsched.runs AS r
+                                             WHERE r.workflow_id = w.id AND r.status IN ('waiting', 'queued', 'running'))
+            ELSE 0 END AS unfinished,
+       w.created_at, w.finished_at, w.cancel_requested_at
+FROM pgsched.workflows AS w
+WHERE (%(status)s::text IS NULL OR w.status = %(status)s)
+  AND (%(before_id)s::bigint IS NULL OR w.id < %(before_id)s)
+  AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s)
+ORDER BY w.id DESC
+LIMIT %(limit)s;
+
+-- name: workflow_get
+SELECT w.id, w.name, w.tenant, w.status, w.steps, CASE WHEN w.status = 'running' THEN (SELECT count(*) FROM pgsched.runs AS r
+                                             WHERE r.workflow_id = w.id AND r.status IN ('waiting', 'queued', 'running'))
+            ELSE 0 END AS unfinished,
+       w.created_at, w.finished_at, w.cancel_requested_at
+FROM pgsched.workflows AS w
+WHERE w.id = %(id)s AND (%(tenant)s::text IS NULL OR w.tenant = %(tenant)s);
+
+-- name: workflow_steps
+-- Each step with its parents (in order) and conditions, and why it was cancelled (runs_workflow_idx).
+SELECT r.id, r.task, r.status::text AS status, r.attempt, r.max_attempts, r.parents_pending,
+       r.started_at, r.finished_at,
+       coalesce((SELECT array_agg(e.parent ORDER BY e.position, e.parent) FROM pgsched.run_edges AS e
+                 WHERE e.child = r.id), '{}') AS parents,
+       coalesce((SELECT array_agg(e.condition ORDER BY e.position, e.parent) FROM pgsched.run_edges AS e
+                 WHERE e.child = r.id), '{}') AS conditions,
+       CASE WHEN r.status = 'cancelled' THEN r.errors -> -1 ->> 'message' END AS cancel_reason
+FROM pgsched.runs AS r
+WHERE r.workflow_id = %(id)s
+ORDER BY r.id
+LIMIT %(limit)s;
+
+-- name: workflow_cancel
+-- Cancel every step not yet ended (schema 0019's pgsched.workflow_cancel). No row: no such
+-- workflow (for this tenant).
+SELECT pgsched.workflow_cancel(id) FROM pgsched.workflows
+WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: workflow_status
+SELECT status FROM pgsched.workflows WHERE id = %(id)s;
+
+-- name: run_workflow_of
+-- The workflow a run is a step of (NULL: none), for the run's detail page.
+SELECT workflow_id FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+
+-- name: workflow_prune
+-- The leader's maintenance, before run_prune_finished: forget up to %(limit)s workflows that
+-- ended before the retention, with the edges of their steps (runs_workflow_idx finds them while
+-- the runs are still there). Their runs go with the runs' own pruning.
+WITH old AS (
+    SELECT id FROM pgsched.workflows
+    WHERE status <> 'running' AND finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+), edges AS (
+    DELETE FROM pgsched.run_edges AS e
+    USING pgsched.runs AS r, old
+    WHERE r.workflow_id = old.id AND e.child = r.id
+), gone AS (
+    DELETE FROM pgsched.workflows AS w USING old WHERE w.id = old.id RETURNING w.id
+)
+SELECT count(*) FROM gone;
+
+-- name: workflow_repair
+-- The leader's maintenance: release or cancel what was left waiting, settle finished workflows
+-- (schema 0019's pgsched.workflow_repair; finds nothing on a healthy system).
+SELECT pgsched.workflow_repair(make_interval(secs => %(min_age_s)s), %(limit)s);

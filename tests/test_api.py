@@ -156,6 +156,9 @@ def test_the_openapi_document_is_public_and_every_operation_has_an_id(readonly_a
         "updateTenant",
         "getUsage",
         "listWorkers",
+        "listWorkflows",
+        "getWorkflow",
+        "cancelWorkflow",
     }
     assert document["components"]["securitySchemes"]["BearerAuth"]["scheme"] == "bearer"
     assert "Idempotency-Key" in json.dumps(document["paths"]["/runs"]["post"])
@@ -411,13 +414,13 @@ def test_every_route_except_health_ready_and_the_schema_needs_a_key(readonly_api
     document = ok(api.get("/schema/openapi.json", as_=None))
     checked = 0
     for path, operations in document["paths"].items():
-        concrete = path.replace("{run_id}", "1").replace("{name}", "j")
+        concrete = path.replace("{run_id}", "1").replace("{name}", "j").replace("{workflow_id}", "1")
         for method in operations:
             response = api.call(method.upper(), concrete, as_=None, json={})
             expected = 401 if path not in ("/health", "/ready") else 200
             assert response.status_code == expected, (method, path, response.text)
             checked += 1
-    assert checked == 36
+    assert checked == 39
 
 
 def test_a_read_key_reads_but_cannot_change_anything(api: Api):

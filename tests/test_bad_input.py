@@ -521,7 +521,7 @@ def test_cli_runs_cancel_of_a_succeeded_run_is_refused_and_leaves_it(dsn, succee
     assert_one_error_line(
         run_cli(dsn, "runs", "cancel", str(succeeded_id)),
         f"cannot cancel run {succeeded_id}: it is succeeded",
-        "only queued or running runs can be cancelled",
+        "only waiting, queued or running runs can be cancelled",
     )
     unchanged()
 
@@ -538,7 +538,7 @@ def test_cli_runs_cancel_of_a_missing_run_says_so(dsn):
 def test_cli_runs_list_with_an_unknown_status_names_the_valid_ones(dsn):
     assert_one_error_line(
         run_cli(dsn, "runs", "list", "--status", "bogus"),
-        "status must be one of queued, running, succeeded, failed, cancelled",
+        "status must be one of waiting, queued, running, succeeded, failed, cancelled",
         "'bogus'",
     )
 

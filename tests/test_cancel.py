@@ -128,11 +128,13 @@ def test_cancelling_a_finished_or_missing_run_is_refused_naming_why(app: App, ds
         done = insert_restored(
             conn, "INSERT INTO pgsched.runs (task, status, finished_at) VALUES ('t', 'succeeded', now()) RETURNING id"
         ).fetchone()[0]
-        with pytest.raises(RunStateConflict, match="it is succeeded; only queued or running runs can be cancelled"):
+        with pytest.raises(
+            RunStateConflict, match="it is succeeded; only waiting, queued or running runs can be cancelled"
+        ):
             cancel_run(conn, done)
         with pytest.raises(RunNotFound):
             cancel_run(conn, 987654)
-        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="only queued or running"):
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="only waiting, queued or running"):
             conn.execute("SELECT pgsched.cancel(%s)", (done,))
         assert conn.execute("SELECT status::text FROM pgsched.runs WHERE id = %s", (done,)).fetchone()[0] == "succeeded"
 

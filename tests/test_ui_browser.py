@@ -236,3 +236,28 @@ def test_a_post_without_the_csrf_token_is_refused_and_log_out_ends_the_session(b
     page.goto(f"{dashboard}/ui/runs")
     assert page.url.endswith("/ui/login"), "the session is over"
     assert scalar(conn, "SELECT count(*) FROM pgsched.ui_sessions") == 0
+
+
+def test_a_workflow_page_shows_its_graph_and_each_step_links_to_its_run(browser, dashboard, keys, conn, dsn):
+    from pgsched import App, chord
+
+    app = App(dsn)
+
+    @app.task
+    def part(n: int) -> int:
+        return n
+
+    @app.task
+    def merge(values: list[int]) -> int:
+        return sum(values)
+
+    handle = chord([part.s(n=i) for i in range(4)], merge.s()).enqueue(name="merge-parts")
+    app.close()
+    page = signed_in(browser, dashboard, keys["admin"])
+    page.goto(f"{dashboard}/ui/runs/{handle.run_ids[-1]}")
+    page.get_by_role("link", name=f"workflow {handle.id}").click()
+    page.wait_for_url(f"{dashboard}/ui/workflows/{handle.id}")
+    assert page.locator("svg.workflow-graph g.step").count() == 5
+    screenshot(page, "workflow")
+    page.locator("svg.workflow-graph a").first.click()
+    page.wait_for_url(f"{dashboard}/ui/runs/{handle.run_ids[0]}")

@@ -104,7 +104,10 @@ def test_the_queues_page_shows_each_queues_figures_from_queue_stats(dsn, conn):
 @pytest.mark.parametrize(
     ("path", "says"),
     [
-        ("/ui/runs?status=lost", "status must be one of queued, running, succeeded, failed, cancelled, got 'lost'"),
+        (
+            "/ui/runs?status=lost",
+            "status must be one of waiting, queued, running, succeeded, failed, cancelled, got 'lost'",
+        ),
         ("/ui/runs?limit=1000000", "limit (the page size) must be one of 25, 50, 100, 200, got '1000000'"),
         ("/ui/runs?cursor=abc", "cursor must be a link's 'Older' position (a run id), got 'abc'"),
         ("/ui/runs?cursor=99999999999999999999", "cursor must be a link's 'Older' position"),

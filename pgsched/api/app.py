@@ -30,6 +30,7 @@ from pgsched.api.controllers.runs import RunController
 from pgsched.api.controllers.tasks import TaskController
 from pgsched.api.controllers.tenants import TenantController, UsageController
 from pgsched.api.controllers.workers import WorkerController
+from pgsched.api.controllers.workflows import WorkflowController
 from pgsched.api.correlation import correlation_middleware
 from pgsched.api.deps import DEPENDENCIES
 from pgsched.api.errors import EXCEPTION_HANDLERS
@@ -53,6 +54,7 @@ CONTROLLERS = [
     TenantController,
     UsageController,
     WorkerController,
+    WorkflowController,
 ]
 
 

@@ -38,6 +38,7 @@ from pgsched.errors import (
     RunNotFound,
     RunStateConflict,
     SchemaNotReady,
+    WorkflowNotFound,
 )
 from pgsched.jobs import JobNameAmbiguous, JobNameTaken, JobNotFound
 from pgsched.quotas import retry_after_s
@@ -48,6 +49,7 @@ STATUS_BY_ERROR: dict[type[PgschedError], int] = {
     InvalidInput: HTTP_422_UNPROCESSABLE_ENTITY,
     QuotaExceeded: HTTP_429_TOO_MANY_REQUESTS,
     RunNotFound: HTTP_404_NOT_FOUND,
+    WorkflowNotFound: HTTP_404_NOT_FOUND,
     JobNotFound: HTTP_404_NOT_FOUND,
     ApiKeyNotFound: HTTP_404_NOT_FOUND,
     RunStateConflict: HTTP_409_CONFLICT,

@@ -460,3 +460,48 @@ Out = TypeVar("Out", bound=Struct)
 def from_row(model: type[Out], row: Mapping[str, Any]) -> Out:
     """A response model from a library row (columns the model does not name are left out)."""
     return msgspec.convert(row, model)
+
+
+# ---- workflows
+
+WorkflowStatus = Literal["running", "succeeded", "failed", "cancelled"]
+
+
+class WorkflowSummary(Struct, kw_only=True):
+    id: int
+    name: str
+    tenant: str | None
+    status: WorkflowStatus
+    steps: int
+    unfinished: int
+    created_at: datetime
+    finished_at: datetime | None
+    cancel_requested_at: datetime | None
+
+
+class WorkflowPage(Struct, kw_only=True):
+    items: list[WorkflowSummary]
+    next: Annotated[str | None, Meta(description="Pass as ?cursor= for the next page; null on the last page")]
+
+
+class WorkflowStep(Struct, kw_only=True):
+    id: Annotated[int, Meta(description="The step's run id")]
+    task: str
+    status: RunStatus
+    attempt: int
+    max_attempts: int
+    parents: Annotated[list[int], Meta(description="Its parents' run ids, in the order of its after=")]
+    conditions: Annotated[list[str], Meta(description="Each parent's condition: succeeded, failed or finished")]
+    parents_pending: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancel_reason: str | None
+
+
+class WorkflowOut(WorkflowSummary, kw_only=True):
+    steps_shown: Annotated[list[WorkflowStep], Meta(description="Its steps in id order (parents first), up to 10,000")]
+
+
+class WorkflowCancelOut(Struct, kw_only=True):
+    id: int
+    cancelled: Annotated[int, Meta(description="Steps cancelled, or running ones whose workers were asked to stop")]

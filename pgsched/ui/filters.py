@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from urllib.parse import urlencode
 
 from pgsched.errors import InvalidInput
-from pgsched.runs import RUN_STATUSES, check_run_id, parse_args_filter
+from pgsched.runs import RUN_STATUSES, parse_args_filter
 from pgsched.tenants import check_tenant
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -99,10 +99,14 @@ def parse_cursor(text: str | None) -> int | None:
     return int(text)
 
 
-def parse_run_id(text: str) -> int:
+def parse_run_id(text: str, what: str = "run id") -> int:
+    """A run id (or, with ``what``, a workflow id) from a URL path."""
     if not text.isascii() or not text.isdigit():
-        raise InvalidInput(f"a run id is a positive integer, got {text[:40]!r}")
-    return check_run_id(int(text))
+        raise InvalidInput(f"a {what} is a positive integer, got {text[:40]!r}")
+    value = int(text)
+    if not 0 < value < 2**63:
+        raise InvalidInput(f"a {what} is a positive integer, got {value}")
+    return value
 
 
 def _run_id(text: str | None) -> int | None:

@@ -27,6 +27,7 @@ from pgsched.ui.access import require_session
 from pgsched.ui.db import page_connection, read_page
 from pgsched.ui.filters import parse_cursor, parse_run_filter, parse_run_id
 from pgsched.ui.render import page
+from pgsched.workflows import get_workflow, step_graph, step_tree, workflow_of_run
 
 BULK_ACTIONS = ("retry", "cancel")
 JOBS_SHOWN = 500
@@ -93,7 +94,34 @@ class PageController(Controller):
             run = get_run(conn, parse_run_id(run_id), tenant=tenant)
             worker = ui_reads.worker(conn, run["worker_id"])
             job = ui_reads.job_name(conn, run["job_id"])
-        return page(request, "run.html", live="_run.html", run=run, worker=worker, job=job, timeline=timeline(run))
+            workflow_id = workflow_of_run(conn, run["id"], tenant=tenant)
+        return page(
+            request,
+            "run.html",
+            live="_run.html",
+            run=run,
+            worker=worker,
+            job=job,
+            workflow_id=workflow_id,
+            timeline=timeline(run),
+        )
+
+    @get("/workflows/{workflow_id:str}", sync_to_thread=True)
+    def workflow(
+        self, request: Request[Any, Any, Any], workflow_id: FromPath[str], pool: Pool, tenant: Tenant
+    ) -> Template:
+        """A workflow: its status, its steps as a graph (up to 400) and as a tree, each linked to its run."""
+        with page_connection(pool) as conn:
+            workflow = get_workflow(conn, parse_run_id(workflow_id, "workflow id"), tenant=tenant)
+        steps = workflow["steps_shown"]
+        return page(
+            request,
+            "workflow.html",
+            live="_workflow.html",
+            workflow=workflow,
+            graph=step_graph(steps),
+            tree=step_tree(steps),
+        )
 
     @get("/failures", sync_to_thread=True)
     def failures(self, request: Request[Any, Any, Any], reads: Reads, tenant: Tenant) -> Template:
