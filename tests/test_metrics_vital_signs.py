@@ -147,7 +147,7 @@ def test_the_runs_gauge_counts_finished_runs_from_the_last_hour_of_the_rollup(ap
     runs = {
         labels["status"]: value for labels, value in metric_samples(api)["pgsched_runs"] if labels["queue"] == "mail"
     }
-    assert runs == {"queued": 3, "running": 2, "succeeded": 7, "failed": 2, "cancelled": 1}
+    assert runs == {"waiting": 0, "queued": 3, "running": 2, "succeeded": 7, "failed": 2, "cancelled": 1}
 
 
 def test_pgsched_stats_warns_while_a_transaction_holds_the_horizon(dsn: str):
