@@ -281,26 +281,27 @@ class Workflow:
 
     def _add_step(self, sig: Signature, parents: tuple[Step, ...], when: str, bind: str | None) -> Step:
         index = len(self.steps)
-        label = f"step {index} ({sig.task.name})"
         if index >= MAX_STEPS:
-            raise InvalidInput(f"{label}: a workflow holds at most {MAX_STEPS:,} steps")
+            raise InvalidInput(f"{_label(index, sig)}: a workflow holds at most {MAX_STEPS:,} steps")
         if when not in CONDITIONS:
-            raise InvalidInput(f"{label}: when must be one of {', '.join(CONDITIONS)}, got {when!r}")
-        args = dict(sig.args)
+            raise InvalidInput(f"{_label(index, sig)}: when must be one of {', '.join(CONDITIONS)}, got {when!r}")
+        args = sig.args
         if bind is not None and not sig.immutable:
-            args[_unbound_parameter(sig.task, args, label)] = marker(bind)
+            args = dict(args)
+            args[_unbound_parameter(sig.task, args, _label(index, sig))] = marker(bind)
         try:  # the task's name was checked when it was registered
             sig.task.check_args(args)
             args_json = encode_args_text(args) if args else "{}"
             options = self._options(sig)
         except InvalidInput as exc:
-            raise type(exc)(f"{label}: {exc}") from None
+            raise type(exc)(f"{_label(index, sig)}: {exc}") from None
         step = Step(self, index, sig.task.name, args_json, options, parents, when)
         self.steps.append(step)
         return step
 
     def _options(self, sig: Signature) -> RunOptions:
-        key = (sig.task.name, tuple(sorted(sig.options.items())))
+        # Most signatures set no options: their key needs no sorting (0.5 us a step).
+        key = (sig.task.name, tuple(sorted(sig.options.items())) if sig.options else ())
         known = self._options_seen.get(key)
         if known is None:
             known = self._options_seen[key] = self._new_options(sig)
@@ -341,6 +342,11 @@ class Workflow:
     def _check_not_empty(self) -> None:
         if not self.steps:
             raise InvalidInput(f"workflow {self.name!r} has no steps: add() some before enqueue()")
+
+
+def _label(index: int, sig: Signature) -> str:
+    """How an error names a step (formatted only for the error: 0.3 us a step otherwise)."""
+    return f"step {index} ({sig.task.name})"
 
 
 def _result_shape(previous: Canvas) -> str:

@@ -50,23 +50,40 @@ class WorkflowHandle:
 
 
 def _copy_texts(workflow: Workflow, workflow_id: int, ids: list[int], now: datetime) -> tuple[bytes, bytes]:
-    """The runs and the edges as COPY text, built as strings (as enqueue's bulk path does)."""
+    """The runs and the edges as COPY text, built as strings (as enqueue's bulk path does).
+    The columns a step shares with the other steps of its task and options (task, queue,
+    priority, run_at, attempts, tenant, origin, workflow) are formatted once per RunOptions,
+    not once per step: run_at's isoformat alone was 2 us of the 4 us a step took."""
     came_from = "\t".join(_copy_value(value) for value in origin_params().values())
     tenant = _copy_value(workflow.tenant)
+    # (task, options) -> the text between the id and the args, and the text after the args
+    # up to the status (both the same for every step of that task and options).
+    shared: dict[tuple[str, int], tuple[str, str]] = {}
     runs: list[str] = []
     edges: list[str] = []
     for step, run_id in zip(workflow.steps, ids):
         o = step.options
-        waiting = "waiting" if step.after else "queued"
-        pending = str(len(step.after)) if step.after else "\\N"
-        args = step.args_json.replace("\\", "\\\\")
-        runs.append(
-            f"{run_id}\t{_copy_escape(step.task)}\t{args}\t{o.queue}\t{o.priority}\t{run_at_of(o, now).isoformat()}"
-            f"\t{o.max_attempts}\t{tenant}\t{came_from}\t{waiting}\t{workflow_id}\t{pending}\n"
-        )
-        edges.extend(
-            f"{run_id}\t{ids[parent.index]}\t{step.when}\t{position}\n" for position, parent in enumerate(step.after)
-        )
+        key = (step.task, id(o))
+        parts = shared.get(key)
+        if parts is None:
+            run_at = run_at_of(o, now).isoformat()
+            parts = shared[key] = (
+                f"\t{_copy_escape(step.task)}\t",
+                f"\t{o.queue}\t{o.priority}\t{run_at}\t{o.max_attempts}\t{tenant}\t{came_from}\t",
+            )
+        after = step.after
+        args = step.args_json
+        if "\\" in args:
+            args = args.replace("\\", "\\\\")
+        if after:
+            runs.append(f"{run_id}{parts[0]}{args}{parts[1]}waiting\t{workflow_id}\t{len(after)}\n")
+            when = step.when
+            if len(after) == 1:  # a chain's or a group's step: no generator (1 us a step)
+                edges.append(f"{run_id}\t{ids[after[0].index]}\t{when}\t0\n")
+            else:
+                edges.extend(f"{run_id}\t{ids[p.index]}\t{when}\t{position}\n" for position, p in enumerate(after))
+        else:
+            runs.append(f"{run_id}{parts[0]}{args}{parts[1]}queued\t{workflow_id}\t\\N\n")
     return "".join(runs).encode(), "".join(edges).encode()
 
 
