@@ -110,3 +110,48 @@ def test_the_dashboard_draws_a_workflow_and_links_it_from_each_runs_page(
         assert client.get("/ui/workflows/x").status_code in (400, 422)
     with ui_client(dsn, keys["beta"]) as client:
         assert client.get(f"/ui/workflows/{ours.id}").status_code == 404
+
+
+def test_the_dashboard_lists_workflows_newest_first_paged_per_tenant_and_links_each(
+    app: App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    import re
+
+    from pgsched.ui.pages import WORKFLOWS_PER_PAGE
+    from tests.support.api import make_keys
+    from tests.support.ui import ui_client
+
+    keys = make_keys(conn)
+    ours = [build(app, tenant="acme") for _ in range(WORKFLOWS_PER_PAGE + 2)]
+    theirs = build(app, tenant="beta")
+    cancelled = ours[-1]
+    conn.execute("SELECT pgsched.workflow_cancel(%s)", (cancelled.id,))
+
+    def listed(page: str) -> list[int]:
+        return [int(n) for n in re.findall(r'<th scope="row"><a href="/ui/workflows/(\d+)">', page)]
+
+    with ui_client(dsn, keys["acme"]) as client:
+        first = client.get("/ui/workflows")
+        assert first.status_code == 200
+        assert '<a href="/ui/workflows" aria-current="page">Workflows</a>' in first.text  # in the nav
+        newest = [h.id for h in reversed(ours)]
+        assert listed(first.text) == newest[:WORKFLOWS_PER_PAGE]  # theirs is beta's: not listed
+        row = first.text[first.text.index(f'<a href="/ui/workflows/{cancelled.id}">') :]
+        row = row[: row.index("</tr>")]
+        assert "merge-parts" in row and '<span class="status cancelled">cancelled</span>' in row
+        assert re.search(r'<td class="n">4</td>\s*<td class="n">0</td>', row), row  # 4 steps, none open
+        assert '<th scope="col">Tenant</th>' not in first.text  # a tenant's key sees only its own
+        older = re.search(r'href="/ui/workflows\?cursor=(\d+)">Older', first.text)
+        assert older is not None and int(older[1]) == newest[WORKFLOWS_PER_PAGE - 1]
+        second = client.get(f"/ui/workflows?cursor={older[1]}")
+        assert listed(second.text) == newest[WORKFLOWS_PER_PAGE:] and "Older" not in second.text
+        only = client.get("/ui/workflows?status=cancelled")
+        assert listed(only.text) == [cancelled.id]
+        assert 'href="/ui/workflows?status=cancelled&amp;cursor=' not in only.text
+        for bad in ("status=paused", "cursor=x", "limit=5"):
+            refused = client.get(f"/ui/workflows?{bad}")
+            assert refused.status_code == 400, (bad, refused.status_code)
+        assert client.get(f"/ui/workflows/{theirs.id}").status_code == 404
+    with ui_client(dsn, keys["admin"]) as client:
+        page = client.get("/ui/workflows").text
+        assert listed(page)[0] == theirs.id and "<td>beta</td>" in page  # the whole installation, with tenants
