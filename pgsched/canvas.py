@@ -339,6 +339,38 @@ class Workflow:
                     parents.append(step)
         return tuple(parents)
 
+    def add_named(
+        self,
+        task: str,
+        args: dict[str, Any],
+        *,
+        after: Sequence[Step] = (),
+        when: str = "succeeded",
+        queue: str | None = None,
+        priority: int | None = None,
+        max_attempts: int | None = None,
+        delay: float | None = None,
+    ) -> Step:
+        """A step by task name, as the REST API adds them (its process may not know the
+        task: args are checked against the signature only when it does, as ``POST /runs``)."""
+        index = len(self.steps)
+        if index >= MAX_STEPS:
+            raise InvalidInput(f"a workflow holds at most {MAX_STEPS:,} steps")
+        if when not in CONDITIONS:
+            raise InvalidInput(f"when must be one of {', '.join(CONDITIONS)}, got {when!r}")
+        options = self.app._options(
+            task,
+            queue=queue,
+            priority=priority,
+            max_attempts=max_attempts,
+            run_at=None,
+            delay=delay,
+            tenant=self.tenant,
+        )
+        step = Step(self, index, task, self.app._encode(task, args), options, tuple(after), when)
+        self.steps.append(step)
+        return step
+
     def _check_not_empty(self) -> None:
         if not self.steps:
             raise InvalidInput(f"workflow {self.name!r} has no steps: add() some before enqueue()")

@@ -8,6 +8,7 @@ an optional ``tenant``: given, it sees and changes only that tenant's workflows.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pgsched.app import _database_rejections
-from pgsched.canvas import Workflow, run_at_of
+from pgsched.canvas import MAX_STEPS, Step, Workflow, run_at_of
 from pgsched.enqueue import _copy_escape, _copy_value, origin_params
 from pgsched.errors import InvalidInput, WorkflowNotFound
 from pgsched.sql import queries
@@ -129,6 +130,103 @@ async def insert_workflow_async(conn: psycopg.AsyncConnection, workflow: Workflo
                 async with conn.cursor().copy(queries["workflow_edge_copy"]) as copy:
                     await copy.write(edges)
     return WorkflowHandle(workflow.app, row[0], list(ids))
+
+
+# ---- a workflow described as data (REST POST /workflows)
+
+
+@dataclass(frozen=True)
+class StepDescription:
+    """One step as a request names it: ``key`` (unique in the request) is what ``after`` names."""
+
+    key: str
+    task: str
+    args: dict[str, Any]
+    after: list[str]
+    when: str = "succeeded"
+    queue: str | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    delay: float | None = None
+
+
+def workflow_from_description(
+    app: App, name: str, steps: list[StepDescription], *, tenant: str | None = None
+) -> tuple[Workflow, list[str]]:
+    """The workflow ``steps`` describe, checked whole before anything is written: each error
+    names its step (by key) and the problem. Steps may be listed in any order; they are added
+    parents first (a run's parents are earlier runs), so the second list gives each run's key
+    in the order of ``handle.run_ids``."""
+    workflow = Workflow(app, name, tenant=tenant)
+    if not steps:
+        raise InvalidInput("steps: a workflow needs at least one step")
+    if len(steps) > MAX_STEPS:
+        raise InvalidInput(f"steps: a workflow holds at most {MAX_STEPS:,} steps, got {len(steps):,}")
+    by_key: dict[str, StepDescription] = {}
+    for step in steps:
+        if step.key in by_key:
+            raise InvalidInput(f"step {step.key!r}: two steps have this key; each needs its own")
+        by_key[step.key] = step
+    for step in steps:
+        for parent in step.after:
+            if parent not in by_key:
+                raise InvalidInput(f"step {step.key!r}: after names {parent!r}, which is no step of this workflow")
+            if parent == step.key:
+                raise InvalidInput(f"step {step.key!r}: after names the step itself")
+        if len(set(step.after)) != len(step.after):
+            raise InvalidInput(f"step {step.key!r}: after names a step twice")
+    placed: dict[str, Step] = {}
+    for step in _parents_first(steps, by_key):
+        try:
+            placed[step.key] = workflow.add_named(
+                step.task,
+                step.args,
+                after=[placed[parent] for parent in step.after],
+                when=step.when,
+                queue=step.queue,
+                priority=step.priority,
+                max_attempts=step.max_attempts,
+                delay=step.delay,
+            )
+        except InvalidInput as exc:
+            raise type(exc)(f"step {step.key!r} ({step.task}): {exc}") from None
+    return workflow, list(placed)
+
+
+def _parents_first(steps: list[StepDescription], by_key: dict[str, StepDescription]) -> list[StepDescription]:
+    """The steps in an order where each comes after its parents, the given order kept where it
+    can be (Kahn's algorithm over the given order); a cycle is refused, naming its steps."""
+    waiting_on = {step.key: len(step.after) for step in steps}
+    children: dict[str, list[str]] = {}
+    for step in steps:
+        for parent in step.after:
+            children.setdefault(parent, []).append(step.key)
+    ready = deque(step.key for step in steps if not step.after)
+    ordered: list[StepDescription] = []
+    while ready:
+        key = ready.popleft()
+        ordered.append(by_key[key])
+        for child in children.get(key, ()):
+            waiting_on[child] -= 1
+            if waiting_on[child] == 0:
+                ready.append(child)
+    if len(ordered) < len(steps):
+        cycle = _a_cycle(by_key, {key for key, left in waiting_on.items() if left})
+        raise InvalidInput(
+            f"step {cycle[0]!r}: its after= makes a cycle ({' -> '.join(repr(k) for k in cycle)}); "
+            "a step cannot wait for itself, directly or through others"
+        )
+    return ordered
+
+
+def _a_cycle(by_key: dict[str, StepDescription], stuck: set[str]) -> list[str]:
+    """One cycle among the steps left waiting: follow parents still stuck until one repeats."""
+    key = min(stuck)
+    seen: list[str] = []
+    while key not in seen:
+        seen.append(key)
+        key = next(parent for parent in by_key[key].after if parent in stuck)
+    return [*seen[seen.index(key) :], key]
 
 
 # ---- reading and steering (CLI, API, dashboard)
