@@ -146,17 +146,20 @@ def chord(header: Group | Iterable[Canvas], body: Canvas) -> Chord:
 
 
 def _canvases(kind: str, parts: tuple[Any, ...]) -> tuple[Canvas, ...]:
-    """The parts of a chain or group, given one by one or as one iterable."""
+    """The parts of a chain or group, given one by one or as one iterable (each checked once:
+    a generator of 10,000 signatures is the common case)."""
     flat: list[Any] = []
     for part in parts:
         if isinstance(part, (Signature, Chain, Group, Chord)):
             flat.append(part)
         elif isinstance(part, Iterable) and not isinstance(part, (str, bytes, dict)):
+            start = len(flat)
             flat.extend(part)
+            for index in range(start, len(flat)):
+                if not isinstance(flat[index], (Signature, Chain, Group, Chord)):
+                    _check_canvas(f"{kind} part {index}", flat[index])
         else:
-            flat.append(part)
-    for index, part in enumerate(flat):
-        _check_canvas(f"{kind} part {index}", part)
+            _check_canvas(f"{kind} part {len(flat)}", part)
     if not flat:
         raise InvalidInput(f"a {kind} needs at least one step")
     return tuple(flat)
@@ -266,17 +269,30 @@ class Workflow:
     # ---- placing
 
     def _place(self, part: Canvas, parents: tuple[Step, ...], when: str, bind: str | None) -> list[Step]:
-        """Add ``part`` after ``parents``; its last steps (what comes next waits for)."""
+        """Add ``part`` after ``parents``; its last steps (what comes next waits for). A
+        signature inside a group or chain is added directly (the common case: 1 us a step)."""
         if isinstance(part, Signature):
             return [self._add_step(part, parents, when, bind)]
         if isinstance(part, Group):
-            return [step for member in part.parts for step in self._place(member, parents, when, bind)]
+            placed: list[Step] = []
+            for member in part.parts:
+                if type(member) is Signature:
+                    placed.append(self._add_step(member, parents, when, bind))
+                else:
+                    placed.extend(self._place(member, parents, when, bind))
+            return placed
         if isinstance(part, Chord):
             header = self._place(part.header, parents, when, bind)
             return self._place(part.body, tuple(header), "succeeded", ALL_RESULTS)
         last = self._place(part.parts[0], parents, when, bind)
-        for previous, current in zip(part.parts, part.parts[1:]):
-            last = self._place(current, tuple(last), "succeeded", _result_shape(previous))
+        previous = part.parts[0]
+        for current in part.parts[1:]:
+            shape = ONE_RESULT if type(previous) is Signature else _result_shape(previous)
+            if type(current) is Signature and len(last) == 1:
+                last = [self._add_step(current, (last[0],), "succeeded", shape)]
+            else:
+                last = self._place(current, tuple(last), "succeeded", shape)
+            previous = current
         return last
 
     def _add_step(self, sig: Signature, parents: tuple[Step, ...], when: str, bind: str | None) -> Step:
