@@ -292,4 +292,35 @@ def test_the_workflows_list_is_in_the_nav_links_each_workflow_and_fits_a_phone(b
     phone.goto(f"{dashboard}/ui/workflows")
     assert phone.get_by_role("link", name=str(newest.id), exact=True).is_visible()
     assert phone.evaluate("document.documentElement.scrollWidth") <= 375, "the page itself does not scroll sideways"
+    # Each workflow is a card whose figures all show, none hidden in a sideways-scrolling box.
+    widest = phone.evaluate("Math.max(0, ...[...document.querySelectorAll('table.cards')].map(t => t.scrollWidth))")
+    assert widest <= 375, f"a workflow's card is {widest} px wide on a 375 px phone"
+    assert phone.get_by_text("Not ended").first.is_visible()
     screenshot(phone, "workflows-phone")
+
+
+def test_every_page_reads_on_a_phone_without_scrolling_sideways(browser, dashboard, keys, conn, workers: Workers):
+    failed = finished_run(conn, "record", {"key": "a-rather-long-argument-value-" * 4})
+    conn.execute(
+        "INSERT INTO pgsched.jobs (name, task, args, every_s, next_run_at)"
+        " VALUES ('nightly-report-for-every-customer-region', 'record', '{\"key\": \"j\"}', 86400,"
+        "         now() + interval '1 day')"
+    )
+    workers.start()
+    wait_until(lambda: scalar(conn, "SELECT count(*) FROM pgsched.workers") > 0, 20, "a worker to register")
+    phone = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800})
+    for path, name in (
+        ("/ui/runs", "runs"),
+        (f"/ui/runs/{failed}", "run-failed"),
+        ("/ui/failures", "failures"),
+        ("/ui/jobs", "jobs"),
+        ("/ui/workers", "workers"),
+    ):
+        phone.goto(f"{dashboard}{path}")
+        phone.get_by_role("heading").first.wait_for()
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        # Nothing hides off-screen inside a sideways-scrolling box either (a card's values).
+        widest = phone.evaluate("Math.max(0, ...[...document.querySelectorAll('table.cards')].map(t => t.scrollWidth))")
+        screenshot(phone, f"{name}-phone")
+        assert width <= 375, f"{path} scrolls sideways on a 375 px phone: {width} px wide"
+        assert widest <= 375, f"{path}: a card is {widest} px wide on a 375 px phone"
