@@ -183,7 +183,7 @@ def signature_of(task: Task[Any, Any], args: Sequence[Any], kwargs: dict[str, An
 # ---- the workflow a person builds, and what chain/group/chord place into it
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Step:
     """One run of the workflow to be: ``after`` it in other steps, ``handle.run_ids[step.index]`` once enqueued."""
 

@@ -64,7 +64,7 @@ def _copy_texts(workflow: Workflow, workflow_id: int, ids: list[int], now: datet
     edges: list[str] = []
     for step, run_id in zip(workflow.steps, ids):
         o = step.options
-        key = (step.task, id(o))
+        key = (step.task, id(o))  # the steps hold their options: an id is not reused meanwhile
         parts = shared.get(key)
         if parts is None:
             run_at = run_at_of(o, now).isoformat()
