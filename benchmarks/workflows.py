@@ -1,6 +1,7 @@
 """What workflows (issue #15) cost and how fast they move, against plain runs measured in the same run.
 
     python -m benchmarks.workflows [--steps 10000] [--chain 1000] [--reps 3] [--before main] [--dsn SERVER_DSN]
+    python -m benchmarks.workflows --enqueue-against main [--rounds 4] [--steps 10000] [--reps 3]
 
 (a) chord: ``--steps`` no-op header steps and one callback, drained by one `pgsched worker`
     (first start to the callback's end, database clock), against a drain of as many plain
@@ -16,6 +17,10 @@
     both schemas, timed by the server (EXPLAIN ANALYZE's execution time, trigger time included).
 
 Rounds alternate their order; figures are medians. The last line printed is one JSON object.
+
+``--enqueue-against REF`` measures (c) alone, for this checkout and for REF (its exported tree,
+its own migrations), each in its own process and database, rounds alternating: the enqueue
+ratios before and after a change, from the same run (benchmarks/workflow_enqueue.py).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -196,6 +203,42 @@ def completion_ms(dsn: str, batch: int = 100, blocks: int = 30, *, chord_header:
     return samples
 
 
+def enqueue_against(ref: str, rounds: int, steps: int, reps: int, server_option: str | None) -> None:
+    """(c) for this checkout and ``ref`` alternately; prints each side's ratios to enqueue_many."""
+    script = ROOT / "benchmarks" / "workflow_enqueue.py"
+    with server_dsn(server_option) as server, ExitStack() as stack:
+        tree = export_tree(ref, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        databases = {ref: stack.enter_context(fresh_database(server, with_schema=False)), "this checkout": ""}
+        migrate_with(tree, databases[ref])
+        databases["this checkout"] = stack.enter_context(fresh_database(server))
+        roots = {ref: tree, "this checkout": ROOT}
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in roots}
+        for round_ in range(rounds):
+            for side in list(roots) if round_ % 2 == 0 else list(reversed(roots)):
+                env = {**os.environ, "PYTHONPATH": str(roots[side])}
+                done = subprocess.run(
+                    [sys.executable, str(script), databases[side], str(steps), str(reps)],
+                    cwd=roots[side],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for side, results in runs.items():
+            base_wall = statistics.median(statistics.median(r["enqueue_many"]["wall"]) for r in results)
+            for shape in ("chord", "chain"):
+                walls = [
+                    statistics.median(r[shape]["wall"]) / statistics.median(r["enqueue_many"]["wall"]) for r in results
+                ]
+                cpu = sum(r[shape]["cpu"] for r in results) / sum(r["enqueue_many"]["cpu"] for r in results)
+                print(
+                    f"(c) {side}: a {steps:,}-step {shape} takes CPU {cpu:.2f}x, wall {statistics.median(walls):.2f}x"
+                    f" (rounds {', '.join(f'{w:.2f}' for w in walls)}) enqueue_many ({base_wall * 1000:.0f} ms)"
+                )
+        print(json.dumps(runs))
+
+
 def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
@@ -207,7 +250,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--before", default="main", help="The git ref before workflows (default: main)")
     parser.add_argument("--dsn", help="A server to create the databases on (default: an embedded one)")
+    parser.add_argument("--enqueue-against", metavar="REF", help="Only (c), for this checkout and REF alternately")
+    parser.add_argument("--rounds", type=int, default=4, help="Rounds of --enqueue-against (default 4)")
     options = parser.parse_args()
+    if options.enqueue_against:
+        enqueue_against(options.enqueue_against, options.rounds, options.steps, options.reps, options.dsn)
+        return
     out: dict[str, Any] = {"steps": options.steps, "chain": options.chain, "reps": options.reps}
     with server_dsn(options.dsn) as server, ExitStack() as stack:
         before_tree = export_tree(options.before, Path(stack.enter_context(tempfile.TemporaryDirectory())))
