@@ -516,3 +516,32 @@ def test_the_edge_triggers_one_pass_path_leaves_nothing_miscounted(etl: App, con
         late = run("waiting", 2)
         conn.execute("INSERT INTO pgsched.run_edges (child, parent) VALUES (%s, %s), (%s, %s)", (late, done, late, p2))
     assert [(r["status"], r["parents_pending"]) for r in run_rows(conn, [late])] == [("waiting", 1)]
+
+
+def test_a_python_workflow_takes_the_one_pass_path_in_the_callers_transaction_too(etl: App, conn) -> None:
+    """Schema 0031: a workflow enqueued with conn= is written in a savepoint; its parents'
+    xmin is the savepoint's, not the top transaction's. The edge trigger compares with the
+    xmin of an edge the same statement wrote, so the usual insert still needs no recount (and
+    locks no parent), whatever its shape."""
+    t = etl.tasks
+
+    def recounts() -> int:
+        row = conn.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'runs_recount_waiting'"
+        ).fetchone()
+        return int(row[0])
+
+    with conn.transaction():
+        conn.execute("SET LOCAL track_functions = 'all'")
+        line = chain(t["note"].s(tag="a"), t["note"].s(), t["note"].s()).enqueue(conn=conn)
+        fan = chord([t["square"].s(x=i) for i in range(5)], t["total"].s()).enqueue(conn=conn)
+        wf = etl.workflow("diamond")
+        a = wf.add(t["note"], tag="a")
+        b, c = wf.add(t["note"], tag="b", after=[a]), wf.add(t["note"], tag="c", after=[a])
+        wf.add(t["note"], tag="d", after=[b, c], when="finished")
+        diamond = wf.enqueue(conn=conn)
+        assert recounts() == 0
+    pending = {r["id"]: r["parents_pending"] for r in run_rows(conn, line.run_ids + fan.run_ids + diamond.run_ids)}
+    assert [pending[i] for i in line.run_ids] == [None, 1, 1]
+    assert [pending[i] for i in fan.run_ids] == [None] * 5 + [5]
+    assert [pending[i] for i in diamond.run_ids] == [None, 1, 1, 2]
