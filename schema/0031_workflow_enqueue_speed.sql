@@ -135,7 +135,11 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE TRIGGER run_edges_inserted
+-- Dropped and created in this migration's transaction: no insert sees the table without it.
+-- The ACCESS EXCLUSIVE lock this takes on run_edges lasts until the migration commits; the
+-- completions of workflow steps (which read run_edges) wait for it meanwhile, milliseconds.
+DROP TRIGGER run_edges_inserted ON pgsched.run_edges;
+CREATE TRIGGER run_edges_inserted
     AFTER INSERT ON pgsched.run_edges
     REFERENCING NEW TABLE AS new_edges
     FOR EACH STATEMENT EXECUTE FUNCTION pgsched.run_edges_inserted_v2();
