@@ -755,10 +755,17 @@ WHERE EXISTS (SELECT FROM pg_locks
                 AND (classid::bigint << 32 | objid::bigint) = hashtextextended('pgsched.beat', 0));
 
 -- name: run_prune_finished
--- Delete up to %(limit)s finished runs older than the retention (batched: short locks).
+-- Delete up to %(limit)s finished runs older than the retention (batched: short locks). A
+-- workflow's steps stay while its row does: a still running workflow's finished steps are its
+-- dependents' parent_results and what `workflows show` draws. workflow_prune, run just before,
+-- forgets a workflow (its row and edges) once the workflow itself ended before the retention;
+-- its steps go here in the same round. (The workflows lookup is by primary key and only for
+-- workflow steps: plain runs pay the NULL test.)
 DELETE FROM pgsched.runs
-WHERE id IN (SELECT id FROM pgsched.runs
-             WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+WHERE id IN (SELECT r.id FROM pgsched.runs AS r
+             WHERE r.finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+               AND (r.workflow_id IS NULL
+                    OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
              LIMIT %(limit)s);
 
 -- name: beat_listen

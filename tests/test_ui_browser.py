@@ -263,6 +263,42 @@ def test_a_workflow_page_shows_its_graph_and_each_step_links_to_its_run(browser,
     page.wait_for_url(f"{dashboard}/ui/runs/{handle.run_ids[0]}")
 
 
+def test_the_workflows_list_is_in_the_nav_links_each_workflow_and_fits_a_phone(browser, dashboard, keys, conn, dsn):
+    from pgsched import App, chain
+
+    app = App(dsn)
+
+    @app.task
+    def step(n: int) -> int:
+        return n
+
+    handles = [chain(step.s(n=1), step.si(n=2)).enqueue(name=f"nightly-etl-{i}") for i in range(3)]
+    app.close()
+    newest = handles[-1]
+    page = signed_in(browser, dashboard, keys["admin"])
+    page.get_by_role("navigation", name="Pages").get_by_role("link", name="Workflows").click()
+    page.wait_for_url(f"{dashboard}/ui/workflows")
+    assert page.get_by_role("heading", name="Workflows").is_visible()
+    rows = page.locator("table.workflows tbody tr")
+    assert rows.count() == 3
+    assert rows.first.get_by_role("rowheader").inner_text() == str(newest.id)  # newest first
+    assert "nightly-etl-2" in rows.first.inner_text() and "running" in rows.first.inner_text()
+    screenshot(page, "workflows")
+    rows.first.get_by_role("link", name=str(newest.id)).click()
+    page.wait_for_url(f"{dashboard}/ui/workflows/{newest.id}")
+    assert page.locator("svg.workflow-graph g.step").count() == 2
+
+    phone = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800})
+    phone.goto(f"{dashboard}/ui/workflows")
+    assert phone.get_by_role("link", name=str(newest.id), exact=True).is_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375, "the page itself does not scroll sideways"
+    # Each workflow is a card whose figures all show, none hidden in a sideways-scrolling box.
+    widest = phone.evaluate("Math.max(0, ...[...document.querySelectorAll('table.cards')].map(t => t.scrollWidth))")
+    assert widest <= 375, f"a workflow's card is {widest} px wide on a 375 px phone"
+    assert phone.get_by_text("Not ended").first.is_visible()
+    screenshot(phone, "workflows-phone")
+
+
 def test_every_page_reads_on_a_phone_without_scrolling_sideways(browser, dashboard, keys, conn, workers: Workers):
     failed = finished_run(conn, "record", {"key": "a-rather-long-argument-value-" * 4})
     conn.execute(
