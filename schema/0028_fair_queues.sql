@@ -348,14 +348,20 @@ BEGIN
     ), queue_spent AS (
         -- One UPDATE of the row for both (two in one statement: only one would take effect).
         UPDATE pgsched.queues
-        SET tokens = CASE WHEN q_tokens IS NOT NULL THEN q_tokens - (SELECT count(*) FROM claimed) ELSE tokens END,
-            tokens_at = CASE WHEN q_tokens IS NOT NULL THEN greatest(tokens_at, v_now) ELSE tokens_at END,
-            -- The next turn starts after the last group served (the runs without either keep it).
-            fair_after = CASE WHEN q_fair
-                              THEN coalesce((SELECT grp FROM taken WHERE grp IS NOT NULL ORDER BY place DESC LIMIT 1),
-                                            fair_after)
-                              ELSE fair_after END
-        WHERE (q_tokens IS NOT NULL OR q_fair) AND name = (p_queues)[1] AND EXISTS (SELECT FROM claimed)
+        SET tokens = CASE WHEN q_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)
+                          THEN q_tokens - (SELECT count(*) FROM claimed) ELSE tokens END,
+            tokens_at = CASE WHEN q_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)
+                             THEN greatest(tokens_at, v_now) ELSE tokens_at END,
+            -- The next turn starts after the last group served; after the last group visited
+            -- when the claim had room for more (every group of this turn was served, or had
+            -- no due run: a turn of groups whose runs are all deferred must not repeat forever).
+            fair_after = CASE WHEN NOT q_fair OR cardinality(v_groups) = 0 THEN fair_after
+                              WHEN (SELECT count(*) FROM taken) < (SELECT n FROM take)
+                              THEN v_groups[cardinality(v_groups)]
+                              ELSE coalesce((SELECT grp FROM taken WHERE grp IS NOT NULL ORDER BY place DESC LIMIT 1),
+                                            fair_after) END
+        WHERE name = (p_queues)[1]
+          AND ((q_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)) OR (q_fair AND cardinality(v_groups) > 0))
     ), task_spent AS (
         UPDATE pgsched.task_settings
         SET tokens = t_tokens - (SELECT count(*) FROM claimed),
@@ -363,8 +369,10 @@ BEGIN
         WHERE t_tokens IS NOT NULL AND task = p_task AND EXISTS (SELECT FROM claimed)
     )
     -- more_due: in a fair queue also whenever the turn took some (a group's first few, or the
-    -- first priority, may have run out while other runs are due: look again soon).
-    SELECT true, h.n, (SELECT count(*) FROM ranked) > t.n OR (q_fair AND EXISTS (SELECT FROM taken)),
+    -- first priority, may have run out while other runs are due: look again soon), or visited
+    -- as many groups as it could (more may follow the last).
+    SELECT true, h.n,
+           (SELECT count(*) FROM ranked) > t.n OR (q_fair AND (EXISTS (SELECT FROM taken) OR cardinality(v_groups) >= p_limit)),
            (SELECT count(*) FROM next) > (SELECT count(*) FROM ranked),
                q_tokens, q_per_s, t_tokens, t_per_s,
                c.id, c.task, c.args, c.attempt, c.max_attempts, c.queue, c.trace_context, c.request_id,

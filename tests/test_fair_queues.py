@@ -87,6 +87,17 @@ def test_many_groups_each_get_a_turn_before_any_gets_a_second(conn: psycopg.Conn
     assert set(served.values()) == {3}
 
 
+def test_groups_with_only_deferred_runs_do_not_stall_the_turn(conn: psycopg.Connection[Any]) -> None:
+    """A turn that visits only groups with nothing due moves on: the next claim visits the next groups."""
+    set_queue_settings(conn, "shared", fair=True)
+    later = scalar(conn, "SELECT now() + interval '1 hour'")
+    for tenant in range(10):
+        insert_many(conn, "shared", 1, tenant=f"d{tenant}", run_at=later)
+    insert_many(conn, "shared", 3, tenant="z")
+    served = [claim(conn, "shared", 4) for _ in range(4)]
+    assert ["z", "z", "z"] in served, served
+
+
 def test_concurrency_keys_take_turns_when_runs_have_no_tenant(conn: psycopg.Connection[Any]) -> None:
     set_queue_settings(conn, "shared", fair=True)
     insert_many(conn, "shared", 50, concurrency_key="customer:1")
