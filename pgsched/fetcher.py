@@ -235,12 +235,7 @@ class Fetcher:
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
             cursor = await conn.execute(queries["queue_settings_of_worker"], {"queues": self._settings.queues})
             rows = await cursor.fetchall()
-        limits = Limits.from_rows(rows)
-        if limits != self._limits:
-            # A queue turned fair, limited or open: its runs were claimed another way (a fair
-            # turn, a claim that held runs back), and some may sort behind where claims start.
-            self._cursors.rewind()
-        self._limits = limits
+        self._limits = Limits.from_rows(rows)
         self._token_due.clear()  # a rate may have changed: ask the bucket again
         self._settings_stale = False
         self._settings_loaded_at = now
@@ -337,16 +332,9 @@ class Fetcher:
     ) -> list[ClaimedRun]:
         """Up to ``limit`` runs of ``unit``, within its limits; notes when to look again if
         limits hold back due runs (a rate: not before the next token is due)."""
-        # A cursor of its own per unit and split: one claim's start must not pass over runs
-        # another kind of claim left behind (see pgsched.claim_cursor).
-        kind = f"limited:{unit.task or ''}:{'only' if only_tasks is not None else 'skip' if skip_tasks else ''}"
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
-            params = {**self._claim_params(limit, only_tasks, skip_tasks), **self._cursors.params(unit.queues, kind)}
+            params = self._claim_params(limit, only_tasks, skip_tasks)
             claim = await claim_limited(conn, unit, self._limits, params, pgbouncer=self._settings.pgbouncer)
-        if claim.held_by_key:
-            self._cursors.rewind()  # the runs held for their key sort before those claimed
-        else:
-            self._cursors.advance(unit.queues, claim.runs, kind)
         self._token_due.pop(unit, None)
         if not claim.runs and claim.retry_in is None:
             self._empty.add((unit, only_tasks is not None))

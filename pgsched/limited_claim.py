@@ -26,7 +26,6 @@ from typing import Any
 
 import psycopg
 
-from pgsched.claim_cursor import FROM_THE_START
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries
 
@@ -116,7 +115,6 @@ class LimitedClaim:
     # until the next token when a rate holds runs back, else HELD_BY_LIMIT_PAUSE_S.
     retry_in: float | None
     by_rate: bool = False  # retry_in is a token's due time (no slot another worker frees helps)
-    held_by_key: bool = False  # due runs wait for their key: they may sort before the runs claimed
 
 
 def takes(unit: Unit, only_tasks: list[str] | None, skip_tasks: list[str] | None) -> bool:
@@ -136,8 +134,7 @@ async def claim_limited(
 ) -> LimitedClaim:
     """Claim up to ``params["limit"]`` runs of ``unit`` within its limits, in one statement on
     ``conn`` (autocommit: it is its own transaction, and the row locks last until it commits).
-    ``params``: run_claim's (limit, worker_id, lease_s, now, only_tasks, skip_tasks, and the
-    cursor's after_priority, after_run_at, after_id, from_run_at: a full walk without). Through a
+    ``params``: run_claim's (limit, worker_id, lease_s, now, only_tasks, skip_tasks). Through a
     transaction-mode pooler (``pgbouncer``) it skips the WAL flush by itself.
 
     One round trip: 0020's claim took four (BEGIN, the locks, the claim, COMMIT), and limits
@@ -147,7 +144,6 @@ async def claim_limited(
     cursor = await conn.execute(
         queries["run_claim_limited"],
         {
-            **FROM_THE_START,  # unless params say where each queue's walk starts
             **params,
             "skip_tasks": skip,
             "queues": list(unit.queues),
@@ -172,7 +168,7 @@ def _outcome(rows: list[tuple[Any, ...]], limit: int) -> LimitedClaim:
     buckets = ((rows[0][4], rows[0][5]), (rows[0][6], rows[0][7]))  # (tokens before, per second)
     runs = [ClaimedRun(*row[8:]) for row in rows if row[8] is not None]
     if len(runs) >= limit or not (more_due or held_by_key):
-        return LimitedClaim(runs, None, held_by_key=held_by_key)
+        return LimitedClaim(runs, None)
     token_waits = [
         (1 - (tokens - len(runs))) / per_s
         for tokens, per_s in buckets
@@ -180,5 +176,5 @@ def _outcome(rows: list[tuple[Any, ...]], limit: int) -> LimitedClaim:
     ]
     if more_due and token_waits:
         wait = max(token_waits) + TOKEN_MARGIN_S
-        return LimitedClaim(runs, wait if runs else max(wait, RACE_LOST_PAUSE_S), by_rate=True, held_by_key=held_by_key)
-    return LimitedClaim(runs, HELD_BY_LIMIT_PAUSE_S, held_by_key=held_by_key)
+        return LimitedClaim(runs, wait if runs else max(wait, RACE_LOST_PAUSE_S), by_rate=True)
+    return LimitedClaim(runs, HELD_BY_LIMIT_PAUSE_S)

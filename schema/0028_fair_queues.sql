@@ -48,14 +48,7 @@ CREATE FUNCTION pgsched.run_claim_limited_v2(
     p_now          timestamptz,
     p_only_tasks   text[],
     p_skip_tasks   text[],
-    p_skip_flush   boolean,
-    -- Where each queue's walk of the claim index starts, as run_claim's cursor parameters
-    -- (pgsched.claim_cursor; NULL: from the start). Neither a fair queue's turns nor a key
-    -- limit that can bind use them.
-    p_after_priority smallint[] DEFAULT NULL,
-    p_after_run_at   timestamptz[] DEFAULT NULL,
-    p_after_id       bigint[] DEFAULT NULL,
-    p_from_run_at    timestamptz[] DEFAULT NULL
+    p_skip_flush   boolean
 ) RETURNS TABLE (
     locked            boolean,
     headroom          integer,
@@ -125,18 +118,6 @@ BEGIN
                                 NULL::text, NULL::text, NULL::smallint, NULL::timestamptz, NULL::boolean;
             RETURN;
         END IF;
-    END IF;
-    -- key_max_running binds only if a key could reach it in this claim: one with k running
-    -- and at most p_limit more claimed. When none can (k + p_limit <= the limit for every key),
-    -- the claim reads no window of runs to rank by key: limits that did not bind cost a drain
-    -- 0.77x with the window (benchmarks/results/limits.md). The running runs are the same
-    -- ~concurrency rows the window's ranking counted anyway.
-    IF q_key IS NOT NULL AND q_key >= p_limit + coalesce((
-            SELECT max(n) FROM (SELECT count(*) AS n FROM pgsched.runs
-                                WHERE lease_expires_at > v_now AND status = 'running'
-                                  AND queue = ANY (p_queues) AND concurrency_key IS NOT NULL
-                                GROUP BY concurrency_key) AS per_key), 0) THEN
-        q_key := NULL;
     END IF;
     IF q_fair THEN
         -- The first due priority (the head of the claim index), then its groups in turn.
@@ -225,57 +206,27 @@ BEGIN
     ), next AS MATERIALIZED (
         -- turn: the place in its group (0: not a fair claim, claim order alone); grp_at: the
         -- group's place in this turn (0 for the runs without tenant or key).
-        -- Without a key limit: the take and one more, locked (SKIP LOCKED: a run another claim
-        -- holds is passed over), walked from the cursor as run_claim walks (behind: the second
-        -- before it; ahead: after it). From the start, every claim walked the entries its
-        -- predecessors left dead at the front of the index: limits that did not bind cost a
-        -- drain 0.77-0.80x (benchmarks/results/limits.md).
         SELECT c.id, c.priority, c.run_at, c.concurrency_key, 0::bigint AS turn, 0::bigint AS grp_at, NULL::text AS grp
-        FROM unnest(p_queues, p_after_priority, p_after_run_at, p_after_id, p_from_run_at)
-                 AS q(name, after_priority, after_run_at, after_id, from_run_at)
+        FROM unnest(p_queues) AS q(name)
              LEFT JOIN pgsched.queues AS s ON s.name = q.name,
              LATERAL (
-                 SELECT * FROM (
-                     SELECT id, priority, run_at, concurrency_key
-                     FROM pgsched.runs
-                     WHERE status = 'queued' AND queue = q.name
-                       AND priority = q.after_priority AND run_at >= q.from_run_at AND run_at < q.after_run_at
-                       AND run_at <= v_now
-                       AND (expires_at IS NULL OR expires_at > v_now)
-                       AND (p_task IS NULL OR task = p_task)
-                       AND (p_only_tasks IS NULL OR task = ANY (p_only_tasks))
-                       AND (p_skip_tasks IS NULL OR task <> ALL (p_skip_tasks))
-                     ORDER BY priority, run_at, id
-                     LIMIT (SELECT n + 1 FROM take)
-                     FOR UPDATE SKIP LOCKED
-                 ) AS behind
-                 UNION ALL
-                 SELECT * FROM (
-                     SELECT id, priority, run_at, concurrency_key
-                     FROM pgsched.runs
-                     WHERE status = 'queued' AND queue = q.name
-                       AND (priority, run_at, id) > (coalesce(q.after_priority, -32768), coalesce(q.after_run_at, '-infinity'),
-                                                     coalesce(q.after_id, 0))
-                       AND run_at <= v_now
-                       AND (expires_at IS NULL OR expires_at > v_now)
-                       AND (p_task IS NULL OR task = p_task)
-                       AND (p_only_tasks IS NULL OR task = ANY (p_only_tasks))
-                       AND (p_skip_tasks IS NULL OR task <> ALL (p_skip_tasks))
-                     ORDER BY priority, run_at, id
-                     LIMIT (SELECT n + 1 FROM take)
-                     FOR UPDATE SKIP LOCKED
-                 ) AS ahead
+                 SELECT id, priority, run_at, concurrency_key
+                 FROM pgsched.runs
+                 WHERE status = 'queued' AND queue = q.name
+                   AND run_at <= v_now
+                   AND (expires_at IS NULL OR expires_at > v_now)
+                   AND (p_task IS NULL OR task = p_task)
+                   AND (p_only_tasks IS NULL OR task = ANY (p_only_tasks))
+                   AND (p_skip_tasks IS NULL OR task <> ALL (p_skip_tasks))
+                 ORDER BY priority, run_at, id
+                 LIMIT (SELECT n + 1 FROM take)
+                 FOR UPDATE SKIP LOCKED
              ) AS c
         WHERE q_key IS NULL AND NOT q_fair
           AND (p_queue_locked OR s.name IS NULL
                OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL
                    AND NOT s.fair))
         UNION ALL
-        -- With a key limit that can bind: KEY_WINDOW (100) runs more, to rank by key, read but
-        -- not locked (the queue's row lock keeps every other limited claim of the queue away;
-        -- the UPDATE takes only the runs still queued). From the start, not the cursor: a run
-        -- held back for its key sorts before the runs claimed past it, and must be seen again
-        -- as soon as its key has room.
         SELECT c.id, c.priority, c.run_at, c.concurrency_key, 0, 0, NULL
         FROM unnest(p_queues) AS q(name),
              LATERAL (

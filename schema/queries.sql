@@ -212,13 +212,9 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 -- is due), held_by_key, and the buckets' tokens before the claim and rates; no run claimed: one
 -- row with those and NULLs. %(skip_flush)s: through a transaction-mode pooler, the claim's
 -- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
--- %(after_priority)s ... %(from_run_at)s: where each queue's walk starts, as for run_claim (v2;
--- NULL: from the start; a fair queue's turns ignore them).
 SELECT * FROM pgsched.run_claim_limited_v2(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
-    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    %(after_priority)s::smallint[], %(after_run_at)s::timestamptz[], %(after_id)s::bigint[],
-    %(from_run_at)s::timestamptz[]);
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean);
 
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and

@@ -11,7 +11,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgsched.claim_cursor import FROM_THE_START
 from pgsched.errors import InvalidInput
 from pgsched.queue_settings import get_queue_settings, set_queue_settings
 from pgsched.sql import queries
@@ -21,7 +20,7 @@ from tests.support.db import scalar
 from tests.support.workers import Workers, insert_run
 
 CLAIM = {"task": None, "queue_locked": True, "worker_id": 1, "lease_s": 30.0, "now": None}
-CLAIM.update({"only_tasks": None, "skip_tasks": None, "skip_flush": False, **FROM_THE_START})
+CLAIM.update({"only_tasks": None, "skip_tasks": None, "skip_flush": False})
 
 
 def claim(conn: psycopg.Connection[Any], queue: str, limit: int) -> list[str]:

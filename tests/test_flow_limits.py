@@ -112,7 +112,7 @@ def test_the_limited_claim_returns_a_run_as_run_claim_does(conn: psycopg.Connect
         insert_run(conn, "record", {"key": queue}, queue=queue)
     params = {"limit": 5, "worker_id": 1, "lease_s": 30.0, "now": None, "only_tasks": None, "skip_tasks": None}
     open_claim = conn.execute(queries["run_claim"], {**params, "queues": ["open"], **FROM_THE_START})
-    limits = {"queues": ["limited"], "task": None, "queue_locked": True, "skip_flush": False, **FROM_THE_START}
+    limits = {"queues": ["limited"], "task": None, "queue_locked": True, "skip_flush": False}
     limited_claim = conn.execute(queries["run_claim_limited"], {**params, **limits})
     open_columns = [column.name for column in open_claim.description or ()]
     limited_columns = [column.name for column in limited_claim.description or ()][8:]
