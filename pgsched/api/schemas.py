@@ -235,6 +235,9 @@ class QueueOut(Struct, kw_only=True):
     rate: Annotated[str | None, Meta(description="At most this many run starts per s, m or h (a token bucket)")] = None
     burst: Annotated[int | None, Meta(description="How many may start at once after a quiet spell")] = None
     key_max_running: Annotated[int | None, Meta(description="At most this many runs of one key at once")] = None
+    fair: Annotated[
+        bool, Meta(description="Its runs are claimed in turns per tenant (or concurrency key) within a priority")
+    ] = False
     held_back: Annotated[int, Meta(description="Due runs its limits do not let start now (all while paused)")] = 0
 
 
@@ -265,6 +268,9 @@ class QueueSettingsOut(Struct, kw_only=True):
     key_max_running: Annotated[
         int | None, Meta(description="At most this many runs of one concurrency key running at once")
     ] = None
+    fair: Annotated[
+        bool, Meta(description="Its runs are claimed in turns per tenant (or concurrency key) within a priority")
+    ] = False
     updated_at: datetime | None
 
 
@@ -276,6 +282,12 @@ class QueueSettingsPatch(Request):
     rate: Rate | UnsetType | None = UNSET
     burst: Burst | UnsetType | None = UNSET
     key_max_running: MaxRunning | UnsetType | None = UNSET
+    fair: (
+        Annotated[
+            bool, Meta(description="Its runs are claimed in turns per tenant (or concurrency key) within a priority")
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class TaskSettingsOut(Struct, kw_only=True):
