@@ -1,0 +1,331 @@
+"""NOTIFY under many writers (issue 13, item 4): what the wake-up trigger costs concurrent
+single-run enqueues, and how fast an idle worker starts a run after its enqueue commits.
+
+    python -m benchmarks.notify [--writers 1,16,64] [--seconds 3] [--rounds 3] [--latency-runs 100] [--dsn SERVER_DSN]
+
+Throughput: N connections (threads spread over 4 client processes, each connection its own),
+each committing one-run INSERTs into pgsched.runs (autocommit: one transaction per run, as a
+web request enqueues) for ``--seconds``; commits per second over all connections. The same
+database and server for every variant, switched between measurements (the trigger's function
+replaced, or the trigger disabled), rounds interleaved, the runs table emptied between
+measurements:
+
+- ``no wake-up trigger``: runs_inserted disabled (the baseline; runs_tenant_inserted stays on
+  in every variant, it is not the wake-up's);
+- ``before``: main's trigger (0009): the insert check and a NOTIFY per queue on every insert;
+- ``after``: 0027's trigger, no worker waiting (what many writers meet while workers are busy);
+- ``after, a worker waiting``: 0027's trigger while a session holds the queue's waiting lock,
+  as an idle worker does: every insert notifies again, like ``before``.
+
+Latency: one real ``pgsched worker`` process (concurrency 10), idle; a run is enqueued, and
+commit->start is the run's started_at (the claim's clock) minus the client's clock when its
+commit returned (one host, one clock; the commit's own flush is not counted). Between runs the
+enqueuer waits until the worker waits again. Measured with ``before``'s and ``after``'s
+trigger, interleaved. A throwaway embedded PostgreSQL (fsync and synchronous_commit on)
+unless --dsn names a server. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_PROCESSES = 4
+INSERT = "INSERT INTO pgsched.runs (task, queue) VALUES ('noop', 'default')"
+WAITING_LOCK = "SELECT pg_advisory_lock_shared(1885827959, hashtext('default'))"
+
+# main's runs_inserted (schema 0009), for the "before" variant.
+BEFORE_BODY = """
+DECLARE
+    bad record;
+BEGIN
+    SELECT id, status, attempt INTO bad FROM new_runs WHERE status NOT IN ('queued', 'waiting') OR attempt <> 0 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'run %: a run is inserted queued (or waiting, in a workflow) with attempt 0, '
+                        'got status % and attempt %', bad.id, bad.status, bad.attempt
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'run_must_be_inserted_queued';
+    END IF;
+    PERFORM pg_notify('pgsched', queue) FROM (SELECT DISTINCT queue FROM new_runs WHERE status = 'queued') AS queues;
+    RETURN NULL;
+END;
+"""
+NO_TRIGGER = "no wake-up trigger"
+BEFORE = "before (main: NOTIFY every insert)"
+AFTER = "after (0027, nobody waiting)"
+AFTER_WAITING = "after, a worker waiting"
+VARIANTS = (NO_TRIGGER, BEFORE, AFTER, AFTER_WAITING)
+STARTED = "SELECT extract(epoch FROM started_at) FROM pgsched.runs WHERE id = %s AND started_at IS NOT NULL"
+LATENCY_BEFORE = "before (main's trigger)"
+LATENCY_AFTER = "after (0027: the worker said it waits)"
+
+
+# ---- writer processes: each holds its connections and inserts on command
+
+
+def _writer_process(dsn: str, connections: int, pipe: Connection) -> None:
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(connections)]
+    for conn in conns:
+        for _ in range(10):  # psycopg prepares after 5 executions: warm it up
+            conn.execute(INSERT)
+    pipe.send("ready")
+    while True:
+        command = pipe.recv()
+        if command is None:
+            break
+        counts = [0] * connections
+        deadline = time.monotonic() + float(command)
+        cpu = time.process_time()
+        threads = [
+            threading.Thread(target=_insert_until, args=(conns[i], deadline, counts, i)) for i in range(connections)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pipe.send({"commits": sum(counts), "client_cpu_s": time.process_time() - cpu})
+    for conn in conns:
+        conn.close()
+
+
+def _insert_until(conn: psycopg.Connection[Any], deadline: float, counts: list[int], i: int) -> None:
+    n = 0
+    while time.monotonic() < deadline:
+        conn.execute(INSERT)
+        n += 1
+    counts[i] = n
+
+
+class Writers:
+    """``n`` connections over up to CLIENT_PROCESSES processes."""
+
+    def __init__(self, dsn: str, n: int) -> None:
+        ctx = mp.get_context("spawn")
+        per = [n // CLIENT_PROCESSES + (1 if i < n % CLIENT_PROCESSES else 0) for i in range(CLIENT_PROCESSES)]
+        self.pipes: list[Connection] = []
+        self.procs = []
+        for count in (c for c in per if c > 0):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_writer_process, args=(dsn, count, theirs), daemon=True)
+            proc.start()
+            self.pipes.append(ours)
+            self.procs.append(proc)
+        for pipe in self.pipes:
+            assert pipe.recv() == "ready"
+
+    def run(self, seconds: float) -> dict[str, float]:
+        for pipe in self.pipes:
+            pipe.send(seconds)
+        answers = [pipe.recv() for pipe in self.pipes]
+        return {
+            "commits_per_s": sum(a["commits"] for a in answers) / seconds,
+            "client_cpu_s": sum(a["client_cpu_s"] for a in answers),
+        }
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(None)
+        for proc in self.procs:
+            proc.join(10)
+
+
+# ---- variants
+
+
+def after_body(conn: psycopg.Connection[Any]) -> str:
+    """0027's function body, as installed by the migration (kept to put it back)."""
+    row = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = 'pgsched.runs_inserted()'::regprocedure").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def use_variant(admin: psycopg.Connection[Any], waiter: psycopg.Connection[Any], variant: str, after: str) -> None:
+    body = BEFORE_BODY if variant == BEFORE else after
+    admin.execute(
+        "CREATE OR REPLACE FUNCTION pgsched.runs_inserted() RETURNS trigger LANGUAGE plpgsql AS $body$"
+        + body  # type: ignore[operator]
+        + "$body$"
+    )
+    state = "DISABLE" if variant == NO_TRIGGER else "ENABLE"
+    admin.execute(f"ALTER TABLE pgsched.runs {state} TRIGGER runs_inserted")  # type: ignore[arg-type]
+    waiter.execute("SELECT pg_advisory_unlock_all()")
+    if variant == AFTER_WAITING:
+        waiter.execute(WAITING_LOCK)
+
+
+def throughput(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, list[dict[str, float]]]]:
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {}
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as waiter:
+        after = after_body(admin)
+        for n in args.writers:
+            writers = Writers(dsn, n)
+            try:
+                for round_number in range(args.rounds):
+                    shift = round_number % len(VARIANTS)
+                    for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                        use_variant(admin, waiter, variant, after)
+                        admin.execute("TRUNCATE pgsched.runs CASCADE")
+                        admin.execute("CHECKPOINT")
+                        figure = writers.run(args.seconds)
+                        samples.setdefault(str(n), {}).setdefault(variant, []).append(figure)
+                        print(
+                            f"  {n:>3} writers, round {round_number + 1}, {variant}: {figure['commits_per_s']:,.0f}/s",
+                            flush=True,
+                        )
+            finally:
+                writers.close()
+        use_variant(admin, waiter, AFTER, after)
+    return samples
+
+
+# ---- latency: an idle worker process
+
+
+def latency(dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    env = {**os.environ, "PGSCHED_DSN": dsn, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgsched.cli.main",
+            "worker",
+            "--app",
+            "benchmarks.bench_app:app",
+            "--dsn",
+            dsn,
+            "--concurrency",
+            "10",
+            "--poll-interval",
+            "60",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    samples: dict[str, list[float]] = {LATENCY_BEFORE: [], LATENCY_AFTER: []}
+    try:
+        with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as waiter:
+            after = after_body(admin)
+            enqueuer = psycopg.connect(dsn, autocommit=True)
+            _wait(lambda: _waiting(admin), 30, "the worker to start and wait")
+            block = max(1, min(10, args.latency_runs))
+            for i in range(args.latency_runs * 2):
+                variant = (BEFORE, AFTER)[(i // block) % 2]  # blocks of 10, alternating
+                if i % block == 0:
+                    use_variant(admin, waiter, variant, after)
+                label = LATENCY_BEFORE if variant == BEFORE else LATENCY_AFTER
+                _wait(lambda: _waiting(admin), 10, "the worker to wait")
+                time.sleep(0.01)
+                run_id = enqueuer.execute(
+                    "INSERT INTO pgsched.runs (task, args) VALUES ('noop', '{}') RETURNING id"
+                ).fetchone()[0]  # type: ignore[index]
+                committed = time.time()
+                started = _wait(
+                    lambda run_id=run_id: admin.execute(STARTED, (run_id,)).fetchone(),
+                    10,
+                    "the run to start",
+                )
+                samples[label].append((float(started[0]) - committed) * 1000)
+            enqueuer.close()
+            use_variant(admin, waiter, AFTER, after)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    return samples
+
+
+def _waiting(admin: psycopg.Connection[Any]) -> bool:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = 1885827959"
+    ).fetchone()
+    return bool(row and row[0] > 0)
+
+
+def _wait(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.0005)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+# ---- report
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min), {os.cpu_count()} cores"
+
+
+def report(
+    tp: dict[str, dict[str, list[dict[str, float]]]], lat: dict[str, list[float]], args: argparse.Namespace
+) -> None:
+    out: dict[str, Any] = {"throughput": {}, "latency_ms": {}, "load": load()}
+    print(f"\nsingle-run enqueue commits/s ({args.seconds:g} s x {args.rounds} interleaved rounds, medians; {load()})")
+    print("ratio = variant / no wake-up trigger, per round, then the median of the rounds' ratios")
+    print(f"{'writers':>7s}  {'variant':38s} {'commits/s':>10s} {'vs none':>8s}  rounds' ratios")
+    for n, by_variant in tp.items():
+        base = [s["commits_per_s"] for s in by_variant[NO_TRIGGER]]
+        out["throughput"][n] = {}
+        for variant in VARIANTS:
+            rates = [s["commits_per_s"] for s in by_variant[variant]]
+            ratios = [r / b for r, b in zip(rates, base)]
+            median_ratio = statistics.median(ratios)
+            print(
+                f"{n:>7s}  {variant:38s} {statistics.median(rates):>10,.0f} {median_ratio:>8.3f}  "
+                + ", ".join(f"{r:.2f}" for r in ratios)
+            )
+            out["throughput"][n][variant] = {"commits_per_s": rates, "ratio_to_none": ratios}
+    if lat:
+        print(f"\nidle worker, commit -> started_at, ms ({args.latency_runs} runs per variant)")
+        for variant, values in lat.items():
+            values = sorted(values)
+            p50 = statistics.median(values)
+            p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+            print(f"  {variant:38s} p50 {p50:6.2f}  p99 {p99:6.2f}  max {values[-1]:6.2f}")
+            out["latency_ms"][variant] = {"p50": p50, "p99": p99, "max": values[-1]}
+    print(json.dumps(out))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--writers", default="1,16,64", help="comma-separated connection counts")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=100, help="runs per variant for the latency")
+    parser.add_argument("--dsn", help="a server to create the benchmark database on (default: embedded)")
+    args = parser.parse_args()
+    args.writers = [int(w) for w in args.writers.split(",")]
+    return args
+
+
+def main() -> None:
+    from benchmarks._server import fresh_database, server_dsn
+
+    args = parse_args()
+    with server_dsn(args.dsn) as server, fresh_database(server) as dsn:
+        with psycopg.connect(server, autocommit=True) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        print(f"PostgreSQL {row[0] if row else '?'}; {load()}", flush=True)
+        tp = throughput(dsn, args)
+        lat = latency(dsn, args) if args.latency_runs > 0 else {}
+    report(tp, lat, args)
+
+
+if __name__ == "__main__":
+    main()
