@@ -17,9 +17,14 @@ measurements:
 - ``after, a worker waiting``: 0027's trigger while a session holds the queue's waiting lock,
   as an idle worker does: every insert notifies again, like ``before``.
 
+Server time: one backend's time per single-row INSERT statement in a plpgsql loop, in a
+transaction rolled back (no commit, no flush, no client): the CPU the trigger adds per insert.
+
 Latency: one real ``pgsched worker`` process (concurrency 10), idle; a run is enqueued, and
 commit->start is the run's started_at (the claim's clock) minus the client's clock when its
-commit returned (one host, one clock; the commit's own flush is not counted). Between runs the
+commit returned (one host, one clock; the worker may start the run before the enqueuer's
+process hears its commit, so this can be below 0), and minus the client's clock when the
+commit was sent (an upper bound: it counts the commit's own WAL flush). Between runs the
 enqueuer waits until the worker waits again. Measured with ``before``'s and ``after``'s
 trigger, interleaved. A throwaway embedded PostgreSQL (fsync and synchronous_commit on)
 unless --dsn names a server. The last line is one JSON object.
@@ -68,6 +73,7 @@ AFTER = "after (0027, nobody waiting)"
 AFTER_WAITING = "after, a worker waiting"
 VARIANTS = (NO_TRIGGER, BEFORE, AFTER, AFTER_WAITING)
 STARTED = "SELECT extract(epoch FROM started_at) FROM pgsched.runs WHERE id = %s AND started_at IS NOT NULL"
+SENT = ", from the commit sent"
 LATENCY_BEFORE = "before (main's trigger)"
 LATENCY_AFTER = "after (0027: the worker said it waits)"
 
@@ -190,6 +196,35 @@ def throughput(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, list[d
     return samples
 
 
+# ---- the server's time per insert, apart from the commit
+
+
+def server_time(dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Microseconds of one backend per single-row INSERT statement (a plpgsql loop of them, in
+    a transaction rolled back: no commit, no flush, no client), per variant, interleaved: what
+    the trigger adds to each insert in CPU, whatever the disk."""
+    samples: dict[str, list[float]] = {}
+    loop = (
+        "DO $$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN"
+        " FOR i IN 1..%s LOOP INSERT INTO pgsched.runs (task, queue) VALUES ('noop', 'default'); END LOOP;"
+        " RAISE NOTICE '%%', extract(epoch FROM clock_timestamp() - t0); END $$"
+    )
+    with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as waiter:
+        after = after_body(admin)
+        with psycopg.connect(dsn) as conn:
+            notices: list[str] = []
+            conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))
+            for round_number in range(args.rounds):
+                shift = round_number % len(VARIANTS)
+                for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                    use_variant(admin, waiter, variant, after)
+                    conn.execute(loop % args.server_inserts)  # type: ignore[arg-type]
+                    conn.rollback()
+                    samples.setdefault(variant, []).append(float(notices.pop()) * 1e6 / args.server_inserts)
+        use_variant(admin, waiter, AFTER, after)
+    return samples
+
+
 # ---- latency: an idle worker process
 
 
@@ -215,11 +250,16 @@ def latency(dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
         env=env,
         cwd=ROOT,
     )
-    samples: dict[str, list[float]] = {LATENCY_BEFORE: [], LATENCY_AFTER: []}
+    samples: dict[str, list[float]] = {
+        LATENCY_BEFORE: [],
+        LATENCY_AFTER: [],
+        LATENCY_BEFORE + SENT: [],
+        LATENCY_AFTER + SENT: [],
+    }
     try:
         with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as waiter:
             after = after_body(admin)
-            enqueuer = psycopg.connect(dsn, autocommit=True)
+            enqueuer = psycopg.connect(dsn)
             _wait(lambda: _waiting(admin), 30, "the worker to start and wait")
             block = max(1, min(10, args.latency_runs))
             for i in range(args.latency_runs * 2):
@@ -229,22 +269,27 @@ def latency(dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
                 label = LATENCY_BEFORE if variant == BEFORE else LATENCY_AFTER
                 _wait(lambda: _waiting(admin), 10, "the worker to wait")
                 time.sleep(0.01)
-                run_id = enqueuer.execute(
-                    "INSERT INTO pgsched.runs (task, args) VALUES ('noop', '{}') RETURNING id"
-                ).fetchone()[0]  # type: ignore[index]
-                committed = time.time()
-                started = _wait(
-                    lambda run_id=run_id: admin.execute(STARTED, (run_id,)).fetchone(),
-                    10,
-                    "the run to start",
-                )
-                samples[label].append((float(started[0]) - committed) * 1000)
+                sent, returned, started = _one_run(enqueuer, admin)
+                samples[label].append((started - returned) * 1000)
+                samples[label + SENT].append((started - sent) * 1000)
             enqueuer.close()
             use_variant(admin, waiter, AFTER, after)
     finally:
         worker.terminate()
         worker.wait(20)
     return samples
+
+
+def _one_run(enqueuer: psycopg.Connection[Any], admin: psycopg.Connection[Any]) -> tuple[float, float, float]:
+    """Enqueue one run: the client's clock as its commit was sent and as it returned, and the
+    run's started_at (the claim's clock), once it started."""
+    row = enqueuer.execute("INSERT INTO pgsched.runs (task, args) VALUES ('noop', '{}') RETURNING id").fetchone()
+    assert row is not None
+    sent = time.time()
+    enqueuer.commit()
+    returned = time.time()
+    started = _wait(lambda: admin.execute(STARTED, (row[0],)).fetchone(), 10, "the run to start")
+    return sent, returned, float(started[0])
 
 
 def _waiting(admin: psycopg.Connection[Any]) -> bool:
@@ -273,9 +318,12 @@ def load() -> str:
 
 
 def report(
-    tp: dict[str, dict[str, list[dict[str, float]]]], lat: dict[str, list[float]], args: argparse.Namespace
+    tp: dict[str, dict[str, list[dict[str, float]]]],
+    server: dict[str, list[float]],
+    lat: dict[str, list[float]],
+    args: argparse.Namespace,
 ) -> None:
-    out: dict[str, Any] = {"throughput": {}, "latency_ms": {}, "load": load()}
+    out: dict[str, Any] = {"throughput": {}, "server_us_per_insert": server, "latency_ms": {}, "load": load()}
     print(f"\nsingle-run enqueue commits/s ({args.seconds:g} s x {args.rounds} interleaved rounds, medians; {load()})")
     print("ratio = variant / no wake-up trigger, per round, then the median of the rounds' ratios")
     print(f"{'writers':>7s}  {'variant':38s} {'commits/s':>10s} {'vs none':>8s}  rounds' ratios")
@@ -291,13 +339,25 @@ def report(
                 + ", ".join(f"{r:.2f}" for r in ratios)
             )
             out["throughput"][n][variant] = {"commits_per_s": rates, "ratio_to_none": ratios}
+    if server:
+        print(
+            f"\none backend's time per single-row INSERT, no commit ({args.server_inserts:,} x {args.rounds}, medians)"
+        )
+        base = statistics.median(server[NO_TRIGGER])
+        for variant in VARIANTS:
+            us = statistics.median(server[variant])
+            print(f"  {variant:38s} {us:7.1f} us  (+{us - base:5.1f} us over no trigger)")
     if lat:
-        print(f"\nidle worker, commit -> started_at, ms ({args.latency_runs} runs per variant)")
+        print(
+            f"\nidle worker, commit -> started_at, ms ({args.latency_runs} runs per variant): from the client's"
+            " commit returning (a run may start before the enqueuer hears its commit: below 0), and from the"
+            " commit sent (counts the commit's own WAL flush)"
+        )
         for variant, values in lat.items():
             values = sorted(values)
             p50 = statistics.median(values)
             p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
-            print(f"  {variant:38s} p50 {p50:6.2f}  p99 {p99:6.2f}  max {values[-1]:6.2f}")
+            print(f"  {variant:62s} p50 {p50:6.2f}  p99 {p99:6.2f}  max {values[-1]:6.2f}")
             out["latency_ms"][variant] = {"p50": p50, "p99": p99, "max": values[-1]}
     print(json.dumps(out))
 
@@ -308,6 +368,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-runs", type=int, default=100, help="runs per variant for the latency")
+    parser.add_argument("--server-inserts", type=int, default=5000, help="inserts per server-time sample")
     parser.add_argument("--dsn", help="a server to create the benchmark database on (default: embedded)")
     args = parser.parse_args()
     args.writers = [int(w) for w in args.writers.split(",")]
@@ -323,8 +384,9 @@ def main() -> None:
             row = conn.execute("SHOW server_version").fetchone()
         print(f"PostgreSQL {row[0] if row else '?'}; {load()}", flush=True)
         tp = throughput(dsn, args)
+        server = server_time(dsn, args)
         lat = latency(dsn, args) if args.latency_runs > 0 else {}
-    report(tp, lat, args)
+    report(tp, server, lat, args)
 
 
 if __name__ == "__main__":
