@@ -109,3 +109,29 @@ def test_an_insert_that_looked_before_the_worker_said_it_waits_is_claimed_when_i
         10,
         "the run committed after the worker said it waits to succeed (its insert sent no NOTIFY)",
     )
+
+
+def test_a_worker_whose_listen_session_dies_says_again_that_it_waits_and_is_woken(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
+    # The waiting lock lives on the LISTEN session: when that session goes, so does the lock,
+    # and the reconnected listener wakes the fetcher, which claims and advertises again.
+    workers.start(*POLL)
+    workers.wait_until(lambda: waiting_on(conn, "default") == 1, 15, "the worker to say it waits")
+    first = scalar(
+        conn,
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s",
+        (WAITING_LOCK,),
+    )
+    conn.execute("SELECT pg_terminate_backend(%s)", (first,))
+    workers.wait_until(
+        lambda: scalar(
+            conn,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s AND pid <> %s",
+            (WAITING_LOCK, first),
+        ),
+        15,
+        "the worker to say it waits on a new LISTEN session",
+    )
+    run_id = insert_run(conn, "record", {"key": "after-reconnect"})
+    workers.wait_until(lambda: status_of(conn, run_id) == "succeeded", 10, "the run to succeed after the reconnect")
