@@ -17,6 +17,10 @@ measurements:
 - ``after, a worker waiting``: 0027's trigger while a session holds the queue's waiting lock,
   as an idle worker does: every insert notifies again, like ``before``.
 
+With a worker draining: ``--drain-writers`` connections (64) while one real worker
+(concurrency 20, the default 2 s poll) drains the queue, before / after / no trigger,
+interleaved: commits/s, NOTIFYs/s (counted by a session that LISTENs) and runs started/s.
+
 Server time: one backend's time per single-row INSERT statement in a plpgsql loop, in a
 transaction rolled back (no commit, no flush, no client): the CPU the trigger adds per insert.
 
@@ -196,6 +200,93 @@ def throughput(dsn: str, args: argparse.Namespace) -> dict[str, dict[str, list[d
     return samples
 
 
+# ---- with a worker draining the queue
+
+
+DRAIN_VARIANTS = (NO_TRIGGER, BEFORE, AFTER)
+
+
+def _count_notifies(dsn: str, seconds: float, counted: list[int]) -> None:
+    """Notifications sent on 'pgsched' during ``seconds`` (this session LISTENs, never waits)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("LISTEN pgsched")
+        deadline = time.monotonic() + seconds
+        n = 0
+        while (left := deadline - time.monotonic()) > 0:
+            for _ in conn.notifies(timeout=left):
+                n += 1
+        counted.append(n)
+
+
+def throughput_draining(dsn: str, args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
+    """The writers of ``--drain-writers`` while one real worker (concurrency 20) drains the
+    queue, per trigger variant, interleaved: commits/s, NOTIFYs/s and runs the worker started."""
+    samples: dict[str, list[dict[str, float]]] = {}
+    worker = _start_worker(dsn, concurrency=20, poll_interval=2.0)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as admin, psycopg.connect(dsn, autocommit=True) as waiter:
+            after = after_body(admin)
+            _wait(lambda: _waiting(admin), 30, "the worker to start and wait")
+            writers = Writers(dsn, args.drain_writers)
+            try:
+                for round_number in range(args.rounds):
+                    shift = round_number % len(DRAIN_VARIANTS)
+                    for variant in DRAIN_VARIANTS[shift:] + DRAIN_VARIANTS[:shift]:
+                        use_variant(admin, waiter, variant, after)
+                        time.sleep(2.5)  # the worker drains what is left, and waits again
+                        started_before = _started(admin)
+                        counted: list[int] = []
+                        counter = threading.Thread(target=_count_notifies, args=(dsn, args.seconds, counted))
+                        counter.start()
+                        figure = writers.run(args.seconds)
+                        counter.join()
+                        figure["notifies_per_s"] = counted[0] / args.seconds
+                        figure["started_per_s"] = (_started(admin) - started_before) / args.seconds
+                        samples.setdefault(variant, []).append(figure)
+                        print(
+                            f"  {args.drain_writers} writers + a worker, round {round_number + 1}, {variant}:"
+                            f" {figure['commits_per_s']:,.0f}/s, {figure['notifies_per_s']:,.0f} NOTIFY/s,"
+                            f" {figure['started_per_s']:,.0f} started/s",
+                            flush=True,
+                        )
+            finally:
+                writers.close()
+            use_variant(admin, waiter, AFTER, after)
+    finally:
+        worker.terminate()
+        worker.wait(20)
+    return samples
+
+
+def _started(admin: psycopg.Connection[Any]) -> int:
+    row = admin.execute("SELECT count(*) FROM pgsched.runs WHERE started_at IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _start_worker(dsn: str, *, concurrency: int, poll_interval: float) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PGSCHED_DSN": dsn, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgsched.cli.main",
+            "worker",
+            "--app",
+            "benchmarks.bench_app:app",
+            "--dsn",
+            dsn,
+            "--concurrency",
+            str(concurrency),
+            "--poll-interval",
+            str(poll_interval),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+
+
 # ---- the server's time per insert, apart from the commit
 
 
@@ -229,27 +320,7 @@ def server_time(dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
 
 
 def latency(dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    env = {**os.environ, "PGSCHED_DSN": dsn, "PYTHONPATH": str(ROOT)}
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgsched.cli.main",
-            "worker",
-            "--app",
-            "benchmarks.bench_app:app",
-            "--dsn",
-            dsn,
-            "--concurrency",
-            "10",
-            "--poll-interval",
-            "60",
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        cwd=ROOT,
-    )
+    worker = _start_worker(dsn, concurrency=10, poll_interval=60)
     samples: dict[str, list[float]] = {
         LATENCY_BEFORE: [],
         LATENCY_AFTER: [],
@@ -319,11 +390,18 @@ def load() -> str:
 
 def report(
     tp: dict[str, dict[str, list[dict[str, float]]]],
+    draining: dict[str, list[dict[str, float]]],
     server: dict[str, list[float]],
     lat: dict[str, list[float]],
     args: argparse.Namespace,
 ) -> None:
-    out: dict[str, Any] = {"throughput": {}, "server_us_per_insert": server, "latency_ms": {}, "load": load()}
+    out: dict[str, Any] = {
+        "throughput": {},
+        "draining": draining,
+        "server_us_per_insert": server,
+        "latency_ms": {},
+        "load": load(),
+    }
     print(f"\nsingle-run enqueue commits/s ({args.seconds:g} s x {args.rounds} interleaved rounds, medians; {load()})")
     print("ratio = variant / no wake-up trigger, per round, then the median of the rounds' ratios")
     print(f"{'writers':>7s}  {'variant':38s} {'commits/s':>10s} {'vs none':>8s}  rounds' ratios")
@@ -339,6 +417,19 @@ def report(
                 + ", ".join(f"{r:.2f}" for r in ratios)
             )
             out["throughput"][n][variant] = {"commits_per_s": rates, "ratio_to_none": ratios}
+    if draining:
+        print(f"\n{args.drain_writers} writers while one worker (concurrency 20) drains the queue (medians)")
+        base = [f["commits_per_s"] for f in draining[NO_TRIGGER]]
+        for variant in DRAIN_VARIANTS:
+            figures = draining[variant]
+            ratios = [f["commits_per_s"] / b for f, b in zip(figures, base)]
+            print(
+                f"  {variant:38s} {statistics.median(f['commits_per_s'] for f in figures):>8,.0f}/s"
+                f"  vs none {statistics.median(ratios):.3f}"
+                f"  NOTIFY/s {statistics.median(f['notifies_per_s'] for f in figures):>7,.0f}"
+                f"  started/s {statistics.median(f['started_per_s'] for f in figures):>7,.0f}"
+                "  rounds: " + ", ".join(f"{r:.2f}" for r in ratios)
+            )
     if server:
         print(
             f"\none backend's time per single-row INSERT, no commit ({args.server_inserts:,} x {args.rounds}, medians)"
@@ -368,6 +459,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-runs", type=int, default=100, help="runs per variant for the latency")
+    parser.add_argument("--drain-writers", type=int, default=64, help="writers while a worker drains (0: skip)")
     parser.add_argument("--server-inserts", type=int, default=5000, help="inserts per server-time sample")
     parser.add_argument("--dsn", help="a server to create the benchmark database on (default: embedded)")
     args = parser.parse_args()
@@ -384,9 +476,10 @@ def main() -> None:
             row = conn.execute("SHOW server_version").fetchone()
         print(f"PostgreSQL {row[0] if row else '?'}; {load()}", flush=True)
         tp = throughput(dsn, args)
+        draining = throughput_draining(dsn, args) if args.drain_writers > 0 else {}
         server = server_time(dsn, args)
         lat = latency(dsn, args) if args.latency_runs > 0 else {}
-    report(tp, server, lat, args)
+    report(tp, draining, server, lat, args)
 
 
 if __name__ == "__main__":
