@@ -27,6 +27,14 @@ Process pool: runs of the process-pool tasks are claimed apart, no more than the
 could start (a run waiting here for a child is a run another worker could be executing); the
 other tasks' runs take the remaining slots.
 
+Waiting, said out loud (schema 0027): the insert trigger notifies a queue only while some worker
+waits on it, so before it sleeps with free slots the fetcher advertises its queues (a lock on
+the listener's session, :class:`Advertiser`), waits for the inserts already past the trigger's
+look (``worker_await_enqueuers``), and claims once more; anything committed after that
+notifies. A claim that fills every free slot (a backlog), or no free slot, withdraws: a busy
+worker claims again after each batch anyway, and an enqueue nobody waits for sends no NOTIFY
+(each one takes a database-wide lock at commit, which serialized concurrent enqueuers).
+
 The fetcher owns no run once it is started: what it needs of the worker (free slots, free
 children, whether writes are backed up, how to start a run) comes in as :class:`Capacity`,
 so the arrows point one way — worker → fetcher → :mod:`pgsched.run_types`.
@@ -39,9 +47,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
+import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched.claim_cursor import ClaimCursors
@@ -69,6 +78,10 @@ CLAIM_CONNECTION: dict[str, Any] = {
     "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan",
 }
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
+# How long the last look before sleeping waits for inserts in flight into our queues (an
+# insert commits within a millisecond or so; one in a longer transaction makes the fetcher
+# look again every LOCKED_BY_OTHERS_PAUSE_S until it has committed).
+AWAIT_ENQUEUERS_TIMEOUT = "20ms"
 # The fetcher's connection is its own: waiting for it means the database is unreachable, and
 # the fetch loop (which notices a stop request between claims) retries with backoff anyway.
 FETCHER_CONNECTION_WAIT_S = 1.0
@@ -94,6 +107,17 @@ class Capacity:
     free_children: Callable[[], int]  # idle process-pool children not yet taken by a run
     writes_backed_up: Callable[[], bool]  # outcomes not yet written have reached their bound
     start: Callable[[ClaimedRun], None]  # hand a claimed run to the executor
+
+
+class Advertiser(Protocol):
+    """Where the fetcher says it waits for runs (the worker's :class:`~pgsched.listener.Listener`)."""
+
+    @property
+    def advertised(self) -> bool: ...
+
+    async def advertise(self, queues: Sequence[str]) -> None: ...
+
+    def withdraw(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +160,8 @@ class Fetcher:
         # then costs no claim per token of the queue's rate.
         self._empty: set[tuple[Unit, bool]] = set()  # (unit, for the process pool's tasks only)
         self._retry_round = False
+        self._advertiser: Advertiser | None = None  # None: no LISTEN, the poll is the wake-up
+        self._looked_after_advertising = False  # a claim ran after the inserts in flight ended
 
     # ---- wake-ups
 
@@ -181,16 +207,18 @@ class Fetcher:
 
     # ---- the loop: wake → claim → start
 
-    async def run(self, pool: AsyncConnectionPool, worker_id: int) -> None:
+    async def run(self, pool: AsyncConnectionPool, worker_id: int, advertiser: Advertiser | None = None) -> None:
         """Claim runs for ``worker_id`` and start them until ``stopping`` is set. ``pool`` is
-        :func:`claim_pool`'s."""
+        :func:`claim_pool`'s; ``advertiser`` is where it says it waits (None: nowhere, it polls)."""
         self._worker_id = worker_id
+        self._advertiser = advertiser
         capacity = self._capacity
         failures = 0
         while not self._stopping.is_set():
             free = capacity.free_slots()
             if free < (self._min_batch if self._backlog else 1) or capacity.writes_backed_up():
                 self._waiting_for_capacity = True
+                self._withdraw()  # no room: a notification would wake nothing to do
                 # Clear first: a wake-up left set (a notify while full) would return at once,
                 # without yielding, and this loop would spin and starve the event loop.
                 self._wake.clear()
@@ -212,7 +240,10 @@ class Fetcher:
             await asyncio.sleep(0)  # let the new tasks start before anything else goes out
             self._backlog = len(runs) == free
             if self._backlog:
+                self._withdraw()  # busy: it claims again after this batch, no notification needed
                 continue
+            if not await self._advertised_and_looked(pool):
+                continue  # claim once more: what committed before the advertisement
             if self._retry_at is not None:
                 retry_in = max(0.0, self._retry_at - asyncio.get_running_loop().time())
                 woken = await self._sleep_until_woken(min(retry_in, self._settings.poll_interval_s))
@@ -224,6 +255,45 @@ class Fetcher:
                 await self._sleep_until_woken(self._settings.poll_interval_s)
             else:
                 await self._sleep_until_woken(await self._seconds_until_due(pool))
+
+    # ---- saying it waits
+
+    async def _advertised_and_looked(self, pool: AsyncConnectionPool) -> bool:
+        """Whether it may sleep: it holds its queues' waiting lock and a claim ran after every
+        insert that looked for waiters before it took the lock. False: claim once more first."""
+        advertiser = self._advertiser
+        if advertiser is None:
+            return True
+        if advertiser.advertised and self._looked_after_advertising:
+            return True
+        if not advertiser.advertised:
+            self._looked_after_advertising = False
+            try:
+                await advertiser.advertise(self._settings.queues)
+            except Exception as exc:  # noqa: BLE001 -- no session: the listener's reconnect wakes us
+                logger.debug("could not advertise waiting (%s); sleeping until woken or the poll", exc)
+                return True
+        try:
+            async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
+                await conn.execute(
+                    queries["worker_await_enqueuers"],
+                    {"queues": self._settings.queues, "timeout": AWAIT_ENQUEUERS_TIMEOUT},
+                )
+        except psycopg.errors.LockNotAvailable:
+            # An insert into one of our queues in a longer transaction: it sends no NOTIFY when
+            # it commits, so look again shortly (new inserts do notify meanwhile).
+            await self._sleep_until_woken(LOCKED_BY_OTHERS_PAUSE_S)
+            return False
+        except psycopg.OperationalError as exc:
+            logger.warning("waiting for inserts in flight failed (%s)", exc)
+            return True  # the claim meets the same error and backs off
+        self._looked_after_advertising = True
+        return False
+
+    def _withdraw(self) -> None:
+        self._looked_after_advertising = False
+        if self._advertiser is not None and self._advertiser.advertised:
+            self._advertiser.withdraw()
 
     # ---- queue settings
 

@@ -208,7 +208,7 @@ class Worker:
             try:
                 if self._processes is not None:
                     await self._processes.start()  # the app cannot be imported there: fail before claiming
-                await self._fetcher.run(claims, self.worker_id)
+                await self._fetcher.run(claims, self.worker_id, listener)
                 await self._shutdown(pool, completer)
                 if beat_task is not None:
                     await asyncio.wait([beat_task], timeout=5)  # it resigns leadership on its way out

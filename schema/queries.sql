@@ -357,9 +357,31 @@ RETURNING r.id;
 SELECT pg_try_advisory_xact_lock(%(key)s);
 
 -- name: worker_register
-INSERT INTO pgsched.workers (host, pid, queues, concurrency)
-VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+-- advertises_waits: this worker says when it waits (worker_advertise_waiting), so the insert
+-- trigger may skip the NOTIFY of a queue nobody waits on (0027).
+INSERT INTO pgsched.workers (host, pid, queues, concurrency, advertises_waits)
+VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, true)
 RETURNING id;
+
+-- name: worker_advertise_waiting
+-- On the LISTEN connection: this worker waits for runs of these queues, as long as the session
+-- holds the 'pgsw' lock SHARED (see 0027). Waits only for an insert's momentary probe.
+SELECT count(pg_advisory_lock_shared(1885827959, h))
+FROM (SELECT DISTINCT hashtext(q) AS h FROM unnest(%(queues)s::text[]) AS q) AS queues;
+
+-- name: worker_withdraw_waiting
+-- On the LISTEN connection: waiting no more (it holds no other session lock).
+SELECT pg_advisory_unlock_all();
+
+-- name: worker_await_enqueuers
+-- After advertising, before the last claim: wait for the inserts into these queues that
+-- looked for a waiter before this worker advertised ('pgse' held shared to their commit, see
+-- 0027). An insert normally commits within a millisecond; one inside a longer transaction
+-- times out the wait (lock_timeout, local to this statement's transaction) and the worker
+-- looks again shortly instead. The volatile filter runs before the first lock.
+SELECT count(pg_advisory_xact_lock(1885827941, h))
+FROM (SELECT DISTINCT hashtext(q) AS h FROM unnest(%(queues)s::text[]) AS q) AS queues
+WHERE set_config('lock_timeout', %(timeout)s, true) IS NOT NULL;
 
 -- name: worker_heartbeat
 -- Proves the worker alive and extends the leases of the runs it holds; returns those whose

@@ -205,22 +205,54 @@ CREATE UNIQUE INDEX runs_job_scheduled_for_idx ON pgsched.runs (job_id, schedule
 
 -- A run inserted by SQL starts its life as one a worker will take: queued (or waiting for the
 -- parents its edges name, 0019), attempt 0. Checked
--- per statement on the inserted rows (the transition table the wake-up already builds), so a
--- COPY of 10,000 runs pays one scan, not 10,000 trigger calls. It also wakes workers: one
--- NOTIFY per queue per statement, inside the inserting transaction, so a rolled-back insert
--- wakes nobody and no insert path (Python, COPY, plain SQL) can forget it (0001, 0009).
+-- per statement on the inserted rows (the transition table), so a COPY of 10,000 runs pays one
+-- scan, not 10,000 trigger calls. It also wakes workers: one NOTIFY per queue per statement,
+-- inside the inserting transaction, so a rolled-back insert wakes nobody and no insert path
+-- (Python, COPY, plain SQL) can forget it (0001, 0009) -- but only for a queue a worker waits on
+-- (0027): a NOTIFY takes a database-wide lock at commit, held through the WAL flush, which
+-- serialized many concurrent enqueuers. How a worker says it waits, and why no run is missed:
+-- 0027's head and docs/architecture.md. While a worker of an older release (which LISTENs but
+-- never says it waits) is registered, every queue is notified as before.
 CREATE FUNCTION pgsched.runs_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
+    any_bad boolean;
+    queues text[];
+    all_wake boolean;
+    q text;
+    h integer;
 BEGIN
-    SELECT id, status, attempt INTO bad FROM new_runs WHERE status NOT IN ('queued', 'waiting') OR attempt <> 0 LIMIT 1;
-    IF FOUND THEN
+    -- One scan of the statement's rows for the check and the queues (a single-run insert pays
+    -- one SPI query here, not three).
+    SELECT bool_or(status NOT IN ('queued', 'waiting') OR attempt <> 0),
+           array_agg(DISTINCT queue) FILTER (WHERE status = 'queued'),
+           EXISTS (SELECT FROM pgsched.workers WHERE NOT advertises_waits)
+    INTO any_bad, queues, all_wake
+    FROM new_runs;
+    IF any_bad THEN
+        SELECT id, status, attempt INTO bad FROM new_runs WHERE status NOT IN ('queued', 'waiting') OR attempt <> 0 LIMIT 1;
         RAISE EXCEPTION 'run %: a run is inserted queued (or waiting, in a workflow) with attempt 0, got status % and attempt %',
             bad.id, bad.status, bad.attempt
             USING ERRCODE = 'check_violation', CONSTRAINT = 'run_must_be_inserted_queued',
                   HINT = 'enqueue it, then let a worker run it; to restore a dump, load it with triggers disabled';
     END IF;
-    PERFORM pg_notify('pgsched', queue) FROM (SELECT DISTINCT queue FROM new_runs WHERE status = 'queued') AS queues;
+    IF queues IS NULL THEN
+        RETURN NULL;
+    END IF;
+    FOREACH q IN ARRAY queues LOOP
+        IF NOT all_wake THEN
+            h := hashtext(q);
+            -- Held to commit: a worker about to sleep waits for this insert (see 0027).
+            IF pg_try_advisory_xact_lock_shared(1885827941, h) THEN
+                IF pg_try_advisory_lock(1885827959, h) THEN
+                    PERFORM pg_advisory_unlock(1885827959, h);
+                    CONTINUE;  -- nobody waits on q: its workers' next claim finds the run
+                END IF;
+            END IF;
+        END IF;
+        -- One per queue and transaction: PostgreSQL drops a repeated (channel, payload).
+        PERFORM pg_notify('pgsched', q);
+    END LOOP;
     RETURN NULL;
 END;
 $$;
@@ -509,7 +541,7 @@ ORDER BY r.finished_at DESC NULLS LAST;
 
 -- ---------------------------------------------------------------------------------------------
 -- workers: live workers. A worker inserts itself at start, refreshes last_seen_at with its
--- heartbeat and deletes itself at exit. (0001_core)
+-- heartbeat and deletes itself at exit. (0001_core, 0027)
 
 CREATE TABLE pgsched.workers (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -518,8 +550,14 @@ CREATE TABLE pgsched.workers (
     queues       text[] NOT NULL,
     concurrency  integer NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
-    last_seen_at timestamptz NOT NULL DEFAULT now()
+    last_seen_at timestamptz NOT NULL DEFAULT now(),
+    -- This release's workers say when they wait for runs (0027); a row an older release wrote
+    -- is false, and makes the insert trigger notify every queue as before.
+    advertises_waits boolean NOT NULL DEFAULT false
 );
+
+-- The insert trigger's "is an older worker registered?": empty once every worker is new (0027).
+CREATE INDEX workers_not_advertising_idx ON pgsched.workers (id) WHERE NOT advertises_waits;
 
 -- Running runs with the worker that holds each (for people at a psql prompt).
 CREATE VIEW pgsched.running AS

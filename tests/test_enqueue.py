@@ -17,6 +17,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgsched import App
+from pgsched.sql import queries
 from tests.support.db import empty_tables
 
 CHANNEL = "pgsched"
@@ -64,10 +65,17 @@ def fields(row: dict, *names: str) -> tuple:
 # statement under test delivered arrives before the sentinel.
 
 
+# The queues the listener below waits on, as a sleeping worker does (schema 0027: the trigger
+# notifies a queue only while someone waits on it).
+WAITED_ON = ["alpha", "beta", "bulkq", "default", "mail", "q1", "sqlq"]
+
+
 @pytest.fixture
 def listener(dsn: str) -> Iterator[psycopg.Connection]:
+    """A sleeping worker's session: it LISTENs and says it waits on WAITED_ON."""
     with psycopg.connect(dsn, autocommit=True) as listening:
         listening.execute(f"LISTEN {CHANNEL}")
+        listening.execute(queries["worker_advertise_waiting"], {"queues": WAITED_ON})
         yield listening
 
 
@@ -488,6 +496,54 @@ def test_the_wake_up_trigger_fires_once_per_statement_not_per_row(conn):
         "SELECT (tgtype & 1) = 1 FROM pg_trigger WHERE tgname = 'runs_inserted'"
     ).fetchall()
     assert for_each_row is False
+
+
+# ---- NOTIFY only while a worker waits on the queue (0027)
+
+
+def test_an_insert_into_a_queue_nobody_waits_on_sends_no_notify(dsn, conn, listener):
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'unwatched'), ('t', 'alpha')")
+    assert delivered(listener, dsn) == ["alpha"]  # LISTENing on the channel is not waiting
+
+
+def test_a_session_that_says_it_waits_hears_its_queue_until_it_withdraws(dsn, conn, listener):
+    listener.execute(queries["worker_advertise_waiting"], {"queues": ["later"]})
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'later')")
+    assert delivered(listener, dsn) == ["later"]
+    listener.execute(queries["worker_withdraw_waiting"])
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'later'), ('t', 'alpha')")
+    assert delivered(listener, dsn) == []
+
+
+def test_while_a_worker_of_an_older_release_is_registered_every_queue_is_notified(dsn, conn, listener):
+    # As the previous release registers: no advertises_waits, so it never says it waits.
+    conn.execute("INSERT INTO pgsched.workers (host, pid, queues, concurrency) VALUES ('old', 1, '{x}', 1)")
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'unwatched')")
+    assert delivered(listener, dsn) == ["unwatched"]
+    conn.execute("DELETE FROM pgsched.workers")
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'unwatched')")
+    assert delivered(listener, dsn) == []
+
+
+def test_many_inserts_into_one_queue_in_one_transaction_notify_once(dsn, conn, listener):
+    with conn.transaction():
+        for _ in range(5):
+            conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'alpha')")
+        conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'beta')")
+    assert delivered(listener, dsn) == ["alpha", "beta"]
+
+
+def test_a_worker_about_to_sleep_waits_for_an_insert_in_flight_that_found_no_waiter(dsn, conn):
+    await_enqueuers = queries["worker_await_enqueuers"]
+    params = {"queues": ["inflight"], "timeout": "50ms"}
+    with psycopg.connect(dsn) as inserting, psycopg.connect(dsn, autocommit=True) as fetching:
+        inserting.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'inflight')")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            fetching.execute(await_enqueuers, params)
+        inserting.commit()
+        fetching.execute(await_enqueuers, params)  # nothing in flight: returns at once
+        # The lock_timeout was the statement's own.
+        assert fetching.execute("SHOW lock_timeout").fetchone()[0] == "0"
 
 
 # ---- CLI

@@ -19,7 +19,7 @@ from types import MappingProxyType
 import psycopg
 import pytest
 
-from pgsched import fetcher
+from pgsched import fetcher, worker
 from pgsched.app import App
 from pgsched.doctor import diagnose
 from pgsched.errors import RunCancelled
@@ -43,8 +43,10 @@ PREVIOUS_STATEMENTS = parse_queries((Path(__file__).parent / "support" / "previo
 
 @pytest.fixture
 def previous_release_claims(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers started in this test claim as the previous release did."""
-    monkeypatch.setattr(fetcher, "queries", MappingProxyType({**queries, **PREVIOUS_STATEMENTS}))
+    """Workers started in this test claim and register as the previous release did."""
+    previous = MappingProxyType({**queries, **PREVIOUS_STATEMENTS})
+    monkeypatch.setattr(fetcher, "queries", previous)
+    monkeypatch.setattr(worker, "queries", previous)
 
 
 def drain_through_the_upgrade(dsn: str, conn: psycopg.Connection) -> list[str]:

@@ -40,3 +40,10 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts;
 -- The previous release read no queue settings (pgsched.queues came with 0016): none are paused
 -- or limited, and it claims from every queue with run_claim above.
 SELECT NULL::text AS name, false AS paused, NULL::integer AS max_running WHERE false;
+
+-- name: worker_register
+-- The previous release registered without advertises_waits (0027): its workers LISTEN but never
+-- say they wait, so while one is registered the insert trigger notifies every queue.
+INSERT INTO pgsched.workers (host, pid, queues, concurrency)
+VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s)
+RETURNING id;
