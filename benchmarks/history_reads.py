@@ -40,30 +40,43 @@ SELECT (r).* FROM (
 """
 
 
-def statements(runs: int) -> dict[str, tuple[str, dict[str, object]]]:
-    """Each reader's statement and its parameters; "finished" reads a run in runs_history after
-    and, before, a finished run in runs (where it was)."""
-    by_id = {"id": runs // 2 + 1, "tenant": None}
-    listing = {
+# The by-id reads as they were before schema 0029 (pgsched.runs alone).
+RUN_GET_BEFORE = """
+SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+       job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
+       errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key
+FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"""
+RUN_STATUS_BEFORE = (
+    "SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)"
+)
+RUN_GET_UNION = RUN_GET_BEFORE.replace("pgsched.runs ", "pgsched.runs_all ")
+
+Work = tuple[str, dict[str, object], str, dict[str, object]]
+
+
+def statements(runs: int) -> dict[str, Work]:
+    """Each reader: (before statement, its parameters, after statement, its parameters). A
+    "finished" read is of a run in runs_history after, of a finished run in runs before."""
+    hot = {"id": runs // 2 + 1, "tenant": None}
+    finished_before = {"id": runs // 2 // 10 * 10, "tenant": None}
+    finished_after = {"id": runs + runs // 2, "tenant": None}
+    listing: dict[str, object] = {
         name: None
         for name in (
             "status queue task job created_after created_before finished_after finished_before id args error_type "
             "before_id scan_floor tenant"
         ).split()
     } | {"limit": 50}
+    failed = listing | {"status": "failed"}
+    run_list_before = queries["run_list"].replace("pgsched.runs_all", "pgsched.runs")
     return {
-        "run_get": (queries["run_get"], by_id),
-        "run_get finished": (queries["run_get"], {"id": runs + runs // 2, "before_id": runs // 2 // 10 * 10}),
-        "run_status": (queries["run_status"], by_id),
-        "run_list page 1": (queries["run_list"], listing),
-        "run_list failed": (queries["run_list"], listing | {"status": "failed"}),
+        "run_get": (RUN_GET_BEFORE, hot, queries["run_get"], hot),
+        "run_get finished": (RUN_GET_BEFORE, finished_before, queries["run_get"], finished_after),
+        "run_get via runs_all": (RUN_GET_BEFORE, finished_before, RUN_GET_UNION, finished_after),
+        "run_status": (RUN_STATUS_BEFORE, hot, queries["run_status"], hot),
+        "run_list page 1": (run_list_before, listing, queries["run_list"], listing),
+        "run_list failed": (run_list_before, failed, queries["run_list"], failed),
     }
-
-
-def _side_params(params: dict[str, object], side: str) -> dict[str, object]:
-    if "before_id" not in params or "status" in params:
-        return params
-    return {"id": params["before_id"] if side == "before" else params["id"], "tenant": None}
 
 
 def server_us(conn: psycopg.Connection, statement: str, params: dict[str, object]) -> tuple[float, float]:
@@ -92,11 +105,11 @@ def main() -> None:
                 conn.execute(statement.encode(), {"runs": options.runs, "days": options.days})
         conn.execute("VACUUM ANALYZE")
         for sample in range(options.samples):
-            for name, (statement, params) in work.items():
+            for name, (before, before_params, after, after_params) in work.items():
                 sides = ("before", "after") if sample % 2 == 0 else ("after", "before")
                 for side in sides:
-                    text = statement if side == "after" else statement.replace("pgsched.runs_all", "pgsched.runs")
-                    figures[name][side].append(server_us(conn, text, _side_params(params, side)))
+                    text, params = (before, before_params) if side == "before" else (after, after_params)
+                    figures[name][side].append(server_us(conn, text, params))
     medians = {
         name: {side: [statistics.median(t[i] for t in v) for i in (0, 1)] for side, v in sides.items()}
         for name, sides in figures.items()

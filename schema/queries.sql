@@ -393,13 +393,11 @@ DELETE FROM pgsched.workers
 WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_s)s);
 
 -- name: run_get
--- From pgsched.runs_all (schema 0029): a probe of runs' primary key, then of each history
--- partition's; LIMIT 1 stops at the first that has it (an unfinished run: runs, probed first).
+-- Wherever the run is (pgsched.run_by_id, schema 0029: runs, else runs_history).
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
        errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key
-FROM pgsched.runs_all WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-LIMIT 1;
+FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
 -- Newest first, keyset-paginated by id; every filter is optional. Time windows are half-open:
@@ -463,8 +461,7 @@ WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'running')
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_status
-SELECT status::text FROM pgsched.runs_all WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-LIMIT 1;
+SELECT status::text FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_listen_finished
 -- A waiter hears the ends of awaited runs (payload: the run id) on its own connection.
@@ -489,8 +486,7 @@ SELECT pg_notify('pgsched', queue) FROM watched WHERE status = 'queued';
 -- name: run_outcome
 -- What a waiter reads: the status, the result, and the last errors entry (the failure or the
 -- cancellation reason). No row: no such run.
-SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.runs_all WHERE id = %(id)s
-LIMIT 1;
+SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.run_by_id(%(id)s);
 
 -- name: queue_list_stats
 -- The queue_stats view's numbers (schema 0005), for every tenant or for one; without the last
@@ -1359,8 +1355,7 @@ SELECT status FROM pgsched.workflows WHERE id = %(id)s;
 
 -- name: run_workflow_of
 -- The workflow a run is a step of (NULL: none), for the run's detail page.
-SELECT workflow_id FROM pgsched.runs_all WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
-LIMIT 1;
+SELECT workflow_id FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: workflow_prune
 -- The leader's maintenance, before run_prune_finished: forget up to %(limit)s workflows that
