@@ -448,6 +448,37 @@ WITH retried AS (
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
+-- name: run_retry_from_history
+-- The first half of a retry of finished runs that moved to runs_history (schema 0029): each comes
+-- back to runs as a run is inserted (queued, attempt 0: what runs' insert trigger allows, and
+-- it wakes the queue's workers), then run_retry_attempts gives it back its attempts, in the same
+-- transaction (a worker sees neither half before the other). Returns each one's id and attempts.
+WITH back AS (
+    DELETE FROM pgsched.runs_history
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('failed', 'cancelled')
+      AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    RETURNING *
+), queued AS (
+    INSERT INTO pgsched.runs (id, task, args, queue, priority, status, attempt, max_attempts, run_at, job_id,
+                              scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result, errors,
+                              unique_key, tenant, created_at, cancel_requested_at, expires_at, awaited, trace_context,
+                              request_id, workflow_id, parents_pending, concurrency_key)
+    SELECT id, task, args, queue, priority, 'queued', 0, max_attempts, now(), job_id,
+           scheduled_for, worker_id, started_at, NULL, NULL, result, errors,
+           unique_key, tenant, created_at, cancel_requested_at, expires_at, awaited, trace_context,
+           request_id, workflow_id, parents_pending, concurrency_key
+    FROM back
+    RETURNING id
+)
+SELECT back.id, back.attempt FROM back JOIN queued USING (id);
+
+-- name: run_retry_attempts
+-- The second half (see run_retry_from_history): the attempts they had, and one more to make.
+UPDATE pgsched.runs AS r
+SET attempt = b.attempt, max_attempts = greatest(r.max_attempts, b.attempt + 1)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS b(id, attempt)
+WHERE r.id = b.id AND r.status = 'queued';
+
 -- name: run_cancel
 -- Cancel a queued run now, or ask the worker of a running one to stop it (schema 0004).
 -- No row: no such run (for this tenant).

@@ -217,3 +217,46 @@ def test_an_installation_upgraded_to_0029_keeps_its_finished_runs_where_they_are
         assert [run["id"] for run in list_runs(conn, limit=10)] == [3, 2, 1]
         assert get_run(conn, 1)["status"] == "succeeded"
     assert len(history_round(empty_dsn, retention_s=86400, days_ahead=1).created) == 2
+
+
+def test_retry_of_a_run_in_history_moves_it_back_queued_with_its_attempts(
+    app: App, dsn: str, conn: psycopg.Connection[Any], finished_runs: dict[str, int], api: Api
+) -> None:
+    failed = finished_runs["failed"]
+    ok(api.post(f"/runs/{failed}/retry"))
+    assert where(conn, failed) == "pgsched.runs"
+    row = conn.execute("SELECT status, attempt, max_attempts, finished_at FROM pgsched.runs WHERE id = %s", [failed])
+    assert row.fetchone() == ("queued", 1, 2, None)
+    assert conn.execute("SELECT count(*) FROM pgsched.runs_history WHERE id = %s", [failed]).fetchone() == (0,)
+    # It runs again, a second attempt, and fails for good again.
+    [again] = finish(app, dsn, failed)
+    assert (again["status"], again["attempt"]) == ("failed", 2)
+    # A succeeded run in history is refused, as it was in runs, and stays where it is.
+    refused = api.post(f"/runs/{finished_runs['succeeded']}/retry")
+    assert refused.status_code == 409 and "it is succeeded" in refused.text
+    assert where(conn, finished_runs["succeeded"]).startswith("pgsched.runs_history_")
+
+
+def test_bulk_retry_moves_back_what_is_in_history_and_requeues_what_is_in_runs(
+    app: App, dsn: str, conn: psycopg.Connection[Any], finished_runs: dict[str, int]
+) -> None:
+    from pgsched.runs import retry_runs
+
+    @app.task(max_attempts=1)
+    def boom_too() -> None:
+        raise ValueError("no")
+
+    in_runs = boom_too.delay().id
+    finish(app, dsn, in_runs)
+    everything = [finished_runs["failed"], in_runs, finished_runs["succeeded"], 10**9]
+    assert retry_runs(conn, everything) == sorted([finished_runs["failed"], in_runs])
+    statuses = conn.execute("SELECT id, status::text FROM pgsched.runs WHERE id = ANY(%s) ORDER BY id", [everything])
+    assert statuses.fetchall() == [(finished_runs["failed"], "queued"), (in_runs, "queued")]
+
+
+def test_cancel_of_a_run_in_history_says_it_ended_not_that_it_does_not_exist(
+    api: Api, finished_runs: dict[str, int]
+) -> None:
+    refused = api.post(f"/runs/{finished_runs['succeeded']}/cancel")
+    assert refused.status_code == 409 and "it is succeeded" in refused.text
+    assert api.post(f"/runs/{10**9}/cancel").status_code == 404
