@@ -31,7 +31,7 @@ docs:
 
 # The dashboard screenshots README and docs/guides/dashboard.md show: the browser tests take
 # them (build/screenshots/, a real Chromium on real processes), and these are the ones published.
-SHOWN_SCREENSHOTS := queues runs-live run-failed queues-phone-dark jobs failures
+SHOWN_SCREENSHOTS := queues runs-live run-failed queues-phone-dark jobs failures workflows
 screenshots:
 	$(BIN)/pytest tests/test_ui_browser.py -q
 	mkdir -p docs/images/dashboard

@@ -12,7 +12,14 @@ they hold when they do, over several worker processes.
     the time-weighted mean while the drain lasts (>= 9);
 (c) rate 200/s (burst 10): 4 workers drain a backlog for --rate-seconds: starts per second
     achieved after the first burst (200 +- 3%), and the most starts in any 1-second window
-    (<= 200 + burst).
+    (<= 200 + burst);
+(d) fairness: tenant A's 10,000 no-op runs queued, 2 workers x concurrency 20 drain them; while
+    A's backlog lasts, tenant B enqueues 10 runs every 0.25 s (at most 8 times): B's wait from
+    enqueue to start, p50/p99/max (issue: p99 <= 1 s), in a fair queue and, in the same run, in
+    the same queue without `fair` (what B waited before), with both drains' runs/s;
+(e) with --baseline-tree PATH (a checkout of the previous code): the plain drain of (a) by this
+    tree's worker against that tree's, alternately, on the same database: what this code costs
+    a queue without settings.
 
 The last line printed is one JSON object with every figure.
 """
@@ -21,15 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from benchmarks._server import fresh_database, server_dsn
 from benchmarks.limits_app import CREATE_SPANS
-from benchmarks.throughput import drain, start_worker, stop_worker, wait_until
+from benchmarks.throughput import ROOT, drain, start_worker, stop_worker, wait_until
 from pgsched import App
 
 LIMITS_APP = "benchmarks.limits_app:app"
@@ -56,17 +66,55 @@ SELECT max(n) FROM (
 """
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its children it has reaped (a local server's postmaster:
+    every backend that has exited), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(tick) for tick in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _postmaster(dsn: str) -> int | None:
+    """The server's postmaster pid if it runs on this machine (else no CPU figures)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    try:
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def cpu_drain(dsn: str, runs: int, postmaster: int | None) -> tuple[float, float]:
+    """A drain's runs/s and CPU µs per run, the worker's and the server's (its backends, once
+    exited, and autovacuum): what the drain cost, whatever else the machine was doing."""
+    server_before = _cpu_s(postmaster) if postmaster else 0.0
+    workers_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rate = drain(dsn, runs)
+    time.sleep(0.5)  # the drain's backends exit and are reaped
+    workers_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = (_cpu_s(postmaster) - server_before) if postmaster else 0.0
+    worker_s = (workers_after.ru_utime + workers_after.ru_stime) - (workers_before.ru_utime + workers_before.ru_stime)
+    return rate, (server_s + worker_s) / runs * 1e6
+
+
 def unbinding_drains(server: str, runs: int, reps: int) -> dict[str, list[float]]:
-    """(a): drains without settings and with limits that never bind, alternately."""
-    figures: dict[str, list[float]] = {"plain": [], "limited": []}
+    """(a): drains without settings and with limits that never bind, alternately; runs/s and
+    CPU µs per run (worker + server) of each."""
+    figures: dict[str, list[float]] = {"plain": [], "limited": [], "plain_cpu_us": [], "limited_cpu_us": []}
     with fresh_database(server) as plain, fresh_database(server) as limited:
         with psycopg.connect(limited, autocommit=True) as conn:
             conn.execute(UNBINDING)
         databases = {"plain": plain, "limited": limited}
+        postmaster = _postmaster(plain)
         for rep in range(reps):
             for side in ("plain", "limited") if rep % 2 == 0 else ("limited", "plain"):
-                figures[side].append(drain(databases[side], runs))
-            print(f"rep {rep + 1}: limited/plain {figures['limited'][-1] / figures['plain'][-1]:.2f}x", flush=True)
+                rate, cpu_us = cpu_drain(databases[side], runs, postmaster)
+                figures[side].append(rate)
+                figures[f"{side}_cpu_us"].append(cpu_us)
+            print(
+                f"rep {rep + 1}: limited/plain {figures['limited'][-1] / figures['plain'][-1]:.2f}x,"
+                f" CPU per run {figures['limited_cpu_us'][-1]:.0f} / {figures['plain_cpu_us'][-1]:.0f} µs",
+                flush=True,
+            )
     return figures
 
 
@@ -138,6 +186,67 @@ def rate_accuracy(server: str, seconds: float, rate: int = 200, burst: int = 10)
     }
 
 
+FAIR_BACKLOG = 10_000
+FAIR_BATCH = 10  # B's runs per enqueue
+FAIR_BATCHES = 8
+FAIR_EVERY_S = 0.25
+B_WAITS = """
+SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY s), max(s), count(*) FROM (
+    SELECT extract(epoch FROM started_at - created_at) AS s FROM pgsched.runs WHERE tenant = 'B'
+) AS waits
+"""
+A_RATE = """
+SELECT count(*) / extract(epoch FROM max(finished_at) - min(started_at)) FROM pgsched.runs WHERE tenant = 'A'
+"""
+
+
+def fairness(server: str, fair: bool) -> dict[str, Any]:
+    """(d): B's start waits behind A's backlog, with the queue fair or not."""
+    with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO pgsched.queues (name, fair) VALUES ('default', %s)", (fair,))
+        conn.execute(
+            "INSERT INTO pgsched.runs (task, tenant) SELECT 'noop', 'A' FROM generate_series(1, %s)", (FAIR_BACKLOG,)
+        )
+        procs = [start_worker(dsn, "--concurrency", "20", app=LIMITS_APP) for _ in range(2)]
+        try:
+            wait_until(conn, "SELECT count(*) >= 500 FROM pgsched.runs WHERE started_at IS NOT NULL", 120, 0.01)
+            for _ in range(FAIR_BATCHES):
+                queued = "SELECT count(*) FROM pgsched.runs WHERE tenant = 'A' AND status = 'queued'"
+                if conn.execute(queued).fetchone()[0] < 1000:  # type: ignore[index]
+                    break  # A's backlog is (nearly) gone: B would no longer wait behind it
+                conn.execute(
+                    "INSERT INTO pgsched.runs (task, tenant) SELECT 'noop', 'B' FROM generate_series(1, %s)",
+                    (FAIR_BATCH,),
+                )
+                time.sleep(FAIR_EVERY_S)
+            wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs WHERE status IN ('queued', 'running')", 300)
+        finally:
+            for proc in procs:
+                stop_worker(proc)
+        (p50, p99), most, count = conn.execute(B_WAITS).fetchone()  # type: ignore[misc]
+        a_rate = conn.execute(A_RATE).fetchone()[0]  # type: ignore[index]
+    return {
+        "fair": fair,
+        "b_runs": count,
+        "b_wait_p50_s": p50,
+        "b_wait_p99_s": p99,
+        "b_wait_max_s": float(most),
+        "a_runs_per_s": float(a_rate),
+    }
+
+
+def tree_drains(server: str, runs: int, reps: int, baseline: Path) -> dict[str, list[float]]:
+    """(e): the plain drain by this tree's worker and by ``baseline``'s, alternately, one database."""
+    figures: dict[str, list[float]] = {"baseline": [], "this": []}
+    roots = {"baseline": baseline, "this": ROOT}
+    with fresh_database(server) as dsn:
+        for rep in range(reps):
+            for side in ("baseline", "this") if rep % 2 == 0 else ("this", "baseline"):
+                figures[side].append(drain(dsn, runs, root=roots[side]))
+            print(f"rep {rep + 1}: this/baseline {figures['this'][-1] / figures['baseline'][-1]:.2f}x", flush=True)
+    return figures
+
+
 def enqueue(dsn: str, task: str, all_args: list[dict[str, Any]]) -> None:
     app = App(dsn)
     try:
@@ -153,29 +262,59 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="Drains of each side in (a)")
     parser.add_argument("--rate-seconds", type=float, default=60.0, help="How long (c) drains at the rate")
     parser.add_argument("--dsn", help="A server to create the databases on (default: an embedded one)")
+    parser.add_argument("--baseline-tree", type=Path, help="(e): a checkout of the previous code to drain against")
+    parser.add_argument("--only", help="Run only these parts, e.g. 'ade' (default: all)", default="abcde")
     options = parser.parse_args()
+    results: dict[str, Any] = {}
     with server_dsn(options.dsn) as server:
-        drains = unbinding_drains(server, options.runs, options.reps)
-        plain, limited = (statistics.median(drains[side]) for side in ("plain", "limited"))
-        ratios = [b / a for a, b in zip(drains["plain"], drains["limited"])]
-        print(
-            f"(a) drain runs/s, median: plain {plain:,.0f}, limits that do not bind {limited:,.0f},"
-            f" {limited / plain:.2f}x (median of the repetitions' ratios {statistics.median(ratios):.2f}x)",
-            flush=True,
-        )
-        overlap = max_running_overlap(server)
-        print(
-            f"(b) max_running 10, 4 workers x 20: max overlap {overlap['max_overlap']},"
-            f" mean {overlap['mean_overlap']:.2f}, {overlap['runs']} runs in {overlap['seconds']:.1f} s",
-            flush=True,
-        )
-        rate = rate_accuracy(server, options.rate_seconds)
-        print(
-            f"(c) rate 200/s burst 10, 4 workers, {rate['seconds']:.0f} s: {rate['achieved_per_s']:.1f}/s"
-            f" ({rate['error']:+.1%}), most starts in a 1 s window {rate['most_in_1s']}",
-            flush=True,
-        )
-    print(json.dumps({"unbinding_drains": drains, "max_running": overlap, "rate": rate}))
+        if "d" in options.only:
+            results["fairness"] = [fairness(server, fair) for fair in (True, False)]
+            for figures in results["fairness"]:
+                print(
+                    f"(d) fair={figures['fair']}: B's {figures['b_runs']} runs waited"
+                    f" p50 {figures['b_wait_p50_s']:.3f} s,"
+                    f" p99 {figures['b_wait_p99_s']:.3f} s, max {figures['b_wait_max_s']:.3f} s;"
+                    f" A drained at {figures['a_runs_per_s']:,.0f} runs/s",
+                    flush=True,
+                )
+        if "e" in options.only and options.baseline_tree:
+            trees = tree_drains(server, options.runs, options.reps, options.baseline_tree)
+            results["tree_drains"] = trees
+            ratios = [b / a for a, b in zip(trees["baseline"], trees["this"])]
+            print(
+                f"(e) plain drain runs/s, median: baseline tree {statistics.median(trees['baseline']):,.0f},"
+                f" this tree {statistics.median(trees['this']):,.0f}; ratios {', '.join(f'{r:.2f}' for r in ratios)}"
+                f" (median {statistics.median(ratios):.2f}x)",
+                flush=True,
+            )
+        if "a" in options.only:
+            drains = unbinding_drains(server, options.runs, options.reps)
+            results["unbinding_drains"] = drains
+            plain, limited = (statistics.median(drains[side]) for side in ("plain", "limited"))
+            ratios = [b / a for a, b in zip(drains["plain"], drains["limited"])]
+            cpu = {side: statistics.median(drains[f"{side}_cpu_us"]) for side in ("plain", "limited")}
+            print(
+                f"(a) drain runs/s, median: plain {plain:,.0f}, limits that do not bind {limited:,.0f},"
+                f" {limited / plain:.2f}x (median of the repetitions' ratios {statistics.median(ratios):.2f}x);"
+                f" CPU per run (worker + server), median: plain {cpu['plain']:.0f} µs, limited {cpu['limited']:.0f} µs,"
+                f" plain/limited {cpu['plain'] / cpu['limited']:.2f}x",
+                flush=True,
+            )
+        if "b" in options.only:
+            overlap = results["max_running"] = max_running_overlap(server)
+            print(
+                f"(b) max_running 10, 4 workers x 20: max overlap {overlap['max_overlap']},"
+                f" mean {overlap['mean_overlap']:.2f}, {overlap['runs']} runs in {overlap['seconds']:.1f} s",
+                flush=True,
+            )
+        if "c" in options.only:
+            rate = results["rate"] = rate_accuracy(server, options.rate_seconds)
+            print(
+                f"(c) rate 200/s burst 10, 4 workers, {rate['seconds']:.0f} s: {rate['achieved_per_s']:.1f}/s"
+                f" ({rate['error']:+.1%}), most starts in a 1 s window {rate['most_in_1s']}",
+                flush=True,
+            )
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from datetime import date
 
 import psycopg
 
@@ -29,18 +30,43 @@ from pgsched.sql import queries
 CLAIMS = 200
 
 
-def add_finished_runs(conn: psycopg.Connection, n: int) -> None:
-    """n succeeded runs, written server-side, then vacuumed: a table with a history. Loaded as a
-    restore loads them, with triggers off: a run is otherwise inserted only queued (schema 0009)."""
+def add_finished_runs(
+    conn: psycopg.Connection, n: int, *, on_day: date | None = None, into_history: bool | None = None
+) -> None:
+    """n succeeded runs that finished now, or spread over the UTC day ``on_day``, written
+    server-side, then vacuumed: a database with a history. Loaded as a restore loads them, with
+    triggers off (schema 0009 lets SQL insert only queued runs), and moved where this schema keeps
+    finished runs (``pgsched.runs_history`` where it exists; into_history=False keeps them in
+    ``pgsched.runs``, as a release before it did)."""
+    if into_history is None:
+        into_history = has_history(conn)
     if n:
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
                 "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
-                " SELECT 'noop', 'succeeded', 1, now(), now(), 'null' FROM generate_series(1, %s)",
-                (n,),
+                " SELECT 'noop', 'succeeded', 1, t, t, 'null'"
+                " FROM (SELECT coalesce(%(day)s::timestamp AT TIME ZONE 'UTC'"
+                "                       + make_interval(secs => i * 86400.0 / %(n)s), now()) AS t"
+                "       FROM generate_series(0, %(n)s - 1) AS i) AS s",
+                {"n": n, "day": on_day},
             )
-    conn.execute("VACUUM ANALYZE pgsched.runs")
+            if into_history:
+                conn.execute(
+                    "WITH moved AS (DELETE FROM pgsched.runs WHERE status = 'succeeded' RETURNING *)"
+                    " INSERT INTO pgsched.runs_history SELECT * FROM moved"
+                )
+    conn.execute("VACUUM ANALYZE")
+
+
+def has_history(conn: psycopg.Connection) -> bool:
+    """Whether this schema keeps finished runs apart (``pgsched.runs_history``, schema 0029)."""
+    return conn.execute("SELECT to_regclass('pgsched.runs_history') IS NOT NULL").fetchone()[0]  # type: ignore[index,no-any-return]
+
+
+def all_runs(conn: psycopg.Connection) -> str:
+    """The relation that holds every run, finished or not, in this schema."""
+    return "pgsched.runs_all" if has_history(conn) else "pgsched.runs"
 
 
 def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
@@ -76,7 +102,7 @@ def claim_times_ms(dsn: str, conn: psycopg.Connection) -> list[float]:
 
 def drain_rate(dsn: str, conn: psycopg.Connection, runs: int, workers: int) -> float:
     """Runs/s for `workers` worker processes to drain `runs` new runs (by the database's clock)."""
-    first_id = conn.execute("SELECT coalesce(max(id), 0) FROM pgsched.runs").fetchone()[0]  # type: ignore[index]
+    first_id = conn.execute(f"SELECT coalesce(max(id), 0) FROM {all_runs(conn)}").fetchone()[0]  # type: ignore[index]
     app = App(dsn)
     app.enqueue_many("noop", [{}] * runs)
     app.close()
@@ -88,7 +114,7 @@ def drain_rate(dsn: str, conn: psycopg.Connection, runs: int, workers: int) -> f
             stop_worker(proc)
     first, last, done = conn.execute(
         "SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'succeeded')"
-        " FROM pgsched.runs WHERE id > %s",
+        f" FROM {all_runs(conn)} WHERE id > %s",
         (first_id,),
     ).fetchone()  # type: ignore[misc]
     assert done == runs, f"only {done} of {runs} runs succeeded"

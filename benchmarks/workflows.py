@@ -1,6 +1,7 @@
 """What workflows (issue #15) cost and how fast they move, against plain runs measured in the same run.
 
     python -m benchmarks.workflows [--steps 10000] [--chain 1000] [--reps 3] [--before main] [--dsn SERVER_DSN]
+    python -m benchmarks.workflows --enqueue-against main [--rounds 4] [--steps 10000] [--reps 3]
 
 (a) chord: ``--steps`` no-op header steps and one callback, drained by one `pgsched worker`
     (first start to the callback's end, database clock), against a drain of as many plain
@@ -8,20 +9,28 @@
 (b) chain of ``--chain`` no-op steps, one idle worker: from a parent's finished_at to its
     child's started_at (both the database's clock), p50 and p99.
 (c) enqueue: a workflow of ``--steps`` steps (a chord: steps - 1 in the header, and a chain),
-    built and written by the Python API, against ``enqueue_many`` of as many runs.
+    built and written by the Python API, against ``enqueue_many`` of as many runs: wall-clock
+    medians, and CPU time (this process and the server's backends, from /proc) summed.
 (d) the plain drain before (git ref --before, on a database it migrated itself) and after this
     checkout's migrations and code; and, since drains on a shared machine vary ±30 %, the
     completion statement alone (``run_complete_many`` of 100 running runs, rolled back) on
     both schemas, timed by the server (EXPLAIN ANALYZE's execution time, trigger time included).
 
 Rounds alternate their order; figures are medians. The last line printed is one JSON object.
+
+``--enqueue-against REF`` measures (c) alone, for this checkout and for REF (its exported tree,
+its own migrations), each in its own process and database, rounds alternating: the enqueue
+ratios before and after a change, from the same run (benchmarks/workflow_enqueue.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -102,8 +111,25 @@ def chain_latency(dsn: str, length: int) -> list[float]:
     return sorted(float(row[0]) for row in rows)
 
 
-def enqueue_times(dsn: str, steps: int, reps: int) -> dict[str, list[float]]:
-    """Seconds to enqueue ``steps`` plain runs (enqueue_many) and a workflow of as many steps."""
+def _server_cpu_s(conn: psycopg.Connection[Any]) -> float | None:
+    """CPU seconds (user + system) of this database's backends so far, from /proc: the server
+    is on this machine (the embedded one). None when it is not."""
+    total = 0
+    for (pid,) in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
+    ):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def enqueue_times(dsn: str, steps: int, reps: int) -> dict[str, dict[str, Any]]:
+    """Seconds to enqueue ``steps`` plain runs (enqueue_many) and a workflow of as many steps:
+    wall-clock per repetition, and CPU summed over the repetitions (this process's plus the
+    server backends'), which a machine shared with other work disturbs much less."""
     from pgsched import chain, chord
 
     app = _app(dsn)
@@ -113,16 +139,21 @@ def enqueue_times(dsn: str, steps: int, reps: int) -> dict[str, list[float]]:
         "chord": lambda: chord([noop.s() for _ in range(steps - 1)], collect.s()).enqueue(),
         "chain": lambda: chain(*(noop.si() for _ in range(steps))).enqueue(),
     }
-    times: dict[str, list[float]] = {name: [] for name in shapes}
+    times: dict[str, dict[str, Any]] = {name: {"wall": [], "cpu": 0.0} for name in shapes}
     with psycopg.connect(dsn, autocommit=True) as conn:
         app.enqueue_many("noop", [{}])  # open the pool outside the timing
         for rep in range(reps * 2):
             order = list(shapes) if rep % 2 == 0 else list(reversed(shapes))
             for name in order:
                 conn.execute("TRUNCATE pgsched.runs, pgsched.run_edges, pgsched.workflows")
-                start = time.perf_counter()
+                server, client, start = _server_cpu_s(conn), time.process_time(), time.perf_counter()
                 shapes[name]()
-                times[name].append(time.perf_counter() - start)
+                times[name]["wall"].append(time.perf_counter() - start)
+                server_after = _server_cpu_s(conn)
+                if server is None or server_after is None or times[name]["cpu"] is None:
+                    times[name]["cpu"] = None
+                else:
+                    times[name]["cpu"] += time.process_time() - client + server_after - server
     app.close()
     return times
 
@@ -172,6 +203,42 @@ def completion_ms(dsn: str, batch: int = 100, blocks: int = 30, *, chord_header:
     return samples
 
 
+def enqueue_against(ref: str, rounds: int, steps: int, reps: int, server_option: str | None) -> None:
+    """(c) for this checkout and ``ref`` alternately; prints each side's ratios to enqueue_many."""
+    script = ROOT / "benchmarks" / "workflow_enqueue.py"
+    with server_dsn(server_option) as server, ExitStack() as stack:
+        tree = export_tree(ref, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        databases = {ref: stack.enter_context(fresh_database(server, with_schema=False)), "this checkout": ""}
+        migrate_with(tree, databases[ref])
+        databases["this checkout"] = stack.enter_context(fresh_database(server))
+        roots = {ref: tree, "this checkout": ROOT}
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in roots}
+        for round_ in range(rounds):
+            for side in list(roots) if round_ % 2 == 0 else list(reversed(roots)):
+                env = {**os.environ, "PYTHONPATH": str(roots[side])}
+                done = subprocess.run(
+                    [sys.executable, str(script), databases[side], str(steps), str(reps)],
+                    cwd=roots[side],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                runs[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for side, results in runs.items():
+            base_wall = statistics.median(statistics.median(r["enqueue_many"]["wall"]) for r in results)
+            for shape in ("chord", "chain"):
+                walls = [
+                    statistics.median(r[shape]["wall"]) / statistics.median(r["enqueue_many"]["wall"]) for r in results
+                ]
+                cpu = sum(r[shape]["cpu"] for r in results) / sum(r["enqueue_many"]["cpu"] for r in results)
+                print(
+                    f"(c) {side}: a {steps:,}-step {shape} takes CPU {cpu:.2f}x, wall {statistics.median(walls):.2f}x"
+                    f" (rounds {', '.join(f'{w:.2f}' for w in walls)}) enqueue_many ({base_wall * 1000:.0f} ms)"
+                )
+        print(json.dumps(runs))
+
+
 def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
@@ -183,7 +250,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--before", default="main", help="The git ref before workflows (default: main)")
     parser.add_argument("--dsn", help="A server to create the databases on (default: an embedded one)")
+    parser.add_argument("--enqueue-against", metavar="REF", help="Only (c), for this checkout and REF alternately")
+    parser.add_argument("--rounds", type=int, default=4, help="Rounds of --enqueue-against (default 4)")
     options = parser.parse_args()
+    if options.enqueue_against:
+        enqueue_against(options.enqueue_against, options.rounds, options.steps, options.reps, options.dsn)
+        return
     out: dict[str, Any] = {"steps": options.steps, "chain": options.chain, "reps": options.reps}
     with server_dsn(options.dsn) as server, ExitStack() as stack:
         before_tree = export_tree(options.before, Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -220,12 +292,15 @@ def main() -> None:
 
         # (c) enqueue
         times = enqueue_times(after_db, options.steps, options.reps)
-        base = statistics.median(times["enqueue_many"])
+        base = statistics.median(times["enqueue_many"]["wall"])
+        base_cpu = times["enqueue_many"]["cpu"]
         out["enqueue_s"] = times
         for shape in ("chord", "chain"):
+            wall = statistics.median(times[shape]["wall"])
+            cpu = f", CPU {times[shape]['cpu'] / base_cpu:.2f}x" if base_cpu and times[shape]["cpu"] else ""
             print(
-                f"(c) enqueue a {options.steps:,}-step {shape}: {statistics.median(times[shape]) * 1000:.0f} ms,"
-                f" {statistics.median(times[shape]) / base:.2f}x enqueue_many ({base * 1000:.0f} ms; target <= 2x)"
+                f"(c) enqueue a {options.steps:,}-step {shape}: {wall * 1000:.0f} ms, {wall / base:.2f}x"
+                f" enqueue_many ({base * 1000:.0f} ms){cpu} (target <= 2x)"
             )
 
         # (d) the plain drain and the completion statement, before and after

@@ -20,7 +20,18 @@ tasks = typer.Typer(
     no_args_is_help=True,
 )
 
-LIST_COLUMNS = ("name", "paused", "max_running", "rate", "burst", "key_max_running", "queued", "running", "held_back")
+LIST_COLUMNS = (
+    "name",
+    "paused",
+    "max_running",
+    "rate",
+    "burst",
+    "key_max_running",
+    "fair",
+    "queued",
+    "running",
+    "held_back",
+)
 TASK_COLUMNS = ("name", "paused", "max_running", "rate", "burst", "queued", "running", "held_back")
 NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="The queue")]
 TaskArgument = Annotated[str, typer.Argument(metavar="NAME", help="The task")]
@@ -39,6 +50,14 @@ BurstOption = Annotated[
 KeyMaxRunningOption = Annotated[
     Optional[str],
     typer.Option("--key-max-running", help="At most N runs of one concurrency key running at once; none clears"),
+]
+
+FairOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--fair/--no-fair",
+        help="Claim its runs in turns per tenant (or concurrency key), not in id order, within a priority",
+    ),
 ]
 
 
@@ -71,6 +90,7 @@ def set_settings(
     rate: RateOption = None,
     burst: BurstOption = None,
     key_max_running: KeyMaxRunningOption = None,
+    fair: FairOption = None,
     dsn: DsnOption = None,
 ) -> None:
     """Change a queue's settings (those not given stay as they are)."""
@@ -81,7 +101,9 @@ def set_settings(
         else queue_settings.parse_limit("key_max_running", key_max_running)
     )
     with connect(dsn) as conn:
-        row = queue_settings.set_queue_settings(conn, name, key_max_running=key_limit, **changes)
+        row = queue_settings.set_queue_settings(
+            conn, name, key_max_running=key_limit, fair=queue_settings.KEEP if fair is None else fair, **changes
+        )
     render.print_record(row, title=f"queue {row['name']}")
 
 

@@ -39,6 +39,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from pgsched import calling
 from pgsched import enqueue as _enqueue
+from pgsched.canvas import signature_of
 from pgsched.config import connection_kwargs, resolve_direct_dsn, resolve_dsn, resolve_pgbouncer
 from pgsched.enqueue import RunOptions, check_concurrency_key, check_task_name, encode_args_text
 from pgsched.errors import DuplicateTask, InvalidArgs, InvalidInput
@@ -201,14 +202,10 @@ class Task(Generic[P, R]):
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A step not yet enqueued, for chain/group/chord or ``app.workflow(...).add`` (Celery's
         signature). Positional args are bound by name, as in :meth:`delay`."""
-        from pgsched.canvas import signature_of
-
         return signature_of(self, args, kwargs, immutable=False)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable step: a chain or chord passes it no results (Celery's ``si``)."""
-        from pgsched.canvas import signature_of
-
         return signature_of(self, args, kwargs, immutable=True)
 
     def delay(self, *args: Any, **kwargs: Any) -> RunHandle:

@@ -1,9 +1,10 @@
 """The claim of runs behind a limit (issue #14): a queue's or a task's ``max_running``, its
-``rate`` (a token bucket in its settings row) and a queue's ``key_max_running``.
+``rate`` (a token bucket in its settings row) and a queue's ``key_max_running``; and of the runs
+of a ``fair`` queue, taken in turns per tenant (or concurrency key) under the same row lock.
 
 A *unit* is what one such claim covers: one limited queue (all its tasks but the limited ones),
 one limited task in one limited queue, or one limited task over the worker's open queues. Its
-claim is one statement (``run_claim_limited``, the function ``pgsched.run_claim_limited_v1``):
+claim is one statement (``run_claim_limited``, the function ``pgsched.run_claim_limited_v2``):
 lock the settings rows that apply (SKIP LOCKED, so the claims of every worker for the same
 limit take turns and never wait), then, in a statement of its own, count what runs, spend the
 buckets' whole tokens and claim no more than every limit leaves. The counts come from the runs' rows and

@@ -1,6 +1,7 @@
 """Settings per queue (the ``pgsched.queues`` table) and per task (``pgsched.task_settings``):
 ``paused``, ``max_running``, ``rate`` + ``burst`` (a token bucket of run starts, ``"100/m"``)
-and, for a queue, ``key_max_running`` (runs of one concurrency key at once). Read and changed
+and, for a queue, ``key_max_running`` (runs of one concurrency key at once) and ``fair`` (the
+claim takes tenants and concurrency keys in turns, not in id order). Read and changed
 by the CLI (`pgsched queues …`, `pgsched tasks …`) and the REST API (``/queues/{name}``,
 ``/tasks/{name}``). A plain SQL UPDATE of the tables works the same: their triggers tell the
 workers, whose claim enforces them (see :mod:`pgsched.fetcher`). A queue or task without a row
@@ -131,6 +132,7 @@ def set_queue_settings(
     rate: str | Keep | None = KEEP,
     burst: int | Keep | None = KEEP,
     key_max_running: int | Keep | None = KEEP,
+    fair: bool | Keep = KEEP,
 ) -> dict[str, Any]:
     """Change the settings given (the others stay); workers see the change within a second.
     Clearing the rate clears the burst; a new rate or burst starts with a full bucket."""
@@ -138,9 +140,11 @@ def set_queue_settings(
     changes = _checked_changes(paused=paused, max_running=max_running, rate=rate, burst=burst)
     if key_max_running is not KEEP:
         check_limit("key_max_running", key_max_running)
-    if not any(changes[f"set_{field}"] for field in COMMON) and key_max_running is KEEP:
-        raise InvalidInput("nothing to change: give paused, max_running, rate, burst or key_max_running")
-    params = {**changes, **_param("key_max_running", key_max_running), "name": name}
+    if fair is not KEEP and not isinstance(fair, bool):
+        raise InvalidInput(f"fair must be true or false, got {fair!r}")
+    if not any(changes[f"set_{field}"] for field in COMMON) and key_max_running is KEEP and fair is KEEP:
+        raise InvalidInput("nothing to change: give paused, max_running, rate, burst, key_max_running or fair")
+    params = {**changes, **_param("key_max_running", key_max_running), **_param("fair", fair), "name": name}
     return _upsert(conn, "queue_settings_set", params, f"queue {name!r}")
 
 

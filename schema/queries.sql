@@ -173,7 +173,7 @@ WITH next AS MATERIALIZED (
              ) AS ahead
          ) AS c
     WHERE s.name IS NULL
-       OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL)
+       OR (NOT s.paused AND s.max_running IS NULL AND s.rate IS NULL AND s.key_max_running IS NULL AND NOT s.fair)
     ORDER BY c.priority, c.run_at, c.id
     LIMIT %(limit)s
 )
@@ -189,7 +189,8 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
           r.parents_pending IS NOT NULL AS has_parents;
 
 -- name: run_claim_limited
--- The claim of runs behind limits (pgsched.run_claim_limited_v1, schema 0021), one round trip:
+-- The claim of runs behind limits (pgsched.run_claim_limited_v2, schema 0028; v1 of 0021 without
+-- fair queues), one round trip:
 -- up to %(limit)s due runs of %(queues)s (one queue when it is limited; the worker's open
 -- queues for a limited task's claim), of %(task)s only (NULL: any task but %(skip_tasks)s),
 -- and no more than each limit leaves:
@@ -211,7 +212,7 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 -- is due), held_by_key, and the buckets' tokens before the claim and rates; no run claimed: one
 -- row with those and NULLs. %(skip_flush)s: through a transaction-mode pooler, the claim's
 -- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
-SELECT * FROM pgsched.run_claim_limited_v1(
+SELECT * FROM pgsched.run_claim_limited_v2(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean);
 
@@ -219,12 +220,13 @@ SELECT * FROM pgsched.run_claim_limited_v1(
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and
 -- at every poll): which of its queues are paused or limited, which tasks are, and which of
 -- those have a rate.
+-- A fair queue counts as limited: it is claimed by run_claim_limited (in turns, under its row lock).
 SELECT 'queue' AS scope, name, paused,
-       max_running IS NOT NULL OR rate IS NOT NULL OR key_max_running IS NOT NULL AS limited,
+       max_running IS NOT NULL OR rate IS NOT NULL OR key_max_running IS NOT NULL OR fair AS limited,
        rate IS NOT NULL AS rated
 FROM pgsched.queues
 WHERE name = ANY (%(queues)s::text[]) AND (paused OR max_running IS NOT NULL OR rate IS NOT NULL
-                                          OR key_max_running IS NOT NULL)
+                                          OR key_max_running IS NOT NULL OR fair)
 UNION ALL
 SELECT 'task', task, paused, max_running IS NOT NULL OR rate IS NOT NULL, rate IS NOT NULL
 FROM pgsched.task_settings
@@ -528,7 +530,7 @@ SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.run_b
 SELECT q.queue, q.queued, q.due, q.running, q.failed, q.succeeded_last_hour, q.succeeded_last_minute,
        q.failed_last_minute, extract(epoch FROM q.oldest_queued_age)::float8 AS oldest_queued_age_s,
        coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst, s.key_max_running,
-       pgsched.rate_per_s(s.rate) AS rate_per_s,
+       coalesce(s.fair, false) AS fair, pgsched.rate_per_s(s.rate) AS rate_per_s,
        CASE WHEN s.paused THEN q.due
             ELSE greatest(0, q.due - least(
                 q.due,
@@ -542,7 +544,7 @@ ORDER BY q.queue;
 -- name: queue_settings_get
 -- One queue's settings; a queue without a row has the defaults (not paused, no limit).
 SELECT %(name)s::text AS name, coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst,
-       s.key_max_running, s.updated_at
+       s.key_max_running, coalesce(s.fair, false) AS fair, s.updated_at
 FROM (SELECT) AS one LEFT JOIN pgsched.queues AS s ON s.name = %(name)s;
 
 -- name: queue_settings_list
@@ -552,7 +554,8 @@ FROM (SELECT) AS one LEFT JOIN pgsched.queues AS s ON s.name = %(name)s;
 -- running and the bucket's whole tokens allow). Read from the figures the stats have anyway
 -- plus the settings row: no scan. Runs waiting only for their key's turn are not counted.
 SELECT coalesce(s.name, q.queue) AS name, coalesce(s.paused, false) AS paused, s.max_running, s.rate, s.burst,
-       s.key_max_running, coalesce(q.queued, 0) AS queued, coalesce(q.running, 0) AS running,
+       s.key_max_running, coalesce(s.fair, false) AS fair, coalesce(q.queued, 0) AS queued,
+       coalesce(q.running, 0) AS running,
        CASE WHEN s.paused THEN coalesce(q.due, 0)
             ELSE greatest(0, coalesce(q.due, 0) - least(
                 coalesce(q.due, 0),
@@ -567,9 +570,9 @@ ORDER BY 1;
 -- name: queue_settings_set
 -- Change the settings given (%(set_paused)s, %(set_max_running)s, ... say which), creating the
 -- row if the queue has none; the trigger tells the workers. A new rate starts a full bucket.
-INSERT INTO pgsched.queues AS s (name, paused, max_running, rate, burst, key_max_running)
+INSERT INTO pgsched.queues AS s (name, paused, max_running, rate, burst, key_max_running, fair)
 VALUES (%(name)s, coalesce(%(paused)s::boolean, false), %(max_running)s::integer, %(rate)s::text,
-        %(burst)s::integer, %(key_max_running)s::integer)
+        %(burst)s::integer, %(key_max_running)s::integer, coalesce(%(fair)s::boolean, false))
 ON CONFLICT (name) DO UPDATE
 SET paused = CASE WHEN %(set_paused)s THEN EXCLUDED.paused ELSE s.paused END,
     max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE s.max_running END,
@@ -577,9 +580,10 @@ SET paused = CASE WHEN %(set_paused)s THEN EXCLUDED.paused ELSE s.paused END,
     burst = CASE WHEN %(set_burst)s THEN EXCLUDED.burst WHEN %(set_rate)s AND EXCLUDED.rate IS NULL THEN NULL
                  ELSE s.burst END,
     key_max_running = CASE WHEN %(set_key_max_running)s THEN EXCLUDED.key_max_running ELSE s.key_max_running END,
+    fair = CASE WHEN %(set_fair)s THEN EXCLUDED.fair ELSE s.fair END,
     tokens = CASE WHEN %(set_rate)s OR %(set_burst)s THEN NULL ELSE s.tokens END,
     updated_at = now()
-RETURNING s.name, s.paused, s.max_running, s.rate, s.burst, s.key_max_running, s.updated_at;
+RETURNING s.name, s.paused, s.max_running, s.rate, s.burst, s.key_max_running, s.fair, s.updated_at;
 
 -- name: task_settings_get
 -- One task's settings; a task without a row has the defaults (not paused, no limit).
@@ -787,10 +791,17 @@ WHERE EXISTS (SELECT FROM pg_locks
                 AND (classid::bigint << 32 | objid::bigint) = hashtextextended('pgsched.beat', 0));
 
 -- name: run_prune_finished
--- Delete up to %(limit)s finished runs older than the retention (batched: short locks).
+-- Delete up to %(limit)s finished runs older than the retention (batched: short locks). A
+-- workflow's steps stay while its row does: a still running workflow's finished steps are its
+-- dependents' parent_results and what `workflows show` draws. workflow_prune, run just before,
+-- forgets a workflow (its row and edges) once the workflow itself ended before the retention;
+-- its steps go here in the same round. (The workflows lookup is by primary key and only for
+-- workflow steps: plain runs pay the NULL test.)
 DELETE FROM pgsched.runs
-WHERE id IN (SELECT id FROM pgsched.runs
-             WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+WHERE id IN (SELECT r.id FROM pgsched.runs AS r
+             WHERE r.finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+               AND (r.workflow_id IS NULL
+                    OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
              LIMIT %(limit)s);
 
 -- name: history_prune_default

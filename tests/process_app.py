@@ -228,3 +228,19 @@ def in_child_does(what: str, seconds: float = 0.0) -> object:
 def raise_in_child(kind: str) -> None:
     """Celery's autoretry_for, decided in the child: only ConnectionError may be retried."""
     raise {"ConnectionError": ConnectionError, "KeyError": KeyError}[kind]("raised in the child")
+
+
+# ---- workflows in the process pool (tests/test_workflow_processes.py)
+
+
+@app.task(pool="process")
+def gather_in_child(values: list[object]) -> dict[str, object]:
+    """A chord's callback in a pool child: the header's results bound to ``values``, and
+    current_run().parent_results as the child sees them, with where it ran."""
+    return {"values": values, "parents": current_run().parent_results, "pid": os.getpid(), "parent": os.getppid()}
+
+
+@app.task(pool="process")
+def next_in_child(previous: object) -> dict[str, object]:
+    """A chain's step in a pool child: the previous step's result bound to ``previous``."""
+    return {"previous": previous, "parents": current_run().parent_results, "pid": os.getpid()}

@@ -156,6 +156,7 @@ def test_the_openapi_document_is_public_and_every_operation_has_an_id(readonly_a
         "updateTenant",
         "getUsage",
         "listWorkers",
+        "createWorkflow",
         "listWorkflows",
         "getWorkflow",
         "cancelWorkflow",
@@ -420,7 +421,7 @@ def test_every_route_except_health_ready_and_the_schema_needs_a_key(readonly_api
             expected = 401 if path not in ("/health", "/ready") else 200
             assert response.status_code == expected, (method, path, response.text)
             checked += 1
-    assert checked == 39
+    assert checked == 40
 
 
 def test_a_read_key_reads_but_cannot_change_anything(api: Api):
@@ -546,9 +547,9 @@ def test_the_queue_stats_view_and_the_apis_per_tenant_stats_have_one_definition(
         view = [column.name for column in cur.description]
         cur.execute(queries["queue_list_stats"], {"tenant": "acme", "last_hour": True})
         api = [column.name for column in cur.description]
-    # The same columns, and the queue's flow-control settings beside them (schema 0020); the API
-    # gives the age in seconds, the view as an interval.
-    settings = ["paused", "max_running", "rate", "burst", "key_max_running", "rate_per_s", "held_back"]
+    # The same columns, and the queue's flow-control settings beside them (schema 0020, 0028); the
+    # API gives the age in seconds, the view as an interval.
+    settings = ["paused", "max_running", "rate", "burst", "key_max_running", "fair", "rate_per_s", "held_back"]
     stats = [column if column != "oldest_queued_age" else "oldest_queued_age_s" for column in view]
     assert sorted(api) == sorted(stats + settings)
 

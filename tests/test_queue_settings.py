@@ -76,6 +76,7 @@ def test_settings_change_only_what_is_given_and_a_queue_never_set_has_the_defaul
         "rate": None,
         "burst": None,
         "key_max_running": None,
+        "fair": False,
         "updated_at": None,
     }
     set_queue_settings(conn, "emails", max_running=5)

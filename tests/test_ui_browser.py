@@ -261,3 +261,66 @@ def test_a_workflow_page_shows_its_graph_and_each_step_links_to_its_run(browser,
     screenshot(page, "workflow")
     page.locator("svg.workflow-graph a").first.click()
     page.wait_for_url(f"{dashboard}/ui/runs/{handle.run_ids[0]}")
+
+
+def test_the_workflows_list_is_in_the_nav_links_each_workflow_and_fits_a_phone(browser, dashboard, keys, conn, dsn):
+    from pgsched import App, chain
+
+    app = App(dsn)
+
+    @app.task
+    def step(n: int) -> int:
+        return n
+
+    handles = [chain(step.s(n=1), step.si(n=2)).enqueue(name=f"nightly-etl-{i}") for i in range(3)]
+    app.close()
+    newest = handles[-1]
+    page = signed_in(browser, dashboard, keys["admin"])
+    page.get_by_role("navigation", name="Pages").get_by_role("link", name="Workflows").click()
+    page.wait_for_url(f"{dashboard}/ui/workflows")
+    assert page.get_by_role("heading", name="Workflows").is_visible()
+    rows = page.locator("table.workflows tbody tr")
+    assert rows.count() == 3
+    assert rows.first.get_by_role("rowheader").inner_text() == str(newest.id)  # newest first
+    assert "nightly-etl-2" in rows.first.inner_text() and "running" in rows.first.inner_text()
+    screenshot(page, "workflows")
+    rows.first.get_by_role("link", name=str(newest.id)).click()
+    page.wait_for_url(f"{dashboard}/ui/workflows/{newest.id}")
+    assert page.locator("svg.workflow-graph g.step").count() == 2
+
+    phone = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800})
+    phone.goto(f"{dashboard}/ui/workflows")
+    assert phone.get_by_role("link", name=str(newest.id), exact=True).is_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 375, "the page itself does not scroll sideways"
+    # Each workflow is a card whose figures all show, none hidden in a sideways-scrolling box.
+    widest = phone.evaluate("Math.max(0, ...[...document.querySelectorAll('table.cards')].map(t => t.scrollWidth))")
+    assert widest <= 375, f"a workflow's card is {widest} px wide on a 375 px phone"
+    assert phone.get_by_text("Not ended").first.is_visible()
+    screenshot(phone, "workflows-phone")
+
+
+def test_every_page_reads_on_a_phone_without_scrolling_sideways(browser, dashboard, keys, conn, workers: Workers):
+    failed = finished_run(conn, "record", {"key": "a-rather-long-argument-value-" * 4})
+    conn.execute(
+        "INSERT INTO pgsched.jobs (name, task, args, every_s, next_run_at)"
+        " VALUES ('nightly-report-for-every-customer-region', 'record', '{\"key\": \"j\"}', 86400,"
+        "         now() + interval '1 day')"
+    )
+    workers.start()
+    wait_until(lambda: scalar(conn, "SELECT count(*) FROM pgsched.workers") > 0, 20, "a worker to register")
+    phone = signed_in(browser, dashboard, keys["admin"], viewport={"width": 375, "height": 800})
+    for path, name in (
+        ("/ui/runs", "runs"),
+        (f"/ui/runs/{failed}", "run-failed"),
+        ("/ui/failures", "failures"),
+        ("/ui/jobs", "jobs"),
+        ("/ui/workers", "workers"),
+    ):
+        phone.goto(f"{dashboard}{path}")
+        phone.get_by_role("heading").first.wait_for()
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        # Nothing hides off-screen inside a sideways-scrolling box either (a card's values).
+        widest = phone.evaluate("Math.max(0, ...[...document.querySelectorAll('table.cards')].map(t => t.scrollWidth))")
+        screenshot(phone, f"{name}-phone")
+        assert width <= 375, f"{path} scrolls sideways on a 375 px phone: {width} px wide"
+        assert widest <= 375, f"{path}: a card is {widest} px wide on a 375 px phone"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from collections import Counter
 from typing import Any
 
@@ -96,3 +97,50 @@ def test_diamonds_under_four_workers_and_two_sigkills_run_each_step_iff_its_cond
         statuses = [rows[i]["status"] for i in run_ids]
         expected = "failed" if "failed" in statuses else "succeeded"
         assert workflows[rows[run_ids[0]]["workflow_id"]]["status"] == expected, (n, statuses)
+
+
+@pytest.mark.slow
+def test_a_process_pool_step_gets_its_parents_results_and_a_chord_binds_them(
+    workers: Workers, conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Issue 15: parent_results are read by the worker and sent to the pool child with the
+    run, so a pool="process" step sees them as an in-process one does."""
+    from pgsched import chain, chord
+
+    app = App(dsn)
+
+    @app.task
+    async def record(key: str) -> str:  # tests/process_app.py's tasks, for their signatures
+        return key
+
+    @app.task(pool="process")
+    def gather_in_child(values: list[object]) -> dict[str, object]:
+        return {}
+
+    @app.task(pool="process")
+    def next_in_child(previous: object) -> dict[str, object]:
+        return {}
+
+    worker = workers.start("--processes", "1")
+    fan = chord([record.s(key=k) for k in ("x", "y", "z")], gather_in_child.s()).enqueue()
+    line = chain(record.s(key="first"), next_in_child.s(), next_in_child.s()).enqueue()
+    app.close()
+    last = [fan.run_ids[-1], line.run_ids[-1]]
+    deadline = time.monotonic() + 30
+    while conn.execute(
+        "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (last,)
+    ).fetchone() != (2,):
+        statuses = conn.execute("SELECT id, status FROM pgsched.runs ORDER BY id").fetchall()
+        assert time.monotonic() < deadline, f"the workflows did not finish: {statuses}"
+        time.sleep(0.1)
+    results = dict(
+        conn.execute("SELECT id, result FROM pgsched.runs WHERE id = ANY(%s)", (fan.run_ids + line.run_ids,)).fetchall()
+    )
+
+    callback = results[fan.run_ids[-1]]
+    assert callback["values"] == ["x", "y", "z"] == callback["parents"]  # header order
+    assert callback["parent"] == worker.pid and callback["pid"] != worker.pid  # ran in a child
+
+    second, third = results[line.run_ids[1]], results[line.run_ids[2]]
+    assert second["previous"] == "first" and second["parents"] == ["first"]
+    assert third["previous"] == second and third["parents"] == [second]

@@ -437,3 +437,111 @@ def test_pruning_forgets_ended_workflows_with_their_edges_then_their_runs(etl: A
     assert [r[0] for r in conn.execute("SELECT id FROM pgsched.workflows")] == [running.id]
     assert conn.execute("SELECT count(*) FROM pgsched.run_edges").fetchone() == (1,)
     assert [r["id"] for r in run_rows(conn, ended.run_ids + running.run_ids)] == running.run_ids
+
+
+def test_pruning_keeps_the_finished_steps_of_a_running_workflow_for_its_dependents(etl: App, conn, dsn: str) -> None:
+    """Issue 15: the runs' retention deleted a finished step whose workflow still ran, so its
+    dependent lost its parent_results and `workflows show` the step. Steps now go only with
+    their workflow (workflow_prune, once it has ended before the retention)."""
+    from pgsched.maintenance import prune_finished
+
+    t = etl.tasks
+    handle = chain(t["note"].s(tag="first"), t["note"].s().set(delay=3600)).enqueue()
+    first, second = handle.run_ids
+    (first_row,) = finish(etl, dsn, first)
+    plain = etl.enqueue("note", {"tag": "plain"})
+    finish(etl, dsn, plain)
+
+    async def prune() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as own:
+            return await prune_finished(own, retention_s=0.0)
+
+    assert run_async(prune()) == 1  # the plain run only
+    assert [r["id"] for r in run_rows(conn, [first, second, plain])] == [first, second]
+    assert [s["id"] for s in get_workflow(conn, handle.id)["steps_shown"]] == [first, second]
+
+    conn.execute("UPDATE pgsched.runs SET run_at = now() WHERE id = %s", (second,))
+    (row,) = finish(etl, dsn, second)
+    assert row["status"] == "succeeded"
+    assert first_row["result"]["tag"] == "first"
+    assert row["result"] == {"tag": first_row["result"], "parents": [first_row["result"]]}
+    assert handle.status() == "succeeded"
+
+    # Ended (and older than the retention): the workflow goes whole, its row, edges and steps.
+    assert run_async(prune()) == 2
+    assert counts(conn) == (0, 0, 0)
+
+
+def test_the_edge_triggers_one_pass_path_leaves_nothing_miscounted(etl: App, conn) -> None:
+    """Schema 0031 settles an edge insert in one join when each child's parents_pending already
+    equals its new edges, all to open parents of the same transaction, and the children have no
+    other edge. Each way out of that case must still count from all the edges."""
+    wf_id = conn.execute("INSERT INTO pgsched.workflows (name) VALUES ('by hand') RETURNING id").fetchone()[0]
+
+    def run(status: str, pending: int | None = None) -> int:
+        return int(
+            conn.execute(
+                "INSERT INTO pgsched.runs (task, status, workflow_id, parents_pending) VALUES ('note', %s, %s, %s)"
+                " RETURNING id",
+                (status, wf_id, pending),
+            ).fetchone()[0]
+        )
+
+    def edge(child: int, parent: int) -> None:
+        conn.execute("INSERT INTO pgsched.run_edges (child, parent) VALUES (%s, %s)", (child, parent))
+
+    with conn.transaction():
+        # Two edges of one child in two statements, its parents_pending claiming one: the
+        # first looks settled, the second finds the child's other edge and recounts.
+        p1, p2 = run("queued"), run("queued")
+        child = run("waiting", 1)
+        edge(child, p1)
+        edge(child, p2)
+        # parents_pending saying more than the edges: recounted (and the child released).
+        lone = run("waiting", 3)
+        edge(lone, p1)
+    rows = {r["id"]: r for r in run_rows(conn, [child, lone])}
+    assert (rows[child]["status"], rows[child]["parents_pending"]) == ("waiting", 2)
+    assert (rows[lone]["status"], rows[lone]["parents_pending"]) == ("waiting", 1)
+
+    # A parent another transaction wrote (and could end at any moment): not settled by this
+    # one's insert; an ended parent counts at once.
+    done = run("queued")
+    conn.execute(
+        "UPDATE pgsched.runs SET status = 'succeeded', attempt = 1, started_at = now(), finished_at = now()"
+        " WHERE id = %s",
+        (done,),
+    )
+    with conn.transaction():
+        late = run("waiting", 2)
+        conn.execute("INSERT INTO pgsched.run_edges (child, parent) VALUES (%s, %s), (%s, %s)", (late, done, late, p2))
+    assert [(r["status"], r["parents_pending"]) for r in run_rows(conn, [late])] == [("waiting", 1)]
+
+
+def test_a_python_workflow_takes_the_one_pass_path_in_the_callers_transaction_too(etl: App, conn) -> None:
+    """Schema 0031: a workflow enqueued with conn= is written in a savepoint; its parents'
+    xmin is the savepoint's, not the top transaction's. The edge trigger compares with the
+    xmin of an edge the same statement wrote, so the usual insert still needs no recount (and
+    locks no parent), whatever its shape."""
+    t = etl.tasks
+
+    def recounts() -> int:
+        row = conn.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'runs_recount_waiting'"
+        ).fetchone()
+        return int(row[0])
+
+    with conn.transaction():
+        conn.execute("SET LOCAL track_functions = 'all'")
+        line = chain(t["note"].s(tag="a"), t["note"].s(), t["note"].s()).enqueue(conn=conn)
+        fan = chord([t["square"].s(x=i) for i in range(5)], t["total"].s()).enqueue(conn=conn)
+        wf = etl.workflow("diamond")
+        a = wf.add(t["note"], tag="a")
+        b, c = wf.add(t["note"], tag="b", after=[a]), wf.add(t["note"], tag="c", after=[a])
+        wf.add(t["note"], tag="d", after=[b, c], when="finished")
+        diamond = wf.enqueue(conn=conn)
+        assert recounts() == 0
+    pending = {r["id"]: r["parents_pending"] for r in run_rows(conn, line.run_ids + fan.run_ids + diamond.run_ids)}
+    assert [pending[i] for i in line.run_ids] == [None, 1, 1]
+    assert [pending[i] for i in fan.run_ids] == [None] * 5 + [5]
+    assert [pending[i] for i in diamond.run_ids] == [None, 1, 1, 2]

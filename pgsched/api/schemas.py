@@ -235,6 +235,9 @@ class QueueOut(Struct, kw_only=True):
     rate: Annotated[str | None, Meta(description="At most this many run starts per s, m or h (a token bucket)")] = None
     burst: Annotated[int | None, Meta(description="How many may start at once after a quiet spell")] = None
     key_max_running: Annotated[int | None, Meta(description="At most this many runs of one key at once")] = None
+    fair: Annotated[
+        bool, Meta(description="Its runs are claimed in turns per tenant (or concurrency key) within a priority")
+    ] = False
     held_back: Annotated[int, Meta(description="Due runs its limits do not let start now (all while paused)")] = 0
 
 
@@ -265,6 +268,9 @@ class QueueSettingsOut(Struct, kw_only=True):
     key_max_running: Annotated[
         int | None, Meta(description="At most this many runs of one concurrency key running at once")
     ] = None
+    fair: Annotated[
+        bool, Meta(description="Its runs are claimed in turns per tenant (or concurrency key) within a priority")
+    ] = False
     updated_at: datetime | None
 
 
@@ -276,6 +282,12 @@ class QueueSettingsPatch(Request):
     rate: Rate | UnsetType | None = UNSET
     burst: Burst | UnsetType | None = UNSET
     key_max_running: MaxRunning | UnsetType | None = UNSET
+    fair: (
+        Annotated[
+            bool, Meta(description="Its runs are claimed in turns per tenant (or concurrency key) within a priority")
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class TaskSettingsOut(Struct, kw_only=True):
@@ -505,3 +517,36 @@ class WorkflowOut(WorkflowSummary, kw_only=True):
 class WorkflowCancelOut(Struct, kw_only=True):
     id: int
     cancelled: Annotated[int, Meta(description="Steps cancelled, or running ones whose workers were asked to stop")]
+
+
+class WorkflowStepIn(Request):
+    """One step: ``key`` names it in this request (``after`` of other steps names it)."""
+
+    key: Annotated[
+        str, Meta(pattern=NO_NUL, min_length=1, max_length=200, description="The step's name in this request")
+    ]
+    task: Text
+    args: Args = {}
+    after: Annotated[
+        list[str], Meta(description="Keys of the steps it waits for (in the order of parent_results)")
+    ] = []
+    when: Annotated[str, Meta(description="succeeded (default), failed or finished: how its parents must end")] = (
+        "succeeded"
+    )
+    queue: Text | None = None
+    priority: int | None = None
+    max_attempts: Int32 | None = None
+    delay: Annotated[float | None, Meta(description="Seconds after its release at the earliest")] = None
+
+
+class WorkflowCreate(Request):
+    """A workflow: its steps in any order (they are written parents first), checked whole
+    before anything is written."""
+
+    name: Text
+    steps: list[WorkflowStepIn]
+
+
+class WorkflowCreatedOut(Struct, kw_only=True):
+    id: int
+    run_ids: Annotated[dict[str, int], Meta(description="Each step's run id, by its key")]

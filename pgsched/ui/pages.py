@@ -27,10 +27,11 @@ from pgsched.ui.access import require_session
 from pgsched.ui.db import page_connection, read_page
 from pgsched.ui.filters import parse_cursor, parse_run_filter, parse_run_id
 from pgsched.ui.render import page
-from pgsched.workflows import get_workflow, step_graph, step_tree, workflow_of_run
+from pgsched.workflows import WORKFLOW_STATUSES, get_workflow, list_workflows, step_graph, step_tree, workflow_of_run
 
 BULK_ACTIONS = ("retry", "cancel")
 JOBS_SHOWN = 500
+WORKFLOWS_PER_PAGE = 50
 
 
 class PageController(Controller):
@@ -104,6 +105,32 @@ class PageController(Controller):
             job=job,
             workflow_id=workflow_id,
             timeline=timeline(run),
+        )
+
+    @get("/workflows", sync_to_thread=True)
+    def workflows(self, request: Request[Any, Any, Any], reads: Reads, tenant: Tenant) -> Template:
+        """Workflows newest first (optionally of one status), a keyset page at a time, each with
+        its step counts and linked to its page."""
+        params = dict(request.query_params)
+        unknown = sorted(set(params) - {"status", "cursor"})
+        if unknown:
+            raise InvalidInput(f"unknown parameter(s) {', '.join(unknown)}; known: cursor, status")
+        status = params.get("status") or None
+        cursor = parse_cursor(params.get("cursor"))
+        rows = read_page(
+            reads,
+            lambda conn: list_workflows(conn, status=status, limit=WORKFLOWS_PER_PAGE, before_id=cursor, tenant=tenant),
+        )
+        older = str(rows[-1]["id"]) if len(rows) == WORKFLOWS_PER_PAGE else None
+        return page(
+            request,
+            "workflows.html",
+            live="_workflows.html",
+            workflows=rows,
+            status=status,
+            statuses=WORKFLOW_STATUSES,
+            cursor=cursor,
+            older=older,
         )
 
     @get("/workflows/{workflow_id:str}", sync_to_thread=True)

@@ -1,6 +1,6 @@
 """``/queues``: depth, running and failed runs, recent throughput and the oldest wait, per
 queue; ``/queues/-/throughput``: the last hour per minute (the dashboard's charts); and each
-queue's settings (``/queues/{name}``: paused, max_running, rate and burst, key_max_running).
+queue's settings (``/queues/{name}``: paused, max_running, rate and burst, key_max_running, fair).
 
 Queues are shared by every tenant, so their settings describe the whole installation: any key
 may read them, only a key without a tenant (scope write or admin) may change them.
@@ -33,7 +33,7 @@ from pgsched.queues import list_queues, queue_throughput
 QueueName = Annotated[str, PathParameter(description="The queue")]
 # Changing a queue's settings changes every tenant's runs: keys without a tenant only.
 SHARED_SETTING = {"cluster_wide": True}
-SETTINGS = ("paused", "max_running", "rate", "burst", "key_max_running")
+SETTINGS = ("paused", "max_running", "rate", "burst", "key_max_running", "fair")
 
 
 def _changed(pool: Pool, name: str, **changes: Any) -> QueueSettingsOut:

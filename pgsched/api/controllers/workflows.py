@@ -3,15 +3,18 @@ like ``/runs``: a key of one tenant sees only its tenant's workflows, another's 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Controller, get, post
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar import Controller, Request, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from pgsched.api.auth import require_scope
-from pgsched.api.deps import Pool, Tenant
+from pgsched.api.deps import Pool, Tenant, provide_tenant
 from pgsched.api.schemas import (
     WorkflowCancelOut,
+    WorkflowCreate,
+    WorkflowCreatedOut,
     WorkflowOut,
     WorkflowPage,
     WorkflowStatus,
@@ -20,7 +23,15 @@ from pgsched.api.schemas import (
     from_row,
 )
 from pgsched.errors import InvalidInput
-from pgsched.workflows import MAX_LIST_LIMIT, cancel_workflow, get_workflow, list_workflows
+from pgsched.workflows import (
+    MAX_LIST_LIMIT,
+    StepDescription,
+    cancel_workflow,
+    get_workflow,
+    insert_workflow,
+    list_workflows,
+    workflow_from_description,
+)
 
 
 def _cursor(cursor: str | None) -> int | None:
@@ -35,6 +46,38 @@ class WorkflowController(Controller):
     path = "/workflows"
     tags = ["workflows"]
     guards = [require_scope]
+
+    @post(
+        "/",
+        operation_id="createWorkflow",
+        sync_to_thread=True,
+        status_code=201,
+        responses=error_responses(400, 413, 422),
+    )
+    def create(
+        self, data: JSONBody[WorkflowCreate], state: State, request: Request[Any, Any, Any]
+    ) -> WorkflowCreatedOut:
+        """Enqueue a workflow described as data: steps with their task, args, options, ``after``
+        (keys of other steps) and ``when``. Checked whole first (a cycle, an unknown key, a bad
+        option or args: 422 naming the step); then written in one transaction, or not at all."""
+        steps = [
+            StepDescription(
+                key=s.key,
+                task=s.task,
+                args=s.args,
+                after=s.after,
+                when=s.when,
+                queue=s.queue,
+                priority=s.priority,
+                max_attempts=s.max_attempts,
+                delay=s.delay,
+            )
+            for s in data.steps
+        ]
+        workflow, keys = workflow_from_description(state.pgsched, data.name, steps, tenant=provide_tenant(request))
+        with state.pool.connection() as conn:
+            handle = insert_workflow(conn, workflow)
+        return WorkflowCreatedOut(id=handle.id, run_ids=dict(zip(keys, handle.run_ids)))
 
     @get("/", operation_id="listWorkflows", sync_to_thread=True, responses=error_responses(400, 422))
     def list_workflows(
