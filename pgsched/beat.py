@@ -60,7 +60,7 @@ from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
-from pgsched.maintenance import prune_finished, refresh_rollup, repair_workflows, rescue_expired
+from pgsched.maintenance import maintain_history, prune_finished, refresh_rollup, repair_workflows, rescue_expired
 from pgsched.quotas import fold_usage, quota_error
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
@@ -239,6 +239,7 @@ class Beat:
             pool, stale_worker_s=self.options.stale_worker_s, restart_grace_s=self.options.restart_grace_s
         )
         async with pool.connection() as conn:
+            await maintain_history(conn, retention_s=self.options.retention_s)
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
             await repair_workflows(conn)

@@ -74,6 +74,18 @@ def run_table_vacuum_state(conn: psycopg.Connection[Any]) -> RunTableVacuumState
     return RunTableVacuumState(int(row["dead_tuples"]), int(row["live_tuples"]), int(row["claim_index_bytes"]))
 
 
+# The DEFAULT partition of runs_history is counted up to this many rows: enough to say how bad
+# it is, and a scrape never reads more of it (a stray day holds ~10^5-10^7 runs).
+HISTORY_DEFAULT_CAP = 10_000
+
+
+def history_default_rows(conn: psycopg.Connection[Any]) -> int:
+    """Rows in runs_history's DEFAULT partition (schema 0029), up to :data:`HISTORY_DEFAULT_CAP`:
+    finished runs of a day without a partition. 0 while the leader creates them ahead."""
+    row = conn.execute(queries["history_default_rows"], {"cap": HISTORY_DEFAULT_CAP}).fetchone()
+    return int(row[0]) if row else 0
+
+
 def desired_workers(conn: psycopg.Connection[Any], per_worker: dict[str, int]) -> dict[str, int]:
     """``pgsched.desired_workers(queue, per_worker[queue])`` for each queue given."""
     queues = sorted(per_worker)

@@ -7,7 +7,8 @@ releases or cancels what a lost trigger (or a plain UPDATE) left waiting."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -29,6 +30,14 @@ ROLLUP_MINUTES = 3
 # milliseconds), at most this many per round.
 REPAIR_MIN_AGE_S = 60.0
 REPAIR_BATCH = 1000
+# runs_history (schema 0029): day partitions exist this many days ahead of today (UTC), so a
+# leader that is down for up to that long leaves no run in the DEFAULT partition.
+HISTORY_DAYS_AHEAD = 3
+# A partition change waits at most this long for its lock, then waits for the next round (every
+# few seconds): DROP takes ACCESS EXCLUSIVE on runs_history, and while it waits in the lock
+# queue every reader and every move queues behind it. 200 ms bounds that stall.
+HISTORY_LOCK_TIMEOUT = "200ms"
+DAY_S = 86400.0
 
 
 async def rescue_expired(
@@ -81,16 +90,20 @@ async def cancel_expired(conn: psycopg.AsyncConnection, *, now: datetime | None 
 
 async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, now: datetime | None = None) -> int:
     """Delete finished runs older than the retention, a batch per statement (short locks);
-    first the workflows that ended before it, with their steps' edges (:func:`prune_workflows`)."""
+    first the workflows that ended before it, with their steps' edges (:func:`prune_workflows`).
+    In runs_history only the DEFAULT partition is pruned row by row, with a retention of a day
+    or more: :func:`maintain_history` drops its day partitions whole."""
     await prune_workflows(conn, retention_s=retention_s, now=now)
     pruned = 0
-    while True:
-        cursor = await conn.execute(
-            queries["run_prune_finished"], {"now": now, "retention_s": retention_s, "limit": PRUNE_BATCH}
-        )
-        pruned += cursor.rowcount
-        if cursor.rowcount < PRUNE_BATCH:
-            break
+    statements = ["run_prune_finished", "history_prune_default" if retention_s >= DAY_S else "history_prune_rows"]
+    for statement in statements:
+        while True:
+            cursor = await conn.execute(
+                queries[statement], {"now": now, "retention_s": retention_s, "limit": PRUNE_BATCH}
+            )
+            pruned += cursor.rowcount
+            if cursor.rowcount < PRUNE_BATCH:
+                break
     if pruned:
         logger.info("pruned %d finished runs older than %.0fs", pruned, retention_s)
     return pruned
@@ -132,3 +145,73 @@ async def repair_workflows(
     if repaired:
         logger.warning("workflow repair: %d waiting runs or workflows recomputed from their edges", repaired)
     return repaired
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRound:
+    """What one round of :func:`maintain_history` did: partitions created and dropped, and the
+    changes it gave up on a lock timeout (retried on the next round)."""
+
+    created: list[str]
+    dropped: list[str]
+    timed_out: list[str]
+
+
+async def maintain_history(
+    conn: psycopg.AsyncConnection,
+    *,
+    retention_s: float,
+    now: datetime | None = None,
+    days_ahead: int = HISTORY_DAYS_AHEAD,
+    lock_timeout: str = HISTORY_LOCK_TIMEOUT,
+) -> HistoryRound:
+    """Create runs_history's day partitions from today (UTC) to ``days_ahead`` days ahead, and
+    drop those whose whole day ended more than ``retention_s`` ago: retention by partition, in
+    whole days (a run is kept up to a day past the retention). Each change is a transaction of
+    its own under ``lock_timeout``: one that cannot get its lock is left for the next round.
+    ``conn`` is an autocommit connection."""
+    at = now or datetime.now(UTC)
+    today = at.astimezone(UTC).date()
+    created: list[str] = []
+    dropped: list[str] = []
+    timed_out: list[str] = []
+    for offset in range(days_ahead + 1):
+        day = today + timedelta(days=offset)
+        name = f"runs_history_{day:%Y%m%d}"
+        made = await _history_change(conn, "history_partition_create", {"day": day}, lock_timeout)
+        if made is None:
+            timed_out.append(name)
+        elif made:
+            created.append(name)
+    before = at - timedelta(seconds=retention_s)
+    cursor = await conn.execute(queries["history_partition_list"])
+    for name, _day, ends_at in await cursor.fetchall():
+        if ends_at > before:
+            break  # oldest first: the rest are younger
+        gone = await _history_change(conn, "history_partition_drop", {"name": name, "before": before}, lock_timeout)
+        if gone is None:
+            timed_out.append(name)
+        elif gone:
+            dropped.append(name)
+    if created or dropped:
+        logger.info("runs_history: partitions created %s, dropped %s", created or "none", dropped or "none")
+    if timed_out:
+        logger.warning(
+            "runs_history: %s waited more than %s for a lock (readers or moves held it): next round",
+            ", ".join(timed_out),
+            lock_timeout,
+        )
+    return HistoryRound(created, dropped, timed_out)
+
+
+async def _history_change(
+    conn: psycopg.AsyncConnection, statement: str, params: dict[str, object], lock_timeout: str
+) -> bool | None:
+    """One partition change in its own transaction; None when it timed out on a lock."""
+    try:
+        async with conn.transaction():
+            await conn.execute(queries["history_lock_timeout"], {"timeout": lock_timeout})
+            cursor = await conn.execute(queries[statement], params)
+            return bool((await cursor.fetchone())[0])  # type: ignore[index]
+    except psycopg.errors.LockNotAvailable:
+        return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, LiteralString
+from typing import Any, LiteralString, NoReturn
 
 import psycopg
 from psycopg.rows import dict_row
@@ -237,9 +237,16 @@ def retry_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = Non
 
 def retry_runs(conn: psycopg.Connection, run_ids: list[int], *, tenant: str | None = None) -> list[int]:
     """Queue the failed and cancelled runs among ``run_ids`` again, due now; returns their ids
-    (runs in another state, or another tenant's, are left as they are)."""
-    rows = conn.execute(queries["run_retry_many"], {"ids": run_ids, "tenant": tenant}).fetchall()
-    return [row[0] for row in rows]
+    (runs in another state, or another tenant's, are left as they are). A run in runs_history
+    (schema 0029) moves back to runs: inserted queued, then given its attempts back, in one
+    transaction. It counts as created in its tenant's usage and quotas, as a new run does."""
+    with conn.transaction():
+        returned = conn.execute(queries["run_retry_from_history"], {"ids": run_ids, "tenant": tenant}).fetchall()
+        if returned:
+            ids, attempts = [row[0] for row in returned], [row[1] for row in returned]
+            conn.execute(queries["run_retry_attempts"], {"ids": ids, "attempts": attempts})
+        rows = conn.execute(queries["run_retry_many"], {"ids": run_ids, "tenant": tenant}).fetchall()
+    return sorted({row[0] for row in returned} | {row[0] for row in rows})
 
 
 def cancel_runs(conn: psycopg.Connection, run_ids: list[int], *, tenant: str | None = None) -> list[int]:
@@ -260,12 +267,14 @@ def cancel_run(conn: psycopg.Connection, run_id: int, *, tenant: str | None = No
         raise RunNotFound(f"no run with id {run_id}") from None
     except psycopg.errors.ObjectNotInPrerequisiteState:
         _explain_refusal(conn, run_id, "cancel", "only waiting, queued or running runs can be cancelled", tenant)
-    if row is None:  # no such run, or another tenant's
-        raise RunNotFound(f"no run with id {run_id}")
+    if row is None:  # no such run, another tenant's, or one that ended and moved to runs_history
+        _explain_refusal(conn, run_id, "cancel", "only waiting, queued or running runs can be cancelled", tenant)
     return str(row[0])
 
 
-def _explain_refusal(conn: psycopg.Connection, run_id: int, verb: str, rule: str, tenant: str | None = None) -> None:
+def _explain_refusal(
+    conn: psycopg.Connection, run_id: int, verb: str, rule: str, tenant: str | None = None
+) -> NoReturn:
     row = conn.execute(queries["run_status"], {"id": run_id, "tenant": tenant}).fetchone()
     if row is None:
         raise RunNotFound(f"no run with id {run_id}")

@@ -93,7 +93,7 @@ WITH inserted AS (
 )
 SELECT id, true AS created FROM inserted
 UNION ALL
-SELECT id, false FROM pgsched.runs
+SELECT id, false FROM pgsched.runs_all
 WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT FROM inserted);
 
 -- name: run_reserve_ids
@@ -257,7 +257,7 @@ FROM unnest(%(queues)s::text[]) AS q(name),
 -- name: run_parent_results
 -- A workflow step's parents' results, in the order of its edges (a chord callback's: its
 -- header's order). Read by the worker before it runs a step with parents.
-SELECT p.result FROM pgsched.run_edges AS e JOIN pgsched.runs AS p ON p.id = e.parent
+SELECT p.result FROM pgsched.run_edges AS e JOIN pgsched.runs_all AS p ON p.id = e.parent
 WHERE e.child = %(id)s
 ORDER BY e.position, e.parent;
 
@@ -417,10 +417,11 @@ DELETE FROM pgsched.workers
 WHERE last_seen_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(stale_s)s);
 
 -- name: run_get
+-- Wherever the run is (pgsched.run_by_id, schema 0029: runs, else runs_history).
 SELECT id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
        errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key
-FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_list
 -- Newest first, keyset-paginated by id; every filter is optional. Time windows are half-open:
@@ -432,7 +433,7 @@ FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(
 -- serves containment, see runs.page_runs).
 SELECT id, task, queue, priority, status::text AS status, attempt, max_attempts, run_at,
        started_at, finished_at, created_at
-FROM pgsched.runs
+FROM pgsched.runs_all
 WHERE (%(status)s::pgsched.run_status IS NULL OR status = %(status)s::pgsched.run_status)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
@@ -453,7 +454,7 @@ LIMIT %(limit)s;
 -- name: run_id_range
 -- The lowest and highest run id (two probes of the primary key): where an args search's
 -- window of ids starts, and whether anything is left below it.
-SELECT min(id) AS lowest, max(id) AS highest FROM pgsched.runs;
+SELECT min(id) AS lowest, max(id) AS highest FROM pgsched.runs_all;
 
 -- name: run_retry_many
 -- Run failed or cancelled runs again, now, each with one more attempt if it used them all
@@ -471,6 +472,37 @@ WITH retried AS (
 )
 SELECT id, (SELECT count(*) FROM notified) AS notified FROM retried;
 
+-- name: run_retry_from_history
+-- The first half of a retry of finished runs that moved to runs_history (schema 0029): each comes
+-- back to runs as a run is inserted (queued, attempt 0: what runs' insert trigger allows, and
+-- it wakes the queue's workers), then run_retry_attempts gives it back its attempts, in the same
+-- transaction (a worker sees neither half before the other). Returns each one's id and attempts.
+WITH back AS (
+    DELETE FROM pgsched.runs_history
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('failed', 'cancelled')
+      AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
+    RETURNING *
+), queued AS (
+    INSERT INTO pgsched.runs (id, task, args, queue, priority, status, attempt, max_attempts, run_at, job_id,
+                              scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result, errors,
+                              unique_key, tenant, created_at, cancel_requested_at, expires_at, awaited, trace_context,
+                              request_id, workflow_id, parents_pending, concurrency_key)
+    SELECT id, task, args, queue, priority, 'queued', 0, max_attempts, now(), job_id,
+           scheduled_for, worker_id, started_at, NULL, NULL, result, errors,
+           unique_key, tenant, created_at, cancel_requested_at, expires_at, awaited, trace_context,
+           request_id, workflow_id, parents_pending, concurrency_key
+    FROM back
+    RETURNING id
+)
+SELECT back.id, back.attempt FROM back JOIN queued USING (id);
+
+-- name: run_retry_attempts
+-- The second half (see run_retry_from_history): the attempts they had, and one more to make.
+UPDATE pgsched.runs AS r
+SET attempt = b.attempt, max_attempts = greatest(r.max_attempts, b.attempt + 1)
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[]) AS b(id, attempt)
+WHERE r.id = b.id AND r.status = 'queued';
+
 -- name: run_cancel
 -- Cancel a queued run now, or ask the worker of a running one to stop it (schema 0004).
 -- No row: no such run (for this tenant).
@@ -484,7 +516,7 @@ WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'running')
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_status
-SELECT status::text FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+SELECT status::text FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_listen_finished
 -- A waiter hears the ends of awaited runs (payload: the run id) on its own connection.
@@ -509,7 +541,7 @@ SELECT pg_notify('pgsched', queue) FROM watched WHERE status = 'queued';
 -- name: run_outcome
 -- What a waiter reads: the status, the result, and the last errors entry (the failure or the
 -- cancellation reason). No row: no such run.
-SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.runs WHERE id = %(id)s;
+SELECT status::text, result, errors -> -1 AS last_error, task FROM pgsched.run_by_id(%(id)s);
 
 -- name: queue_list_stats
 -- The queue_stats view's numbers (schema 0005), for every tenant or for one; without the last
@@ -794,6 +826,44 @@ WHERE id IN (SELECT r.id FROM pgsched.runs AS r
                     OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
              LIMIT %(limit)s);
 
+-- name: history_prune_default
+-- Delete up to %(limit)s finished runs older than the retention from the DEFAULT partition of
+-- runs_history (strays: runs of a day that had no partition); the day partitions go whole.
+DELETE FROM pgsched.runs_history_default
+WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history_default
+                            WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                            LIMIT %(limit)s);
+
+-- name: history_prune_rows
+-- With a retention shorter than a day (no partition is ever wholly past it), the rows past it
+-- in any partition, up to %(limit)s (runs_history_finished_idx).
+DELETE FROM pgsched.runs_history
+WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history
+                            WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                            LIMIT %(limit)s);
+
+-- name: history_lock_timeout
+-- For the partition changes that follow in this transaction: give up rather than queue readers
+-- and moves behind a lock wait (the maintenance retries on its next round).
+SELECT set_config('lock_timeout', %(timeout)s, true);
+
+-- name: history_partition_create
+-- The day partition of runs_history for %(day)s (UTC); false: it exists.
+SELECT pgsched.history_partition_create(%(day)s::date);
+
+-- name: history_partition_list
+-- runs_history's day partitions, oldest first, each with the instant its range ends.
+SELECT name, day, ends_at FROM pgsched.history_partitions();
+
+-- name: history_partition_drop
+-- Drop one day partition whose range ended before %(before)s (false: not that old, or gone).
+SELECT pgsched.history_partition_drop(%(name)s, %(before)s::timestamptz);
+
+-- name: history_default_rows
+-- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a
+-- scrape never counts a large one whole.
+SELECT count(*) FROM (SELECT FROM pgsched.runs_history_default LIMIT %(cap)s) AS strays;
+
 -- name: beat_listen
 -- The leader wakes when a job definition changes.
 LISTEN pgsched_jobs;
@@ -839,7 +909,7 @@ WITH recent AS (
     SELECT queue,
            greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0) AS wait_s,
            greatest(extract(epoch FROM finished_at - started_at)::float8, 0) AS run_s
-    FROM pgsched.runs
+    FROM pgsched.runs_all
     WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(window_s)s)
       AND started_at IS NOT NULL
       AND isfinite(finished_at) AND isfinite(started_at) AND isfinite(run_at) AND isfinite(created_at)
@@ -1007,7 +1077,7 @@ SELECT date_trunc('minute', finished_at), queue, task, coalesce(tenant, ''),
        coalesce(sum(greatest(extract(epoch FROM started_at - greatest(run_at, created_at))::float8, 0))
                     FILTER (WHERE status <> 'cancelled'), 0),
        count(*) FILTER (WHERE status = 'cancelled')
-FROM pgsched.runs
+FROM pgsched.runs_all
 WHERE finished_at >= date_trunc('minute', coalesce(%(now)s::timestamptz, now())) - make_interval(mins => %(minutes)s)
   AND finished_at <= coalesce(%(now)s::timestamptz, now())
   AND status IN ('succeeded', 'failed', 'cancelled') AND isfinite(finished_at)
@@ -1066,7 +1136,7 @@ SELECT task, coalesce(errors -> -1 ->> 'type', '') AS error_type,
        count(*) FILTER (WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - interval '1 hour') AS last_hour,
        count(*) FILTER (WHERE finished_at > coalesce(%(now)s::timestamptz, now()) - interval '1 day') AS last_day,
        count(*) AS last_week, max(finished_at) AS last_seen
-FROM pgsched.runs
+FROM pgsched.runs_all
 WHERE status = 'failed' AND finished_at > coalesce(%(now)s::timestamptz, now()) - interval '7 days'
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s)
 GROUP BY 1, 2
@@ -1077,7 +1147,7 @@ LIMIT %(limit)s;
 -- The newest run of each of these jobs (by fire time, through runs_job_scheduled_for_idx).
 SELECT j.id AS job_id, last.id, last.status::text AS status, last.scheduled_for
 FROM unnest(%(job_ids)s::bigint[]) AS j(id),
-     LATERAL (SELECT id, status, scheduled_for FROM pgsched.runs
+     LATERAL (SELECT id, status, scheduled_for FROM pgsched.runs_all
               WHERE job_id = j.id AND scheduled_for IS NOT NULL
               ORDER BY scheduled_for DESC LIMIT 1) AS last;
 
@@ -1225,7 +1295,7 @@ WITH logged AS (
                      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(r.errors) = 'array' THEN r.errors END) AS e), 0)
            + CASE WHEN jsonb_array_length(CASE WHEN jsonb_typeof(r.errors) = 'array' THEN r.errors ELSE '[]' END) < r.attempt
                   THEN coalesce(greatest(extract(epoch FROM r.finished_at - r.started_at), 0), 0) ELSE 0 END AS task_s
-    FROM pgsched.runs AS r
+    FROM pgsched.runs_all AS r
     WHERE r.finished_at >= %(since)s AND r.finished_at < %(up_to)s AND r.tenant IS NOT NULL
       AND r.status IN ('succeeded', 'failed', 'cancelled') AND isfinite(r.finished_at)
 ), counted AS (
@@ -1333,7 +1403,7 @@ SELECT r.id, r.task, r.status::text AS status, r.attempt, r.max_attempts, r.pare
        coalesce((SELECT array_agg(e.condition ORDER BY e.position, e.parent) FROM pgsched.run_edges AS e
                  WHERE e.child = r.id), '{}') AS conditions,
        CASE WHEN r.status = 'cancelled' THEN r.errors -> -1 ->> 'message' END AS cancel_reason
-FROM pgsched.runs AS r
+FROM pgsched.runs_all AS r
 WHERE r.workflow_id = %(id)s
 ORDER BY r.id
 LIMIT %(limit)s;
@@ -1349,7 +1419,7 @@ SELECT status FROM pgsched.workflows WHERE id = %(id)s;
 
 -- name: run_workflow_of
 -- The workflow a run is a step of (NULL: none), for the run's detail page.
-SELECT workflow_id FROM pgsched.runs WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
+SELECT workflow_id FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: workflow_prune
 -- The leader's maintenance, before run_prune_finished: forget up to %(limit)s workflows that
@@ -1362,7 +1432,7 @@ WITH old AS (
     LIMIT %(limit)s
 ), edges AS (
     DELETE FROM pgsched.run_edges AS e
-    USING pgsched.runs AS r, old
+    USING pgsched.runs_all AS r, old
     WHERE r.workflow_id = old.id AND e.child = r.id
 ), gone AS (
     DELETE FROM pgsched.workflows AS w USING old WHERE w.id = old.id RETURNING w.id

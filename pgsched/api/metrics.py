@@ -258,4 +258,10 @@ def _cluster_vital_signs(conn: psycopg.Connection) -> list[str]:
             "run claimed while the horizon is held back.",
             [({}, float(vacuum.claim_index_bytes))],
         )
+        + _family(
+            "pgsched_history_default_rows",
+            f"Finished runs in runs_history's DEFAULT partition (counted up to {health.HISTORY_DEFAULT_CAP}): runs of "
+            "a day without a partition. 0 while the beat leader creates day partitions ahead.",
+            [({}, float(health.history_default_rows(conn)))],
+        )
     )
