@@ -324,3 +324,6 @@ def test_every_page_reads_on_a_phone_without_scrolling_sideways(browser, dashboa
         screenshot(phone, f"{name}-phone")
         assert width <= 375, f"{path} scrolls sideways on a 375 px phone: {width} px wide"
         assert widest <= 375, f"{path}: a card is {widest} px wide on a 375 px phone"
+    desktop = signed_in(browser, dashboard, keys["admin"], viewport={"width": 1280, "height": 600})
+    desktop.goto(f"{dashboard}/ui/workers")
+    screenshot(desktop, "workers")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import time
 from collections import Counter
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from pgsched import App
+from tests.support.waiting import wait_until
 from tests.support.workers import Workers
 
 DIAMONDS = int(os.environ.get("PGSCHED_TEST_DIAMONDS", "500"))
@@ -126,13 +126,17 @@ def test_a_process_pool_step_gets_its_parents_results_and_a_chord_binds_them(
     line = chain(record.s(key="first"), next_in_child.s(), next_in_child.s()).enqueue()
     app.close()
     last = [fan.run_ids[-1], line.run_ids[-1]]
-    deadline = time.monotonic() + 30
-    while conn.execute(
-        "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (last,)
-    ).fetchone() != (2,):
-        statuses = conn.execute("SELECT id, status FROM pgsched.runs ORDER BY id").fetchall()
-        assert time.monotonic() < deadline, f"the workflows did not finish: {statuses}"
-        time.sleep(0.1)
+    wait_until(
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (last,)
+            ).fetchone()
+            == (2,)
+        ),
+        30,
+        "the chord's callback and the chain's last step to succeed",
+        diagnose=lambda: str(conn.execute("SELECT id, status FROM pgsched.runs ORDER BY id").fetchall()),
+    )
     results = dict(
         conn.execute("SELECT id, result FROM pgsched.runs WHERE id = ANY(%s)", (fan.run_ids + line.run_ids,)).fetchall()
     )
