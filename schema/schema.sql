@@ -2011,15 +2011,18 @@ BEGIN
         -- NULL while not trusted (the next claim counts).
         SELECT CASE WHEN NOT q_trusted OR (q_max IS NULL AND q_key IS NULL) THEN NULL
                     WHEN v_count_q THEN running.in_queue + n.claimed
-                    ELSE q_bound + n.claimed END::integer AS queue,
+                    ELSE q_bound + n.claimed END::integer AS queue_bound,
                CASE WHEN NOT t_trusted OR t_max IS NULL THEN NULL
                     WHEN v_count_t THEN running.of_task + n.claimed
-                    ELSE t_bound + n.claimed END::integer AS task
+                    ELSE t_bound + n.claimed END::integer AS task_bound
         FROM running CROSS JOIN (SELECT count(*) AS claimed FROM claimed) AS n
     ), queue_spent AS (
         -- One UPDATE of the row for all three (two in one statement: only one would take effect).
+        -- Its conditions name no column, so they gate the statement (one-time filters): a
+        -- claim that changes nothing does not even read the row (q_bound: the row's bound as
+        -- this claim locked it). Naming running_bound there made every idle claim read it.
         UPDATE pgsched.queues
-        SET running_bound = CASE WHEN p_queue_locked THEN (SELECT queue FROM bounds) ELSE running_bound END,
+        SET running_bound = CASE WHEN p_queue_locked THEN (SELECT queue_bound FROM bounds) ELSE running_bound END,
             tokens = CASE WHEN q_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)
                           THEN q_tokens - (SELECT count(*) FROM claimed) ELSE tokens END,
             tokens_at = CASE WHEN q_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)
@@ -2034,17 +2037,17 @@ BEGIN
                                             fair_after) END
         WHERE name = (p_queues)[1]
           AND ((q_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)) OR (q_fair AND cardinality(v_groups) > 0)
-               OR (p_queue_locked AND running_bound IS DISTINCT FROM (SELECT queue FROM bounds)))
+               OR (p_queue_locked AND q_bound IS DISTINCT FROM (SELECT queue_bound FROM bounds)))
     ), task_spent AS (
         UPDATE pgsched.task_settings
         SET tokens = CASE WHEN t_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)
                           THEN t_tokens - (SELECT count(*) FROM claimed) ELSE tokens END,
             tokens_at = CASE WHEN t_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed)
                              THEN greatest(tokens_at, v_now) ELSE tokens_at END,
-            running_bound = (SELECT task FROM bounds)
+            running_bound = (SELECT task_bound FROM bounds)
         WHERE task = p_task
           AND ((t_tokens IS NOT NULL AND EXISTS (SELECT FROM claimed))
-               OR running_bound IS DISTINCT FROM (SELECT task FROM bounds))
+               OR t_bound IS DISTINCT FROM (SELECT task_bound FROM bounds))
     )
     -- more_due: in a fair queue also whenever the turn took some (a group's first few, or the
     -- first priority, may have run out while other runs are due: look again soon), or visited
