@@ -17,7 +17,7 @@ tenants = typer.Typer(
     no_args_is_help=True,
 )
 
-LIST_COLUMNS = ("name", "max_queued", "runs_per_day", "max_running", "queued", "created_today", "updated_at")
+LIST_COLUMNS = ("name", "max_queued", "runs_per_day", "max_running", "queued", "running", "created_today", "updated_at")
 USAGE_COLUMNS = ("day", "tenant", "created", "started", "succeeded", "failed", "cancelled", "task_s")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON")]
 

@@ -1259,19 +1259,23 @@ FROM pg_stat_user_tables AS s
 WHERE s.relid = 'pgsched.runs'::regclass;
 
 -- name: tenant_get
--- One tenant's quotas (a tenant never set: none), its queued runs (runs_tenant_queued_idx)
--- and the runs it created today (UTC; counted only while it has a quota).
+-- One tenant's quotas (a tenant never set: none), its queued runs (runs_tenant_queued_idx),
+-- its running runs (runs_tenant_running_idx, 0033) and the runs it created today (UTC; counted
+-- only while it has a quota).
 SELECT n.name, t.max_queued, t.runs_per_day, t.max_running, t.updated_at,
        (SELECT count(*) FROM pgsched.runs WHERE tenant = n.name AND status = 'queued') AS queued,
+       (SELECT count(*) FROM pgsched.runs WHERE tenant = n.name AND status = 'running') AS running,
        coalesce((SELECT created FROM pgsched.tenant_days
                  WHERE tenant = n.name AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS created_today
 FROM (SELECT %(name)s::text AS name) AS n
 LEFT JOIN pgsched.tenants AS t ON t.name = n.name;
 
 -- name: tenant_list
--- Every tenant with a quota row, as tenant_get shows one.
+-- Every tenant with a quota row, as tenant_get shows one (also each /metrics scrape: two index
+-- counts per such tenant, none over the history).
 SELECT t.name, t.max_queued, t.runs_per_day, t.max_running, t.updated_at,
        (SELECT count(*) FROM pgsched.runs WHERE tenant = t.name AND status = 'queued') AS queued,
+       (SELECT count(*) FROM pgsched.runs WHERE tenant = t.name AND status = 'running') AS running,
        coalesce((SELECT created FROM pgsched.tenant_days
                  WHERE tenant = t.name AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS created_today
 FROM pgsched.tenants AS t

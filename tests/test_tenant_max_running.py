@@ -114,6 +114,33 @@ def test_max_running_is_refused_below_1_at_every_entry_point_and_changes_nothing
     assert ok(api.get("/tenants/acme"))["max_running"] is None
 
 
+def test_metrics_show_each_quota_tenants_limits_and_what_they_count_now(
+    conn: psycopg.Connection[Any], api: Api
+) -> None:
+    set_tenant(conn, "acme", max_running=2, max_queued=10)
+    set_tenant(conn, "beta", runs_per_day=5)
+    for _ in range(3):
+        insert_run(conn, "t", {}, tenant="acme")
+    running = insert_run(conn, "t", {}, tenant="acme")
+    conn.execute(
+        "UPDATE pgsched.runs SET status = 'running', attempt = 1, started_at = now(),"
+        " lease_expires_at = now() + interval '1 hour' WHERE id = %s",
+        (running,),
+    )
+    samples = set(api.get("/metrics").text.splitlines())
+    assert {
+        'pgsched_tenant_max_running{tenant="acme"} 2',
+        'pgsched_tenant_max_queued{tenant="acme"} 10',
+        'pgsched_tenant_runs_per_day{tenant="beta"} 5',
+        'pgsched_tenant_queued_runs{tenant="acme"} 3',
+        'pgsched_tenant_running_runs{tenant="acme"} 1',
+        'pgsched_tenant_created_today{tenant="acme"} 4',
+        'pgsched_tenant_running_runs{tenant="beta"} 0',
+    } <= samples
+    assert not any(line.startswith('pgsched_tenant_max_running{tenant="beta"}') for line in samples)
+    assert ok(api.get("/tenants/acme"))["running"] == 1
+
+
 @pytest.mark.slow
 def test_a_tenants_max_running_holds_over_every_queue_while_eight_worker_processes_race(
     workers: Workers, conn: psycopg.Connection[Any]

@@ -339,6 +339,7 @@ class TenantOut(Struct, kw_only=True):
     ]
     updated_at: datetime | None
     queued: Annotated[int, Meta(description="Its runs queued now")]
+    running: Annotated[int, Meta(description="Its runs running now")]
     created_today: Annotated[int, Meta(description="Runs it created today (UTC), as runs_per_day counts them")]
 
 
