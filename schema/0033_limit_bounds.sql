@@ -119,7 +119,14 @@ CREATE FUNCTION pgsched.run_claim_limited_v3(
     run_priority      smallint,
     run_run_at        timestamptz,
     run_has_parents   boolean
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- No JIT: once PL/pgSQL's plan cache took the claim statement's generic plan (after five
+-- calls), its estimates (the laterals' LIMIT from a CTE it cannot see: a tenth of the queued
+-- runs) crossed jit_above_cost, and every claim compiled its expressions anew: 0.42 s of a
+-- 0.43 s claim, a drain with limits that do not bind at 0.12-0.22x. A claim reads a few hundred
+-- rows at most; JIT never pays for it.
+SET jit = off
+AS $$
 #variable_conflict use_column
 DECLARE
     v_now     timestamptz := coalesce(p_now, now());
