@@ -2009,8 +2009,11 @@ BEGIN
         -- By primary key, whatever the planner guesses of taken's size: joined to taken, the
         -- generic plan (taken estimated at a third of ranked, itself 10% of the queued runs)
         -- hashed taken against a sequential scan of every run, 27 of a claim's 41 ms with
-        -- 30,000 runs in the table; a scan that grows with the finished runs kept.
-        WHERE r.id = ANY (ARRAY(SELECT id FROM taken)) AND r.status = 'queued'
+        -- 30,000 runs in the table; a scan that grows with the finished runs kept. The status
+        -- test is written so that it matches no partial index: as `status = 'queued'` it let
+        -- the planner AND the primary key with a bitmap of the whole claim index (19,500
+        -- entries read for a claim of 100 from a freshly filled table, 115 ms a claim).
+        WHERE r.id = ANY (ARRAY(SELECT id FROM taken)) AND r.status::text = 'queued'
         RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_context, r.request_id,
                   r.priority, r.run_at, r.parents_pending IS NOT NULL AS has_parents
     ), bounds AS MATERIALIZED (
