@@ -228,22 +228,29 @@ def as_url(dsn: str) -> str:
     return f"postgresql:///{params.pop('dbname')}?{urlencode({k: str(v) for k, v in params.items()})}"
 
 
-def backend_cpu_ns(conn: Any) -> int | None:
-    """CPU time so far of every other backend of the benchmark's databases (None: a server
-    whose processes this machine cannot see)."""
+def backend_cpu_ns(conn: Any, databases: list[str]) -> dict[int, int] | None:
+    """CPU time so far of each backend of ``databases`` (None: a server whose processes this
+    machine cannot see). Only this run's databases: other benchmarks may share the server."""
     pids = [
         row[0]
         for row in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname LIKE 'pgsched_bench_%' AND pid <> pg_backend_pid()"
+            "SELECT pid FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()", (databases,)
         )
     ]
-    total = 0
+    times = {}
     for pid in pids:
         try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+            times[pid] = int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-    return total
+    return times
+
+
+def cpu_between(before: dict[int, int] | None, after: dict[int, int] | None) -> float | None:
+    """ns of CPU the backends alive at both readings used between them."""
+    if before is None or after is None:
+        return None
+    return float(sum(after[pid] - before[pid] for pid in before.keys() & after.keys()))
 
 
 def main() -> None:
@@ -252,6 +259,8 @@ def main() -> None:
     args = parse_args()
     trees = {"after": ROOT} | ({"before": args.baseline_tree.resolve()} if args.baseline_tree else {})
     samples: dict[str, list[dict[str, float]]] = {}
+    from psycopg.conninfo import conninfo_to_dict
+
     with (
         server_dsn(args.dsn) as server,
         fresh_database(server) as dsn,
@@ -275,15 +284,16 @@ def main() -> None:
         try:
             for name, client in clients.items():
                 print(f"{name}: pgsched from {client.call('hello')['pgsched']}", flush=True)
+            databases = [conninfo_to_dict(each)["dbname"] for each in (dsn, raw_dsn, pgq_dsn, before_dsn)]
             with psycopg.connect(server, autocommit=True) as watcher:
                 for round_number in range(args.rounds):
                     order = sides[round_number % len(sides) :] + sides[: round_number % len(sides)]
                     for name, path in order:
-                        before = backend_cpu_ns(watcher)
+                        before = backend_cpu_ns(watcher, databases)
                         answer = clients[name].call("measure", path=path, n=args.calls)
-                        after = backend_cpu_ns(watcher)
-                        if before is not None and after is not None:
-                            answer["server_cpu_us"] = (after - before) / 1e3 / (args.calls + WARMUP)
+                        used = cpu_between(before, backend_cpu_ns(watcher, databases))
+                        if used is not None:
+                            answer["server_cpu_us"] = used / 1e3 / (args.calls + WARMUP)
                         label = path if path.startswith(RAW) or path == PGQUEUER else f"{path} ({name})"
                         samples.setdefault(label, []).append(answer)
                     for each in (dsn, raw_dsn) + ((before_dsn,) if args.baseline_tree else ()):
