@@ -15,7 +15,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched.run_types import Outcome
-from pgsched.sql import queries
+from pgsched.sql import number_array, queries, text_array
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -45,8 +45,11 @@ class Completer:
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._unwritten += 1
-        self._all_written.clear()
-        self._has_pending.set()
+        # Each Event call is a Python method: only the first outcome of a batch needs them.
+        if self._unwritten == 1:
+            self._all_written.clear()
+        if len(self._pending) == 1:
+            self._has_pending.set()
 
     async def drain(self) -> None:
         """Wait until every outcome added so far is written (``run`` must be running)."""
@@ -82,12 +85,12 @@ class Completer:
     async def _write(self, batch: list[Outcome]) -> set[int]:
         params = {
             "worker_id": self._worker_id,
-            "ids": [o.run_id for o in batch],
-            "attempts": [o.attempt for o in batch],
-            "statuses": [o.status for o in batch],
-            "results": [o.result for o in batch],
-            "errors": [o.error for o in batch],
-            "retry_delays_s": [o.retry_delay_s for o in batch],
+            "ids": number_array([o.run_id for o in batch]),
+            "attempts": number_array([o.attempt for o in batch]),
+            "statuses": text_array([o.status for o in batch]),
+            "results": text_array([o.result for o in batch]),
+            "errors": text_array([o.error for o in batch]),
+            "retry_delays_s": number_array([float(o.retry_delay_s) for o in batch]),
         }
         async with self._pool.connection() as conn:
             cursor = await conn.execute(queries["run_complete_many"], params)

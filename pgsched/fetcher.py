@@ -43,6 +43,7 @@ so the arrows point one way — worker → fetcher → :mod:`pgsched.run_types`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -51,10 +52,13 @@ from typing import Any, Protocol
 
 import psycopg
 import psycopg.errors
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Loader
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched.claim_cursor import ClaimCursors
 from pgsched.config import connection_kwargs
+from pgsched.instants import READER_ADAPTERS
 from pgsched.limited_claim import Limits, Unit, claim_limited, takes
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries
@@ -87,13 +91,29 @@ AWAIT_ENQUEUERS_TIMEOUT = "20ms"
 FETCHER_CONNECTION_WAIT_S = 1.0
 
 
+class _ArgsLoader(Loader):
+    """jsonb on the fetcher's connection, where it is the claimed runs' args: most runs have
+    none, and ``{}`` is made here instead of parsed. psycopg's jsonb loader (json.loads of the
+    bytes) cost 4 µs a run in a claim of 100, ~10% of the worker's CPU in a no-op drain."""
+
+    def load(self, data: Buffer) -> Any:
+        if data == b"{}":
+            return {}
+        return json.loads(bytes(data))
+
+
+# The fetcher's connection reads as every pgsched connection does, and args as above.
+CLAIM_ADAPTERS = AdaptersMap(READER_ADAPTERS)
+CLAIM_ADAPTERS.register_loader("jsonb", _ArgsLoader)
+
+
 def claim_pool(dsn: str, pgbouncer: bool) -> AsyncConnectionPool:
     """The fetcher's own connection (a pool of one, so a broken connection is replaced)."""
     return AsyncConnectionPool(
         dsn,
         min_size=1,
         max_size=1,
-        kwargs=connection_kwargs(pgbouncer, **CLAIM_CONNECTION),
+        kwargs=connection_kwargs(pgbouncer, **CLAIM_CONNECTION, context=CLAIM_ADAPTERS),
         name="pgsched-fetcher",
         open=False,
     )

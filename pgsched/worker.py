@@ -312,10 +312,12 @@ class Worker:
         run = execution.run
         # This run's own asyncio task: what enter_run sets stays with it (log lines, current_run()).
         enter_run(execution.context, run.trace_context)
+        # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is a
+        # large share of the worker's CPU, and so is asking the logger twice a run whether it is on.
+        debug = logger.isEnabledFor(logging.DEBUG)
         with run_span(run, self.worker_id or 0) as span:
-            # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is
-            # a large share of the worker's CPU.
-            logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
+            if debug:
+                logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
             started = time.perf_counter()
             try:
                 if run.has_parents:
@@ -326,9 +328,12 @@ class Worker:
                     return  # released back to the queue by the shutdown
                 outcome = cancelled_on_request(run, self.worker_id or 0)
             span.record(outcome)
-            _log_outcome(run, outcome, time.perf_counter() - started)
-        if outcome.status == "succeeded":
-            self._succeeded += 1
+            if outcome.status == "succeeded":
+                self._succeeded += 1
+                if debug:
+                    _log_outcome(run, outcome, time.perf_counter() - started)
+            else:
+                _log_outcome(run, outcome, time.perf_counter() - started)
         self._completer.add(outcome)
 
     async def _read_parent_results(self, execution: _Execution) -> None:
