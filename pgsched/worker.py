@@ -297,7 +297,9 @@ class Worker:
         self._state.executing[run.id] = execution
         if self._fetcher.limits_hold(run.queue, run.task):
             self._limited_runs[run.id] = run.queue
-        execution.task = asyncio.create_task(self._execute(execution))
+        # The loop's own create_task: asyncio.create_task is a Python wrapper around it that also
+        # names the task (one more frame and call per run).
+        execution.task = asyncio.get_running_loop().create_task(self._execute(execution))
         execution.task.add_done_callback(functools.partial(self._execution_done, execution))
 
     def _execution_done(self, execution: _Execution, task: asyncio.Task[None]) -> None:
