@@ -9,7 +9,9 @@ triggers of 0019/0031: finished-run NOTIFY, workflow step row trigger, steps-end
 trigger), ``no-checks`` (every CHECK constraint on runs, 0009's included). Per variant and
 round: ``--runs`` runs queued by one COPY, then claimed ``--batch`` at a time with run_claim on a
 connection like the fetcher's and completed with run_complete_many (the worker's) or with the
-raw loop's plain ``UPDATE ... WHERE id = ANY`` (``raw-complete``, on the ``all`` database);
+raw loop's plain ``UPDATE ... WHERE id = ANY`` (``raw-complete``) or with the completer's lean
+statement for a batch of successes (``lean-complete``, run_complete_succeeded), both on the
+``all`` database;
 the figure is the backend's CPU time (/proc) per run, so other load on the machine barely moves
 it. Variants alternate per round; medians. The last line is one JSON object.
 """
@@ -43,7 +45,8 @@ BEGIN
     END LOOP;
 END $$
 """
-VARIANTS = ("all", "raw-complete", "no-status-triggers", "no-checks")
+VARIANTS = ("all", "lean-complete", "raw-complete", "no-status-triggers", "no-checks")
+SAME_DATABASE = {"lean-complete": "all", "raw-complete": "all"}  # other statements, not another schema
 
 
 def prepare(conn: psycopg.Connection[Any], variant: str) -> None:
@@ -54,7 +57,7 @@ def prepare(conn: psycopg.Connection[Any], variant: str) -> None:
         conn.execute(DROP_CHECKS)
 
 
-def drain(dsn: str, runs: int, batch: int, raw_complete: bool) -> dict[str, float]:
+def drain(dsn: str, runs: int, batch: int, completion: str) -> dict[str, float]:
     """Backend CPU µs per run of claiming and completing ``runs`` queued runs."""
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute("TRUNCATE pgsched.runs")
@@ -79,8 +82,18 @@ def drain(dsn: str, runs: int, batch: int, raw_complete: bool) -> dict[str, floa
                 break
             ids = [run.id for run in claimed]
             before = thread_cpu_s(backend)
-            if raw_complete:
+            if completion == "raw-complete":
                 conn.execute(COMPLETE_SQL, (ids,))
+            elif completion == "lean-complete":
+                conn.execute(
+                    queries["run_complete_succeeded"],
+                    {
+                        "worker_id": 1,
+                        "ids": number_array(ids),
+                        "attempts": number_array([run.attempt for run in claimed]),
+                        "results": text_array(["null"] * len(claimed)),
+                    },
+                ).fetchall()
             else:
                 conn.execute(
                     queries["run_complete_many"],
@@ -105,12 +118,13 @@ def databases(server: str) -> Iterator[dict[str, str]]:
     with contextlib.ExitStack() as stack:
         dsns = {}
         for variant in VARIANTS:
-            if variant == "raw-complete":
+            if variant in SAME_DATABASE:
                 continue
             dsns[variant] = dsn = stack.enter_context(fresh_database(server))
             with psycopg.connect(dsn, autocommit=True) as conn:
                 prepare(conn, variant)
-        dsns["raw-complete"] = dsns["all"]
+        for variant, other in SAME_DATABASE.items():
+            dsns[variant] = dsns[other]
         yield dsns
 
 
@@ -126,7 +140,7 @@ def main() -> None:
         for rnd in range(options.rounds):
             order = VARIANTS[rnd % len(VARIANTS) :] + VARIANTS[: rnd % len(VARIANTS)]
             for variant in order:
-                result = drain(dsns[variant], options.runs, options.batch, variant == "raw-complete")
+                result = drain(dsns[variant], options.runs, options.batch, variant)
                 figures[variant].append(result)
                 print(
                     f"[{rnd + 1}] {variant:<19} claim {result['claim_us_per_run']:5.1f} µs/run"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Any, Callable, LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -83,15 +83,27 @@ class Completer:
                 await asyncio.sleep(delay)
 
     async def _write(self, batch: list[Outcome]) -> set[int]:
-        params = {
-            "worker_id": self._worker_id,
-            "ids": number_array([o.run_id for o in batch]),
-            "attempts": number_array([o.attempt for o in batch]),
-            "statuses": text_array([o.status for o in batch]),
-            "results": text_array([o.result for o in batch]),
-            "errors": text_array([o.error for o in batch]),
-            "retry_delays_s": number_array([float(o.retry_delay_s) for o in batch]),
-        }
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(queries["run_complete_many"], params)
+            cursor = await conn.execute(*_statement(self._worker_id, batch))
             return {row[0] for row in await cursor.fetchall()}
+
+
+def _statement(worker_id: int, batch: list[Outcome]) -> tuple[LiteralString, dict[str, Any]]:
+    """The fenced UPDATE for ``batch``: the lean one when every outcome succeeded (3 arrays
+    to build and unnest instead of 6), else the general one."""
+    ids = number_array([o.run_id for o in batch])
+    attempts = number_array([o.attempt for o in batch])
+    results = text_array([o.result for o in batch])
+    if all(o.status == "succeeded" for o in batch):
+        params = {"worker_id": worker_id, "ids": ids, "attempts": attempts, "results": results}
+        return queries["run_complete_succeeded"], params
+    params = {
+        "worker_id": worker_id,
+        "ids": ids,
+        "attempts": attempts,
+        "statuses": text_array([o.status for o in batch]),
+        "results": results,
+        "errors": text_array([o.error for o in batch]),
+        "retry_delays_s": number_array([float(o.retry_delay_s) for o in batch]),
+    }
+    return queries["run_complete_many"], params
