@@ -415,14 +415,19 @@ class Worker:
         self._fetcher.capacity_freed()
 
     def _on_written(self, batch: list[Outcome], written: set[int]) -> None:
-        for outcome in batch:
-            if outcome.run_id not in written:
-                logger.warning(
-                    "run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
-                    outcome.run_id,
-                    outcome.attempt,
-                )
+        # Each pass over the batch only when it can find something (a lease lost, a limited run
+        # running): the plain drain made both passes over every batch and found nothing.
+        if len(written) < len(batch):
+            for outcome in batch:
+                if outcome.run_id not in written:
+                    logger.warning(
+                        "run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
+                        outcome.run_id,
+                        outcome.attempt,
+                    )
         self._fetcher.outcomes_written()
+        if not self._limited_runs:
+            return
         freed = {self._limited_runs.pop(o.run_id) for o in batch if o.run_id in self._limited_runs}
         if freed and self._fetcher.held and self._pool is not None:
             task = asyncio.create_task(self._notify_slots_freed(self._pool, sorted(freed)))
