@@ -5,15 +5,18 @@ written by either ends as it would have by the other."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from pgsched import App
 from pgsched.claim_cursor import FROM_THE_START
 from pgsched.completer import Completer
 from pgsched.run_types import Outcome
 from pgsched.sql import queries
+from pgsched.worker import Worker
 from tests.support.inprocess import run_async
 
 COLUMNS = "status::text, result, errors, finished_at IS NOT NULL, lease_expires_at, run_at = created_at"
@@ -144,3 +147,16 @@ def test_both_statements_leave_a_success_alike(conn: psycopg.Connection[Any]) ->
         {"worker_id": worker, "ids": [second], "attempts": [a_second], "results": ['{"a": 1}']},
     )
     assert row(conn, first) == row(conn, second)
+
+
+def test_the_worker_names_each_outcome_its_lease_no_longer_covered(app: App, caplog: Any) -> None:
+    """The completer reports what the fenced UPDATE wrote; the worker warns for the rest only."""
+    worker = Worker(app)
+    batch = [Outcome(1, 1, "succeeded", result="null"), Outcome(2, 3, "succeeded", result="null")]
+
+    with caplog.at_level(logging.WARNING, logger="pgsched.worker"):
+        worker._on_written(batch, {1, 2})
+        assert caplog.messages == []
+        worker._on_written(batch, {1})
+
+    assert caplog.messages == ["run 2: outcome discarded, this worker no longer held attempt 3 (lease lost)"]
