@@ -10,8 +10,8 @@ database and server for every variant, switched between measurements (the trigge
 replaced, or the trigger disabled), rounds interleaved, the runs table emptied between
 measurements:
 
-- ``no wake-up trigger``: runs_inserted disabled (the baseline; runs_tenant_inserted stays on
-  in every variant, it is not the wake-up's);
+- ``no wake-up trigger``: runs_inserted disabled (the baseline; 0036's row check
+  runs_inserted_checked stays on in every variant, it is not the wake-up's);
 - ``before``: main's trigger (0009): the insert check and a NOTIFY per queue on every insert;
 - ``after``: 0027's trigger, no worker waiting (what many writers meet while workers are busy);
 - ``after, a worker waiting``: 0027's trigger while a session holds the queue's waiting lock,
@@ -154,8 +154,19 @@ class Writers:
 # ---- variants
 
 
+# Since 0036 the trigger calls runs_inserted_v2 (the same wake-up, and 0026's tenant work in
+# the same call): the variants swap runs_inserted()'s body, so the trigger is pointed back at it.
+POINT_THE_TRIGGER_AT_0027 = """
+DROP TRIGGER runs_inserted ON pgsched.runs;
+CREATE TRIGGER runs_inserted AFTER INSERT ON pgsched.runs REFERENCING NEW TABLE AS new_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_inserted();
+"""
+
+
 def after_body(conn: psycopg.Connection[Any]) -> str:
-    """0027's function body, as installed by the migration (kept to put it back)."""
+    """0027's function body, as installed by the migration (kept to put it back), with the
+    trigger calling it."""
+    conn.execute(POINT_THE_TRIGGER_AT_0027)
     row = conn.execute("SELECT prosrc FROM pg_proc WHERE oid = 'pgsched.runs_inserted()'::regprocedure").fetchone()
     assert row is not None
     return str(row[0])

@@ -64,6 +64,14 @@ VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s, %(tenant)
         %(concurrency_key)s)
 RETURNING id, true AS created;
 
+-- name: run_insert_bare
+-- run_insert_now for a run that asks for nothing the columns do not default to (queue
+-- 'default', priority 0, 3 attempts; no tenant, key or trace): the statement a one-call
+-- enqueue sends most, with 2 parameters instead of 9.
+INSERT INTO pgsched.runs (task, args)
+VALUES (%(task)s, %(args)s)
+RETURNING id, true AS created;
+
 -- name: run_insert_returning
 -- run_insert that returns the new run as run_get reads it: the REST API answers POST /runs with
 -- this row, so the insert and its read-back are one statement (one round trip, no transaction).
@@ -302,6 +310,20 @@ SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE o
 FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[],
             %(results)s::text[], %(errors)s::text[], %(retry_delays_s)s::float8[])
      AS o(id, attempt, status, result, error, retry_delay_s)
+WHERE r.id = o.id AND r.attempt = o.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
+RETURNING r.id;
+
+-- name: run_complete_succeeded
+-- run_complete_many for a batch whose outcomes all succeeded (the common batch): the same
+-- fenced UPDATE, with only what a success writes (status, result, finished_at, the lease
+-- cleared), from three arrays instead of six. A run whose cancel was requested still ends
+-- 'cancelled', as there.
+UPDATE pgsched.runs AS r
+SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'succeeded' END::pgsched.run_status,
+    result = o.result::jsonb,
+    finished_at = now(),
+    lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[]) AS o(id, attempt, result)
 WHERE r.id = o.id AND r.attempt = o.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
 RETURNING r.id;
 
