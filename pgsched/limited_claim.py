@@ -154,7 +154,7 @@ async def claim_limited(
     it saved (0.70-0.76x)."""
     skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
     cursor = await conn.execute(
-        queries["run_claim_limited" if unit.tenant is None else "run_claim_limited_of_tenant"],
+        queries["run_claim_limited" if unit.tenant is None else "run_claim_tenant_limited"],
         {
             **params,
             "skip_tasks": skip,

@@ -225,7 +225,7 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 -- One row per claimed run, each with locked, the headroom the limits left before this claim,
 -- more_due (due runs wait behind a limit: the fetcher looks again soon, or when the next token
 -- is due), held_by_key, and the buckets' tokens before the claim and rates; no run claimed: one
--- row with those and NULLs. No run of a tenant with a max_running (run_claim_limited_of_tenant
+-- row with those and NULLs. No run of a tenant with a max_running (run_claim_tenant_limited
 -- claims those). %(skip_flush)s: through a transaction-mode pooler, the claim's
 -- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
 SELECT * FROM pgsched.run_claim_limited_v3(
@@ -233,7 +233,7 @@ SELECT * FROM pgsched.run_claim_limited_v3(
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
     NULL::text);
 
--- name: run_claim_limited_of_tenant
+-- name: run_claim_tenant_limited
 -- run_claim_limited for the runs of %(tenant)s only, a tenant with a max_running (0033): within
 -- its max_running too, counted over every queue (runs_tenant_running_idx) while this claim
 -- holds the tenant's claim lock (a transaction advisory lock, try only: another worker's turn

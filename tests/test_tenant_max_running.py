@@ -1,6 +1,6 @@
 """A tenant's max_running (issue #14, item 5; schema 0033): at most that many of the tenant's runs
 run at once over every queue and worker. Its runs are claimed only by the limited claim for that
-tenant (``run_claim_limited_of_tenant``), which counts them under the tenant's claim lock; every
+tenant (``run_claim_tenant_limited``), which counts them under the tenant's claim lock; every
 other claim passes them over. A run held back stays queued and uses no attempt, and a SIGKILLed
 worker's slot comes back when its lease expires. The tasks record their start and end in the
 side table ``executions`` (tests/process_app.py), so overlaps of [start, end] are real executions."""
@@ -60,9 +60,9 @@ def test_the_plain_claim_passes_over_a_limited_tenant_and_its_own_claim_takes_no
     assert sorted(claimed_ids(conn.execute(queries["run_claim"], plain).fetchall(), 0)) == sorted(others)
 
     of_tenant = {**CLAIM, "queues": ["a", "b"], "queue_locked": False, "tenant": "acme"}
-    first = claimed_ids(conn.execute(queries["run_claim_limited_of_tenant"], of_tenant).fetchall(), 8)
+    first = claimed_ids(conn.execute(queries["run_claim_tenant_limited"], of_tenant).fetchall(), 8)
     assert len(first) == 2 and set(first) <= set(acme)  # two queues, one limit
-    again = conn.execute(queries["run_claim_limited_of_tenant"], of_tenant).fetchall()
+    again = conn.execute(queries["run_claim_tenant_limited"], of_tenant).fetchall()
     assert claimed_ids(again, 8) == [] and again[0][0] and again[0][2]  # locked, nothing taken, more due
     held = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'queued' AND attempt = 0"
     assert scalar(conn, held, (acme,)) == 3  # held back: queued, no attempt used
@@ -77,13 +77,13 @@ def test_the_plain_claim_passes_over_a_limited_tenant_and_its_own_claim_takes_no
     in_b = {**CLAIM, "queues": ["b"], "queue_locked": True}
     assert claimed_ids(conn.execute(queries["run_claim_limited"], in_b).fetchall(), 8) == []
     assert (
-        len(claimed_ids(conn.execute(queries["run_claim_limited_of_tenant"], {**in_b, "tenant": "acme"}).fetchall(), 8))
+        len(claimed_ids(conn.execute(queries["run_claim_tenant_limited"], {**in_b, "tenant": "acme"}).fetchall(), 8))
         == 2
     )
 
     # Cleared (a plain SQL UPDATE works too): the plain claim takes them again.
     conn.execute("UPDATE pgsched.tenants SET max_running = NULL WHERE name = 'acme'")
-    cleared = conn.execute(queries["run_claim_limited_of_tenant"], of_tenant).fetchall()
+    cleared = conn.execute(queries["run_claim_tenant_limited"], of_tenant).fetchall()
     assert not cleared[0][0]  # no longer limited: nothing locked, nothing claimed
     assert len(claimed_ids(conn.execute(queries["run_claim"], plain).fetchall(), 0)) == 3
 
