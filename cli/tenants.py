@@ -13,10 +13,11 @@ from pgsched.cli.options import DsnOption, connect
 from pgsched.queue_settings import KEEP
 
 tenants = typer.Typer(
-    help="Tenant quotas: at most N runs queued, at most N runs created per UTC day.", no_args_is_help=True
+    help="Tenant quotas: at most N runs queued, at most N runs created per UTC day, at most N running.",
+    no_args_is_help=True,
 )
 
-LIST_COLUMNS = ("name", "max_queued", "runs_per_day", "queued", "created_today", "updated_at")
+LIST_COLUMNS = ("name", "max_queued", "runs_per_day", "max_running", "queued", "running", "created_today", "updated_at")
 USAGE_COLUMNS = ("day", "tenant", "created", "started", "succeeded", "failed", "cancelled", "task_s")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON")]
 
@@ -38,14 +39,21 @@ def set_quotas(
     runs_per_day: Annotated[
         Optional[str], typer.Option("--runs-per-day", help="At most N runs created per UTC day; none clears")
     ] = None,
+    max_running: Annotated[
+        Optional[str],
+        typer.Option(
+            "--max-running", help="At most N of its runs running at once, over all queues and workers; none clears"
+        ),
+    ] = None,
     dsn: DsnOption = None,
 ) -> None:
     """Change a tenant's quotas (those not given stay as they are)."""
     queued = KEEP if max_queued is None else quotas.parse_quota("max_queued", max_queued)
     per_day = KEEP if runs_per_day is None else quotas.parse_quota("runs_per_day", runs_per_day)
+    running = KEEP if max_running is None else quotas.parse_quota("max_running", max_running)
     quotas.check_tenant_name(name)
     with connect(dsn) as conn:
-        row = quotas.set_tenant(conn, name, max_queued=queued, runs_per_day=per_day)
+        row = quotas.set_tenant(conn, name, max_queued=queued, runs_per_day=per_day, max_running=running)
     render.print_record(row, title=f"tenant {row['name']}")
 
 

@@ -206,8 +206,9 @@ class Fetcher:
 
     def queue_settings_changed(self, queue: str) -> None:
         """A notification: ``queue``'s settings changed (paused, resumed, limit set or cleared),
-        or a task's (payload ``task:NAME``: its runs may be in any of our queues)."""
-        if queue in self._queue_set or queue.startswith("task:"):
+        or a task's (payload ``task:NAME``: its runs may be in any of our queues), or a tenant's
+        max_running (``tenant:NAME``, the same)."""
+        if queue in self._queue_set or queue.startswith(("task:", "tenant:")):
             self._settings_stale = True
             self._wake.set()
 

@@ -1,14 +1,18 @@
 """The claim of runs behind a limit (issue #14): a queue's or a task's ``max_running``, its
-``rate`` (a token bucket in its settings row) and a queue's ``key_max_running``; and of the runs
-of a ``fair`` queue, taken in turns per tenant (or concurrency key) under the same row lock.
+``rate`` (a token bucket in its settings row), a queue's ``key_max_running`` and a tenant's
+``max_running`` (over every queue); and of the runs of a ``fair`` queue, taken in turns per
+tenant (or concurrency key) under the same row lock.
 
 A *unit* is what one such claim covers: one limited queue (all its tasks but the limited ones),
-one limited task in one limited queue, or one limited task over the worker's open queues. Its
-claim is one statement (``run_claim_limited``, the function ``pgsched.run_claim_limited_v2``):
-lock the settings rows that apply (SKIP LOCKED, so the claims of every worker for the same
-limit take turns and never wait), then, in a statement of its own, count what runs, spend the
-buckets' whole tokens and claim no more than every limit leaves. The counts come from the runs' rows and
-leases, never from a counter, so a SIGKILLed worker's slots come back when its leases expire.
+one limited task in one limited queue, or one limited task over the worker's open queues; and
+each of those, and the worker's open queues, for one tenant with a ``max_running`` (every other
+claim passes over that tenant's runs). Its claim is one statement (``run_claim_limited``, the
+function ``pgsched.run_claim_limited_v3``): lock the settings rows that apply (SKIP LOCKED, so
+the claims of every worker for the same limit take turns and never wait), then, in a statement
+of its own, count what runs, spend the buckets' whole tokens and claim no more than every limit
+leaves. A refusal always rests on a count of the runs' rows and leases, so a SIGKILLed worker's
+slots come back when its leases expire; the settings rows' ``running_bound`` (an upper bound
+the claims keep, schema 0033) only spares the count while no limit could bind.
 
 What the fetcher learns besides the runs is when to look again (:attr:`LimitedClaim.retry_in`):
 soon while a limit holds due runs back (or when another worker's counted runs end: it sends a
@@ -47,11 +51,13 @@ TOKEN_MARGIN_S = 0.001
 @dataclass(frozen=True, slots=True)
 class Unit:
     """What one limited claim covers: ``queues`` (one, if ``queue_limited``), of ``task`` only
-    (a limited task) or of every task but the limited ones (``task`` None)."""
+    (a limited task) or of every task but the limited ones (``task`` None); of ``tenant`` only
+    (one with a max_running), or of no tenant with a max_running (``tenant`` None)."""
 
     queues: tuple[str, ...]
     task: str | None
     queue_limited: bool
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class Limits:
     paused_tasks: tuple[str, ...] = ()
     limited_tasks: tuple[str, ...] = ()
     rated: frozenset[tuple[str, str]] = frozenset()  # (scope, name) of those with a rate
+    limited_tenants: tuple[str, ...] = ()  # tenants with a max_running
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple[str, str, bool, bool, bool]]) -> Limits:
@@ -77,6 +84,7 @@ class Limits:
             limited_tasks=tuple(
                 sorted(name for scope, name, paused, limited, _ in rows if scope == "task" and limited and not paused)
             ),
+            limited_tenants=tuple(sorted(name for scope, name, _, limited, _ in rows if scope == "tenant" and limited)),
         )
 
     def open_queues(self, queues: Sequence[str]) -> list[str]:
@@ -85,7 +93,8 @@ class Limits:
 
     def units(self, queues: Sequence[str]) -> list[Unit]:
         """The limited claims to make, limited queues first: each takes at most what its limits
-        leave, so a backlog in an open queue cannot starve them."""
+        leave, so a backlog in an open queue cannot starve them. Then each of them, and the
+        open queues' claim, once more per tenant with a max_running (usually none or few)."""
         units: list[Unit] = []
         for queue in self.limited_queues:
             units += [Unit((queue,), task, True) for task in self.limited_tasks]
@@ -93,6 +102,9 @@ class Limits:
         open_queues = tuple(self.open_queues(queues))
         if open_queues:
             units += [Unit(open_queues, task, False) for task in self.limited_tasks]
+        scopes = [*units, Unit(open_queues, None, False)] if open_queues else list(units)
+        for tenant in self.limited_tenants:
+            units += [Unit(scope.queues, scope.task, scope.queue_limited, tenant) for scope in scopes]
         return units
 
     def rate_applies(self, unit: Unit) -> bool:
@@ -142,13 +154,14 @@ async def claim_limited(
     it saved (0.70-0.76x)."""
     skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
     cursor = await conn.execute(
-        queries["run_claim_limited"],
+        queries["run_claim_limited" if unit.tenant is None else "run_claim_tenant_limited"],
         {
             **params,
             "skip_tasks": skip,
             "queues": list(unit.queues),
             "task": unit.task,
             "queue_locked": unit.queue_limited,
+            "tenant": unit.tenant,
             "skip_flush": pgbouncer,
         },
     )

@@ -1,10 +1,13 @@
 """Tenant quotas and usage (schema 0026). A tenant's quotas are a row of ``pgsched.tenants``
-(``max_queued``, ``runs_per_day``; none: no quota), read and changed by the CLI (`pgsched
+(``max_queued``, ``runs_per_day``, ``max_running``; none: no quota), read and changed by the CLI (`pgsched
 tenants …`), the REST API (``/tenants/{name}``) or a plain SQL UPDATE. The database enforces
 them on every INSERT into ``pgsched.runs`` (trigger ``runs_tenant_inserted``): over a quota the
 statement fails with SQLSTATE ``PS429``, which every enqueue path turns into
 :class:`~pgsched.errors.QuotaExceeded`. Usage per tenant and UTC day is folded by the beat
 leader (:func:`fold_usage`) into ``pgsched.tenant_usage`` and read by :func:`list_usage`.
+
+``max_running`` (schema 0033) is no enqueue quota: it is held by the claim, as a queue's
+``max_running`` is (at least 1, as there; see :mod:`pgsched.limited_claim`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pgsched.tenants import check_tenant
 logger = logging.getLogger("pgsched.quotas")
 
 QUOTA_SQLSTATE = "PS429"
-QUOTAS = ("max_queued", "runs_per_day")
+QUOTAS = ("max_queued", "runs_per_day", "max_running")
 # The columns are integers: a larger quota could not be stored.
 QUOTA_LIMIT = 2**31 - 1
 # Seconds a client refused by max_queued is told to wait: workers free slots continuously.
@@ -62,20 +65,27 @@ def retry_after_s(exc: QuotaExceeded, now: datetime | None = None) -> int:
 
 
 def _quota_message(name: str, value: Any) -> str:
-    return f"{name} must be an integer from 0 to {QUOTA_LIMIT}, or none for no quota; got {value!r}"
+    return f"{name} must be an integer from {_least(name)} to {QUOTA_LIMIT}, or none for no quota; got {value!r}"
+
+
+def _least(name: str) -> int:
+    """A quota's smallest value: 0 for the enqueue quotas (none admitted), 1 for max_running,
+    as a queue's or a task's max_running (0 would be a pause, which tenants do not have)."""
+    return 1 if name == "max_running" else 0
 
 
 def check_quota(name: str, value: Any) -> int | None:
-    """``value`` if it is None (no quota) or an integer from 0 to 2**31-1; else InvalidInput."""
+    """``value`` if it is None (no quota) or an integer in the quota's range; else InvalidInput."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= QUOTA_LIMIT:
+    if isinstance(value, bool) or not isinstance(value, int) or not _least(name) <= value <= QUOTA_LIMIT:
         raise InvalidInput(_quota_message(name, value))
     return value
 
 
 def parse_quota(name: str, text: str) -> int | None:
-    """The CLI's ``--max-queued`` / ``--runs-per-day``: a number, or ``none`` to clear it."""
+    """The CLI's ``--max-queued`` / ``--runs-per-day`` / ``--max-running``: a number, or ``none``
+    to clear it."""
     if text.strip().lower() == "none":
         return None
     try:
@@ -114,15 +124,17 @@ def set_tenant(
     *,
     max_queued: int | Keep | None = KEEP,
     runs_per_day: int | Keep | None = KEEP,
+    max_running: int | Keep | None = KEEP,
 ) -> dict[str, Any]:
-    """Change the quotas given (the others stay); the next INSERT meets them."""
+    """Change the quotas given (the others stay); the next INSERT meets them, and the next claim
+    the max_running (workers reload it on the change's notification)."""
     check_tenant_name(name)
-    if max_queued is not KEEP:
-        check_quota("max_queued", max_queued)
-    if runs_per_day is not KEEP:
-        check_quota("runs_per_day", runs_per_day)
-    if max_queued is KEEP and runs_per_day is KEEP:
-        raise InvalidInput("nothing to change: give max_queued or runs_per_day")
+    given = {"max_queued": max_queued, "runs_per_day": runs_per_day, "max_running": max_running}
+    for quota, value in given.items():
+        if value is not KEEP:
+            check_quota(quota, value)
+    if all(value is KEEP for value in given.values()):
+        raise InvalidInput("nothing to change: give max_queued, runs_per_day or max_running")
     conn.execute(
         queries["tenant_set"],
         {
@@ -131,6 +143,8 @@ def set_tenant(
             "max_queued": None if max_queued is KEEP else max_queued,
             "set_runs_per_day": runs_per_day is not KEEP,
             "runs_per_day": None if runs_per_day is KEEP else runs_per_day,
+            "set_max_running": max_running is not KEEP,
+            "max_running": None if max_running is KEEP else max_running,
         },
     )
     return get_tenant(conn, name)

@@ -127,6 +127,8 @@ COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant
 -- its process-pool tasks apart from the others, up to the children it has free.
 -- An expired run is never started: the claim passes over it (one more test on a row it reads
 -- anyway) and the sweep (run_cancel_expired) ends it 'cancelled'.
+-- Not the runs of a tenant with a max_running (0033): run_claim_limited claims them, within it
+-- (one primary-key probe of pgsched.tenants per run with a tenant walked).
 -- Only queues with no settings row, or one neither paused nor limited: a limited queue is
 -- claimed by run_claim_limited under its row lock, a paused one not at all. Read here, in the
 -- claim's own snapshot, so a worker whose copy of the settings is stale still never claims
@@ -160,6 +162,8 @@ WITH next AS MATERIALIZED (
                    AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
                    AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
                    AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
+                   AND (tenant IS NULL
+                        OR NOT EXISTS (SELECT FROM pgsched.tenants AS lt WHERE lt.name = runs.tenant AND lt.max_running IS NOT NULL))
                  ORDER BY priority, run_at, id
                  LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED
@@ -175,6 +179,8 @@ WITH next AS MATERIALIZED (
                    AND (expires_at IS NULL OR expires_at > coalesce(%(now)s::timestamptz, now()))
                    AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
                    AND (%(skip_tasks)s::text[] IS NULL OR task <> ALL (%(skip_tasks)s::text[]))
+                   AND (tenant IS NULL
+                        OR NOT EXISTS (SELECT FROM pgsched.tenants AS lt WHERE lt.name = runs.tenant AND lt.max_running IS NOT NULL))
                  ORDER BY priority, run_at, id
                  LIMIT %(limit)s
                  FOR UPDATE SKIP LOCKED
@@ -197,8 +203,8 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
           r.parents_pending IS NOT NULL AS has_parents;
 
 -- name: run_claim_limited
--- The claim of runs behind limits (pgsched.run_claim_limited_v2, schema 0028; v1 of 0021 without
--- fair queues), one round trip:
+-- The claim of runs behind limits (pgsched.run_claim_limited_v3, schema 0033; v2 of 0028 counts
+-- at every claim, v1 of 0021 has no fair queues either), one round trip:
 -- up to %(limit)s due runs of %(queues)s (one queue when it is limited; the worker's open
 -- queues for a limited task's claim), of %(task)s only (NULL: any task but %(skip_tasks)s),
 -- and no more than each limit leaves:
@@ -210,7 +216,8 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 --   the previous holder committed): max_running of the queue and of the task less their runs
 --   running now, counted from the rows through runs_lease_idx (every running run has a lease:
 --   a run whose lease ran out counts no more, so a SIGKILLed worker's slots come back at its
---   leases' expiry); the buckets' whole tokens (refilled by pgsched.tokens_at, written back
+--   leases' expiry) unless the row's running_bound (an upper bound the claims keep, 0033) plus
+--   %(limit)s is within the limit, so the count could not bind; the buckets' whole tokens (refilled by pgsched.tokens_at, written back
 --   less what the claim spends; a claim that spends nothing writes nothing); key_max_running:
 --   runs of one concurrency key, counting those running, ranked among the next due runs, with
 --   a window of KEY_WINDOW (100) runs past the take, read but not locked (locking them made
@@ -218,16 +225,28 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 -- One row per claimed run, each with locked, the headroom the limits left before this claim,
 -- more_due (due runs wait behind a limit: the fetcher looks again soon, or when the next token
 -- is due), held_by_key, and the buckets' tokens before the claim and rates; no run claimed: one
--- row with those and NULLs. %(skip_flush)s: through a transaction-mode pooler, the claim's
+-- row with those and NULLs. No run of a tenant with a max_running (run_claim_tenant_limited
+-- claims those). %(skip_flush)s: through a transaction-mode pooler, the claim's
 -- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
-SELECT * FROM pgsched.run_claim_limited_v2(
+SELECT * FROM pgsched.run_claim_limited_v3(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
-    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean);
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
+    NULL::text);
+
+-- name: run_claim_tenant_limited
+-- run_claim_limited for the runs of %(tenant)s only, a tenant with a max_running (0033): within
+-- its max_running too, counted over every queue (runs_tenant_running_idx) while this claim
+-- holds the tenant's claim lock (a transaction advisory lock, try only: another worker's turn
+-- is one row with locked false). A tenant without a max_running now: locked false too.
+SELECT * FROM pgsched.run_claim_limited_v3(
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
+    %(tenant)s::text);
 
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and
 -- at every poll): which of its queues are paused or limited, which tasks are, and which of
--- those have a rate.
+-- those have a rate; and which tenants have a max_running (0033).
 -- A fair queue counts as limited: it is claimed by run_claim_limited (in turns, under its row lock).
 SELECT 'queue' AS scope, name, paused,
        max_running IS NOT NULL OR rate IS NOT NULL OR key_max_running IS NOT NULL OR fair AS limited,
@@ -238,7 +257,11 @@ WHERE name = ANY (%(queues)s::text[]) AND (paused OR max_running IS NOT NULL OR 
 UNION ALL
 SELECT 'task', task, paused, max_running IS NOT NULL OR rate IS NOT NULL, rate IS NOT NULL
 FROM pgsched.task_settings
-WHERE paused OR max_running IS NOT NULL OR rate IS NOT NULL;
+WHERE paused OR max_running IS NOT NULL OR rate IS NOT NULL
+UNION ALL
+SELECT 'tenant', name, false, true, false
+FROM pgsched.tenants
+WHERE max_running IS NOT NULL;
 
 -- name: queue_notify_slots_freed
 -- Runs a limit counted have ended on this worker: wake the workers of their queues on the
@@ -380,9 +403,10 @@ SELECT pg_try_advisory_xact_lock(%(key)s);
 
 -- name: worker_register
 -- advertises_waits: this worker says when it waits (worker_advertise_waiting), so the insert
--- trigger may skip the NOTIFY of a queue nobody waits on (0027).
-INSERT INTO pgsched.workers (host, pid, queues, concurrency, advertises_waits)
-VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, true)
+-- trigger may skip the NOTIFY of a queue nobody waits on (0027). bounds_claims: its limited
+-- claims keep the settings rows' running bounds (run_claim_limited_v3, 0033).
+INSERT INTO pgsched.workers (host, pid, queues, concurrency, advertises_waits, bounds_claims)
+VALUES (%(host)s, %(pid)s, %(queues)s, %(concurrency)s, true, true)
 RETURNING id;
 
 -- name: worker_advertise_waiting
@@ -1257,33 +1281,38 @@ FROM pg_stat_user_tables AS s
 WHERE s.relid = 'pgsched.runs'::regclass;
 
 -- name: tenant_get
--- One tenant's quotas (a tenant never set: none), its queued runs (runs_tenant_queued_idx)
--- and the runs it created today (UTC; counted only while it has a quota).
-SELECT n.name, t.max_queued, t.runs_per_day, t.updated_at,
+-- One tenant's quotas (a tenant never set: none), its queued runs (runs_tenant_queued_idx),
+-- its running runs (runs_tenant_running_idx, 0033) and the runs it created today (UTC; counted
+-- only while it has a quota).
+SELECT n.name, t.max_queued, t.runs_per_day, t.max_running, t.updated_at,
        (SELECT count(*) FROM pgsched.runs WHERE tenant = n.name AND status = 'queued') AS queued,
+       (SELECT count(*) FROM pgsched.runs WHERE tenant = n.name AND status = 'running') AS running,
        coalesce((SELECT created FROM pgsched.tenant_days
                  WHERE tenant = n.name AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS created_today
 FROM (SELECT %(name)s::text AS name) AS n
 LEFT JOIN pgsched.tenants AS t ON t.name = n.name;
 
 -- name: tenant_list
--- Every tenant with a quota row, as tenant_get shows one.
-SELECT t.name, t.max_queued, t.runs_per_day, t.updated_at,
+-- Every tenant with a quota row, as tenant_get shows one (also each /metrics scrape: two index
+-- counts per such tenant, none over the history).
+SELECT t.name, t.max_queued, t.runs_per_day, t.max_running, t.updated_at,
        (SELECT count(*) FROM pgsched.runs WHERE tenant = t.name AND status = 'queued') AS queued,
+       (SELECT count(*) FROM pgsched.runs WHERE tenant = t.name AND status = 'running') AS running,
        coalesce((SELECT created FROM pgsched.tenant_days
                  WHERE tenant = t.name AND day = (now() AT TIME ZONE 'UTC')::date), 0) AS created_today
 FROM pgsched.tenants AS t
 ORDER BY t.name;
 
 -- name: tenant_set
--- Change the quotas given (%(set_max_queued)s / %(set_runs_per_day)s say which), creating the
+-- Change the quotas given (%(set_max_queued)s / %(set_runs_per_day)s / %(set_max_running)s say which), creating the
 -- tenant's row if it has none. runs_per_day counts every run the tenant created today (UTC),
 -- before the quota was set too (the trigger reads the usage once a day per tenant).
-INSERT INTO pgsched.tenants AS t (name, max_queued, runs_per_day)
-VALUES (%(name)s, %(max_queued)s::integer, %(runs_per_day)s::integer)
+INSERT INTO pgsched.tenants AS t (name, max_queued, runs_per_day, max_running)
+VALUES (%(name)s, %(max_queued)s::integer, %(runs_per_day)s::integer, %(max_running)s::integer)
 ON CONFLICT (name) DO UPDATE
 SET max_queued = CASE WHEN %(set_max_queued)s THEN EXCLUDED.max_queued ELSE t.max_queued END,
     runs_per_day = CASE WHEN %(set_runs_per_day)s THEN EXCLUDED.runs_per_day ELSE t.runs_per_day END,
+    max_running = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE t.max_running END,
     updated_at = now()
 RETURNING t.name;
 

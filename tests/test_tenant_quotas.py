@@ -238,7 +238,9 @@ def test_rest_reads_and_patches_tenants_for_admins_and_a_tenant_key_reads_its_ow
         ("/tenants/acme", {"max_queued": -1}, 400),
         ("/tenants/acme", {"max_queued": "abc"}, 400),
         ("/tenants/acme", {"runs_per_day": 2**31}, 400),
-        ("/tenants/acme", {"max_running": 5}, 400),  # planned for the claim, not a column here
+        ("/tenants/acme", {"max_running": 0}, 400),  # at least 1, as a queue's or a task's (0033)
+        ("/tenants/acme", {"max_running": -1}, 400),
+        ("/tenants/acme", {"max_running": "abc"}, 400),
         ("/tenants/acme", {}, 422),
         ("/tenants/bad%20name!", {"max_queued": 5}, 422),
         ("/tenants/" + "x" * 64, {"max_queued": 5}, 422),
@@ -262,8 +264,8 @@ json_values = (
 )
 
 
-def valid_quota(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**31 - 1)
+def valid_quota(value: Any, least: int = 0) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and least <= value <= 2**31 - 1)
 
 
 @EXAMPLES
@@ -272,7 +274,7 @@ def test_rest_patch_stores_exactly_what_is_valid_or_refuses_with_4xx(
     api: Api, conn: psycopg.Connection, body: dict[str, Any]
 ) -> None:
     conn.execute("DELETE FROM pgsched.tenants")
-    valid = bool(body) and set(body) <= {"max_queued", "runs_per_day"} and all(map(valid_quota, body.values()))
+    valid = bool(body) and all(valid_quota(value, 1 if key == "max_running" else 0) for key, value in body.items())
     response = api.patch("/tenants/acme", json=body)
     if not valid:
         assert 400 <= response.status_code < 500 and response.json()["detail"], response.text
@@ -280,6 +282,7 @@ def test_rest_patch_stores_exactly_what_is_valid_or_refuses_with_4xx(
         return
     assert response.status_code == 200, response.text
     assert quota_rows(conn) == [("acme", body.get("max_queued"), body.get("runs_per_day"))]
+    assert scalar(conn, "SELECT max_running FROM pgsched.tenants") == body.get("max_running")
 
 
 # ---- CLI

@@ -13,6 +13,7 @@ from pgsched import health
 from pgsched.api import store
 from pgsched.beat import leader_status
 from pgsched.queues import list_queues
+from pgsched.quotas import list_tenants
 from pgsched.runs import RUN_STATUSES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -121,6 +122,27 @@ def _limit_families(queues: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _tenant_families(tenants: list[dict[str, Any]]) -> list[str]:
+    """Each tenant with a quota row: its quotas (where set) and what they count now. The rows
+    are few (tenants someone gave a quota), and each costs two index counts, no history."""
+    lines: list[str] = []
+    for column, name, help_text in (
+        ("max_queued", "pgsched_tenant_max_queued", "The tenant's max_queued quota, where set."),
+        ("runs_per_day", "pgsched_tenant_runs_per_day", "The tenant's runs_per_day quota, where set."),
+        ("max_running", "pgsched_tenant_max_running", "The tenant's max_running, where set."),
+    ):
+        lines += _family(
+            name, help_text, (({"tenant": r["name"]}, r[column]) for r in tenants if r[column] is not None)
+        )
+    for column, name, help_text in (
+        ("queued", "pgsched_tenant_queued_runs", "Runs queued now, by tenant with a quota row."),
+        ("running", "pgsched_tenant_running_runs", "Runs running now, by tenant with a quota row."),
+        ("created_today", "pgsched_tenant_created_today", "Runs created today (UTC), as runs_per_day counts them."),
+    ):
+        lines += _family(name, help_text, (({"tenant": r["name"]}, r[column]) for r in tenants))
+    return lines
+
+
 def render(conn: psycopg.Connection) -> str:
     """Every metric, as one exposition-format document."""
     counts = store.run_counts(conn)
@@ -157,6 +179,7 @@ def render(conn: psycopg.Connection) -> str:
         (({"queue": row["queue"]}, row["succeeded_last_hour"]) for row in queues),
     )
     lines += _limit_families(queues)
+    lines += _tenant_families(list_tenants(conn))
     lines += _family("pgsched_workers", "Live workers.", [({}, len(workers))])
     lines += _family(
         "pgsched_worker_slots",

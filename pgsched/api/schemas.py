@@ -334,8 +334,12 @@ class TenantOut(Struct, kw_only=True):
     name: str
     max_queued: Annotated[int | None, Meta(description="At most this many of its runs queued at once")]
     runs_per_day: Annotated[int | None, Meta(description="At most this many runs created per UTC day")]
+    max_running: Annotated[
+        int | None, Meta(description="At most this many of its runs running at once, over all queues and workers")
+    ]
     updated_at: datetime | None
     queued: Annotated[int, Meta(description="Its runs queued now")]
+    running: Annotated[int, Meta(description="Its runs running now")]
     created_today: Annotated[int, Meta(description="Runs it created today (UTC), as runs_per_day counts them")]
 
 
@@ -348,6 +352,7 @@ class TenantPatch(Request):
 
     max_queued: Quota | UnsetType | None = UNSET
     runs_per_day: Quota | UnsetType | None = UNSET
+    max_running: MaxRunning | UnsetType | None = UNSET
 
 
 class UsageDay(Struct, kw_only=True):
