@@ -339,6 +339,10 @@ $$;
 -- ended it, unless it is a workflow step or has a unique_key (both stay in runs: see 0030's
 -- head). The runs that had ended before are moved by the beat leader, a batch at a time.
 
+-- Today's partition and the next days' (UTC), before anything moves (0030; the beat leader
+-- keeps them ahead from then on).
+SELECT pgsched.history_partition_create((now() AT TIME ZONE 'UTC')::date + d) FROM generate_series(0, 3) AS d;
+
 CREATE FUNCTION pgsched.runs_to_history() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     -- One statement for the whole UPDATE's rows. The rows moved are runs' current versions

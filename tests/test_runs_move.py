@@ -18,6 +18,7 @@ from pgsched.sql import queries
 from tests.support.db import insert_restored, scalar
 from tests.support.inprocess import RunningWorker, finish
 from tests.support.waiting import wait_until_async
+from tests.test_runs_history import drop_day_partitions
 
 
 def where(conn: psycopg.Connection[Any], run_id: int) -> list[str]:
@@ -226,6 +227,7 @@ def test_moving_a_large_history_while_a_worker_drains_loses_and_doubles_nothing(
 def test_a_day_partition_waits_for_a_run_landing_in_default_and_then_takes_it_in(
     dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
+    drop_day_partitions(conn)  # as an installation whose leader was down for days
     now = datetime(2026, 12, 7, 12, tzinfo=UTC)
 
     def history_round(**kwargs: Any) -> Any:

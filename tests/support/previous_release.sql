@@ -14,7 +14,7 @@ WITH next AS MATERIALIZED (
     FROM unnest(%(queues)s::text[]) AS q(name),
          LATERAL (
              SELECT id, priority, run_at
-             FROM pgsched.runs_all
+             FROM pgsched.runs
              WHERE status = 'queued' AND queue = q.name
                AND run_at <= coalesce(%(now)s::timestamptz, now())
                AND (%(only_tasks)s::text[] IS NULL OR task = ANY (%(only_tasks)s::text[]))
