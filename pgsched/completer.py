@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Any, Callable, LiteralString
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched.run_types import Outcome
-from pgsched.sql import queries
+from pgsched.sql import number_array, queries, text_array
 
 logger = logging.getLogger("pgsched.worker")
 
@@ -45,8 +45,11 @@ class Completer:
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
         self._unwritten += 1
-        self._all_written.clear()
-        self._has_pending.set()
+        # Each Event call is a Python method: only the first outcome of a batch needs them.
+        if self._unwritten == 1:
+            self._all_written.clear()
+        if len(self._pending) == 1:
+            self._has_pending.set()
 
     async def drain(self) -> None:
         """Wait until every outcome added so far is written (``run`` must be running)."""
@@ -80,15 +83,27 @@ class Completer:
                 await asyncio.sleep(delay)
 
     async def _write(self, batch: list[Outcome]) -> set[int]:
-        params = {
-            "worker_id": self._worker_id,
-            "ids": [o.run_id for o in batch],
-            "attempts": [o.attempt for o in batch],
-            "statuses": [o.status for o in batch],
-            "results": [o.result for o in batch],
-            "errors": [o.error for o in batch],
-            "retry_delays_s": [o.retry_delay_s for o in batch],
-        }
         async with self._pool.connection() as conn:
-            cursor = await conn.execute(queries["run_complete_many"], params)
+            cursor = await conn.execute(*_statement(self._worker_id, batch))
             return {row[0] for row in await cursor.fetchall()}
+
+
+def _statement(worker_id: int, batch: list[Outcome]) -> tuple[LiteralString, dict[str, Any]]:
+    """The fenced UPDATE for ``batch``: the lean one when every outcome succeeded (3 arrays
+    to build and unnest instead of 6), else the general one."""
+    ids = number_array([o.run_id for o in batch])
+    attempts = number_array([o.attempt for o in batch])
+    results = text_array([o.result for o in batch])
+    if all(o.status == "succeeded" for o in batch):
+        params = {"worker_id": worker_id, "ids": ids, "attempts": attempts, "results": results}
+        return queries["run_complete_succeeded"], params
+    params = {
+        "worker_id": worker_id,
+        "ids": ids,
+        "attempts": attempts,
+        "statuses": text_array([o.status for o in batch]),
+        "results": results,
+        "errors": text_array([o.error for o in batch]),
+        "retry_delays_s": number_array([float(o.retry_delay_s) for o in batch]),
+    }
+    return queries["run_complete_many"], params

@@ -25,9 +25,11 @@ class TaskThreads:
         self._name_prefix = name_prefix
         self._loop: asyncio.AbstractEventLoop | None = None
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)  # released by each thread that has finished a call
         self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()  # guards the two below
+        # Guards the three below. The idle count was a threading.Semaphore, whose acquire and
+        # release are Python (a Condition around a lock): ~2 µs of a sync no-op run's CPU.
+        self._lock = threading.Lock()
+        self._idle = 0  # threads that have finished a call and not been counted on since
         self._finished: list[_Finished] = []
         self._delivery_pending = False
         self._closed = False
@@ -50,7 +52,11 @@ class TaskThreads:
             self._calls.put(None)
 
     def _start_thread_unless_one_is_idle(self) -> None:
-        if self._idle.acquire(timeout=0) or len(self._threads) >= self._max_threads:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                return
+        if len(self._threads) >= self._max_threads:
             return
         thread = threading.Thread(target=self._serve, name=f"{self._name_prefix}-{len(self._threads)}", daemon=True)
         self._threads.append(thread)
@@ -68,12 +74,14 @@ class TaskThreads:
                 outcome: tuple[bool, Any] = (True, fn())
             except BaseException as exc:  # noqa: BLE001 - the caller decides; SystemExit must not end this thread silently
                 outcome = (False, exc)
+            del call, fn  # no reference to the task while idle
             self._finish(future, outcome)
-            del call, fn, future, outcome  # no reference to a result while idle
-            self._idle.release()
+            del future, outcome
 
     def _finish(self, future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+        """Hand the outcome to the loop, and count this thread idle (it takes the next call next)."""
         with self._lock:
+            self._idle += 1
             self._finished.append((future, outcome))
             if self._delivery_pending:
                 return

@@ -94,6 +94,8 @@ class _Execution:
     context: RunContext
     task: asyncio.Task[None] | None = None
     in_process: bool = False  # runs in the process pool
+    entered: bool = False  # its task has begun _execute, whose end frees the slot
+    watched: bool = False  # cancelled before that: a done callback frees the slot instead
 
 
 @dataclass
@@ -297,39 +299,60 @@ class Worker:
         self._state.executing[run.id] = execution
         if self._fetcher.limits_hold(run.queue, run.task):
             self._limited_runs[run.id] = run.queue
-        execution.task = asyncio.create_task(self._execute(execution))
-        execution.task.add_done_callback(functools.partial(self._execution_done, execution))
+        # The loop's own create_task: asyncio.create_task is a Python wrapper around it that also
+        # names the task (one more frame and call per run). No done callback: _execute frees the
+        # slot as it ends (a callback per run cost a call_soon, a Handle and a partial).
+        execution.task = asyncio.get_running_loop().create_task(self._execute(execution))
+
+    def _cancel_task(self, execution: _Execution) -> None:
+        """Cancel the run's asyncio task. One cancelled before its first step never enters
+        _execute (a cancel request handled in the loop turn that started the run): its end is
+        seen to by a done callback instead, and its run still ends 'cancelled'."""
+        assert execution.task is not None
+        if not execution.entered and not execution.watched:
+            execution.watched = True
+            execution.task.add_done_callback(functools.partial(self._execution_done, execution))
+        execution.task.cancel()
 
     def _execution_done(self, execution: _Execution, task: asyncio.Task[None]) -> None:
-        """However the run's task ended, its slot is free. A task cancelled before its first
-        step (a cancel request handled in the loop turn that started the run) never entered
-        _execute: its run still ends 'cancelled'."""
+        """A task cancelled before its first step has ended: its slot is free."""
+        if execution.entered:
+            return  # it began after all: _execute freed the slot and wrote the outcome
         self._free_slot(execution.run.id)
         if task.cancelled() and execution.context.cancelled:
             self._completer.add(cancelled_on_request(execution.run, self.worker_id or 0))
 
     async def _execute(self, execution: _Execution) -> None:
-        run = execution.run
-        # This run's own asyncio task: what enter_run sets stays with it (log lines, current_run()).
-        enter_run(execution.context, run.trace_context)
-        with run_span(run, self.worker_id or 0) as span:
-            # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is
-            # a large share of the worker's CPU.
-            logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
-            started = time.perf_counter()
-            try:
-                if run.has_parents:
-                    await self._read_parent_results(execution)
-                outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, self._processes)
-            except asyncio.CancelledError:
-                if not execution.context.cancelled:
-                    return  # released back to the queue by the shutdown
-                outcome = cancelled_on_request(run, self.worker_id or 0)
-            span.record(outcome)
-            _log_outcome(run, outcome, time.perf_counter() - started)
-        if outcome.status == "succeeded":
-            self._succeeded += 1
-        self._completer.add(outcome)
+        execution.entered = True
+        try:
+            run = execution.run
+            # This run's own asyncio task: what enter_run sets stays with it (log lines, current_run()).
+            enter_run(execution.context, run.trace_context)
+            # DEBUG, like success lines (see _log_outcome): at thousands of runs/s a line per run is a
+            # large share of the worker's CPU, and so is asking the logger twice a run whether it is on.
+            debug = logger.isEnabledFor(logging.DEBUG)
+            with run_span(run, self.worker_id or 0) as span:
+                if debug:
+                    logger.debug("run %d %s started (attempt %d/%d)", run.id, run.task, run.attempt, run.max_attempts)
+                started = time.perf_counter()
+                try:
+                    if run.has_parents:
+                        await self._read_parent_results(execution)
+                    outcome = await execute(run, self.app.tasks, self._threads, self.worker_id or 0, self._processes)
+                except asyncio.CancelledError:
+                    if not execution.context.cancelled:
+                        return  # released back to the queue by the shutdown
+                    outcome = cancelled_on_request(run, self.worker_id or 0)
+                span.record(outcome)
+                if outcome.status == "succeeded":
+                    self._succeeded += 1
+                    if debug:
+                        _log_outcome(run, outcome, time.perf_counter() - started)
+                else:
+                    _log_outcome(run, outcome, time.perf_counter() - started)
+            self._completer.add(outcome)
+        finally:
+            self._free_slot(execution.run.id)
 
     async def _read_parent_results(self, execution: _Execution) -> None:
         """A workflow step's parents' results: its ``current_run().parent_results``, and its
@@ -374,7 +397,7 @@ class Worker:
         logger.info("run %d %s: cancel requested", run_id, execution.run.task, extra=about(execution.context))
         execution.context.cancelled = True
         if execution.task is not None and self._stoppable(execution):
-            execution.task.cancel()
+            self._cancel_task(execution)
 
     def _cancel_already_requested(self, run_id: int) -> bool:
         execution = self._state.executing.get(run_id)
@@ -392,14 +415,19 @@ class Worker:
         self._fetcher.capacity_freed()
 
     def _on_written(self, batch: list[Outcome], written: set[int]) -> None:
-        for outcome in batch:
-            if outcome.run_id not in written:
-                logger.warning(
-                    "run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
-                    outcome.run_id,
-                    outcome.attempt,
-                )
+        # Each pass over the batch only when it can find something (a lease lost, a limited run
+        # running): the plain drain made both passes over every batch and found nothing.
+        if len(written) < len(batch):
+            for outcome in batch:
+                if outcome.run_id not in written:
+                    logger.warning(
+                        "run %d: outcome discarded, this worker no longer held attempt %d (lease lost)",
+                        outcome.run_id,
+                        outcome.attempt,
+                    )
         self._fetcher.outcomes_written()
+        if not self._limited_runs:
+            return
         freed = {self._limited_runs.pop(o.run_id) for o in batch if o.run_id in self._limited_runs}
         if freed and self._fetcher.held and self._pool is not None:
             task = asyncio.create_task(self._notify_slots_freed(self._pool, sorted(freed)))
@@ -518,7 +546,7 @@ class Worker:
         )
         for execution in list(executing.values()):
             if execution.task is not None:
-                execution.task.cancel()
+                self._cancel_task(execution)
         if leftover:
             await self._release(pool, leftover)
         await self._drain(completer, deadline)

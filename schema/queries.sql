@@ -282,6 +282,20 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[],
 WHERE r.id = o.id AND r.attempt = o.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
 RETURNING r.id;
 
+-- name: run_complete_succeeded
+-- run_complete_many for a batch whose outcomes all succeeded (the common batch): the same
+-- fenced UPDATE, with only what a success writes (status, result, finished_at, the lease
+-- cleared), from three arrays instead of six. A run whose cancel was requested still ends
+-- 'cancelled', as there.
+UPDATE pgsched.runs AS r
+SET status = CASE WHEN r.cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'succeeded' END::pgsched.run_status,
+    result = o.result::jsonb,
+    finished_at = now(),
+    lease_expires_at = NULL
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(results)s::text[]) AS o(id, attempt, result)
+WHERE r.id = o.id AND r.attempt = o.attempt AND r.worker_id = %(worker_id)s AND r.status = 'running'
+RETURNING r.id;
+
 -- name: run_release_many
 -- Graceful shutdown: hand runs that did not finish back to the queue without using up an
 -- attempt, and wake the other workers.

@@ -350,7 +350,10 @@ def test_outage_longer_than_the_grace_all_catches_up_every_fire_time_and_skip_do
     skip_runs = fired(conn, skip_job)
     skip_times = [t for t, _ in skip_runs]
     assert doubled(skip_times) == [], f"fire times fired more than once: {doubled(skip_times)}"
-    too_late = [(t, created) for t, created in skip_runs if created - t >= timedelta(seconds=grace)]
+    # The leader judges a fire time on time at its look and writes the run in a later
+    # transaction, so created_at trails the look: by 0.2 s once on a machine at load 24. A
+    # missed fire time fired anyway would trail by most of the 1.6 s outage, hence the 0.5 s slack.
+    too_late = [(t, created) for t, created in skip_runs if created - t >= timedelta(seconds=grace + 0.5)]
     assert too_late == [], f"skip fired missed fire times: {too_late}"
     skipped_in_outage = [b for a, b in gaps(skip_times) if a < killed_at < b]
     assert skipped_in_outage, f"no fire time skipped across the outage: {skip_times}"
