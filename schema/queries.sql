@@ -64,6 +64,14 @@ VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s, %(max_attempts)s, %(tenant)
         %(concurrency_key)s)
 RETURNING id, true AS created;
 
+-- name: run_insert_bare
+-- run_insert_now for a run that asks for nothing the columns do not default to (queue
+-- 'default', priority 0, 3 attempts; no tenant, key or trace): the statement a one-call
+-- enqueue sends most, with 2 parameters instead of 9.
+INSERT INTO pgsched.runs (task, args)
+VALUES (%(task)s, %(args)s)
+RETURNING id, true AS created;
+
 -- name: run_insert_returning
 -- run_insert that returns the new run as run_get reads it: the REST API answers POST /runs with
 -- this row, so the insert and its read-back are one statement (one round trip, no transaction).

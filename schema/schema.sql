@@ -456,10 +456,7 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER runs_inserted
-    AFTER INSERT ON pgsched.runs
-    REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_inserted();
+-- (0036: no trigger calls it any more; runs_inserted_v2 below does its work.)
 
 -- A run someone waits on (awaited, set by the waiter's run_watch) says so when it ends, on
 -- channel pgsched_finished with its id. Every path that ends a run (completion, rescue, cancel,
@@ -1790,10 +1787,128 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER runs_tenant_inserted
+-- (0036: no trigger calls it any more; runs_inserted_v2 below does its work.)
+
+-- The insert trigger (0036), cheaper for a one-run insert: the check is a row trigger's WHEN (a
+-- good row calls no function), and one statement trigger reads the statement's rows once for
+-- the wake-up (0027's protocol) and, only when a row has a tenant, 0026's usage and quotas.
+CREATE FUNCTION pgsched.run_inserted_refused() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'run %: a run is inserted queued (or waiting, in a workflow) with attempt 0, got status % and attempt %',
+        NEW.id, NEW.status, NEW.attempt
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'run_must_be_inserted_queued',
+              HINT = 'enqueue it, then let a worker run it; to restore a dump, load it with triggers disabled';
+END;
+$$;
+
+CREATE FUNCTION pgsched.runs_inserted_v2() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    first_queue text;
+    last_queue text;
+    any_tenant boolean;
+    queues text[];
+    q text;
+    h integer;
+    today date;
+    quota record;
+    total bigint;
+BEGIN
+    SELECT min(queue) FILTER (WHERE status = 'queued'), max(queue) FILTER (WHERE status = 'queued'),
+           bool_or(tenant IS NOT NULL)
+    INTO first_queue, last_queue, any_tenant
+    FROM new_runs;
+    IF any_tenant THEN
+        -- 0026's runs_tenant_inserted, unchanged: usage logged, quotas checked under the lock.
+        today := (now() AT TIME ZONE 'UTC')::date;
+        INSERT INTO pgsched.tenant_usage_log (tenant, day, created)
+        SELECT tenant, today, count(*) FROM new_runs WHERE tenant IS NOT NULL GROUP BY tenant;
+        FOR quota IN
+            SELECT t.name, t.max_queued, t.runs_per_day, n.adding
+            FROM pgsched.tenants AS t
+            JOIN (SELECT tenant, count(*) AS adding FROM new_runs WHERE tenant IS NOT NULL GROUP BY tenant) AS n
+              ON n.tenant = t.name
+            WHERE t.max_queued IS NOT NULL OR t.runs_per_day IS NOT NULL
+            ORDER BY t.name
+            FOR UPDATE OF t
+        LOOP
+            UPDATE pgsched.tenant_days SET created = created + quota.adding WHERE tenant = quota.name AND day = today
+            RETURNING created INTO total;
+            IF NOT FOUND THEN
+                -- The tenant's first runs today since it has a quota: count what it created before
+                -- (the folded usage and the log, which holds this statement's runs already) once.
+                SELECT coalesce(sum(c), 0) INTO total FROM (
+                    SELECT created AS c FROM pgsched.tenant_usage WHERE tenant = quota.name AND day = today
+                    UNION ALL
+                    SELECT created FROM pgsched.tenant_usage_log WHERE tenant = quota.name AND day = today
+                ) AS before;
+                -- ON CONFLICT: a REPEATABLE READ enqueuer that cannot see a row another committed
+                -- fails to serialize here (retryable), where a plain INSERT would be a unique violation.
+                INSERT INTO pgsched.tenant_days AS d (tenant, day, created) VALUES (quota.name, today, total)
+                ON CONFLICT (tenant, day) DO UPDATE SET created = d.created + quota.adding
+                RETURNING d.created INTO total;
+            END IF;
+            IF total > quota.runs_per_day THEN
+                RAISE EXCEPTION 'tenant % is over its quota runs_per_day = %: % runs created today (UTC), this statement adds %; nothing was inserted',
+                    quota.name, quota.runs_per_day, total - quota.adding, quota.adding
+                    USING ERRCODE = 'PS429', SCHEMA = 'pgsched', TABLE = 'tenants', COLUMN = 'runs_per_day',
+                          DETAIL = jsonb_build_object('tenant', quota.name, 'quota', 'runs_per_day', 'limit', quota.runs_per_day,
+                                                     'count', total - quota.adding, 'adding', quota.adding)::text,
+                          HINT = 'the count starts again at 00:00 UTC; `pgsched tenants set` changes the quota';
+            END IF;
+            IF quota.max_queued IS NOT NULL THEN
+                -- The statement's own runs are visible here (runs_tenant_queued_idx, index only).
+                SELECT count(*) INTO total FROM pgsched.runs WHERE tenant = quota.name AND status = 'queued';
+                IF total > quota.max_queued THEN
+                    RAISE EXCEPTION 'tenant % is over its quota max_queued = %: % runs queued, this statement adds %; nothing was inserted',
+                        quota.name, quota.max_queued, greatest(total - quota.adding, 0), quota.adding
+                        USING ERRCODE = 'PS429', SCHEMA = 'pgsched', TABLE = 'tenants', COLUMN = 'max_queued',
+                              DETAIL = jsonb_build_object('tenant', quota.name, 'quota', 'max_queued', 'limit', quota.max_queued,
+                                                         'count', greatest(total - quota.adding, 0), 'adding', quota.adding)::text,
+                              HINT = 'retry once workers have started some of its queued runs; `pgsched tenants set` changes the quota';
+                END IF;
+            END IF;
+        END LOOP;
+    END IF;
+    IF first_queue IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF first_queue = last_queue THEN
+        queues := ARRAY[first_queue];
+    ELSE
+        SELECT array_agg(DISTINCT queue) INTO queues FROM new_runs WHERE status = 'queued';
+    END IF;
+    -- 0027: while a worker of an older release is registered, every queue is notified.
+    IF EXISTS (SELECT FROM pgsched.workers WHERE NOT advertises_waits) THEN
+        PERFORM pg_notify('pgsched', queue_name) FROM unnest(queues) AS queue_name;
+        RETURN NULL;
+    END IF;
+    FOREACH q IN ARRAY queues LOOP
+        h := hashtext(q);
+        -- Held to commit: a worker about to sleep waits for this insert (see 0027).
+        IF pg_try_advisory_xact_lock_shared(1885827941, h) THEN
+            IF pg_try_advisory_lock(1885827959, h) THEN
+                PERFORM pg_advisory_unlock(1885827959, h);
+                CONTINUE;  -- nobody waits on q: its workers' next claim finds the run
+            END IF;
+        END IF;
+        -- One per queue and transaction: PostgreSQL drops a repeated (channel, payload).
+        PERFORM pg_notify('pgsched', q);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+-- A row trigger whose WHEN is false costs no function call: only a bad row reaches it.
+CREATE TRIGGER runs_inserted_checked
+    AFTER INSERT ON pgsched.runs
+    FOR EACH ROW
+    WHEN (NEW.status NOT IN ('queued', 'waiting') OR NEW.attempt <> 0)
+    EXECUTE FUNCTION pgsched.run_inserted_refused();
+
+CREATE TRIGGER runs_inserted
     AFTER INSERT ON pgsched.runs
     REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_tenant_inserted();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_inserted_v2();
 
 
 -- ---------------------------------------------------------------------------------------------

@@ -420,6 +420,17 @@ def test_plain_insert_of_a_run_no_reader_could_read_is_refused_naming_the_rule(
     unchanged()
 
 
+def test_a_copy_with_one_run_not_inserted_queued_among_good_ones_writes_none(conn, unchanged):
+    # Since 0036 the rule is checked per row (a trigger's WHEN), not over the statement's rows.
+    with pytest.raises(psycopg.errors.CheckViolation) as raised:
+        with conn.cursor().copy("COPY pgsched.runs (task, attempt) FROM STDIN") as copy:
+            for attempt in (0, 0, 2, 0):
+                copy.write_row(("t", attempt))
+    assert raised.value.diag.constraint_name == "run_must_be_inserted_queued"
+    assert "got status queued and attempt 2" in str(raised.value)
+    unchanged()
+
+
 @pytest.mark.parametrize("run_at", ["infinity", "-infinity", "4000-01-01 BC"])
 def test_sql_enqueue_of_an_instant_no_reader_could_read_is_refused(conn, unchanged, run_at):
     with pytest.raises(psycopg.errors.CheckViolation) as raised:

@@ -467,6 +467,7 @@ def test_multi_row_insert_into_two_queues_notifies_each_queue_once(dsn, conn, li
         " ('t', 'alpha'), ('t', 'beta'), ('t', 'alpha'), ('t', 'beta'), ('t', 'alpha')"
     )
     assert sorted(delivered(listener, dsn)) == ["alpha", "beta"]
+    conn.execute("DELETE FROM pgsched.workers")
 
 
 def test_copy_of_a_thousand_runs_notifies_once(app, dsn, conn, listener):
@@ -523,6 +524,12 @@ def test_while_a_worker_of_an_older_release_is_registered_every_queue_is_notifie
     conn.execute("DELETE FROM pgsched.workers")
     conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'unwatched')")
     assert delivered(listener, dsn) == []
+
+
+def test_with_a_worker_of_an_older_release_a_statement_into_two_queues_notifies_both(dsn, conn, listener):
+    conn.execute("INSERT INTO pgsched.workers (host, pid, queues, concurrency) VALUES ('old', 1, '{x}', 1)")
+    conn.execute("INSERT INTO pgsched.runs (task, queue) VALUES ('t', 'beta'), ('t', 'alpha'), ('t', 'beta')")
+    assert sorted(delivered(listener, dsn)) == ["alpha", "beta"]
 
 
 def test_many_inserts_into_one_queue_in_one_transaction_notify_once(dsn, conn, listener):

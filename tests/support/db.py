@@ -39,6 +39,7 @@ def drop_the_rules_of_0009(conn: psycopg.Connection[Any]) -> None:
         ).fetchall():
             conn.execute(f'ALTER TABLE pgsched.{table} DROP CONSTRAINT "{name}"'.encode())
     conn.execute("ALTER TABLE pgsched.runs DISABLE TRIGGER runs_inserted")
+    conn.execute("ALTER TABLE pgsched.runs DISABLE TRIGGER runs_inserted_checked")  # the check since 0036
 
 
 def reconnect(dsn: str, timeout: float = 30) -> psycopg.Connection[Any]:
