@@ -125,7 +125,7 @@ def empty_runs(dsn: str) -> None:
 
 def check_all_queued(dsn: str, expected: int, label: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        found = conn.execute("SELECT count(*) FROM pgsched.runs").fetchone()[0]  # type: ignore[index]
+        found = conn.execute("SELECT count(*) FROM pgsched.runs_all").fetchone()[0]  # type: ignore[index]
     if found != expected:
         raise RuntimeError(f"{label}: {found} runs in the table, {expected} expected")
 

@@ -196,7 +196,7 @@ def main() -> None:
         last = first + timedelta(seconds=args.seconds - 1)
         wait_for(
             conn,
-            "SELECT count(*) >= %s FROM pgsched.runs WHERE scheduled_for = %s",
+            "SELECT count(*) >= %s FROM pgsched.runs_all WHERE scheduled_for = %s",
             (args.jobs, last),
             args.seconds + 30,
             "the last measured fire time of every job",
@@ -206,7 +206,7 @@ def main() -> None:
         p50, p99, worst = conn.execute(
             "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),"
             " max(ms) FROM (SELECT extract(epoch FROM created_at - scheduled_for)::float8 * 1000 AS ms"
-            " FROM pgsched.runs WHERE scheduled_for BETWEEN %s AND %s) AS lateness",
+            " FROM pgsched.runs_all WHERE scheduled_for BETWEEN %s AND %s) AS lateness",
             (first, last),
         ).fetchone()  # type: ignore[misc]
         print(
@@ -233,7 +233,7 @@ def main() -> None:
         )
         first_new = wait_for(
             conn,
-            "SELECT min(created_at) FROM pgsched.runs WHERE created_at >= %s",
+            "SELECT min(created_at) FROM pgsched.runs_all WHERE created_at >= %s",
             (new_since,),
             30,
             "the new leader's first run",
@@ -241,7 +241,7 @@ def main() -> None:
         )
         all_due = wait_for(
             conn,
-            "SELECT max(created_at) FROM pgsched.runs WHERE scheduled_for = %s HAVING count(*) >= %s",
+            "SELECT max(created_at) FROM pgsched.runs_all WHERE scheduled_for = %s HAVING count(*) >= %s",
             (due, args.jobs),
             30,
             "every job's fire time that came due in the outage",
@@ -261,7 +261,7 @@ def main() -> None:
         end = due + timedelta(seconds=2)
         wait_for(
             conn,
-            "SELECT count(*) >= %s FROM pgsched.runs WHERE scheduled_for = %s",
+            "SELECT count(*) >= %s FROM pgsched.runs_all WHERE scheduled_for = %s",
             (args.jobs, end),
             30,
             "2 more fire times under the new leader",
@@ -274,13 +274,13 @@ def main() -> None:
             if proc.wait(30) != 0:
                 raise RuntimeError(f"beat pid {proc.pid} exited with {proc.returncode} after SIGTERM")
         runs, distinct, expected, missing = conn.execute(
-            "SELECT (SELECT count(*) FROM pgsched.runs WHERE scheduled_for BETWEEN %(first)s AND %(end)s),"
-            " (SELECT count(DISTINCT (job_id, scheduled_for)) FROM pgsched.runs"
+            "SELECT (SELECT count(*) FROM pgsched.runs_all WHERE scheduled_for BETWEEN %(first)s AND %(end)s),"
+            " (SELECT count(DISTINCT (job_id, scheduled_for)) FROM pgsched.runs_all"
             "  WHERE scheduled_for BETWEEN %(first)s AND %(end)s),"
             " (SELECT count(*) FROM pgsched.jobs, generate_series(%(first)s, %(end)s, interval '1 second')),"
             " (SELECT count(*) FROM pgsched.jobs AS j,"
             " generate_series(%(first)s, %(end)s, interval '1 second') AS s(at)"
-            "  WHERE NOT EXISTS (SELECT FROM pgsched.runs AS r WHERE r.job_id = j.id AND r.scheduled_for = s.at))",
+            "  WHERE NOT EXISTS (SELECT FROM pgsched.runs_all AS r WHERE r.job_id = j.id AND r.scheduled_for = s.at))",
             {"first": first, "end": end},
         ).fetchone()  # type: ignore[misc]
         duplicates = runs - distinct

@@ -61,7 +61,7 @@ SELECT max(in_progress), sum(in_progress * lasted) / sum(lasted) FROM spans_of W
 MOST_STARTS_IN_A_SECOND = """
 SELECT max(n) FROM (
     SELECT count(*) OVER (ORDER BY started_at RANGE BETWEEN CURRENT ROW AND '999.999 ms' FOLLOWING) AS n
-    FROM pgsched.runs WHERE started_at IS NOT NULL
+    FROM pgsched.runs_all WHERE started_at IS NOT NULL
 ) AS windows
 """
 
@@ -136,12 +136,12 @@ def max_running_overlap(server: str, runs: int = 2000) -> dict[str, Any]:
             conn.execute("INSERT INTO pgsched.queues (name, max_running) VALUES ('default', 10)")
         enqueue(dsn, "span", [{"n": i, "ms": 20} for i in range(runs)])
         started = time.perf_counter()
-        done = f"SELECT count(*) = {runs} FROM pgsched.runs WHERE status = 'succeeded'"
+        done = f"SELECT count(*) = {runs} FROM pgsched.runs_all WHERE status = 'succeeded'"
         workers_draining(dsn, 4, 20, done, 600)
         seconds = time.perf_counter() - started
         with psycopg.connect(dsn, autocommit=True) as conn:
             most, mean = conn.execute(OVERLAP).fetchone()  # type: ignore[misc]
-            attempts = conn.execute("SELECT max(attempt) FROM pgsched.runs").fetchone()[0]  # type: ignore[index]
+            attempts = conn.execute("SELECT max(attempt) FROM pgsched.runs_all").fetchone()[0]  # type: ignore[index]
     return {
         "runs": runs,
         "max_overlap": int(most),
@@ -163,15 +163,15 @@ def rate_accuracy(server: str, seconds: float, rate: int = 200, burst: int = 10)
         procs = [start_worker(dsn, "--concurrency", "20", app=LIMITS_APP) for _ in range(4)]
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                wait_until(conn, "SELECT count(*) > 0 FROM pgsched.runs WHERE started_at IS NOT NULL", 60, 0.05)
+                wait_until(conn, "SELECT count(*) > 0 FROM pgsched.runs_all WHERE started_at IS NOT NULL", 60, 0.05)
                 time.sleep(seconds + 2)
         finally:
             for proc in procs:
                 stop_worker(proc)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            first = conn.execute("SELECT min(started_at) FROM pgsched.runs").fetchone()[0]  # type: ignore[index]
+            first = conn.execute("SELECT min(started_at) FROM pgsched.runs_all").fetchone()[0]  # type: ignore[index]
             started = conn.execute(
-                "SELECT count(*) FROM pgsched.runs WHERE started_at < %s + make_interval(secs => %s)",
+                "SELECT count(*) FROM pgsched.runs_all WHERE started_at < %s + make_interval(secs => %s)",
                 (first, seconds),
             ).fetchone()[0]  # type: ignore[index]
             most = conn.execute(MOST_STARTS_IN_A_SECOND).fetchone()[0]  # type: ignore[index]
@@ -192,11 +192,11 @@ FAIR_BATCHES = 8
 FAIR_EVERY_S = 0.25
 B_WAITS = """
 SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY s), max(s), count(*) FROM (
-    SELECT extract(epoch FROM started_at - created_at) AS s FROM pgsched.runs WHERE tenant = 'B'
+    SELECT extract(epoch FROM started_at - created_at) AS s FROM pgsched.runs_all WHERE tenant = 'B'
 ) AS waits
 """
 A_RATE = """
-SELECT count(*) / extract(epoch FROM max(finished_at) - min(started_at)) FROM pgsched.runs WHERE tenant = 'A'
+SELECT count(*) / extract(epoch FROM max(finished_at) - min(started_at)) FROM pgsched.runs_all WHERE tenant = 'A'
 """
 
 
@@ -209,9 +209,9 @@ def fairness(server: str, fair: bool) -> dict[str, Any]:
         )
         procs = [start_worker(dsn, "--concurrency", "20", app=LIMITS_APP) for _ in range(2)]
         try:
-            wait_until(conn, "SELECT count(*) >= 500 FROM pgsched.runs WHERE started_at IS NOT NULL", 120, 0.01)
+            wait_until(conn, "SELECT count(*) >= 500 FROM pgsched.runs_all WHERE started_at IS NOT NULL", 120, 0.01)
             for _ in range(FAIR_BATCHES):
-                queued = "SELECT count(*) FROM pgsched.runs WHERE tenant = 'A' AND status = 'queued'"
+                queued = "SELECT count(*) FROM pgsched.runs_all WHERE tenant = 'A' AND status = 'queued'"
                 if conn.execute(queued).fetchone()[0] < 1000:  # type: ignore[index]
                     break  # A's backlog is (nearly) gone: B would no longer wait behind it
                 conn.execute(

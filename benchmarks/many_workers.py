@@ -31,7 +31,7 @@ from pgsched import App
 
 CLAIMS_SQL = """
 WITH claims AS (
-    SELECT worker_id, started_at, count(*) AS runs FROM pgsched.runs GROUP BY worker_id, started_at
+    SELECT worker_id, started_at, count(*) AS runs FROM pgsched.runs_all GROUP BY worker_id, started_at
 )
 SELECT count(*), count(*) FILTER (WHERE runs < %(concurrency)s AND started_at < (SELECT max(started_at) FROM claims))
 FROM claims
@@ -39,7 +39,7 @@ FROM claims
 INDEX_READS_SQL = """
 SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = 'pgsched' AND indexrelname = 'runs_claim_idx'
 """
-RATE_SQL = "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at)) FROM pgsched.runs"
+RATE_SQL = "SELECT count(*), extract(epoch FROM max(finished_at) - min(started_at)) FROM pgsched.runs_all"
 
 
 def drain(dsn: str, runs: int, processes: int, concurrency: int) -> dict[str, float]:

@@ -76,7 +76,7 @@ BEFORE = "before (main: NOTIFY every insert)"
 AFTER = "after (0027, nobody waiting)"
 AFTER_WAITING = "after, a worker waiting"
 VARIANTS = (NO_TRIGGER, BEFORE, AFTER, AFTER_WAITING)
-STARTED = "SELECT extract(epoch FROM started_at) FROM pgsched.runs WHERE id = %s AND started_at IS NOT NULL"
+STARTED = "SELECT extract(epoch FROM started_at) FROM pgsched.runs_all WHERE id = %s AND started_at IS NOT NULL"
 SENT = ", from the commit sent"
 LATENCY_BEFORE = "before (main's trigger)"
 LATENCY_AFTER = "after (0027: the worker said it waits)"
@@ -270,7 +270,7 @@ def throughput_draining(dsn: str, args: argparse.Namespace) -> dict[str, list[di
 
 
 def _started(admin: psycopg.Connection[Any]) -> int:
-    row = admin.execute("SELECT count(*) FROM pgsched.runs WHERE started_at IS NOT NULL").fetchone()
+    row = admin.execute("SELECT count(*) FROM pgsched.runs_all WHERE started_at IS NOT NULL").fetchone()
     return int(row[0]) if row else 0
 
 

@@ -111,7 +111,8 @@ def drain(dsn: str, n: int, *extra: str, worker_app: str = BENCH_APP, root: Path
         finally:
             stop_worker(worker)
         first, last, done = conn.execute(
-            "SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'succeeded') FROM pgsched.runs"
+            "SELECT min(started_at), max(finished_at), count(*) FILTER (WHERE status = 'succeeded')"
+            " FROM pgsched.runs_all"
         ).fetchone()  # type: ignore[misc]
     assert done == n, f"only {done} of {n} runs succeeded"
     return _rate(n, (last - first).total_seconds())
@@ -128,12 +129,16 @@ def latency(dsn: str, n: int) -> list[float]:
         try:
             wait_until(conn, "SELECT count(*) > 0 FROM pgsched.workers", 30)
             app.enqueue("started_at", {})  # warm the pool and the worker
-            wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs WHERE status <> 'succeeded'", 30, 0.01)
+            wait_until(conn, "SELECT count(*) = 0 FROM pgsched.runs_all WHERE status <> 'succeeded'", 30, 0.01)
             for _ in range(n):  # the previous run has succeeded: the worker is idle
                 sent = time.time()
                 run_id = app.enqueue("started_at", {})
-                wait_until(conn, f"SELECT status = 'succeeded' FROM pgsched.runs WHERE id = {int(run_id)}", 30, 0.002)
-                began = conn.execute("SELECT result::float8 FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()[0]  # type: ignore[index]
+                wait_until(
+                    conn, f"SELECT status = 'succeeded' FROM pgsched.runs_all WHERE id = {int(run_id)}", 30, 0.002
+                )
+                began = conn.execute("SELECT result::float8 FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()[
+                    0
+                ]  # type: ignore[index]
                 samples.append((began - sent) * 1000)
         finally:
             stop_worker(worker)

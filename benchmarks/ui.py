@@ -119,8 +119,8 @@ def page_times(client: httpx.Client, paths: dict[str, str], requests: int) -> di
 
 def deep_paths(dsn: str) -> dict[str, str]:
     with psycopg.connect(dsn) as conn:
-        deep = conn.execute("SELECT id FROM pgsched.runs ORDER BY id DESC OFFSET 100 LIMIT 1").fetchone()
-        failed = conn.execute("SELECT max(id) FROM pgsched.runs WHERE status = 'failed'").fetchone()
+        deep = conn.execute("SELECT id FROM pgsched.runs_all ORDER BY id DESC OFFSET 100 LIMIT 1").fetchone()
+        failed = conn.execute("SELECT max(id) FROM pgsched.runs_all WHERE status = 'failed'").fetchone()
     assert deep is not None and failed is not None
     return {"runs, 3rd page": f"/ui/runs?cursor={deep[0]}", "run detail": f"/ui/runs/{failed[0]}"}
 
@@ -187,7 +187,7 @@ def drain_rate(dsn: str, n: int) -> float:
         finally:
             stop_worker(worker)
         first, last = conn.execute(
-            "SELECT min(started_at), max(finished_at) FROM pgsched.runs WHERE queue = 'drain'"
+            "SELECT min(started_at), max(finished_at) FROM pgsched.runs_all WHERE queue = 'drain'"
         ).fetchone()  # type: ignore[misc]
     return n / (last - first).total_seconds()
 

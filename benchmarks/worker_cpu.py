@@ -48,7 +48,7 @@ TASKS = {"async": "noop", "sync": "noop_sync"}
 PENDING_SQL = "SELECT count(*) FROM pgsched.runs WHERE status IN ('queued', 'running')"
 RATE_SQL = (
     "SELECT count(*) FILTER (WHERE status = 'succeeded'), extract(epoch FROM max(finished_at) - min(started_at)),"
-    " count(DISTINCT (worker_id, started_at)), count(DISTINCT (worker_id, finished_at)) FROM pgsched.runs"
+    " count(DISTINCT (worker_id, started_at)), count(DISTINCT (worker_id, finished_at)) FROM pgsched.runs_all"
 )
 OTHER_BACKENDS_SQL = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
 METRICS = ("per_s", "worker_us_per_run", "store_us_per_run", "runs_per_claim", "runs_per_completion")

@@ -60,7 +60,14 @@ from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.errors import ConfigError, InvalidInput
 from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
-from pgsched.maintenance import maintain_history, prune_finished, refresh_rollup, repair_workflows, rescue_expired
+from pgsched.maintenance import (
+    HistoryMover,
+    maintain_history,
+    prune_finished,
+    refresh_rollup,
+    repair_workflows,
+    rescue_expired,
+)
 from pgsched.quotas import fold_usage, quota_error
 from pgsched.schedule import Schedule
 from pgsched.sql import queries
@@ -143,6 +150,7 @@ class Beat:
         self.leading = False
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._mover = HistoryMover()  # the move of runs that ended before schema 0030
         self._identity = {"host": socket.gethostname(), "pid": os.getpid()}
 
     def request_stop(self) -> None:
@@ -240,6 +248,7 @@ class Beat:
         )
         async with pool.connection() as conn:
             await maintain_history(conn, retention_s=self.options.retention_s)
+            await self._mover.round(conn)
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
             await repair_workflows(conn)

@@ -805,6 +805,8 @@ WITH advanced AS (
     INSERT INTO pgsched.runs (task, args, queue, priority, max_attempts, job_id, scheduled_for, run_at, tenant)
     SELECT a.task, a.args, a.queue, a.priority, a.max_attempts, a.id, t.at, t.at, a.tenant
     FROM advanced AS a, unnest(%(times)s::timestamptz[]) AS t(at)
+    -- Its run may have ended and moved to runs_history (schema 0030), out of the index's reach.
+    WHERE NOT EXISTS (SELECT FROM pgsched.runs_history AS h WHERE h.job_id = a.id AND h.scheduled_for = t.at)
     ON CONFLICT (job_id, scheduled_for) WHERE job_id IS NOT NULL AND scheduled_for IS NOT NULL DO NOTHING
     RETURNING id
 )
@@ -895,7 +897,8 @@ SELECT set_config('lock_timeout', %(timeout)s, true);
 
 -- name: history_partition_create
 -- The day partition of runs_history for %(day)s (UTC); false: it exists.
-SELECT pgsched.history_partition_create(%(day)s::date);
+-- (v2, schema 0032: DEFAULT locked against inserts while its strays move.)
+SELECT pgsched.history_partition_create_v2(%(day)s::date);
 
 -- name: history_partition_list
 -- runs_history's day partitions, oldest first, each with the instant its range ends.
@@ -904,6 +907,16 @@ SELECT name, day, ends_at FROM pgsched.history_partitions();
 -- name: history_partition_drop
 -- Drop one day partition whose range ended before %(before)s (false: not that old, or gone).
 SELECT pgsched.history_partition_drop(%(name)s, %(before)s::timestamptz);
+
+-- name: history_mover_ready
+-- Whether runs move to runs_history here (schema 0030, post-deploy): before it, the previous
+-- release may still read finished runs in runs, and the leader leaves them there.
+SELECT to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT NULL;
+
+-- name: history_move_finished
+-- Up to %(batch)s runs that ended before schema 0030 (id above %(after_id)s), moved to
+-- runs_history in one statement; returns how many and the highest id reached (NULL: the end).
+SELECT moved, reached FROM pgsched.history_move_finished(%(after_id)s, %(batch)s);
 
 -- name: history_default_rows
 -- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a

@@ -247,7 +247,7 @@ class Soak:
         def all_finished() -> bool:
             nonlocal done
             done = self.db.scalar(
-                "SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+                "SELECT count(*) FROM pgsched.runs_all WHERE status IN ('succeeded', 'failed', 'cancelled')"
             )
             return done == c.runs
 
@@ -271,7 +271,7 @@ class Soak:
         def stuck() -> str:
             return (
                 f"only {done} of {c.runs} runs finished: "
-                f"{self.db.rows('SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1')}\n"
+                f"{self.db.rows('SELECT status::text, count(*) FROM pgsched.runs_all GROUP BY 1')}\n"
                 f"{self.workers.diagnostics()}"
             )
 
@@ -324,7 +324,8 @@ class Soak:
             return any(began <= t <= end for began, end in self.restart_windows)
 
         runs = self.db.rows(
-            "SELECT id, args->>'key', status::text, attempt, max_attempts, worker_id, result, errors FROM pgsched.runs"
+            "SELECT id, args->>'key', status::text, attempt, max_attempts, worker_id, result, errors"
+            " FROM pgsched.runs_all"
         )
         executions = self.db.rows("SELECT run_id, key, attempt, pid, planned FROM soak_executions")
         by_run: dict[int, list[tuple[Any, ...]]] = defaultdict(list)

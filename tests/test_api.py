@@ -42,7 +42,7 @@ def readonly_api(postgresql_proc: Any) -> Iterator[ReadonlyApi]:
 
 def db_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        row = cur.execute("SELECT * FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()
+        row = cur.execute("SELECT * FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()
     assert row is not None
     return row
 

@@ -52,7 +52,8 @@ def finished_run(api: Api, conn: psycopg.Connection, status: str = "succeeded", 
 
 
 def set_result_behind_the_apis_back(conn: psycopg.Connection, run_id: int, result: int) -> None:
-    conn.execute("UPDATE pgsched.runs SET result = %s::text::jsonb WHERE id = %s", (result, run_id))
+    # The run ended: it is in runs_history (schema 0030), which pgsched itself never updates.
+    conn.execute("UPDATE pgsched.runs_history SET result = %s::text::jsonb WHERE id = %s", (result, run_id))
 
 
 def breaker(api: Api) -> Any:

@@ -16,7 +16,7 @@ LONG_TZ = "Europe/" + "x" * 300
 
 
 def rows(conn: psycopg.Connection) -> tuple[int, int]:
-    return scalar(conn, "SELECT count(*) FROM pgsched.runs"), scalar(conn, "SELECT count(*) FROM pgsched.jobs")
+    return scalar(conn, "SELECT count(*) FROM pgsched.runs_all"), scalar(conn, "SELECT count(*) FROM pgsched.jobs")
 
 
 def every_list_answers(api: Api) -> None:

@@ -104,7 +104,7 @@ FUZZ_SETTINGS = settings(
 
 # Every run and job, as one digest: what a refused request must leave as it was.
 FINGERPRINT = """
-    SELECT md5(coalesce((SELECT string_agg(r::text, ',' ORDER BY r.id) FROM pgsched.runs AS r), '')
+    SELECT md5(coalesce((SELECT string_agg(r::text, ',' ORDER BY r.id) FROM pgsched.runs_all AS r), '')
                || coalesce((SELECT string_agg(j::text, ',' ORDER BY j.id) FROM pgsched.jobs AS j), ''))"""
 
 

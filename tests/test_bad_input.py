@@ -46,12 +46,12 @@ def conn(shared_dsn: str) -> Iterator[psycopg.Connection]:
 
 @pytest.fixture
 def queued_id(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT id FROM pgsched.runs WHERE task = 'already-queued'").fetchone()[0]
+    return conn.execute("SELECT id FROM pgsched.runs_all WHERE task = 'already-queued'").fetchone()[0]
 
 
 @pytest.fixture
 def succeeded_id(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT id FROM pgsched.runs WHERE task = 'already-done'").fetchone()[0]
+    return conn.execute("SELECT id FROM pgsched.runs_all WHERE task = 'already-done'").fetchone()[0]
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def unchanged(conn: psycopg.Connection) -> Iterator[Callable[[], None]]:
     """Call it at the end of a test: asserts that the runs table is exactly as the test found it."""
 
     def state() -> list[tuple]:
-        return conn.execute("SELECT r::text FROM pgsched.runs AS r ORDER BY id").fetchall()
+        return conn.execute("SELECT r::text FROM pgsched.runs_all AS r ORDER BY id").fetchall()
 
     before = state()
     assert len(before) == 2
@@ -298,7 +298,7 @@ def test_a_bad_enqueue_inside_the_callers_transaction_leaves_it_usable(postgresq
             application.enqueue_many("t", [{}, [1]], conn=tx)
         tx.commit()
     with psycopg.connect(fresh) as check:
-        assert check.execute("SELECT array_agg(id) FROM pgsched.runs").fetchone()[0] == [good]
+        assert check.execute("SELECT array_agg(id) FROM pgsched.runs_all").fetchone()[0] == [good]
 
 
 # ---- SQL: pgsched.enqueue()

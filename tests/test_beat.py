@@ -76,7 +76,7 @@ def scheduled(conn: psycopg.Connection, name: str) -> list[datetime]:
     return [
         row[0]
         for row in conn.execute(
-            "SELECT r.scheduled_for FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id"
+            "SELECT r.scheduled_for FROM pgsched.runs_all r JOIN pgsched.jobs j ON j.id = r.job_id"
             " WHERE j.name = %s ORDER BY r.scheduled_for, r.id",
             (name,),
         )
@@ -87,7 +87,7 @@ def snapshot(conn: psycopg.Connection) -> tuple[list[tuple], list[tuple]]:
     """Every job and run, to check that a refused input changed nothing."""
     return (
         conn.execute("SELECT * FROM pgsched.jobs ORDER BY id").fetchall(),
-        conn.execute("SELECT * FROM pgsched.runs ORDER BY id").fetchall(),
+        conn.execute("SELECT * FROM pgsched.runs_all ORDER BY id").fetchall(),
     )
 
 
@@ -113,7 +113,7 @@ def test_runs_carry_the_job_definition_and_run_at_their_fire_time(conn: psycopg.
     add_job(conn, "report", cron="*/5 * * * *", args={"kind": "daily"}, queue="reports", priority=7, max_attempts=9)
     assert fire(dsn, minute(5)) == 1
     with conn.cursor(row_factory=dict_row) as cur:
-        run = cur.execute("SELECT * FROM pgsched.runs").fetchone()
+        run = cur.execute("SELECT * FROM pgsched.runs_all").fetchone()
     assert run is not None
     assert (run["task"], run["args"], run["queue"], run["priority"], run["max_attempts"], run["status"]) == (
         "tick",
@@ -221,7 +221,7 @@ def test_concurrent_beats_in_two_threads_never_duplicate_a_fire_time(conn: psyco
         results = [f.result(timeout=60) for f in [pool.submit(beat), pool.submit(beat)]]
     assert [a + b for a, b in zip(*results)] == [20] * 5
     duplicates = conn.execute(
-        "SELECT job_id, scheduled_for FROM pgsched.runs GROUP BY 1, 2 HAVING count(*) > 1"
+        "SELECT job_id, scheduled_for FROM pgsched.runs_all GROUP BY 1, 2 HAVING count(*) > 1"
     ).fetchall()
     assert duplicates == []
     for n in range(20):
@@ -463,7 +463,7 @@ def test_trigger_job_queues_one_run_now_outside_the_schedule(conn: psycopg.Conne
     next_before = job_row(conn, "nightly")["next_run_at"]
     run_id = jobs.trigger_job(conn, "nightly")
     with conn.cursor(row_factory=dict_row) as cur:
-        runs = cur.execute("SELECT * FROM pgsched.runs").fetchall()
+        runs = cur.execute("SELECT * FROM pgsched.runs_all").fetchall()
     assert [r["id"] for r in runs] == [run_id]
     run, db_now = runs[0], conn.execute("SELECT now()").fetchone()[0]
     assert (run["task"], run["args"], run["queue"], run["status"]) == ("tick", {"full": True}, "batch", "queued")
@@ -506,7 +506,7 @@ def test_list_pause_resume_delete_and_unknown_names(conn: psycopg.Connection, ds
     assert fire(dsn, minute(1)) == 1  # b-job's first minute
     jobs.delete_job(conn, "b-job")
     assert [j["name"] for j in jobs.list_jobs(conn)] == ["a-job"]
-    assert conn.execute("SELECT count(*), count(job_id) FROM pgsched.runs").fetchone() == (1, 0)  # history kept
+    assert conn.execute("SELECT count(*), count(job_id) FROM pgsched.runs_all").fetchone() == (1, 0)  # history kept
     for call in (
         lambda: jobs.get_job(conn, "b-job"),
         lambda: jobs.set_enabled(conn, "b-job", True),
@@ -793,13 +793,13 @@ def test_cli_jobs_add_list_show_pause_resume_trigger_delete(conn: psycopg.Connec
     assert "resumed" in resumed.stdout and job_row(conn, "ticker")["enabled"] is True
     run_id = int(triggered.stdout.strip())
     assert conn.execute(
-        "SELECT j.name FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id WHERE r.id = %s", (run_id,)
+        "SELECT j.name FROM pgsched.runs_all r JOIN pgsched.jobs j ON j.id = r.job_id WHERE r.id = %s", (run_id,)
     ).fetchone() == ("once",)
 
     (deleted,) = run_cli(dsn, ["jobs", "delete", "once"])
     assert deleted.returncode == 0 and "deleted" in deleted.stdout
     assert [j["name"] for j in jobs.list_jobs(conn)] == ["nightly", "ticker"]
-    assert conn.execute("SELECT count(*) FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone() == (1,)
+    assert conn.execute("SELECT count(*) FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone() == (1,)
 
 
 def test_a_periodic_task_with_a_bad_schedule_registers_nothing_so_a_fixed_one_can() -> None:

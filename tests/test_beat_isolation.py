@@ -28,15 +28,18 @@ def runs_of(conn: psycopg.Connection, name: str) -> int:
     return int(
         scalar(
             conn,
-            "SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id WHERE j.name = %s",
+            "SELECT count(*) FROM pgsched.runs_all r JOIN pgsched.jobs j ON j.id = r.job_id WHERE j.name = %s",
             (name,),
         )
     )
 
 
 async def runs_made(conn: psycopg.Connection, name: str, count: int) -> None:
+    # In a thread: a blocking read on the loop that hosts the beat would wait for a lock the
+    # beat holds (attaching a day partition locks runs_history's DEFAULT one, which runs_all
+    # reads) while the beat, on the same loop, could never commit to release it.
     async def enough() -> bool:
-        return runs_of(conn, name) >= count
+        return await asyncio.to_thread(runs_of, conn, name) >= count
 
     await wait_until_async(enough, 30, f"{count} runs of job {name!r}")
 

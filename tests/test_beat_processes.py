@@ -149,12 +149,12 @@ def every_second_job(
 def fired(conn: psycopg.Connection[Any], job_id: int) -> list[tuple[datetime, datetime]]:
     """(scheduled_for, created_at) of every run of the job, oldest fire time first."""
     return conn.execute(
-        "SELECT scheduled_for, created_at FROM pgsched.runs WHERE job_id = %s ORDER BY scheduled_for, id", (job_id,)
+        "SELECT scheduled_for, created_at FROM pgsched.runs_all WHERE job_id = %s ORDER BY scheduled_for, id", (job_id,)
     ).fetchall()
 
 
 def runs_count(conn: psycopg.Connection[Any], job_id: int) -> int:
-    return scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE job_id = %s", (job_id,))
+    return scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE job_id = %s", (job_id,))
 
 
 def sessions_opened(conn: psycopg.Connection[Any]) -> int:
@@ -453,7 +453,8 @@ def test_two_workers_with_beat_run_each_fire_time_once(fleet: Fleet, conn: psyco
     fleet.wait_leader(workers)
     fleet.wait_until(
         lambda: (
-            scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE job_id = %s AND status = 'succeeded'", (job,)) >= 6
+            scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE job_id = %s AND status = 'succeeded'", (job,))
+            >= 6
         ),
         15,
         "6 runs to succeed",
@@ -461,14 +462,15 @@ def test_two_workers_with_beat_run_each_fire_time_once(fleet: Fleet, conn: psyco
     conn.execute("UPDATE pgsched.jobs SET enabled = false WHERE id = %s", (job,))
     fleet.wait_until(
         lambda: (
-            scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE job_id = %s AND status <> 'succeeded'", (job,)) == 0
+            scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE job_id = %s AND status <> 'succeeded'", (job,))
+            == 0
         ),
         15,
         "every run to succeed",
     )
 
     rows = conn.execute(
-        "SELECT scheduled_for, status::text, attempt, worker_id FROM pgsched.runs"
+        "SELECT scheduled_for, status::text, attempt, worker_id FROM pgsched.runs_all"
         " WHERE job_id = %s ORDER BY scheduled_for",
         (job,),
     ).fetchall()

@@ -118,7 +118,8 @@ def test_a_queued_run_is_cancelled_at_once_and_never_runs(app: App, dsn: str) ->
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert cancel_run(conn, run_id) == "cancelled"
         assert (
-            conn.execute("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()[0] == "cancelled"
+            conn.execute("SELECT status::text FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()[0]
+            == "cancelled"
         )
     assert ran == []
 
@@ -136,7 +137,10 @@ def test_cancelling_a_finished_or_missing_run_is_refused_naming_why(app: App, ds
             cancel_run(conn, 987654)
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="only waiting, queued or running"):
             conn.execute("SELECT pgsched.cancel(%s)", (done,))
-        assert conn.execute("SELECT status::text FROM pgsched.runs WHERE id = %s", (done,)).fetchone()[0] == "succeeded"
+        assert (
+            conn.execute("SELECT status::text FROM pgsched.runs_all WHERE id = %s", (done,)).fetchone()[0]
+            == "succeeded"
+        )
 
 
 def test_cli_cancel_of_a_running_run_says_its_worker_was_asked(app: App, dsn: str) -> None:

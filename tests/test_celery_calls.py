@@ -27,11 +27,11 @@ def dsn(module_dsn: str) -> str:
 
 
 def runs(conn: psycopg.Connection) -> int:
-    return int(scalar(conn, "SELECT count(*) FROM pgsched.runs"))
+    return int(scalar(conn, "SELECT count(*) FROM pgsched.runs_all"))
 
 
 def args_of(conn: psycopg.Connection, run_id: int) -> Any:
-    return scalar(conn, "SELECT args FROM pgsched.runs WHERE id = %s", (run_id,))
+    return scalar(conn, "SELECT args FROM pgsched.runs_all WHERE id = %s", (run_id,))
 
 
 def with_worker(app: App, dsn: str, body: Any, **options: Any) -> Any:
@@ -87,7 +87,7 @@ def test_delay_passes_an_option_name_the_task_really_takes(app, conn):
 
     handle = route.delay(queue="emails")
     assert args_of(conn, handle.id) == {"queue": "emails"}
-    assert scalar(conn, "SELECT queue FROM pgsched.runs WHERE id = %s", (handle.id,)) == "default"
+    assert scalar(conn, "SELECT queue FROM pgsched.runs_all WHERE id = %s", (handle.id,)) == "default"
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ def test_apply_async_maps_countdown_queue_priority_and_task_id(app, conn):
 
     handle = ping.apply_async((1,), countdown=120, queue="slow", priority=7, task_id="ping-1")
     row = conn.execute(
-        "SELECT queue, priority, unique_key, run_at - created_at AS wait FROM pgsched.runs WHERE id = %s",
+        "SELECT queue, priority, unique_key, run_at - created_at AS wait FROM pgsched.runs_all WHERE id = %s",
         (handle.id,),
     ).fetchone()
     assert row is not None and row[:3] == ("slow", 7, "ping-1")
@@ -144,7 +144,7 @@ def test_apply_async_eta_is_the_run_at(app, conn):
 
     eta = datetime(2031, 5, 6, 7, 8, 9, tzinfo=timezone(timedelta(hours=2)))
     handle = ping.apply_async(eta=eta)
-    assert scalar(conn, "SELECT run_at FROM pgsched.runs WHERE id = %s", (handle.id,)) == eta
+    assert scalar(conn, "SELECT run_at FROM pgsched.runs_all WHERE id = %s", (handle.id,)) == eta
 
 
 @pytest.mark.parametrize(
@@ -321,7 +321,7 @@ def test_a_waiter_is_woken_by_the_notification_not_by_a_poll(app, dsn):
 
     async def finish_later() -> float:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
-            watched = "SELECT awaited IS TRUE FROM pgsched.runs WHERE id = %s"
+            watched = "SELECT awaited IS TRUE FROM pgsched.runs_all WHERE id = %s"
             await wait_until_async(
                 lambda: scalar_async(other, watched, run_id), 10, "the waiter to mark the run awaited", poll=0.01
             )

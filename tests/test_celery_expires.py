@@ -50,7 +50,8 @@ def sweep(dsn: str, now: datetime) -> int:
 
 def status_of(conn: psycopg.Connection, run_id: int) -> tuple[Any, ...]:
     row = conn.execute(
-        "SELECT status::text, errors -> -1 ->> 'type', attempt, started_at FROM pgsched.runs WHERE id = %s", (run_id,)
+        "SELECT status::text, errors -> -1 ->> 'type', attempt, started_at FROM pgsched.runs_all WHERE id = %s",
+        (run_id,),
     ).fetchone()
     assert row is not None
     return tuple(row)
@@ -77,9 +78,9 @@ def test_expires_in_seconds_counts_from_the_enqueue_and_an_instant_is_kept_as_gi
     relative = app.enqueue("t", expires=90)
     instant = datetime(2031, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-3)))
     absolute = app.enqueue("t", expires=instant)
-    gap = scalar(conn, "SELECT expires_at - created_at FROM pgsched.runs WHERE id = %s", (relative,))
+    gap = scalar(conn, "SELECT expires_at - created_at FROM pgsched.runs_all WHERE id = %s", (relative,))
     assert timedelta(seconds=89) < gap <= timedelta(seconds=91)
-    assert scalar(conn, "SELECT expires_at FROM pgsched.runs WHERE id = %s", (absolute,)) == instant
+    assert scalar(conn, "SELECT expires_at FROM pgsched.runs_all WHERE id = %s", (absolute,)) == instant
 
 
 def test_an_expired_deferred_run_does_not_wake_the_fetcher(app, conn):
@@ -118,18 +119,18 @@ def test_a_retry_due_after_the_expiry_is_not_started_again(app, dsn, conn):
 def test_enqueue_refuses_an_expiry_that_could_never_let_the_run_start(app, conn, options, message):
     with pytest.raises(InvalidInput, match=message):
         app.enqueue("t", **options)
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 0
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 0
 
 
 def test_the_sql_function_enqueue_v2_takes_expires_at_and_refuses_one_before_run_at(dsn, conn):
     run_id = scalar(conn, "SELECT pgsched.enqueue_v2('t', expires_at => now() + interval '1 minute')")
-    assert scalar(conn, "SELECT expires_at > now() FROM pgsched.runs WHERE id = %s", (run_id,)) is True
+    assert scalar(conn, "SELECT expires_at > now() FROM pgsched.runs_all WHERE id = %s", (run_id,)) is True
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"expires_at .* must be after run_at"):
         conn.execute(
             "SELECT pgsched.enqueue_v2('t', run_at => now() + interval '1 hour',"
             " expires_at => now() + interval '1 minute')"
         )
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 1
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 1
     # The previous release's function is still there, unchanged.
     assert scalar(conn, "SELECT pgsched.enqueue('t')") == run_id + 1
 
@@ -162,7 +163,7 @@ def test_a_waiter_on_a_run_that_expires_is_woken_by_the_sweep(app, dsn):
     async def main() -> Any:
         waiting = asyncio.create_task(handle.wait(timeout=20, propagate=False))
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            awaited = "SELECT awaited IS TRUE FROM pgsched.runs"
+            awaited = "SELECT awaited IS TRUE FROM pgsched.runs_all"
             await wait_until_async(lambda: scalar_async(conn, awaited), 10, "the waiter to mark the run", poll=0.01)
             await cancel_expired(conn, now=datetime.now(timezone.utc) + LATER)
         return await waiting

@@ -154,12 +154,12 @@ def test_generated_apply_async_options_are_refused_with_nothing_queued_or_queued
     except InvalidInput as exc:
         event("refused")
         assert expected_refusal(opts) or _near_the_boundary(opts), (opts, exc)
-        assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 0
+        assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 0
         return
     event("queued")
     assert not expected_refusal(opts) or _near_the_boundary(opts), opts
     row = conn.execute(
-        "SELECT args, queue, priority, unique_key, run_at, created_at, expires_at FROM pgsched.runs WHERE id = %s",
+        "SELECT args, queue, priority, unique_key, run_at, created_at, expires_at FROM pgsched.runs_all WHERE id = %s",
         (handle.id,),
     ).fetchone()
     assert row is not None

@@ -79,7 +79,7 @@ def test_the_claim_returns_where_each_run_stood_in_claim_order(conn: psycopg.Con
     ).fetchone()
     run = ClaimedRun(*row)  # type: ignore[misc]
     assert (run.id, run.priority) == (run_id, 7)
-    assert run.run_at == scalar(conn, "SELECT run_at FROM pgsched.runs WHERE id = %s", (run_id,))
+    assert run.run_at == scalar(conn, "SELECT run_at FROM pgsched.runs_all WHERE id = %s", (run_id,))
 
 
 def test_a_claim_after_the_first_starts_behind_the_last_run_claimed() -> None:

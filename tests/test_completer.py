@@ -64,7 +64,7 @@ def write(dsn: str, worker_id: int, outcomes: list[Outcome]) -> list[set[int]]:
 
 
 def row(conn: psycopg.Connection[Any], run_id: int) -> tuple[Any, ...]:
-    found = conn.execute(f"SELECT {COLUMNS} FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()
+    found = conn.execute(f"SELECT {COLUMNS} FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()
     assert found is not None
     return tuple(found)
 

@@ -61,7 +61,7 @@ def conn(dsn: str) -> Iterator[psycopg.Connection]:
 
 
 def counts(conn: psycopg.Connection) -> tuple[Any, Any]:
-    return scalar(conn, "SELECT count(*) FROM shop_order"), scalar(conn, "SELECT count(*) FROM pgsched.runs")
+    return scalar(conn, "SELECT count(*) FROM shop_order"), scalar(conn, "SELECT count(*) FROM pgsched.runs_all")
 
 
 def test_delay_inside_atomic_joins_djangos_transaction_and_exists_once_it_commits(conn):
@@ -76,7 +76,7 @@ def test_delay_inside_atomic_joins_djangos_transaction_and_exists_once_it_commit
         assert counts(conn) == (0, 0)  # neither is visible before the commit
     assert counts(conn) == (1, 1)
     assert handle.status == "queued"
-    assert scalar(conn, "SELECT args FROM pgsched.runs WHERE id = %s", (handle.id,)) == {"order_id": order.id}
+    assert scalar(conn, "SELECT args FROM pgsched.runs_all WHERE id = %s", (handle.id,)) == {"order_id": order.id}
 
 
 def test_a_rolled_back_atomic_block_leaves_no_run(conn):
@@ -161,10 +161,10 @@ def test_a_django_task_is_a_run_with_its_priority_negated_and_its_queue(conn):
     from tests.django_project.shop.tasks import add
 
     result = add.enqueue(2, 3)
-    row = conn.execute("SELECT task, queue, priority, args, max_attempts FROM pgsched.runs").fetchone()
+    row = conn.execute("SELECT task, queue, priority, args, max_attempts FROM pgsched.runs_all").fetchone()
     path = "tests.django_project.shop.tasks.add"
     assert row == (DJANGO_TASK, "emails", -20, {"path": path, "args": [2, 3], "kwargs": {}}, 1)
-    assert result.id == str(scalar(conn, "SELECT id FROM pgsched.runs")) and result.status == "READY"
+    assert result.id == str(scalar(conn, "SELECT id FROM pgsched.runs_all")) and result.status == "READY"
 
 
 def test_a_django_task_in_a_rolled_back_atomic_block_leaves_no_run(conn):

@@ -36,7 +36,7 @@ def engine(conn: psycopg.Connection) -> Iterator[Engine]:
 
 
 def counts(conn: psycopg.Connection) -> tuple[Any, Any]:
-    return scalar(conn, "SELECT count(*) FROM orders"), scalar(conn, "SELECT count(*) FROM pgsched.runs")
+    return scalar(conn, "SELECT count(*) FROM orders"), scalar(conn, "SELECT count(*) FROM pgsched.runs_all")
 
 
 def test_a_run_enqueued_on_a_session_exists_once_the_session_commits(app, engine, conn):
@@ -77,4 +77,4 @@ def test_a_core_connection_joins_its_transaction_too(app, engine, conn):
 def test_something_that_is_not_a_connection_is_refused(app, conn):
     with pytest.raises(InvalidInput, match="conn must be a psycopg connection, or a SQLAlchemy Session"):
         app.enqueue("ship", conn=object())  # type: ignore[arg-type]
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 0
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 0

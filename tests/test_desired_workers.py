@@ -89,6 +89,6 @@ def test_runs_that_expired_want_no_worker(conn: psycopg.Connection):
     add_runs(conn, "q", 4)
     conn.execute(  # two of them expired before a worker took them: the claim passes over them
         "UPDATE pgsched.runs SET expires_at = now() - interval '1 second'"
-        " WHERE id IN (SELECT id FROM pgsched.runs ORDER BY id LIMIT 2)"
+        " WHERE id IN (SELECT id FROM pgsched.runs_all ORDER BY id LIMIT 2)"
     )
     assert desired(conn, "q", 1) == 2

@@ -45,12 +45,12 @@ def app(dsn: str) -> Iterator[App]:
 
 def runs(conn: psycopg.Connection) -> list[dict]:
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        return cur.execute("SELECT * FROM pgsched.runs ORDER BY id").fetchall()
+        return cur.execute("SELECT * FROM pgsched.runs_all ORDER BY id").fetchall()
 
 
 def run_row(conn: psycopg.Connection, run_id: int) -> dict:
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        row = cur.execute("SELECT * FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()
+        row = cur.execute("SELECT * FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()
     assert row is not None, f"run {run_id} does not exist"
     return row
 
@@ -156,7 +156,7 @@ def test_enqueue_async_joins_the_callers_transaction(app, dsn, conn):
     async def main() -> int:
         async with await psycopg.AsyncConnection.connect(dsn) as tx:
             run_id = await app.enqueue_async("t", {"n": 1}, conn=tx)
-            assert conn.execute("SELECT count(*) FROM pgsched.runs").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM pgsched.runs_all").fetchone()[0] == 0
             await tx.rollback()
             return run_id
 
@@ -240,7 +240,7 @@ def test_enqueue_many_with_a_delay_gives_every_run_the_same_run_at(app, conn):
     app.enqueue_many("bulk", [{"i": i} for i in range(3)], delay=120)
     rows = runs(conn)
     assert len({row["run_at"] for row in rows}) == 1
-    [(ahead,)] = conn.execute("SELECT DISTINCT run_at - now() FROM pgsched.runs").fetchall()
+    [(ahead,)] = conn.execute("SELECT DISTINCT run_at - now() FROM pgsched.runs_all").fetchall()
     assert timedelta(seconds=100) < ahead <= timedelta(seconds=120)
 
 
@@ -473,7 +473,7 @@ def test_multi_row_insert_into_two_queues_notifies_each_queue_once(dsn, conn, li
 def test_copy_of_a_thousand_runs_notifies_once(app, dsn, conn, listener):
     ids = app.enqueue_many("bulk", [{"i": i} for i in range(1000)], queue="bulkq")
     assert len(ids) == 1000
-    assert conn.execute("SELECT count(*) FROM pgsched.runs").fetchone()[0] == 1000
+    assert conn.execute("SELECT count(*) FROM pgsched.runs_all").fetchone()[0] == 1000
     assert delivered(listener, dsn) == ["bulkq"]
 
 

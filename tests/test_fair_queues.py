@@ -30,7 +30,7 @@ def claim(conn: psycopg.Connection[Any], queue: str, limit: int) -> list[str]:
     ids = [row[8] for row in rows if row[8] is not None]
     groups = conn.execute(
         "SELECT coalesce(r.tenant, r.concurrency_key, '-') FROM unnest(%s::bigint[]) WITH ORDINALITY AS c(id, n)"
-        " JOIN pgsched.runs AS r ON r.id = c.id ORDER BY c.n",
+        " JOIN pgsched.runs_all AS r ON r.id = c.id ORDER BY c.n",
         (ids,),
     ).fetchall()
     return sorted(group for (group,) in groups)
@@ -110,7 +110,7 @@ def test_a_key_limit_still_holds_in_a_fair_queue(conn: psycopg.Connection[Any]) 
     insert_many(conn, "shared", 5, tenant="b", concurrency_key="k1")
     insert_many(conn, "shared", 5, tenant="b", concurrency_key="k2")
     assert sorted(claim(conn, "shared", 10)) == ["a", "b"]  # one run of k1, one of k2
-    running = "SELECT count(*) FROM pgsched.runs WHERE status = 'running' GROUP BY concurrency_key ORDER BY 1 DESC"
+    running = "SELECT count(*) FROM pgsched.runs_all WHERE status = 'running' GROUP BY concurrency_key ORDER BY 1 DESC"
     assert scalar(conn, running) == 1
 
 
@@ -122,17 +122,17 @@ def test_a_fair_queue_is_claimed_by_a_worker_in_turns(workers: Workers, conn: ps
     small = [insert_run(conn, "record", {"key": f"small-{i}"}, queue="limited", tenant="small") for i in range(5)]
     for _ in range(2):
         workers.start("--queues", "limited", "--concurrency", "4")
-    done = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'"
+    done = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'"
     workers.wait_until(lambda: scalar(conn, done, (small,)) == 5, 60, "the small tenant's runs to succeed")
-    last_small_start = scalar(conn, "SELECT max(started_at) FROM pgsched.runs WHERE id = ANY(%s)", (small,))
-    big_before = "SELECT count(*) FROM pgsched.runs WHERE tenant = 'big' AND started_at < %s"
+    last_small_start = scalar(conn, "SELECT max(started_at) FROM pgsched.runs_all WHERE id = ANY(%s)", (small,))
+    big_before = "SELECT count(*) FROM pgsched.runs_all WHERE tenant = 'big' AND started_at < %s"
     assert scalar(conn, big_before, (last_small_start,)) < 40
     workers.wait_until(
-        lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status = 'succeeded'") == 405,
+        lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE status = 'succeeded'") == 405,
         120,
         "the fair queue to drain",
     )
-    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs") == 1
+    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all") == 1
 
 
 # ---- settings

@@ -17,8 +17,8 @@ from pgsched.sql import queries
 from tests.support.db import scalar
 from tests.support.workers import Workers, insert_run
 
-RUNNING_IN_LIMITED = "SELECT count(*) FROM pgsched.runs WHERE queue = 'limited' AND status = 'running'"
-SUCCEEDED_IN_LIMITED = "SELECT count(*) FROM pgsched.runs WHERE queue = 'limited' AND status = 'succeeded'"
+RUNNING_IN_LIMITED = "SELECT count(*) FROM pgsched.runs_all WHERE queue = 'limited' AND status = 'running'"
+SUCCEEDED_IN_LIMITED = "SELECT count(*) FROM pgsched.runs_all WHERE queue = 'limited' AND status = 'succeeded'"
 
 # The most executions in progress at one instant: +1 at each start, -1 at each end, in time
 # order (at the same instant an end first: it was recorded before the start it made room for).
@@ -49,7 +49,9 @@ def test_max_running_holds_while_eight_worker_processes_race_for_one_queue(
     workers.wait_until(drained, 90, f"all {runs} runs of the limited queue to succeed", poll=0.005)
     assert max(samples) == limit, f"running counts sampled while 8 workers raced: max {max(samples)}"
     assert scalar(conn, MAX_OVERLAP, ("race-%",)) == limit  # at the limit, never over it
-    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs WHERE queue = 'limited'") == 1  # none held back used one
+    assert (
+        scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all WHERE queue = 'limited'") == 1
+    )  # none held back used one
 
 
 def test_a_sigkilled_workers_slots_come_back_when_its_leases_expire(
@@ -61,7 +63,7 @@ def test_a_sigkilled_workers_slots_come_back_when_its_leases_expire(
     workers.wait_until(lambda: scalar(conn, RUNNING_IN_LIMITED) == 2, 15, "the victim to run both slots' runs")
     victim.popen.kill()
     assert victim.popen.wait(timeout=10) == -signal.SIGKILL
-    leases_expire = scalar(conn, "SELECT max(lease_expires_at) FROM pgsched.runs WHERE id = ANY(%s)", (held,))
+    leases_expire = scalar(conn, "SELECT max(lease_expires_at) FROM pgsched.runs_all WHERE id = ANY(%s)", (held,))
 
     survivor = workers.start("--queues", "limited", "--concurrency", "4")
     # Ahead of the victim's runs in claim order: the survivor's sweep may put those back in the
@@ -69,16 +71,18 @@ def test_a_sigkilled_workers_slots_come_back_when_its_leases_expire(
     waiting = [insert_run(conn, "record", {"key": f"waiting-{i}"}, queue="limited", priority=-1) for i in range(2)]
     workers.wait_until(
         lambda: (
-            scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (waiting,))
+            scalar(
+                conn, "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'", (waiting,)
+            )
             == 2
         ),
         30,
         "the waiting runs to take the slots the dead worker's leases held",
         alive=[survivor],
     )
-    first_start = scalar(conn, "SELECT min(started_at) FROM pgsched.runs WHERE id = ANY(%s)", (waiting,))
+    first_start = scalar(conn, "SELECT min(started_at) FROM pgsched.runs_all WHERE id = ANY(%s)", (waiting,))
     assert first_start >= leases_expire, "a run started while the dead worker's leases still held both slots"
-    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs WHERE id = ANY(%s)", (waiting,)) == 1
+    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all WHERE id = ANY(%s)", (waiting,)) == 1
 
 
 def test_pausing_a_queue_under_load_stops_its_claims_at_once_and_resuming_drains_it(
@@ -96,7 +100,7 @@ def test_pausing_a_queue_under_load_stops_its_claims_at_once_and_resuming_drains
     workers.wait_until(lambda: scalar(conn, RUNNING_IN_LIMITED) == 0, 15, "the runs in flight to finish")
     # The workers still claim (another queue's run starts), just not from the paused one.
     workers.run_until("record", {"key": "other"}, "succeeded", 10, "a run of another queue", queue="other")
-    started_since = "SELECT count(*) FROM pgsched.runs WHERE queue = 'limited' AND started_at > %s"
+    started_since = "SELECT count(*) FROM pgsched.runs_all WHERE queue = 'limited' AND started_at > %s"
     assert scalar(conn, started_since, (paused_at,)) == 0
     assert scalar(conn, SUCCEEDED_IN_LIMITED) < runs
 

@@ -130,7 +130,7 @@ def test_python_enqueue_refuses_cleanly_or_every_reader_reads_the_run(
         event("accepted")
     except PgschedError:
         event("refused")
-        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs_all") == 0, "refused, yet written"
     finally:
         app.close()
     readers_still_work(reader)
@@ -164,7 +164,7 @@ def test_sql_enqueue_refuses_with_a_data_or_constraint_error_or_every_reader_rea
         # Class 22 (data exception) or 23 (integrity constraint): the value, named; never a crash.
         # A DataError without a SQLSTATE is psycopg refusing to send a NUL: nothing reached the server.
         assert isinstance(exc, psycopg.DataError) or (exc.sqlstate or "")[:2] in {"22", "23"}, exc
-        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs_all") == 0, "refused, yet written"
     readers_still_work(reader)
 
 
@@ -185,7 +185,7 @@ def test_a_run_row_from_any_sql_insert_is_refused_or_is_one_every_reader_reads(
 ) -> None:
     empty(reader)
     if not insert_or_refuse(reader, "runs", {"task": "t"}, fields):
-        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs_all") == 0, "refused, yet written"
     # What was accepted breaks none of schema 0009's rules, and every reader reads it.
     assert scalar(reader, "SELECT count(*) FROM pgsched.runs r WHERE pgsched.run_problems(r) IS NOT NULL") == 0
     readers_still_work(reader)
@@ -213,7 +213,7 @@ def test_a_job_row_from_any_sql_insert_never_stops_a_beat_round(
             return [await fire_due_jobs(conn, misfire_grace_s=5.0, now=now + timedelta(minutes=m)) for m in (0, 1)]
 
     asyncio.run(rounds())
-    fired = "SELECT count(*) FROM pgsched.runs r JOIN pgsched.jobs j ON j.id = r.job_id WHERE j.name = 'healthy'"
+    fired = "SELECT count(*) FROM pgsched.runs_all r JOIN pgsched.jobs j ON j.id = r.job_id WHERE j.name = 'healthy'"
     assert scalar(reader, fired) == 1
     readers_still_work(reader)
 
@@ -244,7 +244,7 @@ def test_cli_enqueue_refuses_in_one_error_line_or_every_reader_reads_the_run(
     argv += ["--priority", priority] if priority is not None else []
     argv += list(timing) if timing is not None else []
     if cli_in_process(argv, dsn, capsys) != 0:
-        assert scalar(reader, "SELECT count(*) FROM pgsched.runs") == 0, "refused, yet written"
+        assert scalar(reader, "SELECT count(*) FROM pgsched.runs_all") == 0, "refused, yet written"
     readers_still_work(reader)
 
 

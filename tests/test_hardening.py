@@ -20,7 +20,7 @@ BEFORE_YEAR_1_IN_UTC = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
 
 
 def nothing_written(conn: psycopg.Connection) -> bool:
-    return scalar(conn, "SELECT (SELECT count(*) FROM pgsched.runs) + (SELECT count(*) FROM pgsched.jobs)") == 0
+    return scalar(conn, "SELECT (SELECT count(*) FROM pgsched.runs_all) + (SELECT count(*) FROM pgsched.jobs)") == 0
 
 
 @pytest.mark.parametrize(

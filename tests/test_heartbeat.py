@@ -46,7 +46,7 @@ def test_the_heartbeat_skips_a_run_row_another_transaction_holds_instead_of_wait
         extended = conn.execute(queries["worker_heartbeat"], {"worker_id": worker_id, "lease_s": 300}).fetchall()
         completing.rollback()
     assert sorted(run_id for run_id, _ in extended) == claimed[1:]
-    leases = dict(conn.execute("SELECT id, lease_expires_at - now() > interval '60 seconds' FROM pgsched.runs"))
+    leases = dict(conn.execute("SELECT id, lease_expires_at - now() > interval '60 seconds' FROM pgsched.runs_all"))
     assert leases == {claimed[0]: False, claimed[1]: True, claimed[2]: True}
     # Once the row is free again, the next heartbeat extends it too.
     assert len(conn.execute(queries["worker_heartbeat"], {"worker_id": worker_id, "lease_s": 300}).fetchall()) == 3

@@ -221,11 +221,11 @@ class Db:
         return scalar(self.conn, sql, params)
 
     def status_of(self, run_id: int) -> str:
-        return self.scalar("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,))
+        return self.scalar("SELECT status::text FROM pgsched.runs_all WHERE id = %s", (run_id,))
 
     def count_runs(self, status: str | None = None) -> int:
         return self.scalar(
-            "SELECT count(*) FROM pgsched.runs WHERE %(s)s::text IS NULL OR status::text = %(s)s", {"s": status}
+            "SELECT count(*) FROM pgsched.runs_all WHERE %(s)s::text IS NULL OR status::text = %(s)s", {"s": status}
         )
 
     def direct_sessions(self) -> list[str]:
@@ -319,7 +319,7 @@ def test_this_pgbouncer_breaks_psycopgs_automatic_prepared_statements(db: Db) ->
         with pytest.raises((psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName)):
             for i in range(10):
                 for conn in (first, second):
-                    conn.execute("SELECT count(*) FROM pgsched.runs WHERE id > %s", (i,)).fetchone()
+                    conn.execute("SELECT count(*) FROM pgsched.runs_all WHERE id > %s", (i,)).fetchone()
 
 
 # ---- enqueue, CLI, API
@@ -359,7 +359,7 @@ def test_enqueue_async_enqueue_and_copy_enqueue_many_work_through_pgbouncer(
     bulk_ids = [run_id for ids in bulks for run_id in ids]
     assert len(set(singles + asyncs + bulk_ids)) == 40 + 40 + 2000
     assert db.count_runs("queued") == 2080
-    assert db.scalar("SELECT count(DISTINCT args->>'key') FROM pgsched.runs") == 2080
+    assert db.scalar("SELECT count(DISTINCT args->>'key') FROM pgsched.runs_all") == 2080
 
 
 def test_waiting_on_a_run_through_pgbouncer_listens_on_the_direct_dsn(db: Db) -> None:
@@ -369,7 +369,7 @@ def test_waiting_on_a_run_through_pgbouncer_listens_on_the_direct_dsn(db: Db) ->
         handle = record.delay("through the pooler")
         with ThreadPoolExecutor(max_workers=1) as thread:
             waiting = thread.submit(handle.get, 20)
-            wait_until(lambda: db.scalar("SELECT awaited FROM pgsched.runs"), 10, "the waiter to mark the run")
+            wait_until(lambda: db.scalar("SELECT awaited FROM pgsched.runs_all"), 10, "the waiter to mark the run")
             db.conn.execute(
                 "UPDATE pgsched.runs SET status = 'succeeded', result = '\"done\"', finished_at = now() WHERE id = %s",
                 (handle.id,),
@@ -396,7 +396,7 @@ def test_enqueue_many_in_the_callers_transaction_through_pgbouncer_commits_or_ro
         conn.commit()
         app.enqueue_many("record", [{"key": f"dropped-{i}"} for i in range(100)], conn=conn)
         conn.rollback()
-    assert db.scalar("SELECT count(*) FROM pgsched.runs WHERE args->>'key' LIKE 'kept-%'") == 100
+    assert db.scalar("SELECT count(*) FROM pgsched.runs_all WHERE args->>'key' LIKE 'kept-%'") == 100
     assert db.count_runs() == 100
 
 
@@ -515,11 +515,11 @@ def test_a_rate_a_task_limit_and_a_key_limit_hold_for_workers_claiming_through_p
 
     processes.wait_until(drained, 60, "20 rated runs to succeed", poll=0.005)
     assert max(samples) <= 3, f"running counts sampled: max {max(samples)}"
-    span = db.scalar("SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM pgsched.runs")
+    span = db.scalar("SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM pgsched.runs_all")
     assert span >= (20 - 2) / 10 * 0.97, span  # the burst, then one start per token
     # key_max_running 1: a key's next run starts only after its previous one has finished.
     overlapping = db.scalar(
-        "SELECT count(*) FROM pgsched.runs a JOIN pgsched.runs b ON a.concurrency_key = b.concurrency_key"
+        "SELECT count(*) FROM pgsched.runs_all a JOIN pgsched.runs_all b ON a.concurrency_key = b.concurrency_key"
         " AND a.id < b.id AND a.started_at < b.finished_at AND b.started_at < a.finished_at"
     )
     assert overlapping == 0
@@ -582,7 +582,7 @@ def test_beat_through_pgbouncer_leads_on_the_direct_dsn_and_fires_a_job(db: Db, 
     )
     processes.wait_until(lambda: db.scalar("SELECT pid FROM pgsched.beat_status") == beat.pid, 20, "the beat to lead")
     processes.wait_until(
-        lambda: db.scalar("SELECT count(*) FROM pgsched.runs WHERE job_id IS NOT NULL") >= 2,
+        lambda: db.scalar("SELECT count(*) FROM pgsched.runs_all WHERE job_id IS NOT NULL") >= 2,
         10,
         "the job to fire twice",
     )

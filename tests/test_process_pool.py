@@ -330,7 +330,7 @@ def test_a_process_pool_task_runs_in_a_child_of_the_worker_and_its_result_is_sto
     worker = workers.start("--processes", "2")
     run_id = workers.run_until("in_child", {"key": "child"}, "succeeded", 20, "the process-pool run to succeed")
 
-    result = scalar(conn, "SELECT result FROM pgsched.runs WHERE id = %s", (run_id,))
+    result = scalar(conn, "SELECT result FROM pgsched.runs_all WHERE id = %s", (run_id,))
     assert (result["parent"], result["run_id"], result["attempt"]) == (worker.pid, run_id, 1)
     assert result["pid"] != worker.pid
     assert events(conn, "child") == [("run", result["pid"])]
@@ -440,7 +440,8 @@ def test_the_worker_claims_no_more_process_pool_runs_than_it_has_processes(
         # and by then the freed child may hold the next run: count only runs still executing
         # or waiting for a child (the task records its end before the child is free again).
         keys = [
-            key for (key,) in conn.execute("SELECT args->>'key' FROM pgsched.runs WHERE status = 'running'").fetchall()
+            key
+            for (key,) in conn.execute("SELECT args->>'key' FROM pgsched.runs_all WHERE status = 'running'").fetchall()
         ]
         return sum(1 for key in keys if "end" not in [event for event, _ in events(conn, key)])
 

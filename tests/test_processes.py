@@ -42,12 +42,12 @@ def test_four_workers_drain_5000_runs_each_executed_exactly_once(
     assert len(set(ids)) == 5000
 
     workers.wait_until(
-        lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status = 'succeeded'") == 5000,
+        lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE status = 'succeeded'") == 5000,
         60,
         "5,000 runs to succeed",
     )
 
-    assert conn.execute("SELECT status::text, attempt, count(*) FROM pgsched.runs GROUP BY 1, 2").fetchall() == [
+    assert conn.execute("SELECT status::text, attempt, count(*) FROM pgsched.runs_all GROUP BY 1, 2").fetchall() == [
         ("succeeded", 1, 5000)
     ]
     # Exactly once: one execution per key, 5,000 keys, none missing or extra.
@@ -56,17 +56,18 @@ def test_four_workers_drain_5000_runs_each_executed_exactly_once(
     assert (
         scalar(
             conn,
-            "SELECT count(*) FROM pgsched.runs r LEFT JOIN executions e ON e.key = r.args->>'key' WHERE e.key IS NULL",
+            "SELECT count(*) FROM pgsched.runs_all r LEFT JOIN executions e ON e.key = r.args->>'key'"
+            " WHERE e.key IS NULL",
         )
         == 0
     )
     # Each run was executed by the very process whose worker_id its row holds.
     rows = conn.execute(
-        "SELECT r.worker_id, e.pid FROM pgsched.runs r JOIN executions e ON e.key = r.args->>'key'"
+        "SELECT r.worker_id, e.pid FROM pgsched.runs_all r JOIN executions e ON e.key = r.args->>'key'"
     ).fetchall()
     mismatched = [(worker_id, pid) for worker_id, pid in rows if pid_of.get(worker_id) != pid]
     assert mismatched == []
-    per_worker = dict(conn.execute("SELECT worker_id, count(*) FROM pgsched.runs GROUP BY 1").fetchall())
+    per_worker = dict(conn.execute("SELECT worker_id, count(*) FROM pgsched.runs_all GROUP BY 1").fetchall())
     assert set(per_worker) == set(pid_of), f"runs per worker: {per_worker}"
 
     for worker in pool:

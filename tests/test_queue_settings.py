@@ -276,4 +276,4 @@ def test_a_paused_queue_keeps_its_runs_queued_until_resumed_and_enqueue_still_wo
             assert (await w.finished(paused_run, timeout=1.0))["status"] == "succeeded"
 
     asyncio.run(scenario())
-    assert scalar(conn, "SELECT attempt FROM pgsched.runs WHERE id = %s", (paused_run,)) == 1
+    assert scalar(conn, "SELECT attempt FROM pgsched.runs_all WHERE id = %s", (paused_run,)) == 1

@@ -82,7 +82,7 @@ def test_a_rate_starts_its_burst_then_one_run_per_token_and_says_when_the_next_i
     assert len(later.runs) == 2 and later.retry_in == pytest.approx(0.05, abs=0.002)  # 2.5 tokens: 2, then half left
     # A long quiet spell refills the bucket to its burst, never more: no double burst.
     assert len(claim(dsn, RATED, 60.0).runs) == 5
-    held = conn.execute("SELECT status::text, attempt, errors FROM pgsched.runs WHERE status = 'queued'").fetchall()
+    held = conn.execute("SELECT status::text, attempt, errors FROM pgsched.runs_all WHERE status = 'queued'").fetchall()
     assert len(held) == 30 - 12 and {(s, a, str(e)) for s, a, e in held} == {("queued", 0, "[]")}
 
 
@@ -139,7 +139,7 @@ def test_one_run_per_key_with_key_max_running_1_and_runs_without_a_key_are_free(
 
 def keys_of(conn: psycopg.Connection, claimed: LimitedClaim) -> list[str]:
     ids = [run.id for run in claimed.runs]
-    rows = conn.execute("SELECT coalesce(concurrency_key, '-') FROM pgsched.runs WHERE id = ANY(%s)", (ids,))
+    rows = conn.execute("SELECT coalesce(concurrency_key, '-') FROM pgsched.runs_all WHERE id = ANY(%s)", (ids,))
     return sorted(row[0] for row in rows)
 
 
@@ -170,7 +170,7 @@ def test_sql_refuses_a_concurrency_key_over_200_characters_or_blank(conn: psycop
         with pytest.raises(psycopg.errors.CheckViolation):
             insert_run(conn, "t", {}, concurrency_key=key)
     insert_run(conn, "t", {}, concurrency_key="k" * 200)
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 1
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 1
 
 
 def test_a_plain_sql_rate_change_notifies_the_workers_and_a_claims_tokens_do_not(
@@ -258,7 +258,8 @@ def test_a_concurrency_key_is_derived_from_the_args_or_given_and_checked(app: Ap
     many = app.enqueue_many("invoice", [{"customer_id": 1}, {"customer_id": 2}])
     plain = app.enqueue("other", {}, concurrency_key="x" * 200)
     keys = conn.execute(
-        "SELECT concurrency_key FROM pgsched.runs WHERE id = ANY(%s) ORDER BY id", ([first, given_key, *many, plain],)
+        "SELECT concurrency_key FROM pgsched.runs_all WHERE id = ANY(%s) ORDER BY id",
+        ([first, given_key, *many, plain],),
     ).fetchall()
     assert [k for (k,) in keys] == ["customer:42", "vip", "customer:1", "customer:2", "x" * 200]
     for bad in ("x" * 201, "", "  ", "a\x00b", 42):
@@ -272,7 +273,7 @@ def test_a_concurrency_key_is_derived_from_the_args_or_given_and_checked(app: Ap
         async def wrong(customer_id: int) -> None:
             return None
 
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 5
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 5
 
 
 # ---- CLI
@@ -403,7 +404,7 @@ LIMITS_APP = "tests.limits_app:app"
 STARTS_PER_SECOND = """
 SELECT coalesce(max(n), 0) FROM (
     SELECT count(*) OVER (ORDER BY started_at RANGE BETWEEN CURRENT ROW AND '999 ms' FOLLOWING) AS n
-    FROM pgsched.runs WHERE queue = %s AND started_at IS NOT NULL
+    FROM pgsched.runs_all WHERE queue = %s AND started_at IS NOT NULL
 ) AS windows
 """
 
@@ -425,12 +426,12 @@ def test_a_rate_holds_over_four_worker_processes_without_spinning(workers: Worke
         workers.start("--queues", "rated", "--concurrency", "8", app=LIMITS_APP)
     reads_before = scalar(conn, QUEUE_ROW_READS)
     ids = [insert_run(conn, "record", {"key": f"r-{i}"}, queue="rated") for i in range(40)]
-    done = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'"
+    done = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'"
     workers.wait_until(lambda: scalar(conn, done, (ids,)) == 40, 30, "the rated queue to drain")
-    span = float(scalar(conn, "SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM pgsched.runs"))
+    span = float(scalar(conn, "SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM pgsched.runs_all"))
     assert span >= (40 - 2) / 10 * 0.97, span  # 2 at once, then one per token
     assert scalar(conn, STARTS_PER_SECOND, ("rated",)) <= 10 + 2
-    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs") == 1  # held back: no attempt used
+    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all") == 1  # held back: no attempt used
     # A claim reads the queue's settings row twice (its lock, the claim's check), and once more
     # to spend tokens when it starts runs (one instant per claim: its started_at). A worker
     # waiting for a token claims when it is due, not in a loop; one that lost the token to
@@ -445,7 +446,7 @@ def test_a_rate_holds_over_four_worker_processes_without_spinning(workers: Worke
         alive=[],
     )
     reads = scalar(conn, QUEUE_ROW_READS) - reads_before
-    productive = scalar(conn, "SELECT count(DISTINCT started_at) FROM pgsched.runs WHERE id = ANY(%s)", (ids,))
+    productive = scalar(conn, "SELECT count(DISTINCT started_at) FROM pgsched.runs_all WHERE id = ANY(%s)", (ids,))
     idle_per_worker_s = (reads - 3 * productive) / 2 / 4 / span
     assert idle_per_worker_s <= 12, (reads, productive, span)
 
@@ -458,11 +459,11 @@ def test_a_declared_rate_limit_is_global_and_a_rate_change_mid_drain_applies(
         workers.start("--queues", "default", "--concurrency", "4", app=LIMITS_APP)
     assert get_task_settings(conn, "rated")["rate"] == "4/s"  # written by the workers at start
     ids = [insert_run(conn, "rated", {"key": f"d-{i}"}) for i in range(60)]
-    started = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND started_at IS NOT NULL"
+    started = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND started_at IS NOT NULL"
     workers.wait_until(lambda: scalar(conn, started, (ids,)) >= 8, 20, "a few rated runs to start")
     assert scalar(conn, STARTS_PER_SECOND, ("default",)) <= 4 + 1  # three workers, one rate
     set_task_settings(conn, "rated", rate="100/s", burst=10)
-    done = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'"
+    done = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'"
     workers.wait_until(lambda: scalar(conn, done, (ids,)) == 60, 20, "the rest to drain at the new rate")
 
 
@@ -484,7 +485,7 @@ def test_key_max_running_1_never_overlaps_runs_of_one_key_across_worker_processe
         for i in range(8)
         for customer in range(3)
     ]
-    done = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'"
+    done = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'"
     workers.wait_until(lambda: scalar(conn, done, (ids,)) == len(ids), 60, "every customer's runs to succeed")
     overlap = """
     SELECT coalesce(max(in_progress), 0) FROM (

@@ -52,14 +52,16 @@ def test_workers_survive_a_postgresql_restart_under_load_and_lose_no_run(
         ids = before + after
         workers.wait_until(
             lambda: (
-                scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')")
+                scalar(
+                    conn, "SELECT count(*) FROM pgsched.runs_all WHERE status IN ('succeeded', 'failed', 'cancelled')"
+                )
                 == len(ids)
             ),
             90,
             "every run to finish after the restart",
             alive=started,
         )
-        statuses = dict(conn.execute("SELECT status::text, count(*) FROM pgsched.runs GROUP BY 1").fetchall())
+        statuses = dict(conn.execute("SELECT status::text, count(*) FROM pgsched.runs_all GROUP BY 1").fetchall())
         assert statuses == {"succeeded": len(ids)}, statuses
         executed = {row[0] for row in conn.execute("SELECT DISTINCT key FROM executions")}
         assert executed == {f"before-{i}" for i in range(RUNS)} | {f"after-{i}" for i in range(RUNS)}
@@ -103,6 +105,6 @@ def test_a_worker_told_to_stop_while_the_database_is_gone_still_exits(
         workers.conn = after_restart = reconnect(dsn)
         workers.cleanup()
     try:
-        assert scalar(after_restart, f"SELECT status::text FROM pgsched.runs WHERE id = {run_id}") == "running"
+        assert scalar(after_restart, f"SELECT status::text FROM pgsched.runs_all WHERE id = {run_id}") == "running"
     finally:
         after_restart.close()

@@ -67,6 +67,19 @@ def prune(dsn: str, retention_s: float, now: datetime | None = None) -> int:
     return asyncio.run(main())
 
 
+@pytest.fixture(autouse=True)
+def no_day_partitions(conn: psycopg.Connection[Any]) -> None:
+    """These tests start where an installation upgraded to 0029 starts: no day partition yet
+    (0030, post-deploy, makes today's and the next three on a fresh database)."""
+    drop_day_partitions(conn)
+
+
+def drop_day_partitions(conn: psycopg.Connection[Any]) -> None:
+    for name in partitions(conn):
+        conn.execute("SELECT pgsched.history_partition_drop(%s, 'infinity')", [name])
+    assert partitions(conn) == []
+
+
 @pytest.fixture
 def finished_runs(app: App, dsn: str, conn: psycopg.Connection[Any]) -> dict[str, int]:
     """A succeeded and a failed run, in runs_history, and a queued one in runs."""

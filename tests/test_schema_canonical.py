@@ -46,6 +46,9 @@ def schema_dump(postgresql_proc: Any, dbname: str) -> list[str]:
             "--schema=pgsched",
             "--no-owner",
             "--no-privileges",
+            # Day partitions of runs_history are the days the database was migrated on (0030
+            # makes today's and the next three), not schema.
+            "--exclude-table=pgsched.runs_history_2*",
             f"--host={postgresql_proc.host}",
             f"--port={postgresql_proc.port}",
             f"--username={postgresql_proc.user}",

@@ -37,7 +37,7 @@ def quota_rows(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
 
 
 def runs_of(conn: psycopg.Connection, tenant: str) -> int:
-    return int(scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE tenant = %s", (tenant,)))
+    return int(scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE tenant = %s", (tenant,)))
 
 
 def insert_runs(conn: psycopg.Connection, tenant: str | None, n: int) -> None:
@@ -406,7 +406,7 @@ def test_usage_folded_by_the_leader_matches_a_count_made_from_the_runs(conn: psy
     counted = conn.execute(
         "SELECT tenant, count(*), coalesce(sum(attempt), 0), count(*) FILTER (WHERE status = 'succeeded'),"
         " count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'cancelled')"
-        " FROM pgsched.runs WHERE tenant IS NOT NULL GROUP BY tenant ORDER BY tenant"
+        " FROM pgsched.runs_all WHERE tenant IS NOT NULL GROUP BY tenant ORDER BY tenant"
     ).fetchall()
     assert [
         (t, f["created"], f["started"], f["succeeded"], f["failed"], f["cancelled"]) for t, f in sorted(figures.items())
@@ -512,7 +512,7 @@ def test_usage_of_runs_a_real_worker_ran_matches_a_count_from_the_runs(
     (acme,) = list_usage(conn, tenant="acme", since=datetime.now(UTC).date())
     counted = conn.execute(
         "SELECT count(*), sum(attempt), count(*) FILTER (WHERE status = 'succeeded'),"
-        " count(*) FILTER (WHERE status = 'failed') FROM pgsched.runs WHERE tenant = 'acme'"
+        " count(*) FILTER (WHERE status = 'failed') FROM pgsched.runs_all WHERE tenant = 'acme'"
     ).fetchone()
     assert (acme["created"], acme["started"], acme["succeeded"], acme["failed"]) == tuple(counted) == (5, 7, 3, 2)
     # 3 x 50 ms and 4 x 20 ms of sleeping, and each attempt's bookkeeping on top (well under 1 s each).

@@ -59,11 +59,11 @@ def traced_workers(workers: Workers, span_file: Path) -> Iterator[Workers]:
 
 
 def run_of(conn: psycopg.Connection, task: str, request_id: str) -> int | None:
-    return scalar(conn, "SELECT id FROM pgsched.runs WHERE task = %s AND request_id = %s", (task, request_id))
+    return scalar(conn, "SELECT id FROM pgsched.runs_all WHERE task = %s AND request_id = %s", (task, request_id))
 
 
 def trace_context_of(conn: psycopg.Connection, run_id: int) -> str | None:
-    return scalar(conn, "SELECT trace_context FROM pgsched.runs WHERE id = %s", (run_id,))
+    return scalar(conn, "SELECT trace_context FROM pgsched.runs_all WHERE id = %s", (run_id,))
 
 
 def test_one_trace_runs_from_an_http_request_through_its_run_to_the_runs_it_queued(
@@ -162,7 +162,7 @@ def test_every_python_enqueue_path_keeps_the_callers_trace_context(app: App, con
     with trace.use_span(remote_span()):
         ids = [app.enqueue("noop"), *app.enqueue_many("noop", [{}, {}]), *asyncio.run(enqueue_async())]
     outside = [app.enqueue("noop"), *app.enqueue_many("noop", [{}])]
-    stored = dict(conn.execute("SELECT id, trace_context FROM pgsched.runs").fetchall())
+    stored = dict(conn.execute("SELECT id, trace_context FROM pgsched.runs_all").fetchall())
     assert [stored[i] for i in ids] == [TRACEPARENT] * 5
     assert [stored[i] for i in outside] == [None, None]
 

@@ -199,7 +199,7 @@ def test_trigger_a_job_and_watch_its_run_succeed(browser, dashboard, keys, conn,
     page.wait_for_url(re.compile(r"/ui/runs/\d+$"))
     page.locator(".actions .status.succeeded").wait_for()
     assert "nightly-report" in page.locator("dl.facts").inner_text()
-    assert scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE job_id IS NOT NULL AND status = 'succeeded'") == 1
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE job_id IS NOT NULL AND status = 'succeeded'") == 1
 
 
 def test_a_tenant_key_sees_only_its_tenant(browser, dashboard, keys, conn):

@@ -48,7 +48,7 @@ def queue_figures(page: str, queue: str) -> list[int]:
 
 
 def status_of(conn: psycopg.Connection, run_id: int) -> str:
-    return scalar(conn, "SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,))
+    return scalar(conn, "SELECT status::text FROM pgsched.runs_all WHERE id = %s", (run_id,))
 
 
 def test_root_redirects_to_the_dashboard_which_sends_strangers_to_the_login_form(dsn):
@@ -217,7 +217,7 @@ def test_a_read_key_sees_no_action_buttons_and_its_forged_post_is_refused(dsn, c
         trigger = client.post("/ui/jobs/nightly/trigger", data={"csrf_token": csrf})
     assert forged.status_code == trigger.status_code == 403
     assert "scope is 'read'" in alert_of(forged.text)
-    assert status_of(conn, run_id) == "failed" and scalar(conn, "SELECT count(*) FROM pgsched.runs") == 1
+    assert status_of(conn, run_id) == "failed" and scalar(conn, "SELECT count(*) FROM pgsched.runs_all") == 1
 
 
 def test_a_tenant_key_sees_only_its_tenant_and_another_tenants_run_is_a_404_page(dsn, conn):
@@ -460,7 +460,7 @@ def test_a_key_without_a_tenant_acts_on_the_tenants_job_its_button_names(dsn, co
         assert runs.status_code == 200, "two tenants' jobs of one name: the runs of each"
     states = conn.execute("SELECT tenant, enabled FROM pgsched.jobs ORDER BY tenant").fetchall()
     assert states == [("acme", True), ("beta", False)]
-    assert scalar(conn, "SELECT tenant FROM pgsched.runs") == "acme"
+    assert scalar(conn, "SELECT tenant FROM pgsched.runs_all") == "acme"
     with ui_client(dsn, keys["acme"]) as client:  # a tenant key's own tenant wins over the URL's
         csrf = csrf_of(client.get("/ui/jobs").text)
         assert client.post("/ui/jobs/nightly/resume?tenant=beta", headers={"X-CSRF-Token": csrf}).status_code == 200

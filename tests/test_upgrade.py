@@ -25,7 +25,7 @@ from pgsched.doctor import diagnose
 from pgsched.errors import RunCancelled
 from pgsched.instants import READER_ADAPTERS
 from pgsched.jobs import JobNameTaken, JobSpec, list_jobs, upsert_job
-from pgsched.maintenance import cancel_expired
+from pgsched.maintenance import HistoryMover, cancel_expired, maintain_history
 from pgsched.migrate import migrate, pending
 from pgsched.queues import list_queues
 from pgsched.runs import get_run, list_runs
@@ -116,7 +116,7 @@ def test_a_worker_drains_through_the_upgrade_from_the_previous_release_which_rep
         for statement in LEGACY_ROWS:
             conn.execute(statement.encode())
         expected = [m.version for m in pending(conn)]
-        assert expected[0] == "0009" and "0013" not in expected  # 0013 waits for --post-deploy
+        assert expected[0] == "0009" and "0013" not in expected and "0030" not in expected  # --post-deploy's
         assert drain_through_the_upgrade(empty_dsn, conn) == expected
         monkeypatch.undo()  # from here on, the new release
 
@@ -159,7 +159,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
         migrate(conn)
-        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013"]
+        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030"]
         assert upsert_job(conn, every_minute, tenant="acme") is True
         # Until then the previous release's upsert (ON CONFLICT (name)) works, and so names stay
         # unique across tenants.
@@ -168,7 +168,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
         )
         with pytest.raises(JobNameTaken):
             upsert_job(conn, every_minute, tenant="beta")
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013"]
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030"]
         assert upsert_job(conn, every_minute, tenant="beta") is True
         assert upsert_job(conn, every_minute) is True  # the admin's own, without a tenant
         assert [(job["name"], job["tenant"]) for job in list_jobs(conn) if job["name"] == "sync"] == [
@@ -192,7 +192,10 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
     doctor = run_cli(empty_dsn, "doctor", "--json")
     assert doctor.returncode == 0, doctor.stderr
     report = json.loads(doctor.stdout)
-    assert report["healthy"] and report["waiting_post_deploy"] == ["0013_job_names_per_tenant"]
+    assert report["healthy"] and report["waiting_post_deploy"] == [
+        "0013_job_names_per_tenant",
+        "0030_runs_move_to_history",
+    ]
     assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
     assert len(report["unvalidated"]) >= 10  # 0009's, and later migrations' for new columns
     fixed = run_cli(empty_dsn, "doctor", "--fix")
@@ -207,3 +210,75 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
 async def cancel_expired_later(dsn: str, *, minutes: int) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await cancel_expired(conn, now=datetime.now(timezone.utc) + timedelta(minutes=minutes))
+
+
+def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what_had_ended(empty_dsn: str) -> None:
+    # The release before the move (0029's runs_history and readers, 0031): its finished runs are
+    # in runs. A worker of this release drains a backlog while `migrate` (0032) and then
+    # `migrate --post-deploy` (0030) run; then the leader moves what had ended before.
+    ended_before, backlog = 2000, 1500
+    app = App(empty_dsn)
+
+    @app.task()
+    async def noop() -> None:
+        await asyncio.sleep(0)
+
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate(conn, up_to="0029")
+        migrate(conn, up_to="0031")
+        expand = [m.version for m in pending(conn)]  # this release's own (0032, and later ones)
+        assert "0032" in expand and "0030" not in expand
+        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030"]
+        with conn.transaction():  # as its workers left them (schema 0009 lets SQL insert only queued runs)
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute(
+                "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result)"
+                " SELECT 'noop', 'succeeded', 1, now(), now(), 'null' FROM generate_series(1, %s)",
+                (ended_before,),
+            )
+        conn.execute("INSERT INTO pgsched.runs (task) SELECT 'noop' FROM generate_series(1, %s)", (backlog,))
+
+        def finished() -> int:
+            return int(scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE status = 'succeeded'"))
+
+        async def drain() -> tuple[list[str], int]:
+            async with RunningWorker(app, empty_dsn, concurrency=20) as w:
+
+                async def started() -> bool:
+                    w.still_running()
+                    return finished() > ended_before
+
+                await wait_until_async(started, 20, "the worker to drain its first runs")
+                applied: list[str] = []
+
+                def upgrade() -> None:
+                    with psycopg.connect(empty_dsn, autocommit=True) as migrator:
+                        applied.extend(m.version for m in migrate(migrator))
+                        applied.extend(m.version for m in migrate(migrator, post_deploy=True))
+
+                await asyncio.to_thread(upgrade)
+                mover, moved = HistoryMover(), 0
+                async with await psycopg.AsyncConnection.connect(empty_dsn, autocommit=True) as leader:
+                    await maintain_history(leader, retention_s=7 * 86400, days_ahead=0)
+                    while not mover.done:
+                        moved += await mover.round(leader, batch=500, batches=1)
+
+                async def drained() -> bool:
+                    w.still_running()
+                    return finished() == ended_before + backlog
+
+                await wait_until_async(drained, 60, f"all {backlog} queued runs to succeed")
+                return applied, moved
+
+        applied, moved = asyncio.run(drain())
+        app.close()
+        assert applied == [*expand, "0030"]
+        # Every run once, all of them succeeded, and none left ended in runs: each either moved
+        # by the leader (ended before 0030) or on its own (ended after).
+        total = ended_before + backlog
+        counts = conn.execute("SELECT count(*), count(DISTINCT id) FROM pgsched.runs_all").fetchone()
+        assert counts == (total, total)
+        assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 0
+        assert scalar(conn, "SELECT count(*) FROM pgsched.runs_history") == total
+        assert moved >= ended_before
+        assert get_run(conn, 1)["status"] == "succeeded"

@@ -69,7 +69,7 @@ def test_a_busy_worker_drains_a_backlog_and_then_waits_again(
     finally:
         app.close()
     workers.wait_until(
-        lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE status = 'succeeded'") == 450,
+        lambda: scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE status = 'succeeded'") == 450,
         60,
         "the 450 runs to succeed",
     )
@@ -85,7 +85,7 @@ def test_two_workers_on_different_queues_each_wake_for_their_own(
         lambda: waiting_on(conn, "alpha") == 1 and waiting_on(conn, "beta") == 1, 15, "both workers to wait"
     )
     for queue, worker in (("alpha", alpha), ("beta", beta), ("alpha", alpha)):
-        key = f"{queue}-{scalar(conn, 'SELECT count(*) FROM pgsched.runs')}"
+        key = f"{queue}-{scalar(conn, 'SELECT count(*) FROM pgsched.runs_all')}"
         run_id = insert_run(conn, "record", {"key": key}, queue=queue)
         workers.wait_until(lambda run_id=run_id: status_of(conn, run_id) == "succeeded", 10, f"{key} to succeed")
         assert executed_by(conn, key) == worker.pid

@@ -111,19 +111,19 @@ def test_a_task_result_is_stored_as_jsonb(app, dsn, conn):
                 assert row["status"] == "succeeded", row["errors"]
 
     run_async(main())
-    types = dict(conn.execute("SELECT args->>'kind', jsonb_typeof(result) FROM pgsched.runs").fetchall())
+    types = dict(conn.execute("SELECT args->>'kind', jsonb_typeof(result) FROM pgsched.runs_all").fetchall())
     assert types == {"object": "object", "string": "string", "none": "null", "list": "array"}
-    assert conn.execute("SELECT result FROM pgsched.runs WHERE id = %s", (ids["object"],)).fetchone()[0] == {
+    assert conn.execute("SELECT result FROM pgsched.runs_all WHERE id = %s", (ids["object"],)).fetchone()[0] == {
         "n": 3,
         "items": [1, "two", None],
         "ok": True,
         "pi": 3.5,
     }
     assert conn.execute(
-        "SELECT result->'items'->>1, (result->>'n')::int FROM pgsched.runs WHERE id = %s", (ids["object"],)
+        "SELECT result->'items'->>1, (result->>'n')::int FROM pgsched.runs_all WHERE id = %s", (ids["object"],)
     ).fetchone() == ("two", 3)
     row = conn.execute(
-        "SELECT attempt, errors, finished_at IS NOT NULL, lease_expires_at FROM pgsched.runs WHERE id = %s",
+        "SELECT attempt, errors, finished_at IS NOT NULL, lease_expires_at FROM pgsched.runs_all WHERE id = %s",
         (ids["string"],),
     ).fetchone()
     assert row == (1, [], True, None)
@@ -536,7 +536,7 @@ def test_the_lease_sweep_requeues_an_expired_run_and_fails_one_with_no_attempts_
 
     def row(run_id: int) -> dict:
         with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute("SELECT * FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()
+            return cur.execute("SELECT * FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()
 
     failed, running = row(used_up), row(healthy)
     assert (failed["status"], failed["attempt"], failed["finished_at"], failed["lease_expires_at"]) == (
@@ -575,7 +575,7 @@ def test_the_lease_sweep_skips_while_another_sweeper_holds_the_lock(app, dsn, co
     while_locked, after = run_async(main())
     assert while_locked == (0, 0)
     assert after == (1, 0)
-    assert conn.execute("SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone()[0] == "queued"
+    assert conn.execute("SELECT status::text FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone()[0] == "queued"
 
 
 # ---- fencing
@@ -626,7 +626,7 @@ def test_an_outcome_from_a_worker_that_lost_its_lease_changes_nothing(app, dsn, 
             ]  # right attempt, old worker
             async with pool.connection() as c:
                 cursor = await c.execute(
-                    "SELECT status::text, worker_id, attempt, result FROM pgsched.runs WHERE id = %s", (run_id,)
+                    "SELECT status::text, worker_id, attempt, result FROM pgsched.runs_all WHERE id = %s", (run_id,)
                 )
                 untouched = await cursor.fetchone()
             holder = await complete(second, attempt_2, "succeeded")
@@ -638,7 +638,7 @@ def test_an_outcome_from_a_worker_that_lost_its_lease_changes_nothing(app, dsn, 
     assert mismatched == [[], []]
     assert untouched == ("running", second, 2, None)
     assert holder == [(run_id,)]
-    assert conn.execute("SELECT status::text, result FROM pgsched.runs WHERE id = %s", (run_id,)).fetchone() == (
+    assert conn.execute("SELECT status::text, result FROM pgsched.runs_all WHERE id = %s", (run_id,)).fetchone() == (
         "succeeded",
         "x",
     )

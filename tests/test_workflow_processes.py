@@ -45,7 +45,7 @@ def enqueue_diamonds(dsn: str, plan: list[dict[str, bool]]) -> list[list[int]]:
 
 def finished_steps(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM pgsched.runs WHERE status IN ('succeeded', 'failed', 'cancelled')"
+        "SELECT count(*) FROM pgsched.runs_all WHERE status IN ('succeeded', 'failed', 'cancelled')"
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -75,7 +75,7 @@ def test_diamonds_under_four_workers_and_two_sigkills_run_each_step_iff_its_cond
 
     ran = Counter(key for (key,) in conn.execute("SELECT key FROM executions"))
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = {r["id"]: r for r in cur.execute("SELECT * FROM pgsched.runs")}
+        rows = {r["id"]: r for r in cur.execute("SELECT * FROM pgsched.runs_all")}
         workflows = {r["id"]: r for r in cur.execute("SELECT * FROM pgsched.workflows")}
     assert not [r for r in rows.values() if r["status"] in ("waiting", "queued", "running")]
     for n, (fails, run_ids) in enumerate(zip(plan, ids)):
@@ -129,16 +129,18 @@ def test_a_process_pool_step_gets_its_parents_results_and_a_chord_binds_them(
     wait_until(
         lambda: (
             conn.execute(
-                "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'", (last,)
+                "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'", (last,)
             ).fetchone()
             == (2,)
         ),
         30,
         "the chord's callback and the chain's last step to succeed",
-        diagnose=lambda: str(conn.execute("SELECT id, status FROM pgsched.runs ORDER BY id").fetchall()),
+        diagnose=lambda: str(conn.execute("SELECT id, status FROM pgsched.runs_all ORDER BY id").fetchall()),
     )
     results = dict(
-        conn.execute("SELECT id, result FROM pgsched.runs WHERE id = ANY(%s)", (fan.run_ids + line.run_ids,)).fetchall()
+        conn.execute(
+            "SELECT id, result FROM pgsched.runs_all WHERE id = ANY(%s)", (fan.run_ids + line.run_ids,)
+        ).fetchall()
     )
 
     callback = results[fan.run_ids[-1]]

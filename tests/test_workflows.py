@@ -23,7 +23,7 @@ from tests.support.inprocess import finish, run_async
 
 def run_rows(conn: psycopg.Connection[Any], ids: list[int]) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute("SELECT * FROM pgsched.runs WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
+        return cur.execute("SELECT * FROM pgsched.runs_all WHERE id = ANY(%s) ORDER BY id", (ids,)).fetchall()
 
 
 def workflow_row(conn: psycopg.Connection[Any], workflow_id: int) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def workflow_row(conn: psycopg.Connection[Any], workflow_id: int) -> dict[str, A
 
 def counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
     row = conn.execute(
-        "SELECT (SELECT count(*) FROM pgsched.runs), (SELECT count(*) FROM pgsched.run_edges),"
+        "SELECT (SELECT count(*) FROM pgsched.runs_all), (SELECT count(*) FROM pgsched.run_edges),"
         " (SELECT count(*) FROM pgsched.workflows)"
     ).fetchone()
     assert row is not None
@@ -178,7 +178,7 @@ def test_a_failed_parent_cancels_every_dependent_transitively_with_the_reason(et
         assert row["errors"][-1]["message"] == f"upstream run {a} failed"
         assert row["errors"][-1]["upstream_run"] == a
     assert workflow_row(conn, handle.id)["status"] == "failed"
-    assert conn.execute("SELECT count(*) FROM pgsched.runs WHERE status = 'waiting'").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgsched.runs_all WHERE status = 'waiting'").fetchone() == (0,)
 
 
 def test_retrying_the_failed_run_re_arms_what_its_failure_cancelled(etl: App, dsn: str, conn) -> None:

@@ -168,7 +168,7 @@ def test_the_dashboard_lists_workflows_newest_first_paged_per_tenant_and_links_e
 
 def counts(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
     row = conn.execute(
-        "SELECT (SELECT count(*) FROM pgsched.runs), (SELECT count(*) FROM pgsched.run_edges),"
+        "SELECT (SELECT count(*) FROM pgsched.runs_all), (SELECT count(*) FROM pgsched.run_edges),"
         " (SELECT count(*) FROM pgsched.workflows)"
     ).fetchone()
     assert row is not None
@@ -202,7 +202,7 @@ def test_rest_creates_a_workflow_from_steps_in_any_order_for_the_keys_tenant(
         r[0]: r[1:]
         for r in conn.execute(
             "SELECT id, status::text, queue, priority, max_attempts, args, run_at > now() + interval '50 seconds'"
-            " FROM pgsched.runs"
+            " FROM pgsched.runs_all"
         )
     }
     assert rows[ids["a"]] == ("queued", "default", 0, 3, {"file": "1.csv"}, False)

@@ -40,7 +40,7 @@ class RunningWorker:
             await self.app.aclose()
 
     async def row(self, run_id: int) -> dict[str, Any]:
-        cursor = await self.db.execute("SELECT *, now() AS db_now FROM pgsched.runs WHERE id = %s", (run_id,))
+        cursor = await self.db.execute("SELECT *, now() AS db_now FROM pgsched.runs_all WHERE id = %s", (run_id,))
         row = await cursor.fetchone()
         assert row is not None, f"run {run_id} does not exist"
         return row

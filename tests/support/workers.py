@@ -81,7 +81,7 @@ def insert_run(conn: psycopg.Connection[Any], task: str, args: dict[str, Any], *
 def run_row(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any]:
     cursor = conn.execute(
         "SELECT status::text, attempt, worker_id, errors, started_at, finished_at, run_at"
-        " FROM pgsched.runs WHERE id = %s",
+        " FROM pgsched.runs_all WHERE id = %s",
         (run_id,),
     )
     names = [c.name for c in cursor.description or ()]
@@ -91,7 +91,7 @@ def run_row(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any]:
 
 
 def status_of(conn: psycopg.Connection[Any], run_id: int) -> str:
-    return scalar(conn, "SELECT status::text FROM pgsched.runs WHERE id = %s", (run_id,))
+    return scalar(conn, "SELECT status::text FROM pgsched.runs_all WHERE id = %s", (run_id,))
 
 
 def events(conn: psycopg.Connection[Any], key: str) -> list[tuple[str, int]]:
