@@ -23,8 +23,8 @@ from tests.support.cli import assert_one_error_line, run_cli
 from tests.support.db import scalar
 from tests.support.workers import Workers, insert_run
 
-RUNNING_OF = "SELECT count(*) FROM pgsched.runs WHERE tenant = %s AND status = 'running'"
-SUCCEEDED = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'succeeded'"
+RUNNING_OF = "SELECT count(*) FROM pgsched.runs_all WHERE tenant = %s AND status = 'running'"
+SUCCEEDED = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'succeeded'"
 # The most executions in progress at one instant: +1 at each start, -1 at each end, in time
 # order (at the same instant an end first: it was recorded before the start it made room for).
 MAX_OVERLAP = """
@@ -64,7 +64,7 @@ def test_the_plain_claim_passes_over_a_limited_tenant_and_its_own_claim_takes_no
     assert len(first) == 2 and set(first) <= set(acme)  # two queues, one limit
     again = conn.execute(queries["run_claim_tenant_limited"], of_tenant).fetchall()
     assert claimed_ids(again, 8) == [] and again[0][0] and again[0][2]  # locked, nothing taken, more due
-    held = "SELECT count(*) FROM pgsched.runs WHERE id = ANY(%s) AND status = 'queued' AND attempt = 0"
+    held = "SELECT count(*) FROM pgsched.runs_all WHERE id = ANY(%s) AND status = 'queued' AND attempt = 0"
     assert scalar(conn, held, (acme,)) == 3  # held back: queued, no attempt used
 
     # The limited queue's claim passes them over too, and claims them for the tenant within both.
@@ -168,7 +168,7 @@ def test_a_tenants_max_running_holds_over_every_queue_while_eight_worker_process
     assert max(samples) == limit, f"acme's running runs sampled while 8 workers raced: max {max(samples)}"
     assert scalar(conn, MAX_OVERLAP, ("acme-%",)) == limit  # at the limit, never over it
     assert scalar(conn, MAX_OVERLAP, ("beta-%",)) > limit  # another tenant is not held by it
-    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs WHERE id = ANY(%s)", (acme,)) == 1
+    assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all WHERE id = ANY(%s)", (acme,)) == 1
 
 
 @pytest.mark.slow
@@ -181,7 +181,7 @@ def test_a_sigkilled_worker_gives_a_tenants_slot_back_when_its_lease_expires(
     workers.wait_until(lambda: scalar(conn, RUNNING_OF, ("acme",)) == 1, 15, "the victim to run the tenant's run")
     victim.popen.kill()
     assert victim.popen.wait(timeout=10) == -signal.SIGKILL
-    lease_expires = scalar(conn, "SELECT lease_expires_at FROM pgsched.runs WHERE id = %s", (held,))
+    lease_expires = scalar(conn, "SELECT lease_expires_at FROM pgsched.runs_all WHERE id = %s", (held,))
 
     survivor = workers.start("--queues", "a,b", "--concurrency", "4")
     # In another queue (the limit is the tenant's, over every queue), and ahead of the victim's
@@ -193,6 +193,6 @@ def test_a_sigkilled_worker_gives_a_tenants_slot_back_when_its_lease_expires(
         "the waiting run to take the slot the dead worker's lease held",
         alive=[survivor],
     )
-    started = scalar(conn, "SELECT started_at FROM pgsched.runs WHERE id = %s", (waiting,))
+    started = scalar(conn, "SELECT started_at FROM pgsched.runs_all WHERE id = %s", (waiting,))
     assert started >= lease_expires, "the tenant's run started while the dead worker's lease still held its slot"
-    assert scalar(conn, "SELECT attempt FROM pgsched.runs WHERE id = %s", (waiting,)) == 1
+    assert scalar(conn, "SELECT attempt FROM pgsched.runs_all WHERE id = %s", (waiting,)) == 1
