@@ -251,3 +251,13 @@ def test_a_day_partition_waits_for_a_run_landing_in_default_and_then_takes_it_in
     )
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="day must be a date"):
         conn.execute("SELECT pgsched.history_partition_create_v2(NULL)")
+
+
+def test_the_history_has_the_columns_of_runs_in_their_order(conn: psycopg.Connection[Any]) -> None:
+    """The move copies a row with ``SELECT *`` (0030's trigger and mover): a column added to runs
+    alone would fail every completion that moves, so a migration adds it to both."""
+    columns = """
+        SELECT array_agg(attname || ' ' || format_type(atttypid, atttypmod) ORDER BY attnum)
+        FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped
+    """
+    assert scalar(conn, columns, ("pgsched.runs_history",)) == scalar(conn, columns, ("pgsched.runs",))
