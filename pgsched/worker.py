@@ -39,6 +39,7 @@ from pgsched.beat import Beat, BeatOptions, check_leader_lock_possible
 from pgsched.completer import Completer
 from pgsched.config import DIRECT_DSN_ENV, connection_kwargs, session_dsn
 from pgsched.context import RunContext, enter_run
+from pgsched.errors import PgschedError
 from pgsched.executor import cancelled_on_request, execute
 from pgsched.fetcher import Capacity, Fetcher, FetchSettings, claim_pool
 from pgsched.listener import Listener
@@ -58,6 +59,11 @@ BEAT_RESTART_S = 1.0
 # How long a stopping worker waits for the database to take its last writes when the grace
 # period is shorter (a brief outage passes; a long one must not keep it from exiting).
 SHUTDOWN_WRITE_TIMEOUT_S = 5.0
+
+
+class WorkerFailed(PgschedError):
+    """The worker stopped because a part of it failed (logged, with its traceback, when it did):
+    the CLI prints it on one line and exits 1."""
 
 
 @dataclass
@@ -128,6 +134,7 @@ class Worker:
         self._background_notifies: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        self._failure: BaseException | None = None  # a background part's, see _on_background_ended
         self._threads = TaskThreads(max_threads=self.options.concurrency)
         self._processes = ProcessPool.for_app(
             app, default_pool=self.options.pool, size=self.options.processes, app_path=self.options.app_path
@@ -207,6 +214,8 @@ class Worker:
             beat_task = asyncio.create_task(self._host_beat(dsn)) if self._beat_options else None
             if beat_task is not None:
                 background.append(beat_task)
+            for part in background:
+                part.add_done_callback(self._on_background_ended)
             try:
                 if self._processes is not None:
                     await self._processes.start()  # the app cannot be imported there: fail before claiming
@@ -222,12 +231,28 @@ class Worker:
                     await self._processes.close()  # whatever still runs there was released by the shutdown
                 await self._deregister(pool)
         self._threads.shutdown()
+        if self._failure is not None:
+            raise WorkerFailed(f"worker {self.worker_id} stopped: {self._failure!r}") from self._failure
         logger.info("worker %s stopped", self.worker_id)
         if self._abandoned_threads:
             # A released sync task still runs in a thread nobody can stop; exiting normally
             # would wait for it. Its run is back in the queue, so leave now.
             logging.shutdown()
             os._exit(0)
+
+    def _on_background_ended(self, part: asyncio.Task[None]) -> None:
+        """A part that runs as long as the worker (the completer, the heartbeat, the sweep, the
+        listener) ended on an error its own retries do not cover (they retry a lost connection):
+        stop now and exit non-zero. Going on would be worse: without its completer the worker
+        claims until its unwritten outcomes fill up, then waits forever while its heartbeat keeps
+        the leases of runs it can no longer finish, so nobody rescues them. Once it has exited,
+        their leases run out and the sweep hands them to other workers."""
+        if part.cancelled() or part.exception() is None or self._failure is not None:
+            return
+        self._failure = part.exception()
+        logger.critical("worker %s stops: a background part failed", self.worker_id, exc_info=self._failure)
+        self._force.set()
+        self.request_stop()
 
     async def _host_beat(self, dsn: str) -> None:
         """Run the hosted beat (``--beat``) until the worker stops. A beat that ends on an error

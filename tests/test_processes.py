@@ -139,6 +139,41 @@ def test_sigkilled_workers_run_is_rescued_by_another_workers_lease_sweep(
     assert registered(conn, survivor)
 
 
+REFUSE_SUCCESSES = """
+CREATE FUNCTION refuse_success() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the test refuses the success of run %', NEW.id;
+END;
+$$;
+CREATE TRIGGER refuse_success BEFORE UPDATE ON pgsched.runs FOR EACH ROW
+    WHEN (OLD.status = 'running' AND NEW.status = 'succeeded') EXECUTE FUNCTION refuse_success();
+"""
+
+
+def test_a_worker_whose_completions_fail_for_good_exits_1_and_its_run_is_rescued(
+    workers: Workers, conn: psycopg.Connection[Any]
+) -> None:
+    """A completion refused by the database for a reason other than a lost connection (here a
+    trigger of the test's) ends the completer: the worker stops and exits 1 rather than go on
+    heartbeating leases of runs it can no longer finish, and the run is rescued elsewhere."""
+    conn.execute(REFUSE_SUCCESSES)
+    broken = workers.start("--lease", "2", "--concurrency", "4")
+    run_id = insert_run(conn, "record", {"key": "k"})
+    assert broken.wait_exit(20) == 1, broken.log()[-3000:]
+    assert "a background part failed" in broken.log()
+    assert "the test refuses the success of run" in broken.log()
+    assert status_of(conn, run_id) == "running"  # its outcome was never written
+
+    conn.execute("DROP TRIGGER refuse_success ON pgsched.runs")
+    survivor = workers.start("--lease", "2", "--concurrency", "4")
+    workers.wait_until(
+        lambda: status_of(conn, run_id) == "succeeded", 20, "the run to be rescued and succeed", alive=[survivor]
+    )
+    row = run_row(conn, run_id)
+    assert (row["attempt"], row["worker_id"]) == (2, survivor.worker_id)
+    assert [e["type"] for e in row["errors"]] == ["LeaseExpired"]
+
+
 # ---- 4. SIGTERM: graceful stop
 
 
