@@ -241,8 +241,8 @@ class Worker:
             os._exit(0)
 
     def _on_background_ended(self, part: asyncio.Task[None]) -> None:
-        """A part that runs as long as the worker (the completer, the heartbeat, the sweep, the
-        listener) ended on an error its own retries do not cover (they retry a lost connection):
+        """A part that runs as long as the worker (the completer, the heartbeat, the listener)
+        ended on an error its own retries do not cover (they retry a lost connection):
         stop now and exit non-zero. Going on would be worse: without its completer the worker
         claims until its unwritten outcomes fill up, then waits forever while its heartbeat keeps
         the leases of runs it can no longer finish, so nobody rescues them. Once it has exited,
@@ -510,7 +510,10 @@ class Worker:
                 await rescue_expired(
                     pool, stale_worker_s=self.options.lease_s * 4, restart_grace_s=self.options.lease_s
                 )
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                # Any error, not only a lost connection: a round is tried again next interval,
+                # and other workers and the beat sweep too, so a failed round must not stop
+                # this worker (one of a release newer than its schema, mid-upgrade, fails here).
                 logger.warning("lease sweep failed (%s)", exc)
             await asyncio.sleep(interval)
 
