@@ -16,8 +16,10 @@ from psycopg.rows import dict_row
 
 from pgsched import App, current_run
 from pgsched.workflows import get_workflow, step_graph, step_tree
+from tests.support.api import Api, make_keys
 from tests.support.db import scalar
 from tests.support.inprocess import finish
+from tests.support.ui import ui_client
 from tests.support.waiting import wait_until
 
 
@@ -259,3 +261,17 @@ def test_a_parent_that_is_nowhere_or_another_tenants_moved_run_is_refused_and_no
     assert message.format(**names) in str(raised.value)
     assert counts(conn) == before
     assert row_of(conn, open_parent)["workflow_id"] is None
+
+
+def test_the_dashboard_page_and_rest_show_a_workflow_whose_step_waited_on_a_moved_parent(
+    api: Api, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    moved = ended_and_moved(conn, "succeeded")
+    child = enqueue_after(conn, [moved])
+    workflow_id = row_of(conn, child)["workflow_id"]
+    shown = api.get(f"/workflows/{workflow_id}").json()
+    assert [(s["id"], s["parents"]) for s in shown["steps_shown"]] == [(child, [moved])]
+    with ui_client(dsn, make_keys(conn)["admin"]) as client:
+        page = client.get(f"/ui/workflows/{workflow_id}")
+    assert page.status_code == 200, page.text
+    assert f'href="/ui/runs/{child}"' in page.text
