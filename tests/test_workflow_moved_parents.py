@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from pgsched import App, current_run
@@ -133,6 +135,42 @@ def test_a_moved_failed_parent_cancels_a_child_waiting_for_success_and_queues_on
     assert row_of(conn, enqueue_after(conn, [succeeded], "finished"))["status"] == "queued"
     cancelled_parent = ended_and_moved(conn, "cancelled")
     assert row_of(conn, enqueue_after(conn, [cancelled_parent], "finished"))["status"] == "cancelled"
+
+
+# A parent: open (queued), or ended with a status and then kept in runs (a unique_key keeps an
+# ended run there) or moved to the history.
+PARENT = st.one_of(
+    st.just(("queued", "runs")),
+    st.tuples(st.sampled_from(["succeeded", "failed", "cancelled"]), st.sampled_from(["runs", "history"])),
+)
+HOLDS = {"succeeded": {"succeeded"}, "failed": {"failed"}, "finished": {"succeeded", "failed"}}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kinds=st.lists(PARENT, min_size=1, max_size=4), condition=st.sampled_from(["succeeded", "failed", "finished"]))
+def test_a_moved_parent_counts_exactly_as_an_ended_parent_kept_in_runs(
+    conn: psycopg.Connection[Any], kinds: list[tuple[str, str]], condition: str
+) -> None:
+    ids = []
+    for status, place in kinds:
+        run_id = scalar(conn, "SELECT pgsched.enqueue_v3('parent')")
+        if status != "queued":
+            conn.execute(
+                "UPDATE pgsched.runs SET status = %s, attempt = 1, started_at = now(), finished_at = now(),"
+                " unique_key = CASE WHEN %s THEN 'kept-' || id END WHERE id = %s",
+                (status, place == "runs", run_id),
+            )
+        assert where(conn, run_id) == [place]
+        ids.append(run_id)
+    row = row_of(conn, enqueue_after(conn, ids, condition))
+    ended = [status for status, _ in kinds if status != "queued"]
+    still_open = len(kinds) - len(ended)
+    if any(status not in HOLDS[condition] for status in ended):
+        assert row["status"] == "cancelled"
+    elif still_open:
+        assert (row["status"], row["parents_pending"]) == ("waiting", still_open)
+    else:
+        assert (row["status"], row["parents_pending"]) == ("queued", 0)
 
 
 def test_moved_and_open_parents_together_wait_only_for_the_open_one(conn: psycopg.Connection[Any]) -> None:
