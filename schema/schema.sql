@@ -364,29 +364,6 @@ BEGIN
 END;
 $$;
 
--- (0042: no trigger calls it any more; runs_to_history_v2 below does its work.)
-
--- The move's trigger function (0042_cheaper_move_trigger, post-deploy): an UPDATE that ended no
--- run (a claim, a heartbeat) returns after one pass over its own rows; the rows to move are
--- found by primary key (num_nonnulls, not IS NOT NULL, keeps the planner off runs_finished_idx,
--- whose dead entries of moved runs every UPDATE walked).
-CREATE FUNCTION pgsched.runs_to_history_v2() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM new_runs WHERE status IN ('succeeded', 'failed', 'cancelled')) THEN
-        RETURN NULL;
-    END IF;
-    WITH moved AS (
-        DELETE FROM pgsched.runs AS r
-        WHERE r.id = ANY (ARRAY(SELECT n.id FROM new_runs AS n WHERE n.status IN ('succeeded', 'failed', 'cancelled')))
-          AND r.status IN ('succeeded', 'failed', 'cancelled')
-          AND num_nonnulls(r.finished_at) = 1 AND r.workflow_id IS NULL AND r.unique_key IS NULL
-        RETURNING r.*
-    )
-    INSERT INTO pgsched.runs_history SELECT * FROM moved;
-    RETURN NULL;
-END;
-$$;
-
 -- Named to fire after runs_steps_ended (statement triggers fire in name order), so the
 -- workflow release reads a statement's ended parents in runs before anything moves. A
 -- transition table cannot go with a column list (UPDATE OF status): every UPDATE of runs
@@ -394,7 +371,7 @@ $$;
 CREATE TRIGGER runs_to_history
     AFTER UPDATE ON pgsched.runs
     REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history();
 
 -- The runs that ended before the trigger existed, up to `batch` of them with an id above
 -- `after_id`, in id order: moved in one statement (short locks: rows a concurrent statement

@@ -159,7 +159,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
         migrate(conn)
-        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030", "0042"]
+        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030"]
         assert upsert_job(conn, every_minute, tenant="acme") is True
         # Until then the previous release's upsert (ON CONFLICT (name)) works, and so names stay
         # unique across tenants.
@@ -168,7 +168,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
         )
         with pytest.raises(JobNameTaken):
             upsert_job(conn, every_minute, tenant="beta")
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030", "0042"]
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030"]
         assert upsert_job(conn, every_minute, tenant="beta") is True
         assert upsert_job(conn, every_minute) is True  # the admin's own, without a tenant
         assert [(job["name"], job["tenant"]) for job in list_jobs(conn) if job["name"] == "sync"] == [
@@ -195,7 +195,6 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
     assert report["healthy"] and report["waiting_post_deploy"] == [
         "0013_job_names_per_tenant",
         "0030_runs_move_to_history",
-        "0042_cheaper_move_trigger",
     ]
     assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
     assert len(report["unvalidated"]) >= 10  # 0009's, and later migrations' for new columns
@@ -230,7 +229,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
         migrate(conn, up_to="0031")
         expand = [m.version for m in pending(conn)]  # this release's own (0032, and later ones)
         assert "0032" in expand and "0030" not in expand
-        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030", "0042"]
+        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030"]
         with conn.transaction():  # as its workers left them (schema 0009 lets SQL insert only queued runs)
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
@@ -274,7 +273,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
 
         applied, moved = asyncio.run(drain())
         app.close()
-        assert applied == ["0030", "0042"]
+        assert applied == ["0030"]
         # Every run once, all of them succeeded, and none left ended in runs: each either moved
         # by the leader (ended before 0030) or on its own (ended after).
         total = ended_before + backlog
