@@ -1,0 +1,194 @@
+"""What a tenant with a max_running (issue #14, schema 0033) costs the other claims, and its own.
+
+    python -m benchmarks.tenant_limits [--runs 20000] [--reps 3] [--samples 40]
+                                       [--baseline-tree PATH] [--dsn SERVER_DSN]
+
+The tenant T has max_running 1 and its slot is taken (one of its runs "running" under a lease of
+an hour), so its queued runs stay queued whatever the claims do: the cost of walking past them.
+
+(a) statements, same run: a claim of 50 (rolled back) from a queue of --runs runs without a
+    tenant behind 10,000 of T's queued first ("head"), against the same queue without them
+    ("none"), interleaved: run_claim from the start (a full pass, once a second per worker) and
+    from a cursor past T's runs; run_claim_limited_v3 and _v4 for the other runs; and each
+    version's claim of T's runs (run_claim_tenant_limited, 0 to take: its slot is taken);
+(b) drains: one `pgsched worker` drains --runs no-op runs without a tenant, with T's 10,000
+    queued at the head ("head"), with T set but no run of it queued ("empty": each claim round
+    still makes T's claim) and with no tenant at all ("none"); this tree against
+    --baseline-tree's (the previous code, which claims T's runs by run_claim_limited_v3) on the
+    same databases, alternately. Runs/s of the runs without a tenant, first start to last end.
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from benchmarks._server import fresh_database, server_dsn
+from benchmarks.throughput import ROOT, start_worker, stop_worker, wait_until
+from pgsched.sql import queries
+
+HEAD = 10_000
+TENANT = """
+INSERT INTO pgsched.tenants (name, max_running) VALUES ('T', 1);
+INSERT INTO pgsched.runs (task, tenant, run_at) VALUES ('noop', 'T', now() - interval '2 hours');
+UPDATE pgsched.runs SET status = 'running', attempt = 1, started_at = now(),
+                        lease_expires_at = now() + interval '1 hour'
+WHERE tenant = 'T';
+"""
+# T's backlog sorts first: enqueued an hour before the others.
+T_BACKLOG = "INSERT INTO pgsched.runs (task, tenant, run_at) SELECT 'noop', 'T', now() - interval '1 hour'"
+T_BACKLOG += f" FROM generate_series(1, {HEAD})"
+OTHERS = "INSERT INTO pgsched.runs (task) SELECT 'noop' FROM generate_series(1, %s)"
+OTHERS_LEFT = "SELECT count(*) = 0 FROM pgsched.runs WHERE tenant IS NULL AND status IN ('queued', 'running')"
+OTHERS_RATE = """
+SELECT count(*) / extract(epoch FROM max(finished_at) - min(started_at))
+FROM pgsched.runs_all WHERE tenant IS NULL AND status = 'succeeded'
+"""
+CLAIM = {"limit": 50, "worker_id": 0, "lease_s": 60.0, "now": None, "only_tasks": None, "skip_tasks": None}
+LIMITED = {**CLAIM, "queues": ["default"], "task": None, "queue_locked": False, "skip_flush": False}
+
+
+def _v3(name: str) -> str:
+    """The named query as the previous release has it: run_claim_limited_v3."""
+    return queries[name].replace("run_claim_limited_v4(", "run_claim_limited_v3(")
+
+
+def _statements(cursor_after: tuple[Any, ...]) -> dict[str, tuple[str, dict[str, Any]]]:
+    full = {"after_priority": [None], "after_run_at": [None], "after_id": [None], "from_run_at": [None]}
+    priority, run_at, run_id = cursor_after
+    at_cursor = {"after_priority": [priority], "after_run_at": [run_at], "after_id": [run_id], "from_run_at": [run_at]}
+    return {
+        "run_claim, full pass": (queries["run_claim"], {**CLAIM, "queues": ["default"], **full}),
+        "run_claim, at a cursor": (queries["run_claim"], {**CLAIM, "queues": ["default"], **at_cursor}),
+        "limited v3, other runs": (_v3("run_claim_limited"), {**LIMITED, "tenant": None}),
+        "limited v4, other runs": (queries["run_claim_limited"], {**LIMITED, "tenant": None}),
+        "tenant claim v3": (_v3("run_claim_tenant_limited"), {**LIMITED, "tenant": "T"}),
+        "tenant claim v4": (queries["run_claim_tenant_limited"], {**LIMITED, "tenant": "T"}),
+    }
+
+
+def _prepare(dsn: str, runs: int, head: bool) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TENANT)
+        if head:
+            conn.execute(T_BACKLOG)
+        conn.execute(OTHERS, (runs,))
+        conn.execute("VACUUM ANALYZE pgsched.runs")
+
+
+def _ms(conn: psycopg.Connection, statement: str, params: dict[str, Any]) -> float:
+    with conn.transaction(force_rollback=True):
+        started = time.perf_counter()
+        conn.execute(statement, params).fetchall()
+        return (time.perf_counter() - started) * 1000
+
+
+def statement_times(server: str, runs: int, samples: int) -> dict[str, dict[str, float]]:
+    """(a): median ms of each claim, head against none, interleaved."""
+    with fresh_database(server) as head_dsn, fresh_database(server) as none_dsn:
+        _prepare(head_dsn, runs, head=True)
+        _prepare(none_dsn, runs, head=False)
+        conns = {
+            side: psycopg.connect(dsn, options="-c plan_cache_mode=force_generic_plan -c synchronous_commit=off")
+            for side, dsn in (("head", head_dsn), ("none", none_dsn))
+        }
+        try:
+            # A cursor just before the runs without a tenant: where a claim after a full pass starts.
+            after = (
+                conns["head"]
+                .execute(
+                    "SELECT priority, run_at - interval '1 microsecond', 0 FROM pgsched.runs"
+                    " WHERE tenant IS NULL ORDER BY id LIMIT 1"
+                )
+                .fetchone()
+            )
+            statements = _statements(tuple(after))  # type: ignore[arg-type]
+            times: dict[str, dict[str, list[float]]] = {name: {"head": [], "none": []} for name in statements}
+            for sample in range(samples):
+                for name, (statement, params) in statements.items():
+                    for side in ("head", "none") if sample % 2 == 0 else ("none", "head"):
+                        times[name][side].append(_ms(conns[side], statement, params))
+        finally:
+            for conn in conns.values():
+                conn.close()
+    return {name: {side: statistics.median(ms) for side, ms in sides.items()} for name, sides in times.items()}
+
+
+def _drain(dsn: str, runs: int, head: bool, tenant: bool, root: Path) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("TRUNCATE pgsched.runs, pgsched.tenants")
+        if tenant:
+            conn.execute(TENANT)
+            if head:
+                conn.execute(T_BACKLOG)
+        conn.execute(OTHERS, (runs,))
+        conn.execute("VACUUM ANALYZE pgsched.runs")
+        worker = start_worker(dsn, root=root)
+        try:
+            wait_until(conn, OTHERS_LEFT, 600)
+        finally:
+            stop_worker(worker)
+        return float(conn.execute(OTHERS_RATE).fetchone()[0])  # type: ignore[index]
+
+
+SCENARIOS = {"head": (True, True), "empty": (False, True), "none": (False, False)}
+
+
+def drains(server: str, runs: int, reps: int, baseline: Path | None) -> dict[str, dict[str, list[float]]]:
+    """(b): runs/s per scenario and tree, alternately."""
+    trees = {"this": ROOT, **({"baseline": baseline} if baseline else {})}
+    figures: dict[str, dict[str, list[float]]] = {s: {t: [] for t in trees} for s in SCENARIOS}
+    with fresh_database(server) as dsn:
+        for rep in range(reps):
+            for scenario, (head, tenant) in SCENARIOS.items():
+                order = list(trees) if rep % 2 == 0 else list(reversed(trees))
+                for tree in order:
+                    figures[scenario][tree].append(_drain(dsn, runs, head, tenant, trees[tree]))
+                print(
+                    f"rep {rep + 1} {scenario}: "
+                    + ", ".join(f"{tree} {figures[scenario][tree][-1]:,.0f}/s" for tree in trees),
+                    flush=True,
+                )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20_000, help="Runs without a tenant")
+    parser.add_argument("--reps", type=int, default=3, help="Drains of each scenario and tree in (b)")
+    parser.add_argument("--samples", type=int, default=40, help="Claims of each kind and side in (a)")
+    parser.add_argument("--dsn", help="A server to create the databases on (default: an embedded one)")
+    parser.add_argument("--baseline-tree", type=Path, help="(b): a checkout of the previous code to drain against")
+    parser.add_argument("--only", default="ab", help="Run only these parts (default: ab)")
+    options = parser.parse_args()
+    results: dict[str, Any] = {}
+    with server_dsn(options.dsn) as server:
+        if "a" in options.only:
+            results["statements_ms"] = statement_times(server, options.runs, options.samples)
+            for name, sides in results["statements_ms"].items():
+                print(
+                    f"(a) {name}: {HEAD:,} of T's runs at the head {sides['head']:.2f} ms,"
+                    f" none {sides['none']:.2f} ms ({sides['head'] / sides['none']:.2f}x)",
+                    flush=True,
+                )
+        if "b" in options.only:
+            figures = results["drains"] = drains(server, options.runs, options.reps, options.baseline_tree)
+            for scenario, trees in figures.items():
+                line = ", ".join(f"{tree} median {statistics.median(rates):,.0f}/s" for tree, rates in trees.items())
+                if "baseline" in trees:
+                    ratios = [a / b for a, b in zip(trees["this"], trees["baseline"])]
+                    line += f"; this/baseline {', '.join(f'{r:.2f}' for r in ratios)}"
+                print(f"(b) {scenario}: {line}", flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
