@@ -15,7 +15,11 @@ an hour), so its queued runs stay queued whatever the claims do: the cost of wal
     queued at the head ("head"), with T set but no run of it queued ("empty": each claim round
     still makes T's claim) and with no tenant at all ("none"); this tree against
     --baseline-tree's (the previous code, which claims T's runs by run_claim_limited_v3) on the
-    same databases, alternately. Runs/s of the runs without a tenant, first start to last end.
+    same databases, alternately. Runs/s of the runs without a tenant, first start to last end,
+    and CPU µs per run (the worker's and, on a local server, its backends');
+(c) the start delay behind a tenant's slot: T has max_running 1 and 200 runs of 10 ms, 2 idle
+    workers x concurrency 4 (benchmarks.limits_app's span task); the gap from one run's end to
+    the next run's start, p50/p90 in ms, this tree against --baseline-tree's, alternately.
 
 The last line printed is one JSON object with every figure.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +37,8 @@ from typing import Any
 import psycopg
 
 from benchmarks._server import fresh_database, server_dsn
+from benchmarks.limits import _cpu_s, _postmaster
+from benchmarks.limits_app import CREATE_SPANS
 from benchmarks.throughput import ROOT, start_worker, stop_worker, wait_until
 from pgsched.sql import queries
 
@@ -122,7 +129,8 @@ def statement_times(server: str, runs: int, samples: int) -> dict[str, dict[str,
     return {name: {side: statistics.median(ms) for side, ms in sides.items()} for name, sides in times.items()}
 
 
-def _drain(dsn: str, runs: int, head: bool, tenant: bool, root: Path) -> float:
+def _drain(dsn: str, runs: int, head: bool, tenant: bool, root: Path, postmaster: int | None) -> tuple[float, float]:
+    """Runs/s of the runs without a tenant, and CPU µs per run (worker + server backends)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("TRUNCATE pgsched.runs, pgsched.tenants")
         if tenant:
@@ -131,12 +139,22 @@ def _drain(dsn: str, runs: int, head: bool, tenant: bool, root: Path) -> float:
                 conn.execute(T_BACKLOG)
         conn.execute(OTHERS, (runs,))
         conn.execute("VACUUM ANALYZE pgsched.runs")
+        server_before = _cpu_s(postmaster) if postmaster else 0.0
+        worker_before = _children_cpu_s()
         worker = start_worker(dsn, root=root)
         try:
             wait_until(conn, OTHERS_LEFT, 600)
         finally:
             stop_worker(worker)
-        return float(conn.execute(OTHERS_RATE).fetchone()[0])  # type: ignore[index]
+        time.sleep(0.5)  # the worker's backends exit and are reaped
+        server_s = (_cpu_s(postmaster) - server_before) if postmaster else 0.0
+        cpu_us = (server_s + _children_cpu_s() - worker_before) / runs * 1e6
+        return float(conn.execute(OTHERS_RATE).fetchone()[0]), cpu_us  # type: ignore[index]
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 SCENARIOS = {"head": (True, True), "empty": (False, True), "none": (False, False)}
@@ -145,18 +163,68 @@ SCENARIOS = {"head": (True, True), "empty": (False, True), "none": (False, False
 def drains(server: str, runs: int, reps: int, baseline: Path | None) -> dict[str, dict[str, list[float]]]:
     """(b): runs/s per scenario and tree, alternately."""
     trees = {"this": ROOT, **({"baseline": baseline} if baseline else {})}
-    figures: dict[str, dict[str, list[float]]] = {s: {t: [] for t in trees} for s in SCENARIOS}
+    figures: dict[str, dict[str, list[float]]] = {
+        s: {f"{t}{cpu}": [] for t in trees for cpu in ("", "_cpu_us")} for s in SCENARIOS
+    }
     with fresh_database(server) as dsn:
+        postmaster = _postmaster(dsn)
         for rep in range(reps):
             for scenario, (head, tenant) in SCENARIOS.items():
                 order = list(trees) if rep % 2 == 0 else list(reversed(trees))
                 for tree in order:
-                    figures[scenario][tree].append(_drain(dsn, runs, head, tenant, trees[tree]))
+                    rate, cpu_us = _drain(dsn, runs, head, tenant, trees[tree], postmaster)
+                    figures[scenario][tree].append(rate)
+                    figures[scenario][f"{tree}_cpu_us"].append(cpu_us)
                 print(
-                    f"rep {rep + 1} {scenario}: "
-                    + ", ".join(f"{tree} {figures[scenario][tree][-1]:,.0f}/s" for tree in trees),
+                    f"rep {rep + 1} {scenario}: " + ", ".join(_last(figures[scenario], tree) for tree in trees),
                     flush=True,
                 )
+    return figures
+
+
+def _last(figures: dict[str, list[float]], tree: str) -> str:
+    return f"{tree} {figures[tree][-1]:,.0f}/s {figures[tree + '_cpu_us'][-1]:.0f} µs/run"
+
+
+GAP_RUNS = 200
+GAPS = """
+WITH spans_of AS (
+    SELECT n, min(at) FILTER (WHERE event = 'start') AS started, max(at) FILTER (WHERE event = 'end') AS ended
+    FROM spans GROUP BY n
+)
+SELECT percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY gap_ms), max(gap_ms) FROM (
+    SELECT extract(epoch FROM started - lag(ended) OVER (ORDER BY started)) * 1000 AS gap_ms FROM spans_of
+) AS gaps WHERE gap_ms IS NOT NULL
+"""
+
+
+def start_gaps(server: str, reps: int, baseline: Path | None) -> dict[str, list[list[float]]]:
+    """(c): [p50, p90, max] ms from a run's end to the next start, per tree and repetition."""
+    trees = {"this": ROOT, **({"baseline": baseline} if baseline else {})}
+    figures: dict[str, list[list[float]]] = {tree: [] for tree in trees}
+    for rep in range(reps):
+        for tree in list(trees) if rep % 2 == 0 else list(reversed(trees)):
+            with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(CREATE_SPANS)
+                conn.execute("INSERT INTO pgsched.tenants (name, max_running) VALUES ('T', 1)")
+                conn.execute(
+                    "INSERT INTO pgsched.runs (task, args, tenant)"
+                    " SELECT 'span', jsonb_build_object('n', g, 'ms', 10), 'T' FROM generate_series(1, %s) AS g",
+                    (GAP_RUNS,),
+                )
+                procs = [
+                    start_worker(dsn, "--concurrency", "4", app="benchmarks.limits_app:app", root=trees[tree])
+                    for _ in range(2)
+                ]
+                try:
+                    done = f"SELECT count(*) = {GAP_RUNS} FROM pgsched.runs_all WHERE status = 'succeeded'"
+                    wait_until(conn, done, 600)
+                finally:
+                    for proc in procs:
+                        stop_worker(proc)
+                (p50, p90), most = conn.execute(GAPS).fetchone()  # type: ignore[misc]
+                figures[tree].append([p50, p90, float(most)])
+                print(f"rep {rep + 1} {tree}: gap p50 {p50:.1f} ms, p90 {p90:.1f} ms, max {most:.1f} ms", flush=True)
     return figures
 
 
@@ -167,7 +235,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40, help="Claims of each kind and side in (a)")
     parser.add_argument("--dsn", help="A server to create the databases on (default: an embedded one)")
     parser.add_argument("--baseline-tree", type=Path, help="(b): a checkout of the previous code to drain against")
-    parser.add_argument("--only", default="ab", help="Run only these parts (default: ab)")
+    parser.add_argument("--only", default="abc", help="Run only these parts (default: abc)")
     options = parser.parse_args()
     results: dict[str, Any] = {}
     with server_dsn(options.dsn) as server:
@@ -182,11 +250,21 @@ def main() -> None:
         if "b" in options.only:
             figures = results["drains"] = drains(server, options.runs, options.reps, options.baseline_tree)
             for scenario, trees in figures.items():
-                line = ", ".join(f"{tree} median {statistics.median(rates):,.0f}/s" for tree, rates in trees.items())
+                line = ", ".join(f"{tree} median {statistics.median(values):,.0f}" for tree, values in trees.items())
                 if "baseline" in trees:
                     ratios = [a / b for a, b in zip(trees["this"], trees["baseline"])]
-                    line += f"; this/baseline {', '.join(f'{r:.2f}' for r in ratios)}"
+                    cpu = [a / b for a, b in zip(trees["this_cpu_us"], trees["baseline_cpu_us"])]
+                    line += f"; runs/s this/baseline {', '.join(f'{r:.2f}' for r in ratios)}"
+                    line += f"; CPU per run this/baseline {', '.join(f'{r:.2f}' for r in cpu)}"
                 print(f"(b) {scenario}: {line}", flush=True)
+        if "c" in options.only:
+            gaps = results["start_gaps_ms"] = start_gaps(server, options.reps, options.baseline_tree)
+            for tree, reps in gaps.items():
+                print(
+                    f"(c) {tree}: gap p50 {', '.join(f'{r[0]:.1f}' for r in reps)} ms;"
+                    f" p90 {', '.join(f'{r[1]:.1f}' for r in reps)} ms",
+                    flush=True,
+                )
     print(json.dumps(results))
 
 

@@ -232,7 +232,19 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 SELECT * FROM pgsched.run_claim_limited_v4(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    NULL::text);
+    NULL::text, NULL, NULL, NULL, NULL);
+
+-- name: run_claim_limited_from
+-- run_claim_limited from each queue's cursor (%(after_priority)s, %(after_run_at)s, %(after_id)s,
+-- %(from_run_at)s: arrays aligned with %(queues)s, as run_claim's; 0040): what the fetcher
+-- makes. Its claim in claim order starts there instead of at the head of each queue, so runs
+-- it may not take (a limited tenant's, queued ahead of the rest) are walked past only on a
+-- full pass.
+SELECT * FROM pgsched.run_claim_limited_v4(
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
+    NULL::text, %(after_priority)s::smallint[], %(after_run_at)s::timestamptz[], %(after_id)s::bigint[],
+    %(from_run_at)s::timestamptz[]);
 
 -- name: run_claim_tenant_limited
 -- run_claim_limited for the runs of %(tenant)s only, a tenant with a max_running (0033): within
@@ -243,7 +255,7 @@ SELECT * FROM pgsched.run_claim_limited_v4(
 SELECT * FROM pgsched.run_claim_limited_v4(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    %(tenant)s::text);
+    %(tenant)s::text, NULL, NULL, NULL, NULL);
 
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and
