@@ -15,8 +15,10 @@ an hour), so its queued runs stay queued whatever the claims do: the cost of wal
     queued at the head ("head"), with T set but no run of it queued ("empty": each claim round
     still makes T's claim) and with no tenant at all ("none"); this tree against
     --baseline-tree's (the previous code, which claims T's runs by run_claim_limited_v3) on the
-    same databases, alternately. Runs/s of the runs without a tenant, first start to last end,
-    and CPU µs per run (the worker's and, on a local server, its backends');
+    same databases, alternately; and "head"/"none" again with the queue's limits set as in
+    benchmarks.limits (a), which never bind (its runs then go through the limited claim). Runs/s
+    of the runs without a tenant, first start to last end, and CPU µs per run (the worker's and,
+    on a local server, its backends');
 (c) the start delay behind a tenant's slot: T has max_running 1 and 200 runs of 10 ms, 2 idle
     workers x concurrency 4 (benchmarks.limits_app's span task); the gap from one run's end to
     the next run's start, p50/p90 in ms, this tree against --baseline-tree's, alternately.
@@ -37,7 +39,7 @@ from typing import Any
 import psycopg
 
 from benchmarks._server import fresh_database, server_dsn
-from benchmarks.limits import _cpu_s, _postmaster
+from benchmarks.limits import UNBINDING, _cpu_s, _postmaster
 from benchmarks.limits_app import CREATE_SPANS
 from benchmarks.throughput import ROOT, start_worker, stop_worker, wait_until
 from pgsched.sql import queries
@@ -77,6 +79,7 @@ def _statements(cursor_after: tuple[Any, ...]) -> dict[str, tuple[str, dict[str,
         "run_claim, at a cursor": (queries["run_claim"], {**CLAIM, "queues": ["default"], **at_cursor}),
         "limited v3, other runs": (_v3("run_claim_limited"), {**LIMITED, "tenant": None}),
         "limited v4, other runs": (queries["run_claim_limited"], {**LIMITED, "tenant": None}),
+        "limited v4, at a cursor": (queries["run_claim_limited_from"], {**LIMITED, "tenant": None, **at_cursor}),
         "tenant claim v3": (_v3("run_claim_tenant_limited"), {**LIMITED, "tenant": "T"}),
         "tenant claim v4": (queries["run_claim_tenant_limited"], {**LIMITED, "tenant": "T"}),
     }
@@ -129,10 +132,15 @@ def statement_times(server: str, runs: int, samples: int) -> dict[str, dict[str,
     return {name: {side: statistics.median(ms) for side, ms in sides.items()} for name, sides in times.items()}
 
 
-def _drain(dsn: str, runs: int, head: bool, tenant: bool, root: Path, postmaster: int | None) -> tuple[float, float]:
+def _drain(
+    dsn: str, runs: int, scenario: tuple[bool, bool, bool], root: Path, postmaster: int | None
+) -> tuple[float, float]:
     """Runs/s of the runs without a tenant, and CPU µs per run (worker + server backends)."""
+    head, tenant, limited = scenario
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgsched.runs, pgsched.tenants")
+        conn.execute("TRUNCATE pgsched.runs, pgsched.tenants, pgsched.queues")
+        if limited:
+            conn.execute(UNBINDING)
         if tenant:
             conn.execute(TENANT)
             if head:
@@ -157,7 +165,14 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-SCENARIOS = {"head": (True, True), "empty": (False, True), "none": (False, False)}
+# (T's runs at the head, T set, the queue limited by limits that do not bind)
+SCENARIOS = {
+    "head": (True, True, False),
+    "empty": (False, True, False),
+    "none": (False, False, False),
+    "head, limited queue": (True, True, True),
+    "none, limited queue": (False, False, True),
+}
 
 
 def drains(server: str, runs: int, reps: int, baseline: Path | None) -> dict[str, dict[str, list[float]]]:
@@ -169,10 +184,10 @@ def drains(server: str, runs: int, reps: int, baseline: Path | None) -> dict[str
     with fresh_database(server) as dsn:
         postmaster = _postmaster(dsn)
         for rep in range(reps):
-            for scenario, (head, tenant) in SCENARIOS.items():
+            for scenario, flags in SCENARIOS.items():
                 order = list(trees) if rep % 2 == 0 else list(reversed(trees))
                 for tree in order:
-                    rate, cpu_us = _drain(dsn, runs, head, tenant, trees[tree], postmaster)
+                    rate, cpu_us = _drain(dsn, runs, flags, trees[tree], postmaster)
                     figures[scenario][tree].append(rate)
                     figures[scenario][f"{tree}_cpu_us"].append(cpu_us)
                 print(
