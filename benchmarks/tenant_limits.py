@@ -66,8 +66,12 @@ LIMITED = {**CLAIM, "queues": ["default"], "task": None, "queue_locked": False, 
 
 
 def _v3(name: str) -> str:
-    """The named query as the previous release has it: run_claim_limited_v3."""
-    return queries[name].replace("run_claim_limited_v4(", "run_claim_limited_v3(")
+    """The named query as the previous release has it: run_claim_limited_v3 (no cursor)."""
+    return (
+        queries[name]
+        .replace("run_claim_limited_v4(", "run_claim_limited_v3(")
+        .replace(", NULL, NULL, NULL, NULL)", ")")
+    )
 
 
 def _statements(cursor_after: tuple[Any, ...]) -> dict[str, tuple[str, dict[str, Any]]]:
