@@ -7,7 +7,7 @@ A *unit* is what one such claim covers: one limited queue (all its tasks but the
 one limited task in one limited queue, or one limited task over the worker's open queues; and
 each of those, and the worker's open queues, for one tenant with a ``max_running`` (every other
 claim passes over that tenant's runs). Its claim is one statement (``run_claim_limited``, the
-function ``pgsched.run_claim_limited_v3``): lock the settings rows that apply (SKIP LOCKED, so
+function ``pgsched.run_claim_limited_v4``): lock the settings rows that apply (SKIP LOCKED, so
 the claims of every worker for the same limit take turns and never wait), then, in a statement
 of its own, count what runs, spend the buckets' whole tokens and claim no more than every limit
 leaves. A refusal always rests on a count of the runs' rows and leases, so a SIGKILLed worker's
