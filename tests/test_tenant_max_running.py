@@ -214,6 +214,23 @@ def test_a_tenants_max_running_holds_over_every_queue_while_eight_worker_process
     assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all WHERE id = ANY(%s)", (acme,)) == 1
 
 
+def test_the_end_of_a_tenant_limited_run_wakes_the_workers_of_its_queue(
+    workers: Workers, conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """The slot-freed notification (as for a limited queue): a worker waiting for the tenant's
+    slot is woken when the run holding it ends, not at its next look 50 ms later. The queue has
+    no limit of its own, so before, no notification was sent."""
+    set_tenant(conn, "acme", max_running=1)
+    workers.start("--queues", "a", "--concurrency", "4")
+    held = [insert_run(conn, "slow", {"key": f"acme-{i}", "seconds": 0.5}, queue="a", tenant="acme") for i in range(2)]
+    workers.wait_until(lambda: scalar(conn, RUNNING_OF, ("acme",)) == 1, 30, "the first of acme's runs to start")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgsched")  # the enqueue channel: no insert follows, only the worker sends
+        payloads = [n.payload for n in listener.notifies(timeout=30, stop_after=1)]
+    assert payloads == ["a"]
+    workers.wait_until(lambda: scalar(conn, SUCCEEDED, (held,)) == 2, 30, "both of acme's runs to succeed")
+
+
 @pytest.mark.slow
 def test_a_sigkilled_worker_gives_a_tenants_slot_back_when_its_lease_expires(
     workers: Workers, conn: psycopg.Connection[Any]
