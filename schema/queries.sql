@@ -932,6 +932,11 @@ SELECT to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT 
 -- runs_history in one statement; returns how many and the highest id reached (NULL: the end).
 SELECT moved, reached FROM pgsched.history_move_finished(%(after_id)s, %(batch)s);
 
+-- name: history_move_workflow_steps
+-- Up to %(batch)s steps of workflows that succeeded, moved to runs_history in one statement
+-- (schema 0047); returns how many.
+SELECT pgsched.history_move_workflow_steps(%(batch)s);
+
 -- name: history_default_rows
 -- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a
 -- scrape never counts a large one whole.
