@@ -329,7 +329,7 @@ class Worker:
             execution.in_process = True
             self._process_runs += 1
         self._state.executing[run.id] = execution
-        if self._fetcher.limits_hold(run.queue, run.task):
+        if self._fetcher.limits_hold(run):
             self._limited_runs[run.id] = run.queue
         # The loop's own create_task: asyncio.create_task is a Python wrapper around it that also
         # names the task (one more frame and call per run). No done callback: _execute frees the
@@ -467,9 +467,10 @@ class Worker:
             task.add_done_callback(self._background_notifies.discard)
 
     async def _notify_slots_freed(self, pool: AsyncConnectionPool, queues: list[str]) -> None:
-        """Runs of limited queues or tasks ended while their limits bind: wake the workers of
-        their queues (a slot another worker waits for is free; without this, it would look
-        again only after 50 ms). Best effort: a worker that misses it looks again anyway."""
+        """Runs of limited queues or tasks, or of a tenant with a max_running, ended while
+        their limits bind: wake the workers of their queues (a slot another worker waits for
+        is free; without this, it would look again only after 50 ms). Best effort: a worker
+        that misses it looks again anyway."""
         try:
             async with pool.connection() as conn:
                 await conn.execute(queries["queue_notify_slots_freed"], {"queues": queues})

@@ -203,8 +203,9 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
           r.parents_pending IS NOT NULL AS has_parents;
 
 -- name: run_claim_limited
--- The claim of runs behind limits (pgsched.run_claim_limited_v3, schema 0033; v2 of 0028 counts
--- at every claim, v1 of 0021 has no fair queues either), one round trip:
+-- The claim of runs behind limits (pgsched.run_claim_limited_v4, schema 0040, which claims as v3
+-- of 0033 does but for a tenant's runs; v2 of 0028 counts at every claim, v1 of 0021 has no
+-- fair queues either), one round trip:
 -- up to %(limit)s due runs of %(queues)s (one queue when it is limited; the worker's open
 -- queues for a limited task's claim), of %(task)s only (NULL: any task but %(skip_tasks)s),
 -- and no more than each limit leaves:
@@ -228,20 +229,33 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 -- row with those and NULLs. No run of a tenant with a max_running (run_claim_tenant_limited
 -- claims those). %(skip_flush)s: through a transaction-mode pooler, the claim's
 -- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
-SELECT * FROM pgsched.run_claim_limited_v3(
+SELECT * FROM pgsched.run_claim_limited_v4(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    NULL::text);
+    NULL::text, NULL, NULL, NULL, NULL);
+
+-- name: run_claim_limited_from
+-- run_claim_limited from each queue's cursor (%(after_priority)s, %(after_run_at)s, %(after_id)s,
+-- %(from_run_at)s: arrays aligned with %(queues)s, as run_claim's; 0040): what the fetcher
+-- makes. Its claim in claim order starts there instead of at the head of each queue, so runs
+-- it may not take (a limited tenant's, queued ahead of the rest) are walked past only on a
+-- full pass.
+SELECT * FROM pgsched.run_claim_limited_v4(
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
+    NULL::text, %(after_priority)s::smallint[], %(after_run_at)s::timestamptz[], %(after_id)s::bigint[],
+    %(from_run_at)s::timestamptz[]);
 
 -- name: run_claim_tenant_limited
 -- run_claim_limited for the runs of %(tenant)s only, a tenant with a max_running (0033): within
 -- its max_running too, counted over every queue (runs_tenant_running_idx) while this claim
 -- holds the tenant's claim lock (a transaction advisory lock, try only: another worker's turn
--- is one row with locked false). A tenant without a max_running now: locked false too.
-SELECT * FROM pgsched.run_claim_limited_v3(
+-- is one row with locked false). A tenant without a max_running now: locked false too. The
+-- tenant's runs are found through runs_fair_idx (0040), not by walking the queues' other runs.
+SELECT * FROM pgsched.run_claim_limited_v4(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    %(tenant)s::text);
+    %(tenant)s::text, NULL, NULL, NULL, NULL);
 
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and
