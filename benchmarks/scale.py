@@ -1,10 +1,13 @@
 """Does the claim stay cheap as finished runs pile up, and how does drain grow with workers?
 
-    python -m benchmarks.scale [--finished 0,100000,1000000] [--workers 1,2,4] [--runs 20000] [--dsn SERVER_DSN]
+    python -m benchmarks.scale [--finished 0,100000,1000000] [--workers 1,2,4] [--runs 20000] [--rounds 1]
+                               [--dsn SERVER_DSN]
 
 (a) With 0, 10^5 and 10^6 finished runs in the table: the median and p99 time of one claim of
     50 (pgsched's run_claim statement, then the completion), and the drain rate of one worker
     process. The claim index is partial (queued runs only), so its cost should stay flat.
+    With --rounds N, N drains per size, alternating between the sizes; the ratio of the
+    largest size to the smallest is the median of the rounds' ratios.
 (b) Drain rate of N queued runs with 1, 2 and 4 worker processes.
 A throwaway embedded PostgreSQL (fsync and synchronous_commit on) unless --dsn names a server.
 The last line printed is one JSON object with every figure.
@@ -13,6 +16,7 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -28,6 +32,7 @@ from pgsched.claim_cursor import FROM_THE_START
 from pgsched.sql import queries
 
 CLAIMS = 200
+LOAD_CHUNK = 1_000_000
 
 
 def add_finished_runs(
@@ -40,7 +45,7 @@ def add_finished_runs(
     ``pgsched.runs``, as a release before it did)."""
     if into_history is None:
         into_history = has_history(conn)
-    if n:
+    for start in range(0, n, LOAD_CHUNK):  # a transaction per 10^6: no 10^7-row transaction, no table of dead rows
         with conn.transaction():
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
@@ -48,15 +53,25 @@ def add_finished_runs(
                 " SELECT 'noop', 'succeeded', 1, t, t, 'null'"
                 " FROM (SELECT coalesce(%(day)s::timestamp AT TIME ZONE 'UTC'"
                 "                       + make_interval(secs => i * 86400.0 / %(n)s), now()) AS t"
-                "       FROM generate_series(0, %(n)s - 1) AS i) AS s",
-                {"n": n, "day": on_day},
+                "       FROM generate_series(%(start)s, %(stop)s - 1) AS i) AS s",
+                {"n": n, "day": on_day, "start": start, "stop": min(n, start + LOAD_CHUNK)},
             )
             if into_history:
                 conn.execute(
                     "WITH moved AS (DELETE FROM pgsched.runs WHERE status = 'succeeded' RETURNING *)"
                     " INSERT INTO pgsched.runs_history SELECT * FROM moved"
                 )
+        if into_history:
+            conn.execute("VACUUM pgsched.runs")
     conn.execute("VACUUM ANALYZE")
+
+
+def history_bytes(conn: psycopg.Connection) -> str:
+    """The size of the finished runs' table with its indexes (every partition)."""
+    table = "pgsched.runs_history" if has_history(conn) else "pgsched.runs"
+    return conn.execute(  # type: ignore[index,no-any-return]
+        "SELECT pg_size_pretty(sum(pg_total_relation_size(relid))) FROM pg_partition_tree(%s::regclass)", (table,)
+    ).fetchone()[0]
 
 
 def has_history(conn: psycopg.Connection) -> bool:
@@ -126,6 +141,7 @@ def main() -> None:
     parser.add_argument("--finished", default="0,100000,1000000", help="finished runs in the table, comma-separated")
     parser.add_argument("--workers", default="1,2,4", help="worker process counts, comma-separated")
     parser.add_argument("--runs", type=int, default=20_000, help="runs per drain")
+    parser.add_argument("--rounds", type=int, default=1, help="drains per size, alternating between the sizes")
     parser.add_argument("--dsn", help="a server to create the databases on (default: a throwaway embedded one)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.finished.split(",")]
@@ -137,22 +153,38 @@ def main() -> None:
         "drain_per_s_by_finished": {},
         "drain_per_s_by_workers": {},
     }
-    with server_dsn(args.dsn) as server:
-        print(f"{os.cpu_count()} cores; {args.runs:,} runs per drain; claims of 50, {CLAIMS} per size", flush=True)
+    drains: dict[str, list[float]] = {str(size): [] for size in sizes}
+    with server_dsn(args.dsn) as server, contextlib.ExitStack() as stack:
+        print(
+            f"{os.cpu_count()} cores; {args.runs:,} runs per drain, {args.rounds} round(s) per size;"
+            f" claims of 50, {CLAIMS} per size",
+            flush=True,
+        )
+        databases: dict[int, tuple[str, psycopg.Connection]] = {}
         for size in sizes:
-            with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-                add_finished_runs(conn, size)
-                claims = claim_times_ms(dsn, conn)
-                p50, p99 = statistics.median(claims), statistics.quantiles(claims, n=100)[98]
-                rate = drain_rate(dsn, conn, args.runs, 1)
-                figures["claim_p50_ms"][str(size)] = round(p50, 3)
-                figures["claim_p99_ms"][str(size)] = round(p99, 3)
-                figures["drain_per_s_by_finished"][str(size)] = round(rate)
-                print(
-                    f"{size:>9,} finished runs: claim-50 p50 {p50:.2f} ms, p99 {p99:.2f} ms; "
-                    f"drain {rate:,.0f} runs/s (1 worker)",
-                    flush=True,
-                )
+            dsn = stack.enter_context(fresh_database(server))
+            conn = stack.enter_context(psycopg.connect(dsn, autocommit=True))
+            started = time.perf_counter()
+            add_finished_runs(conn, size)
+            claims = claim_times_ms(dsn, conn)
+            p50, p99 = statistics.median(claims), statistics.quantiles(claims, n=100)[98]
+            figures["claim_p50_ms"][str(size)] = round(p50, 3)
+            figures["claim_p99_ms"][str(size)] = round(p99, 3)
+            print(
+                f"{size:>11,} finished runs (loaded in {time.perf_counter() - started:,.0f} s, {history_bytes(conn)}):"
+                f" claim-50 p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                flush=True,
+            )
+            databases[size] = (dsn, conn)
+        # Drains alternate between the sizes, in an order rotated per round, so that a slower
+        # minute of a shared machine falls on every size alike.
+        for rnd in range(args.rounds):
+            for size in sizes[rnd % len(sizes) :] + sizes[: rnd % len(sizes)]:
+                rate = drain_rate(*databases[size], args.runs, 1)
+                drains[str(size)].append(rate)
+                print(f"  round {rnd + 1}: {size:>11,} finished runs: drain {rate:,.0f} runs/s (1 worker)", flush=True)
+        for size, rates in drains.items():
+            figures["drain_per_s_by_finished"][size] = round(statistics.median(rates))
         for count in worker_counts:
             with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
                 rate = drain_rate(dsn, conn, args.runs, count)
@@ -161,6 +193,14 @@ def main() -> None:
 
     base, top = str(sizes[0]), str(sizes[-1])
     ratios = {f"claim_p50_{top}_vs_{base}": round(figures["claim_p50_ms"][top] / figures["claim_p50_ms"][base], 3)}
+    per_round = [t / b for t, b in zip(drains[top], drains[base])]
+    ratios[f"drain_{top}_vs_{base}"] = round(statistics.median(per_round), 3)
+    ratios[f"drain_{top}_vs_{base}_range"] = [round(min(per_round), 3), round(max(per_round), 3)]
+    print(
+        f"drain with {int(top):,} finished vs {int(base):,}: {ratios[f'drain_{top}_vs_{base}']}x (median of"
+        f" {len(per_round)} rounds, {min(per_round):.2f}-{max(per_round):.2f})",
+        flush=True,
+    )
     lo, hi = str(worker_counts[0]), str(worker_counts[-1])
     ratios[f"drain_{hi}_workers_vs_{lo}"] = round(
         figures["drain_per_s_by_workers"][hi] / figures["drain_per_s_by_workers"][lo], 3

@@ -15,6 +15,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import psycopg
 import pytest
@@ -159,7 +160,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
         migrate(conn)
-        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030"]
+        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030", "0046"]
         assert upsert_job(conn, every_minute, tenant="acme") is True
         # Until then the previous release's upsert (ON CONFLICT (name)) works, and so names stay
         # unique across tenants.
@@ -168,7 +169,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
         )
         with pytest.raises(JobNameTaken):
             upsert_job(conn, every_minute, tenant="beta")
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030"]
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030", "0046"]
         assert upsert_job(conn, every_minute, tenant="beta") is True
         assert upsert_job(conn, every_minute) is True  # the admin's own, without a tenant
         assert [(job["name"], job["tenant"]) for job in list_jobs(conn) if job["name"] == "sync"] == [
@@ -195,6 +196,7 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
     assert report["healthy"] and report["waiting_post_deploy"] == [
         "0013_job_names_per_tenant",
         "0030_runs_move_to_history",
+        "0046_history_move_by_id",
     ]
     assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
     assert len(report["unvalidated"]) >= 10  # 0009's, and later migrations' for new columns
@@ -229,7 +231,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
         migrate(conn, up_to="0031")
         expand = [m.version for m in pending(conn)]  # this release's own (0032, and later ones)
         assert "0032" in expand and "0030" not in expand
-        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030"]
+        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030", "0046"]
         with conn.transaction():  # as its workers left them (schema 0009 lets SQL insert only queued runs)
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
@@ -273,7 +275,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
 
         applied, moved = asyncio.run(drain())
         app.close()
-        assert applied == ["0030"]
+        assert applied == ["0030", "0046"]
         # Every run once, all of them succeeded, and none left ended in runs: each either moved
         # by the leader (ended before 0030) or on its own (ended after).
         total = ended_before + backlog
@@ -283,3 +285,43 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
         assert scalar(conn, "SELECT count(*) FROM pgsched.runs_history") == total
         assert moved >= ended_before
         assert get_run(conn, 1)["status"] == "succeeded"
+
+
+def trigger_function(conn: psycopg.Connection[Any], trigger: str) -> str:
+    return str(
+        scalar(
+            conn,
+            "SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgrelid = 'pgsched.runs'::regclass AND tgname = %s",
+            (trigger,),
+        )
+    )
+
+
+def test_the_move_goes_by_primary_key_whether_0030_came_before_or_after_0045(empty_dsn: str) -> None:
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate(conn, up_to="0036", post_deploy=True)  # an installation that switched the move on
+        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history"
+        assert "0045" in [m.version for m in migrate(conn)]  # the expand step re-points it at once
+        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v2"
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0046"]
+        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v2"
+        # A statement that ends runs of every kind moves exactly those that end for good.
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "INSERT INTO pgsched.runs (task) SELECT 't' FROM generate_series(1, 4) RETURNING id"
+            )
+        ]
+        conn.execute(
+            "UPDATE pgsched.runs SET status = 'running', attempt = 1, started_at = now(),"
+            " lease_expires_at = now() + interval '1 minute' WHERE id = ANY(%s)",
+            (ids,),
+        )
+        conn.execute(
+            "UPDATE pgsched.runs SET status = (CASE WHEN id = %s THEN 'queued' ELSE 'succeeded' END)"
+            "::pgsched.run_status, finished_at = CASE WHEN id = %s THEN NULL ELSE now() END, lease_expires_at = NULL"
+            " WHERE id = ANY(%s)",
+            (ids[0], ids[0], ids),
+        )
+        assert scalar(conn, "SELECT array_agg(id ORDER BY id) FROM pgsched.runs") == [ids[0]]
+        assert scalar(conn, "SELECT array_agg(id ORDER BY id) FROM pgsched.runs_history") == ids[1:]
