@@ -14,17 +14,18 @@ SET LOCAL lock_timeout = '10s';
 -- Every run with a key is in runs at this point (none has moved yet).
 DELETE FROM pgsched.run_unique_keys AS k WHERE NOT EXISTS (SELECT FROM pgsched.runs AS r WHERE r.id = k.run_id);
 
--- 0030's move without its unique_key exception. Measured (benchmarks.move_cost, same run): see
--- docs/operations/history.md; a run without a key pays the filter on kept's rows.
-CREATE FUNCTION pgsched.runs_to_history_v2() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The move of a run with a key that ends, in the statement that ends it. A row trigger of its
+-- own, not a change to runs_to_history's function (0045 and its post-deploy 0046 point that
+-- trigger at runs_to_history_v2, and 0046 runs after this file): a run without a key pays the
+-- WHEN's test on an UPDATE OF status, and nothing more. Row triggers fire before statement
+-- triggers: the workflow release (runs_steps_ended) concerns steps, which do not move. The
+-- rows moved are runs' current versions (the DELETE's RETURNING); the key is registered for a
+-- run inserted before 0037 (ON CONFLICT DO NOTHING: every later run's is there already).
+CREATE FUNCTION pgsched.runs_to_history_keyed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     WITH moved AS (
         DELETE FROM pgsched.runs AS r
-        USING new_runs AS n
-        WHERE r.id = n.id
-          AND n.status IN ('succeeded', 'failed', 'cancelled')
-          AND r.status IN ('succeeded', 'failed', 'cancelled')
-          AND r.finished_at IS NOT NULL AND r.workflow_id IS NULL
+        WHERE r.id = NEW.id AND r.status IN ('succeeded', 'failed', 'cancelled') AND r.workflow_id IS NULL
         RETURNING r.*
     ), kept AS (
         INSERT INTO pgsched.runs_history SELECT * FROM moved RETURNING id, unique_key
@@ -36,11 +37,11 @@ BEGIN
 END;
 $$;
 
--- The same trigger, name and firing order (after runs_steps_ended), on the new function.
-CREATE OR REPLACE TRIGGER runs_to_history
-    AFTER UPDATE ON pgsched.runs
-    REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v2();
+CREATE TRIGGER runs_to_history_keyed
+    AFTER UPDATE OF status ON pgsched.runs
+    FOR EACH ROW
+    WHEN (NEW.unique_key IS NOT NULL AND NEW.workflow_id IS NULL AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
+    EXECUTE FUNCTION pgsched.runs_to_history_keyed();
 
 -- 0030's history_move_finished with runs that have a key (and their keys registered): the
 -- leader's pass over runs that ended before they moved on their own. 0030's stays as it was.

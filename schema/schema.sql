@@ -396,17 +396,19 @@ $$;
 -- workflow release reads a statement's ended parents in runs before anything moves. A
 -- transition table cannot go with a column list (UPDATE OF status): every UPDATE of runs
 -- fires it, and pays one scan of its own rows.
--- 0038 (post-deploy): runs with a unique_key move too, their keys registered as they go (a run
--- inserted before 0037 has none yet). 0030's function stays, unused.
-CREATE FUNCTION pgsched.runs_to_history_v2() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TRIGGER runs_to_history
+    AFTER UPDATE ON pgsched.runs
+    REFERENCING NEW TABLE AS new_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v2();
+
+-- 0038 (post-deploy): a run with a unique_key that ends moves too, by a row trigger of its own
+-- (a run without a key pays its WHEN's test), its key registered (a run inserted before 0037
+-- had none).
+CREATE FUNCTION pgsched.runs_to_history_keyed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     WITH moved AS (
         DELETE FROM pgsched.runs AS r
-        USING new_runs AS n
-        WHERE r.id = n.id
-          AND n.status IN ('succeeded', 'failed', 'cancelled')
-          AND r.status IN ('succeeded', 'failed', 'cancelled')
-          AND r.finished_at IS NOT NULL AND r.workflow_id IS NULL
+        WHERE r.id = NEW.id AND r.status IN ('succeeded', 'failed', 'cancelled') AND r.workflow_id IS NULL
         RETURNING r.*
     ), kept AS (
         INSERT INTO pgsched.runs_history SELECT * FROM moved RETURNING id, unique_key
@@ -418,10 +420,11 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER runs_to_history
-    AFTER UPDATE ON pgsched.runs
-    REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v2();
+CREATE TRIGGER runs_to_history_keyed
+    AFTER UPDATE OF status ON pgsched.runs
+    FOR EACH ROW
+    WHEN (NEW.unique_key IS NOT NULL AND NEW.workflow_id IS NULL AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
+    EXECUTE FUNCTION pgsched.runs_to_history_keyed();
 
 -- The runs that ended before the trigger existed, up to `batch` of them with an id above
 -- `after_id`, in id order: moved in one statement (short locks: rows a concurrent statement
