@@ -263,3 +263,23 @@ class HistoryMover:
                 "" if self.done else f" (next round from id {self.after_id})",
             )
         return moved
+
+
+async def move_workflow_steps(
+    conn: psycopg.AsyncConnection, *, batch: int = MOVE_BATCH, batches: int = MOVE_BATCHES_PER_ROUND
+) -> int:
+    """Move the steps of workflows that succeeded to runs_history (schema 0047), up to
+    ``batches`` batches of ``batch``; return how many moved. Like :class:`HistoryMover`, nothing
+    moves before schema 0030's post-deploy file: the previous release reads steps in runs."""
+    if not (await (await conn.execute(queries["history_mover_ready"])).fetchone())[0]:  # type: ignore[index]
+        return 0
+    moved = 0
+    for _ in range(batches):
+        cursor = await conn.execute(queries["history_move_workflow_steps"], {"batch": batch})
+        count = (await cursor.fetchone())[0]  # type: ignore[index]
+        moved += count
+        if count < batch:
+            break
+    if moved:
+        logger.info("runs_history: moved %d steps of workflows that succeeded", moved)
+    return moved

@@ -958,6 +958,11 @@ SELECT moved, reached FROM pgsched.history_move_finished(%(after_id)s, %(batch)s
 -- history_move_finished with the runs that have a unique_key (schema 0038), keys registered.
 SELECT moved, reached FROM pgsched.history_move_finished_v2(%(after_id)s, %(batch)s);
 
+-- name: history_move_workflow_steps
+-- Up to %(batch)s steps of workflows that succeeded, moved to runs_history in one statement
+-- (schema 0047); returns how many.
+SELECT pgsched.history_move_workflow_steps(%(batch)s);
+
 -- name: history_default_rows
 -- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a
 -- scrape never counts a large one whole.

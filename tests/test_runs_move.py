@@ -13,7 +13,7 @@ import pytest
 
 from pgsched import chain
 from pgsched.app import App
-from pgsched.maintenance import HistoryMover, maintain_history
+from pgsched.maintenance import HistoryMover, maintain_history, move_workflow_steps
 from pgsched.sql import queries
 from tests.support.db import insert_restored, scalar
 from tests.support.inprocess import RunningWorker, finish
@@ -128,6 +128,41 @@ def test_workflow_steps_stay_and_unique_key_runs_move_and_a_repeated_key_returns
     assert inc.enqueue(n=1, unique_key="once") == keyed
     assert scalar(conn, "SELECT pgsched.enqueue('inc', unique_key => 'once')") == keyed
     assert app.run(keyed).get(timeout=5) == 2
+
+
+def test_the_steps_of_a_workflow_that_succeeded_move_and_those_of_one_that_failed_stay(
+    app: App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task
+    def inc(n: int) -> int:
+        return n + 1
+
+    @app.task(max_attempts=1)
+    def boom() -> None:
+        raise ValueError("no")
+
+    succeeded = chain(inc.s(n=1), inc.s(), inc.s()).enqueue()
+    failed = chain(inc.s(n=1), boom.si()).enqueue()
+    running = chain(inc.s(n=1), inc.s().set(queue="no-worker-here")).enqueue()
+    finish(app, dsn, *succeeded.run_ids, *failed.run_ids, *running.run_ids[:1])
+    steps = [*succeeded.run_ids, *failed.run_ids, running.run_ids[0]]
+    assert [where(conn, run_id) for run_id in steps] == [["runs"]] * 6  # each waits for the leader
+
+    async def move(batch: int) -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
+            return await move_workflow_steps(leader, batch=batch)
+
+    # Two batches of two: the succeeded workflow's three steps, and only those.
+    assert asyncio.run(move(batch=2)) == 3
+    assert [where(conn, run_id) for run_id in succeeded.run_ids] == [["history"]] * 3
+    assert [where(conn, run_id) for run_id in (*failed.run_ids, running.run_ids[0])] == [["runs"]] * 3
+    assert asyncio.run(move(batch=2)) == 0
+    # What readers show is unchanged: the workflow's steps, their results as parents' results.
+    steps_shown = conn.execute(queries["workflow_steps"], {"id": succeeded.id, "limit": 10}).fetchall()
+    assert [(row[0], row[2]) for row in steps_shown] == [(run_id, "succeeded") for run_id in succeeded.run_ids]
+    assert app.run(succeeded.run_ids[-1]).get(timeout=5) == 4
+    results = conn.execute(queries["run_parent_results"], {"id": succeeded.run_ids[-1]}).fetchall()
+    assert results == [(3,)]
 
 
 def test_a_fire_time_whose_run_ended_and_moved_is_not_fired_again(conn: psycopg.Connection[Any]) -> None:
