@@ -1,20 +1,22 @@
-"""What one run per unique_key over runs and the history (schemas 0037, 0038) costs, on one
+"""What one run per unique_key over runs and the history (schemas 0037, 0049) costs, on one
 database, in alternating blocks of rounds so both sides see the same server and table state.
 
 Statements are timed inside the server (EXPLAIN ANALYZE's execution time, triggers included),
-COPY by the wall clock. The hot path, runs without a key, with the two key triggers on (as shipped) and off (disabled):
-``runs_unique_key`` (AFTER INSERT, WHEN the run has a key) and ``runs_to_history_keyed`` (AFTER
-UPDATE OF status, WHEN the run has a key and ended). Per round:
+COPY by the wall clock. The hot path, runs without a key, as shipped (on: ``runs_unique_key``,
+AFTER INSERT WHEN the run has a key, enabled; runs_to_history calling v3, 0049) against main
+without keys (off: ``runs_unique_key`` disabled, runs_to_history calling v2, 0045). Per round:
 
 - insert: one-run INSERTs (run_insert_bare, what App.enqueue sends most), each its own statement;
 - copy: a COPY of 1,000 runs (enqueue_many): an AFTER ROW trigger leaves COPY's batched
   inserts on (a BEFORE ROW one would not: the design's reason);
 - claim, heartbeat, complete: 50 runs a statement, as benchmarks.move_cost times them.
 
-Runs with a key (informative, triggers on): an enqueue of a new key and a repeat of a key whose
-run moved to the history, against the statement before 0037 (run_insert_unique as main had it,
-which reads runs_all) on a key in runs; and a completion of 50 keyed runs (each moves by the row
-trigger) against 50 without keys.
+Runs with a key, the keyed move as shipped (v3: in runs_to_history's batch) against this file's
+first version (row: v2 plus a row trigger ``runs_to_history_keyed`` moving one keyed run a
+statement, recreated here), again in alternating blocks: an enqueue of a new key and a repeat of
+a key whose run moved to the history, against the statement before 0037 (run_insert_unique as
+main had it, which reads runs_all) on a key in runs; a completion of 50 keyed runs; and, for
+scale, a completion of 50 runs without a key.
 
     python -m benchmarks.unique_keys [--rounds 60] [--dsn SERVER_DSN]
 """
@@ -36,7 +38,31 @@ from pgsched.sql import queries
 BATCH = 50
 COPY_RUNS = 1000
 BLOCK = 4  # rounds per block; ALTER TABLE invalidates every plan, so each block warms up first
-TRIGGERS = ("runs_unique_key", "runs_to_history_keyed")
+# The keyed move of this branch's first version (a row trigger, numbered 0038 then), the
+# baseline of v3: created disabled, enabled in the row side's blocks.
+ROW_TRIGGER = """
+CREATE FUNCTION pgsched.bench_runs_to_history_keyed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WITH moved AS (
+        DELETE FROM pgsched.runs AS r
+        WHERE r.id = NEW.id AND r.status IN ('succeeded', 'failed', 'cancelled') AND r.workflow_id IS NULL
+        RETURNING r.*
+    ), kept AS (
+        INSERT INTO pgsched.runs_history SELECT * FROM moved RETURNING id, unique_key
+    )
+    INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
+    SELECT kept.unique_key, kept.id FROM kept WHERE kept.unique_key IS NOT NULL
+    ON CONFLICT (unique_key) DO NOTHING;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER runs_to_history_keyed
+    AFTER UPDATE OF status ON pgsched.runs
+    FOR EACH ROW
+    WHEN (NEW.unique_key IS NOT NULL AND NEW.workflow_id IS NULL AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
+    EXECUTE FUNCTION pgsched.bench_runs_to_history_keyed();
+ALTER TABLE pgsched.runs DISABLE TRIGGER runs_to_history_keyed;
+"""
 # run_insert_unique before 0037: the insert, and runs_all for the holder.
 BEFORE_0037 = """
 WITH inserted AS (
@@ -132,19 +158,52 @@ def keyed_round(conn: psycopg.Connection[Any], worker_id: int, moved_key: str) -
     old_new = [server_us(conn, BEFORE_0037, {"unique_key": f"{tag}-old-{i}"}) for i in range(10)]
     old_repeat = [server_us(conn, BEFORE_0037, {"unique_key": f"{tag}-old-0"}) for _ in range(10)]
     conn.execute("DELETE FROM pgsched.runs WHERE unique_key LIKE %s", [f"{tag}-old-%"])
-    keyed = drain(conn, worker_id)  # the 50 new keys: each moves by the row trigger
+    keyed = drain(conn, worker_id)  # the 50 new keys: each moves as the side's trigger moves it
+    left = conn.execute("SELECT count(*) FROM pgsched.runs WHERE unique_key LIKE %s", [f"{tag}-%"]).fetchone()
+    assert left == (0,), f"{left} keyed runs did not move"
+    conn.execute(b"INSERT INTO pgsched.runs (task, args) SELECT 'noop', '{}' FROM generate_series(1, 50)")
+    plain = drain(conn, worker_id)
     return {
         "keyed insert, new key": statistics.median(new_key),
         "keyed repeat, run in history": statistics.median(repeat_moved),
         "before 0037: keyed insert, new key": statistics.median(old_new),
         "before 0037: keyed repeat, run in runs": statistics.median(old_repeat),
         "keyed complete 50": keyed["complete"],
+        "unkeyed complete 50": plain["complete"],
     }
 
 
+def point_move(conn: psycopg.Connection[Any], function: str) -> None:
+    """runs_to_history (0030's trigger, same definition) calling ``function``."""
+    conn.execute(
+        "CREATE OR REPLACE TRIGGER runs_to_history AFTER UPDATE ON pgsched.runs REFERENCING NEW TABLE AS new_runs"
+        f" FOR EACH STATEMENT EXECUTE FUNCTION pgsched.{function}()".encode()
+    )
+
+
 def switch(conn: psycopg.Connection[Any], on: bool) -> None:
-    for name in TRIGGERS:
-        conn.execute(f"ALTER TABLE pgsched.runs {'ENABLE' if on else 'DISABLE'} TRIGGER {name}".encode())
+    """on: as shipped; off: main without keys (the key claim off, the move leaving keyed runs)."""
+    conn.execute(f"ALTER TABLE pgsched.runs {'ENABLE' if on else 'DISABLE'} TRIGGER runs_unique_key".encode())
+    point_move(conn, "runs_to_history_v3" if on else "runs_to_history_v2")
+
+
+def keyed_move(conn: psycopg.Connection[Any], v3: bool) -> None:
+    """v3: as shipped; row: v2 for runs without a key and the row trigger for those with one."""
+    point_move(conn, "runs_to_history_v3" if v3 else "runs_to_history_v2")
+    conn.execute(f"ALTER TABLE pgsched.runs {'DISABLE' if v3 else 'ENABLE'} TRIGGER runs_to_history_keyed".encode())
+
+
+def compare(samples: dict[bool, list[dict[str, float]]], what: str) -> tuple[float, float, list[float]]:
+    """Medians of both sides and the quartiles of the per-block ratios (True over False)."""
+    off = statistics.median(s[what] for s in samples[False])
+    on = statistics.median(s[what] for s in samples[True])
+    pairs = [
+        statistics.median(s[what] for s in samples[True][b : b + BLOCK])
+        / statistics.median(s[what] for s in samples[False][b : b + BLOCK])
+        for b in range(0, len(samples[True]), BLOCK)
+    ]
+    q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
+    return off, on, q
 
 
 def blocks(
@@ -183,28 +242,29 @@ def main() -> None:
 
         hot = blocks(args.rounds, lambda: hot_round(conn, worker_id), warm)
         switch(conn, True)
+        conn.execute(ROW_TRIGGER.encode())
         moved_key = f"moved-{uuid.uuid4().hex[:8]}"
         conn.execute(queries["run_insert_unique"], keyed_params(moved_key))
         conn.execute(
             "UPDATE pgsched.runs SET status = 'cancelled', finished_at = now() WHERE unique_key = %s", [moved_key]
         )
-        keyed = [keyed_round(conn, worker_id, moved_key) for _ in range(max(args.rounds // 2, 5))]
+
+        def warm_keyed(v3: bool) -> None:
+            keyed_move(conn, v3)
+            keyed_round(conn, worker_id, moved_key)  # replanned and warmed outside the samples
+
+        keyed = blocks(max(args.rounds // 2, 2 * BLOCK), lambda: keyed_round(conn, worker_id, moved_key), warm_keyed)
+        keyed_move(conn, True)
         load = open("/proc/loadavg").read().split()[:3]
         print(f"{args.rounds} rounds per side in blocks of {BLOCK}, 100,000 runs in the history, load {' '.join(load)}")
-        print("runs without a key      median us, key triggers off   on      ratio   (quartiles of on/off by block)")
+        print("runs without a key      median us, main (off)   shipped   ratio   (quartiles of on/off by block)")
         for what in ("insert", "copy", "claim", "heartbeat", "complete"):
-            off = statistics.median(s[what] for s in hot[False])
-            on = statistics.median(s[what] for s in hot[True])
-            pairs = [
-                statistics.median(s[what] for s in hot[True][b : b + BLOCK])
-                / statistics.median(s[what] for s in hot[False][b : b + BLOCK])
-                for b in range(0, len(hot[True]), BLOCK)
-            ]
-            q = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else [pairs[0]] * 3
-            print(f"{what:22}  {off:26.0f}  {on:6.0f}   {on / off:5.2f}x   ({q[0]:.2f}-{q[2]:.2f})")
-        print("runs with a key (triggers on)          median us")
-        for what in keyed[0]:
-            print(f"{what:38}  {statistics.median(r[what] for r in keyed):8.0f}")
+            off, on, q = compare(hot, what)
+            print(f"{what:22}  {off:20.0f}  {on:8.0f}   {on / off:5.2f}x   ({q[0]:.2f}-{q[2]:.2f})")
+        print(f"runs with a key, {len(keyed[True])} rounds a side   median us, row trigger   v3   ratio   (quartiles)")
+        for what in keyed[True][0]:
+            row, v3, q = compare(keyed, what)
+            print(f"{what:38}  {row:8.0f}  {v3:8.0f}   {v3 / row:5.2f}x   ({q[0]:.2f}-{q[2]:.2f})")
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ class HistoryMover:
     """The leader's move of the runs that ended before runs started moving on their own (schema
     0030, post-deploy): one pass over runs in id order, :data:`MOVE_BATCH` runs a statement,
     resumed from where the last round stopped. Before that file, it moves nothing: the previous
-    release, maybe still running, reads finished runs in runs. Once 0038 (post-deploy) moves
+    release, maybe still running, reads finished runs in runs. Once 0049 (post-deploy) moves
     runs with a unique_key too, one more pass moves those that ended before it."""
 
     after_id: int = 0
@@ -270,12 +270,15 @@ async def move_workflow_steps(
 ) -> int:
     """Move the steps of workflows that succeeded to runs_history (schema 0047), up to
     ``batches`` batches of ``batch``; return how many moved. Like :class:`HistoryMover`, nothing
-    moves before schema 0030's post-deploy file: the previous release reads steps in runs."""
-    if not (await (await conn.execute(queries["history_mover_ready"])).fetchone())[0]:  # type: ignore[index]
+    moves before schema 0030's post-deploy file: the previous release reads steps in runs. Steps
+    with a unique_key move from schema 0049 (post-deploy) on."""
+    version = int((await (await conn.execute(queries["history_mover_ready"])).fetchone())[0])  # type: ignore[index]
+    if not version:
         return 0
+    statement = queries["history_move_workflow_steps_v2" if version >= 2 else "history_move_workflow_steps"]
     moved = 0
     for _ in range(batches):
-        cursor = await conn.execute(queries["history_move_workflow_steps"], {"batch": batch})
+        cursor = await conn.execute(statement, {"batch": batch})
         count = (await cursor.fetchone())[0]  # type: ignore[index]
         moved += count
         if count < batch:

@@ -1,5 +1,5 @@
 -- Expand (issue 13, part 1): one run per unique_key over runs AND runs_history, so that runs
--- with a key can move to the history too (0038, post-deploy) and a key repeated after its run
+-- with a key can move to the history too (0049, post-deploy) and a key repeated after its run
 -- finished, within retention, still returns that run.
 --
 -- runs' unique index (0001) cannot span the history's partitions (a unique index over
@@ -21,7 +21,7 @@
 -- costs a run without a key one test.
 --
 -- Runs inserted before this file hold their keys in runs' index alone until they move; the
--- move (0038) registers them. Nothing is backfilled, so nothing here scans runs.
+-- move (0049) registers them. Nothing is backfilled, so nothing here scans runs.
 
 CREATE TABLE pgsched.run_unique_keys (
     unique_key text PRIMARY KEY,

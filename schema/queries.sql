@@ -944,7 +944,7 @@ SELECT pgsched.history_partition_drop_v2(%(name)s, %(before)s::timestamptz);
 -- name: history_mover_ready
 -- Which runs move to runs_history here: 0 none (before schema 0030, post-deploy: the previous
 -- release may still read finished runs in runs, and the leader leaves them there); 1 those
--- without a unique_key (0030); 2 those with one too (0038, post-deploy).
+-- without a unique_key (0030); 2 those with one too (0049, post-deploy).
 SELECT CASE WHEN to_regprocedure('pgsched.history_move_finished_v2(bigint, integer)') IS NOT NULL THEN 2
             WHEN to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT NULL THEN 1
             ELSE 0 END;
@@ -955,13 +955,17 @@ SELECT CASE WHEN to_regprocedure('pgsched.history_move_finished_v2(bigint, integ
 SELECT moved, reached FROM pgsched.history_move_finished(%(after_id)s, %(batch)s);
 
 -- name: history_move_finished_v2
--- history_move_finished with the runs that have a unique_key (schema 0038), keys registered.
+-- history_move_finished with the runs that have a unique_key (schema 0049), keys registered.
 SELECT moved, reached FROM pgsched.history_move_finished_v2(%(after_id)s, %(batch)s);
 
 -- name: history_move_workflow_steps
 -- Up to %(batch)s steps of workflows that succeeded, moved to runs_history in one statement
 -- (schema 0047); returns how many.
 SELECT pgsched.history_move_workflow_steps(%(batch)s);
+
+-- name: history_move_workflow_steps_v2
+-- history_move_workflow_steps with the steps that have a unique_key (schema 0049), keys registered.
+SELECT pgsched.history_move_workflow_steps_v2(%(batch)s);
 
 -- name: history_default_rows
 -- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a

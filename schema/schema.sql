@@ -337,7 +337,8 @@ $$;
 -- The move (0030_runs_move_to_history, post-deploy): a run that ends for good (succeeded,
 -- failed, cancelled, with a finished_at) leaves runs for runs_history in the statement that
 -- ended it, unless it is a workflow step or has a unique_key (both stay in runs: see 0030's
--- head). The runs that had ended before are moved by the beat leader, a batch at a time.
+-- head; from 0049 a run with a unique_key moves too). The runs that had ended before are moved
+-- by the beat leader, a batch at a time.
 
 -- Today's partition and the next days' (UTC), before anything moves (0030; the beat leader
 -- keeps them ahead from then on).
@@ -392,6 +393,36 @@ BEGIN
 END;
 $$;
 
+-- 0049 (post-deploy): runs with a unique_key move in the same batch, their keys registered in
+-- one INSERT (a run inserted before 0037 had none; ON CONFLICT DO NOTHING for every later one).
+-- runs_to_history below calls it. (The branch's first version was a row trigger of its own,
+-- ~200-270 us a keyed run.)
+CREATE FUNCTION pgsched.runs_to_history_v3() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ended bigint[];
+BEGIN
+    SELECT array_agg(n.id) INTO ended
+    FROM new_runs AS n
+    WHERE n.status IN ('succeeded', 'failed', 'cancelled') AND n.workflow_id IS NULL;
+    IF ended IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- The rows moved are runs' current versions (the DELETE's RETURNING), not the transition
+    -- table's images: a trigger that fired before this one may have changed them since.
+    WITH moved AS (
+        DELETE FROM pgsched.runs AS r
+        WHERE r.id = ANY (ended) AND r.status IN ('succeeded', 'failed', 'cancelled') AND r.workflow_id IS NULL
+        RETURNING r.*
+    ), kept AS (
+        INSERT INTO pgsched.runs_history SELECT * FROM moved
+    )
+    INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
+    SELECT moved.unique_key, moved.id FROM moved WHERE moved.unique_key IS NOT NULL
+    ON CONFLICT (unique_key) DO NOTHING;
+    RETURN NULL;
+END;
+$$;
+
 -- Named to fire after runs_steps_ended (statement triggers fire in name order), so the
 -- workflow release reads a statement's ended parents in runs before anything moves. A
 -- transition table cannot go with a column list (UPDATE OF status): every UPDATE of runs
@@ -399,32 +430,7 @@ $$;
 CREATE TRIGGER runs_to_history
     AFTER UPDATE ON pgsched.runs
     REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v2();
-
--- 0038 (post-deploy): a run with a unique_key that ends moves too, by a row trigger of its own
--- (a run without a key pays its WHEN's test), its key registered (a run inserted before 0037
--- had none).
-CREATE FUNCTION pgsched.runs_to_history_keyed() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    WITH moved AS (
-        DELETE FROM pgsched.runs AS r
-        WHERE r.id = NEW.id AND r.status IN ('succeeded', 'failed', 'cancelled') AND r.workflow_id IS NULL
-        RETURNING r.*
-    ), kept AS (
-        INSERT INTO pgsched.runs_history SELECT * FROM moved RETURNING id, unique_key
-    )
-    INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
-    SELECT kept.unique_key, kept.id FROM kept WHERE kept.unique_key IS NOT NULL
-    ON CONFLICT (unique_key) DO NOTHING;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER runs_to_history_keyed
-    AFTER UPDATE OF status ON pgsched.runs
-    FOR EACH ROW
-    WHEN (NEW.unique_key IS NOT NULL AND NEW.workflow_id IS NULL AND NEW.status IN ('succeeded', 'failed', 'cancelled'))
-    EXECUTE FUNCTION pgsched.runs_to_history_keyed();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v3();
 
 -- The runs that ended before the trigger existed, up to `batch` of them with an id above
 -- `after_id`, in id order: moved in one statement (short locks: rows a concurrent statement
@@ -454,7 +460,7 @@ BEGIN
 END;
 $$;
 
--- 0038 (post-deploy): history_move_finished with runs that have a unique_key, keys registered.
+-- 0049 (post-deploy): history_move_finished with runs that have a unique_key, keys registered.
 CREATE FUNCTION pgsched.history_move_finished_v2(after_id bigint, batch integer)
 RETURNS TABLE (moved bigint, reached bigint) LANGUAGE plpgsql AS $$
 BEGIN
@@ -489,7 +495,7 @@ $$;
 -- run is kept (the prunes and history_partition_drop_v2 delete a run's key with it). An AFTER
 -- ROW trigger claims the key of every run inserted with one (a BEFORE ROW trigger would make
 -- COPY insert row by row); pgsched's enqueues look for the key's holder first. Runs inserted
--- before 0037 hold their keys in runs' index alone until they move (0038 registers them).
+-- before 0037 hold their keys in runs' index alone until they move (0049 registers them).
 CREATE TABLE pgsched.run_unique_keys (
     unique_key text PRIMARY KEY,
     run_id     bigint NOT NULL
@@ -576,9 +582,10 @@ $$;
 -- workflow's dependents wait on its steps, and `runs retry` of a failed or cancelled step opens
 -- its workflow again and queues the dependents its end cancelled, in runs. So a workflow that
 -- failed or was cancelled keeps its steps in runs until its retention; one that succeeded has
--- nothing left to retry. Steps with a unique_key stay, as other runs with one do (0030).
--- The scan starts from runs_finished_idx, which after 0030 holds only what stays: workflow
--- steps and keyed runs.
+-- nothing left to retry. Steps with a unique_key stay (0047 was written while keyed runs
+-- stayed in runs); from 0049 (post-deploy) on, history_move_workflow_steps_v2 below moves them
+-- too, their keys kept in run_unique_keys. The scan starts from runs_finished_idx, which after
+-- 0030 holds only what stays: workflow steps (and, before 0049, keyed runs).
 CREATE FUNCTION pgsched.history_move_workflow_steps(batch integer) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     moved bigint;
@@ -601,6 +608,40 @@ BEGIN
     )
     INSERT INTO pgsched.runs_history SELECT * FROM gone;
     GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END;
+$$;
+
+-- 0049 (post-deploy): 0047's move of the steps of workflows that succeeded, steps with a unique_key too (their keys
+-- registered, as above): the key row keeps the key held wherever the step is, and a succeeded
+-- workflow has nothing left to retry in runs. 0047's stays as it was for the previous release.
+CREATE FUNCTION pgsched.history_move_workflow_steps_v2(batch integer) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    moved bigint;
+BEGIN
+    IF batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'pgsched.history_move_workflow_steps_v2: batch must be at least 1, got %', batch
+            USING ERRCODE = '22023';
+    END IF;
+    WITH picked AS MATERIALIZED (
+        SELECT r.id FROM pgsched.runs AS r
+        JOIN pgsched.workflows AS w ON w.id = r.workflow_id
+        WHERE r.finished_at IS NOT NULL AND r.status = 'succeeded'
+          AND w.status = 'succeeded'
+          AND NOT EXISTS (SELECT FROM pgsched.runs AS o WHERE o.workflow_id = w.id AND o.status <> 'succeeded')
+        ORDER BY r.finished_at
+        LIMIT batch
+        FOR UPDATE OF r SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgsched.runs AS r USING picked WHERE r.id = picked.id RETURNING r.*
+    ), kept AS (
+        INSERT INTO pgsched.runs_history SELECT * FROM gone
+    ), keyed AS (
+        INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
+        SELECT gone.unique_key, gone.id FROM gone WHERE gone.unique_key IS NOT NULL
+        ON CONFLICT (unique_key) DO NOTHING
+    )
+    SELECT count(*) INTO moved FROM gone;
     RETURN moved;
 END;
 $$;

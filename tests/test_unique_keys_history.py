@@ -1,4 +1,4 @@
-"""Runs with a unique_key move to the history too (schemas 0037, 0038; issue 13 part 1): one run
+"""Runs with a unique_key move to the history too (schemas 0037, 0049; issue 13 part 1): one run
 per key over runs and runs_history, held in pgsched.run_unique_keys, so a key repeated after its
 run finished and moved, within retention, returns that run at every entry point; racing
 enqueues of one key make one run; the key goes with its run's retention."""
@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from pgsched.app import App
-from pgsched.maintenance import HistoryMover, maintain_history, prune_finished
+from pgsched.maintenance import HistoryMover, maintain_history, move_workflow_steps, prune_finished
 from pgsched.runs import retry_run
 from tests.support.api import Api
 from tests.support.cli import run_cli
@@ -207,3 +207,51 @@ def test_runs_with_keys_from_before_0037_move_with_their_keys_registered(
     conn.execute("UPDATE pgsched.runs SET status = 'cancelled', finished_at = now() WHERE id = %s", [queued])
     assert keyed(conn, "pre-queued") == [(queued, "history"), (queued, "key")]
     assert scalar(conn, "SELECT pgsched.enqueue('t', unique_key => 'pre-queued')") == queued
+
+
+def test_one_statement_that_ends_keyed_and_unkeyed_runs_moves_them_in_one_batch_with_their_keys(
+    conn: psycopg.Connection[Any],
+) -> None:
+    # 0049 folds keyed runs into runs_to_history's batch (v3): no row trigger of their own.
+    assert (
+        scalar(conn, "SELECT tgfoid::regproc::text FROM pg_trigger WHERE tgname = 'runs_to_history'")
+        == "pgsched.runs_to_history_v3"
+    )
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgname = 'runs_to_history_keyed'") == 0
+    plain = [scalar(conn, "SELECT pgsched.enqueue('t')") for _ in range(2)]
+    keys = [scalar(conn, "SELECT pgsched.enqueue('t', unique_key => %s)", [f"b-{i}"]) for i in range(2)]
+    # One from before 0037: no key row until it moves.
+    insert_restored(conn, "INSERT INTO pgsched.runs (task, unique_key) VALUES ('t', 'b-old') RETURNING id")
+    old = scalar(conn, "SELECT id FROM pgsched.runs WHERE unique_key = 'b-old'")
+    assert keyed(conn, "b-old") == [(old, "runs")]
+    stays = scalar(conn, "SELECT pgsched.enqueue('t')")
+    ended = [*plain, *keys, old]
+    conn.execute("UPDATE pgsched.runs SET status = 'cancelled', finished_at = now() WHERE id = ANY(%s)", [ended])
+    assert [where(conn, run_id) for run_id in (*ended, stays)] == [["history"]] * 5 + [["runs"]]
+    for key, run_id in (("b-0", keys[0]), ("b-1", keys[1]), ("b-old", old)):
+        assert keyed(conn, key) == [(run_id, "history"), (run_id, "key")]
+        assert scalar(conn, "SELECT pgsched.enqueue('t', unique_key => %s)", [key]) == run_id
+
+
+def test_keyed_steps_of_a_workflow_that_succeeded_move_and_keep_their_keys(
+    app: App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    @app.task(name="inc")
+    def inc(n: int = 0) -> int:
+        return n + 1
+
+    parent = scalar(conn, "SELECT pgsched.enqueue('inc')")
+    step = scalar(
+        conn, "SELECT pgsched.enqueue_v3('inc', unique_key => 'step', depends_on => ARRAY[%s]::bigint[])", [parent]
+    )
+    assert [row["status"] for row in finish(app, dsn, parent, step)] == ["succeeded"] * 2
+    assert where(conn, step) == ["runs"]  # a step waits for the leader (0047)
+
+    async def move() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
+            return await move_workflow_steps(leader)
+
+    assert asyncio.run(move()) >= 1  # 0047's move left keyed steps in runs; 0049's v2 takes them
+    assert keyed(conn, "step") == [(step, "history"), (step, "key")]
+    assert app.enqueue("inc", {}, unique_key="step") == step
+    assert scalar(conn, "SELECT pgsched.enqueue('inc', unique_key => 'step')") == step

@@ -160,7 +160,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
         migrate(conn)
-        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030", "0038", "0046"]
+        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030", "0046", "0049"]
         assert upsert_job(conn, every_minute, tenant="acme") is True
         # Until then the previous release's upsert (ON CONFLICT (name)) works, and so names stay
         # unique across tenants.
@@ -169,7 +169,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
         )
         with pytest.raises(JobNameTaken):
             upsert_job(conn, every_minute, tenant="beta")
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030", "0038", "0046"]
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030", "0046", "0049"]
         assert upsert_job(conn, every_minute, tenant="beta") is True
         assert upsert_job(conn, every_minute) is True  # the admin's own, without a tenant
         assert [(job["name"], job["tenant"]) for job in list_jobs(conn) if job["name"] == "sync"] == [
@@ -196,8 +196,8 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
     assert report["healthy"] and report["waiting_post_deploy"] == [
         "0013_job_names_per_tenant",
         "0030_runs_move_to_history",
-        "0038_unique_key_runs_move",
         "0046_history_move_by_id",
+        "0049_unique_key_runs_move",
     ]
     assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
     assert len(report["unvalidated"]) >= 10  # 0009's, and later migrations' for new columns
@@ -232,7 +232,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
         migrate(conn, up_to="0031")
         expand = [m.version for m in pending(conn)]  # this release's own (0032, and later ones)
         assert "0032" in expand and "0030" not in expand
-        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030", "0038", "0046"]
+        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030", "0046", "0049"]
         with conn.transaction():  # as its workers left them (schema 0009 lets SQL insert only queued runs)
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
@@ -276,7 +276,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
 
         applied, moved = asyncio.run(drain())
         app.close()
-        assert applied == ["0030", "0038", "0046"]
+        assert applied == ["0030", "0046", "0049"]
         # Every run once, all of them succeeded, and none left ended in runs: each either moved
         # by the leader (ended before 0030) or on its own (ended after).
         total = ended_before + backlog
@@ -304,8 +304,9 @@ def test_the_move_goes_by_primary_key_whether_0030_came_before_or_after_0045(emp
         assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history"
         assert "0045" in [m.version for m in migrate(conn)]  # the expand step re-points it at once
         assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v2"
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0038", "0046"]
-        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v2"
+        # 0046 points it at v2 again, then 0049 (post-deploy, after it) at v3: keyed runs in the batch.
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0046", "0049"]
+        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v3"
         # A statement that ends runs of every kind moves exactly those that end for good.
         ids = [
             row[0]
@@ -332,7 +333,7 @@ def test_runs_with_keys_start_moving_while_a_worker_drains_and_enqueues_repeat_t
     # The release before 0037 with the move on: its runs with a key stay in runs, ended or not,
     # and hold their keys in runs' index alone. `migrate` applies this release's expand files
     # (0037 and later); a worker of this release drains a keyed backlog while a client repeats
-    # every key, old and new, and `migrate --post-deploy` (0038) switches the keyed move on; the
+    # every key, old and new, and `migrate --post-deploy` (0049) switches the keyed move on; the
     # leader then moves those that had ended. Each key ends with one run, and every repeat got it.
     ended_before, backlog = 300, 1500
     app = App(empty_dsn)
@@ -413,7 +414,7 @@ def test_runs_with_keys_start_moving_while_a_worker_drains_and_enqueues_repeat_t
             stop.set()
             repeater.join(timeout=60)
         app.close()
-        assert applied == ["0038", "0046"] and moved >= ended_before
+        assert applied == ["0046", "0049"] and moved >= ended_before
         total = ended_before + backlog
         assert conn.execute("SELECT count(*), count(DISTINCT unique_key) FROM pgsched.runs_all").fetchone() == (
             total,
