@@ -255,3 +255,15 @@ def test_keyed_steps_of_a_workflow_that_succeeded_move_and_keep_their_keys(
     assert keyed(conn, "step") == [(step, "history"), (step, "key")]
     assert app.enqueue("inc", {}, unique_key="step") == step
     assert scalar(conn, "SELECT pgsched.enqueue('inc', unique_key => 'step')") == step
+
+
+def test_the_keyed_move_functions_refuse_bad_input_and_move_nothing(conn: psycopg.Connection[Any]) -> None:
+    ended_before_0030(conn, 1, unique_key="'bad-input'")
+    for after_id, batch in ((None, 10), (0, 0), (0, None)):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="batch at least 1"):
+            conn.execute("SELECT * FROM pgsched.history_move_finished_v2(%s, %s)", [after_id, batch])
+    for batch in (0, -1, None):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="batch must be at least 1"):
+            conn.execute("SELECT pgsched.history_move_workflow_steps_v2(%s)", [batch])
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs_history") == 0
+    assert scalar(conn, "SELECT count(*) FROM pgsched.run_unique_keys") == 0
