@@ -87,22 +87,30 @@ RETURNING id, task, args, queue, priority, status::text AS status, attempt, max_
           errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key;
 
 -- name: run_insert_unique
--- One run with an idempotency key: inserts it, or returns the run that already holds the key.
-WITH inserted AS (
+-- One run with an idempotency key: inserts it, or returns the run that already holds the key,
+-- in runs or in runs_history (schema 0037: pgsched.run_unique_key_holder, which reads a new
+-- snapshot, so a holder that committed while this statement ran is found too). Inserted only
+-- when the key has no holder; runs' index refuses the row to a concurrent enqueue of the key
+-- that is still in runs, and the key's trigger one whose run has since moved (unique_violation:
+-- that run would have had to be claimed, run and ended within this statement).
+WITH held AS MATERIALIZED (
+    SELECT pgsched.run_unique_key_holder(%(unique_key)s) AS id
+), inserted AS (
     INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at,
                               trace_context, request_id, concurrency_key)
-    VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
-            coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
-            %(max_attempts)s, %(unique_key)s, %(tenant)s,
-            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
-            %(trace_context)s, %(request_id)s, %(concurrency_key)s)
+    SELECT %(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::integer,
+           coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+           %(max_attempts)s::integer, %(unique_key)s::text, %(tenant)s::text,
+           coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+           %(trace_context)s::text, %(request_id)s::text, %(concurrency_key)s::text
+    FROM held WHERE held.id IS NULL
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
 SELECT id, true AS created FROM inserted
 UNION ALL
-SELECT id, false FROM pgsched.runs_all
-WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT FROM inserted);
+SELECT coalesce(held.id, pgsched.run_unique_key_holder(%(unique_key)s)), false FROM held
+WHERE NOT EXISTS (SELECT FROM inserted);
 
 -- name: run_reserve_ids
 -- Ids and the run_at for a bulk enqueue, so COPY can write rows whose ids the caller gets back.
@@ -881,28 +889,52 @@ WHERE EXISTS (SELECT FROM pg_locks
 -- forgets a workflow (its row and edges) once the workflow itself ended before the retention;
 -- its steps go here in the same round. (The workflows lookup is by primary key and only for
 -- workflow steps: plain runs pay the NULL test.)
-DELETE FROM pgsched.runs
-WHERE id IN (SELECT r.id FROM pgsched.runs AS r
-             WHERE r.finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
-               AND (r.workflow_id IS NULL
-                    OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
-             LIMIT %(limit)s);
+-- Their unique_keys go with them (schema 0037); returns how many runs went.
+WITH gone AS (
+    DELETE FROM pgsched.runs
+    WHERE id IN (SELECT r.id FROM pgsched.runs AS r
+                 WHERE r.finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                   AND (r.workflow_id IS NULL
+                        OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
+                 LIMIT %(limit)s)
+    RETURNING id, unique_key
+), keys_gone AS (
+    DELETE FROM pgsched.run_unique_keys AS k USING gone
+    WHERE gone.unique_key IS NOT NULL AND k.unique_key = gone.unique_key AND k.run_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- name: history_prune_default
 -- Delete up to %(limit)s finished runs older than the retention from the DEFAULT partition of
 -- runs_history (strays: runs of a day that had no partition); the day partitions go whole.
-DELETE FROM pgsched.runs_history_default
-WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history_default
-                            WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
-                            LIMIT %(limit)s);
+-- With their unique_keys (see run_prune_finished); returns how many runs went.
+WITH gone AS (
+    DELETE FROM pgsched.runs_history_default
+    WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history_default
+                                WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                                LIMIT %(limit)s)
+    RETURNING id, unique_key
+), keys_gone AS (
+    DELETE FROM pgsched.run_unique_keys AS k USING gone
+    WHERE gone.unique_key IS NOT NULL AND k.unique_key = gone.unique_key AND k.run_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- name: history_prune_rows
 -- With a retention shorter than a day (no partition is ever wholly past it), the rows past it
 -- in any partition, up to %(limit)s (runs_history_finished_idx).
-DELETE FROM pgsched.runs_history
-WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history
-                            WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
-                            LIMIT %(limit)s);
+-- With their unique_keys (see run_prune_finished); returns how many runs went.
+WITH gone AS (
+    DELETE FROM pgsched.runs_history
+    WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history
+                                WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                                LIMIT %(limit)s)
+    RETURNING id, unique_key
+), keys_gone AS (
+    DELETE FROM pgsched.run_unique_keys AS k USING gone
+    WHERE gone.unique_key IS NOT NULL AND k.unique_key = gone.unique_key AND k.run_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- name: history_lock_timeout
 -- For the partition changes that follow in this transaction: give up rather than queue readers
@@ -920,22 +952,34 @@ SELECT name, day, ends_at FROM pgsched.history_partitions();
 
 -- name: history_partition_drop
 -- Drop one day partition whose range ended before %(before)s (false: not that old, or gone).
-SELECT pgsched.history_partition_drop(%(name)s, %(before)s::timestamptz);
+-- (v2, schema 0037: its runs' unique_keys go with it.)
+SELECT pgsched.history_partition_drop_v2(%(name)s, %(before)s::timestamptz);
 
 -- name: history_mover_ready
--- Whether runs move to runs_history here (schema 0030, post-deploy): before it, the previous
--- release may still read finished runs in runs, and the leader leaves them there.
-SELECT to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT NULL;
+-- Which runs move to runs_history here: 0 none (before schema 0030, post-deploy: the previous
+-- release may still read finished runs in runs, and the leader leaves them there); 1 those
+-- without a unique_key (0030); 2 those with one too (0049, post-deploy).
+SELECT CASE WHEN to_regprocedure('pgsched.history_move_finished_v2(bigint, integer)') IS NOT NULL THEN 2
+            WHEN to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT NULL THEN 1
+            ELSE 0 END;
 
 -- name: history_move_finished
 -- Up to %(batch)s runs that ended before schema 0030 (id above %(after_id)s), moved to
 -- runs_history in one statement; returns how many and the highest id reached (NULL: the end).
 SELECT moved, reached FROM pgsched.history_move_finished(%(after_id)s, %(batch)s);
 
+-- name: history_move_finished_v2
+-- history_move_finished with the runs that have a unique_key (schema 0049), keys registered.
+SELECT moved, reached FROM pgsched.history_move_finished_v2(%(after_id)s, %(batch)s);
+
 -- name: history_move_workflow_steps
 -- Up to %(batch)s steps of workflows that succeeded, moved to runs_history in one statement
 -- (schema 0047); returns how many.
 SELECT pgsched.history_move_workflow_steps(%(batch)s);
+
+-- name: history_move_workflow_steps_v2
+-- history_move_workflow_steps with the steps that have a unique_key (schema 0049), keys registered.
+SELECT pgsched.history_move_workflow_steps_v2(%(batch)s);
 
 -- name: history_default_rows
 -- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a

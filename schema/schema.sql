@@ -337,7 +337,8 @@ $$;
 -- The move (0030_runs_move_to_history, post-deploy): a run that ends for good (succeeded,
 -- failed, cancelled, with a finished_at) leaves runs for runs_history in the statement that
 -- ended it, unless it is a workflow step or has a unique_key (both stay in runs: see 0030's
--- head). The runs that had ended before are moved by the beat leader, a batch at a time.
+-- head; from 0049 a run with a unique_key moves too). The runs that had ended before are moved
+-- by the beat leader, a batch at a time.
 
 -- Today's partition and the next days' (UTC), before anything moves (0030; the beat leader
 -- keeps them ahead from then on).
@@ -392,6 +393,36 @@ BEGIN
 END;
 $$;
 
+-- 0049 (post-deploy): runs with a unique_key move in the same batch, their keys registered in
+-- one INSERT (a run inserted before 0037 had none; ON CONFLICT DO NOTHING for every later one).
+-- runs_to_history below calls it. (The branch's first version was a row trigger of its own,
+-- ~200-270 us a keyed run.)
+CREATE FUNCTION pgsched.runs_to_history_v3() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    ended bigint[];
+BEGIN
+    SELECT array_agg(n.id) INTO ended
+    FROM new_runs AS n
+    WHERE n.status IN ('succeeded', 'failed', 'cancelled') AND n.workflow_id IS NULL;
+    IF ended IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- The rows moved are runs' current versions (the DELETE's RETURNING), not the transition
+    -- table's images: a trigger that fired before this one may have changed them since.
+    WITH moved AS (
+        DELETE FROM pgsched.runs AS r
+        WHERE r.id = ANY (ended) AND r.status IN ('succeeded', 'failed', 'cancelled') AND r.workflow_id IS NULL
+        RETURNING r.*
+    ), kept AS (
+        INSERT INTO pgsched.runs_history SELECT * FROM moved
+    )
+    INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
+    SELECT moved.unique_key, moved.id FROM moved WHERE moved.unique_key IS NOT NULL
+    ON CONFLICT (unique_key) DO NOTHING;
+    RETURN NULL;
+END;
+$$;
+
 -- Named to fire after runs_steps_ended (statement triggers fire in name order), so the
 -- workflow release reads a statement's ended parents in runs before anything moves. A
 -- transition table cannot go with a column list (UPDATE OF status): every UPDATE of runs
@@ -399,7 +430,7 @@ $$;
 CREATE TRIGGER runs_to_history
     AFTER UPDATE ON pgsched.runs
     REFERENCING NEW TABLE AS new_runs
-    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v2();
+    FOR EACH STATEMENT EXECUTE FUNCTION pgsched.runs_to_history_v3();
 
 -- The runs that ended before the trigger existed, up to `batch` of them with an id above
 -- `after_id`, in id order: moved in one statement (short locks: rows a concurrent statement
@@ -429,15 +460,132 @@ BEGIN
 END;
 $$;
 
+-- 0049 (post-deploy): history_move_finished with runs that have a unique_key, keys registered.
+CREATE FUNCTION pgsched.history_move_finished_v2(after_id bigint, batch integer)
+RETURNS TABLE (moved bigint, reached bigint) LANGUAGE plpgsql AS $$
+BEGIN
+    IF after_id IS NULL OR batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'pgsched.history_move_finished_v2: after_id must be a run id and batch at least 1, got % and %',
+                        after_id, batch USING ERRCODE = '22023';
+    END IF;
+    RETURN QUERY
+    WITH picked AS MATERIALIZED (
+        SELECT r.id FROM pgsched.runs AS r
+        WHERE r.id > after_id AND r.status IN ('succeeded', 'failed', 'cancelled')
+          AND r.finished_at IS NOT NULL AND r.workflow_id IS NULL
+        ORDER BY r.id
+        LIMIT batch
+        FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgsched.runs AS r USING picked WHERE r.id = picked.id RETURNING r.*
+    ), kept AS (
+        INSERT INTO pgsched.runs_history SELECT * FROM gone RETURNING id, unique_key
+    ), keyed AS (
+        INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
+        SELECT kept.unique_key, kept.id FROM kept WHERE kept.unique_key IS NOT NULL
+        ON CONFLICT (unique_key) DO NOTHING
+    )
+    SELECT (SELECT count(*) FROM kept), (SELECT max(id) FROM picked);
+END;
+$$;
+
+-- ==== One run per unique_key over runs and runs_history (0037) ====
+-- runs' unique index (runs_unique_key_idx) cannot span the history's partitions; this plain
+-- table is the authority, one row per key held by a run wherever the run is, kept while the
+-- run is kept (the prunes and history_partition_drop_v2 delete a run's key with it). An AFTER
+-- ROW trigger claims the key of every run inserted with one (a BEFORE ROW trigger would make
+-- COPY insert row by row); pgsched's enqueues look for the key's holder first. Runs inserted
+-- before 0037 hold their keys in runs' index alone until they move (0049 registers them).
+CREATE TABLE pgsched.run_unique_keys (
+    unique_key text PRIMARY KEY,
+    run_id     bigint NOT NULL
+);
+
+-- The run that holds `key`, wherever it is (NULL: none). In READ COMMITTED each statement reads
+-- a new snapshot, so a holder that committed after the caller's statement began is found.
+-- A key row whose run is gone (deleted without its key: the previous release's prune, a DELETE
+-- by hand) holds nothing.
+CREATE FUNCTION pgsched.run_unique_key_holder(key text) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    holder bigint;
+BEGIN
+    SELECT k.run_id INTO holder FROM pgsched.run_unique_keys AS k WHERE k.unique_key = key;
+    IF FOUND AND EXISTS (SELECT FROM pgsched.run_by_id(holder)) THEN
+        RETURN holder;
+    END IF;
+    SELECT r.id INTO holder FROM pgsched.runs AS r WHERE r.unique_key = key;  -- inserted before 0037
+    RETURN holder;
+END;
+$$;
+
+-- The new run claims its key. The INSERT ... ON CONFLICT waits for a concurrent claimer of the
+-- same key to end, so two inserts cannot both hold it. Taken by:
+-- * this very run: it came back from the history (a retry), its key row stayed;
+-- * a run that exists: refused (unique_violation);
+-- * a run that is gone: the key is free, the new run takes the row over (locked first: two
+--   takers queue on it, and the second finds the first's run).
+CREATE FUNCTION pgsched.runs_unique_key_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    holder bigint;
+BEGIN
+    LOOP
+        INSERT INTO pgsched.run_unique_keys (unique_key, run_id) VALUES (NEW.unique_key, NEW.id)
+        ON CONFLICT (unique_key) DO NOTHING;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
+        SELECT k.run_id INTO holder FROM pgsched.run_unique_keys AS k WHERE k.unique_key = NEW.unique_key FOR UPDATE;
+        IF FOUND THEN
+            IF holder = NEW.id THEN
+                RETURN NULL;
+            END IF;
+            IF EXISTS (SELECT FROM pgsched.run_by_id(holder)) THEN
+                RAISE EXCEPTION 'duplicate key value violates unique constraint "run_unique_keys_pkey"'
+                    USING ERRCODE = 'unique_violation', CONSTRAINT = 'run_unique_keys_pkey', TABLE = 'run_unique_keys',
+                          SCHEMA = 'pgsched',
+                          DETAIL = format('unique_key %s belongs to run %s, which has finished (pgsched.runs_history).',
+                                          quote_literal(NEW.unique_key), holder);
+            END IF;
+            UPDATE pgsched.run_unique_keys AS k SET run_id = NEW.id WHERE k.unique_key = NEW.unique_key;
+            RETURN NULL;
+        END IF;
+        -- The row went (its run was pruned) between the two statements: claim it again.
+    END LOOP;
+END;
+$$;
+
+CREATE TRIGGER runs_unique_key
+    AFTER INSERT ON pgsched.runs
+    FOR EACH ROW
+    WHEN (NEW.unique_key IS NOT NULL)
+    EXECUTE FUNCTION pgsched.runs_unique_key_claim();
+
+-- history_partition_drop with the keys of the day's runs forgotten first, in the same
+-- transaction. 0029's function stays as it was: the previous release calls it (and moves no
+-- run with a key to the history: none is in a partition it drops).
+CREATE FUNCTION pgsched.history_partition_drop_v2(part text, before timestamptz) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pgsched.history_partitions() AS p WHERE p.name = part AND p.ends_at <= before) THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DELETE FROM pgsched.run_unique_keys AS k USING pgsched.%I AS h
+                    WHERE h.unique_key IS NOT NULL AND k.unique_key = h.unique_key AND k.run_id = h.id', part);
+    EXECUTE format('DROP TABLE pgsched.%I', part);
+    RETURN true;
+END;
+$$;
+
 -- Workflow steps move to runs_history too (issue 13: runs holds what has not finished), once
 -- their workflow has succeeded, every step of it: the beat leader moves them, a batch at a time.
 -- Until then a step stays in runs, where the workflow's triggers (0019, 0031) read it: a running
 -- workflow's dependents wait on its steps, and `runs retry` of a failed or cancelled step opens
 -- its workflow again and queues the dependents its end cancelled, in runs. So a workflow that
 -- failed or was cancelled keeps its steps in runs until its retention; one that succeeded has
--- nothing left to retry. Steps with a unique_key stay, as other runs with one do (0030).
--- The scan starts from runs_finished_idx, which after 0030 holds only what stays: workflow
--- steps and keyed runs.
+-- nothing left to retry. Steps with a unique_key stay (0047 was written while keyed runs
+-- stayed in runs); from 0049 (post-deploy) on, history_move_workflow_steps_v2 below moves them
+-- too, their keys kept in run_unique_keys. The scan starts from runs_finished_idx, which after
+-- 0030 holds only what stays: workflow steps (and, before 0049, keyed runs).
 CREATE FUNCTION pgsched.history_move_workflow_steps(batch integer) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     moved bigint;
@@ -460,6 +608,40 @@ BEGIN
     )
     INSERT INTO pgsched.runs_history SELECT * FROM gone;
     GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END;
+$$;
+
+-- 0049 (post-deploy): 0047's move of the steps of workflows that succeeded, steps with a unique_key too (their keys
+-- registered, as above): the key row keeps the key held wherever the step is, and a succeeded
+-- workflow has nothing left to retry in runs. 0047's stays as it was for the previous release.
+CREATE FUNCTION pgsched.history_move_workflow_steps_v2(batch integer) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    moved bigint;
+BEGIN
+    IF batch IS NULL OR batch < 1 THEN
+        RAISE EXCEPTION 'pgsched.history_move_workflow_steps_v2: batch must be at least 1, got %', batch
+            USING ERRCODE = '22023';
+    END IF;
+    WITH picked AS MATERIALIZED (
+        SELECT r.id FROM pgsched.runs AS r
+        JOIN pgsched.workflows AS w ON w.id = r.workflow_id
+        WHERE r.finished_at IS NOT NULL AND r.status = 'succeeded'
+          AND w.status = 'succeeded'
+          AND NOT EXISTS (SELECT FROM pgsched.runs AS o WHERE o.workflow_id = w.id AND o.status <> 'succeeded')
+        ORDER BY r.finished_at
+        LIMIT batch
+        FOR UPDATE OF r SKIP LOCKED
+    ), gone AS (
+        DELETE FROM pgsched.runs AS r USING picked WHERE r.id = picked.id RETURNING r.*
+    ), kept AS (
+        INSERT INTO pgsched.runs_history SELECT * FROM gone
+    ), keyed AS (
+        INSERT INTO pgsched.run_unique_keys (unique_key, run_id)
+        SELECT gone.unique_key, gone.id FROM gone WHERE gone.unique_key IS NOT NULL
+        ON CONFLICT (unique_key) DO NOTHING
+    )
+    SELECT count(*) INTO moved FROM gone;
     RETURN moved;
 END;
 $$;
@@ -567,13 +749,19 @@ BEGIN
         RAISE EXCEPTION 'pgsched.enqueue: max_attempts must be at least 1, got %', max_attempts
             USING ERRCODE = '22023';
     END IF;
+    IF enqueue.unique_key IS NOT NULL THEN
+        new_id := pgsched.run_unique_key_holder(enqueue.unique_key);
+        IF new_id IS NOT NULL THEN
+            RETURN new_id;
+        END IF;
+    END IF;
     INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key)
     VALUES (enqueue.task, enqueue.args, coalesce(enqueue.queue, 'default'), enqueue.priority,
             coalesce(enqueue.run_at, now()), enqueue.max_attempts, enqueue.unique_key)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING r.id INTO new_id;
     IF new_id IS NULL THEN
-        SELECT r.id INTO new_id FROM pgsched.runs AS r WHERE r.unique_key = enqueue.unique_key;
+        new_id := pgsched.run_unique_key_holder(enqueue.unique_key);
     END IF;
     RETURN new_id;
 END;
@@ -620,6 +808,12 @@ BEGIN
         RAISE EXCEPTION 'pgsched.enqueue_v2: trace_context must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>), got %',
             quote_literal(left(trace_context, 80)) USING ERRCODE = '22023';
     END IF;
+    IF enqueue_v2.unique_key IS NOT NULL THEN
+        new_id := pgsched.run_unique_key_holder(enqueue_v2.unique_key);
+        IF new_id IS NOT NULL THEN
+            RETURN new_id;
+        END IF;
+    END IF;
     INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key, expires_at, trace_context)
     VALUES (enqueue_v2.task, enqueue_v2.args, coalesce(enqueue_v2.queue, 'default'), enqueue_v2.priority,
             coalesce(enqueue_v2.run_at, now()), enqueue_v2.max_attempts, enqueue_v2.unique_key, enqueue_v2.expires_at,
@@ -627,7 +821,7 @@ BEGIN
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING r.id INTO new_id;
     IF new_id IS NULL THEN
-        SELECT r.id INTO new_id FROM pgsched.runs AS r WHERE r.unique_key = enqueue_v2.unique_key;
+        new_id := pgsched.run_unique_key_holder(enqueue_v2.unique_key);
     END IF;
     RETURN new_id;
 END;
@@ -3522,6 +3716,12 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF depends_on IS NULL OR cardinality(depends_on) = 0 THEN
+        IF enqueue_v3.unique_key IS NOT NULL THEN
+            new_id := pgsched.run_unique_key_holder(enqueue_v3.unique_key);
+            IF new_id IS NOT NULL THEN
+                RETURN new_id;
+            END IF;
+        END IF;
         INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key, expires_at,
                                        trace_context, tenant)
         VALUES (enqueue_v3.task, enqueue_v3.args, coalesce(enqueue_v3.queue, 'default'), enqueue_v3.priority,
@@ -3530,7 +3730,7 @@ BEGIN
         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
         RETURNING r.id INTO new_id;
         IF new_id IS NULL THEN
-            SELECT r.id INTO new_id FROM pgsched.runs AS r WHERE r.unique_key = enqueue_v3.unique_key;
+            new_id := pgsched.run_unique_key_holder(enqueue_v3.unique_key);
         END IF;
         RETURN new_id;
     END IF;
@@ -3546,8 +3746,8 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF unique_key IS NOT NULL THEN
-        SELECT r.id INTO new_id FROM pgsched.runs AS r WHERE r.unique_key = enqueue_v3.unique_key;
-        IF FOUND THEN
+        new_id := pgsched.run_unique_key_holder(enqueue_v3.unique_key);
+        IF new_id IS NOT NULL THEN
             RETURN new_id;
         END IF;
     END IF;

@@ -113,7 +113,7 @@ def test_a_fenced_out_completion_neither_changes_nor_moves_anything(conn: psycop
     ]
 
 
-def test_workflow_steps_and_unique_key_runs_stay_and_a_repeated_key_returns_the_ended_run(
+def test_workflow_steps_stay_and_unique_key_runs_move_and_a_repeated_key_returns_the_ended_run(
     app: App, dsn: str, conn: psycopg.Connection[Any]
 ) -> None:
     @app.task
@@ -123,7 +123,8 @@ def test_workflow_steps_and_unique_key_runs_stay_and_a_repeated_key_returns_the_
     keyed = inc.enqueue(n=1, unique_key="once")
     steps = chain(inc.s(n=1), inc.s()).enqueue().run_ids
     assert [row["status"] for row in finish(app, dsn, keyed, *steps)] == ["succeeded"] * 3
-    assert [where(conn, run_id) for run_id in (keyed, *steps)] == [["runs"]] * 3
+    # Runs with a key move since 0049 (tests/test_unique_keys_history.py); steps stay.
+    assert [where(conn, run_id) for run_id in (keyed, *steps)] == [["history"]] + [["runs"]] * 2
     assert inc.enqueue(n=1, unique_key="once") == keyed
     assert scalar(conn, "SELECT pgsched.enqueue('inc', unique_key => 'once')") == keyed
     assert app.run(keyed).get(timeout=5) == 2
@@ -204,9 +205,10 @@ def test_the_leader_moves_runs_that_ended_before_0030_a_batch_at_a_time_and_resu
     mover = HistoryMover()
     assert move_round(dsn, mover, batch=2, batches=2) == 4 and not mover.done
     assert [where(conn, run_id) for run_id in old] == [["history"]] * 4 + [["runs"]]
-    assert move_round(dsn, mover, batch=2, batches=2) == 1 and mover.done
+    # With 0049 the run with a key moves too (its key registered): the workflow step stays.
+    assert move_round(dsn, mover, batch=2, batches=2) == 2 and mover.done
     assert move_round(dsn, mover, batch=2, batches=2) == 0
-    assert [where(conn, run_id) for run_id in (*old, *stays, queued)] == [["history"]] * 5 + [["runs"]] * 3
+    assert [where(conn, run_id) for run_id in (*old, *stays, queued)] == [["history"]] * 6 + [["runs"]] * 2
 
 
 def test_the_move_function_refuses_bad_input_and_moves_nothing(dsn: str, conn: psycopg.Connection[Any]) -> None:
