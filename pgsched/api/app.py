@@ -34,6 +34,7 @@ from pgsched.api.controllers.workflows import WorkflowController
 from pgsched.api.correlation import correlation_middleware
 from pgsched.api.deps import DEPENDENCIES
 from pgsched.api.errors import EXCEPTION_HANDLERS
+from pgsched.api.fast import FastEnqueue
 from pgsched.api.ratelimit import RateLimiter, RateLimitMiddleware
 from pgsched.api.redis_tier import RedisTier
 from pgsched.api.replica import ReadReplica, Reads
@@ -202,6 +203,7 @@ def create_app(settings: ApiSettings) -> Litestar:
         before_send=[correct_allow_header],
     )
     document_strict_request_bodies(app.openapi_schema)
+    app.asgi_handler = FastEnqueue(app, app.asgi_handler)  # the ordinary POST /runs skips the rest
     return app
 
 
