@@ -37,11 +37,14 @@ from litestar.types import (
 from litestar.utils.scope.state import ScopeState
 
 from pgsched.api.auth import KeyCache, needed_scope
+from pgsched.api.batching import InsertBatcher
 from pgsched.api.correlation import REQUEST_ID_HEADER
 from pgsched.api.keys import KEY_PREFIX, ApiKey, digest
 from pgsched.api.ratelimit import RateLimiter, caller_of, too_many_requests
 from pgsched.api.schemas import RunCreate, RunOut, from_row
+from pgsched.app import App
 from pgsched.context import is_request_id
+from pgsched.enqueue import _insert_params
 from pgsched.tracing import continued
 
 if TYPE_CHECKING:
@@ -157,19 +160,21 @@ class FastEnqueue:
         limiter: RateLimiter | None = state.rate_limiter
         if limiter is not None and (retry_after := await limiter.hit(caller_of(scope))) is not None:
             raise too_many_requests(limiter, scope, retry_after)
-        async with state.async_pool.connection() as conn:
-            return await state.pgsched.enqueue_returning_async(  # type: ignore[no-any-return]
-                wanted.task,
-                wanted.args,
-                queue=wanted.queue,
-                priority=wanted.priority,
-                max_attempts=wanted.max_attempts,
-                run_at=wanted.run_at,
-                delay=wanted.delay,
-                concurrency_key=wanted.concurrency_key,
-                tenant=key.tenant if key is not None else None,
-                conn=conn,
-            )
+        app: App = state.pgsched
+        options = app._options(  # the library's checks and defaults, as App.enqueue_returning_async's
+            wanted.task,
+            queue=wanted.queue,
+            priority=wanted.priority,
+            max_attempts=wanted.max_attempts,
+            run_at=wanted.run_at,
+            delay=wanted.delay,
+            tenant=key.tenant if key is not None else None,
+            concurrency_key=wanted.concurrency_key,
+            args=wanted.args,
+        )
+        params = _insert_params(wanted.task, app._encode(wanted.task, wanted.args), options)  # with its origin
+        batcher: InsertBatcher = state.insert_batcher
+        return await batcher.insert(params)
 
 
 def _small(length: bytes | None, max_body_bytes: int) -> bool:
