@@ -114,6 +114,7 @@ REFUSED: list[tuple[Any, str | None, dict[str, str], str]] = [
     ({"task": "t"}, None, {"Authorization": "Bearer pgs_unknown"}, ""),
     ({"task": "t"}, "write", {}, "colour=red"),  # an undocumented query parameter
     ({"task": "t"}, "write", {"X-Request-ID": "x" * 129}, ""),  # not a usable id: replaced, and queued
+    ({"task": "t"}, "write", {"Host": "bad host/"}, ""),  # the router's Host check
     (b'{"task": "t",', "write", {}, ""),  # malformed JSON
     (b"[1, 2]", "write", {}, ""),
     (b"", "write", {}, ""),
@@ -206,3 +207,20 @@ def test_the_rate_limit_counts_a_fast_post_once_and_answers_429_as_the_route_doe
             assert fast_429.headers["retry-after"] == answered.headers["retry-after"]
             assert "x-request-id" in fast_429.headers
             assert count(conn, "runs_all") == 2 + 3
+
+
+def test_a_tenant_over_its_quota_gets_the_routes_429_with_retry_after(apis: Apis):
+    queued = apis.conn.execute("SELECT count(*) FROM pgsched.runs WHERE tenant = 'acme'").fetchone()[0]  # type: ignore[index]
+    patched = apis.route.patch("/tenants/acme", json={"max_queued": queued}, as_="admin")
+    assert patched.status_code == 200, patched.text
+    try:
+        apis.routed.clear()
+        fast = apis.fast.post("/runs", json={"task": "t"}, as_="acme")
+        route = apis.route.post("/runs", json={"task": "t"}, as_="acme")
+        assert apis.routed == []
+        assert fast.status_code == route.status_code == 429, (fast.text, route.text)
+        assert fast.json() == route.json()
+        assert fast.headers["retry-after"] == route.headers["retry-after"]
+        assert fast.headers["x-request-id"]
+    finally:
+        apis.route.patch("/tenants/acme", json={"max_queued": None}, as_="admin")

@@ -22,6 +22,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
+from litestar._asgi.utils import is_valid_host  # the router's own check (private: Litestar has no public one)
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
@@ -54,7 +55,15 @@ if TYPE_CHECKING:
 FAST_BODY_MAX = 64 * 1024
 _JSON_TYPE = (b"content-type", b"application/json")
 _WANTED = frozenset(
-    (b"authorization", b"content-length", b"transfer-encoding", b"idempotency-key", b"x-request-id", b"traceparent")
+    (
+        b"authorization",
+        b"content-length",
+        b"transfer-encoding",
+        b"idempotency-key",
+        b"x-request-id",
+        b"traceparent",
+        b"host",
+    )
 )
 _decode_json = msgspec.json.Decoder().decode
 _encode_json = msgspec.json.Encoder().encode
@@ -88,6 +97,7 @@ class FastEnqueue:
             not known
             or b"idempotency-key" in headers
             or b"transfer-encoding" in headers
+            or not is_valid_host(headers.get(b"host", b""))  # Litestar's router answers a bad one
             or not _small(headers.get(b"content-length"), self.app.state.settings.max_body_bytes)
             or (given_id is not None and not is_request_id(given_id.decode("latin-1")))  # the route logs it
         ):
