@@ -165,9 +165,13 @@ def test_a_body_larger_than_the_fast_path_reads_is_queued_by_the_route(apis: Api
     assert apis.routed == ["/runs"]
 
 
+def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3))
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    _json_containers,
     max_leaves=6,
 )
 FIELDS = ["task", "args", "queue", "priority", "max_attempts", "run_at", "delay", "concurrency_key", "other"]
