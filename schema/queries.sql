@@ -86,6 +86,32 @@ RETURNING id, task, args, queue, priority, status::text AS status, attempt, max_
           job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
           errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key;
 
+-- name: run_insert_returning_many
+-- run_insert_returning for the POST /runs that wait together (pgsched.api.batching): one row per
+-- array element, each with its own options, tenant and origin. nextval numbers the ids in the
+-- arrays' order, so the caller matches rows to requests by id, whatever order RETURNING gives.
+WITH runs_ids AS MATERIALIZED (SELECT pg_get_serial_sequence('pgsched.runs', 'id')::regclass AS seq),
+wanted AS MATERIALIZED (
+    SELECT nextval(runs_ids.seq) AS id, w.*
+    FROM runs_ids,
+         unnest(%(task)s::text[], %(args)s::jsonb[], %(queue)s::text[], %(priority)s::int[],
+                %(run_at)s::timestamptz[], %(delay)s::float8[], %(max_attempts)s::int[], %(tenant)s::text[],
+                %(expires_at)s::timestamptz[], %(expires_in)s::float8[], %(trace_context)s::text[],
+                %(request_id)s::text[], %(concurrency_key)s::text[])
+             WITH ORDINALITY AS w(task, args, queue, priority, run_at, delay, max_attempts, tenant, expires_at,
+                                  expires_in, trace_context, request_id, concurrency_key, n)
+    ORDER BY w.n
+)
+INSERT INTO pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, expires_at,
+                          trace_context, request_id, concurrency_key)
+SELECT id, task, args, queue, priority, coalesce(run_at, now()) + make_interval(secs => delay), max_attempts,
+       tenant, coalesce(expires_at, now() + make_interval(secs => expires_in)), trace_context, request_id,
+       concurrency_key
+FROM wanted
+RETURNING id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+          job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
+          errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key;
+
 -- name: run_insert_unique
 -- One run with an idempotency key: inserts it, or returns the run that already holds the key,
 -- in runs or in runs_history (schema 0037: pgsched.run_unique_key_holder, which reads a new
