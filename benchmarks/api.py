@@ -117,10 +117,25 @@ async def warm_then_measure(
 
 
 def empty_runs(dsn: str) -> None:
-    """Every measurement starts from an empty table, so none pays for another's index growth."""
+    """Every measurement starts from an empty table, so none pays for another's index growth.
+    The previous measurement's last requests land first: when wrk stops, the API still answers
+    the ones it holds, and an insert waiting on TRUNCATE's lock would count in the next side."""
     with psycopg.connect(dsn, autocommit=True) as conn:
+        settled(conn)
         conn.execute("TRUNCATE pgsched.runs")
         conn.execute("VACUUM ANALYZE pgsched.runs")
+
+
+def settled(conn: psycopg.Connection, quiet_s: float = 0.5, timeout_s: float = 30.0) -> None:
+    """Wait until no run has been added for ``quiet_s`` seconds (at most ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while time.monotonic() < deadline:
+        found = conn.execute("SELECT count(*) FROM pgsched.runs_all").fetchone()
+        if found == seen:
+            return
+        seen = found
+        time.sleep(quiet_s)
 
 
 def check_all_queued(dsn: str, expected: int, label: str) -> None:

@@ -99,7 +99,7 @@ def drain(dsn: str, n: int, *extra: str, worker_app: str = BENCH_APP, root: Path
     """Runs/s from the first claim to the last completion, by the database's clock, of one
     worker of ``worker_app`` started with ``extra`` options, of the code under ``root``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("TRUNCATE pgsched.runs")
+        conn.execute("TRUNCATE pgsched.runs, pgsched.runs_history")
         from benchmarks.bench_app import app
 
         app.use_dsn(dsn)
@@ -155,9 +155,9 @@ def baseline(server: str, n: int) -> dict[str, float]:
         # A hand-rolled queue keeps its finished rows where they are: no move to the history (0030).
         conn.execute("DROP TRIGGER IF EXISTS runs_to_history ON pgsched.runs")
         copy_rate = _baseline_copy(conn, n)
-        conn.execute("TRUNCATE pgsched.runs")
+        conn.execute("TRUNCATE pgsched.runs, pgsched.runs_history")
         single_rate = _baseline_single_insert(conn, min(n, 2000))
-        conn.execute("TRUNCATE pgsched.runs")
+        conn.execute("TRUNCATE pgsched.runs, pgsched.runs_history")
         _baseline_copy(conn, n)
         claim_rate = _baseline_claim50(conn, n)
     return {

@@ -134,7 +134,7 @@ def wait_for(conn: psycopg.Connection, query: str, timeout_s: float) -> None:
 
 def drain(side: Side, dsn: str, task: str, runs: int, processes: int) -> dict[str, float]:
     with psycopg.connect(dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as probe_dir:
-        conn.execute("TRUNCATE pgsched.runs")
+        conn.execute("TRUNCATE pgsched.runs, pgsched.runs_history")  # RATE_SQL reads runs_all
         conn.execute("DELETE FROM pgsched.workers")
         conn.execute("VACUUM ANALYZE pgsched.runs")
         procs = [start(side, dsn, probe_dir) for _ in range(processes)]

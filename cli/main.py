@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import psycopg
 import typer
+from rich.console import Group, RenderableType
 
-from pgsched import health
+from pgsched import health, quotas
 from pgsched.app import App
 from pgsched.checks import Thresholds
 from pgsched.cli import render
@@ -276,33 +277,54 @@ STATS_COLUMNS = (
     "rate",
     "held_back",
 )
+# Each tenant with quotas, as `tenants list` and /metrics show them: index counts and the day's
+# counter, nothing read from the history.
+TENANT_STATS_COLUMNS = ("name", "max_queued", "queued", "max_running", "running", "runs_per_day", "created_today")
 
 
 @cli.command()
 def stats(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until Ctrl-C")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the queues as JSON")] = False,
     horizon_warning_s: Annotated[
         float, typer.Option(help="Warn when a transaction has been open this many seconds (it holds vacuum back)")
     ] = Thresholds().transaction_warn_s,
     dsn: DsnOption = None,
 ) -> None:
-    """Queue depth, running and failed runs, throughput and age per queue; a warning (on stderr)
-    when a transaction holds vacuum's horizon back."""
+    """Queue depth, running and failed runs, throughput and age per queue; each tenant with quotas
+    (its quotas, queued, running, created today); a warning (on stderr) when a transaction holds
+    vacuum's horizon back. ``--json`` prints the queues only, as before (the tenants' JSON is
+    ``pgsched tenants list --json``)."""
     if not horizon_warning_s >= 0:
         raise InvalidInput(f"--horizon-warning-s must be 0 or more, got {horizon_warning_s:g}")
     with connect(dsn) as conn:
         if not watch:
-            rows = list_queues(conn)
-            render.print_json(rows) if json_output else render.print_table(rows, STATS_COLUMNS, title="queues")
+            if json_output:
+                render.print_json(list_queues(conn))
+            else:
+                render.print_table(list_queues(conn), STATS_COLUMNS, title="queues")
+                _print_tenants(quotas.list_tenants(conn))
             _warn_of_a_pinned_horizon(conn, horizon_warning_s)
             return
         from rich.live import Live
 
-        with Live(render.table(list_queues(conn), STATS_COLUMNS, "queues"), console=render.out) as live:
+        with Live(_stats_view(conn), console=render.out) as live:
             while True:
                 time.sleep(1)
-                live.update(render.table(list_queues(conn), STATS_COLUMNS, "queues"))
+                live.update(_stats_view(conn))
+
+
+def _print_tenants(rows: list[dict[str, Any]]) -> None:
+    """The tenants' table, when some tenant has quotas (most databases have none: no line)."""
+    if rows:
+        render.print_table(rows, TENANT_STATS_COLUMNS, title="tenants")
+
+
+def _stats_view(conn: psycopg.Connection) -> RenderableType:
+    """What --watch shows: the queues, then the tenants with quotas if any."""
+    queues = render.table(list_queues(conn), STATS_COLUMNS, "queues")
+    tenants = quotas.list_tenants(conn)
+    return Group(queues, render.table(tenants, TENANT_STATS_COLUMNS, "tenants")) if tenants else queues
 
 
 def _warn_of_a_pinned_horizon(conn: psycopg.Connection, after_s: float) -> None:

@@ -63,6 +63,7 @@ from pgsched.listener import Listener
 from pgsched.maintenance import (
     HistoryMover,
     maintain_history,
+    move_workflow_steps,
     prune_finished,
     refresh_rollup,
     repair_workflows,
@@ -249,6 +250,7 @@ class Beat:
         async with pool.connection() as conn:
             await maintain_history(conn, retention_s=self.options.retention_s)
             await self._mover.round(conn)
+            await move_workflow_steps(conn)
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
             await repair_workflows(conn)

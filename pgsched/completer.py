@@ -76,7 +76,9 @@ class Completer:
         while True:
             try:
                 return await self._write(batch)
-            except psycopg.OperationalError as exc:
+            except (psycopg.OperationalError, psycopg.errors.CheckViolation) as exc:
+                if isinstance(exc, psycopg.errors.CheckViolation) and not _partition_moved(exc):
+                    raise
                 delay = RETRY_DELAYS_S[min(failures, len(RETRY_DELAYS_S) - 1)]
                 failures += 1
                 logger.warning("writing %d outcomes failed (%s); retrying in %.1fs", len(batch), exc, delay)
@@ -86,6 +88,14 @@ class Completer:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(*_statement(self._worker_id, batch))
             return {row[0] for row in await cursor.fetchall()}
+
+
+def _partition_moved(error: psycopg.errors.CheckViolation) -> bool:
+    """A run the move routed to runs_history's DEFAULT partition while the leader attached its
+    day there ("new row for relation ... violates partition constraint"): the statement rolled
+    back whole, and the same batch goes to the new day's partition on the next try. Any other
+    check is the outcome's own, and would fail again."""
+    return "violates partition constraint" in (error.diag.message_primary or "")
 
 
 def _statement(worker_id: int, batch: list[Outcome]) -> tuple[LiteralString, dict[str, Any]]:

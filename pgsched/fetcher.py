@@ -21,7 +21,10 @@ claimed first, by :mod:`pgsched.limited_claim`, one transaction per limited queu
 locks its settings rows so every worker's claims for it take turns; the other runs take the
 remaining slots (``run_claim``, which passes over paused and limited queues, and over paused
 and limited tasks when there are any). A queue without settings pays one primary-key probe per
-claim. A unit held back by a rate is not claimed again before its next token is due.
+claim. A unit held back by a rate is not claimed again before its next token is due. Each
+unit's claim in claim order starts at its own cursor (:mod:`pgsched.claim_cursor`), as the open
+queues' does, so runs it may not take (a limited tenant's, queued ahead) are walked past only
+on a full pass.
 
 Process pool: runs of the process-pool tasks are claimed apart, no more than the idle children
 could start (a run waiting here for a child is a run another worker could be executing); the
@@ -165,6 +168,14 @@ def _text(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+def _cursor_kind(unit: Unit, only_tasks: list[str] | None) -> str | None:
+    """The cursor of a limited claim (0040), apart from the open queues' and from each other
+    unit's: each walks its own runs. None: a tenant's claim, which walks only its runs anyway."""
+    if unit.tenant is not None:
+        return None
+    return f"limited {unit.task or ''} {unit.queue_limited} {only_tasks is not None}"
+
+
 class Fetcher:
     def __init__(self, settings: FetchSettings, capacity: Capacity, stopping: asyncio.Event) -> None:
         self._settings = settings
@@ -228,10 +239,10 @@ class Fetcher:
         if self._waiting_for_capacity or self._held:
             self._wake.set()
 
-    def limits_hold(self, queue: str, task: str) -> bool:
-        """Whether a limit of ``queue`` or ``task`` counts a run of them (as last loaded): its
-        end frees a slot other workers may be waiting for."""
-        return queue in self._limits.limited_queues or task in self._limits.limited_tasks
+    def limits_hold(self, run: ClaimedRun) -> bool:
+        """Whether a limit counts ``run`` (its queue's, its task's as last loaded, or its
+        tenant's): its end frees a slot other workers may be waiting for."""
+        return run.tenant_limited or run.queue in self._limits.limited_queues or run.task in self._limits.limited_tasks
 
     @property
     def held(self) -> bool:
@@ -436,9 +447,17 @@ class Fetcher:
     ) -> list[ClaimedRun]:
         """Up to ``limit`` runs of ``unit``, within its limits; notes when to look again if
         limits hold back due runs (a rate: not before the next token is due)."""
+        params = self._claim_params(limit, only_tasks, skip_tasks)
+        kind = _cursor_kind(unit, only_tasks)
+        if kind is not None:
+            params.update(_array_literals(self._cursors.params(unit.queues, kind)))
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
-            params = self._claim_params(limit, only_tasks, skip_tasks)
             claim = await claim_limited(conn, unit, self._limits, params, pgbouncer=self._settings.pgbouncer)
+        if kind is not None and claim.looked:
+            self._cursors.advance(unit.queues, claim.runs, kind)
+        if unit.tenant is not None:
+            for run in claim.runs:
+                run.tenant_limited = True
         self._token_due.pop(unit, None)
         if not claim.runs and claim.retry_in is None:
             self._empty.add((unit, only_tasks is not None))

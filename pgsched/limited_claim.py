@@ -7,7 +7,7 @@ A *unit* is what one such claim covers: one limited queue (all its tasks but the
 one limited task in one limited queue, or one limited task over the worker's open queues; and
 each of those, and the worker's open queues, for one tenant with a ``max_running`` (every other
 claim passes over that tenant's runs). Its claim is one statement (``run_claim_limited``, the
-function ``pgsched.run_claim_limited_v3``): lock the settings rows that apply (SKIP LOCKED, so
+function ``pgsched.run_claim_limited_v4``): lock the settings rows that apply (SKIP LOCKED, so
 the claims of every worker for the same limit take turns and never wait), then, in a statement
 of its own, count what runs, spend the buckets' whole tokens and claim no more than every limit
 leaves. A refusal always rests on a count of the runs' rows and leases, so a SIGKILLed worker's
@@ -127,6 +127,7 @@ class LimitedClaim:
     # until the next token when a rate holds runs back, else HELD_BY_LIMIT_PAUSE_S.
     retry_in: float | None
     by_rate: bool = False  # retry_in is a token's due time (no slot another worker frees helps)
+    looked: bool = True  # False: the rows were another worker's turn, no run was looked at
 
 
 def takes(unit: Unit, only_tasks: list[str] | None, skip_tasks: list[str] | None) -> bool:
@@ -146,15 +147,17 @@ async def claim_limited(
 ) -> LimitedClaim:
     """Claim up to ``params["limit"]`` runs of ``unit`` within its limits, in one statement on
     ``conn`` (autocommit: it is its own transaction, and the row locks last until it commits).
-    ``params``: run_claim's (limit, worker_id, lease_s, now, only_tasks, skip_tasks). Through a
-    transaction-mode pooler (``pgbouncer``) it skips the WAL flush by itself.
+    ``params``: run_claim's (limit, worker_id, lease_s, now, only_tasks, skip_tasks), and its
+    cursor's arrays (after_priority, after_run_at, after_id, from_run_at) if it has one: then the
+    claim in claim order starts there (a tenant's claim takes none). Through a transaction-mode
+    pooler (``pgbouncer``) it skips the WAL flush by itself.
 
     One round trip: 0020's claim took four (BEGIN, the locks, the claim, COMMIT), and limits
     that never bind cost a drain 0.77x; pipelining them into two cost the worker more CPU than
     it saved (0.70-0.76x)."""
     skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
     cursor = await conn.execute(
-        queries["run_claim_limited" if unit.tenant is None else "run_claim_tenant_limited"],
+        queries[_query(unit, params)],
         {
             **params,
             "skip_tasks": skip,
@@ -170,9 +173,16 @@ async def claim_limited(
         # A row not locked: another worker's turn (or paused, or no longer limited: a reload
         # follows). Under a rate, that worker is taking the token this one woke for.
         if limits.rate_applies(unit):
-            return LimitedClaim([], RACE_LOST_PAUSE_S, by_rate=True)
-        return LimitedClaim([], HELD_BY_LIMIT_PAUSE_S)
+            return LimitedClaim([], RACE_LOST_PAUSE_S, by_rate=True, looked=False)
+        return LimitedClaim([], HELD_BY_LIMIT_PAUSE_S, looked=False)
     return _outcome(rows, params["limit"])
+
+
+def _query(unit: Unit, params: dict[str, Any]) -> str:
+    """The named claim for ``unit``: a tenant's, or from a cursor when ``params`` has one."""
+    if unit.tenant is not None:
+        return "run_claim_tenant_limited"
+    return "run_claim_limited_from" if "after_priority" in params else "run_claim_limited"
 
 
 def _outcome(rows: list[tuple[Any, ...]], limit: int) -> LimitedClaim:

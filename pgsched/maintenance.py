@@ -107,8 +107,9 @@ async def prune_finished(conn: psycopg.AsyncConnection, *, retention_s: float, n
             cursor = await conn.execute(
                 queries[statement], {"now": now, "retention_s": retention_s, "limit": PRUNE_BATCH}
             )
-            pruned += cursor.rowcount
-            if cursor.rowcount < PRUNE_BATCH:
+            batch = int((await cursor.fetchone())[0])  # type: ignore[index]
+            pruned += batch
+            if batch < PRUNE_BATCH:
                 break
     if pruned:
         logger.info("pruned %d finished runs older than %.0fs", pruned, retention_s)
@@ -228,21 +229,27 @@ class HistoryMover:
     """The leader's move of the runs that ended before runs started moving on their own (schema
     0030, post-deploy): one pass over runs in id order, :data:`MOVE_BATCH` runs a statement,
     resumed from where the last round stopped. Before that file, it moves nothing: the previous
-    release, maybe still running, reads finished runs in runs."""
+    release, maybe still running, reads finished runs in runs. Once 0049 (post-deploy) moves
+    runs with a unique_key too, one more pass moves those that ended before it."""
 
     after_id: int = 0
     done: bool = False
+    version: int = 0  # which runs the pass moves: history_mover_ready's answer when it started
 
     async def round(
         self, conn: psycopg.AsyncConnection, *, batch: int = MOVE_BATCH, batches: int = MOVE_BATCHES_PER_ROUND
     ) -> int:
         """Move up to ``batches`` batches of ``batch`` runs; return how many moved. ``conn`` is
         an autocommit connection: each batch commits on its own."""
-        if self.done or not (await (await conn.execute(queries["history_mover_ready"])).fetchone())[0]:  # type: ignore[index]
+        version = int((await (await conn.execute(queries["history_mover_ready"])).fetchone())[0])  # type: ignore[index]
+        if version > self.version:  # a post-deploy file moves more runs: a new pass from the start
+            self.version, self.after_id, self.done = version, 0, False
+        if self.done or not self.version:
             return 0
+        statement = queries["history_move_finished_v2" if self.version >= 2 else "history_move_finished"]
         moved = 0
         for _ in range(batches):
-            cursor = await conn.execute(queries["history_move_finished"], {"after_id": self.after_id, "batch": batch})
+            cursor = await conn.execute(statement, {"after_id": self.after_id, "batch": batch})
             count, reached = await cursor.fetchone()  # type: ignore[misc]
             moved += count
             if reached is None or count < batch:
@@ -256,3 +263,26 @@ class HistoryMover:
                 "" if self.done else f" (next round from id {self.after_id})",
             )
         return moved
+
+
+async def move_workflow_steps(
+    conn: psycopg.AsyncConnection, *, batch: int = MOVE_BATCH, batches: int = MOVE_BATCHES_PER_ROUND
+) -> int:
+    """Move the steps of workflows that succeeded to runs_history (schema 0047), up to
+    ``batches`` batches of ``batch``; return how many moved. Like :class:`HistoryMover`, nothing
+    moves before schema 0030's post-deploy file: the previous release reads steps in runs. Steps
+    with a unique_key move from schema 0049 (post-deploy) on."""
+    version = int((await (await conn.execute(queries["history_mover_ready"])).fetchone())[0])  # type: ignore[index]
+    if not version:
+        return 0
+    statement = queries["history_move_workflow_steps_v2" if version >= 2 else "history_move_workflow_steps"]
+    moved = 0
+    for _ in range(batches):
+        cursor = await conn.execute(statement, {"batch": batch})
+        count = (await cursor.fetchone())[0]  # type: ignore[index]
+        moved += count
+        if count < batch:
+            break
+    if moved:
+        logger.info("runs_history: moved %d steps of workflows that succeeded", moved)
+    return moved

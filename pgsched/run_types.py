@@ -28,6 +28,9 @@ class ClaimedRun:
     priority: int = 0
     run_at: datetime | None = None
     has_parents: bool = False  # a workflow step: its parents' results are read before it runs
+    # Claimed within its tenant's max_running (not a claim's column): its end frees a slot other
+    # workers may be waiting for, as a limited queue's run does.
+    tenant_limited: bool = False
 
 
 @dataclass(slots=True)

@@ -5,7 +5,7 @@
 
 Slots: at most ``concurrency`` tasks execute at once; a slot frees when its task ends, so
 the next claim overlaps the completer's write. Outcomes not yet committed are bounded too
-(at most twice ``concurrency``): past that the fetcher waits for the completer. When and how
+(twice ``concurrency``, at least MIN_UNWRITTEN): past that the fetcher waits for the completer. When and how
 much to claim is the fetcher's business (:mod:`pgsched.fetcher`); the worker tells it how many
 slots and children are free and starts what it claims.
 
@@ -59,6 +59,13 @@ BEAT_RESTART_S = 1.0
 # How long a stopping worker waits for the database to take its last writes when the grace
 # period is shorter (a brief outage passes; a long one must not keep it from exiting).
 SHUTDOWN_WRITE_TIMEOUT_S = 5.0
+# The fewest outcomes a worker may hold unwritten before it stops claiming. Twice the
+# concurrency alone kept a small worker in lockstep with its completions: at concurrency 10 it
+# claimed 10, then 10 more, then waited for each fsync'd write of 10 (1 x 10 drained at 0.31-0.5x
+# of 1 x 80, every completion a statement for 10 runs). With room for a few hundred, claims go on
+# while a write is in flight and the next write takes what piled up meanwhile. The cost: more
+# finished runs run again if the worker is killed before it writes them (at-least-once).
+MIN_UNWRITTEN = 200
 
 
 class WorkerFailed(PgschedError):
@@ -140,8 +147,8 @@ class Worker:
             app, default_pool=self.options.pool, size=self.options.processes, app_path=self.options.app_path
         )
         self._process_runs = 0  # executing runs that hold or wait for a child process
-        # Room for one batch being written while the next one executes.
-        self._max_unwritten = 2 * self.options.concurrency
+        # Room for one batch being written while the next ones execute.
+        self._max_unwritten = max(2 * self.options.concurrency, MIN_UNWRITTEN)
         self._abandoned_threads = False
         self._stop_beat: Callable[[], None] | None = None
         self._background_checks: set[asyncio.Task[None]] = set()
@@ -322,7 +329,7 @@ class Worker:
             execution.in_process = True
             self._process_runs += 1
         self._state.executing[run.id] = execution
-        if self._fetcher.limits_hold(run.queue, run.task):
+        if self._fetcher.limits_hold(run):
             self._limited_runs[run.id] = run.queue
         # The loop's own create_task: asyncio.create_task is a Python wrapper around it that also
         # names the task (one more frame and call per run). No done callback: _execute frees the
@@ -460,9 +467,10 @@ class Worker:
             task.add_done_callback(self._background_notifies.discard)
 
     async def _notify_slots_freed(self, pool: AsyncConnectionPool, queues: list[str]) -> None:
-        """Runs of limited queues or tasks ended while their limits bind: wake the workers of
-        their queues (a slot another worker waits for is free; without this, it would look
-        again only after 50 ms). Best effort: a worker that misses it looks again anyway."""
+        """Runs of limited queues or tasks, or of a tenant with a max_running, ended while
+        their limits bind: wake the workers of their queues (a slot another worker waits for
+        is free; without this, it would look again only after 50 ms). Best effort: a worker
+        that misses it looks again anyway."""
         try:
             async with pool.connection() as conn:
                 await conn.execute(queries["queue_notify_slots_freed"], {"queues": queues})

@@ -86,23 +86,57 @@ RETURNING id, task, args, queue, priority, status::text AS status, attempt, max_
           job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
           errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key;
 
+-- name: run_insert_returning_many
+-- run_insert_returning for the POST /runs that wait together (pgsched.api.batching): one row per
+-- array element, each with its own options, tenant and origin. nextval numbers the ids in the
+-- arrays' order, so the caller matches rows to requests by id, whatever order RETURNING gives.
+WITH runs_ids AS MATERIALIZED (SELECT pg_get_serial_sequence('pgsched.runs', 'id')::regclass AS seq),
+wanted AS MATERIALIZED (
+    SELECT nextval(runs_ids.seq) AS id, w.*
+    FROM runs_ids,
+         unnest(%(task)s::text[], %(args)s::jsonb[], %(queue)s::text[], %(priority)s::int[],
+                %(run_at)s::timestamptz[], %(delay)s::float8[], %(max_attempts)s::int[], %(tenant)s::text[],
+                %(expires_at)s::timestamptz[], %(expires_in)s::float8[], %(trace_context)s::text[],
+                %(request_id)s::text[], %(concurrency_key)s::text[])
+             WITH ORDINALITY AS w(task, args, queue, priority, run_at, delay, max_attempts, tenant, expires_at,
+                                  expires_in, trace_context, request_id, concurrency_key, n)
+    ORDER BY w.n
+)
+INSERT INTO pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, expires_at,
+                          trace_context, request_id, concurrency_key)
+SELECT id, task, args, queue, priority, coalesce(run_at, now()) + make_interval(secs => delay), max_attempts,
+       tenant, coalesce(expires_at, now() + make_interval(secs => expires_in)), trace_context, request_id,
+       concurrency_key
+FROM wanted
+RETURNING id, task, args, queue, priority, status::text AS status, attempt, max_attempts, run_at,
+          job_id, scheduled_for, worker_id, started_at, finished_at, lease_expires_at, result,
+          errors, unique_key, tenant, created_at, expires_at, trace_context, request_id, concurrency_key;
+
 -- name: run_insert_unique
--- One run with an idempotency key: inserts it, or returns the run that already holds the key.
-WITH inserted AS (
+-- One run with an idempotency key: inserts it, or returns the run that already holds the key,
+-- in runs or in runs_history (schema 0037: pgsched.run_unique_key_holder, which reads a new
+-- snapshot, so a holder that committed while this statement ran is found too). Inserted only
+-- when the key has no holder; runs' index refuses the row to a concurrent enqueue of the key
+-- that is still in runs, and the key's trigger one whose run has since moved (unique_violation:
+-- that run would have had to be claimed, run and ended within this statement).
+WITH held AS MATERIALIZED (
+    SELECT pgsched.run_unique_key_holder(%(unique_key)s) AS id
+), inserted AS (
     INSERT INTO pgsched.runs (task, args, queue, priority, run_at, max_attempts, unique_key, tenant, expires_at,
                               trace_context, request_id, concurrency_key)
-    VALUES (%(task)s, %(args)s, %(queue)s, %(priority)s,
-            coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
-            %(max_attempts)s, %(unique_key)s, %(tenant)s,
-            coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
-            %(trace_context)s, %(request_id)s, %(concurrency_key)s)
+    SELECT %(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::integer,
+           coalesce(%(run_at)s::timestamptz, now()) + make_interval(secs => %(delay)s),
+           %(max_attempts)s::integer, %(unique_key)s::text, %(tenant)s::text,
+           coalesce(%(expires_at)s::timestamptz, now() + make_interval(secs => %(expires_in)s::float8)),
+           %(trace_context)s::text, %(request_id)s::text, %(concurrency_key)s::text
+    FROM held WHERE held.id IS NULL
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id
 )
 SELECT id, true AS created FROM inserted
 UNION ALL
-SELECT id, false FROM pgsched.runs_all
-WHERE unique_key = %(unique_key)s AND NOT EXISTS (SELECT FROM inserted);
+SELECT coalesce(held.id, pgsched.run_unique_key_holder(%(unique_key)s)), false FROM held
+WHERE NOT EXISTS (SELECT FROM inserted);
 
 -- name: run_reserve_ids
 -- Ids and the run_at for a bulk enqueue, so COPY can write rows whose ids the caller gets back.
@@ -203,8 +237,9 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
           r.parents_pending IS NOT NULL AS has_parents;
 
 -- name: run_claim_limited
--- The claim of runs behind limits (pgsched.run_claim_limited_v3, schema 0033; v2 of 0028 counts
--- at every claim, v1 of 0021 has no fair queues either), one round trip:
+-- The claim of runs behind limits (pgsched.run_claim_limited_v4, schema 0040, which claims as v3
+-- of 0033 does but for a tenant's runs; v2 of 0028 counts at every claim, v1 of 0021 has no
+-- fair queues either), one round trip:
 -- up to %(limit)s due runs of %(queues)s (one queue when it is limited; the worker's open
 -- queues for a limited task's claim), of %(task)s only (NULL: any task but %(skip_tasks)s),
 -- and no more than each limit leaves:
@@ -228,20 +263,33 @@ RETURNING r.id, r.task, r.args, r.attempt, r.max_attempts, r.queue, r.trace_cont
 -- row with those and NULLs. No run of a tenant with a max_running (run_claim_tenant_limited
 -- claims those). %(skip_flush)s: through a transaction-mode pooler, the claim's
 -- transaction skips the WAL flush by itself (SET LOCAL), as run_claim_skip_flush does.
-SELECT * FROM pgsched.run_claim_limited_v3(
+SELECT * FROM pgsched.run_claim_limited_v4(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    NULL::text);
+    NULL::text, NULL, NULL, NULL, NULL);
+
+-- name: run_claim_limited_from
+-- run_claim_limited from each queue's cursor (%(after_priority)s, %(after_run_at)s, %(after_id)s,
+-- %(from_run_at)s: arrays aligned with %(queues)s, as run_claim's; 0040): what the fetcher
+-- makes. Its claim in claim order starts there instead of at the head of each queue, so runs
+-- it may not take (a limited tenant's, queued ahead of the rest) are walked past only on a
+-- full pass.
+SELECT * FROM pgsched.run_claim_limited_v4(
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
+    NULL::text, %(after_priority)s::smallint[], %(after_run_at)s::timestamptz[], %(after_id)s::bigint[],
+    %(from_run_at)s::timestamptz[]);
 
 -- name: run_claim_tenant_limited
 -- run_claim_limited for the runs of %(tenant)s only, a tenant with a max_running (0033): within
 -- its max_running too, counted over every queue (runs_tenant_running_idx) while this claim
 -- holds the tenant's claim lock (a transaction advisory lock, try only: another worker's turn
--- is one row with locked false). A tenant without a max_running now: locked false too.
-SELECT * FROM pgsched.run_claim_limited_v3(
+-- is one row with locked false). A tenant without a max_running now: locked false too. The
+-- tenant's runs are found through runs_fair_idx (0040), not by walking the queues' other runs.
+SELECT * FROM pgsched.run_claim_limited_v4(
     %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
-    %(tenant)s::text);
+    %(tenant)s::text, NULL, NULL, NULL, NULL);
 
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and
@@ -867,28 +915,52 @@ WHERE EXISTS (SELECT FROM pg_locks
 -- forgets a workflow (its row and edges) once the workflow itself ended before the retention;
 -- its steps go here in the same round. (The workflows lookup is by primary key and only for
 -- workflow steps: plain runs pay the NULL test.)
-DELETE FROM pgsched.runs
-WHERE id IN (SELECT r.id FROM pgsched.runs AS r
-             WHERE r.finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
-               AND (r.workflow_id IS NULL
-                    OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
-             LIMIT %(limit)s);
+-- Their unique_keys go with them (schema 0037); returns how many runs went.
+WITH gone AS (
+    DELETE FROM pgsched.runs
+    WHERE id IN (SELECT r.id FROM pgsched.runs AS r
+                 WHERE r.finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                   AND (r.workflow_id IS NULL
+                        OR NOT EXISTS (SELECT FROM pgsched.workflows AS w WHERE w.id = r.workflow_id))
+                 LIMIT %(limit)s)
+    RETURNING id, unique_key
+), keys_gone AS (
+    DELETE FROM pgsched.run_unique_keys AS k USING gone
+    WHERE gone.unique_key IS NOT NULL AND k.unique_key = gone.unique_key AND k.run_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- name: history_prune_default
 -- Delete up to %(limit)s finished runs older than the retention from the DEFAULT partition of
 -- runs_history (strays: runs of a day that had no partition); the day partitions go whole.
-DELETE FROM pgsched.runs_history_default
-WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history_default
-                            WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
-                            LIMIT %(limit)s);
+-- With their unique_keys (see run_prune_finished); returns how many runs went.
+WITH gone AS (
+    DELETE FROM pgsched.runs_history_default
+    WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history_default
+                                WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                                LIMIT %(limit)s)
+    RETURNING id, unique_key
+), keys_gone AS (
+    DELETE FROM pgsched.run_unique_keys AS k USING gone
+    WHERE gone.unique_key IS NOT NULL AND k.unique_key = gone.unique_key AND k.run_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- name: history_prune_rows
 -- With a retention shorter than a day (no partition is ever wholly past it), the rows past it
 -- in any partition, up to %(limit)s (runs_history_finished_idx).
-DELETE FROM pgsched.runs_history
-WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history
-                            WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
-                            LIMIT %(limit)s);
+-- With their unique_keys (see run_prune_finished); returns how many runs went.
+WITH gone AS (
+    DELETE FROM pgsched.runs_history
+    WHERE (id, finished_at) IN (SELECT id, finished_at FROM pgsched.runs_history
+                                WHERE finished_at < coalesce(%(now)s::timestamptz, now()) - make_interval(secs => %(retention_s)s)
+                                LIMIT %(limit)s)
+    RETURNING id, unique_key
+), keys_gone AS (
+    DELETE FROM pgsched.run_unique_keys AS k USING gone
+    WHERE gone.unique_key IS NOT NULL AND k.unique_key = gone.unique_key AND k.run_id = gone.id
+)
+SELECT count(*) FROM gone;
 
 -- name: history_lock_timeout
 -- For the partition changes that follow in this transaction: give up rather than queue readers
@@ -906,17 +978,34 @@ SELECT name, day, ends_at FROM pgsched.history_partitions();
 
 -- name: history_partition_drop
 -- Drop one day partition whose range ended before %(before)s (false: not that old, or gone).
-SELECT pgsched.history_partition_drop(%(name)s, %(before)s::timestamptz);
+-- (v2, schema 0037: its runs' unique_keys go with it.)
+SELECT pgsched.history_partition_drop_v2(%(name)s, %(before)s::timestamptz);
 
 -- name: history_mover_ready
--- Whether runs move to runs_history here (schema 0030, post-deploy): before it, the previous
--- release may still read finished runs in runs, and the leader leaves them there.
-SELECT to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT NULL;
+-- Which runs move to runs_history here: 0 none (before schema 0030, post-deploy: the previous
+-- release may still read finished runs in runs, and the leader leaves them there); 1 those
+-- without a unique_key (0030); 2 those with one too (0049, post-deploy).
+SELECT CASE WHEN to_regprocedure('pgsched.history_move_finished_v2(bigint, integer)') IS NOT NULL THEN 2
+            WHEN to_regprocedure('pgsched.history_move_finished(bigint, integer)') IS NOT NULL THEN 1
+            ELSE 0 END;
 
 -- name: history_move_finished
 -- Up to %(batch)s runs that ended before schema 0030 (id above %(after_id)s), moved to
 -- runs_history in one statement; returns how many and the highest id reached (NULL: the end).
 SELECT moved, reached FROM pgsched.history_move_finished(%(after_id)s, %(batch)s);
+
+-- name: history_move_finished_v2
+-- history_move_finished with the runs that have a unique_key (schema 0049), keys registered.
+SELECT moved, reached FROM pgsched.history_move_finished_v2(%(after_id)s, %(batch)s);
+
+-- name: history_move_workflow_steps
+-- Up to %(batch)s steps of workflows that succeeded, moved to runs_history in one statement
+-- (schema 0047); returns how many.
+SELECT pgsched.history_move_workflow_steps(%(batch)s);
+
+-- name: history_move_workflow_steps_v2
+-- history_move_workflow_steps with the steps that have a unique_key (schema 0049), keys registered.
+SELECT pgsched.history_move_workflow_steps_v2(%(batch)s);
 
 -- name: history_default_rows
 -- Rows in runs_history's DEFAULT partition, counted up to %(cap)s: it should be empty, and a

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched import App
@@ -160,3 +161,49 @@ def test_the_worker_names_each_outcome_its_lease_no_longer_covered(app: App, cap
         worker._on_written(batch, {1})
 
     assert caplog.messages == ["run 2: outcome discarded, this worker no longer held attempt 3 (lease lost)"]
+
+
+REFUSE_ONCE = """
+CREATE SEQUENCE public.refusals;
+CREATE FUNCTION public.refuse_first_success() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('public.refusals') = 1 THEN  -- a sequence: counted even though the error rolls back
+        RAISE EXCEPTION 'new row for relation "runs_history_default" violates %', %L USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER refuse_first_success BEFORE UPDATE ON pgsched.runs
+    FOR EACH ROW WHEN (NEW.status = 'succeeded') EXECUTE FUNCTION public.refuse_first_success();
+"""
+
+
+def test_a_completion_refused_while_its_day_partition_was_attached_is_written_again(
+    dsn: str, conn: psycopg.Connection[Any], caplog: Any
+) -> None:
+    # PostgreSQL's refusal of a run the move routed to DEFAULT while the leader attached that
+    # day (schema 0032's known race, when the leader was down for days): the first write only.
+    conn.execute(REFUSE_ONCE.replace("%L", "'partition constraint'").encode())
+    worker = register(conn)
+    [(run_id, attempt)] = running(conn, 1, worker)
+    with caplog.at_level(logging.WARNING, logger="pgsched.worker"):
+        assert write(dsn, worker, [Outcome(run_id, attempt, "succeeded", result="1")]) == [{run_id}]
+    assert row(conn, run_id)[:2] == ("succeeded", 1)
+    assert "violates partition constraint" in caplog.text and "retrying" in caplog.text
+
+
+def test_a_completion_refused_by_another_check_is_not_retried(dsn: str, conn: psycopg.Connection[Any]) -> None:
+    conn.execute(REFUSE_ONCE.replace("%L", "'check constraint \"some_rule\"'").encode())
+    worker = register(conn)
+    [(run_id, attempt)] = running(conn, 1, worker)
+
+    async def main() -> None:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False) as pool:
+            await pool.open(wait=True)
+            completer = Completer(pool, worker, lambda batch, ids: None)
+            completer.add(Outcome(run_id, attempt, "succeeded", result="1"))
+            await asyncio.wait_for(completer.run(), 10)
+
+    with pytest.raises(psycopg.errors.CheckViolation, match="some_rule"):
+        run_async(main())
+    assert row(conn, run_id)[0] == "running"

@@ -88,6 +88,49 @@ def test_the_plain_claim_passes_over_a_limited_tenant_and_its_own_claim_takes_no
     assert len(claimed_ids(conn.execute(queries["run_claim"], plain).fetchall(), 0)) == 3
 
 
+def test_the_tenants_claim_finds_its_runs_behind_others_in_claim_order_and_never_an_expired_or_deferred_one(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """0040: the tenant's runs come from runs_fair_idx, a priority at a time: behind 200 other
+    runs, in (priority, run_at, id) order over the priorities, in each queue of the claim."""
+    set_tenant(conn, "acme", max_running=4)
+    conn.execute("INSERT INTO pgsched.runs (task, queue) SELECT 't', 'a' FROM generate_series(1, 200)")
+    conn.execute("INSERT INTO pgsched.runs (task, queue, tenant) SELECT 't', 'a', 'beta' FROM generate_series(1, 50)")
+    later = insert_run(conn, "t", {}, tenant="acme", queue="a", priority=5)
+    first = insert_run(conn, "t", {}, tenant="acme", queue="a", priority=-5)
+    in_b = insert_run(conn, "t", {}, tenant="acme", queue="b", priority=0)
+    insert_run(conn, "t", {}, tenant="acme", queue="a", priority=-9, expires_at="2000-01-01T00:00:00Z")
+    insert_run(conn, "t", {}, tenant="acme", queue="a", priority=-9, run_at="2999-01-01T00:00:00Z")
+    insert_run(conn, "other", {}, tenant="acme", queue="a", priority=9)
+    of_tenant = {**CLAIM, "queues": ["a", "b"], "queue_locked": False, "tenant": "acme", "skip_tasks": ["other"]}
+    rows = conn.execute(queries["run_claim_tenant_limited"], {**of_tenant, "limit": 2}).fetchall()
+    assert sorted(claimed_ids(rows, 8)) == sorted([first, in_b])  # the first of each priority order
+    assert rows[0][2]  # more due: the one of priority 5
+    assert claimed_ids(conn.execute(queries["run_claim_tenant_limited"], of_tenant).fetchall(), 8) == [later]
+
+
+def test_a_limited_claim_from_its_cursor_takes_the_runs_after_it_and_a_full_pass_those_before(
+    conn: psycopg.Connection[Any],
+) -> None:
+    """0040: run_claim_limited_from starts where the fetcher's last claim of the unit ended, as
+    run_claim does, so a limited tenant's runs queued ahead are walked past on full passes only."""
+    set_tenant(conn, "acme", max_running=1)
+    set_queue_settings(conn, "a", max_running=100)
+    conn.execute("INSERT INTO pgsched.runs (task, queue, tenant) SELECT 't', 'a', 'acme' FROM generate_series(1, 20)")
+    ahead = [insert_run(conn, "t", {}, queue="a") for _ in range(3)]
+    in_a = {**CLAIM, "queues": ["a"], "queue_locked": True, "limit": 2}
+    full = {name: [None] for name in FROM_THE_START}
+    rows = conn.execute(queries["run_claim_limited_from"], {**in_a, **full}).fetchall()
+    assert sorted(claimed_ids(rows, 8)) == ahead[:2]  # past acme's 20, in claim order
+    priority, run_at = next((row[16], row[17]) for row in rows if row[8] == ahead[1])
+    cursor = {"after_priority": [priority], "after_run_at": [run_at], "after_id": [ahead[1]], "from_run_at": [run_at]}
+    early = insert_run(conn, "t", {}, queue="a", priority=-1)  # sorts before the cursor
+    assert claimed_ids(conn.execute(queries["run_claim_limited_from"], {**in_a, **cursor}).fetchall(), 8) == [ahead[2]]
+    assert claimed_ids(conn.execute(queries["run_claim_limited_from"], {**in_a, **full}).fetchall(), 8) == [early]
+    queued = "SELECT count(*) FROM pgsched.runs WHERE tenant = 'acme' AND status = 'queued' AND attempt = 0"
+    assert scalar(conn, queued) == 20  # never taken by the queue's claim
+
+
 def test_max_running_is_refused_below_1_at_every_entry_point_and_changes_nothing(
     dsn: str, conn: psycopg.Connection[Any], api: Api
 ) -> None:
@@ -169,6 +212,23 @@ def test_a_tenants_max_running_holds_over_every_queue_while_eight_worker_process
     assert scalar(conn, MAX_OVERLAP, ("acme-%",)) == limit  # at the limit, never over it
     assert scalar(conn, MAX_OVERLAP, ("beta-%",)) > limit  # another tenant is not held by it
     assert scalar(conn, "SELECT max(attempt) FROM pgsched.runs_all WHERE id = ANY(%s)", (acme,)) == 1
+
+
+def test_the_end_of_a_tenant_limited_run_wakes_the_workers_of_its_queue(
+    workers: Workers, conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """The slot-freed notification (as for a limited queue): a worker waiting for the tenant's
+    slot is woken when the run holding it ends, not at its next look 50 ms later. The queue has
+    no limit of its own, so before, no notification was sent."""
+    set_tenant(conn, "acme", max_running=1)
+    workers.start("--queues", "a", "--concurrency", "4")
+    held = [insert_run(conn, "slow", {"key": f"acme-{i}", "seconds": 0.5}, queue="a", tenant="acme") for i in range(2)]
+    workers.wait_until(lambda: scalar(conn, RUNNING_OF, ("acme",)) == 1, 30, "the first of acme's runs to start")
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgsched")  # the enqueue channel: no insert follows, only the worker sends
+        payloads = [n.payload for n in listener.notifies(timeout=30, stop_after=1)]
+    assert payloads == ["a"]
+    workers.wait_until(lambda: scalar(conn, SUCCEEDED, (held,)) == 2, 30, "both of acme's runs to succeed")
 
 
 @pytest.mark.slow

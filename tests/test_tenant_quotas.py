@@ -7,6 +7,7 @@ made from the runs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -299,6 +300,26 @@ def test_cli_sets_and_lists_quotas_and_an_enqueue_over_one_is_one_line(dsn: str,
     assert run_cli(dsn, "tenants", "set", "acme", "--max-queued", "none").returncode == 0
     assert quota_rows(conn) == [("acme", None, 10)]
     assert runs_of(conn, "acme") == 1
+
+
+def test_cli_stats_shows_each_tenants_quotas_and_counts_and_its_json_stays_the_queues(
+    dsn: str, conn: psycopg.Connection
+) -> None:
+    assert "tenants" not in run_cli(dsn, "stats").stdout  # no tenant has quotas: no table
+    set_tenant(conn, "acme", max_queued=5, max_running=2, runs_per_day=100)
+    conn.execute("INSERT INTO pgsched.runs (task, tenant) SELECT 'noop', 'acme' FROM generate_series(1, 3)")
+    conn.execute(
+        "UPDATE pgsched.runs SET status = 'running', attempt = 1, started_at = now(),"
+        " lease_expires_at = now() + interval '1 hour' WHERE id = (SELECT min(id) FROM pgsched.runs)"
+    )
+    shown = run_cli(dsn, "stats")
+    assert shown.returncode == 0, shown.stderr
+    tenants_table = shown.stdout[shown.stdout.index("tenants") :]
+    row = next(line for line in tenants_table.splitlines() if "acme" in line)
+    # name, max_queued, queued, max_running, running, runs_per_day, created_today
+    assert [cell.strip() for cell in row.strip("│┃ ").split("│")] == ["acme", "5", "2", "2", "1", "100", "3"]
+    as_json = run_cli(dsn, "stats", "--json")
+    assert [queue["queue"] for queue in json.loads(as_json.stdout)] == ["default"]  # scripts' shape kept
 
 
 @pytest.mark.parametrize("value", BAD_QUOTAS)

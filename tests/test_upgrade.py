@@ -160,7 +160,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         migrate(conn, up_to=PREVIOUS_RELEASE)
         migrate(conn)
-        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030", "0046"]
+        assert [m.version for m in pending(conn, post_deploy=True)] == ["0013", "0030", "0046", "0049"]
         assert upsert_job(conn, every_minute, tenant="acme") is True
         # Until then the previous release's upsert (ON CONFLICT (name)) works, and so names stay
         # unique across tenants.
@@ -169,7 +169,7 @@ def test_job_names_are_unique_per_tenant_once_the_post_deploy_migration_ran(empt
         )
         with pytest.raises(JobNameTaken):
             upsert_job(conn, every_minute, tenant="beta")
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030", "0046"]
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0013", "0030", "0046", "0049"]
         assert upsert_job(conn, every_minute, tenant="beta") is True
         assert upsert_job(conn, every_minute) is True  # the admin's own, without a tenant
         assert [(job["name"], job["tenant"]) for job in list_jobs(conn) if job["name"] == "sync"] == [
@@ -197,6 +197,7 @@ def test_migrate_says_what_it_repaired_and_what_waits_and_doctor_fixes_the_rest(
         "0013_job_names_per_tenant",
         "0030_runs_move_to_history",
         "0046_history_move_by_id",
+        "0049_unique_key_runs_move",
     ]
     assert {(r["table_name"], r["rows"]) for r in report["repaired"]} == {("runs", 6), ("jobs", 2)}
     assert len(report["unvalidated"]) >= 10  # 0009's, and later migrations' for new columns
@@ -231,7 +232,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
         migrate(conn, up_to="0031")
         expand = [m.version for m in pending(conn)]  # this release's own (0032, and later ones)
         assert "0032" in expand and "0030" not in expand
-        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030", "0046"]
+        assert [m.version for m in pending(conn, post_deploy=True) if m.post_deploy] == ["0030", "0046", "0049"]
         with conn.transaction():  # as its workers left them (schema 0009 lets SQL insert only queued runs)
             conn.execute("SET LOCAL session_replication_role = replica")
             conn.execute(
@@ -275,7 +276,7 @@ def test_the_move_is_switched_on_while_a_worker_drains_and_the_leader_moves_what
 
         applied, moved = asyncio.run(drain())
         app.close()
-        assert applied == ["0030", "0046"]
+        assert applied == ["0030", "0046", "0049"]
         # Every run once, all of them succeeded, and none left ended in runs: each either moved
         # by the leader (ended before 0030) or on its own (ended after).
         total = ended_before + backlog
@@ -303,8 +304,9 @@ def test_the_move_goes_by_primary_key_whether_0030_came_before_or_after_0045(emp
         assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history"
         assert "0045" in [m.version for m in migrate(conn)]  # the expand step re-points it at once
         assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v2"
-        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0046"]
-        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v2"
+        # 0046 points it at v2 again, then 0049 (post-deploy, after it) at v3: keyed runs in the batch.
+        assert [m.version for m in migrate(conn, post_deploy=True)] == ["0046", "0049"]
+        assert trigger_function(conn, "runs_to_history") == "pgsched.runs_to_history_v3"
         # A statement that ends runs of every kind moves exactly those that end for good.
         ids = [
             row[0]
@@ -325,3 +327,99 @@ def test_the_move_goes_by_primary_key_whether_0030_came_before_or_after_0045(emp
         )
         assert scalar(conn, "SELECT array_agg(id ORDER BY id) FROM pgsched.runs") == [ids[0]]
         assert scalar(conn, "SELECT array_agg(id ORDER BY id) FROM pgsched.runs_history") == ids[1:]
+
+
+def test_runs_with_keys_start_moving_while_a_worker_drains_and_enqueues_repeat_their_keys(empty_dsn: str) -> None:
+    # The release before 0037 with the move on: its runs with a key stay in runs, ended or not,
+    # and hold their keys in runs' index alone. `migrate` applies this release's expand files
+    # (0037 and later); a worker of this release drains a keyed backlog while a client repeats
+    # every key, old and new, and `migrate --post-deploy` (0049) switches the keyed move on; the
+    # leader then moves those that had ended. Each key ends with one run, and every repeat got it.
+    ended_before, backlog = 300, 1500
+    app = App(empty_dsn)
+
+    @app.task()
+    async def noop() -> None:
+        await asyncio.sleep(0)
+
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        migrate(conn, up_to="0036", post_deploy=True)
+        with conn.transaction():  # as its workers left them (schema 0009 lets SQL insert only queued runs)
+            conn.execute("SET LOCAL session_replication_role = replica")
+            conn.execute(
+                "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result, unique_key)"
+                " SELECT 'noop', 'succeeded', 1, now(), now(), 'null', 'old-' || g FROM generate_series(1, %s) AS g",
+                (ended_before,),
+            )
+        conn.execute(
+            "INSERT INTO pgsched.runs (task, unique_key) SELECT 'noop', 'new-' || g FROM generate_series(1, %s) AS g",
+            (backlog,),
+        )
+        holders = dict(conn.execute("SELECT unique_key, id FROM pgsched.runs").fetchall())
+        assert "0037" in [m.version for m in migrate(conn)]
+
+        def finished() -> int:
+            return int(scalar(conn, "SELECT count(*) FROM pgsched.runs_all WHERE status = 'succeeded'"))
+
+        keys = sorted(holders)
+        answers: dict[str, set[int]] = {key: set() for key in keys}
+        stop, passes = threading.Event(), [0]
+
+        def repeat_keys() -> None:
+            with psycopg.connect(empty_dsn, autocommit=True) as client:
+                while not stop.is_set():
+                    passes[0] += 1
+                    for key in keys[::7]:
+                        answers[key].add(app.enqueue("noop", {}, unique_key=key, conn=client))
+                        answers[key].add(scalar(client, "SELECT pgsched.enqueue('noop', unique_key => %s)", (key,)))
+
+        async def drain() -> tuple[list[str], int]:
+            async with RunningWorker(app, empty_dsn, concurrency=20) as w:
+
+                async def started() -> bool:
+                    w.still_running()
+                    return finished() > ended_before + 50
+
+                await wait_until_async(started, 30, "the worker to drain its first runs")
+                applied: list[str] = []
+
+                def upgrade() -> None:
+                    with psycopg.connect(empty_dsn, autocommit=True) as migrator:
+                        applied.extend(m.version for m in migrate(migrator, post_deploy=True))
+
+                await asyncio.to_thread(upgrade)
+                mover, moved = HistoryMover(), 0
+                async with await psycopg.AsyncConnection.connect(empty_dsn, autocommit=True) as leader:
+                    while not mover.done:
+                        moved += await mover.round(leader, batch=100, batches=1)
+                repeated = passes[0]
+
+                async def repeated_since() -> bool:  # a whole pass over the keys after the switch
+                    return passes[0] > repeated + 1
+
+                await wait_until_async(repeated_since, 30, "the client to repeat every key again")
+
+                async def drained() -> bool:
+                    w.still_running()
+                    return finished() == ended_before + backlog
+
+                await wait_until_async(drained, 60, f"all {backlog} queued runs to succeed")
+                return applied, moved
+
+        repeater = threading.Thread(target=repeat_keys)
+        repeater.start()
+        try:
+            applied, moved = asyncio.run(drain())
+        finally:
+            stop.set()
+            repeater.join(timeout=60)
+        app.close()
+        assert applied == ["0046", "0049"] and moved >= ended_before
+        total = ended_before + backlog
+        assert conn.execute("SELECT count(*), count(DISTINCT unique_key) FROM pgsched.runs_all").fetchone() == (
+            total,
+            total,
+        )
+        assert scalar(conn, "SELECT count(*) FROM pgsched.runs") == 0
+        assert dict(conn.execute("SELECT unique_key, run_id FROM pgsched.run_unique_keys").fetchall()) == holders
+        assert all(answers[key] == {holders[key]} for key in keys[::7]), "a repeated key got another run"

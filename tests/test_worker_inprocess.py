@@ -27,7 +27,7 @@ from pgsched.errors import Cancel, Retry
 from pgsched.run_types import Outcome
 from pgsched.sql import queries
 from pgsched.ui.pages import timeline
-from pgsched.worker import rescue_expired
+from pgsched.worker import MIN_UNWRITTEN, rescue_expired
 from tests.support.db import empty_tables
 from tests.support.inprocess import RunningWorker, finish, run_async
 from tests.support.waiting import wait_until_async
@@ -127,6 +127,38 @@ def test_a_task_result_is_stored_as_jsonb(app, dsn, conn):
         (ids["string"],),
     ).fetchone()
     assert row == (1, [], True, None)
+
+
+def test_a_small_worker_claims_on_while_its_completions_wait_for_the_database(app, dsn, conn):
+    """A worker may hold MIN_UNWRITTEN outcomes unwritten, not only twice its concurrency: one of
+    concurrency 2 whose completions are held up (the history they move into is locked) still
+    claims and runs all 40 queued runs, where it used to stop at 4 unwritten; once the lock goes,
+    every outcome is written, each run once."""
+
+    @app.task
+    async def noop() -> None:
+        return None
+
+    ids = app.enqueue_many("noop", [{}] * 40)
+    assert MIN_UNWRITTEN >= len(ids)
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(dsn) as blocker:  # holds the lock until it rolls back
+            await blocker.execute("LOCK TABLE pgsched.runs_history IN SHARE MODE")
+            async with RunningWorker(app, dsn, concurrency=2) as w:
+
+                async def all_claimed() -> bool:
+                    cursor = await w.db.execute("SELECT count(*) FROM pgsched.runs WHERE status = 'running'")
+                    row = await cursor.fetchone()
+                    return row is not None and row["count"] == len(ids)
+
+                await wait_until_async(all_claimed, 15, "all 40 runs claimed", check=w.still_running)
+                await blocker.rollback()
+                for run_id in ids:
+                    assert (await w.finished(run_id))["status"] == "succeeded"
+
+    run_async(main())
+    assert conn.execute("SELECT count(*), max(attempt) FROM pgsched.runs_history").fetchone() == (40, 1)
 
 
 # ---- failures and retries

@@ -124,11 +124,16 @@ class RateLimitMiddleware(ASGIMiddleware):
         limiter: RateLimiter = Litestar.from_scope(scope).state.rate_limiter
         retry_after = await limiter.hit(caller_of(scope))
         if retry_after is not None:
-            limit = limiter.limit
-            raise TooManyRequestsException(
-                f"rate limit exceeded: at most {limit.requests} requests per {limit.window_s}s for this "
-                f"{'API key' if isinstance(scope.get('auth'), ApiKey) else 'client address'}; "
-                f"retry in {retry_after}s",
-                headers={"Retry-After": str(retry_after)},
-            )
+            raise too_many_requests(limiter, scope, retry_after)
         await next_app(scope, receive, send)
+
+
+def too_many_requests(limiter: RateLimiter, scope: Scope, retry_after: int) -> TooManyRequestsException:
+    """The 429 of a caller over the limit (here and on the fast POST /runs: pgsched.api.fast)."""
+    limit = limiter.limit
+    return TooManyRequestsException(
+        f"rate limit exceeded: at most {limit.requests} requests per {limit.window_s}s for this "
+        f"{'API key' if isinstance(scope.get('auth'), ApiKey) else 'client address'}; "
+        f"retry in {retry_after}s",
+        headers={"Retry-After": str(retry_after)},
+    )
