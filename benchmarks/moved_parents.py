@@ -1,19 +1,19 @@
 """What schema 0048 costs ``pgsched.enqueue_v3(depends_on => ...)``: parents looked for in the
 history too (runs_found), edges checked and counted by run_edges_inserted_v3 and
-runs_recount_waiting_v2, against 0019's enqueue_v3 with 0031's trigger.
+runs_recount_waiting_v2, against 0037's enqueue_v3 with 0031's trigger.
 
     python -m benchmarks.moved_parents [--calls 100] [--rounds 3] [--parents 1,1000] [--dsn SERVER_DSN]
 
 0048 replaces enqueue_v3's body in place and keeps 0031's trigger function, so one database
-holds both: 0019's body is loaded again as ``pgsched.bench_old_enqueue_v3`` (from the migration
+holds both: 0037's body is loaded again as ``pgsched.bench_old_enqueue_v3`` (from the migration
 file) and 0031's function is attached as a second edge trigger; each variant runs with its own
 trigger enabled, the other disabled, in alternating order each round. Every call gets fresh
 parents that an earlier transaction wrote (the general path: a workflow enqueued from Python
 takes the one-pass path, which 0048 does not change). Two comparisons: open parents (each call
-starts a workflow and joins them to it), 0048 against 0019 + 0031, which is what the fix costs
+starts a workflow and joins them to it), 0048 against 0037 + 0031, which is what the fix costs
 the enqueues that worked before; and parents that ended and moved to the history (0048 only:
-0019 refused them) against parents that ended and stayed in runs (a unique_key keeps them
-there; 0019 + 0031), which is what finding a parent in the history costs. Both ended kinds
+0037 refused them) against parents that ended and stayed in runs (steps of a workflow stay
+there; 0037 + 0031), which is what finding a parent in the history costs. Both ended kinds
 release the child at once. Timed inside the server (EXPLAIN ANALYZE's execution time): no
 client, network or commit in the figure.
 """
@@ -34,12 +34,12 @@ ATTACH_OLD_TRIGGER = """
 CREATE TRIGGER bench_old_run_edges_inserted AFTER INSERT ON pgsched.run_edges REFERENCING NEW TABLE AS new_edges
     FOR EACH STATEMENT EXECUTE FUNCTION pgsched.run_edges_inserted_v2()
 """
-# Variant: (label, 0048's functions, the parents' state). Ended parents are given a unique_key
-# so that they stay in runs (0030), where 0019 found them: against that, what finding a parent
-# in the history instead costs.
-OLD_OPEN = ("0019 + 0031, open parents", False, "open")
+# Variant: (label, 0048's functions, the parents' state). Ended parents are made steps of a
+# workflow so that they stay in runs (0030, 0047), where 0037's enqueue_v3 found them: against
+# that, what finding a parent in the history instead costs.
+OLD_OPEN = ("0037 + 0031, open parents", False, "open")
 NEW_OPEN = ("0048, open parents", True, "open")
-OLD_ENDED = ("0019 + 0031, ended parents in runs", False, "ended")
+OLD_ENDED = ("0037 + 0031, ended parents in runs", False, "ended")
 NEW_MOVED = ("0048, moved parents", True, "moved")
 VARIANTS = [OLD_OPEN, NEW_OPEN, OLD_ENDED, NEW_MOVED]
 BACKLOG = 20_000
@@ -47,9 +47,9 @@ BASELINE = {NEW_OPEN: OLD_OPEN, NEW_MOVED: OLD_ENDED, OLD_OPEN: OLD_OPEN, OLD_EN
 
 
 def old_enqueue_v3() -> str:
-    """0019's enqueue_v3, as it was before 0048, under another name."""
-    text = (SCHEMA / "0019_workflows.sql").read_text()
-    start = text.index("CREATE FUNCTION pgsched.enqueue_v3(")
+    """0037's enqueue_v3, as it was before 0048, under another name."""
+    text = (SCHEMA / "0037_run_unique_keys.sql").read_text()
+    start = text.index("CREATE OR REPLACE FUNCTION pgsched.enqueue_v3(")
     body = text[start : text.index("$$;", text.index("$$", start) + 2) + 3]
     return re.sub(r"\benqueue_v3\b", "bench_old_enqueue_v3", body)
 
@@ -61,7 +61,7 @@ def use_trigger(conn: psycopg.Connection[Any], old: bool) -> None:
 
 
 def parents(conn: psycopg.Connection[Any], n: int, state: str) -> list[int]:
-    """n plain runs, committed: open, ended in runs (a unique_key keeps them there), or ended
+    """n plain runs, committed: open, ended in runs (steps of a workflow stay there), or ended
     and moved to the history."""
     ids = [
         row[0]
@@ -70,10 +70,11 @@ def parents(conn: psycopg.Connection[Any], n: int, state: str) -> list[int]:
         )
     ]
     if state != "open":
+        workflow = conn.execute("INSERT INTO pgsched.workflows (name) VALUES ('bench') RETURNING id").fetchone()
         conn.execute(
             "UPDATE pgsched.runs SET status = 'succeeded', attempt = 1, started_at = now(), finished_at = now(),"
-            " unique_key = CASE WHEN %s THEN 'bench-' || id END WHERE id = ANY (%s)",
-            (state == "ended", ids),
+            " workflow_id = CASE WHEN %s THEN %s::bigint END WHERE id = ANY (%s)",
+            (state == "ended", workflow[0] if workflow else None, ids),
         )
     return ids
 

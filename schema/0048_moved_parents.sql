@@ -1,7 +1,8 @@
 -- Parents that ended and moved to the history (0030) before a run was made to wait for them.
 --
--- Since the move, a plain run (no workflow, no unique_key) that ends for good leaves
--- pgsched.runs for pgsched.runs_history in the statement that ended it. enqueue_v3
+-- Since the move, a run outside any workflow that ends for good leaves pgsched.runs for
+-- pgsched.runs_history in the statement that ended it (0030; keyed runs too since 0049), and the
+-- steps of a succeeded workflow follow (0047). enqueue_v3
 -- (depends_on) and the edge trigger looked for parents in runs only, so a child of such a run
 -- was refused ("depends_on names run N, which does not exist"; a plain INSERT of the edge:
 -- "no run N (the parent)"), where the workflows guide promises that a parent that has already
@@ -21,8 +22,9 @@
 -- callers of the previous release get the fix too. The edge trigger's function and the recount
 -- it calls are new versions beside 0031's and 0019's (which stay: 0019's run_step_moved and
 -- workflow_repair still call runs_recount_waiting, and need not look in the history: a parent
--- can move only once it has ended, and an ended parent that fails an edge's condition cancels
--- the child when the edge is written), and the trigger is pointed at the new one.
+-- can move only once it has ended, an ended parent that fails an edge's condition cancels the
+-- child when the edge is written, and a parent open then joins the workflow, whose steps move
+-- only once it has succeeded), and the trigger is pointed at the new one.
 
 SET LOCAL lock_timeout = '10s';
 
@@ -244,8 +246,9 @@ CREATE TRIGGER run_edges_inserted
     REFERENCING NEW TABLE AS new_edges
     FOR EACH STATEMENT EXECUTE FUNCTION pgsched.run_edges_inserted_v3();
 
--- enqueue_v3 (0019), fixed in place (see the head of this file): depends_on may name runs that
--- ended and moved to the history; they are found there and count at once.
+-- enqueue_v3 as 0037 left it (keys in run_unique_keys), fixed in place (see the head of this
+-- file): depends_on may name runs that ended and moved to the history; they are found there and
+-- count at once.
 CREATE OR REPLACE FUNCTION pgsched.enqueue_v3(
     task          text,
     args          jsonb DEFAULT '{}',
@@ -295,6 +298,12 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF depends_on IS NULL OR cardinality(depends_on) = 0 THEN
+        IF enqueue_v3.unique_key IS NOT NULL THEN
+            new_id := pgsched.run_unique_key_holder(enqueue_v3.unique_key);
+            IF new_id IS NOT NULL THEN
+                RETURN new_id;
+            END IF;
+        END IF;
         INSERT INTO pgsched.runs AS r (task, args, queue, priority, run_at, max_attempts, unique_key, expires_at,
                                        trace_context, tenant)
         VALUES (enqueue_v3.task, enqueue_v3.args, coalesce(enqueue_v3.queue, 'default'), enqueue_v3.priority,
@@ -303,7 +312,7 @@ BEGIN
         ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
         RETURNING r.id INTO new_id;
         IF new_id IS NULL THEN
-            SELECT r.id INTO new_id FROM pgsched.runs AS r WHERE r.unique_key = enqueue_v3.unique_key;
+            new_id := pgsched.run_unique_key_holder(enqueue_v3.unique_key);
         END IF;
         RETURN new_id;
     END IF;
@@ -319,8 +328,8 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     IF unique_key IS NOT NULL THEN
-        SELECT r.id INTO new_id FROM pgsched.runs AS r WHERE r.unique_key = enqueue_v3.unique_key;
-        IF FOUND THEN
+        new_id := pgsched.run_unique_key_holder(enqueue_v3.unique_key);
+        IF new_id IS NOT NULL THEN
             RETURN new_id;
         END IF;
     END IF;

@@ -137,8 +137,8 @@ def test_a_moved_failed_parent_cancels_a_child_waiting_for_success_and_queues_on
     assert row_of(conn, enqueue_after(conn, [cancelled_parent], "finished"))["status"] == "cancelled"
 
 
-# A parent: open (queued), or ended with a status and then kept in runs (a unique_key keeps an
-# ended run there) or moved to the history.
+# A parent: open (queued), or ended with a status and then kept in runs (a step of a workflow
+# stays there until the leader moves its succeeded workflow, 0047) or moved to the history.
 PARENT = st.one_of(
     st.just(("queued", "runs")),
     st.tuples(st.sampled_from(["succeeded", "failed", "cancelled"]), st.sampled_from(["runs", "history"])),
@@ -152,13 +152,14 @@ def test_a_moved_parent_counts_exactly_as_an_ended_parent_kept_in_runs(
     conn: psycopg.Connection[Any], kinds: list[tuple[str, str]], condition: str
 ) -> None:
     ids = []
+    kept = scalar(conn, "INSERT INTO pgsched.workflows (name) VALUES ('kept') RETURNING id")
     for status, place in kinds:
         run_id = scalar(conn, "SELECT pgsched.enqueue_v3('parent')")
         if status != "queued":
             conn.execute(
                 "UPDATE pgsched.runs SET status = %s, attempt = 1, started_at = now(), finished_at = now(),"
-                " unique_key = CASE WHEN %s THEN 'kept-' || id END WHERE id = %s",
-                (status, place == "runs", run_id),
+                " workflow_id = CASE WHEN %s THEN %s::bigint END WHERE id = %s",
+                (status, place == "runs", kept, run_id),
             )
         assert where(conn, run_id) == [place]
         ids.append(run_id)
