@@ -219,9 +219,7 @@ def insert_run(conn: psycopg.Connection, task: str, args: Jsonb | str, options: 
     :func:`encode_args_text` (cheaper to send: a plain string the server reads as jsonb)."""
     query, params = _insert_statement(task, args, options)
     row = conn.execute(query, params).fetchone()
-    if row is None:  # the key's holder committed after our statement's snapshot: read it now
-        row = conn.execute(query, params).fetchone()
-    assert row is not None
+    assert row is not None  # run_insert_unique answers with the key's holder, wherever it is (0037)
     return int(row[0]), bool(row[1])
 
 
@@ -232,9 +230,6 @@ async def insert_run_async(
     query, params = _insert_statement(task, args, options)
     cursor = await conn.execute(query, params)
     row = await cursor.fetchone()
-    if row is None:
-        cursor = await conn.execute(query, params)
-        row = await cursor.fetchone()
     assert row is not None
     return int(row[0]), bool(row[1])
 
