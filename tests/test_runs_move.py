@@ -211,6 +211,37 @@ def test_the_leader_moves_runs_that_ended_before_0030_a_batch_at_a_time_and_resu
     assert [where(conn, run_id) for run_id in (*old, *stays, queued)] == [["history"]] * 6 + [["runs"]] * 2
 
 
+def test_both_moves_act_on_the_version_their_maintenance_round_read(
+    app: App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    # The leader reads history_mover_ready once a round and hands the answer to both moves
+    # (beat.py _maintain): each moves what that answer allows, whatever the database says since.
+    @app.task
+    def inc(n: int) -> int:
+        return n + 1
+
+    plain = ended_before_0030(conn, 2)
+    keyed = ended_before_0030(conn, 1, unique_key="'kept'")
+    workflow = chain(inc.s(n=1), inc.s()).enqueue()
+    finish(app, dsn, *workflow.run_ids)
+
+    async def move_steps(version: int) -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
+            return await move_workflow_steps(leader, version=version)
+
+    mover = HistoryMover()
+    # 0: as before 0030's post-deploy file, nothing moves (this database has 0049).
+    assert (move_round(dsn, mover, version=0), asyncio.run(move_steps(0))) == (0, 0)
+    assert [where(conn, run_id) for run_id in (*plain, *keyed, *workflow.run_ids)] == [["runs"]] * 5
+    # 1: the runs without a key, and the pass is over for that version.
+    assert move_round(dsn, mover, version=1) == 2 and mover.done
+    assert asyncio.run(move_steps(1)) == 2
+    assert [where(conn, run_id) for run_id in (*plain, *keyed)] == [["history"]] * 2 + [["runs"]]
+    # 2: a new pass, which moves the keyed run.
+    assert move_round(dsn, mover, version=2) == 1 and mover.version == 2
+    assert where(conn, keyed[0]) == ["history"]
+
+
 def test_the_move_function_refuses_bad_input_and_moves_nothing(dsn: str, conn: psycopg.Connection[Any]) -> None:
     ended_before_0030(conn, 1)
     for after_id, batch in ((None, 10), (0, 0), (0, None)):
