@@ -15,42 +15,10 @@ from pgsched import chain
 from pgsched.app import App
 from pgsched.maintenance import HistoryMover, maintain_history, move_workflow_steps
 from pgsched.sql import queries
-from tests.support.db import insert_restored, scalar
+from tests.support.db import scalar
+from tests.support.history import drop_day_partitions, ended_before_0030, move_round, where
 from tests.support.inprocess import RunningWorker, finish
 from tests.support.waiting import wait_until_async
-from tests.test_runs_history import drop_day_partitions
-
-
-def where(conn: psycopg.Connection[Any], run_id: int) -> list[str]:
-    """The tables (or partitions) that hold a run: exactly one, unless it is lost or doubled."""
-    rows = conn.execute(
-        "SELECT 'runs' FROM pgsched.runs WHERE id = %(id)s"
-        " UNION ALL SELECT 'history' FROM pgsched.runs_history WHERE id = %(id)s",
-        {"id": run_id},
-    )
-    return [row[0] for row in rows]
-
-
-def move_round(dsn: str, mover: HistoryMover, **kwargs: Any) -> int:
-    async def main() -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as own:
-            return await mover.round(own, **kwargs)
-
-    return asyncio.run(main())
-
-
-def ended_before_0030(conn: psycopg.Connection[Any], n: int, **columns: str) -> list[int]:
-    """n succeeded runs written straight into runs, as runs that ended before schema 0030 are."""
-    names = "".join(f", {name}" for name in columns)
-    values = "".join(f", {value}" for value in columns.values())
-    cursor = insert_restored(
-        conn,
-        f"INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result{names})"
-        f" SELECT 't', 'succeeded', 1, now(), now(), 'null'{values}"
-        " FROM generate_series(1, %s) RETURNING id".encode(),
-        [n],
-    )
-    return [row[0] for row in cursor.fetchall()]
 
 
 def test_runs_that_end_for_good_move_and_a_retry_to_come_stays(

@@ -20,8 +20,8 @@ from pgsched.runs import retry_run
 from tests.support.api import Api
 from tests.support.cli import run_cli
 from tests.support.db import insert_restored, scalar
+from tests.support.history import ended_before_0030, move_round, where
 from tests.support.inprocess import finish
-from tests.test_runs_move import ended_before_0030, move_round, where
 
 
 def keyed(conn: psycopg.Connection[Any], key: str) -> list[tuple[int, str]]:

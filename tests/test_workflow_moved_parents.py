@@ -20,19 +20,10 @@ from pgsched import App, current_run
 from pgsched.workflows import get_workflow, step_graph, step_tree
 from tests.support.api import Api, make_keys
 from tests.support.db import scalar
+from tests.support.history import where
 from tests.support.inprocess import finish
 from tests.support.ui import ui_client
 from tests.support.waiting import wait_until
-
-
-def where(conn: psycopg.Connection[Any], run_id: int) -> list[str]:
-    """The tables that hold a run: exactly one, unless it is lost or doubled."""
-    rows = conn.execute(
-        "SELECT 'runs' FROM pgsched.runs WHERE id = %(id)s"
-        " UNION ALL SELECT 'history' FROM pgsched.runs_history WHERE id = %(id)s",
-        {"id": run_id},
-    )
-    return [row[0] for row in rows]
 
 
 def row_of(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any]:
