@@ -13,10 +13,10 @@ import pytest
 
 from pgsched import chain
 from pgsched.app import App
-from pgsched.maintenance import HistoryMover, maintain_history, move_workflow_steps
+from pgsched.maintenance import HistoryMover, maintain_history
 from pgsched.sql import queries
 from tests.support.db import scalar
-from tests.support.history import drop_day_partitions, ended_before_0030, move_round, where
+from tests.support.history import drop_day_partitions, ended_before_0030, move_round, move_steps, where
 from tests.support.inprocess import RunningWorker, finish
 from tests.support.waiting import wait_until_async
 
@@ -116,15 +116,11 @@ def test_the_steps_of_a_workflow_that_succeeded_move_and_those_of_one_that_faile
     steps = [*succeeded.run_ids, *failed.run_ids, running.run_ids[0]]
     assert [where(conn, run_id) for run_id in steps] == [["runs"]] * 6  # each waits for the leader
 
-    async def move(batch: int) -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
-            return await move_workflow_steps(leader, batch=batch)
-
     # Two batches of two: the succeeded workflow's three steps, and only those.
-    assert asyncio.run(move(batch=2)) == 3
+    assert move_steps(dsn, batch=2) == 3
     assert [where(conn, run_id) for run_id in succeeded.run_ids] == [["history"]] * 3
     assert [where(conn, run_id) for run_id in (*failed.run_ids, running.run_ids[0])] == [["runs"]] * 3
-    assert asyncio.run(move(batch=2)) == 0
+    assert move_steps(dsn, batch=2) == 0
     # What readers show is unchanged: the workflow's steps, their results as parents' results.
     steps_shown = conn.execute(queries["workflow_steps"], {"id": succeeded.id, "limit": 10}).fetchall()
     assert [(row[0], row[2]) for row in steps_shown] == [(run_id, "succeeded") for run_id in succeeded.run_ids]
@@ -193,17 +189,13 @@ def test_both_moves_act_on_the_version_their_maintenance_round_read(
     workflow = chain(inc.s(n=1), inc.s()).enqueue()
     finish(app, dsn, *workflow.run_ids)
 
-    async def move_steps(version: int) -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
-            return await move_workflow_steps(leader, version=version)
-
     mover = HistoryMover()
     # 0: as before 0030's post-deploy file, nothing moves (this database has 0049).
-    assert (move_round(dsn, mover, version=0), asyncio.run(move_steps(0))) == (0, 0)
+    assert (move_round(dsn, mover, version=0), move_steps(dsn, version=0)) == (0, 0)
     assert [where(conn, run_id) for run_id in (*plain, *keyed, *workflow.run_ids)] == [["runs"]] * 5
     # 1: the runs without a key, and the pass is over for that version.
     assert move_round(dsn, mover, version=1) == 2 and mover.done
-    assert asyncio.run(move_steps(1)) == 2
+    assert move_steps(dsn, version=1) == 2
     assert [where(conn, run_id) for run_id in (*plain, *keyed)] == [["history"]] * 2 + [["runs"]]
     # 2: a new pass, which moves the keyed run.
     assert move_round(dsn, mover, version=2) == 1 and mover.version == 2

@@ -1,5 +1,5 @@
 """Helpers of the tests of runs_history (schemas 0029, 0030 and after): where a run is, runs
-written as they were before the move, a round of the leader's mover, and an installation
+written as they were before the move, a round of the leader's movers, and an installation
 without day partitions. Shared by the history, move, unique-key and moved-parent tests."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from pgsched.maintenance import HistoryMover
+from pgsched.maintenance import HistoryMover, move_workflow_steps
 from tests.support.db import insert_restored
 
 
@@ -44,6 +44,16 @@ def move_round(dsn: str, mover: HistoryMover, **kwargs: Any) -> int:
     async def main() -> int:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as own:
             return await mover.round(own, **kwargs)
+
+    return asyncio.run(main())
+
+
+def move_steps(dsn: str, **kwargs: Any) -> int:
+    """One round of the leader's move of succeeded workflows' steps, on a connection of its own."""
+
+    async def main() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as own:
+            return await move_workflow_steps(own, **kwargs)
 
     return asyncio.run(main())
 
