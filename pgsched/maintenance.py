@@ -144,9 +144,10 @@ async def repair_workflows(
     conn: psycopg.AsyncConnection, *, min_age_s: float = REPAIR_MIN_AGE_S, limit: int = REPAIR_BATCH
 ) -> int:
     """Recompute, from their edges, the workflow steps left waiting longer than ``min_age_s``
-    whose parents have all ended (or one ended against its condition), and settle workflows
-    whose steps have all ended (schema 0019's pgsched.workflow_repair). On a healthy system it
-    finds nothing: the statement that ends a parent releases or cancels its dependents."""
+    whose parents have all ended (or one ended against its condition), wherever they are (runs
+    or runs_history), and settle workflows whose steps have all ended (schema 0058's
+    pgsched.workflow_repair_v2). On a healthy system it finds nothing: the statement that ends a
+    parent releases or cancels its dependents."""
     cursor = await conn.execute(queries["workflow_repair"], {"min_age_s": min_age_s, "limit": limit})
     repaired = int((await cursor.fetchone())[0])  # type: ignore[index]
     if repaired:
