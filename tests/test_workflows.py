@@ -559,11 +559,14 @@ def test_a_python_workflow_takes_the_one_pass_path_in_the_callers_transaction_to
     t = etl.tasks
 
     def recounts() -> int:
+        # Both versions: since 0048 the edge trigger's general path calls runs_recount_waiting_v2.
         row = conn.execute(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'runs_recount_waiting'"
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname IN ('runs_recount_waiting', 'runs_recount_waiting_v2')"
         ).fetchone()
         return int(row[0])
 
+    earlier = conn.execute("SELECT pgsched.enqueue_v3('note')").fetchone()[0]
     with conn.transaction():
         conn.execute("SET LOCAL track_functions = 'all'")
         line = chain(t["note"].s(tag="a"), t["note"].s(), t["note"].s()).enqueue(conn=conn)
@@ -574,6 +577,12 @@ def test_a_python_workflow_takes_the_one_pass_path_in_the_callers_transaction_to
         wf.add(t["note"], tag="d", after=[b, c], when="finished")
         diamond = wf.enqueue(conn=conn)
         assert recounts() == 0
+        # What the count sees: an edge to a parent another transaction wrote takes the general path.
+        late = conn.execute(
+            "INSERT INTO pgsched.runs (task, status) VALUES ('note', 'waiting') RETURNING id"
+        ).fetchone()[0]
+        conn.execute("INSERT INTO pgsched.run_edges (child, parent) VALUES (%s, %s)", (late, earlier))
+        assert recounts() == 1
     pending = {r["id"]: r["parents_pending"] for r in run_rows(conn, line.run_ids + fan.run_ids + diamond.run_ids)}
     assert [pending[i] for i in line.run_ids] == [None, 1, 1]
     assert [pending[i] for i in fan.run_ids] == [None] * 5 + [5]
