@@ -28,9 +28,10 @@ DECLARE
     n bigint := 0;
 BEGIN
     -- Parents are read in runs, as 0019 reads them, and only those not there are looked for
-    -- with runs_found: a healthy system's waiting runs wait for open parents, all in runs, and
-    -- runs_found over every parent made this 1.6-1.9x as dear (1,000 waiting runs of 1 and of
-    -- 10 parents: 7.0 ms against 4.4, 70 ms against 37; benchmarks/workflow_repair.py).
+    -- with runs_found: a healthy system's waiting runs wait for open parents, all in runs.
+    -- runs_found over every parent made a round with nothing to do 1.6-1.9x as dear as 0019's;
+    -- this way, 0.93-1.02x with 1 parent a run, 1.20-1.30x with 10 (medians of 3 runs, 1,000
+    -- waiting runs, benchmarks/workflow_repair.py).
     WITH waiting AS MATERIALIZED (
         SELECT id, parents_pending FROM pgsched.runs
         WHERE status = 'waiting' AND created_at < now() - min_age
