@@ -62,6 +62,7 @@ from pgsched.jobs import schedule_of
 from pgsched.listener import Listener
 from pgsched.maintenance import (
     HistoryMover,
+    history_mover_version,
     maintain_history,
     move_workflow_steps,
     prune_finished,
@@ -249,8 +250,10 @@ class Beat:
         )
         async with pool.connection() as conn:
             await maintain_history(conn, retention_s=self.options.retention_s)
-            await self._mover.round(conn)
-            await move_workflow_steps(conn)
+            # Read once for both moves: they act on one answer, in one round trip (each read it).
+            version = await history_mover_version(conn)
+            await self._mover.round(conn, version=version)
+            await move_workflow_steps(conn, version=version)
             await prune_finished(conn, retention_s=self.options.retention_s)
             await refresh_rollup(conn)
             await repair_workflows(conn)

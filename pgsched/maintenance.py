@@ -144,9 +144,10 @@ async def repair_workflows(
     conn: psycopg.AsyncConnection, *, min_age_s: float = REPAIR_MIN_AGE_S, limit: int = REPAIR_BATCH
 ) -> int:
     """Recompute, from their edges, the workflow steps left waiting longer than ``min_age_s``
-    whose parents have all ended (or one ended against its condition), and settle workflows
-    whose steps have all ended (schema 0019's pgsched.workflow_repair). On a healthy system it
-    finds nothing: the statement that ends a parent releases or cancels its dependents."""
+    whose parents have all ended (or one ended against its condition), wherever they are (runs
+    or runs_history), and settle workflows whose steps have all ended (schema 0058's
+    pgsched.workflow_repair_v2). On a healthy system it finds nothing: the statement that ends a
+    parent releases or cancels its dependents."""
     cursor = await conn.execute(queries["workflow_repair"], {"min_age_s": min_age_s, "limit": limit})
     repaired = int((await cursor.fetchone())[0])  # type: ignore[index]
     if repaired:
@@ -224,6 +225,14 @@ async def _history_change(
         return None
 
 
+async def history_mover_version(conn: psycopg.AsyncConnection) -> int:
+    """Which finished runs move to runs_history in this database (``history_mover_ready``): 0
+    none (before schema 0030's post-deploy file), 1 those without a unique_key, 2 those with one
+    too (0049, post-deploy). The leader reads it once a maintenance round, for both moves."""
+    cursor = await conn.execute(queries["history_mover_ready"])
+    return int((await cursor.fetchone())[0])  # type: ignore[index]
+
+
 @dataclass(slots=True)
 class HistoryMover:
     """The leader's move of the runs that ended before runs started moving on their own (schema
@@ -237,11 +246,18 @@ class HistoryMover:
     version: int = 0  # which runs the pass moves: history_mover_ready's answer when it started
 
     async def round(
-        self, conn: psycopg.AsyncConnection, *, batch: int = MOVE_BATCH, batches: int = MOVE_BATCHES_PER_ROUND
+        self,
+        conn: psycopg.AsyncConnection,
+        *,
+        version: int | None = None,
+        batch: int = MOVE_BATCH,
+        batches: int = MOVE_BATCHES_PER_ROUND,
     ) -> int:
         """Move up to ``batches`` batches of ``batch`` runs; return how many moved. ``conn`` is
-        an autocommit connection: each batch commits on its own."""
-        version = int((await (await conn.execute(queries["history_mover_ready"])).fetchone())[0])  # type: ignore[index]
+        an autocommit connection: each batch commits on its own. ``version``: the round's
+        :func:`history_mover_version` (read here when not given)."""
+        if version is None:
+            version = await history_mover_version(conn)
         if version > self.version:  # a post-deploy file moves more runs: a new pass from the start
             self.version, self.after_id, self.done = version, 0, False
         if self.done or not self.version:
@@ -266,13 +282,19 @@ class HistoryMover:
 
 
 async def move_workflow_steps(
-    conn: psycopg.AsyncConnection, *, batch: int = MOVE_BATCH, batches: int = MOVE_BATCHES_PER_ROUND
+    conn: psycopg.AsyncConnection,
+    *,
+    version: int | None = None,
+    batch: int = MOVE_BATCH,
+    batches: int = MOVE_BATCHES_PER_ROUND,
 ) -> int:
     """Move the steps of workflows that succeeded to runs_history (schema 0047), up to
     ``batches`` batches of ``batch``; return how many moved. Like :class:`HistoryMover`, nothing
     moves before schema 0030's post-deploy file: the previous release reads steps in runs. Steps
-    with a unique_key move from schema 0049 (post-deploy) on."""
-    version = int((await (await conn.execute(queries["history_mover_ready"])).fetchone())[0])  # type: ignore[index]
+    with a unique_key move from schema 0049 (post-deploy) on. ``version``: the round's
+    :func:`history_mover_version` (read here when not given)."""
+    if version is None:
+        version = await history_mover_version(conn)
     if not version:
         return 0
     statement = queries["history_move_workflow_steps_v2" if version >= 2 else "history_move_workflow_steps"]

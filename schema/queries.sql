@@ -1594,5 +1594,5 @@ SELECT count(*) FROM gone;
 
 -- name: workflow_repair
 -- The leader's maintenance: release or cancel what was left waiting, settle finished workflows
--- (schema 0019's pgsched.workflow_repair; finds nothing on a healthy system).
-SELECT pgsched.workflow_repair(make_interval(secs => %(min_age_s)s), %(limit)s);
+-- (finds nothing on a healthy system). (v2, schema 0058: parents that moved to the history count.)
+SELECT pgsched.workflow_repair_v2(make_interval(secs => %(min_age_s)s), %(limit)s);

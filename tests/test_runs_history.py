@@ -15,6 +15,7 @@ from pgsched.app import App
 from pgsched.maintenance import HistoryRound, maintain_history, prune_finished
 from tests.support.api import Api, ok
 from tests.support.cli import run_cli
+from tests.support.history import drop_day_partitions, partitions
 from tests.support.inprocess import finish
 from tests.support.metrics import metric_samples
 
@@ -27,11 +28,7 @@ def move_to_history(conn: psycopg.Connection[Any], *run_ids: int) -> None:
         conn.execute("DELETE FROM pgsched.runs WHERE id = ANY(%s)", [list(run_ids)])
 
 
-def partitions(conn: psycopg.Connection[Any]) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT name FROM pgsched.history_partitions()")]
-
-
-def where(conn: psycopg.Connection[Any], run_id: int) -> str:
+def partition_of(conn: psycopg.Connection[Any], run_id: int) -> str:
     """The table (or partition) that holds a run."""
     row = conn.execute(
         "SELECT tableoid::regclass::text FROM pgsched.runs WHERE id = %(id)s"
@@ -74,12 +71,6 @@ def no_day_partitions(conn: psycopg.Connection[Any]) -> None:
     drop_day_partitions(conn)
 
 
-def drop_day_partitions(conn: psycopg.Connection[Any]) -> None:
-    for name in partitions(conn):
-        conn.execute("SELECT pgsched.history_partition_drop(%s, 'infinity')", [name])
-    assert partitions(conn) == []
-
-
 @pytest.fixture
 def finished_runs(app: App, dsn: str, conn: psycopg.Connection[Any]) -> dict[str, int]:
     """A succeeded and a failed run, in runs_history, and a queued one in runs."""
@@ -104,8 +95,8 @@ def test_a_finished_run_in_history_reads_as_before_from_python(
     app: App, conn: psycopg.Connection[Any], finished_runs: dict[str, int]
 ) -> None:
     today = datetime.now(UTC).date()
-    assert where(conn, finished_runs["succeeded"]) == f"pgsched.runs_history_{today:%Y%m%d}"
-    assert where(conn, finished_runs["queued"]) == "pgsched.runs"
+    assert partition_of(conn, finished_runs["succeeded"]) == f"pgsched.runs_history_{today:%Y%m%d}"
+    assert partition_of(conn, finished_runs["queued"]) == "pgsched.runs"
     handle = app.run(finished_runs["succeeded"])
     assert handle.status == "succeeded" and handle.get(timeout=5) == 5
     with pytest.raises(Exception, match="no"):
@@ -138,16 +129,16 @@ def test_maintenance_creates_day_partitions_ahead_once(dsn: str, conn: psycopg.C
     assert partitions(conn) == first.created
     # A run finished on the 8th (UTC) lands in that day's partition.
     stray(conn, 1, "2026-12-08 00:00:00+00")
-    assert where(conn, 1) == "pgsched.runs_history_20261208"
+    assert partition_of(conn, 1) == "pgsched.runs_history_20261208"
 
 
 def test_strays_of_a_day_move_into_its_partition_when_it_is_created(dsn: str, conn: psycopg.Connection[Any]) -> None:
     stray(conn, 1, "2026-12-07 12:00:00+00")
     stray(conn, 2, "2020-01-01 12:00:00+00")
-    assert where(conn, 1) == "pgsched.runs_history_default"
+    assert partition_of(conn, 1) == "pgsched.runs_history_default"
     history_round(dsn, retention_s=30 * 86400, now=datetime(2026, 12, 7, 13, tzinfo=UTC), days_ahead=0)
-    assert where(conn, 1) == "pgsched.runs_history_20261207"
-    assert where(conn, 2) == "pgsched.runs_history_default"
+    assert partition_of(conn, 1) == "pgsched.runs_history_20261207"
+    assert partition_of(conn, 2) == "pgsched.runs_history_default"
 
 
 def test_retention_drops_whole_days_and_prunes_only_the_default_partition_row_by_row(
@@ -237,7 +228,7 @@ def test_retry_of_a_run_in_history_moves_it_back_queued_with_its_attempts(
 ) -> None:
     failed = finished_runs["failed"]
     ok(api.post(f"/runs/{failed}/retry"))
-    assert where(conn, failed) == "pgsched.runs"
+    assert partition_of(conn, failed) == "pgsched.runs"
     row = conn.execute("SELECT status, attempt, max_attempts, finished_at FROM pgsched.runs WHERE id = %s", [failed])
     assert row.fetchone() == ("queued", 1, 2, None)
     assert conn.execute("SELECT count(*) FROM pgsched.runs_history WHERE id = %s", [failed]).fetchone() == (0,)
@@ -247,7 +238,7 @@ def test_retry_of_a_run_in_history_moves_it_back_queued_with_its_attempts(
     # A succeeded run in history is refused, as it was in runs, and stays where it is.
     refused = api.post(f"/runs/{finished_runs['succeeded']}/retry")
     assert refused.status_code == 409 and "it is succeeded" in refused.text
-    assert where(conn, finished_runs["succeeded"]).startswith("pgsched.runs_history_")
+    assert partition_of(conn, finished_runs["succeeded"]).startswith("pgsched.runs_history_")
 
 
 def test_bulk_retry_moves_back_what_is_in_history_and_requeues_what_is_in_runs(

@@ -13,44 +13,12 @@ import pytest
 
 from pgsched import chain
 from pgsched.app import App
-from pgsched.maintenance import HistoryMover, maintain_history, move_workflow_steps
+from pgsched.maintenance import HistoryMover, maintain_history
 from pgsched.sql import queries
-from tests.support.db import insert_restored, scalar
+from tests.support.db import scalar
+from tests.support.history import drop_day_partitions, ended_before_0030, move_round, move_steps, where
 from tests.support.inprocess import RunningWorker, finish
 from tests.support.waiting import wait_until_async
-from tests.test_runs_history import drop_day_partitions
-
-
-def where(conn: psycopg.Connection[Any], run_id: int) -> list[str]:
-    """The tables (or partitions) that hold a run: exactly one, unless it is lost or doubled."""
-    rows = conn.execute(
-        "SELECT 'runs' FROM pgsched.runs WHERE id = %(id)s"
-        " UNION ALL SELECT 'history' FROM pgsched.runs_history WHERE id = %(id)s",
-        {"id": run_id},
-    )
-    return [row[0] for row in rows]
-
-
-def move_round(dsn: str, mover: HistoryMover, **kwargs: Any) -> int:
-    async def main() -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as own:
-            return await mover.round(own, **kwargs)
-
-    return asyncio.run(main())
-
-
-def ended_before_0030(conn: psycopg.Connection[Any], n: int, **columns: str) -> list[int]:
-    """n succeeded runs written straight into runs, as runs that ended before schema 0030 are."""
-    names = "".join(f", {name}" for name in columns)
-    values = "".join(f", {value}" for value in columns.values())
-    cursor = insert_restored(
-        conn,
-        f"INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, result{names})"
-        f" SELECT 't', 'succeeded', 1, now(), now(), 'null'{values}"
-        " FROM generate_series(1, %s) RETURNING id".encode(),
-        [n],
-    )
-    return [row[0] for row in cursor.fetchall()]
 
 
 def test_runs_that_end_for_good_move_and_a_retry_to_come_stays(
@@ -148,15 +116,11 @@ def test_the_steps_of_a_workflow_that_succeeded_move_and_those_of_one_that_faile
     steps = [*succeeded.run_ids, *failed.run_ids, running.run_ids[0]]
     assert [where(conn, run_id) for run_id in steps] == [["runs"]] * 6  # each waits for the leader
 
-    async def move(batch: int) -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
-            return await move_workflow_steps(leader, batch=batch)
-
     # Two batches of two: the succeeded workflow's three steps, and only those.
-    assert asyncio.run(move(batch=2)) == 3
+    assert move_steps(dsn, batch=2) == 3
     assert [where(conn, run_id) for run_id in succeeded.run_ids] == [["history"]] * 3
     assert [where(conn, run_id) for run_id in (*failed.run_ids, running.run_ids[0])] == [["runs"]] * 3
-    assert asyncio.run(move(batch=2)) == 0
+    assert move_steps(dsn, batch=2) == 0
     # What readers show is unchanged: the workflow's steps, their results as parents' results.
     steps_shown = conn.execute(queries["workflow_steps"], {"id": succeeded.id, "limit": 10}).fetchall()
     assert [(row[0], row[2]) for row in steps_shown] == [(run_id, "succeeded") for run_id in succeeded.run_ids]
@@ -209,6 +173,33 @@ def test_the_leader_moves_runs_that_ended_before_0030_a_batch_at_a_time_and_resu
     assert move_round(dsn, mover, batch=2, batches=2) == 2 and mover.done
     assert move_round(dsn, mover, batch=2, batches=2) == 0
     assert [where(conn, run_id) for run_id in (*old, *stays, queued)] == [["history"]] * 6 + [["runs"]] * 2
+
+
+def test_both_moves_act_on_the_version_their_maintenance_round_read(
+    app: App, dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    # The leader reads history_mover_ready once a round and hands the answer to both moves
+    # (beat.py _maintain): each moves what that answer allows, whatever the database says since.
+    @app.task
+    def inc(n: int) -> int:
+        return n + 1
+
+    plain = ended_before_0030(conn, 2)
+    keyed = ended_before_0030(conn, 1, unique_key="'kept'")
+    workflow = chain(inc.s(n=1), inc.s()).enqueue()
+    finish(app, dsn, *workflow.run_ids)
+
+    mover = HistoryMover()
+    # 0: as before 0030's post-deploy file, nothing moves (this database has 0049).
+    assert (move_round(dsn, mover, version=0), move_steps(dsn, version=0)) == (0, 0)
+    assert [where(conn, run_id) for run_id in (*plain, *keyed, *workflow.run_ids)] == [["runs"]] * 5
+    # 1: the runs without a key, and the pass is over for that version.
+    assert move_round(dsn, mover, version=1) == 2 and mover.done
+    assert move_steps(dsn, version=1) == 2
+    assert [where(conn, run_id) for run_id in (*plain, *keyed)] == [["history"]] * 2 + [["runs"]]
+    # 2: a new pass, which moves the keyed run.
+    assert move_round(dsn, mover, version=2) == 1 and mover.version == 2
+    assert where(conn, keyed[0]) == ["history"]
 
 
 def test_the_move_function_refuses_bad_input_and_moves_nothing(dsn: str, conn: psycopg.Connection[Any]) -> None:

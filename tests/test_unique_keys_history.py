@@ -15,13 +15,13 @@ import psycopg
 import pytest
 
 from pgsched.app import App
-from pgsched.maintenance import HistoryMover, maintain_history, move_workflow_steps, prune_finished
+from pgsched.maintenance import HistoryMover, maintain_history, prune_finished
 from pgsched.runs import retry_run
 from tests.support.api import Api
 from tests.support.cli import run_cli
 from tests.support.db import insert_restored, scalar
+from tests.support.history import ended_before_0030, move_round, move_steps, where
 from tests.support.inprocess import finish
-from tests.test_runs_move import ended_before_0030, move_round, where
 
 
 def keyed(conn: psycopg.Connection[Any], key: str) -> list[tuple[int, str]]:
@@ -247,11 +247,7 @@ def test_keyed_steps_of_a_workflow_that_succeeded_move_and_keep_their_keys(
     assert [row["status"] for row in finish(app, dsn, parent, step)] == ["succeeded"] * 2
     assert where(conn, step) == ["runs"]  # a step waits for the leader (0047)
 
-    async def move() -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
-            return await move_workflow_steps(leader)
-
-    assert asyncio.run(move()) >= 1  # 0047's move left keyed steps in runs; 0049's v2 takes them
+    assert move_steps(dsn) >= 1  # 0047's move left keyed steps in runs; 0049's v2 takes them
     assert keyed(conn, "step") == [(step, "history"), (step, "key")]
     assert app.enqueue("inc", {}, unique_key="step") == step
     assert scalar(conn, "SELECT pgsched.enqueue('inc', unique_key => 'step')") == step

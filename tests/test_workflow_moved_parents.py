@@ -7,6 +7,7 @@ worker in-process."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -17,22 +18,14 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from pgsched import App, current_run
+from pgsched.maintenance import repair_workflows
 from pgsched.workflows import get_workflow, step_graph, step_tree
 from tests.support.api import Api, make_keys
-from tests.support.db import scalar
+from tests.support.db import insert_restored, scalar
+from tests.support.history import where
 from tests.support.inprocess import finish
 from tests.support.ui import ui_client
 from tests.support.waiting import wait_until
-
-
-def where(conn: psycopg.Connection[Any], run_id: int) -> list[str]:
-    """The tables that hold a run: exactly one, unless it is lost or doubled."""
-    rows = conn.execute(
-        "SELECT 'runs' FROM pgsched.runs WHERE id = %(id)s"
-        " UNION ALL SELECT 'history' FROM pgsched.runs_history WHERE id = %(id)s",
-        {"id": run_id},
-    )
-    return [row[0] for row in rows]
 
 
 def row_of(conn: psycopg.Connection[Any], run_id: int) -> dict[str, Any]:
@@ -262,6 +255,78 @@ def test_an_enqueue_waiting_on_a_parent_that_moves_meanwhile_finds_it_in_the_his
         "queued",
         0,
     )
+
+
+def restored_waiting_child(conn: psycopg.Connection[Any], parents: list[int], condition: str) -> int:
+    """A waiting run and its edges written as a restore writes them, triggers off: nothing has
+    counted its parents (parents_pending NULL), which is what the leader's repair is for."""
+    row = insert_restored(
+        conn, "INSERT INTO pgsched.runs (task, status) VALUES ('child', 'waiting') RETURNING id"
+    ).fetchone()
+    assert row is not None
+    child = row[0]
+    insert_restored(
+        conn,
+        "INSERT INTO pgsched.run_edges (child, parent, condition) SELECT %s, p, %s FROM unnest(%s::bigint[]) AS p",
+        (child, condition, parents),
+    )
+    return int(child)
+
+
+def repair(dsn: str) -> int:
+    """One workflow repair as the leader's maintenance makes it, for runs of any age."""
+
+    async def main() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as leader:
+            return await repair_workflows(leader, min_age_s=0.0)
+
+    return asyncio.run(main())
+
+
+def moved_parent_of(conn: psycopg.Connection[Any], child: int) -> int:
+    """The parent of ``child`` that is in the history."""
+    return int(
+        scalar(
+            conn,
+            "SELECT e.parent FROM pgsched.run_edges AS e JOIN pgsched.runs_history AS h ON h.id = e.parent"
+            " WHERE e.child = %s",
+            (child,),
+        )
+    )
+
+
+def test_the_leaders_repair_releases_or_cancels_a_run_whose_parent_moved_as_the_edge_says(
+    dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    open_parent = scalar(conn, "SELECT pgsched.enqueue_v3('open')")
+    children: dict[tuple[str, str, bool], int] = {}
+    for status in ("succeeded", "failed", "cancelled"):
+        moved = ended_and_moved(conn, status)
+        for condition in ("succeeded", "failed", "finished"):
+            children[status, condition, False] = restored_waiting_child(conn, [moved], condition)
+            children[status, condition, True] = restored_waiting_child(conn, [open_parent, moved], condition)
+
+    # 0019's repair (the previous release's leader) reads parents in runs only: all stay waiting,
+    # those with an open parent counted as waiting for it alone.
+    assert scalar(conn, "SELECT pgsched.workflow_repair(interval '0 s', 100)") == len(children)
+    assert {row_of(conn, child)["status"] for child in children.values()} == {"waiting"}
+
+    # Those waiting for the open parent whose moved parent meets its edge are right already.
+    right = [
+        child for (status, condition, with_open), child in children.items() if with_open and status in HOLDS[condition]
+    ]
+    assert repair(dsn) == len(children) - len(right) == 14
+    for (status, condition, with_open), child in children.items():
+        row = row_of(conn, child)
+        if status not in HOLDS[condition]:
+            assert row["status"] == "cancelled", (status, condition, with_open)
+            assert row["errors"][-1]["upstream_run"] == moved_parent_of(conn, child)
+        elif with_open:
+            assert (row["status"], row["parents_pending"]) == ("waiting", 1), (status, condition)
+        else:
+            assert (row["status"], row["parents_pending"]) == ("queued", 0), (status, condition)
+    # What is left waiting waits for its open parent only: the next round finds nothing to do.
+    assert repair(dsn) == 0
 
 
 @pytest.mark.parametrize(

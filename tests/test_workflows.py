@@ -254,7 +254,13 @@ def test_cancelling_a_workflow_cancels_waiting_and_queued_steps_and_ends_it_canc
     assert [w["id"] for w in list_workflows(conn, status="cancelled")] == [handle.id]
 
 
-def test_the_repair_step_releases_a_step_left_waiting_and_settles_its_workflow(etl: App, conn) -> None:
+# 0019's repair, which the previous release's leader calls, and 0058's, which finds parents in
+# the history too (tests/test_workflow_moved_parents.py): the same on parents in runs.
+REPAIRS = ["workflow_repair", "workflow_repair_v2"]
+
+
+@pytest.mark.parametrize("repair", REPAIRS)
+def test_the_repair_step_releases_a_step_left_waiting_and_settles_its_workflow(etl: App, conn, repair: str) -> None:
     t = etl.tasks
     handle = chain(t["note"].s(tag="a"), t["note"].s()).enqueue()
     a, b = handle.run_ids
@@ -267,9 +273,36 @@ def test_the_repair_step_releases_a_step_left_waiting_and_settles_its_workflow(e
     )
     conn.execute("SET session_replication_role = DEFAULT")
     assert run_rows(conn, [b])[0]["status"] == "waiting"
-    assert conn.execute("SELECT pgsched.workflow_repair(interval '0 s', 100)").fetchone() == (1,)
+    statement = f"SELECT pgsched.{repair}(interval '0 s', 100)".encode()
+    assert conn.execute(statement).fetchone() == (1,)
     assert run_rows(conn, [b])[0]["status"] == "queued"
-    assert conn.execute("SELECT pgsched.workflow_repair(interval '0 s', 100)").fetchone() == (0,)
+    assert conn.execute(statement).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("repair", REPAIRS)
+def test_the_repair_step_cancels_a_run_waiting_without_edges_and_settles_a_workflow_whose_steps_ended(
+    conn, repair: str
+) -> None:
+    workflow = conn.execute("INSERT INTO pgsched.workflows (name) VALUES ('left') RETURNING id").fetchone()[0]
+    # Written as a restore writes them (triggers off): a step that ended, and a waiting run whose
+    # edges were not restored, which nothing would ever release.
+    conn.execute("SET session_replication_role = replica")
+    step = conn.execute(
+        "INSERT INTO pgsched.runs (task, status, attempt, started_at, finished_at, workflow_id)"
+        " VALUES ('note', 'succeeded', 1, now(), now(), %s) RETURNING id",
+        (workflow,),
+    ).fetchone()[0]
+    orphan = conn.execute("INSERT INTO pgsched.runs (task, status) VALUES ('note', 'waiting') RETURNING id").fetchone()[
+        0
+    ]
+    conn.execute("SET session_replication_role = DEFAULT")
+    statement = f"SELECT pgsched.{repair}(interval '0 s', 100)".encode()
+    assert conn.execute(statement).fetchone() == (2,)
+    (row,) = run_rows(conn, [orphan])
+    assert (row["status"], row["errors"][-1]["type"]) == ("cancelled", "NoParents")
+    assert workflow_row(conn, workflow)["status"] == "succeeded"
+    assert run_rows(conn, [step])[0]["status"] == "succeeded"
+    assert conn.execute(statement).fetchone() == (0,)
 
 
 # ---- 5: from SQL
@@ -526,11 +559,14 @@ def test_a_python_workflow_takes_the_one_pass_path_in_the_callers_transaction_to
     t = etl.tasks
 
     def recounts() -> int:
+        # Both versions: since 0048 the edge trigger's general path calls runs_recount_waiting_v2.
         row = conn.execute(
-            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'runs_recount_waiting'"
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname IN ('runs_recount_waiting', 'runs_recount_waiting_v2')"
         ).fetchone()
         return int(row[0])
 
+    earlier = conn.execute("SELECT pgsched.enqueue_v3('note')").fetchone()[0]
     with conn.transaction():
         conn.execute("SET LOCAL track_functions = 'all'")
         line = chain(t["note"].s(tag="a"), t["note"].s(), t["note"].s()).enqueue(conn=conn)
@@ -541,6 +577,12 @@ def test_a_python_workflow_takes_the_one_pass_path_in_the_callers_transaction_to
         wf.add(t["note"], tag="d", after=[b, c], when="finished")
         diamond = wf.enqueue(conn=conn)
         assert recounts() == 0
+        # What the count sees: an edge to a parent another transaction wrote takes the general path.
+        late = conn.execute(
+            "INSERT INTO pgsched.runs (task, status) VALUES ('note', 'waiting') RETURNING id"
+        ).fetchone()[0]
+        conn.execute("INSERT INTO pgsched.run_edges (child, parent) VALUES (%s, %s)", (late, earlier))
+        assert recounts() == 1
     pending = {r["id"]: r["parents_pending"] for r in run_rows(conn, line.run_ids + fan.run_ids + diamond.run_ids)}
     assert [pending[i] for i in line.run_ids] == [None, 1, 1]
     assert [pending[i] for i in fan.run_ids] == [None] * 5 + [5]

@@ -6,5 +6,7 @@
   fail as soon as one dies, diagnostics on a timeout, and no orphans;
 - ``workers``: the worker harness of the multi-process tests (``Workers``, the ``executions`` table);
 - ``inprocess``: a ``Worker`` running in the test's own event loop (``RunningWorker``);
-- ``api``: the REST API's test client with keys of every kind, and ``pgsched api`` served over HTTP.
+- ``api``: the REST API's test client with keys of every kind, and ``pgsched api`` served over HTTP;
+- ``history``: where a run is (runs or runs_history), runs as they ended before the move, a
+  round of the leader's mover, an installation without day partitions.
 """
