@@ -11,7 +11,11 @@ the kernel's socket work) and the server's (every backend of the database, from 
 sizes alternate within each round; medians over rounds. With two batch sizes, ``fixed`` is what
 a statement costs whatever its size and ``per run`` the rest (a line through the two points):
 a shape that claims and completes ``n`` runs a statement pays ``2 x fixed / n`` a run on top.
-The last line is one JSON object.
+
+Then the claim's rows alone: ``fetchall()`` of 100 rows shaped as a claim returns them, on a
+connection like the fetcher's, its session in the server's zone against one in UTC (what
+``CLAIM_CONNECTION`` sets: psycopg converts each timestamptz through a ZoneInfo otherwise),
+alternating, 10 rounds of 200 fetches; client CPU per row. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from benchmarks._server import fresh_database, server_dsn
 from benchmarks.worker_cpu import thread_cpu_s
 from pgsched.completer import Completer
 from pgsched.config import connection_kwargs
-from pgsched.fetcher import Capacity, Fetcher, FetchSettings, claim_pool
+from pgsched.fetcher import CLAIM_ADAPTERS, Capacity, Fetcher, FetchSettings, claim_pool
 from pgsched.run_types import ClaimedRun, Outcome
 
 BACKENDS_SQL = (
@@ -95,6 +99,46 @@ async def measure(dsn: str, batch: int, calls: int) -> dict[str, float]:
     }
 
 
+CLAIM_SHAPED_SQL = (
+    "SELECT id, task, args, attempt, max_attempts, queue, trace_context, request_id, priority, run_at, false"
+    " FROM pgsched.runs ORDER BY id LIMIT 100"
+)
+ZONES = {"server's zone": "", "UTC": "-c TimeZone=UTC"}
+
+
+async def row_loading_us(dsn: str, options: str, fetches: int = 200) -> float:
+    """Client CPU (µs) per row of ``fetchall()`` on a claim-shaped result, with these startup options."""
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, context=CLAIM_ADAPTERS, options=options)
+    try:
+        cursor, rows, spent = conn.cursor(), 0, 0.0
+        for _ in range(fetches):
+            await cursor.execute(CLAIM_SHAPED_SQL)
+            started = client_cpu_s()
+            rows += len(await cursor.fetchall())
+            spent += client_cpu_s() - started
+        return spent / rows * 1e6
+    finally:
+        await conn.close()
+
+
+def row_loading(dsn: str, rounds: int = 10) -> dict[str, Any]:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("TRUNCATE pgsched.runs, pgsched.runs_history")
+        admin.execute("INSERT INTO pgsched.runs (task, args) SELECT 'noop', '{}' FROM generate_series(1, 100)")
+    samples: dict[str, list[float]] = {zone: [] for zone in ZONES}
+    for round_number in range(rounds):
+        for zone in ZONES if round_number % 2 == 0 else list(ZONES)[::-1]:
+            samples[zone].append(asyncio.run(row_loading_us(dsn, ZONES[zone])))
+    ratios = [utc / server for utc, server in zip(samples["UTC"], samples["server's zone"])]
+    for zone, figures in samples.items():
+        print(f"claimed rows loaded, session in {zone}: {statistics.median(figures):.2f} µs a row")
+    print(f"UTC / server's zone: {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+    return {
+        "us_per_row": {zone: statistics.median(f) for zone, f in samples.items()},
+        "utc_vs_server_zone": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+    }
+
+
 def fit(small: int, large: int, at_small: float, at_large: float) -> dict[str, float]:
     """A statement's cost as fixed + n x per_run, through two batch sizes."""
     per_run = (at_large - at_small) / (large - small)
@@ -119,12 +163,14 @@ def main() -> None:
                 print(
                     f"round {round_number + 1}: batch {batch} " + " ".join(f"{k} {v:.0f}" for k, v in figures.items())
                 )
+        loading = row_loading(dsn)
     medians = {b: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for b, rows in samples.items()}
     report: dict[str, Any] = {
         "benchmark": "statement_costs",
         "calls": args.calls,
         "rounds": args.rounds,
         "medians": medians,
+        "row_loading": loading,
     }
     print(
         f"\n{'batch':>5s} {'claim client':>12s} {'claim server':>12s} {'compl client':>12s} {'compl server':>12s}"
