@@ -78,12 +78,19 @@ logger = logging.getLogger("pgsched.worker")
 # "auto" plan cache kept re-planning it on every execution: the generic plan halves an
 # idle claim (measured 0.57 -> 0.34 ms).
 #
-# Through a transaction-mode pooler neither startup option can be sent (PgBouncer refuses
+# The session's TimeZone is UTC: psycopg makes a claimed run_at with datetime.timezone.utc
+# then, and with a ZoneInfo of the server's zone otherwise (initdb takes the system's: 'Etc/UTC' here,
+# which psycopg does not take for UTC), converting every value through it: a claimed row loads in
+# 2.5 -> 1.7 µs (0.71x, range 0.57-0.94: 10 interleaved rounds of 200 fetches of 100 rows).
+# Nothing on this connection reads the session's zone: the claims compare and add instants, and
+# the cursor's instants go back with their offset.
+#
+# Through a transaction-mode pooler none of these startup options can be sent (PgBouncer refuses
 # them) and no statement stays prepared: each claim is then a transaction that skips the flush
 # with SET LOCAL, and is planned anew (see Fetcher._claim_transaction).
 CLAIM_CONNECTION: dict[str, Any] = {
     "autocommit": True,
-    "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan",
+    "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan -c TimeZone=UTC",
 }
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
 # How long the last look before sleeping waits for inserts in flight into our queues (an

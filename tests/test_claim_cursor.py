@@ -9,8 +9,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgsched.claim_cursor import BEHIND_EVERY_S, FROM_THE_START, FULL_PASS_S, SLACK_S, ClaimCursors
+from pgsched.config import connection_kwargs
+from pgsched.fetcher import CLAIM_ADAPTERS, CLAIM_CONNECTION
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries
 from tests.support.db import scalar
@@ -80,6 +83,28 @@ def test_the_claim_returns_where_each_run_stood_in_claim_order(conn: psycopg.Con
     run = ClaimedRun(*row)  # type: ignore[misc]
     assert (run.id, run.priority) == (run_id, 7)
     assert run.run_at == scalar(conn, "SELECT run_at FROM pgsched.runs_all WHERE id = %s", (run_id,))
+
+
+def test_the_fetchers_connection_reads_claimed_instants_in_utc_whatever_the_servers_zone(
+    conn: psycopg.Connection[Any], dsn: str
+) -> None:
+    """Its session's TimeZone is UTC (CLAIM_CONNECTION): psycopg then loads run_at without
+    converting it through the server's zone, and the instant is the same."""
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} SET timezone = 'America/New_York'").format(sql.Identifier(conn.info.dbname))
+    )
+    due = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    [run_id] = insert(conn, run_at=due)
+    params = {**ClaimCursors().params(["default"]), "queues": ["default"], "limit": 1, "worker_id": 1}
+    params |= {"lease_s": 30.0, "now": None, "only_tasks": None, "skip_tasks": None}
+    with psycopg.connect(dsn, **connection_kwargs(False, **CLAIM_CONNECTION, context=CLAIM_ADAPTERS)) as claims:
+        assert scalar(claims, "SHOW timezone") == "UTC"
+        run = ClaimedRun(*claims.execute(queries["run_claim"], params).fetchone())  # type: ignore[misc]
+    with psycopg.connect(dsn) as elsewhere:  # a session in the server's zone, for contrast
+        assert scalar(elsewhere, "SHOW timezone") == "America/New_York"
+    assert run.id == run_id
+    assert run.run_at == due
+    assert run.run_at is not None and run.run_at.tzinfo is timezone.utc
 
 
 def test_a_claim_after_the_first_starts_behind_the_last_run_claimed() -> None:
