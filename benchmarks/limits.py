@@ -9,7 +9,10 @@ they hold when they do, over several worker processes.
     server; the ratio of the two (issue: >= 0.9x);
 (b) max_running 10: 4 workers x concurrency 20 drain 2,000 runs of 20 ms that record their
     start and end in a side table: the most executions ever in progress at once (<= 10) and
-    the time-weighted mean while the drain lasts (>= 9);
+    the time-weighted mean while the drain lasts (>= 9). Twice, one per instrument (see
+    benchmarks/limits_app.py): records inserted on the task's path (``span``, the figure
+    measured since the issue was built), and instants taken in the task and written off its
+    path (``span_clock``);
 (c) rate 200/s (burst 10): 4 workers drain a backlog for --rate-seconds: starts per second
     achieved after the first burst (200 +- 3%), and the most starts in any 1-second window
     (<= 200 + burst);
@@ -19,7 +22,9 @@ they hold when they do, over several worker processes.
     the same queue without `fair` (what B waited before), with both drains' runs/s;
 (e) with --baseline-tree PATH (a checkout of the previous code): the plain drain of (a) by this
     tree's worker against that tree's, alternately, on the same database: what this code costs
-    a queue without settings.
+    a queue without settings. With --baseline-tree, (b) too is drained --reps times by each
+    tree's workers, alternately (the baseline tree needs this tree's benchmarks/limits_app.py
+    for span_clock: copy it there).
 
 The last line printed is one JSON object with every figure.
 """
@@ -118,8 +123,8 @@ def unbinding_drains(server: str, runs: int, reps: int) -> dict[str, list[float]
     return figures
 
 
-def workers_draining(dsn: str, count: int, concurrency: int, until: str, timeout_s: float) -> None:
-    procs = [start_worker(dsn, "--concurrency", str(concurrency), app=LIMITS_APP) for _ in range(count)]
+def workers_draining(dsn: str, count: int, concurrency: int, until: str, timeout_s: float, root: Path = ROOT) -> None:
+    procs = [start_worker(dsn, "--concurrency", str(concurrency), app=LIMITS_APP, root=root) for _ in range(count)]
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             wait_until(conn, until, timeout_s, 0.1)
@@ -128,21 +133,26 @@ def workers_draining(dsn: str, count: int, concurrency: int, until: str, timeout
             stop_worker(proc)
 
 
-def max_running_overlap(server: str, runs: int = 2000) -> dict[str, Any]:
-    """(b): max_running 10, 4 workers x 20 slots, runs of 20 ms."""
+def max_running_overlap(server: str, task: str, runs: int = 2000, root: Path = ROOT) -> dict[str, Any]:
+    """(b): max_running 10, 4 workers x 20 slots (of the code under ``root``), runs of 20 ms of
+    ``task`` (an instrument)."""
     with fresh_database(server) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(CREATE_SPANS)
             conn.execute("INSERT INTO pgsched.queues (name, max_running) VALUES ('default', 10)")
-        enqueue(dsn, "span", [{"n": i, "ms": 20} for i in range(runs)])
+        enqueue(dsn, task, [{"n": i, "ms": 20} for i in range(runs)])
         started = time.perf_counter()
-        done = f"SELECT count(*) = {runs} FROM pgsched.runs_all WHERE status = 'succeeded'"
-        workers_draining(dsn, 4, 20, done, 600)
+        done = (
+            f"SELECT count(*) = {runs} FROM pgsched.runs_all WHERE status = 'succeeded'"
+            f" AND (SELECT count(*) FROM spans) = {2 * runs}"  # span_clock's are written after
+        )
+        workers_draining(dsn, 4, 20, done, 600, root)
         seconds = time.perf_counter() - started
         with psycopg.connect(dsn, autocommit=True) as conn:
             most, mean = conn.execute(OVERLAP).fetchone()  # type: ignore[misc]
             attempts = conn.execute("SELECT max(attempt) FROM pgsched.runs_all").fetchone()[0]  # type: ignore[index]
     return {
+        "instrument": task,
         "runs": runs,
         "max_overlap": int(most),
         "mean_overlap": float(mean),
@@ -247,6 +257,28 @@ def tree_drains(server: str, runs: int, reps: int, baseline: Path) -> dict[str, 
     return figures
 
 
+def overlaps(server: str, reps: int, baseline: Path | None) -> list[dict[str, Any]]:
+    """(b) with each instrument, by this tree's workers and, alternately, ``baseline``'s."""
+    figures: list[dict[str, Any]] = []
+    trees = {"this": ROOT} if baseline is None else {"baseline": baseline, "this": ROOT}
+    for rep in range(reps):
+        for task in ("span", "span_clock"):
+            for tree in list(trees) if rep % 2 == 0 else list(reversed(trees)):
+                overlap = {
+                    "tree": tree,
+                    "load": os.getloadavg()[0],
+                    **max_running_overlap(server, task, root=trees[tree]),
+                }
+                figures.append(overlap)
+                print(
+                    f"(b) max_running 10, 4 workers x 20, {tree} tree, {task}: max overlap {overlap['max_overlap']},"
+                    f" mean {overlap['mean_overlap']:.2f}, {overlap['runs']} runs in {overlap['seconds']:.1f} s,"
+                    f" load {overlap['load']:.1f}",
+                    flush=True,
+                )
+    return figures
+
+
 def enqueue(dsn: str, task: str, all_args: list[dict[str, Any]]) -> None:
     app = App(dsn)
     try:
@@ -301,11 +333,8 @@ def main() -> None:
                 flush=True,
             )
         if "b" in options.only:
-            overlap = results["max_running"] = max_running_overlap(server)
-            print(
-                f"(b) max_running 10, 4 workers x 20: max overlap {overlap['max_overlap']},"
-                f" mean {overlap['mean_overlap']:.2f}, {overlap['runs']} runs in {overlap['seconds']:.1f} s",
-                flush=True,
+            results["max_running"] = overlaps(
+                server, options.reps if options.baseline_tree else 1, options.baseline_tree
             )
         if "c" in options.only:
             rate = results["rate"] = rate_accuracy(server, options.rate_seconds)

@@ -3,17 +3,22 @@
 While one batch is being written, new outcomes pile up and go out together in the next one,
 so the batch size follows the load with no fixed delay. The worker stops claiming while too
 many outcomes wait here, so memory stays bounded; on shutdown it drains what is left.
+
+A batch that ends runs of a limited queue whose limit holds runs back goes out with that
+queue's next claim in the same transaction (:class:`HandoffSource`, schema 0050): one round
+trip and one flush hand the freed slots to the next runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, LiteralString
+from typing import Any, Callable, LiteralString, Protocol
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from pgsched.limited_claim import Handoff
 from pgsched.run_types import Outcome
 from pgsched.sql import number_array, queries, text_array
 
@@ -26,11 +31,22 @@ RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 OnWritten = Callable[[list[Outcome], set[int]], None]
 
 
+class HandoffSource(Protocol):
+    """Who plans a batch's hand-off claim and takes its runs (the worker, for its fetcher)."""
+
+    def plan_handoff(self, batch: list[Outcome]) -> Handoff | None: ...
+
+    def handoff_claimed(self, handoff: Handoff, rows: list[tuple[Any, ...]] | None) -> set[int]: ...
+
+
 class Completer:
-    def __init__(self, pool: AsyncConnectionPool, worker_id: int, on_written: OnWritten) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, worker_id: int, on_written: OnWritten, handoff: HandoffSource | None = None
+    ) -> None:
         self._pool = pool
         self._worker_id = worker_id
         self._on_written = on_written
+        self._handoff = handoff
         self._pending: list[Outcome] = []
         self._has_pending = asyncio.Event()
         self._unwritten = 0
@@ -85,9 +101,27 @@ class Completer:
                 await asyncio.sleep(delay)
 
     async def _write(self, batch: list[Outcome]) -> set[int]:
+        handoff = self._handoff.plan_handoff(batch) if self._handoff is not None else None
+        if handoff is not None:
+            return await self._write_and_claim(batch, handoff)
         async with self._pool.connection() as conn:
             cursor = await conn.execute(*_statement(self._worker_id, batch))
             return {row[0] for row in await cursor.fetchall()}
+
+    async def _write_and_claim(self, batch: list[Outcome], handoff: Handoff) -> set[int]:
+        """``batch`` written with ``handoff``'s claim, in one statement (the source starts the
+        runs it took, and gets its slots back whatever happens)."""
+        assert self._handoff is not None
+        rows: list[tuple[Any, ...]] | None = None
+        try:
+            async with self._pool.connection() as conn:
+                cursor = await conn.execute(
+                    queries["run_complete_and_claim_limited"], {**_arrays(self._worker_id, batch), **handoff.params}
+                )
+                rows = await cursor.fetchall()
+        finally:
+            completed = self._handoff.handoff_claimed(handoff, rows)
+        return completed
 
 
 def _partition_moved(error: psycopg.errors.CheckViolation) -> bool:
@@ -107,13 +141,17 @@ def _statement(worker_id: int, batch: list[Outcome]) -> tuple[LiteralString, dic
     if all(o.status == "succeeded" for o in batch):
         params = {"worker_id": worker_id, "ids": ids, "attempts": attempts, "results": results}
         return queries["run_complete_succeeded"], params
-    params = {
+    return queries["run_complete_many"], _arrays(worker_id, batch)
+
+
+def _arrays(worker_id: int, batch: list[Outcome]) -> dict[str, Any]:
+    """run_complete_many's parameters for ``batch``."""
+    return {
         "worker_id": worker_id,
-        "ids": ids,
-        "attempts": attempts,
+        "ids": number_array([o.run_id for o in batch]),
+        "attempts": number_array([o.attempt for o in batch]),
         "statuses": text_array([o.status for o in batch]),
-        "results": results,
+        "results": text_array([o.result for o in batch]),
         "errors": text_array([o.error for o in batch]),
         "retry_delays_s": number_array([float(o.retry_delay_s) for o in batch]),
     }
-    return queries["run_complete_many"], params

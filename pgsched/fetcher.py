@@ -26,6 +26,11 @@ unit's claim in claim order starts at its own cursor (:mod:`pgsched.claim_cursor
 queues' does, so runs it may not take (a limited tenant's, queued ahead) are walked past only
 on a full pass.
 
+The hand-off (schema 0050): while a limited queue's max_running holds due runs back, the
+completer asks :meth:`Fetcher.plan_handoff` for the queue's claim when it writes runs of it
+that ended, and makes it in the completion's transaction; :meth:`Fetcher.handoff_claimed`
+starts what it took. The slots it may take are kept from the fetcher's own claims meanwhile.
+
 Process pool: runs of the process-pool tasks are claimed apart, no more than the idle children
 could start (a run waiting here for a child is a run another worker could be executing); the
 other tasks' runs take the remaining slots.
@@ -63,7 +68,16 @@ from psycopg_pool import AsyncConnectionPool
 from pgsched.claim_cursor import ClaimCursors
 from pgsched.config import connection_kwargs
 from pgsched.instants import READER_ADAPTERS
-from pgsched.limited_claim import Limits, Unit, claim_limited, takes
+from pgsched.limited_claim import (
+    Handoff,
+    LimitedClaim,
+    Limits,
+    Unit,
+    claim_limited,
+    handoff_outcome,
+    handoff_params,
+    takes,
+)
 from pgsched.run_types import ClaimedRun
 from pgsched.sql import queries, text_array
 
@@ -93,6 +107,12 @@ CLAIM_CONNECTION: dict[str, Any] = {
     "options": "-c synchronous_commit=off -c plan_cache_mode=force_generic_plan -c TimeZone=UTC",
 }
 LOCKED_BY_OTHERS_PAUSE_S = 0.05
+# While this worker's hand-offs take the slots its runs free (one filled in the last second),
+# its own claims held back by max_running look again this often instead of every 50 ms: they
+# found nothing 2 times in 3 and held the settings row meanwhile, which the hand-offs then
+# had to wait for. A slot another worker frees still wakes it (the slot-freed notification).
+HANDOFF_HELD_PAUSE_S = 0.25
+HANDOFF_RECENT_S = 1.0
 # How long the last look before sleeping waits for inserts in flight into our queues (an
 # insert commits within a millisecond or so; one in a longer transaction makes the fetcher
 # look again every LOCKED_BY_OTHERS_PAUSE_S until it has committed).
@@ -213,6 +233,9 @@ class Fetcher:
         self._retry_round = False
         self._advertiser: Advertiser | None = None  # None: no LISTEN, the poll is the wake-up
         self._looked_after_advertising = False  # a claim ran after the inserts in flight ended
+        self._handed_off = 0  # slots kept for the hand-off claims in flight (see plan_handoff)
+        self._handoff_filled = False  # the last hand-off took every slot its limits left
+        self._handoff_filled_at = -HANDOFF_RECENT_S  # loop time of the last hand-off that did
 
     # ---- wake-ups
 
@@ -240,11 +263,55 @@ class Fetcher:
         if self._waiting_for_capacity:
             self._wake.set()
 
-    def outcomes_written(self) -> None:
+    def outcomes_written(self) -> bool:
         """The completer wrote outcomes: room for more, and in the database the slots of a
-        limited queue that its runs held (what a held claim waits for)."""
-        if self._waiting_for_capacity or self._held:
+        limited queue that its runs held (what a held claim waits for), unless the batch's
+        hand-off claim took every one of them. Whether it did (then nobody needs waking)."""
+        filled, self._handoff_filled = self._handoff_filled, False
+        if self._waiting_for_capacity or (self._held and not filled):
             self._wake.set()
+        return filled
+
+    def handoff_unit(self, run: ClaimedRun) -> Unit | None:
+        """The unit whose claim may take the slot ``run`` frees, in its completion's transaction:
+        its queue's when only that queue's limits count it (a limited task's or tenant's run, or
+        the process pool's, takes the usual way)."""
+        limits = self._limits
+        if run.tenant_limited or run.queue not in limits.limited_queues or run.task in limits.limited_tasks:
+            return None
+        return None if run.task in self._process_tasks else Unit((run.queue,), None, True)
+
+    def plan_handoff(self, unit: Unit) -> Handoff | None:
+        """The claim of ``unit`` to make with a completion that frees its slots: only while its
+        limits hold due runs back (else the fetcher's own claims keep up, and a completion
+        stays one plain UPDATE), for the free slots, which it keeps until handoff_claimed."""
+        self._handoff_filled = False
+        free = self._capacity.free_slots() - self._handed_off
+        due = self._token_due.get(unit)
+        if not self._held or free < 1 or (due is not None and due > self._now()):
+            return None
+        if unit not in self._limits.units(self._settings.queues) or self._capacity.writes_backed_up():
+            return None
+        params = self._claim_params(free, None, None)
+        kind = _cursor_kind(unit, None)
+        if kind is not None:
+            params.update(_array_literals(self._cursors.params(unit.queues, kind)))
+        self._handed_off += free
+        return Handoff(unit, free, handoff_params(unit, self._limits, params), kind)
+
+    def handoff_claimed(self, handoff: Handoff, rows: list[tuple[Any, ...]] | None) -> set[int]:
+        """The hand-off's rows (None: its statement failed): start what it claimed, note when to
+        look again as after any claim of the unit; the ids the completion changed."""
+        self._handed_off -= handoff.limit
+        if rows is None:
+            return set()
+        completed, claim, filled = handoff_outcome(rows, handoff.limit)
+        self._handoff_filled = filled
+        if filled:
+            self._handoff_filled_at = self._now()
+        for run in self._settled(handoff.unit, claim, handoff.cursor_kind, None):
+            self._capacity.start(run)
+        return completed
 
     def limits_hold(self, run: ClaimedRun) -> bool:
         """Whether a limit counts ``run`` (its queue's, its task's as last loaded, or its
@@ -267,7 +334,7 @@ class Fetcher:
         capacity = self._capacity
         failures = 0
         while not self._stopping.is_set():
-            free = capacity.free_slots()
+            free = capacity.free_slots() - self._handed_off
             if free < (self._min_batch if self._backlog else 1) or capacity.writes_backed_up():
                 self._waiting_for_capacity = True
                 self._withdraw()  # no room: a notification would wake nothing to do
@@ -460,6 +527,12 @@ class Fetcher:
             params.update(_array_literals(self._cursors.params(unit.queues, kind)))
         async with pool.connection(timeout=FETCHER_CONNECTION_WAIT_S) as conn:
             claim = await claim_limited(conn, unit, self._limits, params, pgbouncer=self._settings.pgbouncer)
+        return self._settled(unit, claim, kind, only_tasks)
+
+    def _settled(
+        self, unit: Unit, claim: LimitedClaim, kind: str | None, only_tasks: list[str] | None
+    ) -> list[ClaimedRun]:
+        """``claim``'s runs, its cursor advanced and when to look again noted."""
         if kind is not None and claim.looked:
             self._cursors.advance(unit.queues, claim.runs, kind)
         if unit.tenant is not None:
@@ -474,6 +547,8 @@ class Fetcher:
                 self._token_due[unit] = retry_at
             else:
                 self._held = True
+                if self._now() - self._handoff_filled_at < HANDOFF_RECENT_S:
+                    retry_at = self._now() + max(claim.retry_in, HANDOFF_HELD_PAUSE_S)
             self._note_retry(retry_at)
         return claim.runs
 

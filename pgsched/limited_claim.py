@@ -20,6 +20,11 @@ notification then, see ``Worker._notify_slots_freed``), or when the next token i
 rate holds them back: a worker waiting for a token makes no claim before it, and one that lost
 a token to another worker waits a little longer (RACE_LOST_PAUSE_S), so idle claims stay at a
 few a second per worker.
+
+The hand-off (:class:`Handoff`, schema 0050): while a limited queue's max_running holds runs
+back, the completer writes a batch that ended runs of that queue together with the queue's next
+claim (``run_complete_and_claim_limited``), so the freed slots go to the next runs without a
+commit, a wake-up and another claim in between.
 """
 
 from __future__ import annotations
@@ -128,6 +133,49 @@ class LimitedClaim:
     retry_in: float | None
     by_rate: bool = False  # retry_in is a token's due time (no slot another worker frees helps)
     looked: bool = True  # False: the rows were another worker's turn, no run was looked at
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A limited claim to make in the completion's transaction: ``unit``'s, of up to ``limit``
+    runs (slots the fetcher keeps for it until :meth:`Fetcher.handoff_claimed`), with the
+    claim's ``params`` for ``run_complete_and_claim_limited`` (less the completion's arrays)."""
+
+    unit: Unit
+    limit: int
+    params: dict[str, Any]
+    cursor_kind: str | None
+
+
+def handoff_params(unit: Unit, limits: Limits, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (a claim's, with the cursor's arrays or not) as run_complete_and_claim_limited
+    takes them for ``unit``."""
+    skip = params["skip_tasks"] if unit.task is not None else limits.skipped_tasks(params["skip_tasks"])
+    return {
+        "after_priority": None,
+        "after_run_at": None,
+        "after_id": None,
+        "from_run_at": None,
+        **params,
+        "skip_tasks": skip,
+        "queues": list(unit.queues),
+        "task": unit.task,
+        "queue_locked": unit.queue_limited,
+        "tenant": unit.tenant,
+    }
+
+
+def handoff_outcome(rows: list[tuple[Any, ...]], limit: int) -> tuple[set[int], LimitedClaim, bool]:
+    """From run_complete_and_claim_limited's rows: the ids the completion changed, the claim (as
+    :func:`claim_limited` reads it), and whether it took every slot the limits left (nobody else
+    needs waking for them)."""
+    completed = set(rows[0][0])
+    claim_rows = [row[1:] for row in rows]
+    if not claim_rows[0][0]:
+        return completed, LimitedClaim([], HELD_BY_LIMIT_PAUSE_S, looked=False), False
+    claim = _outcome(claim_rows, limit)
+    headroom, more_due = claim_rows[0][1], claim_rows[0][2]
+    return completed, claim, len(claim.runs) >= headroom or not more_due
 
 
 def takes(unit: Unit, only_tasks: list[str] | None, skip_tasks: list[str] | None) -> bool:

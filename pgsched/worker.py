@@ -29,7 +29,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -42,6 +42,7 @@ from pgsched.context import RunContext, enter_run
 from pgsched.errors import PgschedError
 from pgsched.executor import cancelled_on_request, execute
 from pgsched.fetcher import Capacity, Fetcher, FetchSettings, claim_pool
+from pgsched.limited_claim import Handoff
 from pgsched.listener import Listener
 from pgsched.logs import about
 from pgsched.maintenance import rescue_expired
@@ -135,9 +136,9 @@ class Worker:
         self.worker_id: int | None = None
         self._state = _State()
         self._pool: AsyncConnectionPool | None = None  # the worker's pool, once open
-        # Runs started here that a limit counts (by id: their queue), and the notifications
-        # sent when they end (kept so they are not collected while in flight).
-        self._limited_runs: dict[int, str] = {}
+        # Runs started here that a limit counts (by id), and the notifications sent when they
+        # end (kept so they are not collected while in flight).
+        self._limited_runs: dict[int, ClaimedRun] = {}
         self._background_notifies: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -209,7 +210,7 @@ class Worker:
                 self.options.concurrency,
                 os.getpid(),
             )
-            completer = Completer(pool, self.worker_id, self._on_written)
+            completer = Completer(pool, self.worker_id, self._on_written, self)
             self._completer = completer
             listener = self._listener(dsn, pool)
             background = [
@@ -330,7 +331,7 @@ class Worker:
             self._process_runs += 1
         self._state.executing[run.id] = execution
         if self._fetcher.limits_hold(run):
-            self._limited_runs[run.id] = run.queue
+            self._limited_runs[run.id] = run
         # The loop's own create_task: asyncio.create_task is a Python wrapper around it that also
         # names the task (one more frame and call per run). No done callback: _execute frees the
         # slot as it ends (a callback per run cost a call_soon, a Handle and a partial).
@@ -457,14 +458,30 @@ class Worker:
                         outcome.run_id,
                         outcome.attempt,
                     )
-        self._fetcher.outcomes_written()
+        handed_off = self._fetcher.outcomes_written()
         if not self._limited_runs:
             return
-        freed = {self._limited_runs.pop(o.run_id) for o in batch if o.run_id in self._limited_runs}
-        if freed and self._fetcher.held and self._pool is not None:
+        freed = {self._limited_runs.pop(o.run_id).queue for o in batch if o.run_id in self._limited_runs}
+        if freed and self._fetcher.held and not handed_off and self._pool is not None:
             task = asyncio.create_task(self._notify_slots_freed(self._pool, sorted(freed)))
             self._background_notifies.add(task)
             task.add_done_callback(self._background_notifies.discard)
+
+    def plan_handoff(self, batch: list[Outcome]) -> Handoff | None:
+        """The completer's question: a claim to make with ``batch``'s completion, for the one
+        limited queue whose runs in it end (see :meth:`Fetcher.plan_handoff`)."""
+        if not self._limited_runs or not self._fetcher.held:
+            return None
+        units = {
+            self._fetcher.handoff_unit(self._limited_runs[o.run_id]) for o in batch if o.run_id in self._limited_runs
+        }
+        if len(units) != 1:
+            return None
+        unit = units.pop()
+        return None if unit is None else self._fetcher.plan_handoff(unit)
+
+    def handoff_claimed(self, handoff: Handoff, rows: list[tuple[Any, ...]] | None) -> set[int]:
+        return self._fetcher.handoff_claimed(handoff, rows)
 
     async def _notify_slots_freed(self, pool: AsyncConnectionPool, queues: list[str]) -> None:
         """Runs of limited queues or tasks, or of a tenant with a max_running, ended while

@@ -291,6 +291,21 @@ SELECT * FROM pgsched.run_claim_limited_v4(
     %(lease_s)s::float8, %(now)s::timestamptz, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(skip_flush)s::boolean,
     %(tenant)s::text, NULL, NULL, NULL, NULL);
 
+-- name: run_complete_and_claim_limited
+-- A batch of outcomes that ended runs a limit counted, and the claim of the next runs of that
+-- limit's unit in the same transaction (pgsched.run_complete_and_claim_limited_v1, schema 0050):
+-- run_complete_many's fenced UPDATE, then run_claim_limited_v4 (as run_claim_limited_from, or
+-- run_claim_tenant_limited with %(tenant)s), whose count sees the completion: the freed slots
+-- go to the next runs with one round trip and one flush, no commit in between. Rows as
+-- run_claim_limited's, each led by the ids the completion changed.
+SELECT * FROM pgsched.run_complete_and_claim_limited_v1(
+    %(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[], %(results)s::text[], %(errors)s::text[],
+    %(retry_delays_s)s::float8[],
+    %(queues)s::text[], %(task)s::text, %(queue_locked)s::boolean, %(limit)s::integer, %(worker_id)s::bigint,
+    %(lease_s)s::float8, %(only_tasks)s::text[], %(skip_tasks)s::text[], %(tenant)s::text,
+    %(after_priority)s::smallint[], %(after_run_at)s::timestamptz[], %(after_id)s::bigint[],
+    %(from_run_at)s::timestamptz[]);
+
 -- name: queue_settings_of_worker
 -- The settings that change how a worker claims (at start, on a pgsched_queues notification and
 -- at every poll): which of its queues are paused or limited, which tasks are, and which of
