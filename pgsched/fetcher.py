@@ -286,6 +286,8 @@ class Fetcher:
         limits hold due runs back (else the fetcher's own claims keep up, and a completion
         stays one plain UPDATE), for the free slots, which it keeps until handoff_claimed."""
         self._handoff_filled = False
+        if self._stopping.is_set():  # a stopping worker starts nothing: its grace is for what runs
+            return None
         free = self._capacity.free_slots() - self._handed_off
         due = self._token_due.get(unit)
         if not self._held or free < 1 or (due is not None and due > self._now()):

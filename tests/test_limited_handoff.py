@@ -210,3 +210,24 @@ def test_a_sigkilled_worker_that_handed_slots_off_keeps_them_only_until_its_leas
         if at >= killed_at:
             assert in_progress <= limit - still_held, f"at {at}: a dead worker's slot was given away before its lease"
     assert scalar(conn, "SELECT min(attempt) FROM pgsched.runs_all WHERE id = ANY(%s)", ([v[0] for v in victims],)) == 2
+
+
+def test_a_stopping_worker_hands_no_slot_to_a_next_run(workers: Workers, conn: psycopg.Connection[Any]) -> None:
+    """SIGTERM: the grace lets the runs in hand finish; their completions must not claim more
+    (a hand-off made then would keep the worker draining the queue until its grace ran out)."""
+    limit, runs = 2, 40
+    set_queue_settings(conn, "limited", max_running=limit)
+    for i in range(runs):
+        insert_run(conn, "slow", {"key": f"stop-{i}", "seconds": 0.2}, queue="limited")
+    worker = workers.start("--queues", "limited", "--concurrency", "4", "--grace", "30")
+    workers.wait_until(
+        lambda: scalar(conn, HANDED_OFF, (worker.worker_id, worker.worker_id)) > 0, 30, "a first hand-off"
+    )
+    stopped_at = scalar(conn, "SELECT clock_timestamp()")
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+
+    started_after = "SELECT count(*) FROM pgsched.runs_all WHERE worker_id = %s AND started_at > %s"
+    assert scalar(conn, started_after, (worker.worker_id, stopped_at)) == 0
+    assert scalar(conn, RUNNING_IN_LIMITED) == 0  # what it held finished within its grace
+    assert scalar(conn, "SELECT count(*) FROM pgsched.runs WHERE queue = 'limited' AND status = 'queued'") > 0
