@@ -23,6 +23,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 import pgsched
+from pgsched.api.access import AccessLines, access_log
 from pgsched.api.auth import PUBLIC_PATHS, ApiKeyAuthentication, KeyCache, scope_middleware
 from pgsched.api.batching import InsertBatcher
 from pgsched.api.cache import CACHE_DEPENDENCY, ResponseCache
@@ -180,7 +181,7 @@ def openapi_config() -> OpenAPIConfig:
 
 def create_app(settings: ApiSettings) -> Litestar:
     """The REST API over the database ``settings.dsn``."""
-    middleware: list[Any] = [correlation_middleware]  # first: outermost, every request gets its id
+    middleware: list[Any] = []
     if settings.auth:
         # The dashboard's pages authenticate by session cookie instead (pgsched.ui.access).
         middleware.append(DefineMiddleware(ApiKeyAuthentication, exclude=[*PUBLIC_PATHS, *UI_PATHS]))
@@ -188,10 +189,12 @@ def create_app(settings: ApiSettings) -> Litestar:
         middleware.append(RateLimitMiddleware())  # after authentication: it counts per key
     if settings.auth:
         middleware.append(scope_middleware)  # the key's scope, once the request has counted
+    access_lines = AccessLines() if settings.access_log else None
     app = Litestar(
         route_handlers=[*CONTROLLERS, *ui_routes()],
         template_config=template_config(),
         lifespan=[database_pool, redis_tier],
+        on_shutdown=[access_lines.flush] if access_lines is not None else [],  # the lines of the last FLUSH_S
         state=State(
             {
                 "settings": settings,
@@ -214,7 +217,14 @@ def create_app(settings: ApiSettings) -> Litestar:
         before_send=[correct_allow_header],
     )
     document_strict_request_bodies(app.openapi_schema)
-    app.asgi_handler = FastEnqueue(app, app.asgi_handler)  # the ordinary POST /runs skips the rest
+    # Around Litestar's own exception handler, not in the route's middleware: the 401, 403 and 429
+    # that authentication and the rate limit raise (and a 404) are answered outside the route's
+    # middleware stack, and carried no X-Request-ID there.
+    litestar = app.asgi_handler
+    # The ordinary POST /runs skips the rest.
+    app.asgi_handler = FastEnqueue(app, correlation_middleware(litestar), litestar)
+    if access_lines is not None:
+        app.asgi_handler = access_log(app.asgi_handler, access_lines)  # outermost: every answer has its line
     return app
 
 

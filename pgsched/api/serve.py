@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import http
-import logging
 import socket
 import sys
 from typing import Any
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
-from uvicorn.logging import AccessFormatter
 from uvicorn.supervisors import Multiprocess
-
-_PHRASES = {status.value: f"{status.value} {status.phrase}" for status in http.HTTPStatus}
-
-
-class LeanAccessFormatter(AccessFormatter):
-    """uvicorn's access line, the same text, without its cost: uvicorn's formatter copies the
-    record twice and looks the status phrase up per line (~8% of a POST /runs' CPU). The record
-    is the access logger's own (one handler, no propagation), so its fields are set in place."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        if self.use_colors:
-            return super().formatMessage(record)  # a terminal: colours, at uvicorn's price
-        client_addr, method, full_path, http_version, status_code = record.args  # type: ignore[misc]
-        code = int(status_code)  # type: ignore[arg-type]
-        fields = record.__dict__
-        fields["client_addr"] = client_addr
-        fields["request_line"] = f"{method} {full_path} HTTP/{http_version}"
-        fields["status_code"] = _PHRASES.get(code) or f"{code} "
-        fields["levelprefix"] = record.levelname + ":" + " " * (8 - len(record.levelname))
-        return self._style.format(record)
 
 
 class TcpConfig(uvicorn.Config):
