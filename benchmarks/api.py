@@ -170,12 +170,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def python_of(root: Path) -> str:
+    """The interpreter that runs ``root``'s code. Another tree needs its own venv: with this
+    one's (an editable install), PYTHONPATH=root finds root's ``pgsched`` package, but the
+    editable install's finder still maps ``pgsched.cli`` and ``pgsched.schema`` (cli/ and
+    schema/ in pyproject's package-dir) to this tree, so the baseline ran this tree's CLI and SQL."""
+    if root.resolve() == ROOT:
+        return sys.executable
+    python = root / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(
+            f"--baseline-tree {root}: no {python}; make its own venv first: "
+            f"cd {root} && python3 -m venv .venv && .venv/bin/pip install -e ."
+        )
+    check = (
+        "import pgsched, pgsched.cli, pgsched.schema as s; print(pgsched.__file__, pgsched.cli.__file__, s.__file__)"
+    )
+    found = subprocess.run([python, "-c", check], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    strays = [path for path in found if not Path(path).resolve().is_relative_to(root.resolve())]
+    if strays:
+        raise SystemExit(f"--baseline-tree {root}: its venv imports {strays} from another tree: pip install -e {root}")
+    return str(python)
+
+
 def start_api(dsn: str, port: int, processes: int, log: IO[bytes], root: Path = ROOT) -> subprocess.Popen[bytes]:
-    """`pgsched api` of the code under ``root`` (another tree: the before of a before/after)."""
+    """`pgsched api` of the code under ``root`` (another tree, run by its own venv: the before
+    of a before/after)."""
     env = {k: v for k, v in os.environ.items() if k not in API_ENV_LEFT_OUT} | {"PYTHONPATH": str(root)}
     return subprocess.Popen(
         [
-            sys.executable,
+            python_of(root),
             "-m",
             "pgsched.cli.main",
             "api",
@@ -430,7 +454,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--baseline-tree",
         type=Path,
-        help="another checkout (e.g. `git worktree add /tmp/base main`): its `pgsched api` is measured by wrk too",
+        help="another checkout with its own venv (`git worktree add /tmp/base main`, then in it `python3 -m venv "
+        ".venv && .venv/bin/pip install -e .`): its `pgsched api` is measured by wrk too",
     )
     parser.add_argument("--quick", action="store_true", help="a smaller run, to check the benchmark works")
     parser.add_argument(

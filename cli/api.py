@@ -105,6 +105,8 @@ def api(
     if read_dsn:
         os.environ["PGSCHED_READ_DSN"] = read_dsn
     os.environ["PGSCHED_READ_MAX_LAG_S"] = repr(read_max_lag_s)
+    # The access log is the app's (pgsched.api.access: uvicorn's line, buffered), not uvicorn's.
+    os.environ["PGSCHED_API_ACCESS_LOG"] = "1" if log_level.lower() in ("debug", "info") else "0"
     os.environ["PGSCHED_API_AUTH_FAILURE_LIMIT"] = str(
         RateLimit.parse(auth_failure_limit, source="--auth-failure-limit")
     )
@@ -122,6 +124,7 @@ def api(
         workers=workers,
         log_level=log_level.lower(),
         log_config=_log_config(log_level),
+        access_log=False,
         **tls,
     )
 
@@ -147,11 +150,9 @@ def _log_config(level: str) -> dict[str, Any]:
     config["root"] = {"handlers": ["default"], "level": level.upper()}
     # The pool logs every reconnect attempt at INFO; its warnings say what matters.
     config["loggers"]["psycopg.pool"] = {"level": "WARNING"}
-    # Every line a request logs, its access line included, ends with its X-Request-ID (and the
-    # run's ids for a line about a run): pgsched.logs.CorrelationFilter.
+    # Every line a request logs ends with its X-Request-ID (and the run's ids for a line about a
+    # run): pgsched.logs.CorrelationFilter. The access line too, written by pgsched.api.access.
     config["filters"] = {"correlation": {"()": "pgsched.logs.CorrelationFilter"}}
-    config["formatters"]["access"]["()"] = "pgsched.api.serve.LeanAccessFormatter"
-    for name in ("default", "access"):
-        config["handlers"][name]["filters"] = ["correlation"]
-        config["formatters"][name]["fmt"] += "%(correlation)s"
+    config["handlers"]["default"]["filters"] = ["correlation"]
+    config["formatters"]["default"]["fmt"] += "%(correlation)s"
     return config

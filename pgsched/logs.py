@@ -40,7 +40,13 @@ def about(run: RunContext) -> dict[str, Any]:
 
 def correlation(record: logging.LogRecord) -> dict[str, Any]:
     """The ids that tie a line to its run, request and trace (only those that are known)."""
-    run: RunContext | None = record.__dict__.get("pgsched_run") or running()
+    return context_fields(record.__dict__.get("pgsched_run"))
+
+
+def context_fields(about_run: RunContext | None = None) -> dict[str, Any]:
+    """The ids of ``about_run`` (else the run executing here), this context's request and its
+    current span: what a line logged here carries."""
+    run = about_run or running()
     fields: dict[str, Any] = {}
     if run is not None:
         fields.update(run_id=run.id, task=run.task, queue=run.queue, attempt=run.attempt)

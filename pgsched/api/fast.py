@@ -18,7 +18,6 @@ refuses, the 503 of an unreachable database.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
@@ -39,7 +38,7 @@ from litestar.utils.scope.state import ScopeState
 
 from pgsched.api.auth import KeyCache, needed_scope
 from pgsched.api.batching import InsertBatcher
-from pgsched.api.correlation import REQUEST_ID_HEADER
+from pgsched.api.correlation import REQUEST_ID_HEADER, new_request_id
 from pgsched.api.keys import KEY_PREFIX, ApiKey, digest
 from pgsched.api.ratelimit import RateLimiter, caller_of, too_many_requests
 from pgsched.api.schemas import RunCreate, RunOut, from_row
@@ -71,13 +70,15 @@ _encode_json = msgspec.json.Encoder().encode
 
 class FastEnqueue:
     """The app's ASGI handler: ``POST /runs`` here when it is ordinary, everything else to
-    ``litestar`` (Litestar's own handler: its exception handler around its router)."""
+    ``litestar`` (Litestar's own handler inside the correlation wrapper). ``exception_handler``
+    is Litestar's exception handler around its router: it answers the errors raised here after
+    the rate limit's count as it answers the route's."""
 
-    def __init__(self, app: Litestar, litestar: ASGIApp) -> None:
+    def __init__(self, app: Litestar, litestar: ASGIApp, exception_handler: ASGIApp) -> None:
         self.app = app
         self.litestar = litestar
         # Litestar's exception handler answers post-write errors as it answers the route's.
-        self._answer_error: Callable[..., Any] = litestar.handle_request_exception  # type: ignore[attr-defined]
+        self._answer_error: Callable[..., Any] = exception_handler.handle_request_exception  # type: ignore[attr-defined]
         self._route: tuple[Any, ...] | None = None  # the router's answer for POST /runs, once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,7 +113,7 @@ class FastEnqueue:
         if wanted is None or (key is not None and not key.allows(needed_scope(handler))):
             await self.litestar(scope, receive, send)
             return
-        request_id = given_id.decode("latin-1") if given_id is not None else uuid.uuid4().hex
+        request_id = given_id.decode("latin-1") if given_id is not None else new_request_id()
         id_header = (REQUEST_ID_HEADER, given_id or request_id.encode())
 
         async def send_with_id(message: Message) -> None:

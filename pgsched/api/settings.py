@@ -82,6 +82,9 @@ class ApiSettings:
     # Past read_max_lag_s seconds behind, or down, reads go to the primary.
     read_dsn: str | None = None
     read_max_lag_s: float = 5.0
+    # A line per request on standard output, uvicorn's access line (pgsched.api.access): `pgsched
+    # api` turns it on at --log-level info or debug, in place of uvicorn's own.
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.dsn, str) or not self.dsn.strip():
@@ -142,6 +145,7 @@ class ApiSettings:
                 ),
                 read_dsn=env.get("PGSCHED_READ_DSN") or None,
                 read_max_lag_s=float(env.get("PGSCHED_READ_MAX_LAG_S", cls.read_max_lag_s)),
+                access_log=env.get("PGSCHED_API_ACCESS_LOG", "0") not in ("0", "false", "no", "off"),
             )
         except ValueError as exc:
             raise ConfigError(f"a PGSCHED_API_* variable is not a number: {exc}") from None
