@@ -12,7 +12,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from pgsched.api import batching
-from pgsched.api.app import ENQUEUE_CONNECTION, enqueue_connection
+from pgsched.api.app import ENQUEUE_CONNECTION
 from pgsched.api.batching import InsertBatcher
 from pgsched.app import App
 from pgsched.enqueue import _insert_params
@@ -111,20 +111,18 @@ def test_a_lone_request_goes_out_alone(dsn: str, statements: list[int]):
     assert statements == []
 
 
-def test_the_enqueue_pool_prepares_its_statements_unless_a_pooler_is_in_between(dsn: str, statements: list[int]):
-    assert "prepare_threshold" not in enqueue_connection(pgbouncer=False)  # psycopg's default: after 5 runs
-    assert enqueue_connection(pgbouncer=True)["prepare_threshold"] is None  # PgBouncer: never
+def test_the_batch_statement_answers_each_request_with_its_own_row_wave_after_wave(dsn: str, statements: list[int]):
+    assert ENQUEUE_CONNECTION["prepare_threshold"] is None  # never prepared: the API works through PgBouncer as is
     app = App(dsn)
     all_params = [params_of(app, i, delay=30 if i % 7 == 0 else None) for i in range(60)]
-    prepared_at_once = enqueue_connection(pgbouncer=False) | {"prepare_threshold": 0}
 
     async def in_waves() -> list[Any]:  # a statement per wave, on the pool's one connection
-        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, kwargs=prepared_at_once) as pool:
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=1, kwargs=ENQUEUE_CONNECTION) as pool:
             batcher = InsertBatcher(pool)
             return [row for wave in range(6) for row in await _wave(batcher, all_params[wave * 10 : wave * 10 + 10])]
 
     rows = asyncio.run(in_waves())
-    assert statements == [10] * 6, "the prepared batch statement ran once per wave"
+    assert statements == [10] * 6, "the batch statement ran once per wave"
     for index, row in enumerate(rows):
         assert isinstance(row, dict), row
         assert (row["args"]["i"], row["request_id"], row["priority"]) == (index, f"req-{index}", index)

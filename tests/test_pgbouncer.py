@@ -438,6 +438,22 @@ def test_the_api_creates_and_reads_runs_through_pgbouncer(db: Db) -> None:
     assert db.count_runs("queued") == 312
 
 
+def test_concurrent_posts_through_pgbouncer_need_no_setting(db: Db) -> None:
+    """16 callers at once share PgBouncer's 2 server connections: a statement the API prepared on
+    one would be missing on the other ("prepared statement _pg3_4 does not exist")."""
+    key, _ = api_keys.create_key(db.conn, "write", name="pgbouncer-concurrent")
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(ApiSettings(dsn=db.pooled, key_cache_s=0.0))) as client:
+
+        def post(i: int) -> int:
+            return client.post("/runs", json={"task": "record", "args": {"key": f"c-{i}"}}, headers=headers).status_code
+
+        with ThreadPoolExecutor(16) as callers:
+            codes = list(callers.map(post, range(400)))
+    assert codes == [201] * 400, sorted(set(codes))
+    assert db.count_runs("queued") == 400
+
+
 # ---- the worker
 
 

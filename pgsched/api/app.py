@@ -45,7 +45,6 @@ from pgsched.api.redis_tier import RedisTier
 from pgsched.api.replica import ReadReplica, Reads
 from pgsched.api.settings import ApiSettings
 from pgsched.app import App
-from pgsched.config import connection_kwargs
 from pgsched.instants import READER_ADAPTERS
 from pgsched.ui import UI_PATHS, template_config, ui_routes
 from pgsched.ui.insights import Insights
@@ -77,16 +76,12 @@ API_CONNECTION: dict[str, Any] = {"autocommit": True, "prepare_threshold": None,
 # are the same (big integers, floats, escapes).
 ENQUEUE_ADAPTERS = AdaptersMap(READER_ADAPTERS)
 set_json_loads(msgspec.json.decode, ENQUEUE_ADAPTERS)
+# Unprepared too, although an insert's plan cannot go generic: the API is documented to work
+# through PgBouncer with no setting (docs/operations/pgbouncer.md), and a prepared insert fails
+# there ("prepared statement _pg3_4 does not exist", 16 concurrent POSTs through PgBouncer 1.18;
+# tests/test_pgbouncer.py). Preparing gave 16 in-process callers 2,150 -> 3,600 runs/s for the
+# same API CPU per insert: the planning it saves is PostgreSQL's, not the API's.
 ENQUEUE_CONNECTION: dict[str, Any] = {**API_CONNECTION, "context": ENQUEUE_ADAPTERS}
-
-
-def enqueue_connection(pgbouncer: bool) -> dict[str, Any]:
-    """The enqueue pool's connections. They run inserts only, which have no plan to go generic:
-    psycopg prepares them as the library's own connections, unless the DSN goes through a
-    transaction-mode pooler. The batched insert's planning was PostgreSQL's largest cost: 16
-    callers inserting through InsertBatcher went from 2,150 to 3,600 runs/s (same run, 2 cores),
-    for the same API CPU per insert (~45-55 us)."""
-    return connection_kwargs(pgbouncer, autocommit=True, context=ENQUEUE_ADAPTERS)
 
 
 @asynccontextmanager
@@ -119,7 +114,7 @@ async def database_pool(app: Litestar) -> AsyncIterator[None]:
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout_s,
-        kwargs=enqueue_connection(app.state.pgsched.pgbouncer),
+        kwargs=ENQUEUE_CONNECTION,
         open=False,
         name="pgsched-api-async",
     )
