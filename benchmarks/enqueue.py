@@ -198,18 +198,22 @@ class ClientProcess:
 # ---- the orchestrator
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000, help="calls per path and round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
-    parser.add_argument("--baseline-tree", type=Path, help="another checkout: its pgsched is measured as 'before'")
-    parser.add_argument("--dsn", help="a server to create the benchmark databases on (default: embedded)")
+def add_pgqueuer_python(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pgqueuer-python",
         type=Path,
         default=PGQUEUER_PYTHON if PGQUEUER_PYTHON.exists() else None,
         help="a python with pgqueuer[asyncpg] installed: adds PgQueuer's single enqueue (default: peers' venv)",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per path and round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--baseline-tree", type=Path, help="another checkout: its pgsched is measured as 'before'")
+    parser.add_argument("--dsn", help="a server to create the benchmark databases on (default: embedded)")
+    add_pgqueuer_python(parser)
     parser.add_argument(
         "--synchronous-commit",
         choices=("on", "off"),

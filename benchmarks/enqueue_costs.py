@@ -46,7 +46,15 @@ from typing import Any, Callable
 import psycopg
 from psycopg import sql
 
-from benchmarks.enqueue import PGQUEUER_PYTHON, ROOT, WARMUP, ClientProcess, as_url, backend_cpu_ns, cpu_between
+from benchmarks.enqueue import (
+    ROOT,
+    WARMUP,
+    ClientProcess,
+    add_pgqueuer_python,
+    as_url,
+    backend_cpu_ns,
+    cpu_between,
+)
 
 RAW_SQL = "INSERT INTO pgsched.runs (task, args) VALUES (%s, %s) RETURNING id"
 BARE_TABLE = "bench_bare"
@@ -230,12 +238,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (both parts)")
     parser.add_argument("--inserts", type=int, default=2000, help="one-row INSERTs per table and round (part 2)")
     parser.add_argument("--dsn", help="a server to create the databases on (default: embedded; WAL is then ours only)")
-    parser.add_argument(
-        "--pgqueuer-python",
-        type=Path,
-        default=PGQUEUER_PYTHON if PGQUEUER_PYTHON.exists() else None,
-        help="a python with pgqueuer[asyncpg] installed (default: the venv benchmarks.peers keeps)",
-    )
+    add_pgqueuer_python(parser)
     return parser.parse_args()
 
 
