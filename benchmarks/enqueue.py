@@ -1,7 +1,7 @@
 """What does one enqueue cost, against the raw INSERT + commit it wraps? Issue 18's first item.
 
     python -m benchmarks.enqueue [--calls 2000] [--rounds 5] [--baseline-tree DIR] [--dsn SERVER_DSN]
-                                 [--pgqueuer-python PYTHON]
+                                 [--pgqueuer-python PYTHON] [--synchronous-commit off]
 
 One run per call, one caller, each call its own transaction (autocommit), as a web request
 makes it. Paths: ``App.enqueue``, ``Task.enqueue`` and their asyncio twins
@@ -26,7 +26,10 @@ runs the same pgsched paths with that tree's pgsched, on a database that tree's 
 built (its insert trigger included), in the same run: before/after.
 Each tree's paths run in a client process of their own; rounds interleave every path of every
 tree, and a figure is the median over rounds. A throwaway embedded PostgreSQL (fsync and
-synchronous_commit on) unless --dsn names a server. The last line is one JSON object.
+synchronous_commit on) unless --dsn names a server. ``--synchronous-commit off`` sets it off for
+the benchmark's databases: the wall clock then shows what a call costs besides the commit's WAL
+flush (not a durable enqueue; benchmarks.enqueue_costs compares both). The last line is one
+JSON object.
 """
 
 from __future__ import annotations
@@ -195,19 +198,42 @@ class ClientProcess:
 # ---- the orchestrator
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=2000, help="calls per path and round")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
-    parser.add_argument("--baseline-tree", type=Path, help="another checkout: its pgsched is measured as 'before'")
-    parser.add_argument("--dsn", help="a server to create the benchmark databases on (default: embedded)")
+def add_pgqueuer_python(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pgqueuer-python",
         type=Path,
         default=PGQUEUER_PYTHON if PGQUEUER_PYTHON.exists() else None,
         help="a python with pgqueuer[asyncpg] installed: adds PgQueuer's single enqueue (default: peers' venv)",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per path and round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--baseline-tree", type=Path, help="another checkout: its pgsched is measured as 'before'")
+    parser.add_argument("--dsn", help="a server to create the benchmark databases on (default: embedded)")
+    add_pgqueuer_python(parser)
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="off: the benchmark's databases commit without waiting for the WAL flush, so the wall "
+        "clock shows the rest of a call (on a loaded disk the flush is most of it); not a durable enqueue",
+    )
     return parser.parse_args()
+
+
+def set_synchronous_commit(server: str, dsns: list[str], mode: str) -> None:
+    """Each database's default (its sessions' setting from their next connection on)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        for dsn in dsns:
+            name = sql.Identifier(str(conninfo_to_dict(dsn)["dbname"]))
+            conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = {}").format(name, sql.Literal(mode)))
 
 
 def migrate_with(tree: Path, dsn: str) -> None:
@@ -270,6 +296,7 @@ def main() -> None:
     ):
         import psycopg
 
+        set_synchronous_commit(server, [dsn, raw_dsn, pgq_dsn, before_dsn], args.synchronous_commit)
         with psycopg.connect(raw_dsn, autocommit=True) as conn:
             conn.execute("DROP TRIGGER runs_inserted ON pgsched.runs")
         if args.baseline_tree:  # the baseline's pgsched on a database its own migrations built
@@ -318,8 +345,8 @@ def report(samples: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     raw = figures[RAW]
     pgq = figures.get(PGQUEUER)
     print(
-        f"\none enqueue per call, {args.calls:,} calls x {args.rounds} rounds (medians); "
-        "ratio = the other's wall / path's"
+        f"\none enqueue per call, {args.calls:,} calls x {args.rounds} rounds (medians), synchronous_commit "
+        f"{args.synchronous_commit}; ratio = the other's wall / path's"
     )
     print(
         f"{'path':34s} {'wall us':>8s} {'runs/s':>8s} {'vs raw':>7s} {'vs PgQ':>7s} {'CPU us':>7s} {'server':>7s}"
@@ -334,7 +361,17 @@ def report(samples: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             f"{label:34s} {f['wall_us']:8.1f} {f['per_s']:8,d} {f['vs_raw']:7.2f} {f['vs_pgqueuer']:7.2f}"
             f" {f['cpu_us']:7.1f} {server:7.1f} {f['cpu_us'] + server:7.1f}"
         )
-    print(json.dumps({"benchmark": "enqueue", "calls": args.calls, "rounds": args.rounds, "figures": figures}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "enqueue",
+                "calls": args.calls,
+                "rounds": args.rounds,
+                "synchronous_commit": args.synchronous_commit,
+                "figures": figures,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -890,14 +890,16 @@ class App:
         """The sync pool (autocommit connections), opened on first use."""
         with self._lock:
             if self._pool is None:
-                self._pool = ConnectionPool(
+                pool = ConnectionPool(
                     self.dsn,
                     min_size=1,
                     max_size=self._pool_max_size,
                     kwargs=connection_kwargs(self.pgbouncer, autocommit=True),
-                    open=True,
+                    open=False,
                     name="pgsched",
                 )
+                _open_with_its_first_connection(pool)
+                self._pool = pool
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool:
@@ -914,7 +916,12 @@ class App:
                 name="pgsched-async",
             )
             self._async_pools[loop] = pool
-            await pool.open()
+            try:
+                await pool.open(wait=True)  # as _open_with_its_first_connection says why
+            except BaseException:
+                del self._async_pools[loop]
+                await pool.close()
+                raise
         return pool
 
     def default_connection(self) -> psycopg.Connection[Any] | None:
@@ -953,6 +960,22 @@ class App:
         pool = self._async_pools.pop(asyncio.get_running_loop(), None)
         if pool is not None:
             await pool.close()
+
+
+def _open_with_its_first_connection(pool: ConnectionPool) -> None:
+    """Open ``pool`` and wait for its first connection. Opened without waiting, the first
+    getconn finds no connection ready, and psycopg_pool adds one for every client that waits:
+    a caller that enqueues one run after another then holds two connections, and the pool,
+    first in first out, hands it each in turn, so every statement runs on the backend that
+    sat idle during the last one. Measured (benchmarks.enqueue, before/after in one run, 7
+    rounds, synchronous_commit off so the disk's flush does not hide it): App.enqueue's server
+    CPU 362 -> 288 us a call, its client CPU 183 -> 143 us, its wall 1,271 -> 1,012 us; the
+    async and Task paths alike (benchmarks/results/enqueue-costs-issue-18.md)."""
+    try:
+        pool.open(wait=True)
+    except BaseException:
+        pool.close()
+        raise
 
 
 # DataError: also a NUL character, which jsonb (server) and text parameters (psycopg) refuse.

@@ -134,7 +134,29 @@ def test_each_enqueue_returns_a_new_increasing_id(app, conn):
     assert [row["args"]["i"] for row in runs(conn)] == [0, 1, 2, 3, 4]
 
 
+def test_one_enqueue_after_another_holds_one_pooled_connection(app, conn):
+    # Opened without waiting, the pool grew to two at the first call and took turns between
+    # them: each statement ran on the backend that had sat idle (benchmarks.enqueue_costs).
+    for i in range(20):
+        app.enqueue("t", {"i": i})
+    assert app.pool.get_stats()["pool_size"] == 1
+    assert len(runs(conn)) == 20
+
+
 # ---- Python, asyncio
+
+
+def test_one_async_enqueue_after_another_holds_one_pooled_connection(app, conn):
+    async def main() -> int:
+        try:
+            for i in range(20):
+                await app.enqueue_async("t", {"i": i})
+            return int((await app.async_pool()).get_stats()["pool_size"])
+        finally:
+            await app.aclose()
+
+    assert asyncio.run(main()) == 1
+    assert len(runs(conn)) == 20
 
 
 def test_enqueue_async_and_task_enqueue_async_insert_runs(app, conn):
