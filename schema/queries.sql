@@ -12,6 +12,7 @@ SELECT pg_advisory_xact_lock(%(key)s);
 SELECT pg_advisory_lock(%(key)s);
 
 -- name: migration_unlock_session
+-- Release the session lock that serialises concurrent `pgsched migrate` runs.
 SELECT pg_advisory_unlock(%(key)s);
 
 -- name: migration_bootstrap
@@ -24,15 +25,19 @@ CREATE TABLE IF NOT EXISTS pgsched.schema_migrations (
 );
 
 -- name: migration_table_exists
+-- Whether this database has been migrated at all (pgsched.schema_migrations exists).
 SELECT to_regclass('pgsched.schema_migrations') IS NOT NULL;
 
 -- name: migration_repairs_recorded
+-- Whether the table of rows repaired by schema 0009 exists (pgsched.repaired_rows).
 SELECT to_regclass('pgsched.repaired_rows') IS NOT NULL;
 
 -- name: migration_applied
+-- The versions already applied, in order.
 SELECT version FROM pgsched.schema_migrations ORDER BY version;
 
 -- name: migration_record
+-- Record a migration as applied, in the transaction that applied it.
 INSERT INTO pgsched.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: worker_listen
@@ -148,6 +153,7 @@ SELECT array_agg(nextval(runs_ids.seq)) AS ids,
 FROM runs_ids, generate_series(1, %(n)s);
 
 -- name: run_copy
+-- Bulk enqueue (enqueue_many): the runs' rows streamed by COPY, ids taken beforehand.
 COPY pgsched.runs (id, task, args, queue, priority, run_at, max_attempts, tenant, trace_context, request_id,
                    concurrency_key) FROM STDIN;
 
@@ -518,6 +524,7 @@ SELECT id FROM pgsched.runs
 WHERE id = ANY(%(ids)s::bigint[]) AND status = 'running' AND cancel_requested_at IS NOT NULL;
 
 -- name: worker_deregister
+-- A stopping worker removes its row (a killed one is removed by the sweep as stale).
 DELETE FROM pgsched.workers WHERE id = %(worker_id)s;
 
 -- name: worker_remove_stale
@@ -625,6 +632,7 @@ WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('queued', 'running')
   AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_status
+-- A run's status, wherever it is (runs or the history), for the message of a refused action.
 SELECT status::text FROM pgsched.run_by_id(%(id)s) WHERE (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: run_listen_finished
@@ -795,6 +803,7 @@ ORDER BY tenant NULLS FIRST
 LIMIT 2;
 
 -- name: job_get
+-- One schedule by id, every column.
 SELECT id, name, task, args, queue, priority, cron, every_s, at, tz, misfire, max_catchup, max_attempts,
        enabled, next_run_at, last_scheduled_for, last_error, tenant, created_at, updated_at
 FROM pgsched.jobs WHERE id = %(id)s;
@@ -811,9 +820,11 @@ ORDER BY name, coalesce(tenant, '')
 LIMIT %(limit)s;
 
 -- name: job_set_enabled
+-- Enable or disable a schedule; returns its tenant for the caller's tenant check.
 UPDATE pgsched.jobs SET enabled = %(enabled)s, updated_at = now() WHERE id = %(id)s RETURNING id, tenant;
 
 -- name: job_delete
+-- Delete a schedule; returns its tenant for the caller's tenant check.
 DELETE FROM pgsched.jobs WHERE id = %(id)s RETURNING id, tenant;
 
 -- name: job_trigger
@@ -899,6 +910,7 @@ SELECT extract(epoch FROM min(next_run_at) - now())::float8 FROM pgsched.jobs WH
 SELECT pg_try_advisory_lock(hashtextextended('pgsched.beat', 0));
 
 -- name: leader_unlock
+-- The beat leader gives up its session advisory lock (on resigning).
 SELECT pg_advisory_unlock(hashtextextended('pgsched.beat', 0));
 
 -- name: leader_record
@@ -912,6 +924,7 @@ ON CONFLICT (singleton) DO UPDATE SET host = excluded.host, pid = excluded.pid, 
 UPDATE pgsched.beat_leader SET last_seen_at = now() WHERE host = %(host)s AND pid = %(pid)s;
 
 -- name: leader_resign
+-- The resigning beat leader removes its row from beat_leader.
 DELETE FROM pgsched.beat_leader WHERE host = %(host)s AND pid = %(pid)s;
 
 -- name: leader_status
@@ -1110,6 +1123,7 @@ VALUES (%(name)s, %(key_hash)s, %(prefix)s, %(scope)s, %(tenant)s)
 RETURNING id, name, prefix, scope, tenant, created_at, revoked_at;
 
 -- name: api_key_list
+-- Every API key, without its hash.
 SELECT id, name, prefix, scope, tenant, created_at, revoked_at FROM pgsched.api_keys ORDER BY id;
 
 -- name: api_key_revoke
@@ -1172,6 +1186,7 @@ WHERE s.name = 'synchronous_commit';
 SELECT current_database() AS database, pg_postmaster_start_time() AS started, inet_server_port() AS port;
 
 -- name: doctor_clock
+-- The database's clock, for `pgsched doctor`'s clock-skew check.
 SELECT clock_timestamp() AS now;
 
 -- name: worker_heartbeat_ages
@@ -1181,6 +1196,7 @@ FROM pgsched.workers
 ORDER BY id;
 
 -- name: doctor_repair
+-- `pgsched doctor --fix`: repair the runs and schedules that break a schema rule.
 SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jobs('pgsched doctor --fix') AS jobs;
 
 -- ---- The dashboard (/ui, pgsched/ui/): sessions, sign-in links, the per-minute rollup, failure groups.
@@ -1191,6 +1207,7 @@ SELECT pgsched.repair_runs(0, 'pgsched doctor --fix') AS runs, pgsched.repair_jo
 SELECT set_config('statement_timeout', %(ms)s, true);
 
 -- name: ui_session_insert
+-- A dashboard session for an API key, valid for ttl_s.
 INSERT INTO pgsched.ui_sessions (token_hash, key_id, expires_at)
 VALUES (%(token_hash)s, %(key_id)s, coalesce(%(now)s::timestamptz, now()) + make_interval(secs => %(ttl_s)s));
 
@@ -1202,9 +1219,11 @@ FROM pgsched.ui_sessions AS s JOIN pgsched.api_keys AS k ON k.id = s.key_id
 WHERE s.token_hash = %(token_hash)s AND s.expires_at > coalesce(%(now)s::timestamptz, now()) AND k.revoked_at IS NULL;
 
 -- name: ui_session_delete
+-- Sign out: delete the session.
 DELETE FROM pgsched.ui_sessions WHERE token_hash = %(token_hash)s;
 
 -- name: ui_sign_in_insert
+-- A one-time dashboard sign-in link's token, valid for ttl_s.
 INSERT INTO pgsched.ui_sign_in_tokens (token_hash, key_id, expires_at)
 VALUES (%(token_hash)s, %(key_id)s, now() + make_interval(secs => %(ttl_s)s));
 
@@ -1251,6 +1270,7 @@ SET succeeded = excluded.succeeded, failed = excluded.failed, run_s_sum = exclud
     wait_s_sum = excluded.wait_s_sum, cancelled = excluded.cancelled;
 
 -- name: rollup_prune
+-- The leader drops the per-minute rollup's rows older than 8 days (the insights compare with the last 7).
 DELETE FROM pgsched.run_rollup WHERE minute < coalesce(%(now)s::timestamptz, now()) - interval '8 days';
 
 -- name: rollup_last_hour
@@ -1315,9 +1335,11 @@ FROM unnest(%(job_ids)s::bigint[]) AS j(id),
               ORDER BY scheduled_for DESC LIMIT 1) AS last;
 
 -- name: job_name_of
+-- A schedule's name, for the dashboard's run page.
 SELECT name FROM pgsched.jobs WHERE id = %(id)s;
 
 -- name: worker_get
+-- One registered worker by id.
 SELECT id, host, pid, queues, concurrency, started_at, last_seen_at FROM pgsched.workers WHERE id = %(id)s;
 
 -- ---- Vital signs of a deployment: read by /metrics at every scrape and by `pgsched doctor`,
@@ -1555,6 +1577,7 @@ ORDER BY w.id DESC
 LIMIT %(limit)s;
 
 -- name: workflow_get
+-- One workflow with how many of its steps have not ended (0 once it has ended).
 SELECT w.id, w.name, w.tenant, w.status, w.steps, CASE WHEN w.status = 'running' THEN (SELECT count(*) FROM pgsched.runs AS r
                                              WHERE r.workflow_id = w.id AND r.status IN ('waiting', 'queued', 'running'))
             ELSE 0 END AS unfinished,
@@ -1583,6 +1606,7 @@ SELECT pgsched.workflow_cancel(id) FROM pgsched.workflows
 WHERE id = %(id)s AND (%(tenant)s::text IS NULL OR tenant = %(tenant)s);
 
 -- name: workflow_status
+-- A workflow's status (WorkflowHandle.status).
 SELECT status FROM pgsched.workflows WHERE id = %(id)s;
 
 -- name: run_workflow_of

@@ -166,6 +166,17 @@ def test_the_placeholder_conversion_numbers_by_first_appearance():
     assert (sql, names) == ("SELECT $1, $2, $1, format('%s', 1)", ["b", "a"])
 
 
+def test_every_named_query_says_what_it_is_for_on_the_line_after_its_name():
+    text = (Path(__file__).parent.parent / "schema" / "queries.sql").read_text()
+    lines = text.splitlines()
+    undescribed = [
+        line.removeprefix("-- name: ")
+        for line, following in zip(lines, [*lines[1:], ""])
+        if line.startswith("-- name: ") and not following.startswith("-- ")
+    ]
+    assert undescribed == []
+
+
 def test_the_queries_that_cannot_be_prepared_are_the_utility_statements():
     assert {"migration_bootstrap", "run_copy", "worker_listen"} <= NOT_PREPARABLE
     assert {name: first_keyword(queries[name]) for name in NOT_PREPARABLE} == {
