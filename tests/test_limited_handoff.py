@@ -171,7 +171,7 @@ def test_a_sigkilled_worker_that_handed_slots_off_keeps_them_only_until_its_leas
     set_queue_settings(conn, "limited", max_running=limit)
     for i in range(runs):
         insert_run(conn, "slow", {"key": f"kill-{i}", "seconds": 0.1}, queue="limited")
-    victim = workers.start("--queues", "limited", "--concurrency", "4", "--lease", "3")
+    victim = workers.start("--queues", "limited", "--concurrency", "4", "--lease", "3", env={"PGAPPNAME": "victim"})
     survivor = workers.start("--queues", "limited", "--concurrency", "4")
     assert victim.worker_id is not None
     workers.wait_until(
@@ -186,8 +186,17 @@ def test_a_sigkilled_worker_that_handed_slots_off_keeps_them_only_until_its_leas
         30,
         "the victim to hand a slot off and hold one",
     )
+    victims_connections = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'victim'"
+    assert scalar(conn, victims_connections) > 0
     victim.popen.kill()
     assert victim.popen.wait(timeout=10) == -signal.SIGKILL
+    # A statement the victim sent just before it died still commits (a completion, which ends
+    # its runs at attempt 1): read what it holds once its server connections have gone.
+    workers.wait_until(
+        lambda: scalar(conn, victims_connections) == 0,
+        30,
+        "the victim's connections to close",
+    )
     killed_at = scalar(conn, "SELECT clock_timestamp()")
     victims = conn.execute(
         "SELECT id, lease_expires_at FROM pgsched.runs WHERE worker_id = %s AND status = 'running'",
