@@ -26,7 +26,7 @@ import psycopg
 from benchmarks.scale import add_finished_runs
 from pgsched.maintenance import HistoryMover
 from pgsched.migrate import migrate
-from pgsched.sql import queries
+from pgsched.sql import number_array, queries
 
 BATCH = 50
 CLAIM = """
@@ -48,7 +48,10 @@ def timed_us(conn: psycopg.Connection, sql: str, params: dict[str, Any]) -> tupl
 def one_round(conn: psycopg.Connection, worker_id: int) -> dict[str, float]:
     conn.execute("SELECT pgsched.enqueue('noop') FROM generate_series(1, %s)", [BATCH])
     claim_us, claimed = timed_us(conn, CLAIM, {"worker_id": worker_id, "limit": BATCH})
-    heartbeat_us, _ = timed_us(conn, queries["worker_heartbeat"], {"worker_id": worker_id, "lease_s": 30.0})
+    held = number_array([row[0] for row in claimed])
+    heartbeat_us, _ = timed_us(
+        conn, queries["worker_heartbeat"], {"worker_id": worker_id, "lease_s": 30.0, "ids": held}
+    )
     outcome = {
         "ids": [row[0] for row in claimed],
         "attempts": [row[1] for row in claimed],

@@ -33,7 +33,7 @@ import psycopg
 
 from benchmarks.move_cost import CLAIM
 from benchmarks.scale import add_finished_runs
-from pgsched.sql import queries
+from pgsched.sql import number_array, queries
 
 BATCH = 50
 COPY_RUNS = 1000
@@ -117,7 +117,8 @@ def drain(conn: psycopg.Connection[Any], worker_id: int) -> dict[str, float]:
     claimed = conn.execute(
         "SELECT id, attempt FROM pgsched.runs WHERE worker_id = %s AND status = 'running'", [worker_id]
     ).fetchall()
-    heartbeat_us = server_us(conn, queries["worker_heartbeat"], {"worker_id": worker_id, "lease_s": 30.0})
+    held = number_array([row[0] for row in claimed])
+    heartbeat_us = server_us(conn, queries["worker_heartbeat"], {"worker_id": worker_id, "lease_s": 30.0, "ids": held})
     outcome = {
         "ids": [row[0] for row in claimed],
         "attempts": [row[1] for row in claimed],

@@ -48,6 +48,7 @@ class Completer:
         self._on_written = on_written
         self._handoff = handoff
         self._pending: list[Outcome] = []
+        self._writing: list[Outcome] = []  # the batch being written
         self._has_pending = asyncio.Event()
         self._unwritten = 0
         self._all_written = asyncio.Event()
@@ -57,6 +58,11 @@ class Completer:
     def unwritten(self) -> int:
         """Outcomes added and not yet committed (the fetcher stops claiming past a limit)."""
         return self._unwritten
+
+    def unwritten_ids(self) -> list[int]:
+        """The runs whose outcome is not yet committed: still 'running' in the table, and
+        their leases must hold until it is (the heartbeat extends them)."""
+        return [o.run_id for o in self._writing] + [o.run_id for o in self._pending]
 
     def add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
@@ -75,11 +81,14 @@ class Completer:
         """Write batches until cancelled."""
         while True:
             await self._has_pending.wait()
-            batch = self._pending[:MAX_BATCH]
+            batch = self._writing = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
             if not self._pending:
                 self._has_pending.clear()
-            written = await self._write_until_taken(batch)
+            try:
+                written = await self._write_until_taken(batch)
+            finally:
+                self._writing = []
             self._unwritten -= len(batch)
             if self._unwritten == 0:
                 self._all_written.set()

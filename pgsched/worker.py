@@ -48,7 +48,7 @@ from pgsched.logs import about
 from pgsched.maintenance import rescue_expired
 from pgsched.process_pool import ProcessPool
 from pgsched.run_types import ClaimedRun, Outcome
-from pgsched.sql import queries
+from pgsched.sql import number_array, queries
 from pgsched.threads import TaskThreads
 from pgsched.tracing import run_span
 from pgsched.workflow_results import bind_parent_results, read_parent_results
@@ -502,7 +502,8 @@ class Worker:
             try:
                 async with pool.connection() as conn:
                     cursor = await conn.execute(
-                        queries["worker_heartbeat"], {"worker_id": self.worker_id, "lease_s": self.options.lease_s}
+                        queries["worker_heartbeat"],
+                        {"worker_id": self.worker_id, "lease_s": self.options.lease_s, "ids": self._held_ids()},
                     )
                     held = await cursor.fetchall()
             except psycopg.OperationalError as exc:
@@ -511,6 +512,12 @@ class Worker:
             for run_id, cancel_requested in held:
                 if cancel_requested and not self._cancel_already_requested(run_id):
                     self._cancel(run_id)
+
+    def _held_ids(self) -> str:
+        """The runs whose leases the heartbeat extends: those executing here and those whose
+        outcome is not yet written. A run claimed while the heartbeat's statement is in flight
+        is extended by the next one, a third of a lease later."""
+        return number_array([*self._state.executing, *self._completer.unwritten_ids()])
 
     async def _summarize(self) -> None:
         """An INFO line every SUMMARY_INTERVAL_S while runs succeed (each success is a DEBUG line)."""

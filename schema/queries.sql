@@ -505,11 +505,17 @@ WHERE set_config('lock_timeout', %(timeout)s, true) IS NOT NULL;
 -- completer's batch (seen once under a 300k-run backlog: the two locked the same rows in
 -- other orders). A row locked now is being completed or rescued, so its lease no longer
 -- matters; any other is extended at the next heartbeat, a third of a lease later.
+-- Only the ids the worker knows it holds (executing, or ended and not yet written): a run a
+-- claim took whose answer never reached the worker (the connection lost after the commit) is
+-- the worker's in the table but runs nowhere; extended with the rest, it stayed 'running', and
+-- held its limit's slot, for as long as the worker lived. Left alone, its lease runs out and the
+-- sweep hands it on.
 WITH seen AS (
     UPDATE pgsched.workers SET last_seen_at = now() WHERE id = %(worker_id)s RETURNING id
 ), held AS (
     SELECT id FROM pgsched.runs
-    WHERE lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running'
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND lease_expires_at IS NOT NULL AND worker_id = %(worker_id)s AND status = 'running'
     FOR UPDATE SKIP LOCKED
 )
 UPDATE pgsched.runs AS r

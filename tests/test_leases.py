@@ -5,12 +5,14 @@ the run failed with the reason while the worker lives on."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from pgsched import App
 from tests.support.db import empty_tables
-from tests.support.inprocess import finish
+from tests.support.inprocess import RunningWorker, finish
+from tests.support.waiting import wait_until_async
 
 # One database for the module, emptied before each test: a fresh clone per test costs more
 # than most of these tests (conftest's ``app`` is on it too).
@@ -54,3 +56,40 @@ def test_a_result_over_1_mb_fails_the_run_with_the_reason_and_the_worker_goes_on
     assert huge_row["errors"][-1]["type"] == "ResultTooLarge"
     assert "the limit is 1048576" in huge_row["errors"][-1]["message"]
     assert fine_row["status"] == "succeeded"
+
+
+def test_a_run_claimed_for_a_live_worker_that_never_got_it_is_rescued_when_its_lease_runs_out(
+    app: App, dsn: str
+) -> None:
+    """A claim's answer lost with its connection, after the commit: the run is this worker's in
+    the table, and nowhere in the worker. Its heartbeat extends only what the worker knows it
+    holds, so the lease runs out and the sweep hands the run on (here back to the same worker)."""
+
+    @app.task
+    async def import_batch(batch: int) -> int:
+        return batch
+
+    async def main() -> dict[str, Any]:
+        async with RunningWorker(app, dsn, lease_s=1.0) as w:
+            await wait_until_async(
+                lambda: _registered(w), 10, "the worker to register", poll=0.02, check=w.still_running
+            )
+            lost = await _claimed_for(w, app.enqueue("import_batch", {"batch": 7}, delay=3600))
+            return await w.finished(lost, timeout=15)
+
+    row = asyncio.run(main())
+    assert (row["status"], row["attempt"]) == ("succeeded", 2)  # attempt 1 was the lost claim's
+
+
+async def _registered(w: RunningWorker) -> bool:
+    return w.worker.worker_id is not None
+
+
+async def _claimed_for(w: RunningWorker, run_id: int) -> int:
+    """The run claimed in the worker's name, as its fetcher's claim would, but never handed to it."""
+    await w.db.execute(
+        "UPDATE pgsched.runs SET status = 'running', attempt = 1, worker_id = %s, started_at = now(),"
+        " run_at = now(), lease_expires_at = now() + interval '1 second' WHERE id = %s",
+        (w.worker.worker_id, run_id),
+    )
+    return run_id
