@@ -144,11 +144,13 @@ def _partition_moved(error: psycopg.errors.CheckViolation) -> bool:
 def _statement(worker_id: int, batch: list[Outcome]) -> tuple[LiteralString, dict[str, Any]]:
     """The fenced UPDATE for ``batch``: the lean one when every outcome succeeded (3 arrays
     to build and unnest instead of 6), else the general one."""
-    ids = number_array([o.run_id for o in batch])
-    attempts = number_array([o.attempt for o in batch])
-    results = text_array([o.result for o in batch])
     if all(o.status == "succeeded" for o in batch):
-        params = {"worker_id": worker_id, "ids": ids, "attempts": attempts, "results": results}
+        params = {
+            "worker_id": worker_id,
+            "ids": number_array([o.run_id for o in batch]),
+            "attempts": number_array([o.attempt for o in batch]),
+            "results": text_array([o.result for o in batch]),
+        }
         return queries["run_complete_succeeded"], params
     return queries["run_complete_many"], _arrays(worker_id, batch)
 
